@@ -1,0 +1,160 @@
+"""Canonical MessagePack: the only way ledger structures become bytes and bytes become values.
+
+Canonical form (docs/PROTOCOL.md, "Encoding"): arrays only (no maps, floats or extension types);
+integers, strings, byte strings and arrays in their shortest MessagePack form; nil and booleans as
+usual. Encoding with ``msgpack.packb(obj, use_bin_type=True)`` yields exactly that form, so a
+decoded value is canonical iff re-encoding it gives back the input bytes.
+
+Untrusted bytes are decoded with explicit limits (``Limits``) sized to the schema: the total size,
+and the longest array, string and byte string. The C decoder refuses a declared length above the
+limit before allocating, so a crafted "bomb" costs at most the limits, never the declared size.
+Nesting is bounded by the decoder's fixed stack and then by the schema checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import msgpack
+
+from ledger.errors import DecodeError
+
+Value = int | bytes | str | None | bool | list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Upper bounds for decoding one structure. Every field is a hard limit."""
+
+    max_bytes: int
+    max_array: int
+    max_str: int
+    max_bin: int
+
+
+def _no_ext(code: int, data: bytes) -> NoReturn:
+    raise DecodeError("msgpack", f"extension type {code} is not allowed")
+
+
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # includes msgpack's ExtraData, FormatError, StackError, UnicodeDecodeError
+    TypeError,
+    OverflowError,
+    msgpack.UnpackException,
+)
+
+
+def encode(obj: Value) -> bytes:
+    """Encode a value in canonical form. Floats and maps are refused (a local bug if they occur)."""
+    _check_encodable(obj)
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _check_encodable(obj: object) -> None:
+    if isinstance(obj, list):
+        for item in obj:
+            _check_encodable(item)
+    elif not (obj is None or isinstance(obj, int | bytes | str)):
+        raise TypeError(f"canonical encoding has no form for {type(obj).__name__}")
+
+
+def decode(data: bytes, limits: Limits, what: str) -> Any:
+    """Decode untrusted ``data`` under ``limits``; raise DecodeError for anything but canonical."""
+    if not isinstance(data, bytes):
+        raise DecodeError(what, f"expected bytes, found {type(data).__name__}")
+    if len(data) > limits.max_bytes:
+        raise DecodeError(what, f"{len(data)} bytes exceeds the limit of {limits.max_bytes}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=limits.max_str,
+            max_bin_len=limits.max_bin,
+            max_array_len=limits.max_array,
+            max_map_len=0,
+            max_ext_len=0,
+            ext_hook=_no_ext,
+            timestamp=0,
+        )
+    except DecodeError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise DecodeError(what, f"not valid MessagePack within limits ({exc})") from None
+    try:
+        again = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # floats, etc. fail the schema below
+        raise DecodeError(what, f"value not encodable canonically ({exc})") from None
+    if again != data:
+        raise DecodeError(what, "non-canonical encoding (re-encoding differs: " + _diff(data, again))
+    return obj
+
+
+def _diff(data: bytes, again: bytes) -> str:
+    n = next((i for i, (a, b) in enumerate(zip(data, again, strict=False)) if a != b), None)
+    if n is None:
+        n = min(len(data), len(again))
+    return f"first difference at byte {n}; {len(data)} bytes given, {len(again)} canonical)"
+
+
+# --- schema helpers: each raises DecodeError naming the structure and the field -------------
+
+def array(obj: Any, n: int, what: str) -> list[Any]:
+    if not isinstance(obj, list):
+        raise DecodeError(what, f"expected an array of {n}, found {type(obj).__name__}")
+    if len(obj) != n:
+        raise DecodeError(what, f"expected an array of {n} fields, found {len(obj)}")
+    return obj
+
+
+def uint(obj: Any, what: str, field: str, maximum: int = (1 << 63) - 1) -> int:
+    if type(obj) is not int or not 0 <= obj <= maximum:
+        raise DecodeError(what, f"field {field}: expected an integer in 0..{maximum}, found "
+                                f"{_brief(obj)}")
+    return obj
+
+
+def sint(obj: Any, what: str, field: str) -> int:
+    if type(obj) is not int or not -(1 << 63) <= obj < (1 << 63):
+        raise DecodeError(what, f"field {field}: expected a signed 64-bit integer, found "
+                                f"{_brief(obj)}")
+    return obj
+
+
+def bin_(obj: Any, what: str, field: str, size: int | None = None, maximum: int = 1 << 20) -> bytes:
+    if type(obj) is not bytes:
+        raise DecodeError(what, f"field {field}: expected bytes, found {_brief(obj)}")
+    if size is not None and len(obj) != size:
+        raise DecodeError(what, f"field {field}: expected {size} bytes, found {len(obj)}")
+    if len(obj) > maximum:
+        raise DecodeError(what, f"field {field}: {len(obj)} bytes exceeds {maximum}")
+    return obj
+
+
+def text(obj: Any, what: str, field: str, maximum: int,
+         check: Callable[[str], bool] | None = None) -> str:
+    if type(obj) is not str:
+        raise DecodeError(what, f"field {field}: expected a string, found {_brief(obj)}")
+    if len(obj) > maximum:
+        raise DecodeError(what, f"field {field}: {len(obj)} characters exceeds {maximum}")
+    if check is not None and not check(obj):
+        raise DecodeError(what, f"field {field}: {obj[:40]!r} is not allowed here")
+    return obj
+
+
+def opt_text(obj: Any, what: str, field: str, maximum: int) -> str | None:
+    if obj is None:
+        return None
+    value = text(obj, what, field, maximum)
+    if not value:
+        raise DecodeError(what, f"field {field}: empty string (absent values are nil)")
+    return value
+
+
+def _brief(obj: object) -> str:
+    if type(obj) is int:
+        return str(obj)
+    return type(obj).__name__

@@ -1,0 +1,336 @@
+"""The durable store: one SQLite file (WAL, synchronous=FULL) per device data dir.
+
+Holds the device's own chain (pending signed readings, sealed blocks and their readings), verified
+peer headers, replicas of peers' blocks, peer certificates, fork evidence, and an index by tag
+(EPC) over own readings and replicas. This is the only module that imports sqlite3.
+
+Durability contract: ``append_pending`` and ``commit_block`` return only after the transaction is
+committed with ``synchronous=FULL`` (fsync of the WAL), so a reading or block reported durable
+survives a kill or a power loss. One transaction per call, never one per reading.
+
+The store trusts its caller to have verified what it is given (peer headers, replicas), but it
+checks the own chain's structure (heights, links, sequence) again on every commit: a bug above
+cannot make it hold a gap, a duplicate or two blocks at one height.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.block import Block, SignedHeader, decode_block, decode_header, encode_block
+from ledger.errors import ChainError, DecodeError, IntegrityError, SequenceError, StoreError
+from ledger.history import CompactRange
+from ledger.reading import SignedReading, decode_reading
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY, wire BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, hash BLOB NOT NULL UNIQUE,
+    header BLOB NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS readings (
+    height INTEGER NOT NULL, idx INTEGER NOT NULL, seq INTEGER NOT NULL UNIQUE,
+    wire BLOB NOT NULL, PRIMARY KEY (height, idx)) STRICT;
+CREATE TABLE IF NOT EXISTS peer_headers (
+    device_id TEXT NOT NULL, height INTEGER NOT NULL, epoch INTEGER NOT NULL,
+    hash BLOB NOT NULL, header BLOB NOT NULL, PRIMARY KEY (device_id, height)) STRICT;
+CREATE TABLE IF NOT EXISTS replicas (
+    device_id TEXT NOT NULL, height INTEGER NOT NULL, hash BLOB NOT NULL,
+    block BLOB NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (device_id, height)) STRICT;
+CREATE TABLE IF NOT EXISTS certificates (
+    device_id TEXT PRIMARY KEY, wire BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS evidence (
+    device_id TEXT NOT NULL, wire BLOB NOT NULL, PRIMARY KEY (device_id, wire)) STRICT;
+CREATE TABLE IF NOT EXISTS tags (
+    tag TEXT NOT NULL, device_id TEXT NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL,
+    seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, own INTEGER NOT NULL,
+    PRIMARY KEY (tag, device_id, height, idx)) STRICT, WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TagHit:
+    """Where a reading about a tag lives: a device's block and leaf index."""
+
+    tag: str
+    device_id: str
+    height: int
+    idx: int
+    seq: int
+    time_ms: int
+    own: bool
+
+
+class Store:
+    """One device's durable state. Not thread-safe: use it from one thread at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            version = self.meta_get("schema_version")
+            if version is None:
+                self.meta_set("schema_version", str(SCHEMA_VERSION).encode())
+            elif int(version) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {int(version)}, this build reads "
+                                 f"{SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open store ({exc})") from None
+        self._history: CompactRange | None = None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- meta -------------------------------------------------------------------------------
+    def meta_get(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def meta_set(self, key: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # --- own chain ----------------------------------------------------------------------------
+    def last_seq(self) -> int | None:
+        """The sequence high-water mark: the highest seq pending or sealed."""
+        row = self._db.execute(
+            "SELECT max(m) FROM (SELECT max(seq) AS m FROM pending "
+            "UNION ALL SELECT max(last_seq) FROM blocks)").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def append_pending(self, readings: Sequence[SignedReading]) -> None:
+        """Durably store signed readings not yet sealed. Sequence must continue to increase."""
+        if not readings:
+            return
+        last = self.last_seq()
+        for r in readings:
+            if last is not None and r.reading.seq <= last:
+                raise SequenceError("pending reading seq", f"> {last}", r.reading.seq)
+            last = r.reading.seq
+        with self._tx():
+            self._db.executemany("INSERT INTO pending(seq, wire) VALUES (?, ?)",
+                                 [(r.reading.seq, r.wire) for r in readings])
+
+    def pending(self, limit: int | None = None) -> list[SignedReading]:
+        """Pending readings decoded from the stored bytes, in sequence order."""
+        rows = self._db.execute("SELECT seq, wire FROM pending ORDER BY seq LIMIT ?",
+                                (-1 if limit is None else limit,)).fetchall()
+        return [self._decode_stored(bytes(w), f"pending reading seq {s}") for s, w in rows]
+
+    def pending_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0])
+
+    def head(self) -> SignedHeader | None:
+        row = self._db.execute("SELECT header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        return None if row is None else self._decode_header(bytes(row[0]))
+
+    def history(self) -> CompactRange:
+        """History tree over the own chain's header hashes (rebuilt once, then kept current)."""
+        if self._history is None:
+            hist = CompactRange()
+            for (h,) in self._db.execute("SELECT hash FROM blocks ORDER BY height"):
+                hist.append(bytes(h))
+            self._history = hist
+        return self._history.copy()
+
+    def commit_block(self, block: Block) -> None:
+        """Atomically append a sealed block, move its readings out of pending, index its tags."""
+        sh = block.header
+        h = sh.header
+        head = self.head()
+        expect_height = 0 if head is None else head.header.height + 1
+        if h.height != expect_height:
+            raise ChainError("commit height", expect_height, h.height)
+        if head is not None and h.prev_hash != head.hash:
+            raise ChainError("commit prev_hash", head.hash, h.prev_hash)
+        seqs = [r.reading.seq for r in block.readings]
+        rows = [(h.height, i, r.reading.seq, r.wire) for i, r in enumerate(block.readings)]
+        tags = [(r.reading.tag, h.device_id, h.height, i, r.reading.seq, r.reading.time_ms, 1)
+                for i, r in enumerate(block.readings) if r.reading.tag is not None]
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO blocks(height, epoch, hash, header, first_seq, last_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (h.height, h.epoch, sh.hash, sh.wire, seqs[0], seqs[-1]))
+            self._db.executemany("INSERT INTO readings(height, idx, seq, wire) VALUES (?,?,?,?)",
+                                 rows)
+            self._db.executemany("INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?,?,?)", tags)
+            self._db.executemany("DELETE FROM pending WHERE seq=?", [(s,) for s in seqs])
+        if self._history is not None:
+            self._history.append(sh.hash)
+
+    def block_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM blocks").fetchone()[0])
+
+    def header_at(self, height: int) -> SignedHeader | None:
+        row = self._db.execute("SELECT header FROM blocks WHERE height=?", (height,)).fetchone()
+        return None if row is None else self._decode_header(bytes(row[0]))
+
+    def reading_wires(self, height: int) -> list[bytes]:
+        return [bytes(w) for (w,) in self._db.execute(
+            "SELECT wire FROM readings WHERE height=? ORDER BY idx", (height,))]
+
+    def block(self, height: int) -> Block | None:
+        header = self.header_at(height)
+        if header is None:
+            return None
+        readings = tuple(self._decode_stored(w, f"reading of block {height}")
+                         for w in self.reading_wires(height))
+        return Block(header, readings)
+
+    def blocks(self, from_height: int = 0) -> Iterator[Block]:
+        """Own blocks in height order, decoded from the stored bytes."""
+        height = from_height
+        while True:
+            block = self.block(height)
+            if block is None:
+                return
+            yield block
+            height += 1
+
+    def block_wire(self, height: int) -> bytes | None:
+        header = self.header_at(height)
+        if header is None:
+            return None
+        return encode_block(header.wire, self.reading_wires(height))
+
+    # --- peers, replicas, certificates, evidence ----------------------------------------------
+    def put_peer_header(self, sh: SignedHeader) -> SignedHeader | None:
+        """Store a verified peer header. Returns the conflicting header already held at that
+        height (a fork), or None when stored or already present."""
+        h = sh.header
+        row = self._db.execute("SELECT header FROM peer_headers WHERE device_id=? AND height=?",
+                               (h.device_id, h.height)).fetchone()
+        if row is not None:
+            held = self._decode_header(bytes(row[0]))
+            return None if held.hash == sh.hash else held
+        with self._tx():
+            self._db.execute("INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
+                             (h.device_id, h.height, h.epoch, sh.hash, sh.wire))
+        return None
+
+    def peer_head(self, device_id: str) -> SignedHeader | None:
+        row = self._db.execute("SELECT header FROM peer_headers WHERE device_id=? "
+                               "ORDER BY height DESC LIMIT 1", (device_id,)).fetchone()
+        return None if row is None else self._decode_header(bytes(row[0]))
+
+    def peer_headers(self, device_id: str, from_height: int = 0) -> list[SignedHeader]:
+        return [self._decode_header(bytes(w)) for (w,) in self._db.execute(
+            "SELECT header FROM peer_headers WHERE device_id=? AND height>=? ORDER BY height",
+            (device_id, from_height))]
+
+    def peer_devices(self) -> list[str]:
+        return [str(d) for (d,) in self._db.execute(
+            "SELECT DISTINCT device_id FROM peer_headers ORDER BY device_id")]
+
+    def put_replica(self, block: Block) -> bool:
+        """Store a verified replica of a peer's block; False if already held."""
+        h = block.header.header
+        wire = block.encode()
+        tags = [(r.reading.tag, h.device_id, h.height, i, r.reading.seq, r.reading.time_ms, 0)
+                for i, r in enumerate(block.readings) if r.reading.tag is not None]
+        with self._tx():
+            cur = self._db.execute("INSERT OR IGNORE INTO replicas VALUES (?, ?, ?, ?, ?)",
+                                   (h.device_id, h.height, block.header.hash, wire, len(wire)))
+            if cur.rowcount == 0:
+                return False
+            self._db.executemany("INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?,?,?)", tags)
+        return True
+
+    def replica(self, device_id: str, height: int) -> Block | None:
+        row = self._db.execute("SELECT block FROM replicas WHERE device_id=? AND height=?",
+                               (device_id, height)).fetchone()
+        if row is None:
+            return None
+        try:
+            return decode_block(bytes(row[0]))
+        except DecodeError as exc:
+            raise IntegrityError(f"{self.path}: replica {device_id}@{height}: {exc}") from None
+
+    def replica_bytes(self) -> int:
+        return int(self._db.execute("SELECT coalesce(sum(size), 0) FROM replicas").fetchone()[0])
+
+    def put_certificate(self, device_id: str, wire: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO certificates VALUES (?, ?)", (device_id, wire))
+
+    def certificate(self, device_id: str) -> bytes | None:
+        row = self._db.execute("SELECT wire FROM certificates WHERE device_id=?",
+                               (device_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_evidence(self, device_id: str, wire: bytes) -> bool:
+        cur = self._db.execute("INSERT OR IGNORE INTO evidence VALUES (?, ?)", (device_id, wire))
+        return cur.rowcount > 0
+
+    def evidence(self, device_id: str | None = None) -> list[bytes]:
+        if device_id is None:
+            rows = self._db.execute("SELECT wire FROM evidence")
+        else:
+            rows = self._db.execute("SELECT wire FROM evidence WHERE device_id=?", (device_id,))
+        return [bytes(w) for (w,) in rows]
+
+    def tag_hits(self, tag: str) -> list[TagHit]:
+        return [TagHit(tag, d, h, i, s, t, bool(o)) for d, h, i, s, t, o in self._db.execute(
+            "SELECT device_id, height, idx, seq, time_ms, own FROM tags WHERE tag=? "
+            "ORDER BY time_ms, device_id, height, idx", (tag,))]
+
+    def tags(self) -> list[tuple[str, int]]:
+        """Every tag indexed, with how many readings mention it."""
+        return [(str(t), int(n)) for t, n in self._db.execute(
+            "SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag")]
+
+    # --- internals -----------------------------------------------------------------------------
+    def _tx(self) -> _Tx:
+        return _Tx(self._db, self.path)
+
+    def _decode_stored(self, wire: bytes, what: str) -> SignedReading:
+        try:
+            return decode_reading(wire)
+        except DecodeError as exc:
+            raise IntegrityError(f"{self.path}: {what}: stored bytes no longer decode ({exc})") \
+                from None
+
+    def _decode_header(self, wire: bytes) -> SignedHeader:
+        try:
+            return decode_header(wire)
+        except DecodeError as exc:
+            raise IntegrityError(f"{self.path}: stored header no longer decodes ({exc})") from None
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolling back on any error; sqlite errors become StoreError."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self._path = path
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"{self._path}: commit failed ({err})") from None
+        self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"{self._path}: {exc}") from None
