@@ -80,16 +80,17 @@ def _write_private(path: Path, data: bytes) -> None:
 
 # --- authority ---------------------------------------------------------------------------------
 
-def init_authority(directory: Path, pw: bytes, cost: tuple[int, int] = keyfile.INTERACTIVE
-                   ) -> PublicKey:
+
+def init_authority(
+    directory: Path, pw: bytes, cost: tuple[int, int] = keyfile.INTERACTIVE
+) -> PublicKey:
     directory.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
     try:
         keyfile.write(directory / AUTHORITY_KEY, key, pw, "authority", cost)
     except KeyFileError as exc:
         raise KeystoreError(str(exc)) from None
-    root = {"format": "edgefleet-root/1", "public": key.public.hex(),
-            "key_id": key.key_id.hex()}
+    root = {"format": "edgefleet-root/1", "public": key.public.hex(), "key_id": key.key_id.hex()}
     (directory / FLEET_ROOT).write_text(json.dumps(root, indent=2) + "\n")
     return key.public
 
@@ -125,6 +126,7 @@ def _next_serial(directory: Path) -> int:
 
 # --- devices -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Enrolled:
     key: SigningKey
@@ -132,19 +134,35 @@ class Enrolled:
 
 
 def enroll_device(
-    authority_dir: Path, authority: SigningKey, device_dir: Path, pw: bytes, *, kind: str,
-    model: str, site: str, owner_x25519: bytes | None = None, valid_days: int = 3650,
-    now_ms: int | None = None, cost: tuple[int, int] = keyfile.INTERACTIVE,
+    authority_dir: Path,
+    authority: SigningKey,
+    device_dir: Path,
+    pw: bytes,
+    *,
+    kind: str,
+    model: str,
+    site: str,
+    owner_x25519: bytes | None = None,
+    valid_days: int = 3650,
+    now_ms: int | None = None,
+    cost: tuple[int, int] = keyfile.INTERACTIVE,
 ) -> Enrolled:
     device_dir.mkdir(parents=True, exist_ok=True)
     if (device_dir / DEVICE_KEY).exists():
         raise KeystoreError(f"{device_dir}: already holds a device key")
     now = int(time.time() * 1000) if now_ms is None else now_ms
     key = SigningKey.generate()
-    cert = issue_certificate(authority, key.public, kind=kind, model=model, site=site,
-                             owner_x25519=owner_x25519, not_before_ms=now - DAY_MS,
-                             not_after_ms=now + valid_days * DAY_MS,
-                             serial=_next_serial(authority_dir))
+    cert = issue_certificate(
+        authority,
+        key.public,
+        kind=kind,
+        model=model,
+        site=site,
+        owner_x25519=owner_x25519,
+        not_before_ms=now - DAY_MS,
+        not_after_ms=now + valid_days * DAY_MS,
+        serial=_next_serial(authority_dir),
+    )
     keyfile.write(device_dir / DEVICE_KEY, key, pw, "device", cost)
     _write_private(device_dir / DEVICE_CERT, cert.wire)
     return Enrolled(key, cert)
@@ -169,6 +187,7 @@ def load_device(device_dir: Path, pw: bytes, roots: FleetRoots | None = None) ->
 
 # --- owners ------------------------------------------------------------------------------------
 
+
 def init_owner(path: Path) -> bytes:
     """Create an X25519 owner key pair: PATH (secret, 0600) and PATH.pub (public, hex)."""
     sk = nacl.public.PrivateKey.generate()
@@ -185,8 +204,9 @@ def read_owner_public(value: str) -> bytes:
         try:
             text = Path(value).read_text().strip()
         except OSError as exc:
-            raise KeystoreError(f"{value}: neither 64 hex characters nor a readable file "
-                                f"({exc.strerror})") from None
+            raise KeystoreError(
+                f"{value}: neither 64 hex characters nor a readable file ({exc.strerror})"
+            ) from None
     if not _is_hex32(text):
         raise KeystoreError(f"{value}: an owner public key is 64 hex characters")
     return bytes.fromhex(text)

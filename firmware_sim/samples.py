@@ -38,8 +38,10 @@ class Sample:
 
     def __post_init__(self) -> None:
         if type(self.time_ms) is not int or type(self.value) is not int:
-            raise SampleError(f"{self.sensor!r}: time_ms and value must be int, found "
-                              f"{type(self.time_ms).__name__}/{type(self.value).__name__}")
+            raise SampleError(
+                f"{self.sensor!r}: time_ms and value must be int, found "
+                f"{type(self.time_ms).__name__}/{type(self.value).__name__}"
+            )
         if not SENSOR_RE.match(self.sensor):
             raise SampleError(f"sensor name {self.sensor!r} does not match {SENSOR_RE.pattern}")
         if self.tag is not None and not (0 < len(self.tag) <= MAX_TAG_LEN):

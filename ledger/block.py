@@ -7,7 +7,8 @@ first_time_ms, last_time_ms, key_id]``.
 - ``history_root``: RFC 9162 root over the hashes of headers 0..height-1 (see history.py).
 - ``merkle_root``: RFC 9162 root over the leaf hashes of the block's readings, in order.
 - ``key_id``: which of the device's keys signed this header and its readings.
-The header hash is ``SHA-256(HEADER_HASH || body)``. Block wire: ``[header_wire, [reading_wire...]]``.
+The header hash is ``SHA-256(HEADER_HASH || body)``.
+Block wire: ``[header_wire, [reading_wire...]]``.
 """
 
 from __future__ import annotations
@@ -55,9 +56,21 @@ class Header:
             raise UsageError(str(exc)) from None
 
     def encode_body(self) -> bytes:
-        return codec.encode([FORMAT, self.device_id, self.epoch, self.height, self.prev_hash,
-                             self.history_root, self.merkle_root, self.count, self.first_time_ms,
-                             self.last_time_ms, self.key_id])
+        return codec.encode(
+            [
+                FORMAT,
+                self.device_id,
+                self.epoch,
+                self.height,
+                self.prev_hash,
+                self.history_root,
+                self.merkle_root,
+                self.count,
+                self.first_time_ms,
+                self.last_time_ms,
+                self.key_id,
+            ]
+        )
 
 
 def _check(h: Header) -> None:
@@ -91,7 +104,8 @@ class SignedHeader:
     hash: bytes
 
     def verify(self, key: PublicKey) -> None:
-        key.verify(domains.HEADER, self.body, self.signature, f"header at height {self.header.height}")
+        what = f"header at height {self.header.height}"
+        key.verify(domains.HEADER, self.body, self.signature, what)
 
 
 def sign_header(header: Header, key: SigningKey) -> SignedHeader:
@@ -162,8 +176,11 @@ def decode_block(wire: bytes) -> Block:
     if not isinstance(raw, list):
         raise DecodeError("block", f"field readings: expected an array, found {type(raw).__name__}")
     if len(raw) != header.header.count:
-        raise DecodeError("block", f"field readings: header count {header.header.count}, "
-                                   f"found {len(raw)} readings")
-    readings = tuple(decode_reading(codec.bin_(r, "block", "reading", maximum=MAX_READING_WIRE))
-                     for r in raw)
+        raise DecodeError(
+            "block",
+            f"field readings: header count {header.header.count}, found {len(raw)} readings",
+        )
+    readings = tuple(
+        decode_reading(codec.bin_(r, "block", "reading", maximum=MAX_READING_WIRE)) for r in raw
+    )
     return Block(header, readings)

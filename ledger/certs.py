@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledger import codec, domains, envelope
 from ledger.errors import CertificateError, DecodeError, RevokedError, VerificationError
@@ -67,12 +68,16 @@ class FleetRoots:
         key = self.keys.get(key_id)
         if key is None:
             known = ", ".join(k.hex() for k in self.keys) or "none"
-            raise CertificateError(f"{what}: signed by an authority that is not a fleet root",
-                                   f"one of [{known}]", key_id.hex())
+            raise CertificateError(
+                f"{what}: signed by an authority that is not a fleet root",
+                f"one of [{known}]",
+                key_id.hex(),
+            )
         return key
 
 
 # --- certificates --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Certificate:
@@ -89,32 +94,65 @@ class Certificate:
     wire: bytes = field(default=b"", compare=False)
 
     def body(self) -> bytes:
-        return codec.encode([FORMAT, self.device_key.raw, self.device_id, self.kind, self.model,
-                             self.site, self.owner_x25519, self.not_before_ms, self.not_after_ms,
-                             self.serial, self.authority_key_id])
+        return codec.encode(
+            [
+                FORMAT,
+                self.device_key.raw,
+                self.device_id,
+                self.kind,
+                self.model,
+                self.site,
+                self.owner_x25519,
+                self.not_before_ms,
+                self.not_after_ms,
+                self.serial,
+                self.authority_key_id,
+            ]
+        )
 
 
 def issue_certificate(
-    authority: SigningKey, device_key: PublicKey, *, kind: str, model: str, site: str,
-    owner_x25519: bytes | None, not_before_ms: int, not_after_ms: int, serial: int,
+    authority: SigningKey,
+    device_key: PublicKey,
+    *,
+    kind: str,
+    model: str,
+    site: str,
+    owner_x25519: bytes | None,
+    not_before_ms: int,
+    not_after_ms: int,
+    serial: int,
 ) -> Certificate:
-    cert = Certificate(device_key, device_key.device_id, kind, model, site, owner_x25519,
-                       not_before_ms, not_after_ms, serial, authority.key_id)
+    cert = Certificate(
+        device_key,
+        device_key.device_id,
+        kind,
+        model,
+        site,
+        owner_x25519,
+        not_before_ms,
+        not_after_ms,
+        serial,
+        authority.key_id,
+    )
     body = cert.body()
     _parse_cert_body(body)  # refuse to sign what a verifier would refuse to decode
     wire = envelope.wrap(body, authority.sign(domains.CERTIFICATE, body))
     return decode_certificate(wire)
 
 
-def _parse_cert_body(body: bytes) -> list[object]:
+def _parse_cert_body(body: bytes) -> list[Any]:
     w = "certificate"
     f = codec.array(codec.decode(body, _LIMITS, w), 11, w)
     _format(f[0], w)
     codec.bin_(f[1], w, "device_pubkey", PUBLIC_KEY_SIZE)
     codec.text(f[2], w, "device_id", 26, is_device_id)
     if f[2] != device_id_for(f[1]):
-        raise DecodeError(w, f"field device_id: {f[2]} is not derived from the device key "
-                             f"(expected {device_id_for(f[1])})")
+        raise DecodeError(
+            w,
+            f"field device_id: {f[2]} is not derived from the device key "
+            f"(expected {device_id_for(f[1])})",
+        )
     _name(f[3], w, "kind")
     _name(f[4], w, "model")
     _name(f[5], w, "site")
@@ -133,8 +171,19 @@ def decode_certificate(wire: bytes) -> Certificate:
     """Decode (structure only). Use ``verify_certificate`` to check it against the fleet roots."""
     body, _sig = envelope.unwrap(wire, "certificate", _MAX_BODY)
     f = _parse_cert_body(body)
-    return Certificate(PublicKey(f[1]), f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9],  # type: ignore[arg-type]
-                       f[10], wire)  # type: ignore[arg-type]
+    return Certificate(
+        PublicKey(f[1]),
+        f[2],
+        f[3],
+        f[4],
+        f[5],
+        f[6],
+        f[7],
+        f[8],
+        f[9],
+        f[10],
+        wire,
+    )
 
 
 def verify_certificate(wire: bytes, roots: FleetRoots, now_ms: int | None) -> Certificate:
@@ -146,12 +195,14 @@ def verify_certificate(wire: bytes, roots: FleetRoots, now_ms: int | None) -> Ce
     if now_ms is not None and not cert.not_before_ms <= now_ms <= cert.not_after_ms:
         raise CertificateError(
             f"certificate of {cert.device_id} is not valid at {now_ms} ms",
-            f"{cert.not_before_ms}..{cert.not_after_ms}", now_ms,
+            f"{cert.not_before_ms}..{cert.not_after_ms}",
+            now_ms,
         )
     return cert
 
 
 # --- rotations -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Rotation:
@@ -167,17 +218,31 @@ class Rotation:
     authority_sig: bytes
 
 
-def _rotation_body(device_id: str, old_key_id: bytes, new_key: PublicKey, effective_height: int,
-                   time_ms: int, authority_key_id: bytes) -> bytes:
-    return codec.encode([FORMAT, device_id, old_key_id, new_key.raw, effective_height, time_ms,
-                         authority_key_id])
+def _rotation_body(
+    device_id: str,
+    old_key_id: bytes,
+    new_key: PublicKey,
+    effective_height: int,
+    time_ms: int,
+    authority_key_id: bytes,
+) -> bytes:
+    return codec.encode(
+        [FORMAT, device_id, old_key_id, new_key.raw, effective_height, time_ms, authority_key_id]
+    )
 
 
-def sign_rotation(device_id: str, old: SigningKey, new_key: PublicKey, effective_height: int,
-                  time_ms: int, authority_key_id: bytes) -> bytes:
+def sign_rotation(
+    device_id: str,
+    old: SigningKey,
+    new_key: PublicKey,
+    effective_height: int,
+    time_ms: int,
+    authority_key_id: bytes,
+) -> bytes:
     """The device's half: returns ``[body, old_sig]`` bytes for the authority to countersign."""
-    body = _rotation_body(device_id, old.key_id, new_key, effective_height, time_ms,
-                          authority_key_id)
+    body = _rotation_body(
+        device_id, old.key_id, new_key, effective_height, time_ms, authority_key_id
+    )
     return codec.encode([body, old.sign(domains.ROTATION, body)])
 
 
@@ -187,11 +252,12 @@ def countersign_rotation(half: bytes, authority: SigningKey) -> bytes:
     body = codec.bin_(f[0], w, "body", maximum=256)
     old_sig = codec.bin_(f[1], w, "old_sig", SIGNATURE_SIZE)
     _parse_rotation_body(body)
-    return codec.encode([body, old_sig, authority.sign(domains.ROTATION_COUNTERSIGN,
-                                                       body + old_sig)])
+    return codec.encode(
+        [body, old_sig, authority.sign(domains.ROTATION_COUNTERSIGN, body + old_sig)]
+    )
 
 
-def _parse_rotation_body(body: bytes) -> list[object]:
+def _parse_rotation_body(body: bytes) -> list[Any]:
     w = "rotation"
     f = codec.array(codec.decode(body, codec.Limits(256, 7, 26, 32), w), 7, w)
     _format(f[0], w)
@@ -211,11 +277,22 @@ def decode_rotation(wire: bytes) -> Rotation:
     old_sig = codec.bin_(f[1], w, "old_sig", SIGNATURE_SIZE)
     auth_sig = codec.bin_(f[2], w, "authority_sig", SIGNATURE_SIZE)
     b = _parse_rotation_body(body)
-    return Rotation(b[1], b[2], PublicKey(b[3]), b[4], b[5], b[6], wire, body,  # type: ignore[arg-type]
-                    old_sig, auth_sig)
+    return Rotation(
+        b[1],
+        b[2],
+        PublicKey(b[3]),
+        b[4],
+        b[5],
+        b[6],
+        wire,
+        body,
+        old_sig,
+        auth_sig,
+    )
 
 
 # --- revocations ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
@@ -230,15 +307,20 @@ class Revocation:
     signature: bytes
 
 
-def sign_revocation(authority: SigningKey, device_id: str, key_id: bytes | None, from_height: int,
-                    reason: str, time_ms: int) -> bytes:
-    body = codec.encode([FORMAT, device_id, key_id, from_height, reason, time_ms,
-                         authority.key_id])
+def sign_revocation(
+    authority: SigningKey,
+    device_id: str,
+    key_id: bytes | None,
+    from_height: int,
+    reason: str,
+    time_ms: int,
+) -> bytes:
+    body = codec.encode([FORMAT, device_id, key_id, from_height, reason, time_ms, authority.key_id])
     _parse_revocation_body(body)
     return envelope.wrap(body, authority.sign(domains.REVOCATION, body))
 
 
-def _parse_revocation_body(body: bytes) -> list[object]:
+def _parse_revocation_body(body: bytes) -> list[Any]:
     w = "revocation"
     f = codec.array(codec.decode(body, codec.Limits(256, 7, 64, 8), w), 7, w)
     _format(f[0], w)
@@ -255,7 +337,7 @@ def _parse_revocation_body(body: bytes) -> list[object]:
 def decode_revocation(wire: bytes) -> Revocation:
     body, sig = envelope.unwrap(wire, "revocation", 256)
     f = _parse_revocation_body(body)
-    return Revocation(f[1], f[2], f[3], f[4], f[5], f[6], wire, body, sig)  # type: ignore[arg-type]
+    return Revocation(f[1], f[2], f[3], f[4], f[5], f[6], wire, body, sig)
 
 
 def verify_revocation(wire: bytes, roots: FleetRoots) -> Revocation:
@@ -266,6 +348,7 @@ def verify_revocation(wire: bytes, roots: FleetRoots) -> Revocation:
 
 
 # --- the resolver ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _KeySpan:
@@ -292,22 +375,31 @@ class DeviceKeys:
             start = self.revoked_from.get(bad_key)
             if start is not None and height >= start:
                 who = "device" if bad_key is None else f"key {key_id.hex()}"
-                raise RevokedError(f"{self.device_id}: {who} is revoked from height {start}",
-                                   f"height < {start}", height)
+                raise RevokedError(
+                    f"{self.device_id}: {who} is revoked from height {start}",
+                    f"height < {start}",
+                    height,
+                )
         for span in self.spans:
             if span.from_height <= height < span.until_height:
                 if span.key.key_id != key_id:
                     raise VerificationError(
                         f"{self.device_id}: wrong key for height {height}",
-                        span.key.key_id.hex(), key_id.hex(),
+                        span.key.key_id.hex(),
+                        key_id.hex(),
                     )
                 return span.key
         raise VerificationError(f"{self.device_id}: no key covers height {height}")
 
     @classmethod
     def build(
-        cls, certificate_wire: bytes, roots: FleetRoots, *, now_ms: int | None,
-        rotations: Iterable[bytes] = (), revocations: Iterable[bytes] = (),
+        cls,
+        certificate_wire: bytes,
+        roots: FleetRoots,
+        *,
+        now_ms: int | None,
+        rotations: Iterable[bytes] = (),
+        revocations: Iterable[bytes] = (),
     ) -> DeviceKeys:
         cert = verify_certificate(certificate_wire, roots, now_ms)
         spans: list[_KeySpan] = []
@@ -318,14 +410,17 @@ class DeviceKeys:
             if rot.device_id != cert.device_id:
                 raise VerificationError(f"{what}: device", cert.device_id, rot.device_id)
             if rot.old_key_id != current.key_id:
-                raise VerificationError(f"{what}: old key id", current.key_id.hex(),
-                                        rot.old_key_id.hex())
+                raise VerificationError(
+                    f"{what}: old key id", current.key_id.hex(), rot.old_key_id.hex()
+                )
             if rot.effective_height <= start:
-                raise VerificationError(f"{what}: rotations must move forward", f"> {start}",
-                                        rot.effective_height)
+                raise VerificationError(
+                    f"{what}: rotations must move forward", f"> {start}", rot.effective_height
+                )
             current.verify(domains.ROTATION, rot.body, rot.old_sig, what)
             roots.get(rot.authority_key_id, what).verify(
-                domains.ROTATION_COUNTERSIGN, rot.body + rot.old_sig, rot.authority_sig, what)
+                domains.ROTATION_COUNTERSIGN, rot.body + rot.old_sig, rot.authority_sig, what
+            )
             spans.append(_KeySpan(current, start, rot.effective_height))
             current, start = rot.new_key, rot.effective_height
         spans.append(_KeySpan(current, start, _MAX_HEIGHT + 1))

@@ -42,18 +42,21 @@ class ChainWriter:
             except SignatureError:
                 raise IntegrityError(
                     f"{store.path}: pending reading seq {sr.reading.seq} fails its signature "
-                    "(stored bytes changed)") from None
+                    "(stored bytes changed)"
+                ) from None
             self._pending_leaves[sr.reading.seq] = sr.leaf_hash
 
     @property
     def next_seq(self) -> int:
         return self._next_seq
 
-    def record(self, time_ms: int, sensor: str, value: int, tag: str | None = None,
-               text: str | None = None) -> SignedReading:
+    def record(
+        self, time_ms: int, sensor: str, value: int, tag: str | None = None, text: str | None = None
+    ) -> SignedReading:
         """Sign one reading (not yet durable: call ``flush``)."""
-        reading = Reading(self.device_id, self.epoch, self._next_seq, time_ms, sensor, value, tag,
-                          text)
+        reading = Reading(
+            self.device_id, self.epoch, self._next_seq, time_ms, sensor, value, tag, text
+        )
         signed = sign_reading(reading, self.key)
         self._buffer.append(signed)
         self._next_seq += 1
@@ -81,14 +84,21 @@ class ChainWriter:
             return None
         for sr in stored:
             if self._pending_leaves.get(sr.reading.seq) != sr.leaf_hash:
-                raise IntegrityError(f"{self.store.path}: pending reading seq {sr.reading.seq} "
-                                     "changed on disk since it was signed; refusing to seal")
+                raise IntegrityError(
+                    f"{self.store.path}: pending reading seq {sr.reading.seq} "
+                    "changed on disk since it was signed; refusing to seal"
+                )
         prev = self.store.head()
         if prev is not None:
             self._check_stored_block(prev.header.height, prev.header.merkle_root)
-        header = build_header(device_id=self.device_id, epoch=self.epoch, prev=prev,
-                              history_root=self.store.history().root(), readings=stored,
-                              key_id=self.key.key_id)
+        header = build_header(
+            device_id=self.device_id,
+            epoch=self.epoch,
+            prev=prev,
+            history_root=self.store.history().root(),
+            readings=stored,
+            key_id=self.key.key_id,
+        )
         block = Block(sign_header(header, self.key), tuple(stored))
         self.store.commit_block(block)
         for sr in stored:
@@ -98,5 +108,7 @@ class ChainWriter:
     def _check_stored_block(self, height: int, merkle_root: bytes) -> None:
         root = root_from_leaf_hashes([leaf_hash(w) for w in self.store.reading_wires(height)])
         if root != merkle_root:
-            raise IntegrityError(f"{self.store.path}: stored readings of block {height} no longer "
-                                 f"hash to its Merkle root; refusing to extend the chain")
+            raise IntegrityError(
+                f"{self.store.path}: stored readings of block {height} no longer "
+                f"hash to its Merkle root; refusing to extend the chain"
+            )

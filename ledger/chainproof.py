@@ -34,17 +34,21 @@ class ExtensionProof:
     inclusion: tuple[bytes, ...]
 
     def encode(self) -> bytes:
-        return codec.encode([FORMAT, self.old_height, self.new_height, list(self.consistency),
-                             list(self.inclusion)])
+        return codec.encode(
+            [FORMAT, self.old_height, self.new_height, list(self.consistency), list(self.inclusion)]
+        )
 
 
-def prove_extension(header_hashes: Sequence[bytes], old_height: int, new_height: int
-                    ) -> ExtensionProof:
+def prove_extension(
+    header_hashes: Sequence[bytes], old_height: int, new_height: int
+) -> ExtensionProof:
     """``header_hashes[i]`` is the hash of the header at height i, for i < new_height at least."""
     m, n = old_height, new_height
     if not 0 <= m < n <= len(header_hashes):
-        raise ProofError("extension proof: need 0 <= old < new <= known headers",
-                         f"0 <= {m} < {n} <= {len(header_hashes)}")
+        raise ProofError(
+            "extension proof: need 0 <= old < new <= known headers",
+            f"0 <= {m} < {n} <= {len(header_hashes)}",
+        )
     cons = consistency_proof(header_hashes[:n], m, n) if m > 0 else []
     incl = inclusion_proof(header_hashes[:n], m)
     return ExtensionProof(m, n, tuple(cons), tuple(incl))
@@ -74,13 +78,17 @@ def verify_extension(old: SignedHeader, new: SignedHeader, proof: ExtensionProof
     if o.device_id != n.device_id:
         raise ProofError("extension proof: device", o.device_id, n.device_id)
     if (proof.old_height, proof.new_height) != (o.height, n.height):
-        raise ProofError("extension proof: heights", f"{o.height}->{n.height}",
-                         f"{proof.old_height}->{proof.new_height}")
+        raise ProofError(
+            "extension proof: heights",
+            f"{o.height}->{n.height}",
+            f"{proof.old_height}->{proof.new_height}",
+        )
     if not o.height < n.height:
         raise ProofError("extension proof: new head must be higher", f"> {o.height}", n.height)
     if o.height > 0:
         verify_consistency(o.height, n.height, o.history_root, n.history_root, proof.consistency)
     elif proof.consistency:
-        raise ProofError("extension proof: consistency from an empty history is empty",
-                         0, len(proof.consistency))
+        raise ProofError(
+            "extension proof: consistency from an empty history is empty", 0, len(proof.consistency)
+        )
     verify_inclusion(old.hash, o.height, n.height, proof.inclusion, n.history_root)

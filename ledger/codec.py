@@ -89,7 +89,7 @@ def decode(data: bytes, limits: Limits, what: str) -> Any:
     except (TypeError, ValueError, OverflowError) as exc:  # floats, etc. fail the schema below
         raise DecodeError(what, f"value not encodable canonically ({exc})") from None
     if again != data:
-        raise DecodeError(what, "non-canonical encoding (re-encoding differs: " + _diff(data, again))
+        raise DecodeError(what, "non-canonical encoding (" + _diff(data, again))
     return obj
 
 
@@ -102,6 +102,7 @@ def _diff(data: bytes, again: bytes) -> str:
 
 # --- schema helpers: each raises DecodeError naming the structure and the field -------------
 
+
 def array(obj: Any, n: int, what: str) -> list[Any]:
     if not isinstance(obj, list):
         raise DecodeError(what, f"expected an array of {n}, found {type(obj).__name__}")
@@ -112,15 +113,17 @@ def array(obj: Any, n: int, what: str) -> list[Any]:
 
 def uint(obj: Any, what: str, field: str, maximum: int = (1 << 63) - 1) -> int:
     if type(obj) is not int or not 0 <= obj <= maximum:
-        raise DecodeError(what, f"field {field}: expected an integer in 0..{maximum}, found "
-                                f"{_brief(obj)}")
+        raise DecodeError(
+            what, f"field {field}: expected an integer in 0..{maximum}, found {_brief(obj)}"
+        )
     return obj
 
 
 def sint(obj: Any, what: str, field: str) -> int:
     if type(obj) is not int or not -(1 << 63) <= obj < (1 << 63):
-        raise DecodeError(what, f"field {field}: expected a signed 64-bit integer, found "
-                                f"{_brief(obj)}")
+        raise DecodeError(
+            what, f"field {field}: expected a signed 64-bit integer, found {_brief(obj)}"
+        )
     return obj
 
 
@@ -134,8 +137,9 @@ def bin_(obj: Any, what: str, field: str, size: int | None = None, maximum: int 
     return obj
 
 
-def text(obj: Any, what: str, field: str, maximum: int,
-         check: Callable[[str], bool] | None = None) -> str:
+def text(
+    obj: Any, what: str, field: str, maximum: int, check: Callable[[str], bool] | None = None
+) -> str:
     if type(obj) is not str:
         raise DecodeError(what, f"field {field}: expected a string, found {_brief(obj)}")
     if len(obj) > maximum:

@@ -16,5 +16,14 @@ REVOCATION = b"edgefleet/v1/revocation\x00"
 DEVICE_ID = b"edgefleet/v1/device-id\x00"
 KEY_ID = b"edgefleet/v1/key-id\x00"
 
-ALL = (READING, HEADER, HEADER_HASH, CERTIFICATE, ROTATION, ROTATION_COUNTERSIGN, REVOCATION,
-       DEVICE_ID, KEY_ID)
+ALL = (
+    READING,
+    HEADER,
+    HEADER_HASH,
+    CERTIFICATE,
+    ROTATION,
+    ROTATION_COUNTERSIGN,
+    REVOCATION,
+    DEVICE_ID,
+    KEY_ID,
+)

@@ -27,24 +27,30 @@ class ForkEvidence:
     b: SignedHeader
 
     def encode(self) -> bytes:
-        return codec.encode([FORMAT, self.certificate, list(self.rotations), self.a.wire,
-                             self.b.wire])
+        return codec.encode(
+            [FORMAT, self.certificate, list(self.rotations), self.a.wire, self.b.wire]
+        )
 
     @property
     def device_id(self) -> str:
         return self.a.header.device_id
 
 
-def make_evidence(certificate: bytes, rotations: tuple[bytes, ...], x: SignedHeader,
-                  y: SignedHeader) -> ForkEvidence:
+def make_evidence(
+    certificate: bytes, rotations: tuple[bytes, ...], x: SignedHeader, y: SignedHeader
+) -> ForkEvidence:
     a, b = sorted((x, y), key=lambda s: s.hash)
     return ForkEvidence(certificate, rotations, a, b)
 
 
 def is_fork(x: SignedHeader, y: SignedHeader) -> bool:
     hx, hy = x.header, y.header
-    return (hx.device_id == hy.device_id and hx.epoch == hy.epoch and hx.height == hy.height
-            and x.hash != y.hash)
+    return (
+        hx.device_id == hy.device_id
+        and hx.epoch == hy.epoch
+        and hx.height == hy.height
+        and x.hash != y.hash
+    )
 
 
 def decode_evidence(wire: bytes) -> ForkEvidence:
@@ -72,11 +78,11 @@ def verify_evidence(wire: bytes, roots: FleetRoots) -> ForkEvidence:
     keys = DeviceKeys.build(ev.certificate, roots, now_ms=None, rotations=ev.rotations)
     ha, hb = ev.a.header, ev.b.header
     if keys.device_id != ha.device_id or ha.device_id != hb.device_id:
-        raise ForkError("fork evidence: device", keys.device_id,
-                        f"{ha.device_id} / {hb.device_id}")
+        raise ForkError("fork evidence: device", keys.device_id, f"{ha.device_id} / {hb.device_id}")
     if (ha.epoch, ha.height) != (hb.epoch, hb.height):
-        raise ForkError("fork evidence: position", f"{ha.epoch}/{ha.height}",
-                        f"{hb.epoch}/{hb.height}")
+        raise ForkError(
+            "fork evidence: position", f"{ha.epoch}/{ha.height}", f"{hb.epoch}/{hb.height}"
+        )
     for sh in (ev.a, ev.b):
         sh.verify(keys.key_for(sh.header.key_id, sh.header.height, honour_revocations=False))
     return ev

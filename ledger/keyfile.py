@@ -29,15 +29,26 @@ FAST = (nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN)
 
 
 def _derive(passphrase: bytes, salt: bytes, opslimit: int, memlimit: int) -> bytes:
-    return nacl.pwhash.argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase, salt,
-                                    opslimit=opslimit, memlimit=memlimit)
+    return nacl.pwhash.argon2id.kdf(
+        nacl.secret.SecretBox.KEY_SIZE, passphrase, salt, opslimit=opslimit, memlimit=memlimit
+    )
 
 
-def seal(key: SigningKey, passphrase: bytes, role: str, cost: tuple[int, int] = INTERACTIVE) -> bytes:
+def seal(
+    key: SigningKey, passphrase: bytes, role: str, cost: tuple[int, int] = INTERACTIVE
+) -> bytes:
     salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
     box = nacl.secret.SecretBox(_derive(passphrase, salt, *cost)).encrypt(key.seed)
-    doc = {"format": FORMAT, "role": role, "public": key.public.hex(), "kdf": "argon2id",
-           "opslimit": cost[0], "memlimit": cost[1], "salt": salt.hex(), "box": bytes(box).hex()}
+    doc = {
+        "format": FORMAT,
+        "role": role,
+        "public": key.public.hex(),
+        "kdf": "argon2id",
+        "opslimit": cost[0],
+        "memlimit": cost[1],
+        "salt": salt.hex(),
+        "box": bytes(box).hex(),
+    }
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
@@ -62,8 +73,9 @@ def unseal(data: bytes, passphrase: bytes, where: str = "key file") -> tuple[Sig
     return key, role
 
 
-def write(path: Path, key: SigningKey, passphrase: bytes, role: str,
-          cost: tuple[int, int] = INTERACTIVE) -> None:
+def write(
+    path: Path, key: SigningKey, passphrase: bytes, role: str, cost: tuple[int, int] = INTERACTIVE
+) -> None:
     """Write atomically with mode 0600; never overwrite an existing key."""
     if path.exists():
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key")
@@ -85,8 +97,10 @@ def read(path: Path, passphrase: bytes) -> tuple[SigningKey, str]:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read ({exc.strerror})") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(f"{path}: permissions {oct(mode & 0o777)} are too open; "
-                           f"expected 0600 (chmod 600 {path})")
+        raise KeyFileError(
+            f"{path}: permissions {oct(mode & 0o777)} are too open; "
+            f"expected 0600 (chmod 600 {path})"
+        )
     return unseal(data, passphrase, str(path))
 
 

@@ -45,8 +45,19 @@ class Reading:
             raise UsageError(str(exc)) from None
 
     def encode_body(self) -> bytes:
-        return codec.encode([FORMAT_PLAIN, self.device_id, self.epoch, self.seq, self.time_ms,
-                             self.sensor, self.value, self.tag, self.text])
+        return codec.encode(
+            [
+                FORMAT_PLAIN,
+                self.device_id,
+                self.epoch,
+                self.seq,
+                self.time_ms,
+                self.sensor,
+                self.value,
+                self.tag,
+                self.text,
+            ]
+        )
 
 
 def _check(r: Reading) -> None:

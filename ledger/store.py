@@ -72,8 +72,9 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -82,8 +83,9 @@ class Store:
             if version is None:
                 self.meta_set("schema_version", str(SCHEMA_VERSION).encode())
             elif int(version) != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema version {int(version)}, this build reads "
-                                 f"{SCHEMA_VERSION}")
+                raise StoreError(
+                    f"{self.path}: schema version {int(version)}, this build reads {SCHEMA_VERSION}"
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from None
         self._history: CompactRange | None = None
@@ -110,7 +112,8 @@ class Store:
         """The sequence high-water mark: the highest seq pending or sealed."""
         row = self._db.execute(
             "SELECT max(m) FROM (SELECT max(seq) AS m FROM pending "
-            "UNION ALL SELECT max(last_seq) FROM blocks)").fetchone()
+            "UNION ALL SELECT max(last_seq) FROM blocks)"
+        ).fetchone()
         return None if row[0] is None else int(row[0])
 
     def append_pending(self, readings: Sequence[SignedReading]) -> None:
@@ -123,13 +126,16 @@ class Store:
                 raise SequenceError("pending reading seq", f"> {last}", r.reading.seq)
             last = r.reading.seq
         with self._tx():
-            self._db.executemany("INSERT INTO pending(seq, wire) VALUES (?, ?)",
-                                 [(r.reading.seq, r.wire) for r in readings])
+            self._db.executemany(
+                "INSERT INTO pending(seq, wire) VALUES (?, ?)",
+                [(r.reading.seq, r.wire) for r in readings],
+            )
 
     def pending(self, limit: int | None = None) -> list[SignedReading]:
         """Pending readings decoded from the stored bytes, in sequence order."""
-        rows = self._db.execute("SELECT seq, wire FROM pending ORDER BY seq LIMIT ?",
-                                (-1 if limit is None else limit,)).fetchall()
+        rows = self._db.execute(
+            "SELECT seq, wire FROM pending ORDER BY seq LIMIT ?", (-1 if limit is None else limit,)
+        ).fetchall()
         return [self._decode_stored(bytes(w), f"pending reading seq {s}") for s, w in rows]
 
     def pending_count(self) -> int:
@@ -160,15 +166,20 @@ class Store:
             raise ChainError("commit prev_hash", head.hash, h.prev_hash)
         seqs = [r.reading.seq for r in block.readings]
         rows = [(h.height, i, r.reading.seq, r.wire) for i, r in enumerate(block.readings)]
-        tags = [(r.reading.tag, h.device_id, h.height, i, r.reading.seq, r.reading.time_ms, 1)
-                for i, r in enumerate(block.readings) if r.reading.tag is not None]
+        tags = [
+            (r.reading.tag, h.device_id, h.height, i, r.reading.seq, r.reading.time_ms, 1)
+            for i, r in enumerate(block.readings)
+            if r.reading.tag is not None
+        ]
         with self._tx():
             self._db.execute(
                 "INSERT INTO blocks(height, epoch, hash, header, first_seq, last_seq) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (h.height, h.epoch, sh.hash, sh.wire, seqs[0], seqs[-1]))
-            self._db.executemany("INSERT INTO readings(height, idx, seq, wire) VALUES (?,?,?,?)",
-                                 rows)
+                (h.height, h.epoch, sh.hash, sh.wire, seqs[0], seqs[-1]),
+            )
+            self._db.executemany(
+                "INSERT INTO readings(height, idx, seq, wire) VALUES (?,?,?,?)", rows
+            )
             self._db.executemany("INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?,?,?)", tags)
             self._db.executemany("DELETE FROM pending WHERE seq=?", [(s,) for s in seqs])
         if self._history is not None:
@@ -182,15 +193,20 @@ class Store:
         return None if row is None else self._decode_header(bytes(row[0]))
 
     def reading_wires(self, height: int) -> list[bytes]:
-        return [bytes(w) for (w,) in self._db.execute(
-            "SELECT wire FROM readings WHERE height=? ORDER BY idx", (height,))]
+        return [
+            bytes(w)
+            for (w,) in self._db.execute(
+                "SELECT wire FROM readings WHERE height=? ORDER BY idx", (height,)
+            )
+        ]
 
     def block(self, height: int) -> Block | None:
         header = self.header_at(height)
         if header is None:
             return None
-        readings = tuple(self._decode_stored(w, f"reading of block {height}")
-                         for w in self.reading_wires(height))
+        readings = tuple(
+            self._decode_stored(w, f"reading of block {height}") for w in self.reading_wires(height)
+        )
         return Block(header, readings)
 
     def blocks(self, from_height: int = 0) -> Iterator[Block]:
@@ -214,47 +230,67 @@ class Store:
         """Store a verified peer header. Returns the conflicting header already held at that
         height (a fork), or None when stored or already present."""
         h = sh.header
-        row = self._db.execute("SELECT header FROM peer_headers WHERE device_id=? AND height=?",
-                               (h.device_id, h.height)).fetchone()
+        row = self._db.execute(
+            "SELECT header FROM peer_headers WHERE device_id=? AND height=?",
+            (h.device_id, h.height),
+        ).fetchone()
         if row is not None:
             held = self._decode_header(bytes(row[0]))
             return None if held.hash == sh.hash else held
         with self._tx():
-            self._db.execute("INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
-                             (h.device_id, h.height, h.epoch, sh.hash, sh.wire))
+            self._db.execute(
+                "INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
+                (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
+            )
         return None
 
     def peer_head(self, device_id: str) -> SignedHeader | None:
-        row = self._db.execute("SELECT header FROM peer_headers WHERE device_id=? "
-                               "ORDER BY height DESC LIMIT 1", (device_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT header FROM peer_headers WHERE device_id=? ORDER BY height DESC LIMIT 1",
+            (device_id,),
+        ).fetchone()
         return None if row is None else self._decode_header(bytes(row[0]))
 
     def peer_headers(self, device_id: str, from_height: int = 0) -> list[SignedHeader]:
-        return [self._decode_header(bytes(w)) for (w,) in self._db.execute(
-            "SELECT header FROM peer_headers WHERE device_id=? AND height>=? ORDER BY height",
-            (device_id, from_height))]
+        return [
+            self._decode_header(bytes(w))
+            for (w,) in self._db.execute(
+                "SELECT header FROM peer_headers WHERE device_id=? AND height>=? ORDER BY height",
+                (device_id, from_height),
+            )
+        ]
 
     def peer_devices(self) -> list[str]:
-        return [str(d) for (d,) in self._db.execute(
-            "SELECT DISTINCT device_id FROM peer_headers ORDER BY device_id")]
+        return [
+            str(d)
+            for (d,) in self._db.execute(
+                "SELECT DISTINCT device_id FROM peer_headers ORDER BY device_id"
+            )
+        ]
 
     def put_replica(self, block: Block) -> bool:
         """Store a verified replica of a peer's block; False if already held."""
         h = block.header.header
         wire = block.encode()
-        tags = [(r.reading.tag, h.device_id, h.height, i, r.reading.seq, r.reading.time_ms, 0)
-                for i, r in enumerate(block.readings) if r.reading.tag is not None]
+        tags = [
+            (r.reading.tag, h.device_id, h.height, i, r.reading.seq, r.reading.time_ms, 0)
+            for i, r in enumerate(block.readings)
+            if r.reading.tag is not None
+        ]
         with self._tx():
-            cur = self._db.execute("INSERT OR IGNORE INTO replicas VALUES (?, ?, ?, ?, ?)",
-                                   (h.device_id, h.height, block.header.hash, wire, len(wire)))
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO replicas VALUES (?, ?, ?, ?, ?)",
+                (h.device_id, h.height, block.header.hash, wire, len(wire)),
+            )
             if cur.rowcount == 0:
                 return False
             self._db.executemany("INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?,?,?)", tags)
         return True
 
     def replica(self, device_id: str, height: int) -> Block | None:
-        row = self._db.execute("SELECT block FROM replicas WHERE device_id=? AND height=?",
-                               (device_id, height)).fetchone()
+        row = self._db.execute(
+            "SELECT block FROM replicas WHERE device_id=? AND height=?", (device_id, height)
+        ).fetchone()
         if row is None:
             return None
         try:
@@ -269,8 +305,9 @@ class Store:
         self._db.execute("INSERT OR REPLACE INTO certificates VALUES (?, ?)", (device_id, wire))
 
     def certificate(self, device_id: str) -> bytes | None:
-        row = self._db.execute("SELECT wire FROM certificates WHERE device_id=?",
-                               (device_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT wire FROM certificates WHERE device_id=?", (device_id,)
+        ).fetchone()
         return None if row is None else bytes(row[0])
 
     def put_evidence(self, device_id: str, wire: bytes) -> bool:
@@ -285,14 +322,21 @@ class Store:
         return [bytes(w) for (w,) in rows]
 
     def tag_hits(self, tag: str) -> list[TagHit]:
-        return [TagHit(tag, d, h, i, s, t, bool(o)) for d, h, i, s, t, o in self._db.execute(
-            "SELECT device_id, height, idx, seq, time_ms, own FROM tags WHERE tag=? "
-            "ORDER BY time_ms, device_id, height, idx", (tag,))]
+        return [
+            TagHit(tag, d, h, i, s, t, bool(o))
+            for d, h, i, s, t, o in self._db.execute(
+                "SELECT device_id, height, idx, seq, time_ms, own FROM tags WHERE tag=? "
+                "ORDER BY time_ms, device_id, height, idx",
+                (tag,),
+            )
+        ]
 
     def tags(self) -> list[tuple[str, int]]:
         """Every tag indexed, with how many readings mention it."""
-        return [(str(t), int(n)) for t, n in self._db.execute(
-            "SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag")]
+        return [
+            (str(t), int(n))
+            for t, n in self._db.execute("SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag")
+        ]
 
     # --- internals -----------------------------------------------------------------------------
     def _tx(self) -> _Tx:
@@ -302,8 +346,9 @@ class Store:
         try:
             return decode_reading(wire)
         except DecodeError as exc:
-            raise IntegrityError(f"{self.path}: {what}: stored bytes no longer decode ({exc})") \
-                from None
+            raise IntegrityError(
+                f"{self.path}: {what}: stored bytes no longer decode ({exc})"
+            ) from None
 
     def _decode_header(self, wire: bytes) -> SignedHeader:
         try:
@@ -322,8 +367,9 @@ class _Tx:
     def __enter__(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")

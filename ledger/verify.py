@@ -21,8 +21,7 @@ def verify_link(prev: SignedHeader | None, new: SignedHeader) -> None:
     h = new.header
     if prev is None:
         if h.height != 0 or h.prev_hash != ZERO_HASH:
-            raise ChainError("first block", "height 0 with zero prev_hash",
-                             f"height {h.height}")
+            raise ChainError("first block", "height 0 with zero prev_hash", f"height {h.height}")
         return
     p = prev.header
     if h.device_id != p.device_id:
@@ -49,15 +48,20 @@ def verify_block(block: Block, key: PublicKey, *, after_seq: int | None = None) 
     for sr in readings:
         r = sr.reading
         if r.device_id != h.device_id or r.epoch != h.epoch:
-            raise VerificationError(f"{where}: reading seq {r.seq} belongs elsewhere",
-                                    f"{h.device_id}/{h.epoch}", f"{r.device_id}/{r.epoch}")
+            raise VerificationError(
+                f"{where}: reading seq {r.seq} belongs elsewhere",
+                f"{h.device_id}/{h.epoch}",
+                f"{r.device_id}/{r.epoch}",
+            )
     check_sequence(list(readings), after_seq, where)
     if readings[0].reading.time_ms != h.first_time_ms:
-        raise VerificationError(f"{where}: first_time_ms", h.first_time_ms,
-                                readings[0].reading.time_ms)
+        raise VerificationError(
+            f"{where}: first_time_ms", h.first_time_ms, readings[0].reading.time_ms
+        )
     if readings[-1].reading.time_ms != h.last_time_ms:
-        raise VerificationError(f"{where}: last_time_ms", h.last_time_ms,
-                                readings[-1].reading.time_ms)
+        raise VerificationError(
+            f"{where}: last_time_ms", h.last_time_ms, readings[-1].reading.time_ms
+        )
     root = root_from_leaf_hashes([sr.leaf_hash for sr in readings])
     if root != h.merkle_root:
         raise MerkleRootError(f"{where}: Merkle root over the readings", h.merkle_root, root)
@@ -79,8 +83,9 @@ def verify_chain(blocks: Iterable[Block], key_for: KeyFor) -> tuple[SignedHeader
         verify_link(prev, sh)
         expected = history.root()
         if sh.header.history_root != expected:
-            raise ChainError(f"history_root at height {sh.header.height}", expected,
-                             sh.header.history_root)
+            raise ChainError(
+                f"history_root at height {sh.header.height}", expected, sh.header.history_root
+            )
         verify_block(block, key_for(sh.header.key_id, sh.header.height), after_seq=last_seq)
         history.append(sh.hash)
         last_seq = block.readings[-1].reading.seq
@@ -96,8 +101,9 @@ def verify_headers(headers: Iterable[SignedHeader], key_for: KeyFor) -> SignedHe
     for sh in headers:
         verify_link(prev, sh)
         if sh.header.history_root != history.root():
-            raise ChainError(f"history_root at height {sh.header.height}", history.root(),
-                             sh.header.history_root)
+            raise ChainError(
+                f"history_root at height {sh.header.height}", history.root(), sh.header.history_root
+            )
         sh.verify(key_for(sh.header.key_id, sh.header.height))
         history.append(sh.hash)
         prev = sh
@@ -109,5 +115,12 @@ def check_times(prev_last_ms: int | None, first_ms: int, skew_ms: int) -> bool:
     return prev_last_ms is not None and first_ms + skew_ms < prev_last_ms
 
 
-__all__ = ["KeyFor", "SequenceError", "check_times", "verify_block", "verify_chain",
-           "verify_headers", "verify_link"]
+__all__ = [
+    "KeyFor",
+    "SequenceError",
+    "check_times",
+    "verify_block",
+    "verify_chain",
+    "verify_headers",
+    "verify_link",
+]

@@ -23,8 +23,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = ksub.add_parser("init-authority", help="create a fleet authority key and fleet root")
     p.add_argument("--dir", required=True, type=Path, help="directory for the authority files")
-    p.add_argument("--passphrase-file", help="file holding the passphrase (else "
-                   "$EDGEFLEET_PASSPHRASE or a prompt)")
+    p.add_argument(
+        "--passphrase-file",
+        help="file holding the passphrase (else $EDGEFLEET_PASSPHRASE or a prompt)",
+    )
     p.set_defaults(func=_init_authority)
 
     p = ksub.add_parser("enroll", help="create a device key and sign its certificate")
@@ -35,8 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--site", required=True)
     p.add_argument("--owner", help="owner X25519 public key: 64 hex characters or a .pub file")
     p.add_argument("--valid-days", type=int, default=3650)
-    p.add_argument("--passphrase-file", help="passphrase for both the authority and the "
-                   "new device key")
+    p.add_argument(
+        "--passphrase-file", help="passphrase for both the authority and the new device key"
+    )
     p.set_defaults(func=_enroll)
 
     p = ksub.add_parser("init-owner", help="create an owner X25519 key pair (FILE, FILE.pub)")
@@ -45,8 +48,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = ksub.add_parser("show", help="describe a key file, certificate or fleet root")
     p.add_argument("path", type=Path)
-    p.add_argument("--root", type=Path, help="fleet-root.json (or its directory) to verify "
-                   "a certificate against")
+    p.add_argument(
+        "--root",
+        type=Path,
+        help="fleet-root.json (or its directory) to verify a certificate against",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_show)
 
@@ -68,14 +74,24 @@ def _enroll(args: argparse.Namespace) -> int:
         pw = keystore.passphrase(args.passphrase_file)
         authority = keystore.load_authority(args.authority, pw)
         owner = keystore.read_owner_public(args.owner) if args.owner else None
-        enrolled = keystore.enroll_device(args.authority, authority, args.out, pw,
-                                          kind=args.kind, model=args.model, site=args.site,
-                                          owner_x25519=owner, valid_days=args.valid_days)
+        enrolled = keystore.enroll_device(
+            args.authority,
+            authority,
+            args.out,
+            pw,
+            kind=args.kind,
+            model=args.model,
+            site=args.site,
+            owner_x25519=owner,
+            valid_days=args.valid_days,
+        )
     except (keystore.KeystoreError, LedgerError) as exc:
         raise CliError(str(exc)) from None
     cert = enrolled.certificate
-    print(f"enrolled {cert.device_id} ({cert.kind}, {cert.model}, site {cert.site}), "
-          f"serial {cert.serial}")
+    print(
+        f"enrolled {cert.device_id} ({cert.kind}, {cert.model}, site {cert.site}), "
+        f"serial {cert.serial}"
+    )
     print(f"  key          {args.out / keystore.DEVICE_KEY}")
     print(f"  certificate  {args.out / keystore.DEVICE_CERT}")
     return 0
@@ -114,8 +130,12 @@ def _describe(path: Path, data: bytes, root: Path | None) -> dict[str, object]:
             raise CliError(f"{path}: invalid JSON ({exc})") from None
         if doc.get("format") == keyfile.FORMAT:
             public = bytes.fromhex(doc["public"])
-            info: dict[str, object] = {"file": "encrypted key", "role": doc["role"],
-                                       "public": public.hex(), "kdf": doc["kdf"]}
+            info: dict[str, object] = {
+                "file": "encrypted key",
+                "role": doc["role"],
+                "public": public.hex(),
+                "kdf": doc["kdf"],
+            }
             if doc["role"] == "device":
                 info["device_id"] = device_id_for(public)
             return info
@@ -131,11 +151,19 @@ def _describe(path: Path, data: bytes, root: Path | None) -> dict[str, object]:
             status = "not verified (pass --root)"
     except (LedgerError, keystore.KeystoreError) as exc:
         raise CliError(f"{path}: {exc}") from None
-    return {"file": "device certificate", "device_id": cert.device_id, "kind": cert.kind,
-            "model": cert.model, "site": cert.site, "serial": cert.serial,
-            "owner_x25519": cert.owner_x25519.hex() if cert.owner_x25519 else None,
-            "not_before": _iso(cert.not_before_ms), "not_after": _iso(cert.not_after_ms),
-            "authority_key_id": cert.authority_key_id.hex(), "status": status}
+    return {
+        "file": "device certificate",
+        "device_id": cert.device_id,
+        "kind": cert.kind,
+        "model": cert.model,
+        "site": cert.site,
+        "serial": cert.serial,
+        "owner_x25519": cert.owner_x25519.hex() if cert.owner_x25519 else None,
+        "not_before": _iso(cert.not_before_ms),
+        "not_after": _iso(cert.not_after_ms),
+        "authority_key_id": cert.authority_key_id.hex(),
+        "status": status,
+    }
 
 
 def _iso(ms: int) -> str:

@@ -15,9 +15,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-COMMANDS: tuple[str, ...] = (
-    "agent.cli.keys",
-)
+COMMANDS: tuple[str, ...] = ("agent.cli.keys",)
 
 
 class CliError(Exception):

@@ -31,13 +31,17 @@ def test_protocol_document_shows_the_vectors() -> None:
 
 # --- an independent verifier, from docs/PROTOCOL.md only -----------------------------------------
 
+
 def dom(name: str) -> bytes:
     return {
-        "READING": b"edgefleet/v1/reading", "HEADER": b"edgefleet/v1/header",
-        "HEADER_HASH": b"edgefleet/v1/header-hash", "CERTIFICATE": b"edgefleet/v1/certificate",
+        "READING": b"edgefleet/v1/reading",
+        "HEADER": b"edgefleet/v1/header",
+        "HEADER_HASH": b"edgefleet/v1/header-hash",
+        "CERTIFICATE": b"edgefleet/v1/certificate",
         "ROTATION": b"edgefleet/v1/key-rotation",
         "ROTATION_COUNTERSIGN": b"edgefleet/v1/key-rotation-countersign",
-        "REVOCATION": b"edgefleet/v1/revocation", "DEVICE_ID": b"edgefleet/v1/device-id",
+        "REVOCATION": b"edgefleet/v1/revocation",
+        "DEVICE_ID": b"edgefleet/v1/device-id",
         "KEY_ID": b"edgefleet/v1/key-id",
     }[name] + b"\x00"
 

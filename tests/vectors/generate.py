@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ledger import domains
-from ledger.block import Block, build_header, encode_block, sign_header
-from ledger.certs import countersign_rotation, issue_certificate, sign_rotation, sign_revocation
+from ledger.block import build_header, encode_block, sign_header
+from ledger.certs import countersign_rotation, issue_certificate, sign_revocation, sign_rotation
 from ledger.chainproof import prove_extension
 from ledger.evidence import make_evidence
 from ledger.history import CompactRange
@@ -44,68 +44,141 @@ def build() -> dict[str, Any]:
     new_key = SigningKey(seed("device rotated"))
     dev_id = device.public.device_id
     owner = hashlib.sha256(b"edgefleet test vector owner x25519").digest()
-    cert = issue_certificate(authority, device.public, kind="refrigerator", model="FR-200",
-                             site="house-1", owner_x25519=owner, not_before_ms=T0,
-                             not_after_ms=T0 + 365 * 86_400_000, serial=1)
-    contents = [("fridge.temp_mc", 4125, None, None),
-                ("rfid.in", 1, "urn:epc:id:sgtin:4012345.011111.1001", "milk 1 l"),
-                ("door.open", 0, None, None)]
-    readings = [sign_reading(Reading(dev_id, 0, i, T0 + 60_000 * i, s, v, t, x), device)
-                for i, (s, v, t, x) in enumerate(contents)]
+    cert = issue_certificate(
+        authority,
+        device.public,
+        kind="refrigerator",
+        model="FR-200",
+        site="house-1",
+        owner_x25519=owner,
+        not_before_ms=T0,
+        not_after_ms=T0 + 365 * 86_400_000,
+        serial=1,
+    )
+    contents = [
+        ("fridge.temp_mc", 4125, None, None),
+        ("rfid.in", 1, "urn:epc:id:sgtin:4012345.011111.1001", "milk 1 l"),
+        ("door.open", 0, None, None),
+    ]
+    readings = [
+        sign_reading(Reading(dev_id, 0, i, T0 + 60_000 * i, s, v, t, x), device)
+        for i, (s, v, t, x) in enumerate(contents)
+    ]
     history = CompactRange()
-    header0 = sign_header(build_header(device_id=dev_id, epoch=0, prev=None,
-                                       history_root=history.root(), readings=readings,
-                                       key_id=device.key_id), device)
-    block0 = Block(header0, tuple(readings))
+    header0 = sign_header(
+        build_header(
+            device_id=dev_id,
+            epoch=0,
+            prev=None,
+            history_root=history.root(),
+            readings=readings,
+            key_id=device.key_id,
+        ),
+        device,
+    )
     # A short chain of one-reading blocks after it, for chain-extension proofs.
     headers = [header0]
     history.append(header0.hash)
     for h in range(1, 5):
-        r = sign_reading(Reading(dev_id, 0, 2 + h, T0 + 600_000 * h, "fridge.temp_mc", 4000 + h),
-                         device)
-        sh = sign_header(build_header(device_id=dev_id, epoch=0, prev=headers[-1],
-                                      history_root=history.root(), readings=[r],
-                                      key_id=device.key_id), device)
+        r = sign_reading(
+            Reading(dev_id, 0, 2 + h, T0 + 600_000 * h, "fridge.temp_mc", 4000 + h), device
+        )
+        sh = sign_header(
+            build_header(
+                device_id=dev_id,
+                epoch=0,
+                prev=headers[-1],
+                history_root=history.root(),
+                readings=[r],
+                key_id=device.key_id,
+            ),
+            device,
+        )
         headers.append(sh)
         history.append(sh.hash)
     hashes = [h.hash for h in headers]
     ext = prove_extension(hashes, 2, 4)
     # An equivocating header at height 1: same position, different readings.
     other = sign_reading(Reading(dev_id, 0, 3, T0 + 600_000, "fridge.temp_mc", 9999), device)
-    fork = sign_header(build_header(device_id=dev_id, epoch=0, prev=header0,
-                                    history_root=headers[1].header.history_root,
-                                    readings=[other], key_id=device.key_id), device)
+    fork = sign_header(
+        build_header(
+            device_id=dev_id,
+            epoch=0,
+            prev=header0,
+            history_root=headers[1].header.history_root,
+            readings=[other],
+            key_id=device.key_id,
+        ),
+        device,
+    )
     evidence = make_evidence(cert.wire, (), headers[1], fork)
     half = sign_rotation(dev_id, device, new_key.public, 100, T0 + 86_400_000, authority.key_id)
     rotation = countersign_rotation(half, authority)
-    revocation = sign_revocation(authority, dev_id, device.key_id, 100, "key-compromise",
-                                 T0 + 2 * 86_400_000)
+    revocation = sign_revocation(
+        authority, dev_id, device.key_id, 100, "key-compromise", T0 + 2 * 86_400_000
+    )
     leaves = [r.leaf_hash for r in readings]
     r1 = readings[1]
     return {
-        "domains": {name: getattr(domains, name).hex() for name in
-                    ("READING", "HEADER", "HEADER_HASH", "CERTIFICATE", "ROTATION",
-                     "ROTATION_COUNTERSIGN", "REVOCATION", "DEVICE_ID", "KEY_ID")},
-        "authority": {"seed": authority.seed.hex(), "public": authority.public.hex(),
-                      "key_id": authority.key_id.hex()},
-        "device": {"seed": device.seed.hex(), "public": device.public.hex(),
-                   "key_id": device.key_id.hex(), "device_id": dev_id},
+        "domains": {
+            name: getattr(domains, name).hex()
+            for name in (
+                "READING",
+                "HEADER",
+                "HEADER_HASH",
+                "CERTIFICATE",
+                "ROTATION",
+                "ROTATION_COUNTERSIGN",
+                "REVOCATION",
+                "DEVICE_ID",
+                "KEY_ID",
+            )
+        },
+        "authority": {
+            "seed": authority.seed.hex(),
+            "public": authority.public.hex(),
+            "key_id": authority.key_id.hex(),
+        },
+        "device": {
+            "seed": device.seed.hex(),
+            "public": device.public.hex(),
+            "key_id": device.key_id.hex(),
+            "device_id": dev_id,
+        },
         "certificate": {"wire": cert.wire.hex()},
-        "reading": {"fields": [1, dev_id, 0, 1, r1.reading.time_ms, "rfid.in", 1,
-                               r1.reading.tag, r1.reading.text],
-                    "body": r1.body.hex(), "signature": r1.signature.hex(),
-                    "wire": r1.wire.hex(), "leaf_hash": r1.leaf_hash.hex()},
-        "block0": {"readings": [r.wire.hex() for r in readings],
-                   "leaf_hashes": [h.hex() for h in leaves],
-                   "merkle_root": header0.header.merkle_root.hex(),
-                   "inclusion_proof_index_1": [p.hex() for p in inclusion_proof(leaves, 1)],
-                   "header_body": header0.body.hex(), "header_wire": header0.wire.hex(),
-                   "header_hash": header0.hash.hex(),
-                   "block_wire": encode_block(header0.wire, [r.wire for r in readings]).hex()},
-        "chain": {"header_wires": [h.wire.hex() for h in headers],
-                  "header_hashes": [h.hex() for h in hashes],
-                  "history_roots": [h.header.history_root.hex() for h in headers],
-                  "extension_2_to_4": ext.encode().hex()},
+        "reading": {
+            "fields": [
+                1,
+                dev_id,
+                0,
+                1,
+                r1.reading.time_ms,
+                "rfid.in",
+                1,
+                r1.reading.tag,
+                r1.reading.text,
+            ],
+            "body": r1.body.hex(),
+            "signature": r1.signature.hex(),
+            "wire": r1.wire.hex(),
+            "leaf_hash": r1.leaf_hash.hex(),
+        },
+        "block0": {
+            "readings": [r.wire.hex() for r in readings],
+            "leaf_hashes": [h.hex() for h in leaves],
+            "merkle_root": header0.header.merkle_root.hex(),
+            "inclusion_proof_index_1": [p.hex() for p in inclusion_proof(leaves, 1)],
+            "header_body": header0.body.hex(),
+            "header_wire": header0.wire.hex(),
+            "header_hash": header0.hash.hex(),
+            "block_wire": encode_block(header0.wire, [r.wire for r in readings]).hex(),
+        },
+        "chain": {
+            "header_wires": [h.wire.hex() for h in headers],
+            "header_hashes": [h.hex() for h in hashes],
+            "history_roots": [h.header.history_root.hex() for h in headers],
+            "extension_2_to_4": ext.encode().hex(),
+        },
         "fork_evidence": {"wire": evidence.encode().hex()},
         "rotation": {"new_public": new_key.public.hex(), "wire": rotation.hex()},
         "revocation": {"wire": revocation.hex()},
@@ -127,8 +200,10 @@ def main(argv: list[str]) -> int:
     doc = DOC_PATH.read_text()
     start, end = doc.index(BEGIN), doc.index(END) + len(END)
     DOC_PATH.write_text(doc[:start] + render_doc_block(v) + doc[end:])
-    print(f"wrote {JSON_PATH.relative_to(ROOT)} and the vectors section of "
-          f"{DOC_PATH.relative_to(ROOT)}")
+    print(
+        f"wrote {JSON_PATH.relative_to(ROOT)} and the vectors section of "
+        f"{DOC_PATH.relative_to(ROOT)}"
+    )
     return 0
 
 
