@@ -159,7 +159,7 @@ def enroll_device(
         model=model,
         site=site,
         owner_x25519=owner_x25519,
-        not_before_ms=now - DAY_MS,
+        not_before_ms=max(0, now - DAY_MS),
         not_after_ms=now + valid_days * DAY_MS,
         serial=_next_serial(authority_dir),
     )

@@ -391,6 +391,13 @@ class DeviceKeys:
                 return span.key
         raise VerificationError(f"{self.device_id}: no key covers height {height}")
 
+    def key_at(self, height: int) -> PublicKey:
+        """The key in force at ``height`` by rotations alone (what signs pending readings)."""
+        for span in self.spans:
+            if span.from_height <= height < span.until_height:
+                return span.key
+        raise VerificationError(f"{self.device_id}: no key covers height {height}")
+
     @classmethod
     def build(
         cls,

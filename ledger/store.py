@@ -298,6 +298,15 @@ class Store:
         except DecodeError as exc:
             raise IntegrityError(f"{self.path}: replica {device_id}@{height}: {exc}") from None
 
+    def replica_index(self) -> list[tuple[str, int]]:
+        """(device_id, height) of every replica held, in order."""
+        return [
+            (str(d), int(h))
+            for d, h in self._db.execute(
+                "SELECT device_id, height FROM replicas ORDER BY device_id, height"
+            )
+        ]
+
     def replica_bytes(self) -> int:
         return int(self._db.execute("SELECT coalesce(sum(size), 0) FROM replicas").fetchone()[0])
 
