@@ -18,7 +18,7 @@ from pathlib import Path
 
 AUTHORITY = "authority"
 DEVICES = "devices"
-PASSPHRASE = "passphrase"
+PASSPHRASE = "passphrase"  # noqa: S105 - a file name, not a secret
 STORE = "store.sqlite"
 
 
