@@ -15,7 +15,12 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-COMMANDS: tuple[str, ...] = ("agent.cli.keys",)
+COMMANDS: tuple[str, ...] = (
+    "agent.cli.keys",
+    "agent.cli.verify",
+    "agent.cli.sensor",
+    "agent.cli.record",
+)
 
 
 class CliError(Exception):

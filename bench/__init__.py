@@ -1,0 +1,1 @@
+"""Benchmarks: one module per benchmark, each printing one JSON object with ``--json``."""

@@ -1,0 +1,168 @@
+"""Clocks: one interface, a real-time clock and a simulated clock that jumps to the next deadline.
+
+Everything that waits does so through a ``Clock``: ``now_ms()`` (Unix milliseconds, an int) and
+``await sleep_until(t_ms)``. ``RealClock`` follows the wall clock. ``SimClock`` keeps an integer
+simulated time that only moves when every task of its event loop is waiting: it then jumps
+straight to the earliest deadline, so a simulated week runs as fast as the CPU allows and a seed
+reproduces a run.
+
+``SimClock.run(coro)`` (or ``SimClock.new_event_loop()``) gives an asyncio event loop whose own
+timers (``asyncio.sleep``, ``asyncio.timeout``, ``loop.call_later``) also run on simulated time.
+The loop polls real I/O without blocking before each jump, so sockets and pipes still work; a
+thread working in the background does not hold simulated time back.
+
+A SimClock can also be driven synchronously (``advance_to``) by code that is not async, such as
+the fleet simulation generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import selectors
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
+
+
+class ClockError(RuntimeError):
+    """A clock was misused (time moved backwards, a loop bound to another clock)."""
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What every waiting component needs from time."""
+
+    def now_ms(self) -> int:
+        """Current time, Unix milliseconds."""
+        ...
+
+    async def sleep_until(self, t_ms: int) -> None:
+        """Return once ``now_ms() >= t_ms`` (at once, after one yield, if it already is)."""
+        ...
+
+
+class RealClock:
+    """Wall-clock time; sleeping uses the running asyncio loop."""
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    async def sleep_until(self, t_ms: int) -> None:
+        while True:
+            remaining = t_ms - self.now_ms()
+            if remaining <= 0:
+                await asyncio.sleep(0)
+                return
+            await asyncio.sleep(remaining / 1000)
+
+
+class SimClock:
+    """Simulated time in integer milliseconds that jumps to the earliest pending deadline.
+
+    Deadlines registered by ``sleep_until`` wake in (deadline, registration order): two sleepers
+    with one deadline wake in the order they went to sleep, which keeps runs deterministic.
+    """
+
+    def __init__(self, start_ms: int = 0) -> None:
+        if type(start_ms) is not int:
+            raise ClockError(f"start_ms must be int milliseconds, found {type(start_ms).__name__}")
+        self._now = start_ms
+        self._seq = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+
+    def now_ms(self) -> int:
+        return self._now
+
+    def advance_to(self, t_ms: int) -> None:
+        """Move time forward to ``t_ms`` and wake every sleeper whose deadline has come."""
+        if t_ms < self._now:
+            raise ClockError(f"time cannot go back: now {self._now} ms, asked for {t_ms} ms")
+        self._now = t_ms
+        while self._waiters and self._waiters[0][0] <= t_ms:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    def next_deadline(self) -> int | None:
+        """Earliest deadline a live sleeper waits for, or None."""
+        while self._waiters and self._waiters[0][2].done():  # cancelled sleepers
+            heapq.heappop(self._waiters)
+        return self._waiters[0][0] if self._waiters else None
+
+    async def sleep_until(self, t_ms: int) -> None:
+        if t_ms <= self._now:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._waiters, (t_ms, self._seq, fut))
+        await fut
+
+    async def sleep(self, ms: int) -> None:
+        """Sleep ``ms`` simulated milliseconds."""
+        await self.sleep_until(self._now + ms)
+
+    def new_event_loop(self) -> SimEventLoop:
+        """An event loop on this clock's time; close it when done."""
+        return SimEventLoop(self)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to completion on a fresh simulated-time event loop."""
+        with asyncio.Runner(loop_factory=self.new_event_loop) as runner:
+            return runner.run(coro)
+
+
+class _JumpingSelector(selectors.BaseSelector):
+    """Wraps a real selector: polls real I/O without blocking, and when nothing is ready and
+    the loop would wait, jumps simulated time to the earliest deadline instead of waiting."""
+
+    def __init__(self, clock: SimClock) -> None:
+        self._clock = clock
+        self._real = selectors.DefaultSelector()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.modify(fileobj, events, data)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._real.get_map()
+
+    def close(self) -> None:
+        self._real.close()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = self._real.select(0)
+        if ready or timeout == 0:
+            return ready
+        clock = self._clock
+        # timeout is the distance to the loop's own earliest timer (None: it has none)
+        loop_deadline = (
+            None if timeout is None else clock.now_ms() + math.ceil(round(timeout * 1000, 6))
+        )
+        own = clock.next_deadline()
+        candidates = [d for d in (loop_deadline, own) if d is not None]
+        if not candidates:
+            # nothing simulated will ever happen: only real I/O can wake the loop
+            return self._real.select(None)
+        clock.advance_to(max(clock.now_ms(), min(candidates)))
+        return []
+
+
+class SimEventLoop(asyncio.SelectorEventLoop):
+    """A selector event loop whose ``time()`` is the SimClock's simulated time."""
+
+    def __init__(self, clock: SimClock) -> None:
+        self.sim_clock = clock
+        super().__init__(selector=_JumpingSelector(clock))
+
+    def time(self) -> float:
+        return self.sim_clock.now_ms() / 1000

@@ -1,0 +1,411 @@
+"""devices.yaml: the sample loads, groups expand, and every bad file names file, device, field."""
+
+from __future__ import annotations
+
+import copy
+import typing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.config import (
+    DEVICE_KINDS,
+    ConfigError,
+    RawDevice,
+    RawSite,
+    load_fleet,
+    parse_duration_ms,
+    parse_fleet,
+)
+from firmware_sim.appliances import PARAMS_TYPES, RefrigeratorParams, WashingMachineParams
+from firmware_sim.fleet import Outage
+from firmware_sim.sensors.faults import FaultSpec
+from firmware_sim.world import DAY_MS, HOUR_MS, SITE_KINDS
+
+ROOT = Path(__file__).resolve().parents[2]
+START = 1_736_121_600_000
+
+BASE: dict[str, Any] = {
+    "fleet": "t",
+    "sites": [
+        {"id": "home-1", "kind": "household"},
+        {"id": "home-2", "kind": "household"},
+        {"id": "lab", "kind": "hospital"},
+    ],
+    "devices": [
+        {"name": "fridge-1", "kind": "refrigerator", "site": "home-1"},
+        {"name": "washer-1", "kind": "washing_machine", "site": "home-1"},
+        {"name": "fridge-3", "kind": "refrigerator", "site": "home-2"},
+        {"name": "freezer", "kind": "medical_freezer", "site": "lab"},
+    ],
+}
+
+
+def doc(**changes: Any) -> dict[str, Any]:
+    d = copy.deepcopy(BASE)
+    d.update(changes)
+    return d
+
+
+def with_device(k: int, **changes: Any) -> dict[str, Any]:
+    d = copy.deepcopy(BASE)
+    d["devices"][k].update(changes)
+    return d
+
+
+def test_the_sample_devices_yaml_loads() -> None:
+    cfg = load_fleet(ROOT / "devices.yaml")
+    assert cfg.name == "demo" and cfg.seed == 42 and cfg.start_ms == START
+    assert [d.name for d in cfg.devices] == [
+        "fridge-1",
+        "fridge-2",
+        "fridge-3",
+        "washer-1",
+        "washer-2",
+        "washer-3",
+        "freezer-station",
+        "freezer-van",
+        "freezer-hospital",
+    ]
+    assert {s.kind for s in cfg.sites} == set(SITE_KINDS)
+    fridge2 = cfg.device("fridge-2")
+    assert (fridge2.site, fridge2.owner, fridge2.domains) == (
+        "home-2",
+        "family-2",
+        ("home-2", "elm-street"),
+    )
+    assert cfg.site("home-2").private and not cfg.site("city-hospital").private
+    assert fridge2.sample_period_ms == 60_000 == fridge2.params.sample_period_ms
+    assert fridge2.spare_storage_mb == 128 and fridge2.model == "ColdCo FR-300"
+    assert isinstance(fridge2.params, RefrigeratorParams)
+    van = cfg.device("freezer-van")
+    assert van.domains == ("blood-chain",) and van.owner == "blood-service"
+    assert van.faults == (
+        FaultSpec(
+            "cabinet.temp_mc", "drift", START + 2 * DAY_MS, START + 3 * DAY_MS, magnitude=200
+        ),
+    )
+    assert van.outages == (Outage("power", START + 4 * DAY_MS + 15 * HOUR_MS, HOUR_MS),)
+    assert cfg.device("freezer-hospital").owner == "city-hospital"  # default: the site's owner
+    assert "blood-chain" in cfg.domains and "elm-street" in cfg.domains
+    assert cfg.world.shopping.at_min == 17 * 60 + 30
+    assert cfg.world.laundry.weekdays == (2, 5)
+    assert cfg.world.blood.transit_ms == 3 * HOUR_MS
+    assert [d.name for d in cfg.fleet_spec().devices] == [d.name for d in cfg.devices]
+
+
+def test_defaults_fill_everything_not_given() -> None:
+    cfg = parse_fleet(BASE, "x.yaml")
+    fridge = cfg.device("fridge-1")
+    assert fridge.params == RefrigeratorParams()
+    assert fridge.domains == ("home-1",) and fridge.owner == "home-1"
+    assert fridge.serial is None and fridge.faults == () and fridge.spare_storage_mb == 64
+    assert cfg.seed == 0 and cfg.start_ms == START
+    other = parse_fleet(doc(start=datetime(2025, 3, 1, 12, 0, 0, 1000, tzinfo=UTC)), "x.yaml")
+    assert other.start_ms == 1_740_830_400_001
+    assert cfg.world.meals.at_min == (450, 750, 1140)
+
+
+def test_counted_groups_expand_with_patterns() -> None:
+    d = doc(
+        sites=[
+            {"id": "home-{i:03d}", "count": 50, "kind": "household", "owner": "fam-{i}"},
+            {"id": "street", "kind": "street"},
+        ],
+        devices=[
+            {
+                "name": "fridge-{i:03d}",
+                "count": 50,
+                "kind": "refrigerator",
+                "site": "home-{i:03d}",
+                "domains": ["home-{i:03d}", "street"],
+                "sampling_period": "2m",
+            },
+            {
+                "name": "w{i}",
+                "count": 3,
+                "first": 7,
+                "kind": "washing_machine",
+                "site": "home-001",
+                "params": {"heater_w": 2500},
+            },
+        ],
+    )
+    cfg = parse_fleet(d, "big.yaml")
+    assert len(cfg.sites) == 51 and len(cfg.devices) == 53
+    f = cfg.device("fridge-050")
+    assert (f.site, f.owner, f.domains) == ("home-050", "fam-50", ("home-050", "street"))
+    assert f.params.sample_period_ms == 120_000 and f.where == "devices[0] i=50"
+    assert [d.name for d in cfg.devices[50:]] == ["w7", "w8", "w9"]
+    assert cfg.device("w8").params == WashingMachineParams(heater_w=2500)
+
+
+def test_site_kind_and_device_kind_lists_match_the_models() -> None:
+    assert typing.get_args(RawSite.model_fields["kind"].annotation) == SITE_KINDS
+    assert typing.get_args(RawDevice.model_fields["kind"].annotation) == DEVICE_KINDS
+    assert set(DEVICE_KINDS) == set(PARAMS_TYPES)
+
+
+F = "bad.yaml"
+BAD_FILES: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown-top-level-key": (
+        doc(colour="red"),
+        f"{F}: field 'colour': unknown key; expected one of ['devices', ",
+    ),
+    "unknown-device-key": (
+        with_device(2, colour="red"),
+        f"{F}: device 'fridge-3' (devices[2]): field 'colour': unknown key",
+    ),
+    "unknown-param": (
+        with_device(2, params={"fridge_setpoint_c": 4}),
+        f"{F}: device 'fridge-3' (devices[2]): field 'params.fridge_setpoint_c': "
+        "unknown parameter 'fridge_setpoint_c'",
+    ),
+    "param-wrong-type": (
+        with_device(2, params={"fridge_setpoint_mc": "4 C"}),
+        f"{F}: device 'fridge-3' (devices[2]): field 'params.fridge_setpoint_mc'"
+        ": parameter 'fridge_setpoint_mc' expects int, found str '4 C'",
+    ),
+    "param-float": (
+        with_device(2, params={"fridge_setpoint_mc": 4.5}),
+        f"{F}: device 'fridge-3' (devices[2]): field 'params.fridge_setpoint_mc': "
+        "parameter 'fridge_setpoint_mc' expects int, found float",
+    ),
+    "param-inconsistent-with-defaults": (
+        with_device(2, params={"defrost_duration_ms": 30_000_000}),
+        f"{F}: device 'fridge-3' (devices[2]): field 'params.defrost_duration_ms': "
+        "defrost_duration_ms (30000000) must be shorter",
+    ),
+    "params-inconsistent": (
+        with_device(
+            2, params={"defrost_duration_ms": 10_000_000, "defrost_interval_ms": 5_000_000}
+        ),
+        f"{F}: device 'fridge-3' (devices[2]): field 'params': "
+        "defrost_duration_ms (10000000) must be shorter",
+    ),
+    "param-out-of-range": (
+        with_device(3, params={"mode": "lava"}),
+        f"{F}: device 'freezer' (devices[3]): field 'params.mode': mode must be one of",
+    ),
+    "bad-kind": (
+        with_device(1, kind="toaster"),
+        f"{F}: device 'washer-1' (devices[1]): field 'kind': Input should be "
+        "'refrigerator', 'washing_machine' or 'medical_freezer', found 'toaster'",
+    ),
+    "unknown-site": (
+        with_device(0, site="home-9"),
+        f"{F}: device 'fridge-1' (devices[0]): field 'site': no site 'home-9'",
+    ),
+    "missing-site": (
+        doc(devices=[{"name": "fridge-1", "kind": "refrigerator"}]),
+        f"{F}: device 'fridge-1' (devices[0]): field 'site': required key is missing",
+    ),
+    "bad-duration": (
+        with_device(0, sampling_period="1 minute"),
+        f"{F}: device 'fridge-1' (devices[0]): field 'sampling_period': expected a "
+        "duration like '90s'",
+    ),
+    "zero-duration": (
+        with_device(0, sampling_period="0s"),
+        f"{F}: device 'fridge-1' (devices[0]): field 'sampling_period': expected a duration > 0",
+    ),
+    "period-twice": (
+        with_device(0, sampling_period="30s", params={"sample_period_ms": 1000}),
+        f"{F}: device 'fridge-1' (devices[0]): field 'params.sample_period_ms': "
+        "conflicts with 'sampling_period'",
+    ),
+    "unquoted-time": (
+        doc(world={"shopping": {"at": 1050}}),
+        f"{F}: field 'world.shopping.at': expected a quoted time of day like "
+        "'17:30', found the number 1050",
+    ),
+    "bad-weekday": (
+        doc(world={"laundry": {"days": ["caturday"]}}),
+        f"{F}: field 'world.laundry.days[0]': expected a weekday",
+    ),
+    "bad-span": (
+        doc(world={"meals": {"items": [3, 1]}}),
+        f"{F}: field 'world.meals.items': expected [min, max] with 0 <= min <= max",
+    ),
+    "duplicate-name": (
+        doc(
+            devices=[
+                {"name": "fridge-{i}", "count": 2, "kind": "refrigerator", "site": "home-1"},
+                {"name": "fridge-2", "kind": "refrigerator", "site": "home-1"},
+            ]
+        ),
+        f"{F}: device 'fridge-2' (devices[1]): field 'name': 'fridge-2' is already used by "
+        "device 'fridge-2' (devices[0] i=2)",
+    ),
+    "bad-placeholder": (
+        doc(devices=[{"name": "fridge-{n}", "count": 2, "kind": "refrigerator", "site": "home-1"}]),
+        f"{F}: device 'fridge-{{n}}' (devices[0] i=1): field 'name': only the placeholder {{i}}",
+    ),
+    "placeholder-without-count": (
+        with_device(0, name="fridge-{i}"),
+        f"{F}: device 'fridge-{{i}}' (devices[0]): field 'name': "
+        "'fridge-{i}' has a {...} placeholder but no 'count'",
+    ),
+    "group-name-without-placeholder": (
+        with_device(0, count=2),
+        f"{F}: device 'fridge-1' (devices[0] i=1): field 'name': 'fridge-1' needs an {{i}} "
+        "placeholder",
+    ),
+    "bad-format-spec": (
+        with_device(0, name="f-{i:q}", count=2),
+        f"{F}: device 'f-{{i:q}}' (devices[0] i=1): field 'name': bad pattern 'f-{{i:q}}'",
+    ),
+    "bad-name": (
+        with_device(0, name="Fridge/#"),
+        f"{F}: device 'Fridge/#' (devices[0]): field 'name': must match",
+    ),
+    "zero-count": (
+        with_device(0, name="f{i}", count=0),
+        f"{F}: device 'f{{i}}' (devices[0]): field 'count': Input should be greater "
+        "than or equal to 1",
+    ),
+    "unknown-domain": (
+        with_device(0, domains=["home-1", "strete"]),
+        f"{F}: device 'fridge-1' (devices[0]): field 'domains[1]': 'strete' is "
+        "neither a site nor a declared gossip domain",
+    ),
+    "bad-fault-kind": (
+        with_device(0, faults=[{"sensor": "fridge.temp_mc", "kind": "gremlin"}]),
+        f"{F}: device 'fridge-1' (devices[0]): field 'faults[0]': fault kind must be one of",
+    ),
+    "fault-without-sensor": (
+        with_device(0, faults=[{"kind": "noise", "magnitude": 5}]),
+        f"{F}: device 'fridge-1' (devices[0]): field 'faults[0].sensor': "
+        "required for a 'noise' sensor fault",
+    ),
+    "outage-on-a-fridge": (
+        with_device(0, faults=[{"kind": "power", "start": "1h", "end": "2h"}]),
+        f"{F}: device 'fridge-1' (devices[0]): field 'faults[0].kind': a "
+        "refrigerator has no 'power' outage; only ['medical_freezer'] do",
+    ),
+    "outage-without-end": (
+        with_device(3, faults=[{"kind": "power", "start": "1h"}]),
+        f"{F}: device 'freezer' (devices[3]): field 'faults[0].end': a 'power' outage needs an end",
+    ),
+    "unknown-serial-driver": (
+        with_device(0, serial={"driver": "morse", "port": "/dev/ttyS0"}),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial.driver': expected one of",
+    ),
+    "unknown-serial-key": (
+        with_device(0, serial={"driver": "bridge", "port": "/dev/ttyS0", "speed": 9600}),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial.speed': unknown "
+        "key; expected one of ['baud', 'driver', 'options', 'port', "
+        "'sensors']",
+    ),
+    "route-to-a-fridge": (
+        doc(
+            world={
+                "blood": {
+                    "routes": [
+                        {"station": "freezer", "transport": "fridge-1", "hospital": "freezer"}
+                    ]
+                }
+            }
+        ),
+        f"{F}: field 'world.blood.routes[0].transport': expected the name of a medical_freezer "
+        "device, found 'fridge-1'",
+    ),
+    "bad-site-kind": (
+        doc(sites=[{"id": "home-1", "kind": "castle"}]),
+        f"{F}: site 'home-1' (sites[0]): field 'kind': Input should be",
+    ),
+    "naive-start": (
+        doc(start="2025-01-06T00:00:00"),
+        f"{F}: field 'start': expected a time with a time zone",
+    ),
+    "duplicate-site": (
+        doc(
+            sites=[
+                {"id": "h{i}", "count": 2, "kind": "household"},
+                {"id": "h2", "kind": "hospital"},
+            ]
+        ),
+        f"{F}: site 'h2' (sites[1]): field 'id': 'h2' is already used by site 'h2' (sites[0] i=2)",
+    ),
+    "bad-owner-pattern": (
+        doc(sites=[{"id": "h{i}", "count": 2, "kind": "household", "owner": "o{j}"}]),
+        f"{F}: site 'h1' (sites[0] i=1): field 'owner': only the placeholder",
+    ),
+    "no-devices": (doc(devices=[]), f"{F}: field 'devices': List should have at least 1 item"),
+    "seed-not-int": (doc(seed="42"), f"{F}: field 'seed': Input should be a valid integer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_each_bad_file_names_file_device_and_field(name: str) -> None:
+    data, expected = BAD_FILES[name]
+    with pytest.raises(ConfigError) as info:
+        parse_fleet(data, F)
+    assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    d = with_device(0, colour="red", site="nowhere")
+    d["devices"][2]["params"] = {"fridge_setpoint_mc": "cold"}
+    path = tmp_path / "devices.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError) as info:
+        load_fleet(path)
+    assert len(info.value.problems) == 1  # schema errors first: the params check comes after
+    d["devices"][0].pop("colour")
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError) as info:
+        load_fleet(path)
+    assert sorted(p.split(": field ")[1].split(":")[0] for p in info.value.problems) == [
+        "'params.fridge_setpoint_mc'",
+        "'site'",
+    ]
+    assert all(p.startswith(f"{path}: device ") for p in info.value.problems)
+
+
+def test_files_that_are_not_yaml_mappings(tmp_path: Path) -> None:
+    cases = {"missing.yaml": None, "broken.yaml": "devices: [unclosed", "list.yaml": "- 1\n"}
+    expected = {
+        "missing.yaml": "cannot read",
+        "broken.yaml": "not valid YAML",
+        "list.yaml": "expected a mapping at the top level, found list",
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(ConfigError, match=f"^{path}: {expected[name]}"):
+            load_fleet(path)
+
+
+def test_yaml_unquoted_pattern_in_a_flow_list_is_explained(tmp_path: Path) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "gossip_domains: [{id: x-{i}}]\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_fleet(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("90s", 90_000),
+        ("30m", 1_800_000),
+        ("12h", 43_200_000),
+        ("7d", 604_800_000),
+        ("2w", 1_209_600_000),
+        ("250ms", 250),
+        ("1h30m", 5_400_000),
+        ("0s", 0),
+    ],
+)
+def test_durations(text: str, ms: int) -> None:
+    assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "90", "s", "1.5h", "1h 30m", "-5s", "3y", "30mm"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration like '90s'"):
+        parse_duration_ms(text)

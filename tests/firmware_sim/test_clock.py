@@ -1,0 +1,157 @@
+"""SimClock jumps to deadlines in a deterministic order; its loop's timers are simulated too."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from firmware_sim.clock import Clock, ClockError, RealClock, SimClock
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def test_both_clocks_satisfy_the_protocol() -> None:
+    assert isinstance(SimClock(0), Clock)
+    assert isinstance(RealClock(), Clock)
+
+
+def test_real_clock_reads_unix_milliseconds_and_past_deadlines_return_at_once() -> None:
+    clock = RealClock()
+    before = time.time_ns() // 1_000_000
+    now = clock.now_ms()
+    assert before <= now <= time.time_ns() // 1_000_000
+    asyncio.run(clock.sleep_until(now - 1000))  # returns without waiting
+    assert clock.now_ms() - now < 1000
+
+
+def test_sleepers_wake_at_their_exact_deadlines_in_deadline_then_arrival_order() -> None:
+    clock = SimClock(1_000)
+    woke: list[tuple[str, int]] = []
+
+    async def sleeper(name: str, t: int) -> None:
+        await clock.sleep_until(t)
+        woke.append((name, clock.now_ms()))
+
+    async def main() -> None:
+        await asyncio.gather(
+            sleeper("late", 9_000),
+            sleeper("early", 2_000),
+            sleeper("tie-1", 5_000),
+            sleeper("tie-2", 5_000),
+            sleeper("past", 10),
+        )
+
+    clock.run(main())
+    assert woke == [
+        ("past", 1_000),
+        ("early", 2_000),
+        ("tie-1", 5_000),
+        ("tie-2", 5_000),
+        ("late", 9_000),
+    ]
+    assert clock.now_ms() == 9_000
+
+
+def test_a_simulated_week_of_sleeping_takes_no_wall_time() -> None:
+    clock = SimClock(0)
+    ticks = 0
+
+    async def main() -> None:
+        nonlocal ticks
+        while clock.now_ms() < WEEK_MS:
+            await clock.sleep(60_000)
+            ticks += 1
+
+    wall = time.perf_counter()
+    clock.run(main())
+    assert ticks == WEEK_MS // 60_000
+    assert clock.now_ms() == WEEK_MS
+    assert time.perf_counter() - wall < 5
+
+
+def test_asyncio_timers_of_the_loop_run_on_simulated_time() -> None:
+    clock = SimClock(0)
+    seen: list[int] = []
+
+    async def main() -> str:
+        await asyncio.sleep(3600)
+        seen.append(clock.now_ms())
+        loop = asyncio.get_running_loop()
+        loop.call_later(2.5, lambda: seen.append(clock.now_ms()))
+        try:
+            async with asyncio.timeout(10):
+                await clock.sleep_until(clock.now_ms() + 60_000)
+        except TimeoutError:
+            return "timed out"
+        return "slept"
+
+    assert clock.run(main()) == "timed out"
+    assert seen == [3_600_000, 3_602_500]
+    assert clock.now_ms() == 3_610_000
+
+
+def test_a_cancelled_sleeper_does_not_hold_time_back() -> None:
+    clock = SimClock(0)
+
+    async def main() -> int:
+        task = asyncio.create_task(clock.sleep_until(1_000_000))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert clock.next_deadline() is None
+        await clock.sleep_until(5)
+        return clock.now_ms()
+
+    assert clock.run(main()) == 5
+
+
+def test_real_io_still_flows_while_time_is_simulated() -> None:
+    clock = SimClock(0)
+
+    async def main() -> bytes:
+        a, b = socket.socketpair()
+        with a, b:
+            reader, writer = await asyncio.open_connection(sock=a)
+            b.sendall(b"ping\n")
+            line = await reader.readline()
+            writer.close()
+            return line
+
+    assert clock.run(main()) == b"ping\n"
+
+
+def test_sync_driving_wakes_due_sleepers_and_refuses_to_go_back() -> None:
+    clock = SimClock(100)
+    clock.advance_to(100)
+    clock.advance_to(250)
+    assert clock.now_ms() == 250
+    with pytest.raises(ClockError, match="cannot go back: now 250 ms, asked for 249 ms"):
+        clock.advance_to(249)
+    with pytest.raises(ClockError, match="must be int"):
+        SimClock(1.5)  # type: ignore[arg-type]
+
+
+def test_same_program_same_interleaving() -> None:
+    def run_once() -> list[tuple[int, int]]:
+        clock = SimClock(0)
+        out: list[tuple[int, int]] = []
+
+        async def worker(i: int) -> None:
+            for k in range(20):
+                await clock.sleep((i * 7 + k * 13) % 50 + 1)
+                out.append((i, clock.now_ms()))
+
+        async def main() -> None:
+            await asyncio.gather(*(worker(i) for i in range(5)))
+
+        clock.run(main())
+        return out
+
+    first = run_once()
+    assert len(first) == 100
+    assert first == run_once()
+    assert [t for _, t in first] == sorted(t for _, t in first)
