@@ -1,0 +1,1 @@
+"""Sensors of the virtual appliances: temperature probes, RFID readers, fabric care, faults."""

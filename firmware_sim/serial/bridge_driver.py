@@ -1,0 +1,53 @@
+"""Microcontroller bridge driver: ``$T,...`` lines to ``temp_mc`` samples.
+
+Each record becomes ``temp_mc`` (milli-degrees C) with ``text`` = the bridge's sensor id, so a
+board relaying several probes yields one sample stream per probe. A record repeating the last
+seq of its sensor is dropped (``duplicates``); missing seqs are counted (``seq_gaps``).
+"""
+
+from __future__ import annotations
+
+from firmware_sim.samples import Sample
+from firmware_sim.serial.bridge import MAX_SEQ, BridgeFrame, BridgeParser
+from firmware_sim.serial.driver import READ_CHUNK, Clock, SerialSensor, timeout_ms
+from firmware_sim.serial.link import ByteLink
+
+
+class BridgeSensor(SerialSensor):
+    driver = "bridge"
+
+    def __init__(self, link: ByteLink, *, clock: Clock | None = None, prefix: str = "") -> None:
+        super().__init__(clock=clock, prefix=prefix)
+        self._link = link
+        self._parser = BridgeParser()
+        self._last_seq: dict[str, int] = {}
+        self.stats.parser = self._parser.stats
+
+    def read(self, timeout_s: float) -> list[Sample]:
+        deadline = self._clock() + timeout_ms(timeout_s)
+        while True:
+            before = self._clock()
+            chunk = self._link.read(READ_CHUNK, max(0, deadline - before) / 1000)
+            now = self._clock()
+            samples = [self._sample(f, now) for f in self._parser.feed(chunk) if self._is_new(f)]
+            if samples:
+                return samples
+            if now >= deadline or (not chunk and now == before):
+                return []
+
+    def _is_new(self, frame: BridgeFrame) -> bool:
+        last = self._last_seq.get(frame.sensor_id)
+        self._last_seq[frame.sensor_id] = frame.seq
+        if last is None:
+            return True
+        if frame.seq == last:
+            self.stats.duplicates += 1
+            return False
+        self.stats.seq_gaps += (frame.seq - last - 1) % (MAX_SEQ + 1)
+        return True
+
+    def _sample(self, frame: BridgeFrame, now: int) -> Sample:
+        return Sample(now, self.sensor_name("temp_mc"), frame.temp_mc, text=frame.sensor_id)
+
+    def close(self) -> None:
+        self._link.close()
