@@ -13,7 +13,8 @@ Layout (one concern per module):
 - ``sim``: simulated devices that answer or emit the same bytes as the real ones.
 - ``link``: the byte-link interface drivers use, and an in-memory twin.
 - ``port``: the ONLY module importing pyserial; maps its errors to ours.
-- ``drivers``: frames to ``Sample`` objects behind a blocking ``read(timeout_s)``.
+- ``driver``: ``SerialSensor``, the blocking ``read(timeout_s) -> list[Sample]`` every driver has;
+  ``rfid_driver``, ``xymd02_driver``, ``ds18b20_driver``, ``bridge_driver``: frames to samples.
 - ``factory``: ``open_sensor(driver, port, **options)``.
 
 docs/SERIAL.md is the byte-exact reference for every format here.

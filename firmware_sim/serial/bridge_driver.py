@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from firmware_sim.samples import Sample
 from firmware_sim.serial.bridge import MAX_SEQ, BridgeFrame, BridgeParser
-from firmware_sim.serial.driver import READ_CHUNK, Clock, SerialSensor, timeout_ms
+from firmware_sim.serial.driver import READ_CHUNK, Clock, ReadBudget, SerialSensor
 from firmware_sim.serial.link import ByteLink
 
 
@@ -24,15 +24,15 @@ class BridgeSensor(SerialSensor):
         self.stats.parser = self._parser.stats
 
     def read(self, timeout_s: float) -> list[Sample]:
-        deadline = self._clock() + timeout_ms(timeout_s)
+        budget = ReadBudget(self._clock, timeout_s)
         while True:
             before = self._clock()
-            chunk = self._link.read(READ_CHUNK, max(0, deadline - before) / 1000)
+            chunk = self._link.read(READ_CHUNK, budget.wait_s())
             now = self._clock()
             samples = [self._sample(f, now) for f in self._parser.feed(chunk) if self._is_new(f)]
             if samples:
                 return samples
-            if now >= deadline or (not chunk and now == before):
+            if budget.expired() or (not chunk and now == before):
                 return []
 
     def _is_new(self, frame: BridgeFrame) -> bool:

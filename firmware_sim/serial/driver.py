@@ -34,6 +34,28 @@ def timeout_ms(timeout_s: float) -> int:
     return math.ceil(timeout_s * 1000)
 
 
+class ReadBudget:
+    """How long one ``read`` may still wait.
+
+    Measured on the injected clock (so simulated time ends a read), and also on the monotonic
+    clock, so a wall clock stepped backwards (NTP at boot) cannot stretch a read past its timeout.
+    """
+
+    def __init__(self, clock: Clock, timeout_s: float) -> None:
+        self._clock = clock
+        self.deadline_ms = clock() + timeout_ms(timeout_s)
+        self._real_end = time.monotonic() + timeout_s
+
+    def wait_s(self, until_ms: int | None = None) -> float:
+        """Seconds to block from now: to the deadline, or to ``until_ms`` if that is earlier."""
+        target = self.deadline_ms if until_ms is None else min(self.deadline_ms, until_ms)
+        by_clock = (target - self._clock()) / 1000
+        return max(0.0, min(by_clock, self._real_end - time.monotonic()))
+
+    def expired(self) -> bool:
+        return self._clock() >= self.deadline_ms or time.monotonic() >= self._real_end
+
+
 @dataclass(slots=True)
 class DriverStats:
     """Counters a maker reads to judge the wiring."""

@@ -61,7 +61,9 @@ class SerialPort:
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         try:
-            self._ser.timeout = max(0.0, timeout_s)
+            timeout = max(0.0, timeout_s)
+            if self._ser.timeout != timeout:
+                self._ser.timeout = timeout  # pyserial re-applies the port settings on change
             first: bytes = self._ser.read(1)
             if not first:
                 return b""

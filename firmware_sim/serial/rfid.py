@@ -66,9 +66,9 @@ class RfidFrame:
 
 def encode_rdm6300(data: bytes) -> bytes:
     """The 14 bytes an RDM6300 sends for the 5 data bytes ``data``."""
-    body = (data.hex() + f"{em4100_checksum(data):02x}").upper().encode("ascii")
     if len(data) != 5:
         raise ValueError(f"EM4100 data must be 5 bytes, found {len(data)}")
+    body = (data.hex() + f"{em4100_checksum(data):02x}").upper().encode("ascii")
     return bytes([STX]) + body + bytes([ETX])
 
 

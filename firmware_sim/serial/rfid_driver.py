@@ -9,7 +9,7 @@ RDM6300, 1 for the reads-once ID-12LA); departure is ``timeout_ms`` without a fr
 from __future__ import annotations
 
 from firmware_sim.samples import Sample
-from firmware_sim.serial.driver import READ_CHUNK, Clock, SerialSensor, timeout_ms
+from firmware_sim.serial.driver import READ_CHUNK, Clock, ReadBudget, SerialSensor
 from firmware_sim.serial.link import ByteLink
 from firmware_sim.serial.rfid import RfidParser
 from firmware_sim.serial.tracker import DEFAULT_TIMEOUT_MS, TagArrived, TagEvent, TagPresenceTracker
@@ -34,14 +34,10 @@ class RfidSensor(SerialSensor):
         self.stats.parser = self._parser.stats
 
     def read(self, timeout_s: float) -> list[Sample]:
-        deadline = self._clock() + timeout_ms(timeout_s)
+        budget = ReadBudget(self._clock, timeout_s)
         while True:
             before = self._clock()
-            wake = deadline
-            tracked = self._tracker.next_deadline()
-            if tracked is not None:
-                wake = min(wake, tracked)
-            chunk = self._link.read(READ_CHUNK, max(0, wake - before) / 1000)
+            chunk = self._link.read(READ_CHUNK, budget.wait_s(self._tracker.next_deadline()))
             now = self._clock()
             events: list[TagEvent] = []
             for frame in self._parser.feed(chunk):
@@ -50,7 +46,7 @@ class RfidSensor(SerialSensor):
             self.stats.unconfirmed = self._tracker.stats.unconfirmed
             if events:
                 return [self._sample(e) for e in events]
-            if now >= deadline or (not chunk and now == before):
+            if budget.expired() or (not chunk and now == before):
                 return []
 
     def _sample(self, event: TagEvent) -> Sample:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from firmware_sim.samples import Sample
-from firmware_sim.serial.driver import READ_CHUNK, Clock, SerialSensor, timeout_ms
+from firmware_sim.serial.driver import READ_CHUNK, Clock, ReadBudget, SerialSensor
 from firmware_sim.serial.link import ByteLink
 from firmware_sim.serial.modbus import (
     ExceptionResponse,
@@ -71,20 +71,20 @@ class XyMd02Sensor(SerialSensor):
         return DeviceSettings(address, code, self.profile.baud_for_code(code))
 
     def _transact(self, request: Request, timeout_s: float) -> Response | None:
-        deadline = self._clock() + timeout_ms(timeout_s)
+        budget = ReadBudget(self._clock, timeout_s)
         self._link.discard_input()
         self._parser.expect(request)
         self._link.write(request.encode())
         while True:
             before = self._clock()
-            chunk = self._link.read(READ_CHUNK, max(0, deadline - before) / 1000)
+            chunk = self._link.read(READ_CHUNK, budget.wait_s())
             now = self._clock()
             for response in self._parser.feed(chunk):
                 if isinstance(response, ExceptionResponse):
                     self.stats.device_errors += 1
                     self.stats.last_error = response.describe()
                 return response
-            if now >= deadline or (not chunk and now == before):
+            if budget.expired() or (not chunk and now == before):
                 self.stats.timeouts += 1
                 self.stats.last_error = (
                     f"no valid answer from Modbus address {request.address} within {timeout_s:g} s"

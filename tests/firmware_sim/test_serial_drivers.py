@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import re
+import time
 
 import pytest
 import serial
 
+from firmware_sim.serial.bridge_driver import BridgeSensor
 from firmware_sim.serial.errors import (
     PortBusyError,
     PortError,
@@ -130,3 +132,20 @@ def test_invalid_prefix_closes_the_link(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(SensorConfigError, match="sensor prefix 'Bad Prefix' does not fit"):
         open_sensor("bridge", "/dev/ttyX", prefix="Bad Prefix")
     assert link.closed
+
+
+class Babbler(MemoryLink):
+    """A line that never falls silent: a floating RX pin picking up noise."""
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        return b"\x00\xff" * 8
+
+
+def test_a_clock_stepping_backwards_cannot_stretch_a_read() -> None:
+    ticks = iter(range(10**9, 0, -1000))  # the wall clock steps back a second per call
+
+    sensor = BridgeSensor(Babbler(), clock=lambda: next(ticks))
+    started = time.monotonic()
+    assert sensor.read(0.05) == []
+    assert time.monotonic() - started < 5  # bounded by the monotonic guard, not the clock
+    assert sensor.stats.parser.garbage_bytes > 0
