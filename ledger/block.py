@@ -56,7 +56,7 @@ class Header:
             raise UsageError(str(exc)) from None
 
     def encode_body(self) -> bytes:
-        return codec.encode(
+        return codec.encode_trusted(
             [
                 FORMAT,
                 self.device_id,

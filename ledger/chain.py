@@ -1,23 +1,24 @@
 """The chain writer: a device's own signing path, from reading fields to durable sealed blocks.
 
-``record`` signs a reading with the next sequence number (in memory); ``flush`` makes the
-buffered readings durable as pending; ``seal`` turns pending readings into a block:
+``record`` signs a reading with the next sequence number (in memory); ``flush`` makes buffered
+readings durable as pending; ``seal`` turns pending (and still buffered) readings into a block in
+one durable transaction:
 
-1. the pending readings are read back from the store and their leaf hashes compared with the
-   hashes of the bytes that were signed (kept in memory; re-verified by signature after a
-   restart), and the stored readings of the previous block are re-hashed against its header's
-   Merkle root, so a flipped bit on disk is detected and never signed over;
-2. the header is built from the stored bytes and signed;
-3. the block is committed atomically and durably; only then is it returned for publishing.
+1. the readings are stored, then read back *as stored* and compared byte for byte with what was
+   signed (after a restart, pending readings are re-verified by signature instead), and the
+   stored readings of the previous block are re-hashed against its header's Merkle root, so a
+   flipped bit on disk is detected and never signed over;
+2. the header is built over the stored bytes and signed;
+3. the block is committed in the same transaction; only then is it returned for publishing.
 
-A restart resumes at the stored head and sequence high-water mark. Re-sealing the same pending
-readings after a crash before commit gives the same header bytes (Ed25519 is deterministic), so a
-header that was never durable can never become a second, different header at one height.
+A restart resumes at the stored head and sequence high-water mark. A header signed by a seal
+that crashed before its commit was never durable and never published, so the different header
+signed at that height after the restart is not a fork: nobody ever saw the first.
 """
 
 from __future__ import annotations
 
-from ledger.block import Block, build_header, sign_header
+from ledger.block import Block, SignedHeader, build_header, sign_header
 from ledger.errors import IntegrityError, SignatureError
 from ledger.identity import SigningKey
 from ledger.merkle import root_from_leaf_hashes
@@ -34,9 +35,9 @@ class ChainWriter:
         last = store.last_seq()
         self._next_seq = 0 if last is None else last + 1
         self._buffer: list[SignedReading] = []
-        # Leaf hashes of durable pending readings, computed from the bytes we signed.
-        self._pending_leaves: dict[int, bytes] = {}
-        for sr in store.pending():
+        # Durable pending readings, as signed: what the stored bytes must still equal.
+        self._pending: list[SignedReading] = store.pending()
+        for sr in self._pending:
             try:
                 sr.verify(key.public)
             except SignatureError:
@@ -44,7 +45,6 @@ class ChainWriter:
                     f"{store.path}: pending reading seq {sr.reading.seq} fails its signature "
                     "(stored bytes changed)"
                 ) from None
-            self._pending_leaves[sr.reading.seq] = sr.leaf_hash
 
     @property
     def next_seq(self) -> int:
@@ -53,7 +53,7 @@ class ChainWriter:
     def record(
         self, time_ms: int, sensor: str, value: int, tag: str | None = None, text: str | None = None
     ) -> SignedReading:
-        """Sign one reading (not yet durable: call ``flush``)."""
+        """Sign one reading (not yet durable: call ``flush`` or ``seal``)."""
         reading = Reading(
             self.device_id, self.epoch, self._next_seq, time_ms, sensor, value, tag, text
         )
@@ -68,47 +68,60 @@ class ChainWriter:
         if not buffered:
             return 0
         self.store.append_pending(buffered)
-        for sr in buffered:
-            self._pending_leaves[sr.reading.seq] = sr.leaf_hash
+        self._pending.extend(buffered)
         self._buffer = []
         return len(buffered)
 
     def pending_count(self) -> int:
-        return len(self._pending_leaves) + len(self._buffer)
+        return len(self._pending) + len(self._buffer)
 
     def seal(self, max_readings: int = 4096) -> Block | None:
         """Seal up to ``max_readings`` pending readings into a durable block (None if none)."""
-        self.flush()
-        stored = self.store.pending(limit=max_readings)
-        if not stored:
-            return None
-        for sr in stored:
-            if self._pending_leaves.get(sr.reading.seq) != sr.leaf_hash:
+        if len(self._pending) + len(self._buffer) > max_readings:
+            self.flush()  # what does not fit stays durable as pending
+        new, expected = self._buffer, self._pending + self._buffer
+        block = self.store.seal(
+            new, max_readings, lambda head, root, rows: self._make_block(head, root, rows, expected)
+        )
+        self._pending.extend(new)
+        self._buffer = []
+        if block is not None:
+            self._pending = self._pending[len(block.readings) :]
+        return block
+
+    def _make_block(
+        self,
+        prev: SignedHeader | None,
+        history_root: bytes,
+        rows: list[tuple[int, bytes]],
+        expected: list[SignedReading],
+    ) -> Block:
+        for (seq, wire), sr in zip(rows, expected, strict=False):
+            if seq != sr.reading.seq or wire != sr.wire:
                 raise IntegrityError(
-                    f"{self.store.path}: pending reading seq {sr.reading.seq} "
-                    "changed on disk since it was signed; refusing to seal"
+                    f"{self.store.path}: pending reading seq {seq} changed on disk since it was "
+                    "signed; refusing to seal"
                 )
-        prev = self.store.head()
+        if len(rows) > len(expected):
+            raise IntegrityError(f"{self.store.path}: unexpected pending readings on disk")
+        readings = expected[: len(rows)]
         if prev is not None:
-            self._check_stored_block(prev.header.height, prev.header.merkle_root)
+            self._check_stored_block(prev)
         header = build_header(
             device_id=self.device_id,
             epoch=self.epoch,
             prev=prev,
-            history_root=self.store.history().root(),
-            readings=stored,
+            history_root=history_root,
+            readings=readings,
             key_id=self.key.key_id,
         )
-        block = Block(sign_header(header, self.key), tuple(stored))
-        self.store.commit_block(block)
-        for sr in stored:
-            del self._pending_leaves[sr.reading.seq]
-        return block
+        return Block(sign_header(header, self.key), tuple(readings))
 
-    def _check_stored_block(self, height: int, merkle_root: bytes) -> None:
-        root = root_from_leaf_hashes([leaf_hash(w) for w in self.store.reading_wires(height)])
-        if root != merkle_root:
+    def _check_stored_block(self, prev: SignedHeader) -> None:
+        wires = self.store.reading_wires(prev.header.height)
+        root = root_from_leaf_hashes([leaf_hash(w) for w in wires])
+        if root != prev.header.merkle_root:
             raise IntegrityError(
-                f"{self.store.path}: stored readings of block {height} no longer "
-                f"hash to its Merkle root; refusing to extend the chain"
+                f"{self.store.path}: stored readings of block {prev.header.height} no longer "
+                "hash to its Merkle root; refusing to extend the chain"
             )

@@ -14,7 +14,7 @@ _OVERHEAD = 1 + 5 + 2 + SIGNATURE_SIZE  # fixarray + bin32 header + bin8 header 
 
 
 def wrap(body: bytes, signature: bytes) -> bytes:
-    return codec.encode([body, signature])
+    return codec.encode_trusted([body, signature])
 
 
 def unwrap(data: bytes, what: str, max_body: int) -> tuple[bytes, bytes]:

@@ -8,6 +8,7 @@ an inclusion proof proves the signed reading itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Reading:
             raise UsageError(str(exc)) from None
 
     def encode_body(self) -> bytes:
-        return codec.encode(
+        return codec.encode_trusted(
             [
                 FORMAT_PLAIN,
                 self.device_id,
@@ -60,7 +61,40 @@ class Reading:
         )
 
 
+_MAX_U63 = (1 << 63) - 1
+_MIN_I64 = -(1 << 63)
+
+
+@functools.lru_cache(maxsize=4096)
+def _good_name(device_id: str, sensor: str) -> bool:
+    return is_device_id(device_id) and bool(SENSOR_RE.match(sensor))
+
+
 def _check(r: Reading) -> None:
+    # Fast path: one expression over every rule; the detailed checks below only run to explain
+    # a failure (or for types the cache cannot hash).
+    t = r.tag
+    x = r.text
+    if (
+        type(r.device_id) is str
+        and type(r.sensor) is str
+        and _good_name(r.device_id, r.sensor)
+        and type(r.epoch) is int
+        and 0 <= r.epoch <= MAX_EPOCH
+        and type(r.seq) is int
+        and 0 <= r.seq <= _MAX_U63
+        and type(r.time_ms) is int
+        and 0 <= r.time_ms <= _MAX_U63
+        and type(r.value) is int
+        and _MIN_I64 <= r.value <= -_MIN_I64 - 1
+        and (t is None or (type(t) is str and 0 < len(t) <= MAX_TAG))
+        and (x is None or (type(x) is str and 0 < len(x) <= MAX_TEXT))
+    ):
+        return
+    _explain(r)
+
+
+def _explain(r: Reading) -> None:
     codec.text(r.device_id, _WHAT, "device_id", 26, is_device_id)
     codec.uint(r.epoch, _WHAT, "epoch", MAX_EPOCH)
     codec.uint(r.seq, _WHAT, "seq")
@@ -79,10 +113,7 @@ class SignedReading:
     wire: bytes
     body: bytes
     signature: bytes
-
-    @property
-    def leaf_hash(self) -> bytes:
-        return leaf_hash(self.wire)
+    leaf_hash: bytes  # SHA-256(0x00 || wire), computed once
 
     def verify(self, key: PublicKey) -> None:
         key.verify(domains.READING, self.body, self.signature, f"reading seq {self.reading.seq}")
@@ -96,7 +127,8 @@ def leaf_hash(wire: bytes) -> bytes:
 def sign_reading(reading: Reading, key: SigningKey) -> SignedReading:
     body = reading.encode_body()
     signature = key.sign(domains.READING, body)
-    return SignedReading(reading, envelope.wrap(body, signature), body, signature)
+    wire = envelope.wrap(body, signature)
+    return SignedReading(reading, wire, body, signature, leaf_hash(wire))
 
 
 def decode_reading(wire: bytes) -> SignedReading:
@@ -109,7 +141,7 @@ def decode_reading(wire: bytes) -> SignedReading:
         reading = Reading(f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8])
     except UsageError as exc:
         raise DecodeError(_WHAT, str(exc).removeprefix(f"{_WHAT}: ")) from None
-    return SignedReading(reading, wire, body, signature)
+    return SignedReading(reading, wire, body, signature, leaf_hash(wire))
 
 
 def check_sequence(readings: list[SignedReading], after_seq: int | None, what: str) -> None:

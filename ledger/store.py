@@ -4,9 +4,9 @@ Holds the device's own chain (pending signed readings, sealed blocks and their r
 peer headers, replicas of peers' blocks, peer certificates, fork evidence, and an index by tag
 (EPC) over own readings and replicas. This is the only module that imports sqlite3.
 
-Durability contract: ``append_pending`` and ``commit_block`` return only after the transaction is
-committed with ``synchronous=FULL`` (fsync of the WAL), so a reading or block reported durable
-survives a kill or a power loss. One transaction per call, never one per reading.
+Durability contract: ``append_pending``, ``seal`` and ``commit_block`` return only after their
+transaction is committed with ``synchronous=FULL`` (fsync of the WAL), so a reading or block
+reported durable survives a kill or a power loss. One transaction per call, never per reading.
 
 The store trusts its caller to have verified what it is given (peer headers, replicas), but it
 checks the own chain's structure (heights, links, sequence) again on every commit: a bug above
@@ -16,7 +16,7 @@ cannot make it hold a gap, a duplicate or two blocks at one height.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +28,11 @@ from ledger.reading import SignedReading, decode_reading
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
-CREATE TABLE IF NOT EXISTS pending (
-    seq INTEGER PRIMARY KEY, wire BLOB NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, hash BLOB NOT NULL UNIQUE,
     header BLOB NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS readings (
-    height INTEGER NOT NULL, idx INTEGER NOT NULL, seq INTEGER NOT NULL UNIQUE,
-    wire BLOB NOT NULL, PRIMARY KEY (height, idx)) STRICT;
+    seq INTEGER PRIMARY KEY, wire BLOB NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS peer_headers (
     device_id TEXT NOT NULL, height INTEGER NOT NULL, epoch INTEGER NOT NULL,
     hash BLOB NOT NULL, header BLOB NOT NULL, PRIMARY KEY (device_id, height)) STRICT;
@@ -88,7 +85,10 @@ class Store:
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from None
-        self._history: CompactRange | None = None
+        self._history = CompactRange()
+        self._head: SignedHeader | None = None
+        self._head_last_seq: int | None = None
+        self._load_head()
 
     def close(self) -> None:
         self._db.close()
@@ -108,82 +108,142 @@ class Store:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # --- own chain ----------------------------------------------------------------------------
+    # Own readings live in one table keyed by seq. A reading is pending while its seq is above
+    # the last sealed seq; sealing a block records its seq range in ``blocks``, so the readings
+    # of block h are ``seq BETWEEN first_seq AND last_seq`` (seqs within a block are contiguous).
+
+    def _last_sealed_seq(self) -> int:
+        return -1 if self._head_last_seq is None else self._head_last_seq
+
     def last_seq(self) -> int | None:
         """The sequence high-water mark: the highest seq pending or sealed."""
-        row = self._db.execute(
-            "SELECT max(m) FROM (SELECT max(seq) AS m FROM pending "
-            "UNION ALL SELECT max(last_seq) FROM blocks)"
-        ).fetchone()
+        row = self._db.execute("SELECT max(seq) FROM readings").fetchone()
         return None if row[0] is None else int(row[0])
 
     def append_pending(self, readings: Sequence[SignedReading]) -> None:
-        """Durably store signed readings not yet sealed. Sequence must continue to increase."""
+        """Durably store signed readings not yet sealed (one transaction)."""
         if not readings:
             return
+        with self._tx():
+            self._insert_pending(readings)
+
+    def _insert_pending(self, readings: Sequence[SignedReading]) -> None:
         last = self.last_seq()
         for r in readings:
-            if last is not None and r.reading.seq <= last:
-                raise SequenceError("pending reading seq", f"> {last}", r.reading.seq)
-            last = r.reading.seq
-        with self._tx():
-            self._db.executemany(
-                "INSERT INTO pending(seq, wire) VALUES (?, ?)",
-                [(r.reading.seq, r.wire) for r in readings],
-            )
+            seq = r.reading.seq
+            if last is not None and seq != last + 1:
+                raise SequenceError("own reading seq (contiguous)", last + 1, seq)
+            last = seq
+        self._db.executemany(
+            "INSERT INTO readings(seq, wire) VALUES (?, ?)",
+            [(r.reading.seq, r.wire) for r in readings],
+        )
+
+    def pending_wires(self, limit: int | None = None) -> list[tuple[int, bytes]]:
+        """(seq, stored bytes) of pending readings, in sequence order."""
+        rows = self._db.execute(
+            "SELECT seq, wire FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self._last_sealed_seq(), -1 if limit is None else limit),
+        )
+        return [(int(q), bytes(w)) for q, w in rows]
 
     def pending(self, limit: int | None = None) -> list[SignedReading]:
         """Pending readings decoded from the stored bytes, in sequence order."""
-        rows = self._db.execute(
-            "SELECT seq, wire FROM pending ORDER BY seq LIMIT ?", (-1 if limit is None else limit,)
-        ).fetchall()
-        return [self._decode_stored(bytes(w), f"pending reading seq {s}") for s, w in rows]
+        return [
+            self._decode_stored(w, f"pending reading seq {q}") for q, w in self.pending_wires(limit)
+        ]
 
     def pending_count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM pending").fetchone()[0])
+        row = self._db.execute(
+            "SELECT count(*) FROM readings WHERE seq > ?", (self._last_sealed_seq(),)
+        ).fetchone()
+        return int(row[0])
 
     def head(self) -> SignedHeader | None:
-        row = self._db.execute("SELECT header FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
-        return None if row is None else self._decode_header(bytes(row[0]))
+        return self._head
 
     def history(self) -> CompactRange:
-        """History tree over the own chain's header hashes (rebuilt once, then kept current)."""
-        if self._history is None:
-            hist = CompactRange()
-            for (h,) in self._db.execute("SELECT hash FROM blocks ORDER BY height"):
-                hist.append(bytes(h))
-            self._history = hist
+        """History tree over the own chain's header hashes (kept current in memory)."""
         return self._history.copy()
 
+    def seal(
+        self,
+        new: Sequence[SignedReading],
+        limit: int,
+        make_block: Callable[[SignedHeader | None, bytes, list[tuple[int, bytes]]], Block],
+    ) -> Block | None:
+        """Seal pending readings into the next block, in one durable transaction.
+
+        ``new`` readings are stored first; then up to ``limit`` pending readings are read back
+        as stored and handed to ``make_block(head, history_root, rows)``, which checks them
+        against what was signed, and signs the header over them. The block is committed in the
+        same transaction; nothing is left half-written if anything raises.
+        """
+        with self._tx():
+            self._insert_pending(new)
+            rows = self.pending_wires(limit)
+            if not rows:
+                return None
+            block = make_block(self._head, self._history.root(), rows)
+            self._insert_block(block, readings_stored=True)
+        self._advance(block)
+        return block
+
     def commit_block(self, block: Block) -> None:
-        """Atomically append a sealed block, move its readings out of pending, index its tags."""
+        """Append a complete block whose readings are not stored yet (restore, import)."""
+        with self._tx():
+            self._insert_block(block, readings_stored=False)
+        self._advance(block)
+
+    def _insert_block(self, block: Block, *, readings_stored: bool) -> None:
         sh = block.header
         h = sh.header
-        head = self.head()
+        head = self._head
         expect_height = 0 if head is None else head.header.height + 1
         if h.height != expect_height:
             raise ChainError("commit height", expect_height, h.height)
         if head is not None and h.prev_hash != head.hash:
             raise ChainError("commit prev_hash", head.hash, h.prev_hash)
-        seqs = [r.reading.seq for r in block.readings]
-        rows = [(h.height, i, r.reading.seq, r.wire) for i, r in enumerate(block.readings)]
+        first, last = block.readings[0].reading.seq, block.readings[-1].reading.seq
+        if last - first + 1 != len(block.readings) or first <= self._last_sealed_seq():
+            raise SequenceError(
+                f"block {h.height} seqs (contiguous, after {self._last_sealed_seq()})",
+                f"{len(block.readings)} contiguous",
+                f"{first}..{last}",
+            )
+        if not readings_stored:
+            self._insert_pending(block.readings)
+        self._db.execute(
+            "INSERT INTO blocks(height, epoch, hash, header, first_seq, last_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (h.height, h.epoch, sh.hash, sh.wire, first, last),
+        )
         tags = [
             (r.reading.tag, h.device_id, h.height, i, r.reading.seq, r.reading.time_ms, 1)
             for i, r in enumerate(block.readings)
             if r.reading.tag is not None
         ]
-        with self._tx():
-            self._db.execute(
-                "INSERT INTO blocks(height, epoch, hash, header, first_seq, last_seq) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (h.height, h.epoch, sh.hash, sh.wire, seqs[0], seqs[-1]),
-            )
-            self._db.executemany(
-                "INSERT INTO readings(height, idx, seq, wire) VALUES (?,?,?,?)", rows
-            )
+        if tags:
             self._db.executemany("INSERT OR IGNORE INTO tags VALUES (?,?,?,?,?,?,?)", tags)
-            self._db.executemany("DELETE FROM pending WHERE seq=?", [(s,) for s in seqs])
-        if self._history is not None:
-            self._history.append(sh.hash)
+
+    def _advance(self, block: Block) -> None:
+        self._head = block.header
+        self._head_last_seq = block.readings[-1].reading.seq
+        self._history.append(block.header.hash)
+
+    def _load_head(self) -> None:
+        self._history = CompactRange()
+        self._head = None
+        self._head_last_seq = None
+        last_row = None
+        for h, last_seq, wire in self._db.execute(
+            "SELECT hash, last_seq, header FROM blocks ORDER BY height"
+        ):
+            self._history.append(bytes(h))
+            last_row = (last_seq, wire)
+        if last_row is not None:
+            self._head_last_seq = int(last_row[0])
+            self._head = self._decode_header(bytes(last_row[1]))
 
     def block_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM blocks").fetchone()[0])
@@ -193,10 +253,15 @@ class Store:
         return None if row is None else self._decode_header(bytes(row[0]))
 
     def reading_wires(self, height: int) -> list[bytes]:
+        row = self._db.execute(
+            "SELECT first_seq, last_seq FROM blocks WHERE height=?", (height,)
+        ).fetchone()
+        if row is None:
+            return []
         return [
             bytes(w)
             for (w,) in self._db.execute(
-                "SELECT wire FROM readings WHERE height=? ORDER BY idx", (height,)
+                "SELECT wire FROM readings WHERE seq BETWEEN ? AND ? ORDER BY seq", row
             )
         ]
 

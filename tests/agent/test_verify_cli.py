@@ -81,10 +81,11 @@ def test_verify_fails_on_a_flipped_bit_and_names_the_device(
     data: DataDir, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = sqlite3.connect(data.store_path("washer-1"))
-    (wire,) = db.execute("SELECT wire FROM readings WHERE height=1 AND idx=4").fetchone()
+    (first,) = db.execute("SELECT first_seq FROM blocks WHERE height=1").fetchone()
+    (wire,) = db.execute("SELECT wire FROM readings WHERE seq=?", (first + 4,)).fetchone()
     bad = bytearray(wire)
     bad[-5] ^= 0x10  # inside the signature
-    db.execute("UPDATE readings SET wire=? WHERE height=1 AND idx=4", (bytes(bad),))
+    db.execute("UPDATE readings SET wire=? WHERE seq=?", (bytes(bad), first + 4))
     db.commit()
     db.close()
     assert main(["verify", "--data", str(data.root)]) == 1
