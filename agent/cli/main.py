@@ -63,4 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: `python -m agent.cli.main` would otherwise define a second
+    # CliError class here that command modules never raise.
+    from agent.cli.main import main as _main
+
+    sys.exit(_main())
