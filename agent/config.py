@@ -509,7 +509,7 @@ class _Expander:
 
     def run(self) -> FleetConfig:
         raw = self.raw
-        if not NAME_RE.match(raw.fleet):
+        if not NAME_RE.fullmatch(raw.fleet):
             self.problem("", "fleet", f"must match {NAME_RE.pattern}, found {raw.fleet!r}")
         start_ms = (raw.start - EPOCH) // timedelta(milliseconds=1)
         sites = self._sites()
@@ -550,7 +550,7 @@ class _Expander:
                 except ValueError as exc:
                     self.problem(where, "owner", str(exc))
                     break
-                if not NAME_RE.match(sid):
+                if not NAME_RE.fullmatch(sid):
                     self.problem(where, "id", f"must match {NAME_RE.pattern}")
                     continue
                 if sid in seen:
@@ -563,7 +563,7 @@ class _Expander:
     def _domains(self, sites: Mapping[str, Site]) -> list[str]:
         out = list(sites)
         for k, d in enumerate(self.raw.gossip_domains):
-            if not NAME_RE.match(d.id):
+            if not NAME_RE.fullmatch(d.id):
                 self.problem(
                     f"gossip domain {d.id!r} (gossip_domains[{k}])",
                     "id",
@@ -591,7 +591,7 @@ class _Expander:
                     self.problem(label, "name", str(exc))
                     break
                 where = f"device {name!r} ({where_i})"
-                if not NAME_RE.match(name):
+                if not NAME_RE.fullmatch(name):
                     self.problem(where, "name", f"must match {NAME_RE.pattern}")
                     continue
                 if name in seen:

@@ -42,7 +42,7 @@ class Sample:
                 f"{self.sensor!r}: time_ms and value must be int, found "
                 f"{type(self.time_ms).__name__}/{type(self.value).__name__}"
             )
-        if not SENSOR_RE.match(self.sensor):
+        if not SENSOR_RE.fullmatch(self.sensor):
             raise SampleError(f"sensor name {self.sensor!r} does not match {SENSOR_RE.pattern}")
         if self.tag is not None and not (0 < len(self.tag) <= MAX_TAG_LEN):
             raise SampleError(f"{self.sensor}: tag length {len(self.tag)} not in 1..{MAX_TAG_LEN}")

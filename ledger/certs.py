@@ -46,7 +46,7 @@ _MAX_HEIGHT = (1 << 63) - 1
 
 
 def _name(value: object, what: str, field_: str) -> str:
-    return codec.text(value, what, field_, 64, lambda s: bool(NAME_RE.match(s)))
+    return codec.text(value, what, field_, 64, lambda s: bool(NAME_RE.fullmatch(s)))
 
 
 def _format(value: object, what: str) -> None:

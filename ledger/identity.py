@@ -39,7 +39,7 @@ def key_id_for(public_key: bytes) -> bytes:
 
 
 def is_device_id(value: str) -> bool:
-    return bool(DEVICE_ID_RE.match(value))
+    return bool(DEVICE_ID_RE.fullmatch(value))
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,7 @@ _MIN_I64 = -(1 << 63)
 
 @functools.lru_cache(maxsize=4096)
 def _good_name(device_id: str, sensor: str) -> bool:
-    return is_device_id(device_id) and bool(SENSOR_RE.match(sensor))
+    return is_device_id(device_id) and bool(SENSOR_RE.fullmatch(sensor))
 
 
 def _check(r: Reading) -> None:
@@ -99,7 +99,7 @@ def _explain(r: Reading) -> None:
     codec.uint(r.epoch, _WHAT, "epoch", MAX_EPOCH)
     codec.uint(r.seq, _WHAT, "seq")
     codec.uint(r.time_ms, _WHAT, "time_ms")
-    codec.text(r.sensor, _WHAT, "sensor", 32, lambda s: bool(SENSOR_RE.match(s)))
+    codec.text(r.sensor, _WHAT, "sensor", 32, lambda s: bool(SENSOR_RE.fullmatch(s)))
     codec.sint(r.value, _WHAT, "value")
     codec.opt_text(r.tag, _WHAT, "tag", MAX_TAG)
     codec.opt_text(r.text, _WHAT, "text", MAX_TEXT)

@@ -47,7 +47,7 @@ class FaultSpec:
     probability: int = 0
 
     def __post_init__(self) -> None:
-        if not SENSOR_RE.match(self.sensor):
+        if not SENSOR_RE.fullmatch(self.sensor):
             raise FaultError(f"fault sensor {self.sensor!r} does not match {SENSOR_RE.pattern}")
         if self.kind not in FAULT_KINDS:
             raise FaultError(f"fault kind must be one of {FAULT_KINDS}, found {self.kind!r}")
