@@ -66,16 +66,10 @@ def passphrase(file: str | None, *, confirm: bool = False) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    if path.exists():
-        raise KeystoreError(f"{path}: already exists; refusing to overwrite")
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        keyfile.write_private(path, data)
+    except KeyFileError as exc:
+        raise KeystoreError(str(exc)) from None
 
 
 # --- authority ---------------------------------------------------------------------------------

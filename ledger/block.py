@@ -32,7 +32,11 @@ MAX_READING_WIRE = 400
 MAX_BLOCK_BYTES = 16 + 300 + MAX_READINGS * (MAX_READING_WIRE + 3)
 _HEADER_LIMITS = codec.Limits(max_bytes=MAX_HEADER_BODY, max_array=11, max_str=26, max_bin=32)
 _BLOCK_LIMITS = codec.Limits(
-    max_bytes=MAX_BLOCK_BYTES, max_array=MAX_READINGS, max_str=0, max_bin=MAX_READING_WIRE
+    max_bytes=MAX_BLOCK_BYTES,
+    max_array=MAX_READINGS,
+    max_str=0,
+    max_bin=MAX_READING_WIRE,
+    shape=(2, MAX_READINGS),
 )
 
 

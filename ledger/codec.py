@@ -32,6 +32,9 @@ class Limits:
     max_array: int
     max_str: int
     max_bin: int
+    # Per-depth bound on array lengths (outermost first); deeper nesting is refused. Inputs over
+    # 512 bytes that nest must declare it; None means one level of at most ``max_array``.
+    shape: tuple[int, ...] | None = None
 
 
 def _no_ext(code: int, data: bytes) -> NoReturn:
@@ -74,6 +77,8 @@ def decode(data: bytes, limits: Limits, what: str) -> Any:
         raise DecodeError(what, f"expected bytes, found {type(data).__name__}")
     if len(data) > limits.max_bytes:
         raise DecodeError(what, f"{len(data)} bytes exceeds the limit of {limits.max_bytes}")
+    if len(data) > _SHAPE_WALK_MIN:
+        _check_shape(data, limits.shape or (limits.max_array,), what)
     try:
         obj = msgpack.unpackb(
             data,
@@ -93,12 +98,106 @@ def decode(data: bytes, limits: Limits, what: str) -> Any:
     except _DECODE_ERRORS as exc:
         raise DecodeError(what, f"not valid MessagePack within limits ({exc})") from None
     try:
-        again = msgpack.packb(obj, use_bin_type=True)
+        again = msgpack.packb(obj, use_bin_type=True, buf_size=len(data) + 16)
     except (TypeError, ValueError, OverflowError) as exc:  # floats, etc. fail the schema below
         raise DecodeError(what, f"value not encodable canonically ({exc})") from None
     if again != data:
         raise DecodeError(what, "non-canonical encoding (" + _diff(data, again))
+    try:
+        _check_encodable(obj)  # floats and empty maps re-encode identically: refuse them here
+    except TypeError as exc:
+        raise DecodeError(what, str(exc)) from None
     return obj
+
+
+# Inputs up to this size decode without the header walk: msgpack's own limits then bound the
+# worst case (nested arrays) to well under 64 KiB, and the hot paths (readings, headers,
+# certificates) stay fast. Larger inputs are walked first, without building any value, so a
+# declared length can never exceed the bytes that follow nor the schema's shape.
+_SHAPE_WALK_MIN = 512
+
+_FIXED = {
+    0xC0: 0,
+    0xC2: 0,
+    0xC3: 0,
+    0xCA: 4,
+    0xCB: 8,
+    0xCC: 1,
+    0xCD: 2,
+    0xCE: 4,
+    0xCF: 8,
+    0xD0: 1,
+    0xD1: 2,
+    0xD2: 4,
+    0xD3: 8,
+    0xD4: 2,
+    0xD5: 3,
+    0xD6: 5,
+    0xD7: 9,
+    0xD8: 17,
+}
+_SIZED = {
+    0xC4: (1, 0),
+    0xC5: (2, 0),
+    0xC6: (4, 0),
+    0xD9: (1, 0),
+    0xDA: (2, 0),
+    0xDB: (4, 0),
+    0xC7: (1, 1),
+    0xC8: (2, 1),
+    0xC9: (4, 1),
+}
+
+
+def _check_shape(data: bytes, shape: tuple[int, ...], what: str) -> None:
+    n = len(data)
+    pos = 0
+    stack: list[int] = []
+    expected = 1
+    while expected:
+        if pos >= n:
+            return
+        depth = len(stack)
+        b = data[pos]
+        pos += 1
+        expected -= 1
+        if stack:
+            stack[-1] -= 1
+        count = -1
+        if b <= 0x7F or b >= 0xE0:
+            pass
+        elif b <= 0x8F:
+            count = 2 * (b & 0x0F)
+        elif b <= 0x9F:
+            count = b & 0x0F
+        elif b <= 0xBF:
+            pos += b & 0x1F
+        elif b in _FIXED:
+            pos += _FIXED[b]
+        elif b in _SIZED:
+            k, extra = _SIZED[b]
+            pos += k + extra + int.from_bytes(data[pos : pos + k], "big")
+        elif b in (0xDC, 0xDD, 0xDE, 0xDF):
+            k = 2 if b in (0xDC, 0xDE) else 4
+            count = int.from_bytes(data[pos : pos + k], "big") * (2 if b >= 0xDE else 1)
+            pos += k
+        else:
+            return
+        if count >= 0:
+            if depth >= len(shape):
+                raise DecodeError(what, f"nesting deeper than {len(shape)}")
+            if count > shape[depth]:
+                raise DecodeError(
+                    what, f"array of {count} at depth {depth + 1} exceeds {shape[depth]}"
+                )
+            expected += count
+            if expected > n - pos:
+                raise DecodeError(
+                    what, f"{expected} values declared, {max(n - pos, 0)} bytes follow"
+                )
+            stack.append(count)
+        while stack and stack[-1] == 0:
+            stack.pop()
 
 
 def _diff(data: bytes, again: bytes) -> str:
@@ -150,8 +249,8 @@ def text(
 ) -> str:
     if type(obj) is not str:
         raise DecodeError(what, f"field {field}: expected a string, found {_brief(obj)}")
-    if len(obj) > maximum:
-        raise DecodeError(what, f"field {field}: {len(obj)} characters exceeds {maximum}")
+    if len(obj) > maximum or (not obj.isascii() and _utf8_len(obj) > maximum):
+        raise DecodeError(what, f"field {field}: {_utf8_len(obj)} UTF-8 bytes exceeds {maximum}")
     if check is not None and not check(obj):
         raise DecodeError(what, f"field {field}: {obj[:40]!r} is not allowed here")
     return obj
@@ -164,6 +263,13 @@ def opt_text(obj: Any, what: str, field: str, maximum: int) -> str | None:
     if not value:
         raise DecodeError(what, f"field {field}: empty string (absent values are nil)")
     return value
+
+
+def _utf8_len(s: str) -> int:
+    try:
+        return len(s.encode("utf-8"))
+    except UnicodeEncodeError:
+        return 1 << 30  # lone surrogates: no UTF-8 form, so never within a limit
 
 
 def _brief(obj: object) -> str:

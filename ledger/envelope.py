@@ -19,7 +19,12 @@ def wrap(body: bytes, signature: bytes) -> bytes:
 
 def unwrap(data: bytes, what: str, max_body: int) -> tuple[bytes, bytes]:
     """Split envelope bytes into (body, signature) without verifying anything."""
-    limits = codec.Limits(max_bytes=max_body + _OVERHEAD, max_array=2, max_str=0, max_bin=max_body)
+    limits = codec.Limits(
+        max_bytes=max_body + _OVERHEAD,
+        max_array=2,
+        max_str=0,
+        max_bin=max(max_body, SIGNATURE_SIZE),
+    )
     fields = codec.array(codec.decode(data, limits, what), 2, what)
     body = codec.bin_(fields[0], what, "body", maximum=max_body)
     signature = codec.bin_(fields[1], what, "signature", size=SIGNATURE_SIZE)

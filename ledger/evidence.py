@@ -16,7 +16,7 @@ from ledger.certs import DeviceKeys, FleetRoots
 from ledger.errors import DecodeError, ForkError
 
 FORMAT = 1
-_LIMITS = codec.Limits(max_bytes=4096, max_array=8, max_str=0, max_bin=512)
+_LIMITS = codec.Limits(max_bytes=4096, max_array=8, max_str=0, max_bin=512, shape=(5, 8))
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,7 @@ class PublicKey:
         return self.raw.hex()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class SigningKey:
     """An Ed25519 secret key (its 32-byte seed). Never printed, never compared by value."""
 

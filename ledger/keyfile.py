@@ -79,15 +79,31 @@ def write(
     """Write atomically with mode 0600; never overwrite an existing key."""
     if path.exists():
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key")
-    data = seal(key, passphrase, role, cost)
+    write_private(path, seal(key, passphrase, role, cost))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new 0600 file atomically; refuse (KeyFileError) if ``path`` exists.
+
+    The temporary file is created exclusively (a stale one from a crash is removed first, never
+    reused with its old mode), fsynced, then hard-linked into place: ``link`` fails if the
+    target appeared meanwhile, so an existing key is never overwritten.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        os.fchmod(fd, 0o600)
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read(path: Path, passphrase: bytes) -> tuple[SigningKey, str]:

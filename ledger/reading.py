@@ -87,8 +87,8 @@ def _check(r: Reading) -> None:
         and 0 <= r.time_ms <= _MAX_U63
         and type(r.value) is int
         and _MIN_I64 <= r.value <= -_MIN_I64 - 1
-        and (t is None or (type(t) is str and 0 < len(t) <= MAX_TAG))
-        and (x is None or (type(x) is str and 0 < len(x) <= MAX_TEXT))
+        and (t is None or (type(t) is str and 0 < len(t) <= MAX_TAG and t.isascii()))
+        and (x is None or (type(x) is str and 0 < len(x) <= MAX_TEXT and x.isascii()))
     ):
         return
     _explain(r)

@@ -25,7 +25,7 @@ from ledger.errors import ChainError, DecodeError, IntegrityError, SequenceError
 from ledger.history import CompactRange
 from ledger.reading import SignedReading, decode_reading
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS blocks (
@@ -235,15 +235,19 @@ class Store:
         self._history = CompactRange()
         self._head = None
         self._head_last_seq = None
-        last_row = None
+        # Every stored header is decoded and its hash recomputed: the history root and prev_hash
+        # of the next header are signed over these, so a flipped bit must stop us here.
         for h, last_seq, wire in self._db.execute(
             "SELECT hash, last_seq, header FROM blocks ORDER BY height"
         ):
-            self._history.append(bytes(h))
-            last_row = (last_seq, wire)
-        if last_row is not None:
-            self._head_last_seq = int(last_row[0])
-            self._head = self._decode_header(bytes(last_row[1]))
+            sh = self._decode_header(bytes(wire))
+            if sh.hash != bytes(h) or sh.header.height != self._history.size:
+                raise IntegrityError(
+                    f"{self.path}: stored header at height {self._history.size} does not match "
+                    "its recorded hash or position"
+                )
+            self._history.append(sh.hash)
+            self._head, self._head_last_seq = sh, int(last_seq)
 
     def block_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM blocks").fetchone()[0])

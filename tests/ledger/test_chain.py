@@ -1,0 +1,293 @@
+"""The chain writer: stored bit flips are caught before anything is signed over them, restarts
+resume where the durable state ends, and re-sealing after a crash signs the same header.
+
+Stored bytes are corrupted the way a disk would: through a separate sqlite3 connection to the
+same file, behind the writer's back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger import chain as chain_module
+from ledger import domains
+from ledger.block import Header, SignedHeader, decode_header, sign_header
+from ledger.certs import Certificate, DeviceKeys, FleetRoots
+from ledger.chain import ChainWriter
+from ledger.errors import IntegrityError, VerificationError
+from ledger.identity import PublicKey, SigningKey
+from ledger.store import Store
+from ledger.verify import verify_chain
+
+from .conftest import NOW_MS, Disk, flip_bit
+
+
+class CountingKey:
+    """A signing key that records the domain of every signature it makes."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self._key = key
+        self.signed: list[bytes] = []
+
+    @property
+    def key_id(self) -> bytes:
+        return self._key.key_id
+
+    @property
+    def public(self) -> PublicKey:
+        return self._key.public
+
+    def sign(self, domain: bytes, message: bytes) -> bytes:
+        self.signed.append(domain)
+        return self._key.sign(domain, message)
+
+
+def _writer(store: Store, key: SigningKey | CountingKey) -> ChainWriter:
+    return ChainWriter(store, key, key.public.device_id)  # type: ignore[arg-type]
+
+
+def _record(writer: ChainWriter, n: int) -> None:
+    for _ in range(n):
+        seq = writer.next_seq
+        tag = f"urn:epc:id:sgtin:0614141.107346.{seq}" if seq % 4 == 0 else None
+        writer.record(NOW_MS + 500 * seq, "temp_mc", -18_000 - seq, tag)
+
+
+def _verify(store: Store, cert: Certificate, roots: FleetRoots) -> int:
+    keys = DeviceKeys.build(cert.wire, roots, now_ms=NOW_MS)
+    head, count = verify_chain(store.blocks(), keys.key_for)
+    assert head == store.head()
+    return count
+
+
+@pytest.fixture
+def disk(chain_store: Store) -> Iterator[Disk]:
+    d = Disk(chain_store.path)
+    yield d
+    d.close()
+
+
+def test_fixture_chain_verifies(chain_store: Store, cert: Certificate, roots: FleetRoots) -> None:
+    assert _verify(chain_store, cert, roots) == 12
+
+
+def test_every_bit_flip_in_a_pending_reading_is_caught_before_signing(
+    chain_store: Store, disk: Disk, device_key: SigningKey
+) -> None:
+    key = CountingKey(device_key)
+    writer = _writer(chain_store, key)
+    _record(writer, 3)
+    writer.flush()
+    key.signed.clear()
+    wire = chain_store.pending()[1].wire
+    before = (chain_store.block_count(), chain_store.head(), chain_store.pending_count())
+    undetected = 0
+    total = len(wire) * 8
+    for bit in range(total):
+        disk.replace(wire, flip_bit(wire, bit))
+        try:
+            writer.seal()
+        except IntegrityError:
+            continue
+        finally:
+            disk.replace(flip_bit(wire, bit), wire)
+        undetected += 1
+    assert undetected == 0, f"undetected = {undetected} of {total}"
+    assert key.signed == [], "something was signed over corrupted pending readings"
+    assert (chain_store.block_count(), chain_store.head(), chain_store.pending_count()) == before
+    assert writer.seal() is not None  # restored bytes seal normally
+    assert key.signed == [domains.HEADER]
+
+
+@pytest.mark.parametrize("bit", [0, 8 * 30 + 3, -8 * 64 + 5, -1])
+def test_a_restarted_writer_refuses_tampered_pending_readings(
+    chain_store: Store, device_key: SigningKey, bit: int
+) -> None:
+    writer = _writer(chain_store, device_key)
+    _record(writer, 2)
+    writer.flush()
+    wire = chain_store.pending()[-1].wire
+    path = chain_store.path
+    chain_store.close()
+    disk = Disk(path)
+    disk.replace(wire, flip_bit(wire, bit % (8 * len(wire))))
+    disk.close()
+    key = CountingKey(device_key)
+    with pytest.raises(IntegrityError):
+        _open_and_seal(path, key)
+    assert key.signed == []
+
+
+def _open_and_seal(path: Path, key: CountingKey) -> None:
+    with Store(path) as store:
+        _writer(store, key).seal()
+
+
+def test_every_bit_flip_in_the_head_blocks_readings_is_caught_before_the_next_header(
+    chain_store: Store, disk: Disk, device_key: SigningKey
+) -> None:
+    key = CountingKey(device_key)
+    writer = _writer(chain_store, key)
+    _record(writer, 2)
+    writer.flush()
+    key.signed.clear()
+    height = chain_store.block_count() - 1
+    wires = chain_store.reading_wires(height)
+    undetected = total = 0
+    for wire in (wires[0], wires[-1]):
+        for bit in range(len(wire) * 8):
+            total += 1
+            disk.replace(wire, flip_bit(wire, bit))
+            try:
+                writer.seal()
+            except IntegrityError:
+                continue
+            finally:
+                disk.replace(flip_bit(wire, bit), wire)
+            undetected += 1
+    assert undetected == 0, f"undetected = {undetected} of {total}"
+    assert key.signed == []
+    assert chain_store.block_count() == height + 1
+
+
+def _head_body_offsets(wire: bytes) -> dict[str, int]:
+    """Byte offsets (in the header wire) of the last byte of some header body fields."""
+    body = decode_header(wire).body
+    start = wire.index(body)
+    end = start + len(body)
+    return {
+        "key-id": end - 1,
+        "last-time": end - 11,  # last byte of the uint64 before key_id (c4 08 + 8 bytes)
+        "first-time": end - 20,
+        "merkle-root": end - 30,  # last byte of merkle_root, before count (1 byte)
+        "prev-hash": start + 1 + 1 + 27 + 1 + 1 + 2,  # first byte of prev_hash
+    }
+
+
+@pytest.mark.parametrize("field", ["key-id", "last-time", "first-time", "merkle-root", "prev-hash"])
+def test_a_bit_flip_in_the_stored_head_header_is_caught_before_signing(
+    chain_store: Store, device_key: SigningKey, cert: Certificate, roots: FleetRoots, field: str
+) -> None:
+    """Extending a corrupted head would sign a prev_hash no honest header ever had."""
+    writer = _writer(chain_store, device_key)
+    _record(writer, 2)
+    writer.flush()
+    head = chain_store.head()
+    assert head is not None
+    path = chain_store.path
+    chain_store.close()
+    disk = Disk(path)
+    disk.replace(head.wire, flip_bit(head.wire, 8 * _head_body_offsets(head.wire)[field]))
+    disk.close()
+    key = CountingKey(device_key)
+    try:
+        store = Store(path)  # detecting it on open is fine too
+        _writer(store, key).seal()
+    except IntegrityError:
+        assert key.signed == []
+        return
+    with store, pytest.raises(VerificationError) as info:  # what a peer sees: the signed lie
+        _verify(store, cert, roots)
+    pytest.fail(
+        f"sealed on top of a corrupted head ({field}); the chain now fails with {info.value!r}"
+    )
+
+
+def test_a_bit_flip_in_a_stored_header_hash_is_caught_before_signing(
+    chain_store: Store, device_key: SigningKey
+) -> None:
+    """The history root of the next header must not come from a corrupted stored hash."""
+    writer = _writer(chain_store, device_key)
+    _record(writer, 2)
+    writer.flush()
+    first = chain_store.header_at(0)
+    assert first is not None
+    path = chain_store.path
+    chain_store.close()
+    disk = Disk(path)
+    disk.replace(first.hash, flip_bit(first.hash, 0))
+    disk.close()
+    key = CountingKey(device_key)
+    with pytest.raises(IntegrityError):
+        _open_and_seal(path, key)
+    assert key.signed == []
+
+
+def test_restart_resumes_at_head_and_sequence(
+    tmp_path: Path, device_key: SigningKey, cert: Certificate, roots: FleetRoots
+) -> None:
+    path = tmp_path / "restart.db"
+    with Store(path) as store:
+        writer = _writer(store, device_key)
+        _record(writer, 5)
+        first = writer.seal()
+        assert first is not None and first.header.header.height == 0
+        _record(writer, 3)
+        writer.flush()  # durable, not sealed
+        _record(writer, 2)  # signed in memory only: lost in the "crash"
+        assert writer.pending_count() == 5
+    with Store(path) as store:
+        writer = _writer(store, device_key)
+        assert writer.next_seq == 8  # after the durable high-water mark, not after seq 9
+        assert writer.pending_count() == 3
+        _record(writer, 1)
+        block = writer.seal()
+        assert block is not None
+        assert block.header.header.height == 1
+        assert block.header.header.prev_hash == first.header.hash
+        assert [r.reading.seq for r in block.readings] == [5, 6, 7, 8]
+        assert _verify(store, cert, roots) == 9
+
+
+def test_reseal_after_a_crash_before_commit_signs_the_same_header(
+    tmp_path: Path, device_key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pending readings were durable; the process dies after signing the header, before the
+    commit. The restarted writer signs the very same header: one height, one header, ever."""
+    path = tmp_path / "crash.db"
+    lost: list[SignedHeader] = []
+
+    def sign_then_die(header: Header, key: SigningKey) -> SignedHeader:
+        lost.append(sign_header(header, key))
+        raise KeyboardInterrupt("power lost before commit")
+
+    with Store(path) as store:
+        writer = _writer(store, device_key)
+        _record(writer, 4)
+        writer.seal()
+        _record(writer, 3)
+        writer.flush()
+        monkeypatch.setattr(chain_module, "sign_header", sign_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            writer.seal()
+        monkeypatch.undo()
+        assert store.block_count() == 1 and store.pending_count() == 3
+    with Store(path) as store:
+        assert store.block_count() == 1 and store.pending_count() == 3
+        again = _writer(store, device_key).seal()
+    assert again is not None and len(lost) == 1
+    assert again.header.wire == lost[0].wire
+
+
+def test_seal_limits_and_empty_seal(
+    chain_store: Store, device_key: SigningKey, cert: Certificate, roots: FleetRoots
+) -> None:
+    writer = _writer(chain_store, device_key)
+    assert writer.seal() is None
+    _record(writer, 5)
+    assert writer.pending_count() == 5
+    block = writer.seal(max_readings=2)
+    assert block is not None and len(block.readings) == 2
+    assert writer.pending_count() == 3
+    block = writer.seal()
+    assert block is not None and len(block.readings) == 3
+    h = block.header.header
+    assert (h.first_time_ms, h.last_time_ms) == (
+        block.readings[0].reading.time_ms,
+        block.readings[-1].reading.time_ms,
+    )
+    assert writer.pending_count() == 0
+    assert _verify(chain_store, cert, roots) == 17
