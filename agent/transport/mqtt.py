@@ -1,0 +1,680 @@
+"""The MQTT adapter: the only module that imports aiomqtt (and, through it, paho-mqtt).
+
+Two ways to connect, one view type (``MqttTransport``, a ``base.Transport``):
+
+- ``MqttTransport(endpoint, device_id, domains)``: one connection per device, client id = device
+  id, whose last-will marks the device offline. For real devices and small fleets.
+- ``MqttHub(endpoint)``: one connection shared by the devices of one process;
+  ``await hub.attach(device_id, domains)`` returns a device's view, which subscribes its own
+  inbox. The hub's last-will marks the hub offline; each device announces ``online:<hub id>`` and
+  watchers resolve it against the hub's presence (``base.PresenceBook``).
+
+A ``_Link`` owns one aiomqtt client: it connects (MQTT 3.1.1, clean session), subscribes
+reference-counted topics (restored after every reconnect), routes every received message to the
+views by its topic, publishes at QoS 1, and reconnects with exponential backoff and full jitter
+(``ReconnectPolicy`` with an injected ``random.Random`` and sleep). A send while the link is down,
+or whose acknowledgement the link does not live to see, raises ``NotConnectedError``: nothing is
+queued behind the runtime's back. aiomqtt's ``MqttError`` and ``OSError`` become
+``TransportError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from agent.transport.base import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_QUEUED,
+    PRESENCE_OFFLINE,
+    PRESENCE_ONLINE,
+    Delivery,
+    Endpoint,
+    NotConnectedError,
+    PresenceBook,
+    PresenceChange,
+    ReconnectPolicy,
+    Topics,
+    Transport,
+    TransportClosedError,
+    TransportError,
+    decode_hub_presence,
+    decode_presence,
+    encode_presence,
+    validate_hub_id,
+)
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+_SUBACK_FAILURE = 0x80
+
+
+@dataclass(frozen=True, slots=True)
+class MqttOptions:
+    """Tuning of one MQTT connection and the views on it (docs/TRANSPORT.md)."""
+
+    topics: Topics = field(default_factory=Topics)
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    publish_timeout_s: float = 10.0
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_queued: int = DEFAULT_MAX_QUEUED
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    subscribe_batch: int = 100  # topics per SUBSCRIBE packet when restoring subscriptions
+    announce_concurrency: int = 64  # presence publishes in flight when a hub (re)connects
+    max_inflight: int = 100  # paho's window of unacknowledged QoS 1 publishes
+
+    def __post_init__(self) -> None:
+        for name in ("keepalive_s", "subscribe_batch", "announce_concurrency", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MQTT options: expected {name} >= 1, found {getattr(self, name)}")
+        if self.connect_timeout_s <= 0 or self.publish_timeout_s <= 0:
+            raise ValueError("MQTT options: timeouts must be > 0 seconds")
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("background MQTT call failed: %s", task.exception())
+
+
+class _Link:
+    """One aiomqtt client, its reconnect loop, its subscriptions and the views routed through it."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        options: MqttOptions,
+        *,
+        client_id: str,
+        hub_id: str | None,
+        will_topic: str,
+        rng: random.Random,
+        sleep: Sleep,
+    ) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.topics = options.topics
+        self.client_id = client_id
+        self.hub_id = hub_id
+        self._will_topic = will_topic
+        self._rng = rng
+        self._sleep = sleep
+        self._views: dict[str, MqttTransport] = {}
+        self._domain_views: dict[str, set[MqttTransport]] = {}
+        self._evidence_views: set[MqttTransport] = set()
+        self._watchers: dict[str, set[MqttTransport]] = {}
+        self._book = PresenceBook()
+        self._hubs_seen: set[str] = set()
+        self._subs: dict[str, int] = {}
+        self._sub_lock = asyncio.Lock()
+        self._client: aiomqtt.Client | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._stopped = False
+        self.reconnects = 0
+        self.unroutable = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
+    def started(self) -> bool:
+        return self._started and not self._stopped
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Connect once (raise TransportError on failure), then keep reconnecting until stop."""
+        if self._stopped:
+            raise TransportClosedError(f"MQTT connection {self.client_id} was stopped")
+        if self._started:
+            return
+        client = await self._open()
+        self._started = True
+        self._task = asyncio.create_task(self._run(client), name=f"mqtt-{self.client_id}")
+
+    async def stop(self) -> None:
+        """Announce offline (what the will would say), disconnect cleanly, close every view."""
+        if self._stopped:
+            return
+        self._stopped = True
+        client = self._client
+        if client is not None:
+            try:
+                await self.publish(self._will_topic, PRESENCE_OFFLINE, retain=True)
+            except TransportError as exc:
+                log.info("%s: could not announce offline: %s", self.client_id, exc)
+        tasks = [t for t in (self._task, *self._bg) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._mark_down()
+        if client is not None:
+            await self._close_client(client)
+        for view in list(self._views.values()):
+            view._mark_closed()
+
+    async def wait_up(self) -> None:
+        if self._stopped:
+            raise TransportClosedError(f"MQTT connection {self.client_id} was stopped")
+        await self._up.wait()
+
+    async def _open(self) -> aiomqtt.Client:
+        e = self.endpoint
+        try:
+            client = aiomqtt.Client(
+                e.host,
+                e.port,
+                username=e.username,
+                password=e.password,
+                identifier=self.client_id,
+                protocol=aiomqtt.ProtocolVersion.V311,
+                will=aiomqtt.Will(self._will_topic, PRESENCE_OFFLINE, qos=1, retain=True),
+                clean_session=True,
+                keepalive=self.options.keepalive_s,
+                timeout=self.options.connect_timeout_s,
+                tls_context=e.tls,
+                max_inflight_messages=self.options.max_inflight,
+            )
+            client.pending_calls_threshold = 1 << 30  # aiomqtt would log every pending publish
+            await self._enter(client)
+        except (aiomqtt.MqttError, OSError) as exc:
+            raise TransportError(
+                f"cannot connect to the MQTT broker at {e.url} as {self.client_id}: {exc}"
+            ) from exc
+        try:
+            await self._on_connect(client)
+        except BaseException:
+            self._mark_down()
+            await self._close_client(client)
+            raise
+        return client
+
+    async def _enter(self, client: aiomqtt.Client) -> None:
+        """Connect; if cancelled meanwhile, let the attempt end and close it so no socket leaks.
+
+        aiomqtt connects in an executor thread that cancellation cannot stop.
+        """
+        attempt = asyncio.ensure_future(client.__aenter__())
+        try:
+            await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            try:
+                await attempt
+            except (aiomqtt.MqttError, OSError):
+                pass
+            else:
+                await self._close_client(client)
+            raise
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        async with self._sub_lock:
+            await self._subscribe(client, list(self._subs))
+            self._book.clear()  # retained presence arrives again and rebuilds it
+            self._lost = asyncio.get_running_loop().create_future()
+            self._client = client
+        await self._announce()
+        self._up.set()
+
+    async def _announce(self) -> None:
+        """Publish retained presence: the hub first, then every device on this connection."""
+        if self.hub_id is not None:
+            await self._publish_logged(self.topics.hub_presence(self.hub_id), PRESENCE_ONLINE)
+        sem = asyncio.Semaphore(self.options.announce_concurrency)
+
+        async def one(device_id: str) -> None:
+            async with sem:
+                await self._publish_logged(
+                    self.topics.presence(device_id), encode_presence(True, self.hub_id)
+                )
+
+        await asyncio.gather(*(one(d) for d in list(self._views)))
+
+    async def _publish_logged(self, topic: str, payload: bytes) -> None:
+        try:
+            await self.publish(topic, payload, retain=True)
+        except TransportError as exc:  # the receive loop notices a dead link and reconnects
+            log.info("%s: presence on %s not published: %s", self.client_id, topic, exc)
+
+    async def _run(self, client: aiomqtt.Client) -> None:
+        while True:
+            try:
+                async for message in client.messages:
+                    self._dispatch(message.topic.value, bytes(message.payload))
+            except aiomqtt.MqttError as exc:
+                log.info("%s: connection to %s lost: %s", self.client_id, self.endpoint.url, exc)
+            self._mark_down()
+            await self._close_client(client)
+            client = await self._reconnect()
+            self.reconnects += 1
+
+    async def _reconnect(self) -> aiomqtt.Client:
+        attempt = 0
+        while True:
+            delay_ms = self.options.reconnect.delay_ms(attempt, self._rng)
+            attempt += 1
+            await self._sleep(delay_ms / 1000)
+            try:
+                return await self._open()
+            except TransportError as exc:
+                log.info("%s: reconnect attempt %d failed: %s", self.client_id, attempt, exc)
+
+    def _mark_down(self) -> None:
+        self._client = None
+        self._up.clear()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _close_client(self, client: aiomqtt.Client) -> None:
+        try:
+            await client.__aexit__(None, None, None)
+        except (aiomqtt.MqttError, OSError) as exc:
+            log.debug("%s: disconnect: %s", self.client_id, exc)
+
+    # -- publishing and subscribing
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """QoS 1 publish; return once the broker acknowledged it, else raise."""
+        client, lost = self._client, self._lost
+        if client is None or lost is None:
+            raise NotConnectedError(
+                f"not connected to {self.endpoint.url}: nothing published to {topic}"
+            )
+        task = asyncio.ensure_future(
+            client.publish(
+                topic, payload, qos=1, retain=retain, timeout=self.options.publish_timeout_s
+            )
+        )
+        task.add_done_callback(_consume)
+        try:
+            done, _ = await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task not in done:
+            task.cancel()
+            raise NotConnectedError(
+                f"connection to {self.endpoint.url} lost before the broker "
+                f"acknowledged a publish to {topic}"
+            )
+        try:
+            task.result()
+        except aiomqtt.MqttError as exc:
+            if lost.done():
+                raise NotConnectedError(
+                    f"connection to {self.endpoint.url} lost while publishing to {topic}: {exc}"
+                ) from exc
+            raise TransportError(
+                f"publish to {topic} at {self.endpoint.url} failed: {exc}"
+            ) from exc
+
+    async def _subscribe(self, client: aiomqtt.Client, topics: Sequence[str]) -> None:
+        batch = self.options.subscribe_batch
+        for i in range(0, len(topics), batch):
+            chunk = topics[i : i + batch]
+            try:
+                codes = await client.subscribe([(t, 1) for t in chunk])
+            except aiomqtt.MqttError as exc:
+                raise TransportError(
+                    f"subscribing to {len(chunk)} topics at {self.endpoint.url} failed: {exc}"
+                ) from exc
+            for topic, code in zip(chunk, codes, strict=False):
+                value = getattr(code, "value", code)
+                if not isinstance(value, int) or value >= _SUBACK_FAILURE:
+                    raise TransportError(
+                        f"the broker at {self.endpoint.url} refused the "
+                        f"subscription to {topic} (check its ACL)"
+                    )
+
+    async def _ref(self, topics: Iterable[str]) -> None:
+        """Want these topics (reference-counted); subscribe the newly wanted ones if connected.
+
+        A topic stays wanted after a failed subscribe and is requested again on reconnect.
+        """
+        async with self._sub_lock:
+            new = []
+            for t in topics:
+                self._subs[t] = self._subs.get(t, 0) + 1
+                if self._subs[t] == 1:
+                    new.append(t)
+            client = self._client
+            if new and client is not None:
+                try:
+                    await self._subscribe(client, new)
+                except TransportError:
+                    if self._client is client:
+                        raise
+
+    async def _unref(self, topics: Iterable[str]) -> None:
+        async with self._sub_lock:
+            gone = []
+            for t in topics:
+                n = self._subs.get(t, 0) - 1
+                if n <= 0:
+                    self._subs.pop(t, None)
+                    gone.append(t)
+                else:
+                    self._subs[t] = n
+            client = self._client
+            if gone and client is not None:
+                try:
+                    await client.unsubscribe(gone)
+                except aiomqtt.MqttError as exc:  # a clean session forgets them on reconnect
+                    log.debug("%s: unsubscribe: %s", self.client_id, exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        task.add_done_callback(_consume)
+
+    # -- views
+
+    def _view_topics(self, view: MqttTransport) -> list[str]:
+        topics = [self.topics.inbox(view.device_id)]
+        topics += [self.topics.domain(d) for d in view.domains]
+        if view.evidence:
+            topics.append(self.topics.evidence_filter())
+        return topics
+
+    async def add_view(self, view: MqttTransport) -> None:
+        if self._stopped:
+            raise TransportClosedError(f"MQTT connection {self.client_id} was stopped")
+        if view.device_id in self._views:
+            raise TransportError(
+                f"device {view.device_id} is already attached to MQTT "
+                f"connection {self.client_id} (one identity, one device)"
+            )
+        self._views[view.device_id] = view
+        for d in view.domains:
+            self._domain_views.setdefault(d, set()).add(view)
+        if view.evidence:
+            self._evidence_views.add(view)
+        await self._ref(self._view_topics(view))
+        if self._client is not None:
+            await self._publish_logged(
+                self.topics.presence(view.device_id), encode_presence(True, self.hub_id)
+            )
+
+    async def remove_view(self, view: MqttTransport, *, announce: bool) -> None:
+        if self._views.get(view.device_id) is not view:
+            return
+        if announce and self._client is not None:
+            await self._publish_logged(self.topics.presence(view.device_id), PRESENCE_OFFLINE)
+        del self._views[view.device_id]
+        for d in view.domains:
+            members = self._domain_views.get(d)
+            if members is not None:
+                members.discard(view)
+                if not members:
+                    del self._domain_views[d]
+        self._evidence_views.discard(view)
+        for peer in [p for p, ws in self._watchers.items() if view in ws]:
+            await self.unwatch(view, peer)
+        await self._unref(self._view_topics(view))
+
+    async def watch(self, view: MqttTransport, peer_id: str) -> None:
+        self._watchers.setdefault(peer_id, set()).add(view)
+        known = self._book.effective(peer_id)
+        if known is not None:  # the retained message will not come again on this connection
+            view._accept(
+                Delivery(self.topics.presence(peer_id), "presence", peer_id, encode_presence(known))
+            )
+        await self._ref([self.topics.presence(peer_id)])
+
+    async def unwatch(self, view: MqttTransport, peer_id: str) -> None:
+        watchers = self._watchers.get(peer_id)
+        if watchers is None or view not in watchers:
+            return
+        watchers.discard(view)
+        if not watchers:
+            del self._watchers[peer_id]
+            self._book.forget(peer_id)
+        await self._unref([self.topics.presence(peer_id)])
+
+    # -- routing
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        try:
+            self._route(topic, payload)
+        except Exception:  # a bug must not kill the receive loop; remote garbage never gets here
+            log.exception("%s: routing a message on %r failed", self.client_id, topic)
+
+    def _route(self, topic: str, payload: bytes) -> None:
+        route = self.topics.parse(topic)
+        if route is None:
+            self.unroutable += 1
+            return
+        name = route.name
+        if route.kind == "inbox":
+            view = self._views.get(name)
+            if view is not None:
+                view._accept(Delivery(topic, "inbox", None, payload))
+        elif route.kind == "domain":
+            for view in list(self._domain_views.get(name, ())):
+                view._accept(Delivery(topic, "domain", None, payload, name))
+        elif route.kind == "evidence":
+            if payload:  # an empty retained message only clears the topic
+                for view in list(self._evidence_views):
+                    view._accept(Delivery(topic, "evidence", name, payload))
+        elif route.kind == "presence":
+            self._route_presence(topic, name, payload)
+        else:
+            online = decode_hub_presence(payload)
+            if online is None:
+                self.unroutable += 1
+                return
+            self._emit(topic, self._book.hub_update(name, online))
+
+    def _route_presence(self, topic: str, device_id: str, payload: bytes) -> None:
+        watchers = self._watchers.get(device_id)
+        if not watchers:
+            return
+        state = decode_presence(payload)
+        if state is None:
+            for w in watchers:
+                w._count_malformed()
+            return
+        if state.hub is not None and state.hub not in self._hubs_seen:
+            # Hubs are few; their presence stays subscribed for the life of the link.
+            self._hubs_seen.add(state.hub)
+            self._spawn(self._ref([self.topics.hub_presence(state.hub)]))
+        self._emit(topic, self._book.device_update(device_id, state))
+
+    def _emit(self, topic: str, changes: list[PresenceChange]) -> None:
+        for change in changes:
+            payload = encode_presence(change.online)
+            for w in list(self._watchers.get(change.device_id, ())):
+                w._accept(Delivery(topic, "presence", change.device_id, payload))
+
+
+class MqttTransport(Transport):
+    """A device's transport over MQTT: on its own connection, or a view on an ``MqttHub``.
+
+    ``MqttTransport(endpoint, device_id, domains)`` owns a connection; ``connect()`` makes it
+    (TransportError if the broker cannot be reached) and later losses are repaired in the
+    background. ``MqttTransport(hub, device_id, domains)`` shares the hub's connection.
+    """
+
+    def __init__(
+        self,
+        via: Endpoint | MqttHub,
+        device_id: str,
+        domains: Iterable[str] = (),
+        *,
+        evidence: bool = True,
+        options: MqttOptions | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
+        if isinstance(via, MqttHub):
+            if options is not None or rng is not None or sleep is not None:
+                raise ValueError("a view on an MqttHub takes the hub's options, rng and sleep")
+            options = via.options
+        options = options or MqttOptions()
+        super().__init__(
+            device_id,
+            domains,
+            evidence=evidence,
+            max_payload=options.max_payload,
+            max_queued=options.max_queued,
+        )
+        self._owns_link = not isinstance(via, MqttHub)
+        if isinstance(via, MqttHub):
+            self._link = via._link
+        else:
+            self._link = _Link(
+                via,
+                options,
+                client_id=device_id,
+                hub_id=None,
+                will_topic=options.topics.presence(device_id),
+                rng=rng or random.Random(),
+                sleep=sleep or asyncio.sleep,
+            )
+        self._registered = False
+
+    @property
+    def connected(self) -> bool:
+        return self._registered and not self._closed and self._link.connected
+
+    async def connect(self) -> None:
+        if self._closed:
+            raise TransportClosedError(f"transport of {self.device_id} is closed")
+        if self._registered:
+            return
+        if not self._owns_link and not self._link.started:
+            raise TransportError(f"cannot attach {self.device_id}: the MqttHub is not started")
+        await self._link.add_view(self)
+        self._registered = True
+        if self._owns_link:
+            try:
+                await self._link.start()
+            except BaseException:
+                self._registered = False
+                await self._link.remove_view(self, announce=False)
+                raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._owns_link:
+            await self._link.stop()
+        elif self._registered:
+            await self._link.remove_view(self, announce=True)
+        self._mark_closed()
+
+    async def wait_connected(self) -> None:
+        if self._closed:
+            raise TransportClosedError(f"transport of {self.device_id} is closed")
+        await self._link.wait_up()
+
+    async def _send_inbox(self, peer_id: str, payload: bytes) -> None:
+        await self._link.publish(self._link.topics.inbox(peer_id), payload)
+
+    async def _send_domain(self, domain: str, payload: bytes) -> None:
+        await self._link.publish(self._link.topics.domain(domain), payload)
+
+    async def _send_evidence(self, device_id: str, payload: bytes) -> None:
+        await self._link.publish(self._link.topics.evidence(device_id), payload, retain=True)
+
+    async def _watch(self, peer_id: str) -> None:
+        await self._link.watch(self, peer_id)
+
+    async def _unwatch(self, peer_id: str) -> None:
+        await self._link.unwatch(self, peer_id)
+
+    def _reconnects(self) -> int:
+        return self._link.reconnects
+
+
+def new_hub_id() -> str:
+    """A fresh random hub id: 'h' and 16 base32 characters (so a restarted hub is a new one)."""
+    return "h" + base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
+
+
+class MqttHub:
+    """One MQTT connection shared by many devices of one process (each keeps its own inbox).
+
+    Its client id is ``efhub-<hub id>`` and its will marks ``{prefix}/v1/hub/<hub id>/presence``
+    offline, which takes every device announced ``online:<hub id>`` offline for its watchers.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        hub_id: str | None = None,
+        options: MqttOptions | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
+        self.hub_id = validate_hub_id(hub_id) if hub_id is not None else new_hub_id()
+        self.options = options or MqttOptions()
+        self._link = _Link(
+            endpoint,
+            self.options,
+            client_id=f"efhub-{self.hub_id}",
+            hub_id=self.hub_id,
+            will_topic=self.options.topics.hub_presence(self.hub_id),
+            rng=rng or random.Random(),
+            sleep=sleep or asyncio.sleep,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self._link.reconnects
+
+    @property
+    def unroutable(self) -> int:
+        """Messages received on topics that name nothing of ours (dropped)."""
+        return self._link.unroutable
+
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self._link._views)
+
+    async def start(self) -> None:
+        await self._link.start()
+
+    async def attach(
+        self, device_id: str, domains: Iterable[str] = (), *, evidence: bool = True
+    ) -> MqttTransport:
+        view = MqttTransport(self, device_id, domains, evidence=evidence)
+        await view.connect()
+        return view
+
+    async def wait_connected(self) -> None:
+        await self._link.wait_up()
+
+    async def close(self) -> None:
+        await self._link.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

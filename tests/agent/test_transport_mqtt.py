@@ -1,0 +1,514 @@
+"""The MQTT adapter against real brokers (embedded amqtt and Mosquitto), and its pure parts.
+
+Real-broker tests wait for events (deliveries, reconnects) with upper-bound timeouts only; the
+reconnect backoff sleeps through an injected function the test releases.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import os
+import random
+import resource
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from agent.broker import EmbeddedBroker, MosquittoBroker
+from agent.transport.base import (
+    Delivery,
+    Endpoint,
+    InvalidNameError,
+    NotConnectedError,
+    PresenceBook,
+    PresenceChange,
+    PresenceState,
+    ReconnectPolicy,
+    Route,
+    Topics,
+    Transport,
+    TransportClosedError,
+    TransportError,
+    decode_presence,
+    encode_presence,
+    raise_fd_limit,
+)
+from agent.transport.mqtt import MqttHub, MqttOptions, MqttTransport
+from ledger.identity import device_id_for
+
+
+def dev(i: int) -> str:
+    return device_id_for(bytes([i]) * 32)
+
+
+A, B, C, D = dev(1), dev(2), dev(3), dev(4)
+WAIT_S = 10.0  # upper bound for one expected event; normally milliseconds
+
+Serve = Callable[[], AbstractAsyncContextManager[Endpoint]]
+
+
+async def next_of(t: Transport, kind: str, peer: str | None = None) -> Delivery:
+    """The next delivery of ``kind`` (about ``peer``), skipping others."""
+
+    async def find() -> Delivery:
+        while True:
+            d = await t.receive()
+            if d.kind == kind and (peer is None or d.peer_id == peer):
+                return d
+
+    return await asyncio.wait_for(find(), WAIT_S)
+
+
+async def presence_of(t: Transport, peer: str, online: bool) -> None:
+    while (await next_of(t, "presence", peer)).payload != encode_presence(online):
+        pass
+
+
+@pytest.fixture(params=["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+def serve(request: pytest.FixtureRequest) -> Serve:
+    """An async context manager yielding the endpoint of a running broker of the given kind."""
+    mosquitto: MosquittoBroker | None = None
+    if request.param == "mosquitto":
+        mosquitto = request.getfixturevalue("mosquitto")
+
+    @asynccontextmanager
+    async def running() -> AsyncIterator[Endpoint]:
+        if mosquitto is not None:
+            yield mosquitto.endpoint
+        else:
+            async with EmbeddedBroker() as broker:
+                yield broker.endpoint
+
+    return running
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_topic_layout_is_exact() -> None:
+    t = Topics()
+    assert t.inbox(A) == f"edgefleet/v1/dev/{A}/inbox"
+    assert t.presence(A) == f"edgefleet/v1/dev/{A}/presence"
+    assert t.evidence(A) == f"edgefleet/v1/evidence/{A}"
+    assert t.evidence_filter() == "edgefleet/v1/evidence/+"
+    assert t.domain("site-1.a_b") == "edgefleet/v1/domain/site-1.a_b"
+    assert t.hub_presence("h1") == "edgefleet/v1/hub/h1/presence"
+    assert Topics("acme/plant2").inbox(A) == f"acme/plant2/v1/dev/{A}/inbox"
+
+
+def test_topics_parse_back_and_refuse_anything_else() -> None:
+    t = Topics("acme")
+    routes = {
+        t.inbox(A): Route("inbox", A),
+        t.presence(A): Route("presence", A),
+        t.evidence(A): Route("evidence", A),
+        t.domain("s"): Route("domain", "s"),
+        t.hub_presence("h1"): Route("hub", "h1"),
+    }
+    for topic, route in routes.items():
+        assert t.parse(topic) == route
+    for foreign in [
+        f"edgefleet/v1/dev/{A}/inbox",
+        f"acme/v2/dev/{A}/inbox",
+        "acme/v1/dev/x/inbox",
+        f"acme/v1/dev/{A}/inbox/extra",
+        "acme/v1/domain/Site",
+        "acme/v1/evidence/",
+        "acme/v1/domain/a/b",
+        f"acme/v1/dev/{A}",
+        "acme",
+        "",
+    ]:
+        assert t.parse(foreign) is None, foreign
+
+
+@pytest.mark.parametrize("prefix", ["", "a/", "/a", "a//b", "a/+", "#", "$SYS", "a b", "a\x00"])
+def test_bad_prefixes_are_rejected(prefix: str) -> None:
+    with pytest.raises(InvalidNameError, match="topic prefix"):
+        Topics(prefix)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "ef" + "a" * 23 + "+",
+        "ef" + "a" * 23 + "#",
+        "ef" + "a" * 11 + "/" + "a" * 12,
+        "ef" + "a" * 23 + "\x00",
+    ],
+)
+def test_wildcard_device_ids_are_rejected_before_any_io(bad: str) -> None:
+    endpoint = Endpoint("127.0.0.1", 1)  # never connected to
+    with pytest.raises(InvalidNameError, match="device id"):
+        MqttTransport(endpoint, bad)
+    t = MqttTransport(endpoint, A)
+    with pytest.raises(InvalidNameError, match="device id"):
+        asyncio.run(t.send(bad, b"x"))
+    with pytest.raises(InvalidNameError, match="device id"):
+        asyncio.run(t.publish_evidence(bad, b"x"))
+    with pytest.raises(InvalidNameError, match="domain"):
+        asyncio.run(t.broadcast("site/#", b"x"))
+    with pytest.raises(InvalidNameError, match="domain"):
+        MqttTransport(endpoint, A, ["site+"])
+    with pytest.raises(InvalidNameError, match="device id"):
+        Topics().inbox(bad)
+
+
+def test_presence_payloads_round_trip_and_garbage_is_refused() -> None:
+    assert encode_presence(True) == b"online"
+    assert encode_presence(False) == b"offline"
+    assert encode_presence(True, "h1") == b"online:h1"
+    assert decode_presence(b"online:h1") == PresenceState(True, "h1")
+    assert decode_presence(b"") == PresenceState(False)
+    for garbage in [b"ONLINE", b"online:", b"online:H/1", b"online:\xff", b"\x00"]:
+        assert decode_presence(garbage) is None
+
+
+def test_presence_book_resolves_devices_through_their_hub() -> None:
+    book = PresenceBook()
+    assert book.device_update(A, PresenceState(True)) == [PresenceChange(A, True)]
+    assert book.device_update(B, PresenceState(True, "h1")) == []  # hub unknown: no claim yet
+    assert book.effective(B) is None
+    assert book.device_update(C, PresenceState(True, "h1")) == []
+    assert book.hub_update("h1", True) == [PresenceChange(B, True), PresenceChange(C, True)]
+    assert book.device_update(C, PresenceState(False)) == [PresenceChange(C, False)]
+    assert book.hub_update("h1", False) == [PresenceChange(B, False)]  # the hub's will
+    assert book.hub_update("h1", False) == []
+    assert book.device_update(A, PresenceState(True)) == []  # repeated retained message
+
+
+def test_reconnect_backoff_is_exponential_with_full_jitter_and_seeded() -> None:
+    policy = ReconnectPolicy(base_ms=100, cap_ms=3_000)
+    assert [policy.ceiling_ms(n) for n in range(7)] == [100, 200, 400, 800, 1600, 3000, 3000]
+    rng = random.Random(5)
+    delays = [policy.delay_ms(n % 7, rng) for n in range(700)]
+    assert all(0 <= d <= policy.ceiling_ms(n % 7) for n, d in enumerate(delays))
+    capped = [d for n, d in enumerate(delays) if n % 7 >= 5]
+    assert min(capped) < 300 and max(capped) > 2_700  # full jitter spans [0, cap]
+    again = random.Random(5)
+    assert delays == [policy.delay_ms(n % 7, again) for n in range(700)]
+    with pytest.raises(ValueError, match="base_ms <= cap_ms"):
+        ReconnectPolicy(base_ms=10, cap_ms=5)
+
+
+def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+    try:
+        now = raise_fd_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now
+        assert now == hard or (hard == resource.RLIM_INFINITY and now >= 65536)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, now), hard))
+
+
+def test_connect_failure_is_a_transport_error_naming_the_broker() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = s.getsockname()[1]
+        t = MqttTransport(Endpoint("127.0.0.1", port), A)
+        with pytest.raises(TransportError, match=f"mqtt://127.0.0.1:{port} as {A}"):
+            asyncio.run(t.connect())
+        assert not t.connected
+
+
+# --------------------------------------------------------------------------- on real brokers
+
+
+def test_two_devices_exchange_inbox_messages_and_domain_broadcasts(serve: Serve) -> None:
+    async def main() -> None:
+        async with (
+            serve() as ep,
+            MqttTransport(ep, A, ["site"]) as a,
+            MqttTransport(ep, B, ["site", "other"]) as b,
+            MqttTransport(ep, C, ["x"]) as c,
+        ):
+            await a.send(B, b"\x00\xffbinary")
+            assert await next_of(b, "inbox") == Delivery(
+                f"edgefleet/v1/dev/{B}/inbox", "inbox", None, b"\x00\xffbinary"
+            )
+            await b.send(A, b"reply")
+            assert (await next_of(a, "inbox")).payload == b"reply"
+            await a.broadcast("site", b"ann")
+            want = Delivery("edgefleet/v1/domain/site", "domain", None, b"ann", "site")
+            assert await next_of(b, "domain") == want
+            assert await next_of(a, "domain") == want  # MQTT 3.1.1 echoes to the sender
+            await c.send(A, b"after")  # c is in no shared domain: it saw no broadcast
+            assert (await next_of(a, "inbox")).payload == b"after"
+            assert c.pending() == 0
+            assert a.stats().sent == 2 and b.stats().received == 2
+
+    asyncio.run(main())
+
+
+def test_evidence_is_retained_for_a_device_that_connects_later(serve: Serve) -> None:
+    async def main() -> None:
+        async with serve() as ep:
+            async with MqttTransport(ep, A, evidence=False) as a:
+                await a.publish_evidence(C, b"two headers at height 7")
+                assert a.pending() == 0
+            async with MqttTransport(ep, B) as b:
+                got = await next_of(b, "evidence")
+                assert got == Delivery(
+                    f"edgefleet/v1/evidence/{C}", "evidence", C, b"two headers at height 7"
+                )
+
+    asyncio.run(main())
+
+
+def test_oversize_payload_is_dropped_and_counted(serve: Serve) -> None:
+    async def main() -> None:
+        small = MqttOptions(max_payload=1000)
+        async with (
+            serve() as ep,
+            MqttTransport(ep, A) as a,
+            MqttTransport(ep, B, options=small) as b,
+        ):
+            await a.send(B, b"x" * 1001)
+            await a.send(B, b"y" * 1000)
+            assert (await next_of(b, "inbox")).payload == b"y" * 1000  # same publisher: in order
+            assert b.stats().dropped_oversize == 1 and b.stats().received == 1
+
+    asyncio.run(main())
+
+
+def test_malformed_presence_is_counted_and_the_loop_keeps_running(serve: Serve) -> None:
+    async def main() -> None:
+        async with serve() as ep, MqttTransport(ep, A) as a, MqttTransport(ep, B) as b:
+            await a.watch_presence(B)
+            await presence_of(a, B, True)
+            await b._link.publish(Topics().presence(B), b"\xffnot presence", retain=True)
+            await b._link.publish(Topics().evidence_filter().replace("+", "not-an-id"), b"x")
+            await b.send(A, b"still alive")
+            assert (await next_of(a, "inbox")).payload == b"still alive"
+            assert a.stats().dropped_malformed == 1
+            assert a._link.unroutable == 1
+            assert a.presence(B) is True
+
+    asyncio.run(main())
+
+
+def test_clean_close_announces_offline(serve: Serve) -> None:
+    async def main() -> None:
+        async with serve() as ep, MqttTransport(ep, A) as a:
+            b = MqttTransport(ep, B)
+            await a.watch_presence(B)
+            async with b:
+                await presence_of(a, B, True)
+                assert a.online_peers() == {B}
+            await presence_of(a, B, False)
+            assert a.presence(B) is False
+            with pytest.raises(TransportError, match="closed"):
+                await b.send(A, b"x")
+
+    asyncio.run(main())
+
+
+CLIENT = """
+import asyncio, sys
+from agent.transport.base import Endpoint
+from agent.transport.mqtt import MqttHub, MqttTransport
+
+async def main():
+    ep = Endpoint("127.0.0.1", int(sys.argv[1]))
+    if sys.argv[2] == "single":
+        await MqttTransport(ep, sys.argv[3]).connect()
+    else:
+        hub = MqttHub(ep)
+        await hub.start()
+        for d in sys.argv[3:]:
+            await hub.attach(d)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def spawn_client(ep: Endpoint, mode: str, *ids: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, str(ep.port), mode, *ids, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), WAIT_S) == b"ready\n"
+    return proc
+
+
+@pytest.mark.subprocess
+def test_last_will_marks_a_killed_device_offline(serve: Serve) -> None:
+    async def main() -> None:
+        async with serve() as ep, MqttTransport(ep, A) as a:
+            await a.watch_presence(B)
+            proc = await spawn_client(ep, "single", B)
+            try:
+                await presence_of(a, B, True)
+            finally:
+                proc.kill()  # no DISCONNECT: the broker sees the socket close and sends the will
+                await proc.wait()
+            await presence_of(a, B, False)
+            assert a.presence(B) is False
+
+    asyncio.run(main())
+
+
+@pytest.mark.subprocess
+def test_devices_of_a_killed_hub_go_offline_through_the_hub_will(serve: Serve) -> None:
+    async def main() -> None:
+        async with serve() as ep, MqttTransport(ep, A) as a:
+            await a.watch_presence(B)
+            await a.watch_presence(C)
+            proc = await spawn_client(ep, "hub", B, C)
+            try:
+                await presence_of(a, B, True)
+                await presence_of(a, C, True)
+                await a.send(C, b"to a hub device")  # delivered into the other process
+            finally:
+                proc.kill()
+                await proc.wait()
+            await presence_of(a, B, False)
+            await presence_of(a, C, False)
+            assert a.online_peers() == frozenset()
+
+    asyncio.run(main())
+
+
+def test_hub_devices_share_one_connection_with_their_own_inboxes(serve: Serve) -> None:
+    async def main() -> None:
+        async with serve() as ep, MqttTransport(ep, A, ["site"]) as a, MqttHub(ep) as hub:
+            b = await hub.attach(B, ["site"])
+            c = await hub.attach(C, ["site"])
+            assert hub.devices() == (B, C)
+            await a.send(B, b"for b")
+            await a.send(C, b"for c")
+            assert (await next_of(b, "inbox")).payload == b"for b"
+            assert (await next_of(c, "inbox")).payload == b"for c"
+            await b.send(C, b"neighbour")  # through the broker, same connection both ways
+            assert (await next_of(c, "inbox")).payload == b"neighbour"
+            await a.broadcast("site", b"ann")
+            assert (await next_of(b, "domain")).payload == b"ann"
+            assert (await next_of(c, "domain")).payload == b"ann"
+            assert b.pending() == 0 and c.pending() == 0  # one subscription, one copy each
+            await a.watch_presence(B)
+            await presence_of(a, B, True)
+            await b.close()  # detaching one device announces it offline, the hub stays
+            await presence_of(a, B, False)
+            await c.send(A, b"c still here")
+            assert (await next_of(a, "inbox")).payload == b"c still here"
+            with pytest.raises(TransportError, match="already attached"):
+                await hub.attach(C)
+
+    asyncio.run(main())
+
+
+@pytest.mark.mosquitto
+def test_clients_reconnect_and_resubscribe_after_mosquitto_is_killed_and_restarted(
+    mosquitto: MosquittoBroker,
+) -> None:
+    async def main() -> None:
+        sleepers = 0
+        both_down, back = asyncio.Event(), asyncio.Event()
+        delays: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            nonlocal sleepers
+            delays.append(seconds)
+            sleepers += 1
+            if sleepers == 3:  # two devices and one hub are waiting to reconnect
+                both_down.set()
+            await back.wait()
+
+        opts = MqttOptions(
+            reconnect=ReconnectPolicy(base_ms=100, cap_ms=1_000), publish_timeout_s=60.0
+        )
+        ep = mosquitto.endpoint
+        a = MqttTransport(ep, A, ["site"], options=opts, rng=random.Random(1), sleep=sleep)
+        b = MqttTransport(ep, B, ["site"], options=opts, rng=random.Random(2), sleep=sleep)
+        hub = MqttHub(ep, options=opts, rng=random.Random(3), sleep=sleep)
+        async with a, b, hub:
+            c = await hub.attach(C, ["site"])
+            await a.watch_presence(B)
+            await presence_of(a, B, True)
+            await a.send(B, b"before")
+            assert (await next_of(b, "inbox")).payload == b"before"
+
+            assert mosquitto.pid is not None
+            os.kill(mosquitto.pid, signal.SIGSTOP)  # a publish now waits for a PUBACK in vain
+            unacked = asyncio.ensure_future(a.send(B, b"never acknowledged"))
+            await asyncio.sleep(0)
+            assert not unacked.done()
+            await asyncio.to_thread(mosquitto.kill)
+            with pytest.raises(NotConnectedError, match="lost before the broker acknowledged"):
+                await asyncio.wait_for(unacked, WAIT_S)  # not after the 60 s publish timeout
+            await asyncio.wait_for(both_down.wait(), WAIT_S)
+            assert not a.connected and not b.connected and not c.connected
+            with pytest.raises(NotConnectedError):
+                await a.send(B, b"while down")
+            with pytest.raises(NotConnectedError):
+                await c.broadcast("site", b"while down")
+
+            await asyncio.to_thread(mosquitto.start_sync)  # same port, empty broker
+            back.set()
+            for t in (a, b, c):
+                await asyncio.wait_for(t.wait_connected(), WAIT_S)
+            await presence_of(a, B, True)  # re-announced to the fresh broker
+            await a.send(B, b"after")
+            assert (await next_of(b, "inbox")).payload == b"after"
+            await c.send(A, b"hub after")
+            assert (await next_of(a, "inbox")).payload == b"hub after"
+            await b.broadcast("site", b"ann")
+            for t in (a, b, c):
+                assert (await next_of(t, "domain")).payload == b"ann"
+            assert [t.stats().reconnects for t in (a, b, c)] == [1, 1, 1]
+            assert len(delays) == 3 and all(0 <= d <= 0.1 for d in delays)
+
+    asyncio.run(main())
+
+
+@pytest.mark.mosquitto
+def test_closing_while_the_broker_is_down_is_prompt_and_clean(mosquitto: MosquittoBroker) -> None:
+    async def main() -> None:
+        waiting = asyncio.Event()
+
+        async def sleep(seconds: float) -> None:
+            waiting.set()
+            await asyncio.Event().wait()  # only cancellation ends this backoff
+
+        a = MqttTransport(mosquitto.endpoint, A, sleep=sleep)
+        await a.connect()
+        await asyncio.to_thread(mosquitto.kill)
+        await asyncio.wait_for(waiting.wait(), WAIT_S)
+        await asyncio.wait_for(a.close(), WAIT_S)
+        assert a.closed and not a.connected
+        with pytest.raises(TransportClosedError):
+            await a.receive()
+
+    asyncio.run(main())
+
+
+def test_only_the_adapters_import_the_mqtt_libraries() -> None:
+    root = Path(__file__).resolve().parents[2]
+    owners = {
+        "aiomqtt": "agent/transport/mqtt.py",
+        "paho": "agent/transport/mqtt.py",
+        "amqtt": "agent/broker.py",
+    }
+    found = []
+    for path in sorted((root / "agent").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            )
+            for name in names:
+                top = name.split(".")[0]
+                if top in owners and owners[top] != rel:
+                    found.append(f"{rel} imports {name}")
+    assert found == []
