@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_duration,
         default=None,
         metavar="DURATION",
-        help="simulation step (default 60s; part of what makes a run reproducible)",
+        help="simulation step (default 60s for simulation, 1s when recording real serial sensors)",
     )
     p.set_defaults(func=run)
 

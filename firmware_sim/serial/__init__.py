@@ -9,7 +9,7 @@ Layout (one concern per module):
 - ``modbus``: CRC-16/MODBUS, RTU request builders and response/request parsers.
 - ``profiles``: register maps of Modbus temperature/humidity sensors (XY-MD02 and variants).
 - ``w1``: DS18B20 through the Linux ``w1_slave`` file (parse, Dallas CRC-8, render).
-- ``bridge``: the microcontroller bridge line ``$T,<id>,<milli-C>,<seq>*<xor>`` (encode, parse).
+- ``bridge``: the microcontroller bridge line ``$T,<id>,<milli-C>,<seq>*<crc16>`` (encode, parse).
 - ``sim``: simulated devices that answer or emit the same bytes as the real ones.
 - ``link``: the byte-link interface drivers use, and an in-memory twin.
 - ``port``: the ONLY module importing pyserial; maps its errors to ours.

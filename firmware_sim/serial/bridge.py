@@ -2,18 +2,20 @@
 
 One record per line, ASCII, NMEA-like (docs/SERIAL.md is the byte-exact reference)::
 
-    $T,<sensor-id>,<milli-C>,<seq>*<XX>\\r\\n
+    $T,<sensor-id>,<milli-C>,<seq>*<CRC16-hex4>\\r\\n
 
 - ``T``: record type (temperature); other letters are reserved and rejected today.
 - ``sensor-id``: 1..16 characters ``[a-z0-9_-]``, first one a letter or digit.
 - ``milli-C``: canonical decimal integer (no ``+``, no leading zeros, ``0`` not ``-0``),
   -273150..2000000.
 - ``seq``: canonical decimal 0..65535, +1 per line per sensor, wrapping to 0 after 65535.
-- ``XX``: two upper-case hex digits, the XOR of every byte strictly between ``$`` and ``*``.
+- ``CRC16-hex4``: four upper-case hex digits, the CRC-16/MODBUS (``modbus.crc16_modbus``:
+  reflected polynomial 0xA001, initial 0xFFFF, no final XOR) of every byte strictly between
+  ``$`` and ``*``, written as one 16-bit number, most significant digit first.
 - The line ends with CR LF (``Serial.println``); a bare LF is accepted.
 
-Buffer bound: a valid line is at most 39 bytes; a candidate still without LF after ``MAX_LINE``
-bytes is malformed and the parser resynchronises on the next ``$``.
+Buffer bound: a valid line is at most ``MAX_LINE`` = 40 bytes; a candidate still without LF after
+40 bytes is malformed and the parser resynchronises on the next ``$``.
 """
 
 from __future__ import annotations
@@ -22,24 +24,25 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from firmware_sim.serial.modbus import crc16_modbus
 from firmware_sim.serial.stats import FrameParser
 
-MAX_LINE = 40
 MIN_MC = -273_150
 MAX_MC = 2_000_000
 MAX_SEQ = 0xFFFF
+MAX_SENSOR_ID = 16
+# "$T," id "," milli-C (at most 7 characters in range) "," seq (5) "*" CRC (4) CR LF
+MAX_LINE = 3 + MAX_SENSOR_ID + 1 + 7 + 1 + 5 + 1 + 4 + 2
 SENSOR_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,15}")
 _LINE_RE = re.compile(
     rb"\$(T,([a-z0-9][a-z0-9_-]{0,15}),(0|-?[1-9][0-9]{0,6}),(0|[1-9][0-9]{0,4}))"
-    rb"\*([0-9A-F]{2})\r?\n"
+    rb"\*([0-9A-F]{4})\r?\n"
 )
 
 
-def xor_checksum(data: bytes) -> int:
-    x = 0
-    for b in data:
-        x ^= b
-    return x
+def line_crc(payload: bytes) -> str:
+    """The 4 upper-case hex digits after ``*``; ``payload`` is what lies between ``$`` and ``*``."""
+    return f"{crc16_modbus(payload):04X}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ class BridgeFrame:
     def encode(self) -> bytes:
         """The exact bytes a bridge sketch prints for this record."""
         payload = f"T,{self.sensor_id},{self.temp_mc},{self.seq}".encode("ascii")
-        return b"$" + payload + f"*{xor_checksum(payload):02X}\r\n".encode("ascii")
+        return b"$" + payload + f"*{line_crc(payload)}\r\n".encode("ascii")
 
 
 def encode_bridge_line(sensor_id: str, temp_mc: int, seq: int) -> bytes:
@@ -114,7 +117,7 @@ def _judge(line: bytes) -> BridgeFrame | Literal["checksum", "malformed"]:
     m = _LINE_RE.fullmatch(line)
     if m is None:
         return "malformed"
-    if xor_checksum(m.group(1)) != int(m.group(5), 16):
+    if line_crc(m.group(1)) != m.group(5).decode("ascii"):
         return "checksum"
     temp_mc, seq = int(m.group(3)), int(m.group(4))
     if not MIN_MC <= temp_mc <= MAX_MC or seq > MAX_SEQ:

@@ -3,6 +3,13 @@
 Each record becomes ``temp_mc`` (milli-degrees C) with ``text`` = the bridge's sensor id, so a
 board relaying several probes yields one sample stream per probe. A record repeating the last
 seq of its sensor is dropped (``duplicates``); missing seqs are counted (``seq_gaps``).
+
+Plausibility bound on seq: a record is expected to advance its sensor's seq by 1..``SEQ_WINDOW``
+(modulo the wrap). Any other step (backwards, or further ahead) is read as the board having
+restarted (a watchdog or brown-out reset, the reset button or a DTR toggle starts its seq at 0
+again): the record is still emitted, since its CRC-16 verified it and dropping it would lose
+every reading after a reset, but the step is not counted in ``seq_gaps``, which keeps that
+counter a measure of lines lost on the wire.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ from firmware_sim.samples import Sample
 from firmware_sim.serial.bridge import MAX_SEQ, BridgeFrame, BridgeParser
 from firmware_sim.serial.driver import READ_CHUNK, Clock, ReadBudget, SerialSensor
 from firmware_sim.serial.link import ByteLink
+
+#: the largest seq step still read as lines lost on the wire rather than a restarted board.
+SEQ_WINDOW = 1024
 
 
 class BridgeSensor(SerialSensor):
@@ -43,7 +53,9 @@ class BridgeSensor(SerialSensor):
         if frame.seq == last:
             self.stats.duplicates += 1
             return False
-        self.stats.seq_gaps += (frame.seq - last - 1) % (MAX_SEQ + 1)
+        step = (frame.seq - last) % (MAX_SEQ + 1)
+        if step <= SEQ_WINDOW:
+            self.stats.seq_gaps += step - 1
         return True
 
     def _sample(self, frame: BridgeFrame, now: int) -> Sample:
