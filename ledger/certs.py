@@ -40,6 +40,7 @@ from ledger.identity import (
 
 FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+MODEL_RE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,62}[\x21-\x7e]|[\x21-\x7e]")
 _MAX_BODY = 400
 _LIMITS = codec.Limits(max_bytes=_MAX_BODY, max_array=11, max_str=64, max_bin=32)
 _MAX_HEIGHT = (1 << 63) - 1
@@ -154,7 +155,7 @@ def _parse_cert_body(body: bytes) -> list[Any]:
             f"(expected {device_id_for(f[1])})",
         )
     _name(f[3], w, "kind")
-    _name(f[4], w, "model")
+    codec.text(f[4], w, "model", 64, lambda s: bool(MODEL_RE.fullmatch(s)))
     _name(f[5], w, "site")
     if f[6] is not None:
         codec.bin_(f[6], w, "owner_x25519", 32)

@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS replicas (
     block BLOB NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (device_id, height)) STRICT;
 CREATE TABLE IF NOT EXISTS certificates (
     device_id TEXT PRIMARY KEY, wire BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS credentials (
+    device_id TEXT NOT NULL, kind TEXT NOT NULL, wire BLOB NOT NULL,
+    PRIMARY KEY (device_id, kind, wire)) STRICT;
 CREATE TABLE IF NOT EXISTS evidence (
     device_id TEXT NOT NULL, wire BLOB NOT NULL, PRIMARY KEY (device_id, wire)) STRICT;
 CREATE TABLE IF NOT EXISTS tags (
@@ -313,6 +316,28 @@ class Store:
             )
         return None
 
+    def put_peer_headers(self, headers: Sequence[SignedHeader]) -> list[SignedHeader]:
+        """Store verified peer headers in one transaction; returns the conflicting headers held
+        (forks) for those not stored."""
+        conflicts = []
+        with self._tx():
+            for sh in headers:
+                h = sh.header
+                row = self._db.execute(
+                    "SELECT header FROM peer_headers WHERE device_id=? AND height=?",
+                    (h.device_id, h.height),
+                ).fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
+                        (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
+                    )
+                elif bytes(row[0]) != sh.wire:
+                    held = self._decode_header(bytes(row[0]))
+                    if held.hash != sh.hash:
+                        conflicts.append(held)
+        return conflicts
+
     def peer_head(self, device_id: str) -> SignedHeader | None:
         row = self._db.execute(
             "SELECT header FROM peer_headers WHERE device_id=? ORDER BY height DESC LIMIT 1",
@@ -320,14 +345,65 @@ class Store:
         ).fetchone()
         return None if row is None else self._decode_header(bytes(row[0]))
 
-    def peer_headers(self, device_id: str, from_height: int = 0) -> list[SignedHeader]:
+    def peer_headers(
+        self, device_id: str, from_height: int = 0, to_height: int | None = None
+    ) -> list[SignedHeader]:
         return [
-            self._decode_header(bytes(w))
+            self._decode_header(w)
+            for w in self.peer_header_wires(device_id, from_height, to_height)
+        ]
+
+    def peer_header_wires(
+        self, device_id: str, from_height: int = 0, to_height: int | None = None
+    ) -> list[bytes]:
+        top = (1 << 63) - 1 if to_height is None else to_height
+        return [
+            bytes(w)
             for (w,) in self._db.execute(
-                "SELECT header FROM peer_headers WHERE device_id=? AND height>=? ORDER BY height",
-                (device_id, from_height),
+                "SELECT header FROM peer_headers WHERE device_id=? AND height BETWEEN ? AND ? "
+                "ORDER BY height",
+                (device_id, from_height, top),
             )
         ]
+
+    def own_header_wires(self, from_height: int = 0, to_height: int | None = None) -> list[bytes]:
+        top = (1 << 63) - 1 if to_height is None else to_height
+        return [
+            bytes(w)
+            for (w,) in self._db.execute(
+                "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
+                (from_height, top),
+            )
+        ]
+
+    def replica_wires(self, device_id: str, from_height: int, to_height: int) -> list[bytes]:
+        return [
+            bytes(w)
+            for (w,) in self._db.execute(
+                "SELECT block FROM replicas WHERE device_id=? AND height BETWEEN ? AND ? "
+                "ORDER BY height",
+                (device_id, from_height, to_height),
+            )
+        ]
+
+    def put_credential(self, device_id: str, kind: str, wire: bytes) -> None:
+        """A verified certificate, rotation or revocation learned from the fleet."""
+        if kind == "certificate":
+            self.put_certificate(device_id, wire)
+        else:
+            self._db.execute(
+                "INSERT OR IGNORE INTO credentials VALUES (?, ?, ?)", (device_id, kind, wire)
+            )
+
+    def credentials(self, kind: str) -> list[tuple[str, bytes]]:
+        """(device_id, wire) of every stored credential of ``kind``."""
+        if kind == "certificate":
+            rows = self._db.execute("SELECT device_id, wire FROM certificates ORDER BY device_id")
+        else:
+            rows = self._db.execute(
+                "SELECT device_id, wire FROM credentials WHERE kind=? ORDER BY device_id", (kind,)
+            )
+        return [(str(d), bytes(w)) for d, w in rows]
 
     def peer_devices(self) -> list[str]:
         return [

@@ -1,0 +1,160 @@
+"""Actions from the gossip core: what the runtime must do (imperatives) and what happened
+(notifications, past tense). All frozen values; the core itself performs no I/O.
+
+What the runtime does with each:
+
+- ``Send(peer_id, payload)``: publish ``payload`` to the peer's inbox. Best effort; loss is
+  repaired by anti-entropy.
+- ``Broadcast(domain, payload)``: publish ``payload`` to every member of ``domain`` (used for a
+  revocation that enters the fleet through this node).
+- ``PublishEvidence(device_id, evidence)``: publish the fork evidence bytes, as they are, on the
+  evidence topic of the accused device (retained, so later devices receive it too); the
+  transport's ``publish_evidence``.
+- ``StoreHeaders(device_id, headers)``: persist verified peer headers (contiguous, ascending,
+  each extends the previous one). ``ledger.store.Store.put_peer_header`` per wire, in order, in one
+  transaction if it can.
+- ``StoreBlock(device_id, height, block)``: persist a verified block body (``Store.put_replica``
+  of ``decode_block(block)``).
+- ``StoreEvidence(device_id, evidence)``: persist verified fork evidence (``Store.put_evidence``).
+- ``StoreCredential(device_id, kind, wire)``: persist a verified certificate, rotation or
+  revocation learned from a peer, so a restart can feed it back (``CertificateKnown``...).
+- ``ServePull(...)``: read the stored headers ``from_height..to_height`` of ``device_id`` (own
+  chain or peer headers) and, when ``bodies``, the block wires held in that range (own blocks or
+  replicas; at most ``max_blocks`` and ``max_bytes`` in all), off the event loop; then feed
+  ``PullLoaded(peer_id, request_id, headers, blocks)`` back. Not answering is allowed: the core
+  forgets the serve after its timeout and the peer re-asks.
+
+Notifications need no action; they feed logs, counters and the live view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+CredentialKind = Literal["certificate", "rotation", "revocation"]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    domain: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishEvidence:
+    """Publish fork evidence against ``device_id`` on the evidence topic (retained)."""
+
+    device_id: str
+    evidence: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHeaders:
+    device_id: str
+    headers: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBlock:
+    device_id: str
+    height: int
+    block: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvidence:
+    device_id: str
+    evidence: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCredential:
+    device_id: str
+    kind: CredentialKind
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServePull:
+    peer_id: str
+    request_id: int
+    device_id: str
+    from_height: int
+    to_height: int
+    bodies: bool
+    max_blocks: int
+    max_bytes: int
+
+
+# --- notifications (past tense) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersAccepted:
+    device_id: str
+    from_height: int
+    to_height: int
+    head_hash: bytes
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAccepted:
+    device_id: str
+    height: int
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForkDetected:
+    """``device_id`` signed two headers at (epoch, height); ``evidence`` verifies offline."""
+
+    device_id: str
+    epoch: int
+    height: int
+    evidence: bytes
+    peer_id: str | None  # who sent the header or evidence that revealed it (None: the store)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRevoked:
+    device_id: str
+    key_id: bytes | None  # None: the whole device
+    from_height: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMuted:
+    peer_id: str
+    until_ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnmuted:
+    peer_id: str
+
+
+Action = (
+    Send
+    | Broadcast
+    | PublishEvidence
+    | StoreHeaders
+    | StoreBlock
+    | StoreEvidence
+    | StoreCredential
+    | ServePull
+    | HeadersAccepted
+    | BlockAccepted
+    | ForkDetected
+    | DeviceRevoked
+    | PeerMuted
+    | PeerUnmuted
+)

@@ -1,0 +1,77 @@
+"""Tunables of the gossip core, with every bound the core keeps in memory.
+
+All times are milliseconds; penalties are integer points. Defaults suit a domain of tens of
+devices sealing a block every few seconds; docs/GOSSIP.md explains each one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+from agent.gossip import wire
+from ledger.errors import UsageError
+
+
+def _never(device_id: str, height: int) -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    fanout: int = 3  # peers each new header is pushed (or forwarded once) to
+    anti_entropy_ms: int = 5_000  # mean interval between summary exchanges
+    jitter_ms: int = 1_000  # each interval is anti_entropy_ms +- a uniform jitter_ms
+    request_timeout_ms: int = 3_000  # a peer that has not answered by then broke a promise
+    hedge_ms: int = 1_000  # after this, another peer may be asked for what a request awaits
+    serve_timeout_ms: int = 10_000  # a ServePull the runtime has not answered is forgotten
+    max_range: int = wire.MAX_RANGE  # headers asked for (and served) per request
+    max_blocks: int = wire.MAX_RESPONSE_BLOCKS  # bodies served per response
+    window: int = 256  # recent headers kept in memory per device (fork checks, fast serving)
+    seen_headers: int = 4_096  # LRU of accepted header hashes (duplicate suppression)
+    seen_other: int = 1_024  # LRU of evidence and credential hashes already processed
+    max_inflight: int = 64  # outstanding requests, in all
+    max_inflight_per_peer: int = 8
+    max_serves: int = 64  # ServePull actions awaiting PullLoaded, in all
+    max_serves_per_peer: int = 4
+    max_missing_bodies: int = 1_024  # wanted bodies remembered per device
+    max_devices: int = 4_096  # devices with credentials or chains in memory
+    max_pending_rotations: int = 8  # per device, rotations waiting for an earlier one
+    max_revocations: int = 16  # per device
+    penalty_malformed: int = 10
+    penalty_invalid: int = 10
+    penalty_promise: int = 2  # a request not answered before its deadline
+    mute_threshold: int = 50  # penalty points at which a peer is muted
+    decay_per_s: int = 1  # penalty points forgiven per second
+    mute_ms: int = 60_000
+    want_bodies: Callable[[str, int], bool] = field(default=_never, compare=False)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "want_bodies":
+                if not callable(value):
+                    raise UsageError(
+                        "gossip config want_bodies: expected a predicate "
+                        f"(device_id, height) -> bool, found {type(value).__name__}"
+                    )
+                continue
+            low = 0 if f.name in ("fanout", "jitter_ms", "decay_per_s") else 1
+            if type(value) is not int or value < low:
+                raise UsageError(
+                    f"gossip config {f.name}: expected an integer >= {low}, found {value!r}"
+                )
+        if self.max_range > wire.MAX_RANGE:
+            raise UsageError(
+                f"gossip config max_range: at most {wire.MAX_RANGE}, found {self.max_range}"
+            )
+        if self.max_blocks > wire.MAX_RESPONSE_BLOCKS:
+            raise UsageError(
+                f"gossip config max_blocks: at most {wire.MAX_RESPONSE_BLOCKS}, "
+                f"found {self.max_blocks}"
+            )
+        if self.jitter_ms >= self.anti_entropy_ms:
+            raise UsageError(
+                f"gossip config jitter_ms: must be below anti_entropy_ms "
+                f"({self.anti_entropy_ms}), found {self.jitter_ms}"
+            )

@@ -1,0 +1,120 @@
+"""Inputs to the gossip core: what happened outside it, as frozen values named by nouns.
+
+The runtime feeds each one to ``GossipNode.handle(input, now_ms)``. Inputs that come from the
+runtime's own store (``ChainLoaded``, ``CertificateKnown``...) are trusted to be what the core
+once emitted, but are still checked where a check is cheap; inputs from the network arrive only as
+``MessageReceived`` and are never trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.block import Block
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """Bytes from the network. ``peer_id``: the sender as the transport knows it, or None when
+    only the message's own (unauthenticated) sender field names it (MQTT 3.1.1 inboxes)."""
+
+    peer_id: str | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OwnBlockSealed:
+    """The device sealed ``block`` and it is durable: announce its header."""
+
+    block: Block
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLoaded:
+    """At start: a device's verified headers as stored, contiguous from height 0 (own or peer).
+
+    ``missing_bodies``: heights whose body is wanted but not held (from the replica table).
+    """
+
+    device_id: str
+    headers: tuple[bytes, ...]
+    missing_bodies: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateKnown:
+    """A device certificate (signed envelope) the runtime holds: its own, config, or store."""
+
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RotationKnown:
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationKnown:
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceKnown:
+    """Fork evidence from the store: the device stays excluded after a restart."""
+
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceReceived:
+    """Bytes from the evidence topic (retained fork evidence, sender unknown): verified here."""
+
+    evidence: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainChanged:
+    """The member list of one of this device's gossip domains (self included)."""
+
+    domain: str
+    members: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PullLoaded:
+    """The runtime's answer to a ``ServePull``: stored header and block wires, ascending height.
+
+    Block wires are whatever the store holds in the range (own blocks or replicas); the core trims
+    both lists to the request and to the wire limits before it answers.
+    """
+
+    peer_id: str
+    request_id: int
+    headers: tuple[bytes, ...]
+    blocks: tuple[bytes, ...] = ()
+
+
+Input = (
+    MessageReceived
+    | OwnBlockSealed
+    | ChainLoaded
+    | CertificateKnown
+    | RotationKnown
+    | RevocationKnown
+    | EvidenceKnown
+    | EvidenceReceived
+    | PeerUp
+    | PeerDown
+    | DomainChanged
+    | PullLoaded
+)

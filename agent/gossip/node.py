@@ -1,0 +1,1051 @@
+"""The gossip core: a synchronous, I/O-free state machine for one device (h11/aioquic style).
+
+``GossipNode.handle(input, now_ms)`` and ``handle_timer(now_ms)`` return the actions the runtime
+must perform; ``next_deadline()`` says when to call ``handle_timer`` next. Randomness comes from
+the injected ``random.Random`` only, and every choice is made over a sorted list, so a seed
+reproduces a run. Nothing here touches sockets, files, clocks or the global random.
+
+Behaviour (docs/GOSSIP.md has the full description):
+
+- **Push**: an own block's header goes to ``fanout`` random peers of the device's domains; a
+  header received in an ANNOUNCE that verifies and extends the held chain is stored and forwarded
+  once to ``fanout`` peers (duplicates are dropped by header hash, in a bounded LRU).
+- **Anti-entropy**: every ``anti_entropy_ms`` (jittered) a SUMMARY goes to one random peer; both
+  sides compare and pull what they miss with REQUESTs of at most ``max_range`` heights that start
+  at the held head (so a fork below it shows up at once), with bodies where ``want_bodies`` says
+  so. Requests have ids and deadlines; an unanswered one is a promise not kept.
+- **Verification** before anything is stored or forwarded: the header's signature with the key
+  ``DeviceKeys`` names for its height (certificate -> fleet root, rotations, revocations), its link
+  to the held head (height, prev_hash, epoch) and its ``history_root`` against the history tree's
+  compact range; bodies with ``ledger.verify.verify_block`` against the accepted header's hash.
+- **Forks**: a validly signed header at a held height with another hash becomes fork evidence,
+  is stored, broadcast to the device's domains, and the device is excluded from then on; EVIDENCE
+  messages are verified offline-style and have the same effect.
+- **Peers**: per-peer scores mute peers that send malformed or invalid messages or break
+  promises. Malformed input never raises out of ``handle``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Literal
+
+from agent.gossip import wire
+from agent.gossip.actions import (
+    Action,
+    BlockAccepted,
+    Broadcast,
+    CredentialKind,
+    DeviceRevoked,
+    ForkDetected,
+    HeadersAccepted,
+    PublishEvidence,
+    Send,
+    ServePull,
+    StoreBlock,
+    StoreCredential,
+    StoreEvidence,
+    StoreHeaders,
+)
+from agent.gossip.chains import ChainState
+from agent.gossip.config import GossipConfig
+from agent.gossip.credentials import Credentials, Outcome
+from agent.gossip.inputs import (
+    CertificateKnown,
+    ChainLoaded,
+    DomainChanged,
+    EvidenceKnown,
+    EvidenceReceived,
+    Input,
+    MessageReceived,
+    OwnBlockSealed,
+    PeerDown,
+    PeerUp,
+    PullLoaded,
+    RevocationKnown,
+    RotationKnown,
+)
+from agent.gossip.lru import Lru
+from agent.gossip.peers import Offence, Peers, PeerStats
+from agent.gossip.requests import Pending, Serve, Table
+from ledger.block import Block, SignedHeader, decode_block, decode_header
+from ledger.certs import FleetRoots
+from ledger.errors import ChainError, DecodeError, RevokedError, UsageError, VerificationError
+from ledger.evidence import ForkEvidence, make_evidence, verify_evidence
+from ledger.identity import is_device_id
+from ledger.verify import verify_block, verify_link
+
+
+class Verdict(Enum):
+    """What became of one offered header."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    STALE = "stale"  # at a held height below the in-memory window: cannot compare, ignored
+    GAP = "gap"  # above the next height: pull what lies between
+    DIVERGED = "diverged"  # validly signed but does not link to the held head
+    UNTRACKED = "untracked"  # device in none of our domains
+    UNKNOWN_DEVICE = "unknown_device"  # no certificate yet
+    UNKNOWN_KEY = "unknown_key"  # key id not in force at that height (rotation not known yet?)
+    REVOKED = "revoked"
+    FORKED = "forked"  # the device is excluded after fork evidence
+    FORK = "fork"  # this header proved a fork
+    OWN = "own"  # a header of our own device we did not seal
+    INVALID = "invalid"  # bad signature or history: the sender is at fault
+
+
+EvidenceOrigin = Literal["detected", "message", "topic"]
+
+_PULL = frozenset({Verdict.GAP, Verdict.DIVERGED, Verdict.UNKNOWN_DEVICE, Verdict.UNKNOWN_KEY})
+
+
+class GossipNode:
+    """The gossip protocol of one device. Not thread-safe; drive it from one task."""
+
+    def __init__(
+        self,
+        device_id: str,
+        domains: Mapping[str, Iterable[str]],
+        roots: FleetRoots,
+        rng: random.Random,
+        *,
+        config: GossipConfig | None = None,
+        now_ms: int = 0,
+    ) -> None:
+        if not is_device_id(device_id):
+            raise UsageError(
+                f"gossip node: expected a device id (ef + 24 base32), found {device_id!r}"
+            )
+        self.device_id = device_id
+        self.config = cfg = config if config is not None else GossipConfig()
+        self.counters: Counter[str] = Counter()
+        self._rng = rng
+        self._roots = roots
+        self._now = now_ms
+        self._peers = Peers(cfg)
+        self._domains: dict[str, frozenset[str]] = {}
+        for name, members in domains.items():
+            self._set_domain(name, frozenset(members))
+        self._tracked: frozenset[str] = frozenset()
+        self._recompute_members()
+        self._creds = Credentials(
+            roots,
+            max_devices=cfg.max_devices,
+            max_pending=cfg.max_pending_rotations,
+            max_revocations=cfg.max_revocations,
+        )
+        self._chains: dict[str, ChainState] = {}
+        self._forked: dict[str, bytes] = {}  # device -> evidence wire
+        self._need_creds: set[str] = set()  # devices whose key for some height is unknown
+        self._seen_headers: Lru[bytes, bool] = Lru(cfg.seen_headers)
+        self._seen_other: Lru[bytes, bool] = Lru(cfg.seen_other)
+        self._evidence_sent: Lru[tuple[str, str], int] = Lru(cfg.seen_other)
+        self._pending: Table[Pending] = Table(cfg.max_inflight, cfg.max_inflight_per_peer)
+        self._serves: Table[Serve] = Table(cfg.max_serves, cfg.max_serves_per_peer)
+        self._next_rid = rng.getrandbits(32)
+        self._next_round = now_ms + rng.randint(0, cfg.anti_entropy_ms)
+        self._out: list[Action] = []
+        self._batch: dict[str, tuple[str, list[SignedHeader]]] = {}
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def handle(self, event: Input, now_ms: int) -> list[Action]:
+        """Feed one input; return what to do. Remote bytes never make this raise."""
+        self._now = now_ms
+        if isinstance(event, MessageReceived):
+            self._on_message(event)
+        elif isinstance(event, OwnBlockSealed):
+            self._on_own_block(event.block)
+        elif isinstance(event, ChainLoaded):
+            self._on_chain_loaded(event)
+        elif isinstance(event, CertificateKnown):
+            self._learn("certificate", event.wire, None)
+        elif isinstance(event, RotationKnown):
+            self._learn("rotation", event.wire, None)
+        elif isinstance(event, RevocationKnown):
+            self._learn("revocation", event.wire, None)
+        elif isinstance(event, EvidenceKnown):
+            self._on_evidence_known(event.wire)
+        elif isinstance(event, EvidenceReceived):
+            self._on_evidence_received(event.evidence)
+        elif isinstance(event, PeerUp):
+            self._on_peer_up(event.peer_id)
+        elif isinstance(event, PeerDown):
+            self._on_peer_down(event.peer_id)
+        elif isinstance(event, DomainChanged):
+            self._on_domain_changed(event)
+        elif isinstance(event, PullLoaded):
+            self._on_pull_loaded(event)
+        else:
+            raise UsageError(f"gossip node: unknown input {type(event).__name__}")
+        return self._take()
+
+    def handle_timer(self, now_ms: int) -> list[Action]:
+        """Run whatever is due at ``now_ms``: mute expiries, request deadlines, the round."""
+        self._now = now_ms
+        self._out.extend(self._peers.expire(now_ms))
+        for req in self._pending.expire(now_ms):
+            self.counters["promises_broken"] += 1
+            self._penalize(req.peer_id, "promise")
+        self.counters["serves_expired"] += len(self._serves.expire(now_ms))
+        if now_ms >= self._next_round:
+            cfg = self.config
+            self._next_round = (
+                now_ms + cfg.anti_entropy_ms + self._rng.randint(-cfg.jitter_ms, cfg.jitter_ms)
+            )
+            self._round()
+        return self._take()
+
+    def next_deadline(self) -> int | None:
+        """When ``handle_timer`` must run next (there is always an anti-entropy round)."""
+        times = [
+            self._next_round,
+            self._pending.next_deadline(),
+            self._serves.next_deadline(),
+            self._peers.next_expiry(),
+        ]
+        return min(t for t in times if t is not None)
+
+    def head(self, device_id: str) -> SignedHeader | None:
+        chain = self._chains.get(device_id)
+        return None if chain is None else chain.head
+
+    def heights(self) -> dict[str, int]:
+        return {
+            d: c.head.header.height for d, c in sorted(self._chains.items()) if c.head is not None
+        }
+
+    def forked(self) -> frozenset[str]:
+        return frozenset(self._forked)
+
+    def missing_bodies(self, device_id: str) -> tuple[int, ...]:
+        chain = self._chains.get(device_id)
+        return () if chain is None else tuple(sorted(chain.missing))
+
+    def peer_stats(self, peer_id: str) -> PeerStats | None:
+        return self._peers.stats(peer_id, self._now)
+
+    def peers_available(self) -> list[str]:
+        return self._peers.available()
+
+    # --- membership ---------------------------------------------------------------------------
+
+    def _set_domain(self, name: str, members: frozenset[str]) -> None:
+        bad = sorted(m for m in members if not isinstance(m, str) or not is_device_id(m))
+        if bad:
+            raise UsageError(f"gossip domain {name!r}: expected device ids, found {bad[:3]}")
+        if self.device_id not in members:
+            raise UsageError(
+                f"gossip domain {name!r}: must list this device "
+                f"({self.device_id}) among its members"
+            )
+        self._domains[name] = members
+
+    def _recompute_members(self) -> None:
+        tracked: set[str] = {self.device_id}
+        for members in self._domains.values():
+            tracked |= members
+        self._tracked = frozenset(tracked)
+        self._peers.set_members(self._tracked - {self.device_id})
+
+    def _sharing(self, device_id: str) -> set[str]:
+        """Peers that share a domain with ``device_id`` (and with us)."""
+        out: set[str] = set()
+        for members in self._domains.values():
+            if device_id in members:
+                out |= members
+        out.discard(self.device_id)
+        return out
+
+    def _domains_of(self, device_id: str) -> list[str]:
+        return sorted(d for d, m in self._domains.items() if device_id in m)
+
+    def _on_domain_changed(self, ev: DomainChanged) -> None:
+        if self.device_id in ev.members:
+            self._set_domain(ev.domain, frozenset(ev.members))
+        else:
+            self._domains.pop(ev.domain, None)
+        self._recompute_members()
+        for dev in [d for d in self._chains if d not in self._tracked]:
+            del self._chains[dev]
+            self._pending.drop(device_id=dev)
+
+    def _on_peer_up(self, peer: str) -> None:
+        rec = self._peers.get(peer)
+        if rec is None:
+            self.counters["peer_up_foreign"] += 1
+            return
+        if rec.up:
+            return
+        rec.up = True
+        revocations = self._creds.revocations()
+        for i in range(0, len(revocations), wire.MAX_CERTS_ITEMS):
+            chunk = tuple(revocations[i : i + wire.MAX_CERTS_ITEMS])
+            self._send(peer, wire.Certs(self.device_id, (), (), chunk))
+        if rec.muted_until is None:
+            self._send_summary(peer, reply=True)
+
+    def _on_peer_down(self, peer: str) -> None:
+        rec = self._peers.get(peer)
+        if rec is None:
+            return
+        rec.up = False
+        self.counters["requests_cancelled"] += self._pending.drop(peer_id=peer)
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def _on_message(self, ev: MessageReceived) -> None:
+        claimed = ev.peer_id
+        if claimed is not None:
+            known = self._peers.get(claimed)
+            if known is None:
+                self.counters["dropped_foreign"] += 1
+                return
+            if known.muted_until is not None:  # dropped before decoding: muting is cheap
+                known.dropped_muted += 1
+                self.counters["dropped_muted"] += 1
+                return
+        try:
+            msg = wire.decode(ev.payload)
+        except DecodeError:
+            if claimed is None:
+                self.counters["malformed_unattributed"] += 1
+            else:
+                self._penalize(claimed, "malformed")
+            return
+        peer = msg.sender if claimed is None else claimed
+        if msg.sender != peer:
+            self.counters["sender_mismatch"] += 1
+            self._penalize(peer, "malformed")
+            return
+        rec = self._peers.get(peer)
+        if rec is None:
+            self.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
+            return
+        if rec.muted_until is not None:
+            rec.dropped_muted += 1
+            self.counters["dropped_muted"] += 1
+            return
+        rec.messages += 1
+        self.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
+        try:
+            self._dispatch(peer, msg)
+        except DecodeError:
+            self._penalize(peer, "malformed")
+        except VerificationError:
+            self._penalize(peer, "invalid")
+        self._flush()
+
+    def _dispatch(self, peer: str, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Announce):
+            self._on_announce(peer, msg)
+        elif isinstance(msg, wire.Summary):
+            self._on_summary(peer, msg)
+        elif isinstance(msg, wire.Request):
+            self._on_request(peer, msg)
+        elif isinstance(msg, wire.Response):
+            self._on_response(peer, msg)
+        elif isinstance(msg, wire.EvidenceMessage):
+            self._on_evidence(peer, msg.evidence)
+        else:
+            self._on_certs(peer, msg)
+
+    def _on_announce(self, peer: str, msg: wire.Announce) -> None:
+        headers = [decode_header(w) for w in msg.headers]
+        fresh: dict[str, list[SignedHeader]] = {}
+        for sh in headers:
+            dev = sh.header.device_id
+            verdict = self._offer(sh, peer)
+            if verdict is Verdict.ACCEPTED:
+                fresh.setdefault(dev, []).append(sh)
+            elif verdict is Verdict.INVALID:
+                self._penalize(peer, "invalid")
+                break
+            elif verdict in _PULL:
+                self._pull(peer, dev, sh.header.height)
+        self._flush()
+        for dev, shs in fresh.items():
+            self._push(dev, shs, exclude={peer, dev})
+            chain = self._chains[dev]
+            if peer == dev and chain.missing:
+                self._pull_bodies(peer, dev, shs[-1].header.height)
+
+    def _on_summary(self, peer: str, msg: wire.Summary) -> None:
+        listed: set[str] = set()
+        for e in msg.entries:
+            dev = e.device_id
+            listed.add(dev)
+            if dev in self._forked:
+                if e.head_hash != wire.FORKED_MARK:
+                    self._send_evidence(peer, dev)
+                continue
+            if e.head_hash == wire.FORKED_MARK or dev not in self._tracked:
+                continue  # a forked mark: the peer sends its evidence
+            self._compare(peer, dev, e)
+        for dev in sorted(self._forked):
+            if dev not in listed and peer in self._sharing(dev):
+                self._send_evidence(peer, dev)
+        if msg.reply:
+            self._send_summary(peer, reply=False)
+
+    def _compare(self, peer: str, dev: str, e: wire.SummaryEntry) -> None:
+        chain = self._chains.get(dev)
+        head = None if chain is None else chain.head
+        if chain is None or head is None:
+            self._pull(peer, dev, e.height)
+            return
+        ours = head.header.height
+        if e.height > ours or (e.height == ours and e.head_hash != head.hash):
+            self._pull(peer, dev, e.height)
+        elif (
+            e.height < ours
+            and (held := chain.at(e.height)) is not None
+            and held.hash != e.head_hash
+        ):
+            self._pull(peer, dev, e.height)  # a probe: the peer's head differs from ours there
+        elif dev in self._need_creds:
+            self._pull(peer, dev, min(e.height, ours))
+        elif chain.missing:
+            self._pull_bodies(peer, dev, e.height)
+
+    def _on_request(self, peer: str, msg: wire.Request) -> None:
+        dev = msg.device_id
+        if dev in self._forked:
+            self._send_evidence(peer, dev)
+        if self._serves.get(peer, msg.request_id) is not None:
+            self.counters["request_duplicate"] += 1  # being loaded already
+            return
+        certs, rots, revs = self._credentials_for(dev, msg.flags)
+        chain = self._chains.get(dev)
+        head = None if chain is None else chain.head
+        if chain is None or head is None or msg.from_height > head.header.height:
+            self._respond(peer, msg.request_id, dev, (certs, rots, revs), (), ())
+            return
+        hi = min(msg.to_height, head.header.height)
+        if not msg.bodies and msg.from_height >= chain.base:
+            headers = tuple(sh.wire for sh in chain.between(msg.from_height, hi))
+            self.counters["served_from_memory"] += 1
+            self._respond(peer, msg.request_id, dev, (certs, rots, revs), headers, ())
+            return
+        if not self._serves.room_for(peer):
+            self.counters["serve_refused"] += 1
+            return
+        self._serves.add(
+            Serve(
+                peer,
+                msg.request_id,
+                dev,
+                msg.from_height,
+                hi,
+                msg.flags,
+                self._now + self.config.serve_timeout_ms,
+            )
+        )
+        budget = wire.response_budget(
+            [bytes(wire.HEADER_WIRE_MAX)] * (hi - msg.from_height + 1), certs, rots, revs
+        )
+        self._out.append(
+            ServePull(
+                peer,
+                msg.request_id,
+                dev,
+                msg.from_height,
+                hi,
+                msg.bodies,
+                self.config.max_blocks if msg.bodies else 0,
+                budget if msg.bodies else 0,
+            )
+        )
+
+    def _on_pull_loaded(self, ev: PullLoaded) -> None:
+        serve = self._serves.pop(ev.peer_id, ev.request_id)
+        if serve is None:
+            self.counters["pull_loaded_unknown"] += 1
+            return
+        creds = self._credentials_for(serve.device_id, serve.flags)
+        headers = ev.headers[: serve.to_height - serve.from_height + 1]
+        blocks: tuple[bytes, ...] = ()
+        if serve.flags & wire.FLAG_BODIES:
+            blocks = wire.fit_blocks(
+                ev.blocks, wire.response_budget(headers, *creds), self.config.max_blocks
+            )
+        self._respond(serve.peer_id, serve.request_id, serve.device_id, creds, headers, blocks)
+
+    def _credentials_for(
+        self, dev: str, flags: int
+    ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...]]:
+        """What a RESPONSE about ``dev`` carries: revocations always (so they spread with every
+        pull of a revoked device), the certificate and rotations when asked for."""
+        certs, rots, revs = self._creds.bundle(dev)
+        if flags & wire.FLAG_CREDENTIALS:
+            return certs, rots, revs
+        return (), (), revs
+
+    def _respond(
+        self,
+        peer: str,
+        rid: int,
+        dev: str,
+        creds: tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...]],
+        headers: tuple[bytes, ...],
+        blocks: tuple[bytes, ...],
+    ) -> None:
+        certs, rots, revs = creds
+        self._send(
+            peer,
+            wire.Response(
+                self.device_id,
+                rid,
+                dev,
+                certs[:1],
+                rots[-wire.MAX_RESPONSE_ROTATIONS :],
+                revs[: wire.MAX_RESPONSE_REVOCATIONS],
+                headers,
+                blocks,
+            ),
+        )
+
+    def _on_response(self, peer: str, msg: wire.Response) -> None:
+        req = self._pending.pop(peer, msg.request_id)
+        if req is None:
+            self.counters["response_unsolicited"] += 1
+            return
+        dev = req.device_id
+        if msg.device_id != dev:
+            raise VerificationError("response device", dev, msg.device_id)
+        if not self._learn_all(peer, msg.certificates, msg.rotations, msg.revocations):
+            return
+        headers = [decode_header(w) for w in msg.headers]
+        if len(headers) > req.to_height - req.from_height + 1:
+            raise VerificationError(
+                "response header count", f"<= {req.to_height - req.from_height + 1}", len(headers)
+            )
+        for i, sh in enumerate(headers):
+            h = sh.header
+            if h.device_id != dev or h.height != req.from_height + i:
+                raise VerificationError(
+                    "response header", f"{dev}@{req.from_height + i}", f"{h.device_id}@{h.height}"
+                )
+        last = Verdict.ACCEPTED
+        for sh in headers:
+            last = self._offer(sh, peer)
+            if last is Verdict.INVALID:
+                self._penalize(peer, "invalid")
+                return
+            if last not in (Verdict.ACCEPTED, Verdict.DUPLICATE):
+                break
+        self._flush()
+        got_blocks = 0
+        for w in msg.blocks:
+            if not req.flags & wire.FLAG_BODIES:
+                self.counters["block_unrequested"] += 1
+                break
+            block = decode_block(w)
+            h = block.header.header
+            if h.device_id != dev or not req.from_height <= h.height <= req.to_height:
+                raise VerificationError(
+                    "response block",
+                    f"{dev}@{req.from_height}..{req.to_height}",
+                    f"{h.device_id}@{h.height}",
+                )
+            outcome = self._offer_block(peer, block, w)
+            if outcome < 0:
+                return
+            got_blocks += outcome
+        self._follow_up(peer, req, len(headers), last, got_blocks)
+
+    def _follow_up(
+        self, peer: str, req: Pending, n_headers: int, last: Verdict, got_blocks: int
+    ) -> None:
+        """Keep pulling from a peer that answered in full while it still has more."""
+        chain = self._chains.get(req.device_id)
+        head = None if chain is None else chain.head
+        if chain is None or head is None:
+            return
+        full = n_headers == req.to_height - req.from_height + 1
+        ours = head.header.height
+        if last is Verdict.ACCEPTED and full and req.from_height < ours < req.peer_height:
+            self._pull(peer, req.device_id, req.peer_height)
+        elif got_blocks and chain.missing:
+            self._pull_bodies(peer, req.device_id, req.peer_height)
+
+    def _on_evidence(self, peer: str, evidence: bytes) -> None:
+        digest = hashlib.sha256(b"evidence" + evidence).digest()
+        if digest in self._seen_other:
+            self.counters["evidence_duplicate"] += 1
+            return
+        ev = verify_evidence(evidence, self._roots)  # DecodeError / VerificationError: caller
+        self._seen_other.put(digest, True)
+        self._mark_forked(ev, evidence, peer, origin="message")
+
+    def _on_evidence_received(self, evidence: bytes) -> None:
+        """Evidence from the evidence topic: verified like any other; nobody to blame."""
+        digest = hashlib.sha256(b"evidence" + evidence).digest()
+        if digest in self._seen_other:
+            self.counters["evidence_duplicate"] += 1
+            return
+        try:
+            ev = verify_evidence(evidence, self._roots)
+        except (DecodeError, VerificationError):
+            self.counters["evidence_invalid_topic"] += 1
+            return
+        self._seen_other.put(digest, True)
+        self._mark_forked(ev, evidence, None, origin="topic")
+
+    def _on_evidence_known(self, evidence: bytes) -> None:
+        try:
+            ev = verify_evidence(evidence, self._roots)
+        except (DecodeError, VerificationError) as exc:
+            raise UsageError(f"stored fork evidence does not verify: {exc}") from None
+        self._seen_other.put(hashlib.sha256(b"evidence" + evidence).digest(), True)
+        self._forked.setdefault(ev.device_id, evidence)
+        self._pending.drop(device_id=ev.device_id)
+
+    def _on_certs(self, peer: str, msg: wire.Certs) -> None:
+        self._learn_all(peer, msg.certificates, msg.rotations, msg.revocations)
+
+    def _learn_all(
+        self,
+        peer: str,
+        certs: tuple[bytes, ...],
+        rotations: tuple[bytes, ...],
+        revocations: tuple[bytes, ...],
+    ) -> bool:
+        for w in certs:
+            if not self._learn("certificate", w, peer):
+                return False
+        for w in rotations:
+            if not self._learn("rotation", w, peer):
+                return False
+        return all(self._learn("revocation", w, peer) for w in revocations)
+
+    # --- credentials --------------------------------------------------------------------------
+
+    def _learn(self, kind: CredentialKind, credential: bytes, source: str | None) -> bool:
+        """Verify and remember one credential. False: it is invalid (the source is penalized)."""
+        digest = hashlib.sha256(kind.encode() + credential).digest()
+        if digest in self._seen_other:
+            return True
+        try:
+            if kind == "certificate":
+                result = self._creds.add_certificate(credential, self._now)
+            elif kind == "rotation":
+                result = self._creds.add_rotation(credential)
+            else:
+                result = self._creds.add_revocation(credential)
+        except DecodeError as exc:
+            if source is None:
+                raise UsageError(f"known {kind} does not decode: {exc}") from None
+            raise
+        self.counters[f"{kind}_{result.outcome.value}"] += 1
+        if result.outcome is Outcome.INVALID:
+            if source is not None:
+                self._penalize(source, "invalid")
+            return source is None
+        if result.outcome is Outcome.FULL:
+            return True
+        self._seen_other.put(digest, True)
+        dev = result.device_id
+        if result.outcome is Outcome.KNOWN:
+            return True
+        if kind != "rotation" or result.outcome is Outcome.NEW:
+            self._need_creds.discard(dev)
+        if source is not None:
+            self._out.append(StoreCredential(dev, kind, credential))
+        if result.revocation is not None:
+            rev = result.revocation
+            self._out.append(DeviceRevoked(dev, rev.key_id, rev.from_height))
+        if kind == "certificate":
+            return True
+        rots = (credential,) if kind == "rotation" else ()
+        revs = (credential,) if kind == "revocation" else ()
+        message = wire.encode(wire.Certs(self.device_id, (), rots, revs))
+        if kind == "revocation" and source is None:
+            # A revocation enters the fleet here (an operator, or our store after a restart):
+            # tell every member of the device's domains at once; they forward it once.
+            for domain in self._domains_of(dev):
+                self._out.append(Broadcast(domain, message))
+            return True
+        for p in self._fanout(dev, {source} if source is not None else set()):
+            self._out.append(Send(p, message))
+        return True
+
+    # --- headers ------------------------------------------------------------------------------
+
+    def _offer(self, sh: SignedHeader, peer: str) -> Verdict:
+        """Verify one header against what is held; accept it when it extends the head."""
+        verdict = self._judge(sh, peer)
+        self.counters[f"header_{verdict.value}"] += 1
+        return verdict
+
+    def _judge(self, sh: SignedHeader, peer: str) -> Verdict:
+        h = sh.header
+        dev = h.device_id
+        if dev not in self._tracked:
+            return Verdict.UNTRACKED
+        if dev in self._forked:
+            return Verdict.FORKED
+        if sh.hash in self._seen_headers:
+            return Verdict.DUPLICATE
+        keys = self._creds.keys(dev)
+        if keys is None:
+            return Verdict.UNKNOWN_DEVICE
+        chain = self._chain(dev)
+        head = chain.head
+        if head is not None and h.height <= head.header.height:
+            held = chain.at(h.height)
+            if held is None:
+                return Verdict.STALE
+            if held.hash == sh.hash:
+                return Verdict.DUPLICATE
+            bad = self._check_signature(sh)
+            if bad is not None:
+                return bad
+            if held.header.epoch != h.epoch:
+                return Verdict.DIVERGED
+            self._fork(held, sh, peer)
+            return Verdict.FORK
+        if dev == self.device_id:
+            return Verdict.OWN
+        if h.height != (0 if head is None else head.header.height + 1):
+            return Verdict.GAP
+        bad = self._check_signature(sh)
+        if bad is not None:
+            return bad
+        try:
+            verify_link(head, sh)
+        except ChainError:
+            return Verdict.DIVERGED
+        if h.history_root != chain.history.root():
+            return Verdict.INVALID
+        chain.append(sh)
+        self._seen_headers.put(sh.hash, True)
+        batch = self._batch.setdefault(dev, (peer, []))
+        batch[1].append(sh)
+        if self.config.want_bodies(dev, h.height):
+            chain.want_body(h.height, sh.hash)
+        return Verdict.ACCEPTED
+
+    def _check_signature(self, sh: SignedHeader) -> Verdict | None:
+        h = sh.header
+        keys = self._creds.keys(h.device_id)
+        if keys is None:
+            return Verdict.UNKNOWN_DEVICE
+        try:
+            key = keys.key_for(h.key_id, h.height)
+        except RevokedError:
+            return Verdict.REVOKED
+        except VerificationError:
+            self._need_creds.add(h.device_id)
+            return Verdict.UNKNOWN_KEY
+        try:
+            sh.verify(key)
+        except VerificationError:
+            return Verdict.INVALID
+        return None
+
+    def _offer_block(self, peer: str, block: Block, block_wire: bytes) -> int:
+        """Verify and store one wanted body: 1 stored, 0 not wanted or not provable, -1 invalid
+        (the peer was penalized)."""
+        sh = block.header
+        dev, height = sh.header.device_id, sh.header.height
+        chain = self._chains.get(dev)
+        expected = None if chain is None else chain.missing.get(height)
+        if chain is None or expected is None:
+            self.counters["block_not_wanted"] += 1
+            return 0
+        if sh.hash != expected:
+            verdict = self._offer(sh, peer)  # a different header there: maybe a fork
+            if verdict is Verdict.INVALID:
+                self._penalize(peer, "invalid")
+                return -1
+            return 0
+        keys = self._creds.keys(dev)
+        if keys is None:
+            return 0
+        try:
+            verify_block(block, keys.key_for(sh.header.key_id, height))
+        except RevokedError:
+            self.counters["block_revoked"] += 1
+            return 0
+        except VerificationError:
+            self.counters["block_invalid"] += 1
+            self._penalize(peer, "invalid")
+            return -1
+        del chain.missing[height]
+        self.counters["block_accepted"] += 1
+        self._out.append(StoreBlock(dev, height, block_wire))
+        self._out.append(BlockAccepted(dev, height, peer))
+        return 1
+
+    def _chain(self, dev: str) -> ChainState:
+        chain = self._chains.get(dev)
+        if chain is None:
+            chain = self._chains[dev] = ChainState(
+                self.config.window, self.config.max_missing_bodies
+            )
+        return chain
+
+    def _flush(self) -> None:
+        for dev, (peer, shs) in self._batch.items():
+            self._out.append(StoreHeaders(dev, tuple(sh.wire for sh in shs)))
+            self._out.append(
+                HeadersAccepted(
+                    dev, shs[0].header.height, shs[-1].header.height, shs[-1].hash, peer
+                )
+            )
+        self._batch.clear()
+
+    def _on_own_block(self, block: Block) -> None:
+        sh = block.header
+        h = sh.header
+        if h.device_id != self.device_id:
+            raise UsageError(f"own block: expected device {self.device_id}, found {h.device_id}")
+        chain = self._chain(self.device_id)
+        head = chain.head
+        if head is not None and h.height <= head.header.height:
+            held = chain.at(h.height)
+            if held is not None and held.hash == sh.hash:
+                return
+            raise UsageError(
+                f"own block at height {h.height} does not extend the head at {head.header.height}"
+            )
+        try:
+            verify_link(head, sh)
+        except ChainError as exc:
+            raise UsageError(f"own block does not extend the held head: {exc}") from None
+        if h.history_root != chain.history.root():
+            raise UsageError(
+                f"own block at height {h.height}: history_root does not match the held chain"
+            )
+        chain.append(sh)
+        self._seen_headers.put(sh.hash, True)
+        self._push(self.device_id, [sh], exclude=set())
+
+    def _on_chain_loaded(self, ev: ChainLoaded) -> None:
+        dev = ev.device_id
+        if dev not in self._tracked:
+            self.counters["chain_loaded_untracked"] += 1
+            return
+        held = self._chains.get(dev)
+        if held is not None and held.head is not None:
+            raise UsageError(
+                f"chain of {dev} is already loaded (head at {held.head.header.height})"
+            )
+        chain = self._chains[dev] = ChainState(self.config.window, self.config.max_missing_bodies)
+        wanted = set(ev.missing_bodies)
+        prev: SignedHeader | None = None
+        for w in ev.headers:
+            try:
+                sh = decode_header(w)
+                if sh.header.device_id != dev:
+                    raise ChainError("stored header device", dev, sh.header.device_id)
+                verify_link(prev, sh)
+                if sh.header.history_root != chain.history.root():
+                    raise ChainError(
+                        f"stored history_root at height {sh.header.height}",
+                        chain.history.root(),
+                        sh.header.history_root,
+                    )
+            except (DecodeError, ChainError) as exc:
+                raise UsageError(f"stored chain of {dev} is not a chain: {exc}") from None
+            chain.append(sh)
+            if sh.header.height in wanted:
+                chain.want_body(sh.header.height, sh.hash)
+            prev = sh
+
+    # --- pulling ------------------------------------------------------------------------------
+
+    def _pull(self, peer: str, dev: str, their_height: int) -> None:
+        """Ask ``peer`` for ``dev``'s headers from our head (or ``their_height`` if lower)."""
+        if dev in self._forked or dev not in self._tracked:
+            return
+        if not self._can_request(peer, dev):
+            return
+        chain = self._chains.get(dev)
+        head = None if chain is None else chain.head
+        lo = 0 if head is None else min(head.header.height, their_height)
+        hi = min(their_height, lo + self.config.max_range - 1)
+        if dev == self.device_id:
+            hi = lo  # only ever a probe of our own chain
+        flags = 0
+        if self._creds.keys(dev) is None or dev in self._need_creds:
+            flags |= wire.FLAG_CREDENTIALS
+        if dev != self.device_id and self._wants_body(chain, dev, lo, hi):
+            flags |= wire.FLAG_BODIES
+        self._request(peer, dev, lo, hi, flags, their_height)
+
+    def _pull_bodies(self, peer: str, dev: str, their_height: int) -> None:
+        chain = self._chains.get(dev)
+        head = None if chain is None else chain.head
+        if chain is None or head is None or dev in self._forked:
+            return
+        run = chain.missing_run(min(their_height, head.header.height), self.config.max_blocks)
+        if run is None or not self._can_request(peer, dev):
+            return
+        self._request(peer, dev, run[0], run[1], wire.FLAG_BODIES, their_height)
+
+    def _wants_body(self, chain: ChainState | None, dev: str, lo: int, hi: int) -> bool:
+        if chain is not None and any(lo <= h <= hi for h in chain.missing):
+            return True
+        start = lo if chain is None or chain.head is None else chain.head.header.height + 1
+        return any(self.config.want_bodies(dev, h) for h in range(start, hi + 1))
+
+    def _can_request(self, peer: str, dev: str) -> bool:
+        if self._peers.muted(peer):
+            return False
+        cfg = self.config
+        recent = self._now - cfg.hedge_ms + cfg.request_timeout_ms
+        if self._pending.busy(dev, peer, recent):
+            self.counters["pull_skipped_inflight"] += 1
+            return False
+        if not self._pending.room_for(peer):
+            self.counters["pull_skipped_full"] += 1
+            return False
+        return True
+
+    def _request(
+        self, peer: str, dev: str, lo: int, hi: int, flags: int, their_height: int
+    ) -> None:
+        rid = self._next_rid
+        self._next_rid = (rid + 1) & wire.MAX_REQUEST_ID
+        self._pending.add(
+            Pending(
+                peer,
+                rid,
+                dev,
+                lo,
+                hi,
+                flags,
+                self._now + self.config.request_timeout_ms,
+                their_height,
+            )
+        )
+        self.counters["requests_sent"] += 1
+        self._send(peer, wire.Request(self.device_id, rid, dev, lo, hi, flags))
+
+    # --- pushing, summaries, evidence -----------------------------------------------------------
+
+    def _fanout(self, dev: str, exclude: set[str]) -> list[str]:
+        sharing = self._sharing(dev)
+        candidates = [p for p in self._peers.available() if p in sharing and p not in exclude]
+        return self._rng.sample(candidates, min(self.config.fanout, len(candidates)))
+
+    def _push(self, dev: str, headers: list[SignedHeader], exclude: set[str]) -> None:
+        chosen = self._fanout(dev, exclude)
+        if not chosen:
+            return
+        wires = tuple(sh.wire for sh in headers[-wire.MAX_ANNOUNCE_HEADERS :])
+        payload = wire.encode(wire.Announce(self.device_id, wires))
+        for p in chosen:
+            self._out.append(Send(p, payload))
+        self.counters["announces_sent"] += len(chosen)
+
+    def _round(self) -> None:
+        candidates = self._peers.available()
+        if not candidates:
+            self.counters["rounds_without_peer"] += 1
+            return
+        self.counters["rounds"] += 1
+        self._send_summary(self._rng.choice(candidates), reply=True)
+
+    def _send_summary(self, peer: str, *, reply: bool) -> None:
+        devices = sorted((self._sharing(peer) | {self.device_id}) & self._tracked)
+        entries: list[wire.SummaryEntry] = []
+        for dev in devices:
+            chain = self._chains.get(dev)
+            head = None if chain is None else chain.head
+            if dev in self._forked:
+                epoch, height = (0, 0) if head is None else (head.header.epoch, head.header.height)
+                entries.append(wire.SummaryEntry(dev, epoch, height, wire.FORKED_MARK))
+            elif head is not None:
+                entries.append(
+                    wire.SummaryEntry(dev, head.header.epoch, head.header.height, head.hash)
+                )
+        if len(entries) > wire.MAX_SUMMARY_ENTRIES:
+            entries = sorted(
+                self._rng.sample(entries, wire.MAX_SUMMARY_ENTRIES), key=lambda e: e.device_id
+            )
+        self._send(peer, wire.Summary(self.device_id, reply, tuple(entries)))
+
+    def _send_evidence(self, peer: str, dev: str) -> None:
+        last = self._evidence_sent.get((peer, dev))
+        if last is not None and self._now - last < self.config.anti_entropy_ms:
+            return
+        self._evidence_sent.put((peer, dev), self._now)
+        self._send(peer, wire.EvidenceMessage(self.device_id, self._forked[dev]))
+
+    def _fork(self, held: SignedHeader, new: SignedHeader, peer: str) -> None:
+        dev = held.header.device_id
+        certs, rots, _ = self._creds.bundle(dev)
+        if not certs:
+            self.counters["fork_unprovable"] += 1
+            return
+        ev = make_evidence(certs[0], rots, held, new)
+        evidence = ev.encode()
+        try:
+            verify_evidence(evidence, self._roots)
+        except (DecodeError, VerificationError):
+            self.counters["fork_unprovable"] += 1
+            return
+        self._seen_other.put(hashlib.sha256(b"evidence" + evidence).digest(), True)
+        self._mark_forked(ev, evidence, peer, origin="detected")
+
+    def _mark_forked(
+        self, ev: ForkEvidence, evidence: bytes, peer: str | None, *, origin: EvidenceOrigin
+    ) -> None:
+        """Exclude a forked device. Evidence found here is published on the evidence topic
+        (retained: every device, including later ones, receives it); evidence from a peer's
+        message is forwarded once to ``fanout`` peers; evidence from the topic is not."""
+        dev = ev.device_id
+        if dev in self._forked:
+            self.counters["evidence_for_known_fork"] += 1
+            return
+        self._forked[dev] = evidence
+        self.counters["forks_detected" if origin == "detected" else "forks_learned"] += 1
+        self._pending.drop(device_id=dev)
+        h = ev.a.header
+        self._out.append(StoreEvidence(dev, evidence))
+        self._out.append(ForkDetected(dev, h.epoch, h.height, evidence, peer))
+        if origin == "detected":
+            self._out.append(PublishEvidence(dev, evidence))
+        elif origin == "message":
+            payload = wire.encode(wire.EvidenceMessage(self.device_id, evidence))
+            for p in self._fanout(dev, {peer} if peer is not None else set()):
+                self._out.append(Send(p, payload))
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _send(self, peer: str, msg: wire.Message) -> None:
+        self._out.append(Send(peer, wire.encode(msg)))
+
+    def _penalize(self, peer: str, offence: Offence) -> None:
+        self.counters[f"penalty_{offence}"] += 1
+        muted = self._peers.penalize(peer, offence, self._now)
+        if muted is not None:
+            self.counters["peers_muted"] += 1
+            self._out.append(muted)
+            self._pending.drop(peer_id=peer)
+
+    def _take(self) -> list[Action]:
+        self._flush()
+        out, self._out = self._out, []
+        return out
+
+
+def _type_of(msg: wire.Message) -> int:
+    if isinstance(msg, wire.Announce):
+        return wire.ANNOUNCE
+    if isinstance(msg, wire.Summary):
+        return wire.SUMMARY
+    if isinstance(msg, wire.Request):
+        return wire.REQUEST
+    if isinstance(msg, wire.Response):
+        return wire.RESPONSE
+    if isinstance(msg, wire.EvidenceMessage):
+        return wire.EVIDENCE
+    return wire.CERTS
