@@ -78,7 +78,10 @@ def render(snap: FleetSnapshot) -> list[str]:
 
 def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+
     return [fmt(cols)] + [fmt(r) for r in rows]
 
 

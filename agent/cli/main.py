@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 COMMANDS: tuple[str, ...] = (
     "agent.cli.keys",
     "agent.cli.verify",
+    "agent.cli.run",
     "agent.cli.sensor",
     "agent.cli.record",
 )

@@ -1,0 +1,133 @@
+"""`edgefleet run`: a fleet from devices.yaml, with a live view."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from agent.broker import BrokerError
+from agent.cli.main import CliError
+from agent.config import ConfigError, load_fleet, parse_duration_ms
+from agent.runner import FleetRunner, RunOptions, install_signal_handlers
+from agent.sealing import SealPolicy
+from agent.transport.base import TransportError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run a fleet from devices.yaml (live view; Ctrl-C stops)")
+    p.add_argument("--devices", type=Path, default=Path("devices.yaml"))
+    p.add_argument("--data", type=Path, required=True, help="data dir (created if missing)")
+    p.add_argument(
+        "--broker",
+        default="embedded",
+        help="embedded (default), mosquitto, memory, or a URL: mqtt://host:port, "
+        "mqtts://host:port?ca=FILE&cert=FILE&key=FILE",
+    )
+    p.add_argument(
+        "--for",
+        dest="duration",
+        help="simulated duration, e.g. 90s, 12h, 7d (default: until Ctrl-C)",
+    )
+    p.add_argument("--speed", default="max", help="simulated seconds per wall second, or max")
+    p.add_argument("--seed", type=int, help="override the file's seed")
+    p.add_argument("--shard", default="0/1", help="run shard I of N (devices i %% N == I)")
+    p.add_argument("--block-readings", type=int, default=64, help="seal at this many readings")
+    p.add_argument("--block-age", default="10m", help="seal when the oldest reading is this old")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="wall seconds to wait at the end for gossip to converge",
+    )
+    p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
+    p.set_defaults(func=_run)
+
+
+def _parse(args: argparse.Namespace) -> RunOptions:
+    try:
+        for_ms = parse_duration_ms(args.duration) if args.duration else None
+        age_ms = parse_duration_ms(args.block_age)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    if args.speed == "max":
+        speed = None
+    else:
+        try:
+            speed = float(args.speed)
+        except ValueError:
+            raise CliError(f"--speed: expected a number or max, found {args.speed!r}") from None
+        if speed <= 0:
+            raise CliError("--speed must be > 0")
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise CliError(f"--shard: expected I/N, found {args.shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise CliError(f"--shard {args.shard}: need 0 <= I < N")
+    try:
+        seal = SealPolicy(max_readings=args.block_readings, max_age_ms=age_ms)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return RunOptions(
+        data=args.data,
+        broker=args.broker,
+        for_ms=for_ms,
+        speed=speed,
+        seed=args.seed,
+        shard=(i, n),
+        seal=seal,
+        settle_s=args.settle,
+        view=not args.no_view,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    opts = _parse(args)
+    try:
+        cfg = load_fleet(args.devices)
+    except (ConfigError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    args.data.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=args.data / "fleet.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(device)s %(message)s",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DeviceField())
+    runner = FleetRunner(cfg, opts)
+
+    async def main() -> int:
+        remove = install_signal_handlers(runner)
+        try:
+            result = await runner.run()
+        finally:
+            remove()
+        if result.interrupted:
+            state = "interrupted before it converged" if not result.converged else "converged"
+        else:
+            state = "converged" if result.converged else "not converged within --settle"
+        print(
+            f"stopped at simulated {result.sim_end_ms - result.sim_start_ms} ms after "
+            f"{result.wall_s:.1f} s: {result.samples} samples, gossip {state}; "
+            f"data in {args.data}",
+            file=sys.stderr,
+        )
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except (BrokerError, TransportError) as exc:
+        raise CliError(str(exc)) from None
+
+
+class _DeviceField(logging.Filter):
+    """Every log line carries a device field ('-' when the record is not about one device)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "device"):
+            record.device = "-"
+        return True

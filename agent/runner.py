@@ -1,0 +1,483 @@
+"""The fleet runner: every device of a devices.yaml in one process (or one shard of it).
+
+It provisions the data dir, starts the broker (embedded by default), connects one transport per
+device, builds a ``DeviceAgent`` per device, and drives the simulation: the world and appliance
+models step through simulated time, each step's samples go to their devices, and the runner waits
+until every device has made them durable before the next step (backpressure), so simulated time
+never runs ahead of the fleet. ``speed`` paces simulated time against the wall clock (``None``:
+as fast as the fleet keeps up).
+
+Two clocks: the *data* clock is the simulation's (readings' times, sealing by age); the *network*
+clock is real time (gossip timers and timeouts measure the network). A run resumes where the
+previous run of the data dir stopped: the models are fast-forwarded silently to that time.
+
+Stopping (end of ``--for``, Ctrl-C) is clean: samples already handed to devices are signed and
+durable, transports say goodbye (presence offline), and a broker the runner started is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from agent.broker import Broker, broker_from_spec
+from agent.config import FleetConfig
+from agent.datadir import DataDir
+from agent.gossip import inputs as I
+from agent.gossip.config import GossipConfig
+from agent.gossip.node import GossipNode
+from agent.provision import Provisioned, provision, read_sim_time, write_sim_time
+from agent.runtime import DeviceAgent
+from agent.sealing import SealPolicy
+from agent.transport.base import Transport, raise_fd_limit
+from agent.transport.memory import MemoryNetwork
+from agent.transport.mqtt import MqttHub, MqttTransport
+from agent.view import DeviceRow, FleetSnapshot, LiveView
+from firmware_sim.clock import Clock, RealClock, SimClock
+from firmware_sim.fleet import Fleet
+from firmware_sim.samples import Sample
+from ledger.chain import ChainWriter
+from ledger.store import Store
+
+log = logging.getLogger("edgefleet.runner")
+
+SHARED_CONNECTION_ABOVE = 200  # devices per process beyond which they share one MQTT connection
+VIEW_PERIOD_S = 0.25
+MAX_STEP_MS = 60_000
+
+
+@dataclass
+class RunOptions:
+    data: Path
+    broker: str = "embedded"  # "embedded" | "mosquitto" | URL | "memory"
+    for_ms: int | None = None  # simulated duration; None: until stopped
+    speed: float | None = None  # simulated seconds per wall second; None: max
+    seed: int | None = None  # overrides the file's seed
+    shard: tuple[int, int] = (0, 1)
+    seal: SealPolicy = field(default_factory=SealPolicy)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    settle_s: float = 10.0  # after the last step: wait up to this long for gossip to converge
+    view: bool = True
+    out: TextIO | None = None
+
+
+@dataclass
+class RunResult:
+    sim_start_ms: int
+    sim_end_ms: int
+    wall_s: float
+    devices: dict[str, DeviceAgent]
+    converged: bool
+    samples: int
+    interrupted: bool = False
+
+    def snapshot(self) -> FleetSnapshot:
+        return _snapshot(self.devices, self.sim_end_ms, self.wall_s, 0.0, "", {})
+
+
+class FleetRunner:
+    def __init__(self, cfg: FleetConfig, opts: RunOptions) -> None:
+        if opts.seed is not None:
+            cfg = _with_seed(cfg, opts.seed)
+        self.cfg = cfg
+        self.opts = opts
+        self.data = DataDir(opts.data)
+        index, count = opts.shard
+        if not (count >= 1 and 0 <= index < count):
+            raise ValueError(f"--shard {index}/{count}: need 0 <= I < N")
+        names = [d.name for d in cfg.devices]
+        self.local = [n for i, n in enumerate(names) if i % count == index]
+        self.data_clock: SimClock | None = None
+        self.net_clock: Clock = RealClock()
+        self.agents: dict[str, DeviceAgent] = {}
+        self.network: MemoryNetwork | None = None
+        self._stop = asyncio.Event()
+        self._broker: Broker | None = None
+        self._hub: MqttHub | None = None
+        self._transports: list[Transport] = []
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgefleet-io")
+        self._broker_note = ""
+        self._notes: tuple[str, ...] = ()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- the run -------------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        raise_fd_limit()
+        cfg = self.cfg
+        prov = provision(cfg, self.data, cfg.start_ms)
+        fleet = Fleet(cfg.fleet_spec(), step_ms=self._step_ms())
+        resume = read_sim_time(self.data)
+        if resume is not None and resume > fleet.now_ms:
+            for _ in fleet.run_until(resume):  # fast-forward the models, silently
+                pass
+        start = fleet.now_ms
+        end = None if self.opts.for_ms is None else start + self.opts.for_ms
+        self.data_clock = SimClock(start)
+        wall0 = time.monotonic()
+        samples = 0
+        stores: list[Store] = []
+        try:
+            await self._connect(prov)
+            stores = await self._build_agents(prov)
+            async with asyncio.TaskGroup() as tg:
+                runs = [tg.create_task(a.run(), name=f"agent:{n}") for n, a in self.agents.items()]
+                view = tg.create_task(self._view_loop(wall0), name="view")
+                try:
+                    samples = await self._simulate(fleet, end)
+                    converged = await self._settle()
+                finally:
+                    for a in self.agents.values():
+                        await a.drained()
+                    for task in [*runs, view]:
+                        task.cancel()
+            for a in self.agents.values():
+                await a.shutdown()
+            write_sim_time(self.data, fleet.now_ms)
+            result = RunResult(
+                start,
+                fleet.now_ms,
+                time.monotonic() - wall0,
+                self.agents,
+                converged,
+                samples,
+                self._stop.is_set(),
+            )
+            self._final_view(result)
+            return result
+        finally:
+            await self._close()
+            for s in stores:
+                s.close()
+            self._executor.shutdown(wait=True)
+
+    def _step_ms(self) -> int:
+        speed = self.opts.speed
+        if speed is None:
+            return MAX_STEP_MS
+        # About four steps per wall second, at least one simulated second each.
+        return int(min(MAX_STEP_MS, max(1000, speed * 250)))
+
+    async def _simulate(self, fleet: Fleet, end: int | None) -> int:
+        assert self.data_clock is not None
+        speed = self.opts.speed
+        sim0, wall0 = fleet.now_ms, time.monotonic()
+        total = 0
+        horizon = end if end is not None else (1 << 62)
+        for target in fleet.targets(horizon):
+            if self._stop.is_set():
+                break
+            if speed is not None:
+                wait = wall0 + (target - sim0) / 1000 / speed - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), wait)
+                        break
+                    except TimeoutError:
+                        pass
+            batch = fleet.step(target)
+            self.data_clock.advance_to(target)
+            per_device: dict[str, list[Sample]] = defaultdict(list)
+            for name, sample in batch:
+                if name in self.agents:
+                    per_device[name].append(sample)
+            for name, items in per_device.items():
+                await self.agents[name].submit(items)
+            total += sum(len(v) for v in per_device.values())
+            await asyncio.gather(*(a.drained() for a in self.agents.values()))
+            if self.network is not None:
+                self.network.deliver_all()
+        return total
+
+    async def _settle(self) -> bool:
+        """Seal what is pending, then wait until every local peer holds every local head."""
+        for agent in self.agents.values():
+            await agent.seal_now()
+        deadline = time.monotonic() + self.opts.settle_s
+        while True:
+            if self.network is not None:
+                self.network.deliver_all()
+            if _converged(self.agents):
+                return True
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return False
+            await asyncio.sleep(0.05)
+
+    # --- wiring --------------------------------------------------------------------------------
+    async def _connect(self, prov: Provisioned) -> None:
+        spec = self.opts.broker
+        if spec == "memory":
+            self.network = MemoryNetwork(random.Random(self.cfg.seed))
+            self._broker_note = "in-memory network"
+            return
+        self._broker = broker_from_spec(spec, workdir=self.data.root)
+        await self._broker.start()
+        self._broker_note = f"{self._broker.kind} {self._broker.endpoint.url}"
+        self._notes = (self._broker.note,) if self._broker.note else ()
+        if len(self.local) > SHARED_CONNECTION_ABOVE:
+            self._hub = MqttHub(self._broker.endpoint)
+            await self._hub.start()
+
+    async def _transport(self, device_id: str, domains: Sequence[str]) -> Transport:
+        if self.network is not None:
+            return self.network.attach(device_id, domains)
+        if self._hub is not None:
+            return await self._hub.attach(device_id, domains)
+        assert self._broker is not None
+        t = MqttTransport(self._broker.endpoint, device_id, domains)
+        await t.connect()
+        return t
+
+    async def _build_agents(self, prov: Provisioned) -> list[Store]:
+        assert self.data_clock is not None
+        cfg = self.cfg
+        members: dict[str, set[str]] = defaultdict(set)
+        for dev in cfg.devices:
+            for dom in dev.domains:
+                members[dom].add(prov.device_id(dev.name))
+        certs = [e.certificate.wire for e in prov.devices.values()]
+        by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
+        stores = []
+        for name in self.local:
+            dev = cfg.device(name)
+            enrolled = prov.devices[name]
+            dev_id = enrolled.certificate.device_id
+            store = Store(self.data.store_path(name))
+            stores.append(store)
+            writer = ChainWriter(store, enrolled.key, dev_id)
+            domains = {d: members[d] for d in dev.domains}
+            # The device keeps the certificates it verifies its peers with: its data dir then
+            # verifies offline on its own (edgefleet verify).
+            for peer in set().union(*domains.values()) | {dev_id}:
+                if store.certificate(peer) is None:
+                    store.put_certificate(peer, by_id[peer])
+            node = GossipNode(
+                dev_id,
+                domains,
+                prov.roots,
+                random.Random(f"{cfg.seed}/gossip/{name}"),
+                config=self.opts.gossip,
+                now_ms=self.net_clock.now_ms(),
+            )
+            transport = await self._transport(dev_id, dev.domains)
+            self._transports.append(transport)
+            peers = sorted(set().union(*domains.values()) - {dev_id}) if domains else []
+            agent = DeviceAgent(
+                name=name,
+                kind=dev.kind,
+                site=dev.site,
+                writer=writer,
+                node=node,
+                transport=transport,
+                data_clock=self.data_clock,
+                net_clock=self.net_clock,
+                policy=self.opts.seal,
+                executor=self._executor,
+                peer_ids=peers,
+            )
+            await agent.start(_boot_inputs(store, certs, dev_id))
+            self.agents[name] = agent
+        return stores
+
+    async def _close(self) -> None:
+        for t in self._transports:
+            await _quietly(t.close())
+        if self._hub is not None:
+            await _quietly(self._hub.close())
+        if self._broker is not None:
+            await _quietly(self._broker.stop())
+
+    # --- view ----------------------------------------------------------------------------------
+    async def _view_loop(self, wall0: float) -> None:
+        if not self.opts.view:
+            return
+        view = LiveView(self.opts.out)
+        last: dict[str, tuple[float, int, int]] = {}
+        while True:
+            assert self.data_clock is not None
+            snap = _snapshot(
+                self.agents,
+                self.data_clock.now_ms(),
+                time.monotonic() - wall0,
+                self._speed(wall0),
+                self._broker_note,
+                last,
+                self._notes,
+            )
+            view.show(snap)
+            await asyncio.sleep(VIEW_PERIOD_S)
+
+    def _speed(self, wall0: float) -> float:
+        assert self.data_clock is not None
+        wall = time.monotonic() - wall0
+        return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self.cfg.start_ms) / 1000 / wall
+
+    def _final_view(self, result: RunResult) -> None:
+        if not self.opts.view:
+            return
+        snap = _snapshot(
+            self.agents,
+            result.sim_end_ms,
+            result.wall_s,
+            (result.sim_end_ms - result.sim_start_ms) / 1000 / max(result.wall_s, 1e-9),
+            self._broker_note,
+            {},
+        )
+        LiveView(self.opts.out).show(snap, final=True)
+
+
+def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input]:
+    events: list[I.Input] = [I.CertificateKnown(w) for w in certs]
+    for _, w in store.credentials("certificate"):
+        events.append(I.CertificateKnown(w))
+    for _, w in store.credentials("rotation"):
+        events.append(I.RotationKnown(w))
+    for _, w in store.credentials("revocation"):
+        events.append(I.RevocationKnown(w))
+    for w in store.evidence():
+        events.append(I.EvidenceKnown(w))
+    own = store.own_header_wires()
+    if own:
+        events.append(I.ChainLoaded(self_id, tuple(own)))
+    for dev in store.peer_devices():
+        wires = store.peer_header_wires(dev)
+        if wires:
+            events.append(I.ChainLoaded(dev, tuple(_contiguous(wires))))
+    return events
+
+
+def _contiguous(wires: list[bytes]) -> list[bytes]:
+    """Peer headers from height 0 up to the first gap (ChainLoaded wants a contiguous run)."""
+    from ledger.block import decode_header
+
+    out = []
+    for i, w in enumerate(wires):
+        if decode_header(w).header.height != i:
+            break
+        out.append(w)
+    return out
+
+
+def _converged(agents: dict[str, DeviceAgent]) -> bool:
+    heights = {a.device_id: a.writer.store.head() for a in agents.values()}
+    for agent in agents.values():
+        for peer in agent.peer_ids:
+            own_head = heights.get(peer)
+            if own_head is None:
+                continue  # not local, or nothing sealed
+            held = agent.node.head(peer)
+            if held is None or held.hash != own_head.hash:
+                return False
+    return True
+
+
+def _snapshot(
+    agents: dict[str, DeviceAgent],
+    sim_ms: int,
+    wall_s: float,
+    speed: float,
+    broker: str,
+    last: dict[str, tuple[float, int, int]],
+    notes: tuple[str, ...] = (),
+) -> FleetSnapshot:
+    rows = []
+    sent = received = invalid = 0
+    by_id = {a.device_id: a for a in agents.values()}
+    for name, a in agents.items():
+        head = a.writer.store.head()
+        height = None if head is None else head.header.height
+        lows = [p.node.head(a.device_id) for p in by_id.values() if a.device_id in p.peer_ids]
+        lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
+        online = sum(1 for p in a.peer_ids if a.transport.presence(p))
+        cert = a.node.device_id
+        rows.append(
+            DeviceRow(
+                name=name,
+                kind=_kind(a),
+                site=_site(a),
+                height=height,
+                pending=a.writer.pending_count(),
+                readings=a.stats.readings,
+                temps_mc=a.temperatures(),
+                alarms=tuple(sorted(a.stats.alarms)),
+                peers_online=online,
+                peers_total=len(a.peer_ids),
+                lag=0 if height is None else max(0, height - lowest),
+                forked=cert in a.node.forked(),
+            )
+        )
+        sent += a.stats.sent
+        received += a.stats.received
+        invalid += a.node.counters.get("invalid", 0) + a.node.counters.get("malformed", 0)
+    now = time.monotonic()
+    prev = last.get("rates")
+    sent_rate = recv_rate = 0.0
+    if prev is not None and now > prev[0]:
+        sent_rate = (sent - prev[1]) / (now - prev[0])
+        recv_rate = (received - prev[2]) / (now - prev[0])
+    last["rates"] = (now, sent, received)
+    return FleetSnapshot(
+        sim_ms=sim_ms,
+        wall_s=wall_s,
+        speed=speed,
+        devices=tuple(rows),
+        sent_per_s=sent_rate,
+        received_per_s=recv_rate,
+        invalid=invalid,
+        broker=broker,
+        notes=notes,
+    )
+
+
+def _kind(a: DeviceAgent) -> str:
+    return a.kind
+
+
+def _site(a: DeviceAgent) -> str:
+    return a.site
+
+
+def _with_seed(cfg: FleetConfig, seed: int) -> FleetConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, seed=seed)
+
+
+async def _quietly(op: Awaitable[object]) -> None:
+    try:
+        await op
+    except Exception as exc:  # closing must never hide the run's own result
+        log.debug("error while closing: %s", exc)
+
+
+def install_signal_handlers(runner: FleetRunner) -> Callable[[], None]:
+    """First Ctrl-C stops cleanly; a second one is a hard interrupt."""
+    loop = asyncio.get_running_loop()
+    hits = {"n": 0}
+
+    def on_signal() -> None:
+        hits["n"] += 1
+        if hits["n"] == 1:
+            runner.request_stop()
+        else:
+            loop.remove_signal_handler(signal.SIGINT)
+            raise KeyboardInterrupt
+
+    loop.add_signal_handler(signal.SIGINT, on_signal)
+    loop.add_signal_handler(signal.SIGTERM, runner.request_stop)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    return remove

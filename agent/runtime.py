@@ -1,0 +1,328 @@
+"""One device's asyncio runtime: samples -> signed readings -> sealed blocks -> gossip.
+
+A thin adapter around three cores: the ledger's ``ChainWriter`` (signing, durable store), the
+sans-I/O ``GossipNode``, and a ``Transport``. One TaskGroup with named tasks:
+
+- ``ingest``: takes batches of samples from a bounded queue, signs and makes them durable (off the
+  event loop, in the shared executor), seals when the policy says so, then announces the block.
+  Nothing leaves the device before it is durable.
+- ``seal-timer``: seals by age on the *data* clock (simulated or real), even when no sample comes.
+- ``gossip-timer``: drives the gossip core's one timer on the *network* clock (always real time
+  in a live fleet: protocol timeouts measure the network, not the simulation).
+- ``receive``: feeds every transport delivery to the gossip core.
+
+Every action of the core is executed here and nowhere else. Store work runs in the executor,
+serialized per device by a lock; the event loop never blocks on SQLite or fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agent.gossip import actions as A
+from agent.gossip import inputs as I
+from agent.gossip.node import GossipNode
+from agent.sealing import SealPolicy
+from agent.transport.base import Delivery, Transport, TransportError
+from firmware_sim.clock import Clock
+from firmware_sim.samples import Sample
+from ledger.block import Block, decode_block, decode_header
+from ledger.chain import ChainWriter
+from ledger.errors import LedgerError
+from ledger.store import Store
+
+T = TypeVar("T")
+log = logging.getLogger("edgefleet.agent")
+
+INGEST_QUEUE = 64  # sample batches waiting per device; a full queue makes the producer wait
+TEMP_SENSORS = ("fridge.temp_mc", "freezer.temp_mc", "cabinet.temp_mc", "water.temp_mc", "temp_mc")
+
+
+@dataclass
+class DeviceStats:
+    """What the live view and the tests read about one device."""
+
+    readings: int = 0
+    blocks: int = 0
+    latest: dict[str, int] = field(default_factory=dict)  # sensor -> last value
+    alarms: set[str] = field(default_factory=set)  # active alarm sensors
+    sent: int = 0
+    received: int = 0
+    send_failures: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+class DeviceAgent:
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str = "",
+        site: str = "",
+        writer: ChainWriter,
+        node: GossipNode,
+        transport: Transport,
+        data_clock: Clock,
+        net_clock: Clock,
+        policy: SealPolicy,
+        executor: Executor,
+        peer_ids: Iterable[str] = (),
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.site = site
+        self.writer = writer
+        self.store: Store = writer.store
+        self.device_id = writer.device_id
+        self.node = node
+        self.transport = transport
+        self.data_clock = data_clock
+        self.net_clock = net_clock
+        self.policy = policy
+        self.stats = DeviceStats()
+        self.peer_ids = tuple(peer_ids)
+        self._executor = executor
+        self._store_lock = asyncio.Lock()
+        self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(INGEST_QUEUE)
+        self._oldest_pending_ms: int | None = None
+        self._rearm_gossip = asyncio.Event()
+        self._rearm_seal = asyncio.Event()
+        self._log = logging.LoggerAdapter(log, {"device": name})
+        self._pulls: deque[asyncio.Task[None]] = deque()
+
+    # --- what the fleet runner calls ----------------------------------------------------------
+    async def submit(self, samples: list[Sample]) -> None:
+        """Queue a batch of samples (waits while the queue is full: backpressure)."""
+        if samples:
+            await self._queue.put(samples)
+
+    async def drained(self) -> None:
+        """Wait until every submitted batch is signed and durable (and sealed when due)."""
+        await self._queue.join()
+
+    async def start(self, boot_inputs: Sequence[I.Input]) -> None:
+        """Feed what the store and the fleet already know into the gossip core."""
+        pending = self.store.pending()
+        if pending:
+            self._oldest_pending_ms = pending[0].reading.time_ms
+        for event in boot_inputs:
+            await self._execute(self.node.handle(event, self.net_clock.now_ms()))
+        for peer in self.peer_ids:
+            await self.transport.watch_presence(peer)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._ingest_loop(), name=f"{self.name}:ingest")
+            tg.create_task(self._seal_timer(), name=f"{self.name}:seal-timer")
+            tg.create_task(self._gossip_timer(), name=f"{self.name}:gossip-timer")
+            tg.create_task(self._receive_loop(), name=f"{self.name}:receive")
+
+    async def seal_now(self) -> None:
+        """Seal every pending reading now, whatever the policy (end of a run)."""
+        blocks = await self._locked(self._seal_all)
+        await self._announce(blocks)
+
+    async def shutdown(self) -> None:
+        """Make every signed reading durable (called after run() is cancelled)."""
+        async with self._store_lock:
+            await self._off_loop(self.writer.flush)
+
+    # --- ingest and sealing --------------------------------------------------------------------
+    async def _ingest_loop(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._ingest(batch)
+            finally:
+                self._queue.task_done()
+
+    async def _ingest(self, batch: list[Sample]) -> None:
+        for s in batch:
+            if s.sensor.startswith("alarm."):
+                (self.stats.alarms.add if s.value else self.stats.alarms.discard)(s.sensor)
+            self.stats.latest[s.sensor] = s.value
+        if self._oldest_pending_ms is None:
+            self._oldest_pending_ms = batch[0].time_ms
+        now = self.data_clock.now_ms()
+        due = self.policy.due(
+            self.writer.pending_count() + len(batch), self._oldest_pending_ms, now
+        )
+        blocks = await self._locked(self._sign_and_store, batch, due)
+        self.stats.readings += len(batch)
+        await self._announce(blocks)
+        self._rearm_seal.set()
+
+    def _sign_and_store(self, batch: list[Sample], seal: bool) -> list[Block]:
+        w = self.writer
+        for s in batch:
+            w.record(s.time_ms, s.sensor, s.value, s.tag, s.text)
+        if not seal:
+            w.flush()
+            return []
+        return self._seal_all()
+
+    def _seal_all(self) -> list[Block]:
+        blocks = []
+        while True:
+            block = self.writer.seal(self.policy.max_readings)
+            if block is None:
+                break
+            blocks.append(block)
+            if self.writer.pending_count() < self.policy.max_readings:
+                break
+        return blocks
+
+    async def _seal_timer(self) -> None:
+        while True:
+            deadline = self.policy.deadline(self._oldest_pending_ms)
+            await self._wait(self.data_clock, deadline, self._rearm_seal)
+            now = self.data_clock.now_ms()
+            if self.policy.due(self.writer.pending_count(), self._oldest_pending_ms, now):
+                blocks = await self._locked(self._seal_all)
+                await self._announce(blocks)
+
+    async def _announce(self, blocks: list[Block]) -> None:
+        if not blocks:
+            return
+        pending = self.store.pending(limit=1)
+        self._oldest_pending_ms = pending[0].reading.time_ms if pending else None
+        self.stats.blocks += len(blocks)
+        for block in blocks:
+            await self._handle(I.OwnBlockSealed(block))
+
+    # --- gossip --------------------------------------------------------------------------------
+    async def _handle(self, event: I.Input) -> None:
+        await self._execute(self.node.handle(event, self.net_clock.now_ms()))
+        self._rearm_gossip.set()
+
+    async def _gossip_timer(self) -> None:
+        while True:
+            await self._wait(self.net_clock, self.node.next_deadline(), self._rearm_gossip)
+            deadline = self.node.next_deadline()
+            now = self.net_clock.now_ms()
+            if deadline is not None and now >= deadline:
+                await self._execute(self.node.handle_timer(now))
+
+    async def _receive_loop(self) -> None:
+        async for delivery in self.transport:
+            self.stats.received += 1
+            event = self._as_input(delivery)
+            if event is not None:
+                await self._handle(event)
+
+    def _as_input(self, d: Delivery) -> I.Input | None:
+        if d.kind in ("inbox", "domain"):
+            return I.MessageReceived(None, d.payload)
+        if d.kind == "evidence":
+            return I.EvidenceReceived(d.payload)
+        if d.kind == "presence" and d.peer_id is not None:
+            online = self.transport.presence(d.peer_id)
+            return I.PeerUp(d.peer_id) if online else I.PeerDown(d.peer_id)
+        return None
+
+    async def _execute(self, acts: list[A.Action]) -> None:
+        for act in acts:
+            match act:
+                case A.Send(peer_id=peer, payload=payload):
+                    await self._send(self.transport.send(peer, payload))
+                case A.Broadcast(domain=domain, payload=payload):
+                    await self._send(self.transport.broadcast(domain, payload))
+                case A.PublishEvidence(device_id=dev, evidence=ev):
+                    await self._send(self.transport.publish_evidence(dev, ev))
+                case A.StoreHeaders(headers=wires):
+                    await self._locked(self._store_headers, wires)
+                case A.StoreBlock(block=wire):
+                    await self._locked(lambda w=wire: self.store.put_replica(decode_block(w)))
+                case A.StoreEvidence(device_id=dev, evidence=ev):
+                    await self._locked(self.store.put_evidence, dev, ev)
+                case A.StoreCredential(device_id=dev, kind=kind, wire=wire):
+                    await self._locked(self.store.put_credential, dev, kind, wire)
+                case A.ServePull():
+                    task = asyncio.create_task(self._serve(act), name=f"{self.name}:serve")
+                    self._pulls.append(task)
+                    while self._pulls and self._pulls[0].done():
+                        self._pulls.popleft()
+                case A.ForkDetected(device_id=dev, height=h):
+                    self.stats.counters["forks_detected"] += 1
+                    self._log.warning("fork detected: device %s at height %d", dev, h)
+                case A.PeerMuted(peer_id=peer, reason=why):
+                    self.stats.counters["peers_muted"] += 1
+                    self._log.info("muted peer %s: %s", peer, why)
+                case _:
+                    self.stats.counters[type(act).__name__] += 1
+
+    async def _send(self, op: Any) -> None:
+        try:
+            await op
+            self.stats.sent += 1
+        except TransportError as exc:
+            # Best effort by design: the store is the outbox and anti-entropy re-offers.
+            self.stats.send_failures += 1
+            self._log.debug("send failed: %s", exc)
+
+    def _store_headers(self, wires: tuple[bytes, ...]) -> None:
+        self.store.put_peer_headers([decode_header(w) for w in wires])
+
+    async def _serve(self, act: A.ServePull) -> None:
+        try:
+            headers, blocks = await self._locked(self._load_pull, act)
+        except LedgerError as exc:
+            self._log.warning(
+                "cannot serve %s %d..%d: %s", act.device_id, act.from_height, act.to_height, exc
+            )
+            return
+        await self._handle(I.PullLoaded(act.peer_id, act.request_id, headers, blocks))
+
+    def _load_pull(self, act: A.ServePull) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        lo, hi = act.from_height, act.to_height
+        own = act.device_id == self.device_id
+        headers = (
+            self.store.own_header_wires(lo, hi)
+            if own
+            else self.store.peer_header_wires(act.device_id, lo, hi)
+        )
+        blocks: list[bytes] = []
+        if act.bodies:
+            size = 0
+            if own:
+                candidates: Iterable[bytes] = (
+                    w for h in range(lo, hi + 1) if (w := self.store.block_wire(h)) is not None
+                )
+            else:
+                candidates = self.store.replica_wires(act.device_id, lo, hi)
+            for wire in candidates:
+                if len(blocks) >= act.max_blocks or size + len(wire) > act.max_bytes:
+                    break
+                blocks.append(wire)
+                size += len(wire)
+        return tuple(headers), tuple(blocks)
+
+    # --- helpers -------------------------------------------------------------------------------
+    async def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._store_lock:
+            return await self._off_loop(fn, *args)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @staticmethod
+    async def _wait(clock: Clock, deadline: int | None, rearm: asyncio.Event) -> None:
+        """Sleep until ``deadline`` on ``clock`` or until ``rearm`` is set, whichever is first."""
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(rearm.wait())]
+        if deadline is not None:
+            waiters.append(asyncio.ensure_future(clock.sleep_until(deadline)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        rearm.clear()
+
+    def temperatures(self) -> tuple[tuple[str, int], ...]:
+        return tuple((s, self.stats.latest[s]) for s in TEMP_SENSORS if s in self.stats.latest)
