@@ -38,12 +38,12 @@ from agent.gossip.node import GossipNode
 from agent.provision import Provisioned, provision, read_sim_time, write_sim_time
 from agent.runtime import DeviceAgent
 from agent.sealing import SealPolicy
+from agent.sources import SampleSource, simulation
 from agent.transport.base import Transport, raise_fd_limit
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
 from agent.view import DeviceRow, FleetSnapshot, LiveView
 from firmware_sim.clock import Clock, RealClock, SimClock
-from firmware_sim.fleet import Fleet
 from firmware_sim.samples import Sample
 from ledger.chain import ChainWriter
 from ledger.store import Store
@@ -68,6 +68,12 @@ class RunOptions:
     settle_s: float = 10.0  # after the last step: wait up to this long for gossip to converge
     view: bool = True
     out: TextIO | None = None
+    # Where samples come from (default: the simulation of the devices file); see agent.sources.
+    source: Callable[[FleetConfig, int], SampleSource] | None = None
+    # Everything on simulated time, for tests: the in-memory network (broker "memory"), gossip
+    # timers on the simulation clock, settle measured in simulated seconds. No wall clock.
+    simulated_network: bool = False
+    resume: bool = True  # continue where the data dir's previous run stopped
 
 
 @dataclass
@@ -116,14 +122,17 @@ class FleetRunner:
         raise_fd_limit()
         cfg = self.cfg
         prov = provision(cfg, self.data, cfg.start_ms)
-        fleet = Fleet(cfg.fleet_spec(), step_ms=self._step_ms())
-        resume = read_sim_time(self.data)
+        make = self.opts.source or simulation
+        fleet = make(cfg, self._step_ms())
+        resume = read_sim_time(self.data) if self.opts.resume else None
         if resume is not None and resume > fleet.now_ms:
-            for _ in fleet.run_until(resume):  # fast-forward the models, silently
-                pass
+            for target in fleet.targets(resume):  # fast-forward, silently
+                fleet.step(target)
         start = fleet.now_ms
         end = None if self.opts.for_ms is None else start + self.opts.for_ms
         self.data_clock = SimClock(start)
+        if self.opts.simulated_network:
+            self.net_clock = self.data_clock
         wall0 = time.monotonic()
         samples = 0
         stores: list[Store] = []
@@ -168,7 +177,7 @@ class FleetRunner:
         # About four steps per wall second, at least one simulated second each.
         return int(min(MAX_STEP_MS, max(1000, speed * 250)))
 
-    async def _simulate(self, fleet: Fleet, end: int | None) -> int:
+    async def _simulate(self, fleet: SampleSource, end: int | None) -> int:
         assert self.data_clock is not None
         speed = self.opts.speed
         sim0, wall0 = fleet.now_ms, time.monotonic()
@@ -197,12 +206,15 @@ class FleetRunner:
             await asyncio.gather(*(a.drained() for a in self.agents.values()))
             if self.network is not None:
                 self.network.deliver_all()
+                await _yield_all()
         return total
 
     async def _settle(self) -> bool:
         """Seal what is pending, then wait until every local peer holds every local head."""
         for agent in self.agents.values():
             await agent.seal_now()
+        if self.opts.simulated_network:
+            return await self._settle_simulated()
         deadline = time.monotonic() + self.opts.settle_s
         while True:
             if self.network is not None:
@@ -213,9 +225,23 @@ class FleetRunner:
                 return False
             await asyncio.sleep(0.05)
 
+    async def _settle_simulated(self) -> bool:
+        """Settle on simulated time: deliver, let every task run, advance 100 ms, repeat."""
+        assert self.data_clock is not None and self.network is not None
+        limit = self.data_clock.now_ms() + int(self.opts.settle_s * 1000)
+        while True:
+            for _ in range(3):
+                self.network.deliver_all()
+                await _yield_all()
+            if _converged(self.agents):
+                return True
+            if self.data_clock.now_ms() >= limit:
+                return False
+            self.data_clock.advance_to(self.data_clock.now_ms() + 100)
+
     # --- wiring --------------------------------------------------------------------------------
     async def _connect(self, prov: Provisioned) -> None:
-        spec = self.opts.broker
+        spec = "memory" if self.opts.simulated_network else self.opts.broker
         if spec == "memory":
             self.network = MemoryNetwork(random.Random(self.cfg.seed))
             self._broker_note = "in-memory network"
@@ -282,7 +308,7 @@ class FleetRunner:
                 data_clock=self.data_clock,
                 net_clock=self.net_clock,
                 policy=self.opts.seal,
-                executor=self._executor,
+                executor=None if self.opts.simulated_network else self._executor,
                 peer_ids=peers,
             )
             await agent.start(_boot_inputs(store, certs, dev_id))
@@ -334,6 +360,12 @@ class FleetRunner:
             {},
         )
         LiveView(self.opts.out).show(snap, final=True)
+
+
+async def _yield_all(rounds: int = 20) -> None:
+    """Let every ready task (and executor callback) run a few times."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
 
 
 def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input]:

@@ -12,7 +12,8 @@ sans-I/O ``GossipNode``, and a ``Transport``. One TaskGroup with named tasks:
 - ``receive``: feeds every transport delivery to the gossip core.
 
 Every action of the core is executed here and nowhere else. Store work runs in the executor,
-serialized per device by a lock; the event loop never blocks on SQLite or fsync.
+serialized per device by a lock; the event loop never blocks on SQLite or fsync. (Fully
+simulated runs pass no executor: store work then runs inline, in a reproducible order.)
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class DeviceAgent:
         data_clock: Clock,
         net_clock: Clock,
         policy: SealPolicy,
-        executor: Executor,
+        executor: Executor | None,
         peer_ids: Iterable[str] = (),
     ) -> None:
         self.name = name
@@ -309,6 +310,8 @@ class DeviceAgent:
             return await self._off_loop(fn, *args)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:  # simulated runs: inline, so a seed reproduces the run
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     @staticmethod
