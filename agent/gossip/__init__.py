@@ -1,5 +1,6 @@
 """The gossip protocol core: push of new headers, anti-entropy pulls, verification before
-anything is stored or forwarded, fork evidence, peer scores. Sans-I/O (docs/GOSSIP.md).
+anything is stored or forwarded, fork evidence, peer scores. Sans-I/O
+(docs/PROTOCOL.md, section 12).
 
 - ``node.GossipNode``: ``handle(input, now_ms)``, ``handle_timer(now_ms)``, ``next_deadline()``.
 - ``inputs``: what the runtime feeds in (nouns); ``actions``: what it must do (imperatives) and

@@ -1,7 +1,7 @@
 """Tunables of the gossip core, with every bound the core keeps in memory.
 
 All times are milliseconds; penalties are integer points. Defaults suit a domain of tens of
-devices sealing a block every few seconds; docs/GOSSIP.md explains each one.
+devices sealing a block every few seconds; docs/PROTOCOL.md (section 12) explains each one.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ must perform; ``next_deadline()`` says when to call ``handle_timer`` next. Rando
 the injected ``random.Random`` only, and every choice is made over a sorted list, so a seed
 reproduces a run. Nothing here touches sockets, files, clocks or the global random.
 
-Behaviour (docs/GOSSIP.md has the full description):
+Behaviour (docs/PROTOCOL.md (section 12) has the full description):
 
 - **Push**: an own block's header goes to ``fanout`` random peers of the device's domains; a
   header received in an ANNOUNCE that verifies and extends the held chain is stored and forwarded

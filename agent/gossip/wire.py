@@ -20,7 +20,8 @@ type   name       payload fields after the sender
 Signed structures travel as the exact bytes their signers produced (``bin``); this module checks
 only their size, the node verifies them. Limits are chosen per type before decoding: the third
 byte of a canonical envelope is the type (``9x 01 tt``), so the decoder picks the type's limits
-first and never allocates more than they allow. docs/GOSSIP.md is the byte-exact reference.
+first and never allocates more than they allow. docs/PROTOCOL.md (section 12) is the
+byte-exact reference.
 
 ``decode`` raises ``ledger.errors.DecodeError`` and nothing else; ``encode`` raises
 ``ledger.errors.UsageError`` when asked to build a message a peer would reject (a local bug).

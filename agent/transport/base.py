@@ -13,7 +13,8 @@ This module owns the values every transport shares and nothing that does I/O:
 - ``Transport``, the abstract interface with its bounded receive queue, size limit and counters;
 - ``raise_fd_limit`` for processes that open many connections.
 
-docs/TRANSPORT.md describes the wire side (topics, QoS, retained presence, reconnect policy).
+docs/PROTOCOL.md (section 13) describes the wire side (topics, QoS, retained presence,
+reconnect policy).
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """The topic layout under one prefix (docs/TRANSPORT.md, "Topics")."""
+    """The topic layout under one prefix (docs/PROTOCOL.md, section 13.2)."""
 
     prefix: str = DEFAULT_PREFIX
 

@@ -61,7 +61,7 @@ _SUBACK_FAILURE = 0x80
 
 @dataclass(frozen=True, slots=True)
 class MqttOptions:
-    """Tuning of one MQTT connection and the views on it (docs/TRANSPORT.md)."""
+    """Tuning of one MQTT connection and the views on it (docs/PROTOCOL.md (section 13))."""
 
     topics: Topics = field(default_factory=Topics)
     keepalive_s: int = 30
