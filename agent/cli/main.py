@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "agent.cli.run",
     "agent.cli.sensor",
     "agent.cli.record",
+    "agent.cli.replay",
 )
 
 
