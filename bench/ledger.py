@@ -4,9 +4,14 @@
 
 - ``raw_sign_per_s`` / ``raw_verify_per_s``: PyNaCl ``SigningKey.sign`` / ``VerifyKey.verify``
   over the very bytes our readings sign (domain tag and body), on this machine in this run;
-- ``sign_seal_store_per_s``: readings signed with ``ChainWriter.record``, flushed once per block,
-  sealed into blocks of 64 and committed to a real SQLite file (WAL, synchronous=FULL) in a temp
-  dir, on one core;
+- ``sign_seal_store_per_s``: readings signed with ``ChainWriter.record``, sealed into blocks of
+  64 and committed to a real SQLite file (WAL, synchronous=FULL) in a temp dir, on one core: one
+  durable transaction per block holds the readings and the header (``seal`` stores the readings,
+  reads them back as stored, checks them, signs the header, commits), which is the agent's path
+  when a batch of samples fills a block;
+- ``sign_flush_seal_store_per_s``: the same with the readings made durable first (``flush``) and
+  the block sealed in a second transaction, the path of readings that wait for sealing by age;
+  ``sign_flush_ratio`` is its ratio to raw signing;
 - ``verify_readings_per_s``: stored blocks read back (``Store.block``: the stored bytes decoded)
   and checked with ``verify_block`` (header and reading signatures, fields, order, Merkle root),
   per reading; ``verify_block_only_per_s`` is the same without the read and decode;
@@ -88,7 +93,7 @@ class LedgerBench:
         self.sign_cpu: list[float] = []
         # The verify rounds read a store written by the measured path itself.
         self.verify_db = workdir / "verify.sqlite"
-        self._write_chain(self.verify_db)
+        self._write_chain(self.verify_db, flush_first=False)
         with Store(self.verify_db) as store:
             self.decoded: list[Block] = list(store.blocks())
         if len(self.decoded) != blocks:
@@ -113,10 +118,18 @@ class LedgerBench:
     def sign_round(self) -> float:
         path = self.workdir / "sign.sqlite"
         try:
-            wall, cpu = self._write_chain(path)
+            wall, cpu = self._write_chain(path, flush_first=False)
         finally:
             _remove_db(path)
         self.sign_cpu.append(cpu)
+        return wall
+
+    def sign_flush_round(self) -> float:
+        path = self.workdir / "sign-flush.sqlite"
+        try:
+            wall, _ = self._write_chain(path, flush_first=True)
+        finally:
+            _remove_db(path)
         return wall
 
     def commit_round(self) -> float:
@@ -131,7 +144,7 @@ class LedgerBench:
             _remove_db(path)
         return seconds / len(self.commit_readings)
 
-    def _write_chain(self, path: Path) -> tuple[float, float]:
+    def _write_chain(self, path: Path, *, flush_first: bool) -> tuple[float, float]:
         with Store(path) as store:
             writer = ChainWriter(store, self.key, self.device_id)
             fields = self.fields
@@ -140,7 +153,8 @@ class LedgerBench:
                 for start in range(0, self.n, BLOCK_READINGS):
                     for f in fields[start : start + BLOCK_READINGS]:
                         writer.record(*f)
-                    writer.flush()
+                    if flush_first:
+                        writer.flush()
                     writer.seal(max_readings=BLOCK_READINGS)
 
             seconds = time_call_cpu(work)
@@ -189,6 +203,7 @@ def run(args: BenchArgs) -> dict[str, object]:
             {
                 "raw_sign": bench.raw_sign_round,
                 "sign_seal_store": bench.sign_round,
+                "sign_flush_seal_store": bench.sign_flush_round,
                 "raw_verify": bench.raw_verify_round,
                 "verify_readings": bench.verify_round,
                 "verify_block_only": bench.verify_only_round,
@@ -213,6 +228,8 @@ def summarize(
         "raw_sign_per_s": round(rate["raw_sign"]),
         "raw_verify_per_s": round(rate["raw_verify"]),
         "sign_seal_store_per_s": round(rate["sign_seal_store"]),
+        "sign_flush_seal_store_per_s": round(rate["sign_flush_seal_store"]),
+        "sign_flush_ratio": round(rate["sign_flush_seal_store"] / rate["raw_sign"], 3),
         "verify_readings_per_s": round(rate["verify_readings"]),
         "verify_block_only_per_s": round(rate["verify_block_only"]),
         # CPU time only (fsync waits left out), to tell the code's cost from the disk's.
