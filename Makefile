@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 venv: $(STAMP)  ## create .venv and install the project with its dev tools
 
 run: $(STAMP)  ## start a fleet from devices.yaml with a live view (Ctrl-C stops it)
-	$(BIN)/edgefleet run --devices $(DEVICES) --data $(DATA)
+	$(BIN)/edgefleet run --devices $(DEVICES) --data $(DATA) --realtime --block-age 30s
 
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/python -m pytest -q

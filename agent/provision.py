@@ -124,6 +124,17 @@ def read_sim_time(data: DataDir) -> int | None:
     return int(value) if value is not None else None
 
 
+def read_origin(data: DataDir, now_ms: int) -> int:
+    """The start time of a real-time fleet: set (to ``now_ms``, whole seconds) by its first run."""
+    path = data.root / FLEET_FILE
+    with _locked(data):
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        if doc.get("origin_ms") is None:
+            doc["origin_ms"] = now_ms - now_ms % 1000
+            path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return int(doc["origin_ms"])
+
+
 def write_sim_time(data: DataDir, sim_ms: int) -> None:
     path = data.root / FLEET_FILE
     with _locked(data):

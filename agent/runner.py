@@ -18,6 +18,7 @@ durable, transports say goodbye (presence offline), and a broker the runner star
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import signal
@@ -35,7 +36,13 @@ from agent.datadir import DataDir
 from agent.gossip import inputs as I
 from agent.gossip.config import GossipConfig
 from agent.gossip.node import GossipNode
-from agent.provision import Provisioned, provision, read_sim_time, write_sim_time
+from agent.provision import (
+    Provisioned,
+    provision,
+    read_origin,
+    read_sim_time,
+    write_sim_time,
+)
 from agent.runtime import DeviceAgent
 from agent.sealing import SealPolicy
 from agent.sources import SampleSource, simulation
@@ -74,6 +81,9 @@ class RunOptions:
     # timers on the simulation clock, settle measured in simulated seconds. No wall clock.
     simulated_network: bool = False
     resume: bool = True  # continue where the data dir's previous run stopped
+    # Real time: readings carry the wall clock. The fleet's start is the first real-time run's
+    # start (kept in fleet.json); a later run fast-forwards the models over the time it was off.
+    realtime: bool = False
 
 
 @dataclass
@@ -120,11 +130,18 @@ class FleetRunner:
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
         raise_fd_limit()
+        if self.opts.realtime:
+            now = RealClock().now_ms()
+            origin = read_origin(self.data, now)
+            self.cfg = _with_start(self.cfg, origin)
+            self.opts.speed = 1.0
         cfg = self.cfg
         prov = provision(cfg, self.data, cfg.start_ms)
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
         resume = read_sim_time(self.data) if self.opts.resume else None
+        if self.opts.realtime and resume is not None:
+            resume = RealClock().now_ms()  # the models skip the time the fleet was off
         if resume is not None and resume > fleet.now_ms:
             for target in fleet.targets(resume):  # fast-forward, silently
                 fleet.step(target)
@@ -480,9 +497,11 @@ def _site(a: DeviceAgent) -> str:
 
 
 def _with_seed(cfg: FleetConfig, seed: int) -> FleetConfig:
-    import dataclasses
-
     return dataclasses.replace(cfg, seed=seed)
+
+
+def _with_start(cfg: FleetConfig, start_ms: int) -> FleetConfig:
+    return dataclasses.replace(cfg, start_ms=start_ms)
 
 
 async def _quietly(op: Awaitable[object]) -> None:

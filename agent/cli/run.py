@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--speed", default="max", help="simulated seconds per wall second, or max")
     p.add_argument("--seed", type=int, help="override the file's seed")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run on the wall clock: readings carry the real time (implies --speed 1)",
+    )
     p.add_argument("--shard", default="0/1", help="run shard I of N (devices i %% N == I)")
     p.add_argument("--block-readings", type=int, default=64, help="seal at this many readings")
     p.add_argument("--block-age", default="10m", help="seal when the oldest reading is this old")
@@ -81,6 +86,7 @@ def _parse(args: argparse.Namespace) -> RunOptions:
         seal=seal,
         settle_s=args.settle,
         view=not args.no_view,
+        realtime=args.realtime,
     )
 
 
