@@ -135,6 +135,21 @@ def read_origin(data: DataDir, now_ms: int) -> int:
         return int(doc["origin_ms"])
 
 
+def shard_mark(data: DataDir, key: str, index: int, count: int, state: str) -> dict[int, str]:
+    """Record that shard ``index`` of ``count`` reached ``state`` in the run named ``key``;
+    return every shard's state for that run (a barrier shared through fleet.json)."""
+    path = data.root / FLEET_FILE
+    with _locked(data):
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        runs = doc.setdefault("shards", {})
+        if key not in runs:
+            runs.clear()  # only the current run's barrier is kept
+            runs[key] = {}
+        runs[key][str(index)] = state
+        path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return {int(i): s for i, s in runs[key].items() if int(i) < count}
+
+
 def write_sim_time(data: DataDir, sim_ms: int) -> None:
     path = data.root / FLEET_FILE
     with _locked(data):

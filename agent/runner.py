@@ -41,6 +41,7 @@ from agent.provision import (
     provision,
     read_origin,
     read_sim_time,
+    shard_mark,
     write_sim_time,
 )
 from agent.runtime import DeviceAgent
@@ -123,6 +124,7 @@ class FleetRunner:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edgefleet-io")
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
+        self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -142,7 +144,15 @@ class FleetRunner:
         resume = read_sim_time(self.data) if self.opts.resume else None
         if self.opts.realtime and resume is not None:
             resume = RealClock().now_ms()  # the models skip the time the fleet was off
-        if resume is not None and resume > fleet.now_ms:
+        elif self.opts.resume:
+            # fleet.json is written at a clean stop only: after a kill, the devices' stores know
+            # better. Each step's samples are committed per device in one transaction, so a
+            # device holds every sample up to its last durable reading's time and none after.
+            self._done_until = self._last_durable_times()
+            if self._done_until:
+                floor = min(self._done_until.values())
+                resume = floor if resume is None else max(resume, floor)
+        if resume is not None and resume >= fleet.now_ms:
             for target in fleet.targets(resume):  # fast-forward, silently
                 fleet.step(target)
         start = fleet.now_ms
@@ -214,8 +224,9 @@ class FleetRunner:
             batch = fleet.step(target)
             self.data_clock.advance_to(target)
             per_device: dict[str, list[Sample]] = defaultdict(list)
+            done = self._done_until
             for name, sample in batch:
-                if name in self.agents:
+                if name in self.agents and sample.time_ms > done.get(name, -1):
                     per_device[name].append(sample)
             for name, items in per_device.items():
                 await self.agents[name].submit(items)
@@ -226,6 +237,19 @@ class FleetRunner:
                 await _yield_all()
         return total
 
+    def _last_durable_times(self) -> dict[str, int]:
+        """Time of each local device's last durable reading (devices with none are left out)."""
+        out = {}
+        for name in self.local:
+            path = self.data.store_path(name)
+            if not path.exists():
+                continue
+            with Store(path) as store:
+                t = store.last_reading_time()
+            if t is not None:
+                out[name] = t
+        return out
+
     async def _settle(self) -> bool:
         """Seal what is pending, then wait until every local peer holds every local head."""
         for agent in self.agents.values():
@@ -233,14 +257,49 @@ class FleetRunner:
         if self.opts.simulated_network:
             return await self._settle_simulated()
         deadline = time.monotonic() + self.opts.settle_s
+        count = self.opts.shard[1]
+        key = f"end-{self.data_clock.now_ms() if self.data_clock else 0}"
+        sharded = count > 1
+        if sharded:  # phase 1: every shard has sealed its last blocks
+            await self._barrier(key, "sealed", deadline)
+        remote = self._remote_heads() if sharded else {}
+        converged = False
         while True:
             if self.network is not None:
                 self.network.deliver_all()
-            if _converged(self.agents):
-                return True
+            if _converged(self.agents, remote):
+                converged = True
+                break
             if time.monotonic() >= deadline or self._stop.is_set():
-                return False
+                break
             await asyncio.sleep(0.05)
+        if sharded:  # phase 2: nobody leaves while another shard may still pull from it
+            await self._barrier(key, "converged" if converged else "gave-up", deadline)
+        return converged
+
+    async def _barrier(self, key: str, state: str, deadline: float) -> None:
+        index, count = self.opts.shard
+        order = ("sealed", "converged", "gave-up")
+        while True:
+            states = shard_mark(self.data, key, index, count, state)
+            ready = len(states) == count and all(
+                order.index(s) >= order.index(state) or s == "gave-up" for s in states.values()
+            )
+            if ready or time.monotonic() >= deadline or self._stop.is_set():
+                return
+            await asyncio.sleep(0.1)
+
+    def _remote_heads(self) -> dict[str, bytes]:
+        """Head hashes of the devices other shards run, read from their stores (same data dir)."""
+        heads = {}
+        for dev in self.cfg.devices:
+            if dev.name in self.agents or not self.data.store_path(dev.name).exists():
+                continue
+            with Store(self.data.store_path(dev.name)) as store:
+                head = store.head()
+                if head is not None:
+                    heads[head.header.device_id] = head.hash
+        return heads
 
     async def _settle_simulated(self) -> bool:
         """Settle on simulated time: deliver, let every task run, advance 100 ms, repeat."""
@@ -417,15 +476,18 @@ def _contiguous(wires: list[bytes]) -> list[bytes]:
     return out
 
 
-def _converged(agents: dict[str, DeviceAgent]) -> bool:
-    heights = {a.device_id: a.writer.store.head() for a in agents.values()}
+def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:
+    """Every local device holds the head of every domain peer whose head is known here (local
+    devices, and ``remote`` heads of devices other shards run)."""
+    heads = {a.device_id: h.hash for a in agents.values() if (h := a.writer.store.head())}
+    heads.update(remote or {})
     for agent in agents.values():
         for peer in agent.peer_ids:
-            own_head = heights.get(peer)
-            if own_head is None:
-                continue  # not local, or nothing sealed
+            want = heads.get(peer)
+            if want is None:
+                continue  # nothing sealed, or unknown
             held = agent.node.head(peer)
-            if held is None or held.hash != own_head.hash:
+            if held is None or held.hash != want:
                 return False
     return True
 

@@ -306,8 +306,15 @@ class DeviceAgent:
 
     # --- helpers -------------------------------------------------------------------------------
     async def _locked(self, fn: Callable[..., T], *args: Any) -> T:
-        async with self._store_lock:
-            return await self._off_loop(fn, *args)
+        """Run store work under the device's lock, shielded: once started it always completes
+        (a stop cancels the tasks, but never a write the gossip core already counted as done;
+        ``shutdown`` takes the same lock, so it waits for any write in flight)."""
+
+        async def locked() -> T:
+            async with self._store_lock:
+                return await self._off_loop(fn, *args)
+
+        return await asyncio.shield(locked())
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:  # simulated runs: inline, so a seed reproduces the run

@@ -142,6 +142,15 @@ class Store:
             [(r.reading.seq, r.wire) for r in readings],
         )
 
+    def last_reading_time(self) -> int | None:
+        """time_ms of the own reading with the highest seq (None: no readings)."""
+        row = self._db.execute(
+            "SELECT seq, wire FROM readings ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return self._decode_stored(bytes(row[1]), f"reading seq {row[0]}").reading.time_ms
+
     def pending_wires(self, limit: int | None = None) -> list[tuple[int, bytes]]:
         """(seq, stored bytes) of pending readings, in sequence order."""
         rows = self._db.execute(

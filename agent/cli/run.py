@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -55,8 +56,8 @@ def _parse(args: argparse.Namespace) -> RunOptions:
     try:
         for_ms = parse_duration_ms(args.duration) if args.duration else None
         age_ms = parse_duration_ms(args.block_age)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+    except ValueError as exc:  # ConfigError is a ValueError too
+        raise CliError(f"--for/--block-age: {exc}") from None
     if args.speed == "max":
         speed = None
     else:
@@ -64,8 +65,8 @@ def _parse(args: argparse.Namespace) -> RunOptions:
             speed = float(args.speed)
         except ValueError:
             raise CliError(f"--speed: expected a number or max, found {args.speed!r}") from None
-        if speed <= 0:
-            raise CliError("--speed must be > 0")
+        if not math.isfinite(speed) or speed <= 0:
+            raise CliError(f"--speed must be a positive number or max, found {args.speed!r}")
     try:
         i, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
