@@ -39,6 +39,14 @@ from ledger.errors import LedgerError
 from ledger.store import Store
 
 T = TypeVar("T")
+_NOTIFICATIONS = (
+    A.HeadersAccepted,
+    A.BlockAccepted,
+    A.ForkDetected,
+    A.DeviceRevoked,
+    A.PeerMuted,
+    A.PeerUnmuted,
+)
 log = logging.getLogger("edgefleet.agent")
 
 INGEST_QUEUE = 64  # sample batches waiting per device; a full queue makes the producer wait
@@ -96,6 +104,10 @@ class DeviceAgent:
         self._rearm_seal = asyncio.Event()
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._pulls: deque[asyncio.Task[None]] = deque()
+        # Observers (benchmarks, tests, the live view): called with (agent, event, net_now_ms)
+        # for each own block sealed (OwnBlockSealed) and each notification of the gossip core
+        # (HeadersAccepted, BlockAccepted, ForkDetected, ...). Must be quick and must not raise.
+        self.observers: list[Callable[[DeviceAgent, object, int], None]] = []
 
     # --- what the fleet runner calls ----------------------------------------------------------
     async def submit(self, samples: list[Sample]) -> None:
@@ -195,6 +207,7 @@ class DeviceAgent:
         self._oldest_pending_ms = pending[0].reading.time_ms if pending else None
         self.stats.blocks += len(blocks)
         for block in blocks:
+            self._notify(I.OwnBlockSealed(block))
             await self._handle(I.OwnBlockSealed(block))
 
     # --- gossip --------------------------------------------------------------------------------
@@ -257,6 +270,14 @@ class DeviceAgent:
                     self._log.info("muted peer %s: %s", peer, why)
                 case _:
                     self.stats.counters[type(act).__name__] += 1
+            if isinstance(act, _NOTIFICATIONS):
+                self._notify(act)
+
+    def _notify(self, event: object) -> None:
+        if self.observers:
+            now = self.net_clock.now_ms()
+            for observer in self.observers:
+                observer(self, event, now)
 
     async def _send(self, op: Any) -> None:
         try:
