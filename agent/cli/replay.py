@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.broker import BrokerError
+from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
 from agent.cli.main import CliError
 from agent.config import ConfigError, FleetConfig, load_fleet
 from agent.datadir import DataDir
@@ -31,8 +29,6 @@ from agent.transport.base import TransportError
 from firmware_sim.trace import TraceError, TraceHeader, TraceReader
 from ledger.errors import LedgerError
 from ledger.store import Store
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(device)s %(message)s"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,12 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="devices file naming every device of the trace (default: devices.yaml)",
     )
     p.add_argument("--data", type=Path, required=True, help="a new or empty data dir (created)")
-    p.add_argument(
-        "--broker",
-        default="embedded",
-        help="embedded (default), mosquitto, memory, or a URL: mqtt://host:port, "
-        "mqtts://host:port?ca=FILE&cert=FILE&key=FILE",
-    )
+    add_broker(p)
     p.add_argument(
         "--speed",
         default="max",
@@ -128,38 +119,8 @@ def check_fresh(data: DataDir, cfg: FleetConfig) -> None:
             )
 
 
-def _speed(text: str) -> float | None:
-    if text == "max":
-        return None
-    try:
-        speed = float(text)
-    except ValueError:
-        raise CliError(f"--speed: expected a number or max, found {text!r}") from None
-    if not speed > 0:
-        raise CliError(f"--speed: expected a number > 0 or max, found {text!r}")
-    return speed
-
-
-@contextmanager
-def _fleet_log(path: Path) -> Iterator[None]:
-    """Log the fleet at INFO into ``path`` for the duration of the replay."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, defaults={"device": "-"}))
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    if root.getEffectiveLevel() > logging.INFO:
-        root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        handler.close()
-
-
 def _replay(args: argparse.Namespace) -> int:
-    speed = _speed(args.speed)
+    speed = parse_speed(args.speed)
     trace: Path = args.trace
     try:
         cfg = load_fleet(args.devices)
@@ -204,7 +165,7 @@ def _replay(args: argparse.Namespace) -> int:
         return 130 if result.interrupted else 0
 
     try:
-        with _fleet_log(args.data / "fleet.log"):
+        with fleet_log(args.data / "fleet.log"):
             return asyncio.run(main())
     except (BrokerError, TransportError) as exc:
         raise CliError(str(exc)) from None

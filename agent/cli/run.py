@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import math
 import sys
 from pathlib import Path
 
 from agent.broker import BrokerError
+from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
 from agent.cli.main import CliError
 from agent.config import ConfigError, load_fleet, parse_duration_ms
 from agent.runner import FleetRunner, RunOptions, install_signal_handlers
@@ -21,12 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run a fleet from devices.yaml (live view; Ctrl-C stops)")
     p.add_argument("--devices", type=Path, default=Path("devices.yaml"))
     p.add_argument("--data", type=Path, required=True, help="data dir (created if missing)")
-    p.add_argument(
-        "--broker",
-        default="embedded",
-        help="embedded (default), mosquitto, memory, or a URL: mqtt://host:port, "
-        "mqtts://host:port?ca=FILE&cert=FILE&key=FILE",
-    )
+    add_broker(p)
     p.add_argument(
         "--for",
         dest="duration",
@@ -58,15 +52,7 @@ def _parse(args: argparse.Namespace) -> RunOptions:
         age_ms = parse_duration_ms(args.block_age)
     except ValueError as exc:  # ConfigError is a ValueError too
         raise CliError(f"--for/--block-age: {exc}") from None
-    if args.speed == "max":
-        speed = None
-    else:
-        try:
-            speed = float(args.speed)
-        except ValueError:
-            raise CliError(f"--speed: expected a number or max, found {args.speed!r}") from None
-        if not math.isfinite(speed) or speed <= 0:
-            raise CliError(f"--speed must be a positive number or max, found {args.speed!r}")
+    speed = parse_speed(args.speed)
     try:
         i, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
@@ -98,13 +84,6 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         raise CliError(str(exc)) from None
     args.data.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        filename=args.data / "fleet.log",
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(device)s %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_DeviceField())
     runner = FleetRunner(cfg, opts)
 
     async def main() -> int:
@@ -126,15 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        return asyncio.run(main())
+        with fleet_log(args.data / "fleet.log"):
+            return asyncio.run(main())
     except (BrokerError, TransportError) as exc:
         raise CliError(str(exc)) from None
-
-
-class _DeviceField(logging.Filter):
-    """Every log line carries a device field ('-' when the record is not about one device)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "device"):
-            record.device = "-"
-        return True
