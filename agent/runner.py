@@ -162,6 +162,15 @@ class FleetRunner:
             self.net_clock = self.data_clock
         wall0 = time.monotonic()
         samples = 0
+        log.info(
+            "fleet %s: %d local devices of %d (shard %d/%d), simulated start %d, until %s",
+            cfg.name,
+            len(self.local),
+            len(cfg.devices),
+            *self.opts.shard,
+            start,
+            "stopped" if end is None else end,
+        )
         stores: list[Store] = []
         try:
             await self._connect(prov)
@@ -324,6 +333,7 @@ class FleetRunner:
             return
         self._broker = broker_from_spec(spec, workdir=self.data.root)
         await self._broker.start()
+        log.info("broker: %s %s", self._broker.kind, self._broker.endpoint.url)
         self._broker_note = f"{self._broker.kind} {self._broker.endpoint.url}"
         self._notes = (self._broker.note,) if self._broker.note else ()
         if len(self.local) > SHARED_CONNECTION_ABOVE:

@@ -128,6 +128,15 @@ class DeviceAgent:
             await self._execute(self.node.handle(event, self.net_clock.now_ms()))
         for peer in self.peer_ids:
             await self.transport.watch_presence(peer)
+        head = self.store.head()
+        self._log.info(
+            "started as %s: height %s, %d pending, next seq %d, %d domain peers",
+            self.device_id,
+            "-" if head is None else head.header.height,
+            len(pending),
+            self.writer.next_seq,
+            len(self.peer_ids),
+        )
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -145,6 +154,17 @@ class DeviceAgent:
         """Make every signed reading durable (called after run() is cancelled)."""
         async with self._store_lock:
             await self._off_loop(self.writer.flush)
+        head = self.store.head()
+        self._log.info(
+            "stopped: height %s, %d readings and %d blocks this run, sent %d, received %d, "
+            "send failures %d",
+            "-" if head is None else head.header.height,
+            self.stats.readings,
+            self.stats.blocks,
+            self.stats.sent,
+            self.stats.received,
+            self.stats.send_failures,
+        )
 
     # --- ingest and sealing --------------------------------------------------------------------
     async def _ingest_loop(self) -> None:
@@ -207,6 +227,8 @@ class DeviceAgent:
         self._oldest_pending_ms = pending[0].reading.time_ms if pending else None
         self.stats.blocks += len(blocks)
         for block in blocks:
+            h = block.header.header
+            self._log.debug("sealed height %d: %d readings", h.height, h.count)
             self._notify(I.OwnBlockSealed(block))
             await self._handle(I.OwnBlockSealed(block))
 
