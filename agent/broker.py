@@ -94,6 +94,26 @@ def _free_port(host: str) -> int:
 # --------------------------------------------------------------------------- embedded (amqtt)
 
 
+def _closing_broker_type() -> type:
+    from amqtt.broker import Broker as AmqttBroker
+
+    class ClosingBroker(AmqttBroker):  # type: ignore[misc]
+        """amqtt 0.12 can end a client's session without closing its server-side stream (an
+        unclosed transport, a ResourceWarning at garbage collection): close it when the
+        connection's handler returns."""
+
+        async def stream_connected(
+            self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+        ) -> None:
+            try:
+                await super().stream_connected(reader, writer, listener_name)
+            finally:
+                if not writer.is_closing():
+                    writer.close()
+
+    return ClosingBroker
+
+
 class EmbeddedBroker(Broker):
     """amqtt in this process's event loop, on ``host``:``port`` (0: a free port)."""
 
@@ -121,7 +141,6 @@ class EmbeddedBroker(Broker):
     async def start(self) -> None:
         if self._broker is not None:
             return
-        from amqtt.broker import Broker as AmqttBroker
         from amqtt.errors import BrokerError as AmqttBrokerError
 
         for name in _QUIET_LOGGERS:  # amqtt logs every connection at INFO; keep a user's choice
@@ -135,7 +154,7 @@ class EmbeddedBroker(Broker):
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
             },
         }
-        broker = AmqttBroker(config)
+        broker = _closing_broker_type()(config)
         try:
             await broker.start()
         except AmqttBrokerError as exc:

@@ -242,9 +242,20 @@ class FleetRunner:
             total += sum(len(v) for v in per_device.values())
             await asyncio.gather(*(a.drained() for a in self.agents.values()))
             if self.network is not None:
-                self.network.deliver_all()
-                await _yield_all()
+                await self._quiesce()
         return total
+
+    async def _quiesce(self, max_rounds: int = 50) -> None:
+        """Deliver and let every task run until nothing more is sent: an exchange (summary,
+        request, response) completes within the simulated instant it starts, as the memory
+        network has no delay. Otherwise each hop waits for the next step (up to 60 s) while the
+        gossip timeouts run on the same clock: every pull would time out and be dropped."""
+        assert self.network is not None
+        await _yield_all()
+        for _ in range(max_rounds):
+            if self.network.deliver_all() == 0:
+                return
+            await _yield_all()
 
     def _last_durable_times(self) -> dict[str, int]:
         """Time of each local device's last durable reading (devices with none are left out)."""
