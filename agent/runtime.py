@@ -253,8 +253,10 @@ class DeviceAgent:
                 await self._handle(event)
 
     def _as_input(self, d: Delivery) -> I.Input | None:
-        if d.kind in ("inbox", "domain"):
+        if d.kind == "inbox":
             return I.MessageReceived(None, d.payload)
+        if d.kind == "domain":
+            return I.MessageReceived(None, d.payload, broadcast=True)
         if d.kind == "evidence":
             return I.EvidenceReceived(d.payload)
         if d.kind == "presence" and d.peer_id is not None:

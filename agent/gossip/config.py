@@ -19,7 +19,12 @@ def _never(device_id: str, height: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
-    fanout: int = 3  # peers each new header is pushed (or forwarded once) to
+    fanout: int = 3  # peers a header is pushed (or forwarded once) to, in "fanout" push
+    # How an own new header is pushed. "broadcast": one ANNOUNCE on each domain topic that
+    # reaches a sharing peer no other chosen domain reaches (every member gets exactly one copy;
+    # headers that arrive by broadcast are never forwarded). "fanout": to `fanout` random peers,
+    # each of which forwards it once (for transports without a domain broadcast).
+    push: str = "broadcast"
     anti_entropy_ms: int = 5_000  # mean interval between summary exchanges
     jitter_ms: int = 1_000  # each interval is anti_entropy_ms +- a uniform jitter_ms
     request_timeout_ms: int = 3_000  # a peer that has not answered by then broke a promise
@@ -49,6 +54,12 @@ class GossipConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "push":
+                if value not in ("broadcast", "fanout"):
+                    raise UsageError(
+                        f"gossip config push: expected 'broadcast' or 'fanout', found {value!r}"
+                    )
+                continue
             if f.name == "want_bodies":
                 if not callable(value):
                     raise UsageError(

@@ -16,10 +16,13 @@ from ledger.block import Block
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
     """Bytes from the network. ``peer_id``: the sender as the transport knows it, or None when
-    only the message's own (unauthenticated) sender field names it (MQTT 3.1.1 inboxes)."""
+    only the message's own (unauthenticated) sender field names it (MQTT 3.1.1 inboxes).
+    ``broadcast``: it came on a domain topic, so every member of the domain received the same
+    copy (headers in it are not forwarded)."""
 
     peer_id: str | None
     payload: bytes
+    broadcast: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,11 @@ reproduces a run. Nothing here touches sockets, files, clocks or the global rand
 
 Behaviour (docs/PROTOCOL.md (section 12) has the full description):
 
-- **Push**: an own block's header goes to ``fanout`` random peers of the device's domains; a
-  header received in an ANNOUNCE that verifies and extends the held chain is stored and forwarded
-  once to ``fanout`` peers (duplicates are dropped by header hash, in a bounded LRU).
+- **Push**: an own block's header is broadcast once on the device's domain topics (the fewest
+  that reach every sharing peer) and never forwarded from there; with ``push="fanout"`` it goes to
+  ``fanout`` random peers instead. A header received in an ANNOUNCE to the inbox that verifies
+  and extends the held chain is stored and forwarded once to ``fanout`` peers (duplicates are
+  dropped by header hash, in a bounded LRU).
 - **Anti-entropy**: every ``anti_entropy_ms`` (jittered) a SUMMARY goes to one random peer; both
   sides compare and pull what they miss with REQUESTs of at most ``max_range`` heights that start
   at the held head (so a fork below it shows up at once), with bodies where ``want_bodies`` says
@@ -150,6 +152,7 @@ class GossipNode:
         self._next_round = now_ms + rng.randint(0, cfg.anti_entropy_ms)
         self._out: list[Action] = []
         self._batch: dict[str, tuple[str, list[SignedHeader]]] = {}
+        self._via_broadcast = False  # the message being handled came on a domain topic
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -250,6 +253,7 @@ class GossipNode:
         for members in self._domains.values():
             tracked |= members
         self._tracked = frozenset(tracked)
+        self._cover: tuple[str, ...] | None = None
         self._peers.set_members(self._tracked - {self.device_id})
 
     def _sharing(self, device_id: str) -> set[str]:
@@ -332,12 +336,15 @@ class GossipNode:
             return
         rec.messages += 1
         self.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
+        self._via_broadcast = ev.broadcast
         try:
             self._dispatch(peer, msg)
         except DecodeError:
             self._penalize(peer, "malformed")
         except VerificationError:
             self._penalize(peer, "invalid")
+        finally:
+            self._via_broadcast = False
         self._flush()
 
     def _dispatch(self, peer: str, msg: wire.Message) -> None:
@@ -369,7 +376,8 @@ class GossipNode:
                 self._pull(peer, dev, sh.header.height)
         self._flush()
         for dev, shs in fresh.items():
-            self._push(dev, shs, exclude={peer, dev})
+            if not self._via_broadcast:  # a domain broadcast already reached every member
+                self._push(dev, shs, exclude={peer, dev})
             chain = self._chains[dev]
             if peer == dev and chain.missing:
                 self._pull_bodies(peer, dev, shs[-1].header.height)
@@ -824,7 +832,10 @@ class GossipNode:
             )
         chain.append(sh)
         self._seen_headers.put(sh.hash, True)
-        self._push(self.device_id, [sh], exclude=set())
+        if self.config.push == "broadcast":
+            self._broadcast_own(sh)
+        else:
+            self._push(self.device_id, [sh], exclude=set())
 
     def _on_chain_loaded(self, ev: ChainLoaded) -> None:
         dev = ev.device_id
@@ -944,6 +955,28 @@ class GossipNode:
         for p in chosen:
             self._out.append(Send(p, payload))
         self.counters["announces_sent"] += len(chosen)
+
+    def _broadcast_own(self, sh: SignedHeader) -> None:
+        """One ANNOUNCE per domain topic, on the fewest domains that reach every sharing peer
+        (largest first: a household inside its street needs no message of its own)."""
+        domains = self._cover_domains()
+        if not domains:
+            return
+        payload = wire.encode(wire.Announce(self.device_id, (sh.wire,)))
+        for domain in domains:
+            self._out.append(Broadcast(domain, payload))
+        self.counters["announces_broadcast"] += len(domains)
+
+    def _cover_domains(self) -> tuple[str, ...]:
+        if self._cover is None:
+            covered: set[str] = {self.device_id}
+            chosen: list[str] = []
+            for name, members in sorted(self._domains.items(), key=lambda d: (-len(d[1]), d[0])):
+                if not members <= covered:
+                    chosen.append(name)
+                    covered |= members
+            self._cover = tuple(sorted(chosen))
+        return self._cover
 
     def _round(self) -> None:
         candidates = self._peers.available()

@@ -222,6 +222,7 @@ class _Event:
     src: str | None = field(compare=False)
     payload: bytes | None = field(compare=False)
     input: Input | None = field(compare=False)
+    broadcast: bool = field(default=False, compare=False)
 
 
 class SimNet:
@@ -426,7 +427,7 @@ class SimNet:
         assert ev.payload is not None
         self.delivered += 1
         claimed = ev.src if self.authenticated_senders else None
-        self._feed(peer, MessageReceived(claimed, ev.payload))
+        self._feed(peer, MessageReceived(claimed, ev.payload, ev.broadcast))
 
     def _feed(self, peer: SimPeer, event: Input) -> list[Action]:
         if peer.node is None:
@@ -436,12 +437,19 @@ class SimNet:
         return actions
 
     def _push(
-        self, t: int, dst: str, src: str | None, payload: bytes | None, event: Input | None
+        self,
+        t: int,
+        dst: str,
+        src: str | None,
+        payload: bytes | None,
+        event: Input | None,
+        *,
+        broadcast: bool = False,
     ) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, _Event(t, self._seq, dst, src, payload, event))
+        heapq.heappush(self._queue, _Event(t, self._seq, dst, src, payload, event, broadcast))
 
-    def _transmit(self, src: str, dst: str, payload: bytes) -> None:
+    def _transmit(self, src: str, dst: str, payload: bytes, *, broadcast: bool = False) -> None:
         self.sent += 1
         self.pairs.add((src, dst))
         f = self.faults
@@ -457,7 +465,7 @@ class SimNet:
             self.duplicated += 1
         for _ in range(copies):
             latency = self.rng.randint(f.min_latency_ms, f.max_latency_ms)
-            self._push(self.now + latency, dst, src, payload, None)
+            self._push(self.now + latency, dst, src, payload, None, broadcast=broadcast)
 
     def _execute(self, peer: SimPeer, actions: list[Action]) -> None:
         for a in actions:
@@ -466,7 +474,7 @@ class SimNet:
             elif isinstance(a, Broadcast):
                 for member in sorted(self.domains.get(a.domain, ())):
                     if member != peer.device_id:
-                        self._transmit(peer.device_id, member, a.payload)
+                        self._transmit(peer.device_id, member, a.payload, broadcast=True)
             elif isinstance(a, StoreHeaders):
                 peer.store.put_headers(a.device_id, a.headers)
             elif isinstance(a, StoreBlock):

@@ -12,6 +12,7 @@ from agent.gossip import wire
 from agent.gossip.actions import (
     Action,
     BlockAccepted,
+    Broadcast,
     HeadersAccepted,
     Send,
     ServePull,
@@ -90,8 +91,44 @@ def of_type(actions: list[Action], kind: type) -> list[Action]:
     return [a for a in actions if isinstance(a, kind)]
 
 
+def test_own_block_is_broadcast_once_on_the_fewest_covering_domains(world: World) -> None:
+    ids = [world.id(i) for i in range(5)]
+    node = GossipNode(
+        ids[0],
+        {
+            "home": [ids[0], ids[1]],  # inside the street: reached by the street's broadcast
+            "street": ids[:4],
+            "chain": [ids[0], ids[4]],  # reaches device 4, which the street does not
+        },
+        world.authority.roots,
+        random.Random(5),
+        now_ms=T0,
+    )
+    for d in world.devices:
+        node.handle(CertificateKnown(d.certificate), T0)
+    own = world.devices[0]
+    out = node.handle(OwnBlockSealed(own.seal(T0)), T0)
+    announce = wire.encode(wire.Announce(ids[0], (own.blocks[0].header.wire,)))
+    assert of_type(out, Broadcast) == [Broadcast("chain", announce), Broadcast("street", announce)]
+    assert not sent(out)  # no peer is up, and broadcasts do not depend on presence anyway
+    assert node.counters["announces_broadcast"] == 2
+
+
+def test_header_received_by_broadcast_is_stored_but_not_forwarded(world: World) -> None:
+    node = world.node(up=(1, 2, 3))
+    b0 = world.devices[1].blocks[0].header.wire
+    announce = wire.encode(wire.Announce(world.id(1), (b0,)))
+    out = node.handle(MessageReceived(None, announce, broadcast=True), T0)
+    assert of_type(out, StoreHeaders) == [StoreHeaders(world.id(1), (b0,))]
+    assert len(of_type(out, HeadersAccepted)) == 1
+    assert not sent(out)  # every domain member received the same broadcast
+    # the same bytes on the inbox (another path) are a duplicate, not news
+    again = node.handle(MessageReceived(None, announce), T0)
+    assert not of_type(again, StoreHeaders) and not sent(again)
+
+
 def test_own_block_is_pushed_to_fanout_peers_that_are_up(world: World) -> None:
-    node = world.node(up=(1, 2))
+    node = world.node(up=(1, 2), config=GossipConfig(push="fanout"))
     own = world.devices[0]
     out = node.handle(OwnBlockSealed(own.seal(T0)), T0)
     targets = {peer for peer, m in sent(out) if isinstance(m, wire.Announce)}

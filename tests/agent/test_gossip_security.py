@@ -374,9 +374,9 @@ def _captured_traffic(seed: int) -> list[bytes]:
     captured: list[bytes] = []
     transmit = net._transmit
 
-    def capture(src: str, dst: str, payload: bytes) -> None:
+    def capture(src: str, dst: str, payload: bytes, *, broadcast: bool = False) -> None:
         captured.append(payload)
-        transmit(src, dst, payload)
+        transmit(src, dst, payload, broadcast=broadcast)
 
     net._transmit = capture  # type: ignore[method-assign]
     ids = [
