@@ -102,6 +102,8 @@ class DeviceAgent:
         self._oldest_pending_ms: int | None = None
         self._rearm_gossip = asyncio.Event()
         self._rearm_seal = asyncio.Event()
+        self._gossip_sleeps_until: int | None = None
+        self._seal_sleeps_until: int | None = None
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._pulls: deque[asyncio.Task[None]] = deque()
         # Observers (benchmarks, tests, the live view): called with (agent, event, net_now_ms)
@@ -189,7 +191,10 @@ class DeviceAgent:
         blocks = await self._locked(self._sign_and_store, batch, due)
         self.stats.readings += len(batch)
         await self._announce(blocks)
-        self._rearm_seal.set()
+        deadline = self.policy.deadline(self._oldest_pending_ms)
+        sleeping = self._seal_sleeps_until
+        if deadline is not None and (sleeping is None or deadline < sleeping):
+            self._rearm_seal.set()
 
     def _sign_and_store(self, batch: list[Sample], seal: bool) -> list[Block]:
         w = self.writer
@@ -214,6 +219,7 @@ class DeviceAgent:
     async def _seal_timer(self) -> None:
         while True:
             deadline = self.policy.deadline(self._oldest_pending_ms)
+            self._seal_sleeps_until = deadline
             await self._wait(self.data_clock, deadline, self._rearm_seal)
             now = self.data_clock.now_ms()
             if self.policy.due(self.writer.pending_count(), self._oldest_pending_ms, now):
@@ -235,11 +241,20 @@ class DeviceAgent:
     # --- gossip --------------------------------------------------------------------------------
     async def _handle(self, event: I.Input) -> None:
         await self._execute(self.node.handle(event, self.net_clock.now_ms()))
-        self._rearm_gossip.set()
+        self._gossip_deadline_moved()
+
+    def _gossip_deadline_moved(self) -> None:
+        """Wake the gossip timer only when the core's deadline is now earlier than the one it
+        sleeps until (most inputs leave it alone: waking thousands of timers costs)."""
+        deadline = self.node.next_deadline()
+        sleeping = self._gossip_sleeps_until
+        if deadline is not None and (sleeping is None or deadline < sleeping):
+            self._rearm_gossip.set()
 
     async def _gossip_timer(self) -> None:
         while True:
-            await self._wait(self.net_clock, self.node.next_deadline(), self._rearm_gossip)
+            self._gossip_sleeps_until = self.node.next_deadline()
+            await self._wait(self.net_clock, self._gossip_sleeps_until, self._rearm_gossip)
             deadline = self.node.next_deadline()
             now = self.net_clock.now_ms()
             if deadline is not None and now >= deadline:

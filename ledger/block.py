@@ -14,6 +14,7 @@ Block wire: ``[header_wire, [reading_wire...]]``.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,9 +108,26 @@ class SignedHeader:
     signature: bytes
     hash: bytes
 
-    def verify(self, key: PublicKey) -> None:
+    def verify(self, key: PublicKey, *, memo: bool = False) -> None:
+        """Check the signature under ``key``. ``memo``: remember success process-wide, so that
+        the next check of the same bytes under the same key is a lookup (the devices of one
+        process receive every header of their domain once each: one Ed25519 check suffices)."""
+        if memo and (key.raw, self.wire) in _VERIFIED:
+            return
         what = f"header at height {self.header.height}"
         key.verify(domains.HEADER, self.body, self.signature, what)
+        if memo:
+            with _VERIFIED_LOCK:
+                _VERIFIED[(key.raw, self.wire)] = None
+                while len(_VERIFIED) > _VERIFIED_MAX:
+                    del _VERIFIED[next(iter(_VERIFIED))]
+
+
+# Headers whose signature verified in this process, keyed by (public key, signed wire): a pure
+# function of its key, so a hit is as good as a check. Bounded, oldest first.
+_VERIFIED: dict[tuple[bytes, bytes], None] = {}
+_VERIFIED_MAX = 8_192
+_VERIFIED_LOCK = threading.Lock()
 
 
 def sign_header(header: Header, key: SigningKey) -> SignedHeader:

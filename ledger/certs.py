@@ -187,12 +187,24 @@ def decode_certificate(wire: bytes) -> Certificate:
     )
 
 
+# Certificates whose root signature already verified in this process, keyed by (root key,
+# certificate wire): every device of a fleet verifies its peers' certificates, and one process
+# may run thousands of devices. Only the signature is remembered (a pure function of its
+# inputs); decoding and the validity window are checked on every call. Bounded, oldest first.
+_VERIFIED: dict[tuple[bytes, bytes], bool] = {}
+_VERIFIED_MAX = 16_384
+
+
 def verify_certificate(wire: bytes, roots: FleetRoots, now_ms: int | None) -> Certificate:
     """Decode and verify a certificate: signed by a fleet root, valid at ``now_ms`` if given."""
     body, sig = envelope.unwrap(wire, "certificate", _MAX_BODY)
     cert = decode_certificate(wire)
     root = roots.get(cert.authority_key_id, f"certificate of {cert.device_id}")
-    root.verify(domains.CERTIFICATE, body, sig, f"certificate of {cert.device_id}")
+    if (root.raw, wire) not in _VERIFIED:
+        root.verify(domains.CERTIFICATE, body, sig, f"certificate of {cert.device_id}")
+        _VERIFIED[(root.raw, wire)] = True
+        if len(_VERIFIED) > _VERIFIED_MAX:
+            del _VERIFIED[next(iter(_VERIFIED))]
     if now_ms is not None and not cert.not_before_ms <= now_ms <= cert.not_after_ms:
         raise CertificateError(
             f"certificate of {cert.device_id} is not valid at {now_ms} ms",

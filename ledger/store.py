@@ -318,7 +318,7 @@ class Store:
         if row is not None:
             held = self._decode_header(bytes(row[0]))
             return None if held.hash == sh.hash else held
-        with self._tx():
+        with self._tx(durable=False):
             self._db.execute(
                 "INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
                 (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
@@ -329,7 +329,7 @@ class Store:
         """Store verified peer headers in one transaction; returns the conflicting headers held
         (forks) for those not stored."""
         conflicts = []
-        with self._tx():
+        with self._tx(durable=False):
             for sh in headers:
                 h = sh.header
                 row = self._db.execute(
@@ -502,8 +502,12 @@ class Store:
         ]
 
     # --- internals -----------------------------------------------------------------------------
-    def _tx(self) -> _Tx:
-        return _Tx(self._db, self.path)
+    def _tx(self, *, durable: bool = True) -> _Tx:
+        """A write transaction. ``durable=False`` commits without waiting for the disk
+        (synchronous=NORMAL for that commit): for peer headers, which a power cut may cost but
+        never corrupt, and which anti-entropy fetches again. The next durable commit syncs them
+        too."""
+        return _Tx(self._db, self.path, durable=durable)
 
     def _decode_stored(self, wire: bytes, what: str) -> SignedReading:
         try:
@@ -523,16 +527,26 @@ class Store:
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, rolling back on any error; sqlite errors become StoreError."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path, *, durable: bool = True) -> None:
         self._db = db
         self._path = path
+        self._durable = durable
 
     def __enter__(self) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
+        try:
+            self._end(exc_type, exc)
+        finally:
+            if not self._durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+
+    def _end(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")

@@ -751,7 +751,7 @@ class GossipNode:
             self._need_creds.add(h.device_id)
             return Verdict.UNKNOWN_KEY
         try:
-            sh.verify(key)
+            sh.verify(key, memo=True)
         except VerificationError:
             return Verdict.INVALID
         return None

@@ -305,7 +305,7 @@ def encode(msg: Message) -> bytes:
         _parse(mtype, fields, what)
     except DecodeError as exc:
         raise UsageError(f"refusing to encode an invalid {what}: {exc}") from None
-    data = codec.encode(fields)
+    data = codec.encode_trusted(fields)  # _parse checked every field's type and bounds
     if len(data) > _LIMITS[mtype].max_bytes:
         raise UsageError(
             f"{what} of {len(data)} bytes exceeds the limit of {_LIMITS[mtype].max_bytes}"

@@ -291,3 +291,19 @@ def test_seal_limits_and_empty_seal(
     )
     assert writer.pending_count() == 0
     assert _verify(chain_store, cert, roots) == 17
+
+
+def test_memoised_header_verification_accepts_only_the_exact_bytes_and_key(
+    chain_store: Store, device_key: SigningKey, other_device_key: SigningKey
+) -> None:
+    head = chain_store.head()
+    assert head is not None
+    head.verify(device_key.public, memo=True)
+    head.verify(device_key.public, memo=True)  # a hit
+    with pytest.raises(VerificationError):  # the same bytes under another key: still checked
+        head.verify(other_device_key.public, memo=True)
+    forged = decode_header(head.wire[:-1] + bytes([head.wire[-1] ^ 1]))  # last signature byte
+    with pytest.raises(VerificationError):
+        forged.verify(device_key.public, memo=True)
+    with pytest.raises(VerificationError):  # a failure is never remembered as a success
+        forged.verify(device_key.public, memo=True)

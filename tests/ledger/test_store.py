@@ -345,6 +345,26 @@ def test_peer_headers_and_forks(
     assert chain_store.peer_headers(peer)[1] == peer_blocks[1].header  # nothing replaced
 
 
+def test_peer_headers_commit_lazily_but_the_own_chain_stays_fully_synchronous(
+    chain_store: Store, peer_blocks: list[Block]
+) -> None:
+    store = chain_store
+
+    def synchronous() -> int:
+        return int(store._db.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert synchronous() == 2  # FULL
+    seen: list[int] = []
+    store._db.set_trace_callback(lambda sql: seen.append(synchronous()) if "INSERT" in sql else 0)
+    store.put_peer_headers([b.header for b in peer_blocks])
+    store._db.set_trace_callback(None)
+    assert seen == [1] * len(peer_blocks)  # NORMAL while peer headers were inserted
+    assert synchronous() == 2  # and FULL again for whatever comes next
+    with pytest.raises(StoreError), store._tx(durable=False):
+        store._db.execute("INSERT INTO no_such_table VALUES (1)")
+    assert synchronous() == 2  # restored after a failed transaction too
+
+
 def test_replicas_and_the_tag_index(
     chain_store: Store,
     peer_blocks: list[Block],
