@@ -191,6 +191,26 @@ def init_owner(path: Path) -> bytes:
     return pub
 
 
+def read_owner_secret(path: Path) -> bytes:
+    """An owner's X25519 secret key as ``init_owner`` writes it (64 hex characters)."""
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise KeystoreError(f"{path}: cannot read ({exc.strerror})") from None
+    if not _is_hex32(text):
+        raise KeystoreError(f"{path}: expected an X25519 secret key (64 hex characters)")
+    return bytes.fromhex(text)
+
+
+def owner_secret_for(owners_dir: Path, public: bytes) -> bytes | None:
+    """The secret key in ``owners_dir`` (``NAME.key`` files) whose public key is ``public``."""
+    for path in sorted(owners_dir.glob("*.key")):
+        secret = read_owner_secret(path)
+        if bytes(nacl.public.PrivateKey(secret).public_key) == public:
+            return secret
+    return None
+
+
 def read_owner_public(value: str) -> bytes:
     """An owner public key given as 64 hex characters or as a path to a .pub file."""
     text = value

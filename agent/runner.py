@@ -389,7 +389,10 @@ class FleetRunner:
             dev_id = enrolled.certificate.device_id
             store = Store(self.data.store_path(name))
             stores.append(store)
-            writer = ChainWriter(store, enrolled.key, dev_id)
+            # Devices at private sites seal every reading to the owner named in their certificate.
+            writer = ChainWriter(
+                store, enrolled.key, dev_id, owner_x25519=enrolled.certificate.owner_x25519
+            )
             domains = {d: members[d] for d in dev.domains}
             # The device keeps the certificates it verifies its peers with: its data dir then
             # verifies offline on its own (edgefleet verify).

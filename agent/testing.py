@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from agent.gossip.config import GossipConfig
     from agent.sealing import SealPolicy
     from ledger.block import SignedHeader
+    from ledger.private import OwnerOpener
     from ledger.reading import Reading
     from ledger.store import Store
 
@@ -84,6 +85,7 @@ class FleetReplay:
         self._names = {dev_id: name for name, dev_id in device_ids.items()}
         self._order = {name: i for i, name in enumerate(device_ids)}
         self._stores: dict[str, Store] = {}
+        self._openers: dict[str, OwnerOpener | None] = {}
 
     @property
     def devices(self) -> list[str]:
@@ -102,8 +104,27 @@ class FleetReplay:
         return self._stores[device]
 
     def chain(self, device: str) -> list[Reading]:
-        """Every reading sealed in the device's own chain, in chain (sequence) order."""
-        return [sr.reading for block in self.store(device).blocks() for sr in block.readings]
+        """Every reading sealed in the device's own chain, in chain (sequence) order. Readings
+        of private sites are opened with their owner's key from the data dir (DIR/owners): the
+        harness looks at the fleet as its owners do."""
+        from ledger.private import open_reading
+
+        opener = self._openers.get(device)
+        if device not in self._openers:
+            opener = self._openers[device] = self._owner_opener(device)
+        return [open_reading(sr, opener) for b in self.store(device).blocks() for sr in b.readings]
+
+    def _owner_opener(self, device: str) -> OwnerOpener | None:
+        from agent.keystore import owner_secret_for
+        from ledger.certs import decode_certificate
+        from ledger.private import OwnerOpener
+
+        wire = self.store(device).certificate(self.device_ids[device])
+        owner = None if wire is None else decode_certificate(wire).owner_x25519
+        if owner is None:
+            return None
+        secret = owner_secret_for(self.data / "owners", owner)
+        return None if secret is None else OwnerOpener(secret)
 
     def heads(self) -> dict[str, SignedHeader | None]:
         """Each device's own chain head (None: nothing sealed), by device name."""

@@ -11,6 +11,11 @@ one durable transaction:
 2. the header is built over the stored bytes and signed;
 3. the block is committed in the same transaction; only then is it returned for publishing.
 
+A writer given the owner's X25519 public key (a private site's device: the key its enrollment
+certificate names) seals the content of every reading it records to that key before signing
+(reading format 2, docs/PRIVATE.md); the pending/seal path only needs seq, time and the wire
+bytes, so it is the same for both formats.
+
 A restart resumes at the stored head and sequence high-water mark. A header signed by a seal
 that crashed before its commit was never durable and never published, so the different header
 signed at that height after the restart is not a fork: nobody ever saw the first.
@@ -18,20 +23,35 @@ signed at that height after the restart is not a fork: nobody ever saw the first
 
 from __future__ import annotations
 
+import hashlib
+
 from ledger.block import Block, SignedHeader, build_header, sign_header
 from ledger.errors import IntegrityError, SignatureError
 from ledger.identity import SigningKey
 from ledger.merkle import root_from_leaf_hashes
-from ledger.reading import Reading, SignedReading, leaf_hash, sign_reading
+from ledger.reading import Reading, SignedReading, leaf_hash, seal_reading, sign_reading
+from ledger.sealbox import check_public_key
 from ledger.store import Store
 
 
 class ChainWriter:
-    def __init__(self, store: Store, key: SigningKey, device_id: str, epoch: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key: SigningKey,
+        device_id: str,
+        epoch: int | None = None,
+        *,
+        owner_x25519: bytes | None = None,
+    ) -> None:
         self.store = store
         self.key = key
         self.device_id = device_id
-        self.epoch = epoch
+        head = store.head()
+        # Default: the stored head's epoch (a device that opened a new epoch keeps signing in it).
+        self.epoch = epoch if epoch is not None else (0 if head is None else head.header.epoch)
+        # A malformed key is refused here, not at the first reading.
+        self.owner_x25519 = None if owner_x25519 is None else check_public_key(owner_x25519)
         last = store.last_seq()
         self._next_seq = 0 if last is None else last + 1
         self._buffer: list[SignedReading] = []
@@ -46,6 +66,16 @@ class ChainWriter:
                     "(stored bytes changed)"
                 ) from None
 
+    def resume(self, epoch: int) -> None:
+        """Continue after the store's head in ``epoch``, once a restore committed the blocks it
+        fetched from peers (agent/restore.py): the next reading takes the stored sequence
+        high-water mark + 1. Only while nothing is buffered or pending."""
+        if self._buffer or self._pending:
+            raise IntegrityError(f"{self.store.path}: cannot resume a writer holding readings")
+        last = self.store.last_seq()
+        self._next_seq = 0 if last is None else last + 1
+        self.epoch = epoch
+
     @property
     def next_seq(self) -> int:
         return self._next_seq
@@ -53,11 +83,17 @@ class ChainWriter:
     def record(
         self, time_ms: int, sensor: str, value: int, tag: str | None = None, text: str | None = None
     ) -> SignedReading:
-        """Sign one reading (not yet durable: call ``flush`` or ``seal``)."""
+        """Sign one reading, sealed to the owner when the writer has one (not yet durable: call
+        ``flush`` or ``seal``)."""
         reading = Reading(
             self.device_id, self.epoch, self._next_seq, time_ms, sensor, value, tag, text
         )
-        signed = sign_reading(reading, self.key)
+        owner = self.owner_x25519
+        if owner is None:
+            signed = sign_reading(reading, self.key)
+        else:
+            esk = _ephemeral_secret(self.key, owner, reading)
+            signed = sign_reading(seal_reading(reading, owner, ephemeral_secret=esk), self.key)
         self._buffer.append(signed)
         self._next_seq += 1
         return signed
@@ -125,3 +161,18 @@ class ChainWriter:
                 f"{self.store.path}: stored readings of block {prev.header.height} no longer "
                 "hash to its Merkle root; refusing to extend the chain"
             )
+
+
+_SEAL_EPHEMERAL = b"edgefleet/v1/seal-ephemeral\x00"
+
+
+def _ephemeral_secret(key: SigningKey, owner: bytes, reading: Reading) -> bytes:
+    """The ephemeral X25519 secret of a sealed reading, derived (SIV-style) from the device's
+    secret seed, the owner key, the position and the content: secret to all but the device,
+    never the same for two different contents (no nonce reuse, whatever a crash replays), and
+    the same for the same reading, so that a seeded simulation reproduces its bytes."""
+    position = reading.epoch.to_bytes(8, "big") + reading.seq.to_bytes(8, "big")
+    content = hashlib.sha256(reading.encode_content()).digest()
+    return hashlib.blake2b(
+        _SEAL_EPHEMERAL + owner + position + content, key=key.seed, digest_size=32
+    ).digest()

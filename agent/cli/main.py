@@ -22,6 +22,8 @@ COMMANDS: tuple[str, ...] = (
     "agent.cli.sensor",
     "agent.cli.record",
     "agent.cli.replay",
+    "agent.cli.show",
+    "agent.cli.bundle",
 )
 
 

@@ -8,6 +8,7 @@ checkpointing or recovering them: the next run sees exactly the state the kill l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import sqlite3
@@ -18,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import keystore
 from agent.cli.main import main
 from agent.config import FleetConfig
 from agent.datadir import DataDir
 from agent.gossip.config import GossipConfig
 from agent.runner import FleetRunner, RunOptions, RunResult
 from ledger.block import decode_header
-from ledger.reading import decode_reading
+from ledger.private import OpenError, OwnerOpener, open_reading
+from ledger.reading import Reading, SignedReading, decode_reading
 from ledger.store import Store
 
 HOUR_MS = 3_600_000
@@ -169,12 +172,32 @@ class ChainView:
     peer_headers: dict[tuple[str, int], bytes]  # (device id, height) -> header hash
     evidence: int
 
+    owners: tuple[OwnerOpener, ...] = ()  # the data dir's owner keys, for private readings
+
     def contents(self) -> list[Content]:
         out = []
         for seq in sorted(self.readings):
-            r = decode_reading(self.readings[seq]).reading
+            r = plain(decode_reading(self.readings[seq]), self.owners)
             out.append(Content(r.time_ms, r.sensor, r.value, r.tag))
         return out
+
+
+def owner_openers(data: Path) -> tuple[OwnerOpener, ...]:
+    """An opener per owner key of the data dir (DIR/owners/NAME.key)."""
+    owners = data / "owners"
+    return tuple(OwnerOpener(keystore.read_owner_secret(p)) for p in sorted(owners.glob("*.key")))
+
+
+def plain(sr: SignedReading, owners: tuple[OwnerOpener, ...]) -> Reading:
+    """The reading's content: as signed, or opened by whichever owner it was sealed to."""
+    if not sr.private:
+        return open_reading(sr, None)
+    for opener in owners:
+        try:
+            return open_reading(sr, opener)
+        except OpenError:
+            continue
+    raise AssertionError(f"no owner key of the data dir opens private reading {sr.reading.seq}")
 
 
 def _ro(path: Path) -> sqlite3.Connection:
@@ -200,8 +223,9 @@ def read_fleet(data: Path) -> dict[str, ChainView]:
     """Every device of the data dir that has a store, by name (read-only)."""
     dd = DataDir(data)
     ids = device_ids(data)
+    owners = owner_openers(data)
     return {
-        name: read_view(dd.store_path(name), ids[name])
+        name: dataclasses.replace(read_view(dd.store_path(name), ids[name]), owners=owners)
         for name in dd.device_names()
         if dd.store_path(name).exists()
     }

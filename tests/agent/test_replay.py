@@ -16,6 +16,8 @@ from agent.datadir import DataDir
 from firmware_sim.trace import TraceReader
 from ledger.store import Store
 
+from .runner_helpers import owner_openers, plain
+
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ROOT / "devices.yaml"
 CLI = (sys.executable, "-m", "agent.cli.main")
@@ -39,8 +41,9 @@ def trace_rows(trace: Path) -> dict[str, list[Row]]:
 def chain_rows(data: Path, device: str) -> tuple[list[Row], list[int], int]:
     """(time, sensor, value, tag, text) of the device's sealed readings, their seqs, and how
     many readings are still pending."""
+    owners = owner_openers(data)
     with Store(DataDir(data).store_path(device)) as store:
-        readings = [sr.reading for b in store.blocks() for sr in b.readings]
+        readings = [plain(sr, owners) for b in store.blocks() for sr in b.readings]
         pending = store.pending_count()
     rows = [(r.time_ms, r.sensor, r.value, r.tag, r.text) for r in readings]
     return rows, [r.seq for r in readings], pending
