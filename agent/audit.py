@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agent.datadir import DataDir
 from ledger.certs import DeviceKeys, FleetRoots
+from ledger.epoch import EpochIndex, decode_epoch, index_epochs
 from ledger.errors import LedgerError
 from ledger.store import Store
 from ledger.verify import verify_block, verify_chain, verify_headers
@@ -32,6 +33,8 @@ class DeviceReport:
     replicas: int = 0
     replica_bytes: int = 0
     evidence: int = 0
+    epoch: int | None = None  # the own chain's current epoch
+    epochs: list[dict[str, int]] = field(default_factory=list)  # own epoch changes (restores)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +58,8 @@ class DeviceReport:
                 "replicas",
                 "replica_bytes",
                 "evidence",
+                "epoch",
+                "epochs",
                 "errors",
                 "ok",
             )
@@ -97,17 +102,33 @@ def audit_device(data: DataDir, name: str, roots: FleetRoots, *, deep: bool) -> 
 def _own_chain(store: Store, keys: DeviceKeys, rep: DeviceReport, deep: bool) -> None:
     head = store.head()
     rep.height = None if head is None else head.header.height
+    rep.epoch = None if head is None else head.header.epoch
     rep.blocks = store.block_count()
     rep.pending = store.pending_count()
+    try:
+        epochs = _epochs(store, rep.device_id)
+    except LedgerError as exc:
+        rep.errors.append(f"own epoch records: {exc}")
+        return
+    rep.epochs = [
+        {"epoch": e, "after_height": se.record.last_height, "from_epoch": se.record.prev_epoch}
+        for e, se in sorted(epochs.items())
+    ]
     if not deep:
         return
     try:
-        _, rep.readings = verify_chain(store.blocks(), keys.key_for)
+        _, rep.readings = verify_chain(store.blocks(), keys.key_for, epochs)
         signer = keys.key_at(0 if head is None else head.header.height + 1)
         for sr in store.pending():
             sr.verify(signer)
     except LedgerError as exc:
         rep.errors.append(f"own chain: {exc}")
+
+
+def _epochs(store: Store, device_id: str) -> EpochIndex:
+    """The device's epoch records held in ``store`` (signatures are checked where a chain
+    crosses them)."""
+    return index_epochs((decode_epoch(w) for w in store.epoch_wires(device_id)), device_id)
 
 
 def _peer_keys(store: Store, device_id: str, roots: FleetRoots) -> DeviceKeys:
@@ -128,7 +149,7 @@ def _peers(store: Store, roots: FleetRoots, rep: DeviceReport, deep: bool) -> No
         try:
             keys = _peer_keys(store, dev, roots)
             if headers and headers[0].header.height == 0:
-                verify_headers(headers, keys.key_for)
+                verify_headers(headers, keys.key_for, _epochs(store, dev))
             else:  # a peer may hold a suffix only: check signatures and links within it
                 prev = None
                 for sh in headers:

@@ -262,6 +262,12 @@ class RawWorld(_Strict):
     blood: RawBlood = Field(default_factory=RawBlood)
 
 
+class RawReplication(_Strict):
+    copies: Annotated[StrictInt, Field(ge=0, le=16)] = 3
+    audit_every: PositiveDuration = 600_000
+    repair_after: Duration = 600_000
+
+
 class RawFleet(_Strict):
     fleet: StrictStr
     seed: StrictInt = 0
@@ -270,6 +276,7 @@ class RawFleet(_Strict):
     gossip_domains: list[RawDomain] = Field(default_factory=list)
     devices: Annotated[list[RawDevice], Field(min_length=1)]
     world: RawWorld = Field(default_factory=RawWorld)
+    replication: RawReplication = Field(default_factory=RawReplication)
 
 
 # --------------------------------------------------------------------------- expanded values
@@ -311,6 +318,17 @@ class Device:
 
 
 @dataclass(frozen=True, slots=True)
+class Replication:
+    """Edge replication of block bodies (docs/REPLICATION.md): ``copies`` holders per block
+    besides the owner (0: off), each audited every ``audit_every_ms``; a holder gone longer than
+    ``repair_after_ms`` no longer counts and its blocks are placed again."""
+
+    copies: int = 3
+    audit_every_ms: int = 600_000
+    repair_after_ms: int = 600_000
+
+
+@dataclass(frozen=True, slots=True)
 class FleetConfig:
     source: str
     name: str
@@ -320,6 +338,7 @@ class FleetConfig:
     domains: tuple[str, ...]  # every gossip domain: site ids and declared domains
     devices: tuple[Device, ...]
     world: WorldSpec
+    replication: Replication = Replication()
 
     def device(self, name: str) -> Device:
         for d in self.devices:
@@ -528,6 +547,11 @@ class _Expander:
             tuple(domains),
             tuple(devices),
             world,
+            Replication(
+                raw.replication.copies,
+                raw.replication.audit_every,
+                raw.replication.repair_after,
+            ),
         )
 
     def _instances(self, count: int | None, first: int) -> list[int | None]:

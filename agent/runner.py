@@ -29,11 +29,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from agent.broker import Broker, broker_from_spec
-from agent.config import FleetConfig
+from agent.config import Device, FleetConfig
 from agent.datadir import DataDir
+from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.config import GossipConfig
 from agent.gossip.node import GossipNode
@@ -45,7 +46,9 @@ from agent.provision import (
     shard_mark,
     write_sim_time,
 )
-from agent.runtime import DeviceAgent
+from agent.replication.config import ReplicationConfig
+from agent.replication.node import ReplicationNode
+from agent.runtime import DeviceAgent, RestoreError
 from agent.sealing import SealPolicy
 from agent.sources import SampleSource, simulation
 from agent.transport.base import Transport, raise_fd_limit
@@ -55,11 +58,13 @@ from agent.view import DeviceRow, FleetSnapshot, LiveView
 from firmware_sim.clock import Clock, RealClock, SimClock
 from firmware_sim.samples import Sample
 from ledger.chain import ChainWriter
+from ledger.identity import SigningKey
 from ledger.store import Store
 
 log = logging.getLogger("edgefleet.runner")
 
-SHARED_CONNECTION_ABOVE = 200  # devices per process beyond which they share one MQTT connection
+# Fleets larger than this share one MQTT connection per process (whatever the shard's size).
+SHARED_CONNECTION_ABOVE = 200
 VIEW_PERIOD_S = 0.25
 MAX_STEP_MS = 60_000
 # Collector thresholds while a fleet runs: the young generation collects every 20,000
@@ -86,6 +91,11 @@ class RunOptions:
     # timers on the simulation clock, settle measured in simulated seconds. No wall clock.
     simulated_network: bool = False
     resume: bool = True  # continue where the data dir's previous run stopped
+    # Restore (agent/restore.py): run only these devices of the shard (empty: all), and restore
+    # these from their peers before anything runs (their stores must be empty). Devices whose
+    # store is missing or empty in a fleet that ran before are restored without being named.
+    only: tuple[str, ...] = ()
+    restore: tuple[str, ...] = ()
     # Real time: readings carry the wall clock. The fleet's start is the first real-time run's
     # start (kept in fleet.json); a later run fast-forwards the models over the time it was off.
     realtime: bool = False
@@ -117,6 +127,9 @@ class FleetRunner:
             raise ValueError(f"--shard {index}/{count}: need 0 <= I < N")
         names = [d.name for d in cfg.devices]
         self.local = [n for i, n in enumerate(names) if i % count == index]
+        if opts.only:
+            self.local = [n for n in self.local if n in opts.only]
+        self._restoring: set[str] = set()
         self.data_clock: SimClock | None = None
         self.net_clock: Clock = RealClock()
         self.agents: dict[str, DeviceAgent] = {}
@@ -142,6 +155,7 @@ class FleetRunner:
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
         cfg = self.cfg
+        self._restoring = self._restore_candidates()
         prov = provision(cfg, self.data, cfg.start_ms)
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
@@ -189,6 +203,7 @@ class FleetRunner:
                 runs = [tg.create_task(a.run(), name=f"agent:{n}") for n, a in self.agents.items()]
                 view = tg.create_task(self._view_loop(wall0), name="view")
                 try:
+                    await self._restore_phase()
                     samples = await self._simulate(fleet, end)
                     converged = await self._settle()
                 finally:
@@ -360,7 +375,7 @@ class FleetRunner:
         log.info("broker: %s %s", self._broker.kind, self._broker.endpoint.url)
         self._broker_note = f"{self._broker.kind} {self._broker.endpoint.url}"
         self._notes = (self._broker.note,) if self._broker.note else ()
-        if len(self.local) > SHARED_CONNECTION_ABOVE:
+        if len(self.cfg.devices) > SHARED_CONNECTION_ABOVE:
             self._hub = MqttHub(self._broker.endpoint)
             await self._hub.start()
 
@@ -396,9 +411,13 @@ class FleetRunner:
             domains = {d: members[d] for d in dev.domains}
             # The device keeps the certificates it verifies its peers with: its data dir then
             # verifies offline on its own (edgefleet verify).
-            for peer in set().union(*domains.values()) | {dev_id}:
-                if store.certificate(peer) is None:
-                    store.put_certificate(peer, by_id[peer])
+            missing = [
+                (peer, by_id[peer])
+                for peer in sorted(set().union(*domains.values()) | {dev_id})
+                if store.certificate(peer) is None
+            ]
+            if missing:
+                store.put_certificates(missing)
             node = GossipNode(
                 dev_id,
                 domains,
@@ -407,6 +426,7 @@ class FleetRunner:
                 config=self.opts.gossip,
                 now_ms=self.net_clock.now_ms(),
             )
+            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov)
             transport = await self._transport(dev_id, dev.domains)
             self._transports.append(transport)
             peers = sorted(set().union(*domains.values()) - {dev_id}) if domains else []
@@ -422,13 +442,120 @@ class FleetRunner:
                 policy=self.opts.seal,
                 executor=None if self.opts.simulated_network else self._executor,
                 peer_ids=peers,
+                replication=replication,
             )
             # Only the certificates this device tracks (its domains' members): fleet-wide
             # lists would cost every device a verification per device of the fleet.
             tracked = sorted(set().union(*domains.values()) | {dev_id})
-            await agent.start(_boot_inputs(store, [by_id[p] for p in tracked], dev_id))
+            await agent.start(
+                _boot_inputs(store, [by_id[p] for p in tracked], dev_id),
+                restore=name in self._restoring,
+            )
             self.agents[name] = agent
         return stores
+
+    def _replication_node(
+        self,
+        dev: Device,
+        key: SigningKey,
+        dev_id: str,
+        domains: dict[str, set[str]],
+        prov: Provisioned,
+    ) -> ReplicationNode | None:
+        """The device's replication core (docs/REPLICATION.md), or None when it is off."""
+        spec = self.cfg.replication
+        if spec.copies == 0 or not domains:
+            return None
+        config = ReplicationConfig(
+            replicas=spec.copies,
+            quota_bytes=dev.spare_storage_mb << 20,
+            audit_interval_ms=spec.audit_every_ms,
+            repair_delay_ms=spec.repair_after_ms,
+            rng=random.Random(f"{self.cfg.seed}/replication/{dev.name}"),
+        )
+        return ReplicationNode(
+            dev_id, key, domains, prov.roots, config=config, now_ms=self.net_clock.now_ms()
+        )
+
+    # --- restore (agent/restore.py) ---------------------------------------------------------------
+    def _restore_candidates(self) -> set[str]:
+        """Local devices to restore from their peers before this run: those named in
+        ``opts.restore``, and those already enrolled whose store is missing or empty while the
+        fleet has run before (a clean stop recorded its time, or another device holds blocks):
+        a wiped store. A device enrolled by this very start is new and starts fresh."""
+        forced = set(self.opts.restore) & set(self.local)
+        wiped = {
+            n
+            for n in self.local
+            if (self.data.device(n) / "device.key").exists() and _store_empty(self.data, n)
+        }
+        if wiped - forced and not self._fleet_ran(wiped):
+            wiped = set()
+        for name in forced:
+            if not _store_empty(self.data, name):
+                raise RestoreError(
+                    f"{name}: its store {self.data.store_path(name)} is not empty: "
+                    "nothing to restore (restore a wiped device only)"
+                )
+        return forced | wiped
+
+    def _fleet_ran(self, wiped: set[str]) -> bool:
+        if read_sim_time(self.data) is not None:
+            return True
+        return any(
+            not _store_empty(self.data, n) for n in self.data.device_names() if n not in wiped
+        )
+
+    async def _restore_phase(self) -> None:
+        """Wait until every restoring device has restored (or failed) before samples flow:
+        nothing is signed meanwhile. Simulated runs deliver and advance time here themselves."""
+        restoring = [a for a in self.agents.values() if a.restoring]
+        if not restoring:
+            return
+        log.info("restoring %s from their peers", ", ".join(a.name for a in restoring))
+        if self.network is not None:  # the in-memory network delivers when told to
+            await self._restore_memory(restoring)
+        else:
+            waiters = [asyncio.ensure_future(a.restore_settled.wait()) for a in restoring]
+            stop = asyncio.ensure_future(self._stop.wait())
+            try:
+                pending = set(waiters)
+                while pending and not stop.done():
+                    _, pending = await asyncio.wait(
+                        {*pending, stop}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    pending.discard(stop)
+            finally:
+                for f in [*waiters, stop]:
+                    f.cancel()
+        failed = [a for a in restoring if a.restoring]
+        if failed:
+            why = "; ".join(
+                f"{a.name}: {a.restore_result.reason}"
+                if isinstance(a.restore_result, A.RestoreFailed)
+                else f"{a.name}: not finished"
+                for a in failed
+            )
+            raise RestoreError(f"restore did not finish, nothing was signed: {why}")
+
+    async def _restore_memory(self, restoring: list[DeviceAgent]) -> None:
+        """Deliver the in-memory network until the restores settle; on simulated time, advance
+        it 100 ms at a time (bounded by the restore's own deadlines)."""
+        assert self.data_clock is not None and self.network is not None
+        cfg = self.opts.gossip
+        limit = self.data_clock.now_ms() + cfg.restore_discovery_ms + 4 * cfg.restore_body_wait_ms
+        while not all(a.restore_settled.is_set() for a in restoring) and not self._stop.is_set():
+            for _ in range(3):
+                self.network.deliver_all()
+                await _yield_all()
+            if all(a.restore_settled.is_set() for a in restoring):
+                return
+            if not self.opts.simulated_network:
+                await asyncio.sleep(0.02)  # gossip timers run on the wall clock
+            elif self.data_clock.now_ms() >= limit:
+                return
+            else:
+                self.data_clock.advance_to(self.data_clock.now_ms() + 100)
 
     async def _close(self) -> None:
         for t in self._transports:
@@ -483,6 +610,20 @@ async def _yield_all(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+def _replication_row(a: DeviceAgent) -> dict[str, Any]:
+    rep = a.replicator
+    if rep is None:
+        return {}
+    node = rep.node
+    heights = node.own_heights()
+    full = sum(1 for h in heights if len(node.healthy_holders(h)) >= node.config.replicas)
+    return {
+        "replicated": (full, len(heights)),
+        "held_bytes": node.used_bytes(),
+        "quota_bytes": node.config.quota_bytes,
+    }
+
+
 def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input]:
     events: list[I.Input] = [I.CertificateKnown(w) for w in certs]
     for _, w in store.credentials("certificate"):
@@ -493,6 +634,8 @@ def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input
         events.append(I.RevocationKnown(w))
     for w in store.evidence():
         events.append(I.EvidenceKnown(w))
+    for w in store.epoch_wires():  # before the chains: a chain may cross an epoch change
+        events.append(I.EpochKnown(w))
     own = store.own_header_wires()
     if own:
         events.append(I.ChainLoaded(self_id, tuple(own)))
@@ -501,6 +644,15 @@ def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input
         if wires:
             events.append(I.ChainLoaded(dev, tuple(_contiguous(wires))))
     return events
+
+
+def _store_empty(data: DataDir, name: str) -> bool:
+    """No store file, or a store holding no block and no reading (opened only if it exists)."""
+    path = data.store_path(name)
+    if not path.exists():
+        return True
+    with Store(path) as store:
+        return store.block_count() == 0 and store.last_seq() is None
 
 
 def _contiguous(wires: list[bytes]) -> list[bytes]:
@@ -564,6 +716,7 @@ def _snapshot(
                 peers_total=len(a.peer_ids),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
+                **_replication_row(a),
             )
         )
         sent += a.stats.sent

@@ -29,12 +29,17 @@ from typing import Any, TypeVar
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
+from agent.replication import inputs as RI
+from agent.replication.node import ReplicationNode
+from agent.replication.wire import is_replication_message
+from agent.replicator import Replicator
 from agent.sealing import SealPolicy
 from agent.transport.base import Delivery, Transport, TransportError
 from firmware_sim.clock import Clock
 from firmware_sim.samples import Sample
 from ledger.block import Block, decode_block, decode_header
 from ledger.chain import ChainWriter
+from ledger.epoch import EpochRecord, decode_epoch, sign_epoch
 from ledger.errors import LedgerError
 from ledger.store import Store
 
@@ -46,6 +51,10 @@ _NOTIFICATIONS = (
     A.DeviceRevoked,
     A.PeerMuted,
     A.PeerUnmuted,
+    A.EpochAccepted,
+    A.RestoreProgressed,
+    A.RestoreFinished,
+    A.RestoreFailed,
 )
 log = logging.getLogger("edgefleet.agent")
 
@@ -82,6 +91,7 @@ class DeviceAgent:
         policy: SealPolicy,
         executor: Executor | None,
         peer_ids: Iterable[str] = (),
+        replication: ReplicationNode | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -102,6 +112,7 @@ class DeviceAgent:
         self._oldest_pending_ms: int | None = None
         self._rearm_gossip = asyncio.Event()
         self._rearm_seal = asyncio.Event()
+        self._rearm_replication = asyncio.Event()
         self._gossip_sleeps_until: int | None = None
         self._seal_sleeps_until: int | None = None
         self._log = logging.LoggerAdapter(log, {"device": name})
@@ -110,6 +121,14 @@ class DeviceAgent:
         # for each own block sealed (OwnBlockSealed) and each notification of the gossip core
         # (HeadersAccepted, BlockAccepted, ForkDetected, ...). Must be quick and must not raise.
         self.observers: list[Callable[[DeviceAgent, object, int], None]] = []
+        # Restore of a wiped store (start(restore=True)): nothing is signed until it finishes.
+        self._restored = asyncio.Event()
+        self._restored.set()
+        self.restore_settled = asyncio.Event()  # finished, or failed (the runner stops then)
+        self.restore_result: A.RestoreFinished | A.RestoreFailed | None = None
+        # Edge replication of own block bodies on peers, and of peers' on this device's spare
+        # storage (agent.replicator); None: the device neither places nor holds replicas.
+        self.replicator = None if replication is None else Replicator(self, replication)
 
     # --- what the fleet runner calls ----------------------------------------------------------
     async def submit(self, samples: list[Sample]) -> None:
@@ -121,13 +140,31 @@ class DeviceAgent:
         """Wait until every submitted batch is signed and durable (and sealed when due)."""
         await self._queue.join()
 
-    async def start(self, boot_inputs: Sequence[I.Input]) -> None:
-        """Feed what the store and the fleet already know into the gossip core."""
+    async def start(self, boot_inputs: Sequence[I.Input], *, restore: bool = False) -> None:
+        """Feed what the store and the fleet already know into the gossip core.
+
+        ``restore``: the device's store is empty but it may have published before (a wiped
+        store): it restores its chain from peers first (agent/gossip/restore.py); samples queue
+        meanwhile and nothing is signed until ``restore_settled`` reports it finished."""
+        if restore:
+            if self.store.block_count() or self.store.last_seq() is not None:
+                raise RestoreError(
+                    f"{self.name}: restore needs an empty store, found "
+                    f"{self.store.block_count()} blocks in {self.store.path}"
+                )
+            self._restored.clear()
         pending = self.store.pending()
         if pending:
             self._oldest_pending_ms = pending[0].reading.time_ms
         for event in boot_inputs:
             await self._execute(self.node.handle(event, self.net_clock.now_ms()))
+        if self.replicator is not None:
+            await self.replicator.start(boot_inputs)
+        if restore:
+            self._log.info(
+                "restoring %s from its peers: nothing is signed until it finishes", self.device_id
+            )
+            await self._handle(I.RestoreRequested())
         for peer in self.peer_ids:
             await self.transport.watch_presence(peer)
         head = self.store.head()
@@ -146,6 +183,8 @@ class DeviceAgent:
             tg.create_task(self._seal_timer(), name=f"{self.name}:seal-timer")
             tg.create_task(self._gossip_timer(), name=f"{self.name}:gossip-timer")
             tg.create_task(self._receive_loop(), name=f"{self.name}:receive")
+            if self.replicator is not None:
+                tg.create_task(self.replicator.timer_loop(), name=f"{self.name}:replication")
 
     async def seal_now(self) -> None:
         """Seal every pending reading now, whatever the policy (end of a run)."""
@@ -169,7 +208,12 @@ class DeviceAgent:
         )
 
     # --- ingest and sealing --------------------------------------------------------------------
+    @property
+    def restoring(self) -> bool:
+        return not self._restored.is_set()
+
     async def _ingest_loop(self) -> None:
+        await self._restored.wait()  # a restoring device signs nothing: samples queue up
         while True:
             batch = await self._queue.get()
             try:
@@ -217,6 +261,7 @@ class DeviceAgent:
         return blocks
 
     async def _seal_timer(self) -> None:
+        await self._restored.wait()
         while True:
             deadline = self.policy.deadline(self._oldest_pending_ms)
             self._seal_sleeps_until = deadline
@@ -237,6 +282,8 @@ class DeviceAgent:
             self._log.debug("sealed height %d: %d readings", h.height, h.count)
             self._notify(I.OwnBlockSealed(block))
             await self._handle(I.OwnBlockSealed(block))
+            if self.replicator is not None:
+                await self.replicator.handle(RI.OwnBlockSealed(block))
 
     # --- gossip --------------------------------------------------------------------------------
     async def _handle(self, event: I.Input) -> None:
@@ -263,9 +310,22 @@ class DeviceAgent:
     async def _receive_loop(self) -> None:
         async for delivery in self.transport:
             self.stats.received += 1
+            rep = self.replicator
+            if (
+                rep is not None
+                and delivery.kind in ("inbox", "domain")
+                and is_replication_message(delivery.payload)
+            ):
+                await rep.handle(RI.MessageReceived(None, delivery.payload))
+                continue
             event = self._as_input(delivery)
             if event is not None:
                 await self._handle(event)
+                if rep is not None and isinstance(event, I.PeerUp | I.PeerDown):
+                    peer = event.peer_id
+                    await rep.handle(
+                        RI.PeerUp(peer) if isinstance(event, I.PeerUp) else RI.PeerDown(peer)
+                    )
 
     def _as_input(self, d: Delivery) -> I.Input | None:
         if d.kind == "inbox":
@@ -290,17 +350,49 @@ class DeviceAgent:
                     await self._send(self.transport.publish_evidence(dev, ev))
                 case A.StoreHeaders(headers=wires):
                     await self._locked(self._store_headers, wires)
+                    if self.replicator is not None:
+                        await self.replicator.from_gossip(act)
                 case A.StoreBlock(block=wire):
                     await self._locked(lambda w=wire: self.store.put_replica(decode_block(w)))
                 case A.StoreEvidence(device_id=dev, evidence=ev):
                     await self._locked(self.store.put_evidence, dev, ev)
                 case A.StoreCredential(device_id=dev, kind=kind, wire=wire):
                     await self._locked(self.store.put_credential, dev, kind, wire)
+                    if self.replicator is not None:
+                        await self.replicator.from_gossip(act)
                 case A.ServePull():
                     task = asyncio.create_task(self._serve(act), name=f"{self.name}:serve")
                     self._pulls.append(task)
                     while self._pulls and self._pulls[0].done():
                         self._pulls.popleft()
+                case A.StoreEpoch(record=record):
+                    await self._locked(self.store.put_epoch, decode_epoch(record))
+                case A.RewindChain(device_id=dev, last_height=last, new_epoch=epoch):
+                    wires = await self._locked(self._rewind, dev, last, epoch)
+                    await self._handle(I.ChainRewound(dev, wires))
+                case A.CommitRestored(blocks=wires):
+                    blocks = [decode_block(w) for w in wires]
+                    await self._locked(self.store.commit_restored, blocks)
+                case A.SignEpoch():
+                    record = await self._locked(self._sign_epoch, act)
+                    await self._handle(I.EpochSigned(record))
+                case A.RestoreFinished(epoch=epoch, height=h, new_epoch=new):
+                    await self._locked(self.writer.resume, epoch)
+                    self.restore_result = act
+                    self._log.info(
+                        "restored through height %d (published head %d); signing resumes in "
+                        "epoch %d%s",
+                        h,
+                        act.published_height,
+                        epoch,
+                        " (a new epoch: the published head was out of reach)" if new else "",
+                    )
+                    self._restored.set()
+                    self.restore_settled.set()
+                case A.RestoreFailed(reason=why):
+                    self.restore_result = act
+                    self._log.error("restore cannot finish: %s", why)
+                    self.restore_settled.set()
                 case A.ForkDetected(device_id=dev, height=h):
                     self.stats.counters["forks_detected"] += 1
                     self._log.warning("fork detected: device %s at height %d", dev, h)
@@ -329,6 +421,30 @@ class DeviceAgent:
 
     def _store_headers(self, wires: tuple[bytes, ...]) -> None:
         self.store.put_peer_headers([decode_header(w) for w in wires])
+
+    def _rewind(self, dev: str, last_height: int, new_epoch: int) -> tuple[bytes, ...]:
+        """Move a peer's superseded headers aside; its stored headers 0..last_height (the
+        contiguous run from 0: the core rebuilds the chain from them)."""
+        self.store.supersede_peer_headers(dev, last_height, new_epoch)
+        wires = self.store.peer_header_wires(dev, 0, last_height)
+        run = 0
+        while run < len(wires) and decode_header(wires[run]).header.height == run:
+            run += 1
+        return tuple(wires[:run])
+
+    def _sign_epoch(self, act: A.SignEpoch) -> bytes:
+        """Sign the epoch record and make it durable before anything of the new epoch exists."""
+        record = EpochRecord(
+            self.device_id,
+            act.new_epoch,
+            act.prev_epoch,
+            act.last_height,
+            act.last_hash,
+            self.data_clock.now_ms(),
+        )
+        signed = sign_epoch(record, self.writer.key)
+        self.store.put_epoch(signed)
+        return signed.wire
 
     async def _serve(self, act: A.ServePull) -> None:
         try:
@@ -396,3 +512,7 @@ class DeviceAgent:
 
     def temperatures(self) -> tuple[tuple[str, int], ...]:
         return tuple((s, self.stats.latest[s]) for s in TEMP_SENSORS if s in self.stats.latest)
+
+
+class RestoreError(Exception):
+    """A device cannot be restored (its store is not empty, or its chain is out of reach)."""

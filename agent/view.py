@@ -32,6 +32,11 @@ class DeviceRow:
     peers_total: int
     lag: int  # own height minus the lowest height a domain peer holds of this chain
     forked: bool = False
+    # Edge replication (None: off): own blocks with the full number of healthy copies, of the
+    # own blocks tracked; bytes of peers' blocks this device holds, and its quota.
+    replicated: tuple[int, int] | None = None
+    held_bytes: int = 0
+    quota_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +74,37 @@ def render(snap: FleetSnapshot) -> list[str]:
         f"devices {n}  blocks {sealed:,}  readings {readings:,}  alarms {alarms}",
         f"gossip  sent {snap.sent_per_s:,.0f}/s  received {snap.received_per_s:,.0f}/s  "
         f"invalid {snap.invalid}  broker {snap.broker}",
+        *_replication_line(snap),
         "",
     ]
     body = _per_device(snap) if n <= PER_DEVICE_LIMIT else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
     return head + body + (["", *tail] if tail else [])
+
+
+def _replication_line(snap: FleetSnapshot) -> list[str]:
+    rows = [d for d in snap.devices if d.replicated is not None]
+    if not rows:
+        return []
+    full = sum(d.replicated[0] for d in rows if d.replicated is not None)
+    total = sum(d.replicated[1] for d in rows if d.replicated is not None)
+    held = sum(d.held_bytes for d in rows)
+    quota = sum(d.quota_bytes for d in rows)
+    return [
+        f"replication  {full:,}/{total:,} blocks at full copies  "
+        f"held {_size(held)} of {_size(quota)} lent"
+    ]
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n}B"
+
+
+def _copies(d: DeviceRow) -> str:
+    return "-" if d.replicated is None else f"{d.replicated[0]}/{d.replicated[1]}"
 
 
 def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
@@ -86,7 +117,8 @@ def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _per_device(snap: FleetSnapshot) -> list[str]:
-    cols = ["device", "kind", "site", "height", "pending", "peers", "lag", "temperatures", "alarms"]
+    cols = ["device", "kind", "site", "height", "pending", "peers", "lag", "copies", "held"]
+    cols += ["temperatures", "alarms"]
     rows = []
     for d in snap.devices:
         rows.append(
@@ -98,6 +130,8 @@ def _per_device(snap: FleetSnapshot) -> list[str]:
                 str(d.pending),
                 f"{d.peers_online}/{d.peers_total}",
                 str(d.lag),
+                _copies(d),
+                "-" if d.replicated is None else _size(d.held_bytes),
                 _temps(d),
                 ",".join(a.removeprefix("alarm.") for a in d.alarms) or "-",
             ]

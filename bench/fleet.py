@@ -1,4 +1,4 @@
-"""Fleet capacity on Mosquitto: the largest fleet one runner process keeps up with in real time.
+"""Fleet capacity on Mosquitto: the largest fleet this machine keeps up with in real time.
 
 ``python -m bench.fleet --json [--quick]`` runs ``agent.runner.FleetRunner`` in real time
 (``speed=1.0``) against a Mosquitto broker of its own (``agent.broker.MosquittoBroker``, default
@@ -6,56 +6,89 @@ config, a free port) on a synthetic fleet: every device emits one ``temp_mc`` sa
 (deterministic values; device k starts at second ``1 + k % 10`` so that blocks are not all sealed
 in the same second), seals a block every 10 s (``SealPolicy(max_readings=64, max_age_ms=10_000)``)
 and gossips in a domain of 32 devices (``agent.config.parse_fleet``: a site per domain, a counted
-device group per site; the default ``GossipConfig``). Each trial runs in a fresh process (its RSS
-and CPU are that fleet's alone): start-up, a warm-up (15 s), a measurement window (30 s), then a
-grace period (two anti-entropy intervals, 10 s) in which headers sealed in the window may arrive.
+device group per site; the default ``GossipConfig``; edge replication off: it is measured by
+``bench.replication``). Each trial runs in a fresh process: it
+provisions the data dir (timed), starts Mosquitto, then runs the fleet for a warm-up (15 s), a
+measurement window (30 s) and a grace period (two anti-entropy intervals, 10 s) in which headers
+sealed in the window may arrive.
+
+Shards. One runner process uses one core, so a trial runs the fleet as S shard processes
+(``--shards S``, default ``os.cpu_count()``; ``python -m bench.fleet --shard-trial SPEC``), each a
+``FleetRunner`` with ``shard=(i, S)`` on the trial's data dir and its Mosquitto (by URL). The
+runner runs device k of the fleet (file order) in shard ``k % S``, so every gossip domain of 32
+straddles all shards and most header traffic crosses processes through the broker. Each shard
+prints its raw observations as JSON (``ShardReport``) and the trial process merges them
+(``merge``). S=1 runs the one runner in the trial process itself (no child), as ``--profile``
+does.
+
+Windows. Start-up (keys, stores, connections) takes each shard a different time, tens of seconds
+on a loaded machine, so windows are set on the network clock (wall time in ms, the same in every
+process), common to all shards: each shard notes the time of its first simulation step in a
+rendezvous directory; once every shard has started, the window opens a warm-up (15 s) after the
+last start, closes 30 s later, and every shard stops a grace period after that (a shard that
+started early warms up longer). The population is the headers sealed, in any shard, between the
+opening and the closing; acceptances count from the opening to the stop; each shard snapshots its
+counters on event-loop timers set for each edge (``window_skew_ms``: first to last opening
+snapshot, i.e. how late a busy loop ran them). S=1 is the same timeline with one start.
 
 Sizes double from 250 while fleets keep up (halve while they do not), then two bisection steps.
 The JSON object holds the figures of the largest fleet that kept up (``devices``; 0 if none did,
-with the smallest fleet's figures, ``tried_devices`` says which):
+with the smallest fleet's figures, ``tried_devices`` says which). Merged figures:
 
-- ``keeps_up``: every rule of ``keeps_up_rule`` held: at the end of the window the simulation lags
-  the wall clock by less than ``lag_ms`` (1 s; the runner waits for every sample to be durable
-  before the next step); no device holds more than ``max_pending`` unsealed readings (20; sealing
-  on time leaves about 11); at most 0.1% of the (header, peer) deliveries missed
-  (``header_miss_rate``: a rare straggler is noise, a queue that drops or delays is not); and
-  ``header_latency_p99_ms`` is below ``latency_p99_ms`` (one anti-entropy interval: a header may
-  need one repair round, but no queue may build up). ``why_not`` lists the rules broken;
+- ``keeps_up``: every rule of ``keeps_up_rule`` held (and every shard kept the same window): at
+  the end of the window no shard's simulation lags the wall clock by ``lag_ms`` (1 s; the runner
+  waits for every sample to be durable before the next step) or more; no device holds more
+  than ``max_pending`` unsealed readings (20; sealing on time leaves about 11); at most 0.1% of
+  the (header, peer) deliveries missed (``header_miss_rate``: a rare straggler is noise, a queue
+  that drops or delays is not); and ``header_latency_p99_ms`` is below ``latency_p99_ms`` (one
+  anti-entropy interval: a header may need one repair round, but no queue may build up).
+  ``why_not`` lists the rules broken (and a shard's failure, with its stderr tail);
 - ``header_latency_p50_ms`` / ``header_latency_p99_ms``: from the seal (observer event
   ``OwnBlockSealed`` at the sealing device) to acceptance (``HeadersAccepted`` covering that
-  height) at each domain peer (all devices are live), network clock, over every (header, peer)
-  pair of headers sealed in the window; a pair not accepted within the grace period is a miss
-  (``header_misses``, and ``header_miss_rate`` of the pairs), left out of the percentiles;
-- ``dup_factor``: header deliveries over deliveries needed, in the window. Deliveries: header
-  entries of ANNOUNCE and RESPONSE messages offered to the gossip cores, whatever the verdict
-  (accepted, duplicate, gap, ...), i.e. the growth of the sum of ``GossipNode.counters
-  ["header_*"]`` over all devices; needed: headers sealed in the window times their device's
-  domain peers. In steady state the two count the same headers; a fleet that falls behind shows a
-  factor below 1 (most deliveries never happen);
-- ``cpu_ms_per_device_s``: process CPU time (``time.process_time``, every thread) over the window
-  per device per wall second; ``loop_busy``: CPU share of the event loop's own thread (1.0: one
-  core, saturated); ``broker_cpu_ms_per_device_s``: Mosquitto's CPU (``/proc/PID/stat``);
-- ``rss_kb_per_device``: RSS growth (``/proc/self/status``) from before the runner started to the
-  end of the window, per device;
-- ``provision_s_per_device``: enrollment (keys and certificates at ``keyfile.FAST``), done and
-  timed before the runner starts, excluded from every other figure;
-- diagnostics: ``lag_ms``, ``max_pending``, ``headers_sealed``, ``sent_per_s`` /
-  ``received_per_s`` (MQTT messages, all devices), ``dropped`` (deliveries transports dropped on
-  overflow), ``loop_lag_p50_ms`` / ``loop_lag_p99_ms`` (how late a 50 ms timer fires),
-  ``gc_ms_per_s`` / ``gc_max_pause_ms`` (garbage collections, via ``gc.callbacks``).
+  height) at each domain peer (all devices are live), network clock (wall time in ms, the same
+  in every process), over every (header, peer) pair of the population, whichever shards the
+  sealer and the peer are in; a pair not accepted within the grace period is a miss
+  (``header_misses``, and ``header_miss_rate`` of the pairs), left out of the percentiles.
+  ``header_pairs_needed`` = the population's headers times their sealer's domain peers;
+  ``header_arrivals`` = pairs accepted in time (a peer's first acceptance counts, once);
+  ``cross_shard_arrivals`` = those whose peer is in another shard than the sealer;
+- ``dup_factor``: header deliveries over deliveries needed. Deliveries: header entries of
+  ANNOUNCE and RESPONSE messages offered to the gossip cores, whatever the verdict (accepted,
+  duplicate, gap, ...), i.e. the growth of the sum of ``GossipNode.counters["header_*"]`` over
+  each shard's devices in its window, summed over shards; needed: ``header_pairs_needed``. In
+  steady state the two count the same headers; a fleet that falls behind shows a factor below 1;
+- ``cpu_ms_per_device_s``: process CPU time (``time.process_time``, every thread) of each shard
+  over its window per wall second, summed over shards, per device; ``loop_busy``: CPU share of a
+  shard's event-loop thread (1.0: one core, saturated), the busiest shard (every shard's in
+  ``loop_busy_per_shard``); ``broker_cpu_ms_per_device_s``: Mosquitto's CPU (``/proc/PID/stat``)
+  from the first window opening to the last closing, per device;
+- ``rss_kb_per_device``: RSS growth (``/proc/self/status``) of each shard from before its runner
+  started to the end of its window, less the recorder's own arrival buffers, summed, per device;
+- ``provision_s_per_device``: enrollment (keys and certificates at ``keyfile.FAST``), done once
+  by the trial process and timed before any runner starts, excluded from every other figure;
+- diagnostics: ``lag_ms`` and ``max_pending`` (worst shard), ``headers_sealed`` (population),
+  ``sent_per_s`` / ``received_per_s`` (MQTT messages, all devices, summed), ``dropped``
+  (deliveries transports dropped on overflow, summed), ``loop_lag_p50_ms`` / ``loop_lag_p99_ms``
+  (how late a 50 ms timer fires, over every shard's samples), ``gc_ms_per_s`` (collector pauses
+  per wall second, summed over shards) / ``gc_max_pause_ms`` (longest, any shard), ``shards``,
+  ``window_skew_ms``, ``start_skew_ms`` (first to last shard start) and ``per_shard`` (each
+  shard's devices, headers sealed, loop_busy, CPU and RSS per device of its own, lag, start and
+  window opening relative to the first).
 
 Beside them: ``fixed_500`` (the same figures for 500 devices), ``trials`` (every size tried, by
-size), ``goals`` and ``meets_goals`` (dup factor and p99 judged at ``devices``), ``meta``.
-``--quick`` runs 16 and 32 devices with blocks every 3 s and anti-entropy every second (its fixed
-fleet is ``fixed_32``), in about 45 s. ``--profile FILE --start N`` runs one trial of N devices in
-this process with cProfile on the event loop's thread over the window. Trial options (``--start``,
-``--window``, ``--seal-age``, ...) override the plan; ``--help`` lists them.
+size), ``goals`` and ``meets_goals`` (dup factor and p99 judged at ``devices``), ``meta`` (with
+``shards``). ``--quick`` runs 16 and 32 devices on S = min(2, cores) shards with blocks every 3 s
+and anti-entropy every second (its fixed fleet is ``fixed_32``), in about a minute.
+``--profile FILE --start N`` runs one trial of N devices in this process (one shard) with
+cProfile on the event loop's thread over the window. Trial options (``--start``, ``--window``,
+``--seal-age``, ``--shards``, ...) override the plan; ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import dataclasses
 import gc
@@ -67,7 +100,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,11 +129,14 @@ _PROG = "python -m bench.fleet"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROBE_S = 0.05
 MISS_TOLERANCE = 0.001  # keeps up: at most this share of (header, peer) deliveries missed
+STOP_LATE_S = 30  # a run still going this long after its planned stop is stopped (watchdog)
+STDERR_TAIL = 5  # lines of a failed shard's stderr quoted in why_not
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """One benchmark run: the sizes to search, the fixed size, and each trial's timing."""
+    """One benchmark run: the sizes to search, the fixed size, the shards and each trial's
+    timing."""
 
     start: int = 250  # first size tried; sizes double from here
     max_devices: int = 8_000  # never try more
@@ -113,9 +150,11 @@ class Plan:
     anti_entropy_ms: int = GossipConfig().anti_entropy_ms
     lag_ms: int = 1_000  # keeps up: lag at the end of the window below this
     seed: int = 7
+    shards: int = 1  # runner processes per trial (the command line defaults to the cores)
 
     def __post_init__(self) -> None:
-        for name in ("start", "max_devices", "min_devices", "fixed", "window_s", "seal_age_ms"):
+        names = ("start", "max_devices", "min_devices", "fixed", "window_s", "seal_age_ms")
+        for name in (*names, "shards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"plan: expected {name} >= 1, found {getattr(self, name)}")
         if self.domain_size < 2 or self.bisect < 0:
@@ -143,9 +182,18 @@ class Plan:
     def max_pending(self) -> int:
         return 2 * self.seal_age_ms // 1000
 
+    def shards_for(self, devices: int) -> int:
+        """Shards of a trial: never more than devices (a shard of none measures nothing)."""
+        return min(self.shards, devices)
+
     def gossip(self) -> GossipConfig:
         jitter = GossipConfig().jitter_ms * self.anti_entropy_ms // GossipConfig().anti_entropy_ms
         return GossipConfig(anti_entropy_ms=self.anti_entropy_ms, jitter_ms=jitter)
+
+    def budget_s(self, devices: int) -> int:
+        """Wall seconds a trial's shards may take, start-up included (it is I/O bound: about
+        0.3 s per device and shard on a busy 2-core machine)."""
+        return self.warmup_s + self.window_s + self.grace_s + 300 + devices // 2
 
 
 # Tiny fleets, blocks every 3 s and anti-entropy every second, so that a trial lasts seconds.
@@ -188,6 +236,8 @@ def fleet_config(devices: int, domain_size: int, seed: int) -> FleetConfig:
         "seed": seed,
         "sites": [{"id": "cell-{i}", "kind": "street", "count": cells}],
         "devices": groups,
+        # Gossip capacity only: edge replication has its own benchmark (bench.replication).
+        "replication": {"copies": 0},
     }
     return parse_fleet(doc, "bench.fleet")
 
@@ -242,94 +292,233 @@ def sample_value(device: int, second: int) -> int:
     return 3_000 + (device * 7_919 + second * 104_729) % 2_001
 
 
-# --------------------------------------------------------------------------- one trial
+# --------------------------------------------------------------------------- one shard
 
 
-@dataclass
-class _Snapshot:
-    wall: float
-    net_ms: int
-    cpu: float
-    loop_cpu: float
-    broker_cpu: float
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A shard's counters at one window edge."""
+
+    wall: float  # time.monotonic(), s
+    net_ms: int  # network clock (wall time), ms
+    cpu: float  # process CPU, s
+    loop_cpu: float  # CPU of the event loop's thread, s
+    broker_cpu: float  # Mosquitto's CPU, s
     rss_kb: int
-    offers: int
+    offers: int  # header entries offered to the gossip cores
     sent: int
     received: int
     dropped: int
 
 
-class Recorder:
-    """Watches one run: lag at each step, seals and acceptances, counters at the window edges."""
+@dataclass(frozen=True, slots=True)
+class ShardReport:
+    """One shard's raw observations, as its process prints them (``to_json``) for the merge.
 
-    def __init__(self, plan: Plan, devices: int, broker_pid: int | None) -> None:
+    ``arrivals`` maps a sealer's device id to flat triples ``(height, receiver, net ms)``: every
+    ``HeadersAccepted`` at this shard's devices from the window's opening to the stop;
+    ``receiver`` is the device's index in the fleet file."""
+
+    index: int
+    count: int
+    devices: int
+    start_ms: int | None  # net ms of the shard's first simulation step (None: never started)
+    window: tuple[int, int] | None  # the common window [open, close), net ms (None: unknown)
+    peers: Mapping[str, int]  # local device id -> its domain peers
+    sealed: tuple[tuple[str, int, int], ...]  # (device id, height, seal net ms) in the window
+    arrivals: Mapping[str, Sequence[int]]
+    open: Snapshot | None
+    close: Snapshot | None
+    rss0_kb: int  # before the runner started
+    recorder_kb: int  # the arrival buffers at the window's close (not the fleet's memory)
+    lag_ms: float  # at the last step seen
+    max_pending: int  # at the window's close
+    aborted: str  # why the shard stopped early ("" if it did not)
+    gc_pauses_ms: tuple[float, ...]
+    loop_lags_ms: tuple[float, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        doc["open"] = None if self.open is None else dataclasses.asdict(self.open)
+        doc["close"] = None if self.close is None else dataclasses.asdict(self.close)
+        doc["arrivals"] = {k: list(v) for k, v in self.arrivals.items()}
+        doc["peers"] = dict(self.peers)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ShardReport:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(doc) != names:
+            raise ValueError(
+                f"shard report: expected the keys {sorted(names)}, found {sorted(doc)}"
+            )
+        return cls(
+            index=int(doc["index"]),
+            count=int(doc["count"]),
+            devices=int(doc["devices"]),
+            start_ms=None if doc["start_ms"] is None else int(doc["start_ms"]),
+            window=None
+            if doc["window"] is None
+            else (int(doc["window"][0]), int(doc["window"][1])),
+            peers={str(k): int(v) for k, v in doc["peers"].items()},
+            sealed=tuple((str(d), int(h), int(t)) for d, h, t in doc["sealed"]),
+            arrivals={str(k): tuple(v) for k, v in doc["arrivals"].items()},
+            open=None if doc["open"] is None else Snapshot(**doc["open"]),
+            close=None if doc["close"] is None else Snapshot(**doc["close"]),
+            rss0_kb=int(doc["rss0_kb"]),
+            recorder_kb=int(doc["recorder_kb"]),
+            lag_ms=float(doc["lag_ms"]),
+            max_pending=int(doc["max_pending"]),
+            aborted=str(doc["aborted"]),
+            gc_pauses_ms=tuple(float(x) for x in doc["gc_pauses_ms"]),
+            loop_lags_ms=tuple(float(x) for x in doc["loop_lags_ms"]),
+        )
+
+
+class Recorder:
+    """Watches one shard's run: lag at each step, the common window (from the rendezvous), its
+    seals in the window, acceptances at its devices, counters at the window edges; stops the run
+    a grace period after the window closes."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        shard: tuple[int, int],
+        broker_pid: int | None,
+        parent_pid: int | None = None,
+        rendezvous: Path | None = None,
+    ) -> None:
+        if shard[1] > 1 and rendezvous is None:
+            raise ValueError(f"recorder: shard {shard[0]}/{shard[1]} needs a rendezvous directory")
         self.plan = plan
-        self.devices = devices
+        self.shard = shard
         self.broker_pid = broker_pid
+        self.parent_pid = parent_pid  # a shard process stops if its trial process goes
+        self.rendezvous = rendezvous
         self.runner: FleetRunner | None = None
         self.profiler: cProfile.Profile | None = None  # enabled over the window only
         self.rss0 = rss_kb()
         self.lag_ms = 0.0
-        self.open: _Snapshot | None = None
-        self.close: _Snapshot | None = None
+        self.start_ms: int | None = None
+        self.window: tuple[int, int] | None = None  # [open, close), net ms, once every shard ran
+        self.open: Snapshot | None = None
+        self.close: Snapshot | None = None
         self.max_pending = 0
+        self.recorder_kb = 0
         self.aborted = ""
         self.started = asyncio.Event()  # set at the first step of the simulation
+        self._index: dict[str, int] = {}  # device name -> index in the fleet file
         self._peers: dict[str, int] = {}
-        self._sealed: dict[tuple[str, int], int] = {}  # (device, height) -> seal time (net ms)
-        self._arrived: dict[tuple[str, int], int] = {}  # -> peers that accepted it in time
-        self.latencies: list[int] = []
+        self._sealed: list[tuple[str, int, int]] = []
+        self._arrivals: dict[str, array[int]] = {}
         self.gc_pauses: list[float] = []  # ms of each garbage collection during the window
         self._gc_start = 0.0
         self.loop_lags: list[float] = []  # ms an asyncio timer fired late, during the window
         self._probe: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    @property
+    def stop_ms(self) -> int | None:
+        """When the run stops (net ms): a grace period after the window closes."""
+        return None if self.window is None else self.window[1] + self.plan.grace_s * 1000
 
     def source(self, cfg: FleetConfig, step_ms: int) -> SyntheticSource:
+        self._index = {d.name: k for k, d in enumerate(cfg.devices)}
         return SyntheticSource(cfg, step_ms, self.plan.seal_age_ms // 1000, self.on_step)
 
     def on_step(self, elapsed_ms: int, lag_ms: float) -> None:
         runner = self.runner
         assert runner is not None
+        now = runner.net_clock.now_ms()
         if not self.started.is_set():
-            for agent in runner.agents.values():
-                agent.observers.append(self.observe)
-                self._peers[agent.device_id] = len(agent.peer_ids)
-            self.started.set()
-            self._probe = asyncio.get_running_loop().create_task(self._loop_probe())
-            gc.callbacks.append(self._on_gc)
+            self._start(runner, now)
         self.lag_ms = lag_ms
+        if self.window is None:
+            self.window = self._common_window()
+            if self.window is not None:
+                self._schedule(runner, now)
         plan = self.plan
-        if self.open is None and elapsed_ms >= plan.warmup_s * 1000:
-            self.open = self._snapshot(runner)
-            if self.profiler is not None:
-                self.profiler.enable()
-        elif self.close is None and elapsed_ms >= (plan.warmup_s + plan.window_s) * 1000:
-            self._close_window(runner)
         if lag_ms > max(10_000, plan.window_s * 500) and not self.aborted:
             self.aborted = f"lag {lag_ms / 1000:.1f} s: stopped early"
-            if self.open is not None and self.close is None:
-                self._close_window(runner)  # the figures then cover the window up to here
+            self._close_window()  # if open, the figures then cover the window up to here
             runner.request_stop()
 
-    def _close_window(self, runner: FleetRunner) -> None:
+    def _start(self, runner: FleetRunner, now: int) -> None:
+        for agent in runner.agents.values():
+            agent.observers.append(self.observe)
+            self._peers[agent.device_id] = len(agent.peer_ids)
+        self.start_ms = now
+        if self.rendezvous is not None:
+            tmp = self.rendezvous / f".start-{self.shard[0]}"
+            tmp.write_text(str(now))
+            tmp.replace(self.rendezvous / f"start-{self.shard[0]}")  # whole, or not there
+        self.started.set()
+        self._probe = asyncio.get_running_loop().create_task(self._loop_probe())
+        gc.callbacks.append(self._on_gc)
+
+    def _schedule(self, runner: FleetRunner, now: int) -> None:
+        """Timers at the window's edges and at the stop (net ms, which runs with the loop's
+        monotonic clock): every shard snapshots at the same instants, give or take the loop's
+        own lag."""
+        assert self.window is not None and self.stop_ms is not None
+        loop = asyncio.get_running_loop()
+        opens, closes = self.window
+        for at, action in (
+            (opens, self._open_window),
+            (closes, self._close_window),
+            (self.stop_ms, runner.request_stop),
+        ):
+            self._timers.append(loop.call_later(max(0, at - now) / 1000, action))
+
+    def _open_window(self) -> None:
+        if self.open is None and not self.aborted and self.runner is not None:
+            self.open = self._snapshot(self.runner)
+            if self.profiler is not None:
+                self.profiler.enable()
+
+    def _common_window(self) -> tuple[int, int] | None:
+        """The window once every shard has started: a warm-up after the last start."""
+        if self.rendezvous is None:
+            starts = [] if self.start_ms is None else [self.start_ms]
+        else:
+            starts = []
+            for i in range(self.shard[1]):
+                path = self.rendezvous / f"start-{i}"
+                if not path.exists():
+                    return None
+                starts.append(int(path.read_text()))
+        if not starts:
+            return None
+        opens = max(starts) + self.plan.warmup_s * 1000
+        return opens, opens + self.plan.window_s * 1000
+
+    def _close_window(self) -> None:
+        runner = self.runner
+        if self.open is None or self.close is not None or runner is None:
+            return
         if self.profiler is not None:
             self.profiler.disable()
+        self.recorder_kb = sum(len(a) * a.itemsize for a in self._arrivals.values()) // 1024
         self.close = self._snapshot(runner)
-        self.max_pending = max(a.writer.pending_count() for a in runner.agents.values())
+        self.max_pending = max(
+            (a.writer.pending_count() for a in runner.agents.values()), default=0
+        )
 
     def observe(self, agent: DeviceAgent, event: object, now_ms: int) -> None:
+        window = self.window
+        if window is None or now_ms < window[0]:
+            return
         if isinstance(event, I.OwnBlockSealed):
-            if self.open is not None and self.close is None:
+            if now_ms < window[1]:
                 h = event.block.header.header
-                self._sealed[(h.device_id, h.height)] = now_ms
+                self._sealed.append((h.device_id, h.height, now_ms))
         elif isinstance(event, A.HeadersAccepted):
-            limit = self.plan.grace_s * 1000
+            buf = self._arrivals.get(event.device_id)
+            if buf is None:
+                buf = self._arrivals[event.device_id] = array("q")
+            receiver = self._index[agent.name]
             for height in range(event.from_height, event.to_height + 1):
-                key = (event.device_id, height)
-                sealed = self._sealed.get(key)
-                if sealed is not None and now_ms - sealed <= limit:
-                    self.latencies.append(now_ms - sealed)
-                    self._arrived[key] = self._arrived.get(key, 0) + 1
+                buf.extend((height, receiver, now_ms))
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -338,6 +527,8 @@ class Recorder:
             self.gc_pauses.append((time.perf_counter() - self._gc_start) * 1000)
 
     def detach(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
@@ -350,19 +541,32 @@ class Recorder:
                 self.loop_lags.append((time.monotonic() - t - PROBE_S) * 1000)
 
     async def watchdog(self) -> None:
-        """Stop a run that falls far behind (its steps come late or not at all)."""
-        plan = self.plan
-        await self.started.wait()  # start-up (connections, boot inputs) has no time limit here
-        await asyncio.sleep(plan.warmup_s + plan.window_s + plan.grace_s + 30)
-        if self.runner is not None:
-            if self.close is None:
-                self.aborted = self.aborted or "watchdog: the window did not close in time"
-            self.runner.request_stop()  # after the window: only cuts the settling short
+        """Stop a run that overruns its planned stop (its steps come late or not at all)."""
+        while True:
+            await asyncio.sleep(1.0)
+            stop = self.stop_ms
+            runner = self.runner
+            if stop is None or runner is None:
+                continue  # start-up and the wait for the other shards: the trial's budget
+            if runner.net_clock.now_ms() > stop + STOP_LATE_S * 1000:
+                if self.close is None:
+                    self.aborted = self.aborted or "watchdog: the window did not close in time"
+                runner.request_stop()
+                return
 
-    def _snapshot(self, runner: FleetRunner) -> _Snapshot:
+    async def orphan_guard(self) -> None:
+        """Stop the run if the trial process that started this shard is gone."""
+        while self.parent_pid is not None:
+            await asyncio.sleep(1.0)
+            if os.getppid() != self.parent_pid and self.runner is not None:
+                self.aborted = self.aborted or "the trial process is gone"
+                self.runner.request_stop()
+                return
+
+    def _snapshot(self, runner: FleetRunner) -> Snapshot:
         agents = runner.agents.values()
         stats = [a.transport.stats() for a in agents]
-        return _Snapshot(
+        return Snapshot(
             wall=time.monotonic(),
             net_ms=runner.net_clock.now_ms(),
             cpu=time.process_time(),
@@ -375,73 +579,201 @@ class Recorder:
             dropped=sum(s.dropped_overflow for s in stats),
         )
 
-    def result(self, provision_s: float) -> dict[str, Any]:
-        plan, n = self.plan, self.devices
-        first, last = self.open, self.close
-        needed = sum(self._peers.get(dev, 0) for dev, _ in self._sealed)
-        arrived = sum(self._arrived.values())
-        lat = sorted(self.latencies)
-        out: dict[str, Any] = {
-            "devices": n,
-            "header_latency_p50_ms": percentile(lat, 50),
-            "header_latency_p99_ms": percentile(lat, 99),
-            "header_misses": needed - arrived,
-            "header_miss_rate": round((needed - arrived) / needed, 5) if needed else None,
-            "headers_sealed": len(self._sealed),
-            "dup_factor": None,
-            "cpu_ms_per_device_s": None,
-            "broker_cpu_ms_per_device_s": None,
-            "loop_busy": None,
-            "rss_kb_per_device": None,
-            "provision_s_per_device": round(provision_s / n, 6),
-            "lag_ms": round(self.lag_ms),
-            "loop_lag_p50_ms": _rounded(percentile(sorted(self.loop_lags), 50)),
-            "loop_lag_p99_ms": _rounded(percentile(sorted(self.loop_lags), 99)),
-            "gc_ms_per_s": None,
-            "gc_max_pause_ms": _rounded(max(self.gc_pauses, default=0.0)),
-            "max_pending": self.max_pending,
-            "sent_per_s": None,
-            "received_per_s": None,
-            "dropped": None,
-        }
-        if first is not None and last is not None:
-            span = max(last.wall - first.wall, 1e-9)
-            out |= {
-                "dup_factor": round((last.offers - first.offers) / needed, 3) if needed else None,
-                "cpu_ms_per_device_s": round((last.cpu - first.cpu) * 1000 / n / span, 4),
-                "gc_ms_per_s": round(sum(self.gc_pauses) / span, 1),
-                "loop_busy": round((last.loop_cpu - first.loop_cpu) / span, 3),
-                "broker_cpu_ms_per_device_s": round(
-                    (last.broker_cpu - first.broker_cpu) * 1000 / n / span, 4
-                ),
-                "rss_kb_per_device": round(max(0, last.rss_kb - self.rss0) / n, 2),
-                "sent_per_s": round((last.sent - first.sent) / span),
-                "received_per_s": round((last.received - first.received) / span),
-                "dropped": last.dropped - first.dropped,
-            }
-        reasons = self.failures(out, plan)
-        out["keeps_up"] = not reasons
-        out["why_not"] = reasons
-        return out
+    def report(self) -> ShardReport:
+        return ShardReport(
+            index=self.shard[0],
+            count=self.shard[1],
+            devices=0 if self.runner is None else len(self.runner.local),
+            start_ms=self.start_ms,
+            window=self.window,
+            peers=dict(self._peers),
+            sealed=tuple(self._sealed),
+            arrivals={k: tuple(v) for k, v in self._arrivals.items()},
+            open=self.open,
+            close=self.close,
+            rss0_kb=self.rss0,
+            recorder_kb=self.recorder_kb,
+            lag_ms=self.lag_ms,
+            max_pending=self.max_pending,
+            aborted=self.aborted,
+            gc_pauses_ms=tuple(self.gc_pauses),
+            loop_lags_ms=tuple(self.loop_lags),
+        )
 
-    def failures(self, out: dict[str, Any], plan: Plan) -> list[str]:
-        reasons = [self.aborted] if self.aborted else []
-        if self.close is None:
-            reasons.append("the window never closed")
-            return reasons
-        if out["lag_ms"] >= plan.lag_ms:
-            reasons.append(f"lag {out['lag_ms']} ms >= {plan.lag_ms}")
-        if out["max_pending"] > plan.max_pending:
-            reasons.append(f"pending {out['max_pending']} > {plan.max_pending}")
-        if not self._sealed:
-            reasons.append("no header sealed in the window")
-        rate = out["header_miss_rate"]
-        if rate is not None and rate > MISS_TOLERANCE:
-            reasons.append(f"{out['header_misses']} header deliveries missed ({rate:.2%})")
-        p99 = out["header_latency_p99_ms"]
-        if p99 is not None and p99 >= plan.latency_p99_ms:
-            reasons.append(f"p99 {p99} ms >= {plan.latency_p99_ms}")
+
+# --------------------------------------------------------------------------- the merge
+
+
+@dataclass(frozen=True, slots=True)
+class Deliveries:
+    """The (header, peer) pairs of a trial's population: needed, and accepted within grace."""
+
+    sealed: int  # headers in the population
+    needed: int
+    latencies: tuple[int, ...]  # ms, one per pair accepted in time, sorted
+    cross_shard: int  # of those, pairs whose peer runs in another shard than the sealer
+
+
+def deliveries(reports: Sequence[ShardReport], grace_ms: int) -> Deliveries:
+    """Match every shard's acceptances against every shard's seals. A peer's first acceptance
+    of a header counts (once) if it came within ``grace_ms`` of the seal."""
+    sealed: dict[tuple[str, int], tuple[int, int]] = {}  # (device, height) -> (net ms, shard)
+    peers: dict[str, int] = {}
+    for r in reports:
+        peers.update(r.peers)
+        for dev, height, t in r.sealed:
+            sealed[(dev, height)] = (t, r.index)
+    first: dict[tuple[str, int, int], tuple[int, bool]] = {}  # -> (latency, cross-shard)
+    for r in reports:
+        for dev, flat in r.arrivals.items():
+            for j in range(0, len(flat) - 2, 3):
+                height, receiver, t = flat[j], flat[j + 1], flat[j + 2]
+                seal = sealed.get((dev, height))
+                if seal is None or t - seal[0] > grace_ms:
+                    continue
+                key = (dev, height, receiver)
+                latency = t - seal[0]
+                if key not in first or latency < first[key][0]:
+                    first[key] = (latency, seal[1] != r.index)
+    return Deliveries(
+        sealed=len(sealed),
+        needed=sum(peers.get(dev, 0) for dev, _ in sealed),
+        latencies=tuple(sorted(lat for lat, _ in first.values())),
+        cross_shard=sum(1 for _, cross in first.values() if cross),
+    )
+
+
+def merge(
+    plan: Plan, devices: int, reports: Sequence[ShardReport], provision_s: float
+) -> dict[str, Any]:
+    """A trial's figures (see the module docstring) from its shards' reports."""
+    n = devices
+    got = deliveries(reports, plan.grace_s * 1000)
+    arrived = len(got.latencies)
+    lags = sorted(x for r in reports for x in r.loop_lags_ms)
+    windows = [(r, r.open, r.close) for r in reports if r.open is not None and r.close is not None]
+    opens = [r.open.net_ms for r in reports if r.open is not None]
+    starts = [r.start_ms for r in reports if r.start_ms is not None]
+    out: dict[str, Any] = {
+        "devices": n,
+        "shards": len(reports),
+        "header_latency_p50_ms": percentile(got.latencies, 50),
+        "header_latency_p99_ms": percentile(got.latencies, 99),
+        "header_misses": got.needed - arrived,
+        "header_miss_rate": round((got.needed - arrived) / got.needed, 5) if got.needed else None,
+        "header_pairs_needed": got.needed,
+        "header_arrivals": arrived,
+        "cross_shard_arrivals": got.cross_shard,
+        "headers_sealed": got.sealed,
+        "dup_factor": None,
+        "cpu_ms_per_device_s": None,
+        "broker_cpu_ms_per_device_s": None,
+        "loop_busy": None,
+        "loop_busy_per_shard": None,
+        "rss_kb_per_device": None,
+        "provision_s_per_device": round(provision_s / n, 6),
+        "lag_ms": round(max((r.lag_ms for r in reports), default=0.0)),
+        "loop_lag_p50_ms": _rounded(percentile(lags, 50)),
+        "loop_lag_p99_ms": _rounded(percentile(lags, 99)),
+        "gc_ms_per_s": None,
+        "gc_max_pause_ms": _rounded(max((x for r in reports for x in r.gc_pauses_ms), default=0.0)),
+        "max_pending": max((r.max_pending for r in reports), default=0),
+        "sent_per_s": None,
+        "received_per_s": None,
+        "dropped": None,
+        "window_skew_ms": max(opens) - min(opens) if opens else None,
+        "start_skew_ms": max(starts) - min(starts) if starts else None,
+        "per_shard": [
+            _shard_figures(r, min(starts, default=0), min(opens, default=0)) for r in reports
+        ],
+    }
+    if windows and len(windows) == len(reports):
+        spans = [max(c.wall - o.wall, 1e-9) for _, o, c in windows]
+        edges = list(zip(windows, spans, strict=True))
+
+        def rate(field: str) -> float:  # summed over shards, per wall second of each window
+            return sum(
+                (float(getattr(c, field)) - float(getattr(o, field))) / s for (_, o, c), s in edges
+            )
+
+        busy = [round((c.loop_cpu - o.loop_cpu) / s, 3) for (_, o, c), s in edges]
+        first = min((o for _, o, _ in windows), key=lambda snap: snap.net_ms)
+        last = max((c for _, _, c in windows), key=lambda snap: snap.net_ms)
+        broker_span = max((last.net_ms - first.net_ms) / 1000, 1e-9)
+        offers = sum(c.offers - o.offers for _, o, c in windows)
+        out |= {
+            "dup_factor": round(offers / got.needed, 3) if got.needed else None,
+            "cpu_ms_per_device_s": round(rate("cpu") * 1000 / n, 4),
+            "gc_ms_per_s": round(sum(sum(r.gc_pauses_ms) / s for (r, _, _), s in edges), 1),
+            "loop_busy": max(busy),
+            "loop_busy_per_shard": busy,
+            "broker_cpu_ms_per_device_s": round(
+                (last.broker_cpu - first.broker_cpu) * 1000 / n / broker_span, 4
+            ),
+            "rss_kb_per_device": round(sum(_rss_growth(r, c) for r, _, c in windows) / n, 2),
+            "sent_per_s": round(rate("sent")),
+            "received_per_s": round(rate("received")),
+            "dropped": sum(c.dropped - o.dropped for _, o, c in windows),
+        }
+    reasons = failures(plan, out, reports)
+    out["keeps_up"] = not reasons
+    out["why_not"] = reasons
+    return out
+
+
+def _rss_growth(r: ShardReport, close: Snapshot) -> int:
+    return max(0, close.rss_kb - r.rss0_kb - r.recorder_kb)
+
+
+def _shard_figures(r: ShardReport, first_start_ms: int, first_open_ms: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "shard": r.index,
+        "devices": r.devices,
+        "headers_sealed": len(r.sealed),
+        "lag_ms": round(r.lag_ms),
+        "start_ms": None if r.start_ms is None else r.start_ms - first_start_ms,
+        "window_open_ms": None if r.open is None else r.open.net_ms - first_open_ms,
+        "loop_busy": None,
+        "cpu_ms_per_device_s": None,
+        "rss_kb_per_device": None,
+    }
+    o, c = r.open, r.close
+    if o is not None and c is not None and r.devices:
+        span = max(c.wall - o.wall, 1e-9)
+        out |= {
+            "loop_busy": round((c.loop_cpu - o.loop_cpu) / span, 3),
+            "cpu_ms_per_device_s": round((c.cpu - o.cpu) * 1000 / r.devices / span, 4),
+            "rss_kb_per_device": round(_rss_growth(r, c) / r.devices, 2),
+        }
+    return out
+
+
+def failures(plan: Plan, out: Mapping[str, Any], reports: Sequence[ShardReport]) -> list[str]:
+    """The keeps-up rules a trial broke (empty: it kept up)."""
+    many = len(reports) > 1
+    reasons = [f"shard {r.index}: {r.aborted}" if many else r.aborted for r in reports if r.aborted]
+    unclosed = [r.index for r in reports if r.close is None]
+    if unclosed:
+        reasons.append(
+            f"the window never closed (shards {unclosed})" if many else "the window never closed"
+        )
         return reasons
+    windows = {r.window for r in reports}
+    if len(windows) != 1:
+        reasons.append(f"the shards disagree on the window: {sorted(map(str, windows))}")
+    if out["lag_ms"] >= plan.lag_ms:
+        reasons.append(f"lag {out['lag_ms']} ms >= {plan.lag_ms}")
+    if out["max_pending"] > plan.max_pending:
+        reasons.append(f"pending {out['max_pending']} > {plan.max_pending}")
+    if not out["headers_sealed"]:
+        reasons.append("no header sealed in the window")
+    rate = out["header_miss_rate"]
+    if rate is not None and rate > MISS_TOLERANCE:
+        reasons.append(f"{out['header_misses']} header deliveries missed ({rate:.2%})")
+    p99 = out["header_latency_p99_ms"]
+    if p99 is not None and p99 >= plan.latency_p99_ms:
+        reasons.append(f"p99 {p99} ms >= {plan.latency_p99_ms}")
+    return reasons
 
 
 def _header_offers(agent: DeviceAgent) -> int:
@@ -480,43 +812,190 @@ def process_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-async def run_trial(
+# --------------------------------------------------------------------------- one trial
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """What a shard process needs (``--shard-trial``, as JSON)."""
+
+    plan: Plan
+    devices: int
+    data: Path
+    broker_url: str
+    broker_pid: int | None
+    shard: tuple[int, int]
+    rendezvous: Path | None = None  # where shards note their start (needed for S > 1)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "plan": dataclasses.asdict(self.plan),
+                "devices": self.devices,
+                "data": str(self.data),
+                "broker_url": self.broker_url,
+                "broker_pid": self.broker_pid,
+                "shard": list(self.shard),
+                "rendezvous": None if self.rendezvous is None else str(self.rendezvous),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardSpec:
+        doc = json.loads(text)
+        index, count = doc["shard"]
+        return cls(
+            plan=Plan(**doc["plan"]),
+            devices=int(doc["devices"]),
+            data=Path(doc["data"]),
+            broker_url=str(doc["broker_url"]),
+            broker_pid=None if doc["broker_pid"] is None else int(doc["broker_pid"]),
+            shard=(int(index), int(count)),
+            rendezvous=None if doc["rendezvous"] is None else Path(doc["rendezvous"]),
+        )
+
+
+class ShardFailed(Exception):
+    """A shard process gave no report: each reason names the shard and quotes its stderr."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+async def run_shard(
+    spec: ShardSpec,
+    profiler: cProfile.Profile | None = None,
+    parent_pid: int | None = None,
+) -> ShardReport:
+    """Shard ``spec.shard`` of the trial's fleet (provisioned in ``spec.data``), against the
+    trial's broker, observed over the plan's window; ``profiler`` runs over the window, on the
+    event loop's thread."""
+    plan = spec.plan
+    cfg = fleet_config(spec.devices, plan.domain_size, plan.seed)
+    rec = Recorder(plan, spec.shard, spec.broker_pid, parent_pid, spec.rendezvous)
+    rec.profiler = profiler
+    opts = RunOptions(
+        data=spec.data,
+        broker=spec.broker_url,
+        for_ms=None,  # the recorder stops the run, a grace period after the common window
+        speed=1.0,
+        shard=spec.shard,
+        seal=SealPolicy(max_readings=64, max_age_ms=plan.seal_age_ms),
+        gossip=plan.gossip(),
+        settle_s=1.0,  # a stopped run seals what is pending and leaves (no shard barrier)
+        view=False,
+        source=rec.source,
+        resume=False,
+    )
+    rec.runner = FleetRunner(cfg, opts)
+    guards = [asyncio.create_task(rec.watchdog()), asyncio.create_task(rec.orphan_guard())]
+    try:
+        await rec.runner.run()
+    finally:
+        for task in guards:
+            task.cancel()
+        rec.detach()
+    return rec.report()
+
+
+def run_shard_processes(specs: Sequence[ShardSpec], workdir: Path, budget_s: float) -> list[str]:
+    """Run one ``--shard-trial`` process per spec, together; their stdout (JSON reports), in
+    shard order. Each child has its own process group, killed on timeout, on any shard's failure
+    and on the way out; a failure raises ``ShardFailed`` with every failed shard's stderr tail."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    outs = [workdir / f"shard-{s.shard[0]}.json" for s in specs]
+    errs = [workdir / f"shard-{s.shard[0]}.err" for s in specs]
+    try:
+        for spec, out, err in zip(specs, outs, errs, strict=True):
+            with open(out, "wb") as fo, open(err, "wb") as fe:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "bench.fleet", "--shard-trial", spec.to_json()],
+                        stdin=subprocess.DEVNULL,
+                        stdout=fo,
+                        stderr=fe,
+                        start_new_session=True,
+                    )
+                )
+        deadline = time.monotonic() + budget_s
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                raise ShardFailed([f"shard {i}: exit {c}{_tail(errs[i])}" for i, c in failed])
+            if all(c == 0 for c in codes):
+                return [out.read_text() for out in outs]
+            if time.monotonic() >= deadline:
+                late = [i for i, c in enumerate(codes) if c is None]
+                raise ShardFailed(
+                    [f"shard {i}: no report in {budget_s:.0f} s{_tail(errs[i])}" for i in late]
+                )
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                _kill_group(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(pid, sig)
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "; stderr ends: " + " | ".join(lines[-STDERR_TAIL:]) if lines else "; no stderr"
+
+
+def run_trial(
     plan: Plan, devices: int, workdir: Path, profiler: cProfile.Profile | None = None
 ) -> dict[str, Any]:
-    """One fleet of ``devices`` on its own Mosquitto, measured (see the module docstring);
-    ``profiler`` runs over the window, on the event loop's thread."""
+    """One fleet of ``devices`` on its own Mosquitto, as ``plan.shards_for(devices)`` shards,
+    measured and merged (see the module docstring). One shard runs in this process (with
+    ``profiler`` over its window, if given); more run as child processes."""
+    shards = plan.shards_for(devices)
+    if profiler is not None and shards != 1:
+        raise ValueError(f"profile: expected one shard (this process), found {shards}")
     cfg = fleet_config(devices, plan.domain_size, plan.seed)
     data = workdir / f"fleet-{devices}"
     t0 = time.perf_counter()
     provision(cfg, DataDir(data), cfg.start_ms)
     provision_s = time.perf_counter() - t0
     broker = MosquittoBroker(workdir=workdir / f"mosquitto-{devices}")
-    await broker.start()
+    broker.start_sync()
     try:
-        rec = Recorder(plan, devices, broker.pid)
-        rec.profiler = profiler
-        opts = RunOptions(
-            data=data,
-            broker=broker.endpoint.url,
-            for_ms=(plan.warmup_s + plan.window_s + plan.grace_s) * 1000,
-            speed=1.0,
-            seal=SealPolicy(max_readings=64, max_age_ms=plan.seal_age_ms),
-            gossip=plan.gossip(),
-            settle_s=1.0,
-            view=False,
-            source=rec.source,
-            resume=False,
-        )
-        rec.runner = FleetRunner(cfg, opts)
-        watchdog = asyncio.create_task(rec.watchdog())
-        try:
-            await rec.runner.run()
-        finally:
-            watchdog.cancel()
-            rec.detach()
+        rendezvous = workdir / f"shards-{devices}" / "start"
+        rendezvous.mkdir(parents=True, exist_ok=True)
+        specs = [
+            ShardSpec(plan, devices, data, broker.url, broker.pid, (i, shards), rendezvous)
+            for i in range(shards)
+        ]
+        if shards == 1:
+            reports = [asyncio.run(run_shard(specs[0], profiler))]
+        else:
+            try:
+                outs = run_shard_processes(
+                    specs, workdir / f"shards-{devices}", plan.budget_s(devices)
+                )
+                reports = [ShardReport.from_json(json.loads(text)) for text in outs]
+            except ShardFailed as exc:
+                return failed_trial(devices, shards, exc.reasons)
+            except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                return failed_trial(devices, shards, [f"unreadable shard report: {exc!r}"])
     finally:
-        await broker.stop()
-    return rec.result(provision_s)
+        broker.stop_sync()
+    return merge(plan, devices, reports, provision_s)
+
+
+def failed_trial(devices: int, shards: int, reasons: list[str]) -> dict[str, Any]:
+    """A trial that produced no figures: why, and nothing else."""
+    return {"devices": devices, "shards": shards, "keeps_up": False, "why_not": reasons}
 
 
 # --------------------------------------------------------------------------- the search
@@ -526,16 +1005,17 @@ Trial = Callable[[int], dict[str, Any]]
 
 
 def trial_in_process(plan: Plan, workdir: Path) -> Trial:
-    return lambda n: asyncio.run(run_trial(plan, n, workdir))
+    return lambda n: run_trial(plan, n, workdir)
 
 
 def trial_in_subprocess(plan: Plan, workdir: Path) -> Trial:
-    """Each trial in a fresh interpreter (its own RSS, CPU and event loop); the child's process
-    group is killed if it overruns."""
+    """Each trial in a fresh interpreter (its own RSS, CPU and event loop). If it overruns, its
+    process group gets SIGTERM (the trial process then kills its shards and stops its broker),
+    then SIGKILL."""
 
     def trial(n: int) -> dict[str, Any]:
         spec = json.dumps({"plan": dataclasses.asdict(plan), "devices": n, "dir": str(workdir)})
-        budget = plan.warmup_s + plan.window_s + plan.grace_s + 300 + n // 4
+        budget = plan.budget_s(n) + 60  # the trial's own shard budget, and room to clean up
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.fleet", "--trial", spec],
             stdout=subprocess.PIPE,
@@ -544,11 +1024,15 @@ def trial_in_subprocess(plan: Plan, workdir: Path) -> Trial:
         try:
             out, _ = proc.communicate(timeout=budget)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return {"devices": n, "keeps_up": False, "why_not": [f"no result in {budget} s"]}
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.communicate()
+            return failed_trial(n, plan.shards_for(n), [f"no result in {budget} s"])
         if proc.returncode != 0:
-            return {"devices": n, "keeps_up": False, "why_not": [f"exit {proc.returncode}"]}
+            return failed_trial(n, plan.shards_for(n), [f"trial process: exit {proc.returncode}"])
         result: dict[str, Any] = json.loads(out)
         return result
 
@@ -634,8 +1118,10 @@ def measure(plan: Plan, trial: Trial, log: Callable[[str], None]) -> dict[str, A
         "meta": {
             **environment(),
             "plan": dataclasses.asdict(plan),
+            "shards": plan.shards,
             "broker": "mosquitto",
             "readings_per_device_s": 1,
+            "load_average": list(os.getloadavg()),
         },
     }
 
@@ -656,15 +1142,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, dest="window_s", help="seconds measured")
     p.add_argument("--seal-age", type=int, dest="seal_age_ms", help="block age in ms (10000)")
     p.add_argument("--anti-entropy", type=int, dest="anti_entropy_ms", help="gossip round ms")
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="runner processes per trial (default: the CPU count; --quick: at most 2)",
+    )
     p.add_argument("--in-process", action="store_true", help="run trials in this process")
     p.add_argument(
         "--profile",
         type=Path,
         metavar="FILE",
-        help="one trial of --start devices in this process, cProfile over the window saved "
-        "to FILE (pstats); the top functions go to stderr",
+        help="one trial of --start devices in this process (one shard), cProfile over the "
+        "window saved to FILE (pstats); the top functions go to stderr",
     )
     p.add_argument("--trial", help=argparse.SUPPRESS)  # internal: one trial, JSON spec
+    p.add_argument("--shard-trial", help=argparse.SUPPRESS)  # internal: one shard, JSON spec
     return p
 
 
@@ -672,14 +1164,35 @@ def _plan(ns: argparse.Namespace) -> Plan:
     base = QUICK if ns.quick else Plan()
     names = [f.name for f in dataclasses.fields(Plan)]
     given = {k: v for k, v in vars(ns).items() if k in names and v is not None}
+    if ns.profile is not None:
+        if given.get("shards", 1) != 1:
+            raise ValueError(f"--profile runs one shard, found --shards {given['shards']}")
+        given["shards"] = 1
+    elif "shards" not in given:
+        cores = os.cpu_count() or 1
+        given["shards"] = min(2, cores) if ns.quick else cores
     return dataclasses.replace(base, **given)
 
 
 def _run_child(spec_json: str) -> int:
+    """A trial process: SIGTERM (the search's timeout) unwinds it, so that its shards are
+    killed and its broker stopped on the way out."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     spec = json.loads(spec_json)
     plan = Plan(**spec["plan"])
-    result = asyncio.run(run_trial(plan, int(spec["devices"]), Path(spec["dir"])))
+    result = run_trial(plan, int(spec["devices"]), Path(spec["dir"]))
     json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_shard_child(spec_json: str) -> int:
+    report = asyncio.run(run_shard(ShardSpec.from_json(spec_json), parent_pid=os.getppid()))
+    json.dump(report.to_json(), sys.stdout)
     sys.stdout.write("\n")
     return 0
 
@@ -687,7 +1200,7 @@ def _run_child(spec_json: str) -> int:
 def _profile(plan: Plan, path: Path, args: BenchArgs) -> int:
     profiler = cProfile.Profile()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-        result = asyncio.run(run_trial(plan, plan.start, Path(tmp), profiler))
+        result = run_trial(plan, plan.start, Path(tmp), profiler)
     profiler.dump_stats(path)
     stats = pstats.Stats(str(path), stream=sys.stderr)
     stats.sort_stats("tottime").print_stats(30)
@@ -699,6 +1212,8 @@ def _profile(plan: Plan, path: Path, args: BenchArgs) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
+    if ns.shard_trial is not None:
+        return _run_shard_child(ns.shard_trial)
     if ns.trial is not None:
         return _run_child(ns.trial)
     try:

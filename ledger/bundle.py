@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from ledger import codec
+from ledger import codec, domains
 from ledger.block import (
     MAX_READING_WIRE,
     MAX_READINGS,
@@ -79,7 +79,7 @@ MAGIC = "edgefleet-bundle"
 FORMAT = 1
 # Domain tag of the trailing digest (docs/PROTOCOL.md section 2 style: ASCII + NUL). Not a
 # signature domain; kept here until ledger/domains.py takes it.
-BUNDLE_DIGEST = b"edgefleet/v1/bundle-digest\x00"
+BUNDLE_DIGEST = domains.BUNDLE_DIGEST
 
 # --- limits (checked before anything is allocated; see docs/BUNDLE.md) -------------------------
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024  # whole file

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ledger import domains
 from ledger.block import Block, SignedHeader, build_header, sign_header
 from ledger.errors import IntegrityError, SignatureError
 from ledger.identity import SigningKey
@@ -163,7 +164,7 @@ class ChainWriter:
             )
 
 
-_SEAL_EPHEMERAL = b"edgefleet/v1/seal-ephemeral\x00"
+_SEAL_EPHEMERAL = domains.SEAL_EPHEMERAL
 
 
 def _ephemeral_secret(key: SigningKey, owner: bytes, reading: Reading) -> bytes:

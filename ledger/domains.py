@@ -15,6 +15,12 @@ ROTATION_COUNTERSIGN = b"edgefleet/v1/key-rotation-countersign\x00"
 REVOCATION = b"edgefleet/v1/revocation\x00"
 DEVICE_ID = b"edgefleet/v1/device-id\x00"
 KEY_ID = b"edgefleet/v1/key-id\x00"
+STORAGE_RECEIPT = b"edgefleet/v1/storage-receipt\x00"
+AUDIT = b"edgefleet/v1/audit\x00"
+PLACEMENT = b"edgefleet/v1/placement\x00"
+BUNDLE_DIGEST = b"edgefleet/v1/bundle-digest\x00"
+SEAL_EPHEMERAL = b"edgefleet/v1/seal-ephemeral\x00"
+EPOCH = b"edgefleet/v1/epoch\x00"
 
 ALL = (
     READING,
@@ -26,4 +32,10 @@ ALL = (
     REVOCATION,
     DEVICE_ID,
     KEY_ID,
+    STORAGE_RECEIPT,
+    AUDIT,
+    PLACEMENT,
+    BUNDLE_DIGEST,
+    SEAL_EPHEMERAL,
+    EPOCH,
 )

@@ -20,7 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
+
 from ledger.block import Block, SignedHeader, decode_block, decode_header, encode_block
+from ledger.epoch import SignedEpoch
 from ledger.errors import ChainError, DecodeError, IntegrityError, SequenceError, StoreError
 from ledger.history import CompactRange
 from ledger.reading import SignedReading, decode_reading
@@ -39,6 +42,11 @@ CREATE TABLE IF NOT EXISTS peer_headers (
 CREATE TABLE IF NOT EXISTS replicas (
     device_id TEXT NOT NULL, height INTEGER NOT NULL, hash BLOB NOT NULL,
     block BLOB NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (device_id, height)) STRICT;
+CREATE TABLE IF NOT EXISTS replica_surplus (
+    device_id TEXT NOT NULL, height INTEGER NOT NULL, PRIMARY KEY (device_id, height)) STRICT;
+CREATE TABLE IF NOT EXISTS receipts (
+    height INTEGER NOT NULL, holder_id TEXT NOT NULL, wire BLOB NOT NULL,
+    PRIMARY KEY (height, holder_id)) STRICT;
 CREATE TABLE IF NOT EXISTS certificates (
     device_id TEXT PRIMARY KEY, wire BLOB NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS credentials (
@@ -50,6 +58,12 @@ CREATE TABLE IF NOT EXISTS tags (
     tag TEXT NOT NULL, device_id TEXT NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL,
     seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, own INTEGER NOT NULL,
     PRIMARY KEY (tag, device_id, height, idx)) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epochs (
+    device_id TEXT NOT NULL, new_epoch INTEGER NOT NULL, last_height INTEGER NOT NULL,
+    wire BLOB NOT NULL, PRIMARY KEY (device_id, new_epoch)) STRICT;
+CREATE TABLE IF NOT EXISTS superseded_headers (
+    device_id TEXT NOT NULL, epoch INTEGER NOT NULL, height INTEGER NOT NULL,
+    hash BLOB NOT NULL, header BLOB NOT NULL, PRIMARY KEY (device_id, epoch, height)) STRICT;
 """
 
 
@@ -395,6 +409,80 @@ class Store:
             )
         ]
 
+    def replica_wire(self, device_id: str, height: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT block FROM replicas WHERE device_id=? AND height=?", (device_id, height)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def replica_infos(self) -> list[tuple[str, int, int, bytes, int, bool]]:
+        """(device_id, height, epoch, hash, size, surplus) of every replica held, in order."""
+        out = []
+        for d, h, digest, wire, size, surplus in self._db.execute(
+            "SELECT r.device_id, r.height, r.hash, r.block, r.size, s.height IS NOT NULL "
+            "FROM replicas r LEFT JOIN replica_surplus s "
+            "ON s.device_id = r.device_id AND s.height = r.height ORDER BY r.device_id, r.height"
+        ):
+            epoch = self._decode_header(_header_wire_of(bytes(wire))).header.epoch
+            out.append((str(d), int(h), epoch, bytes(digest), int(size), bool(surplus)))
+        return out
+
+    def delete_replica(self, device_id: str, height: int) -> bool:
+        """Drop a replica (eviction) and its tag index entries; False if it was not held."""
+        with self._tx():
+            cur = self._db.execute(
+                "DELETE FROM replicas WHERE device_id=? AND height=?", (device_id, height)
+            )
+            self._db.execute(
+                "DELETE FROM replica_surplus WHERE device_id=? AND height=?", (device_id, height)
+            )
+            self._db.execute(
+                "DELETE FROM tags WHERE device_id=? AND height=? AND own=0", (device_id, height)
+            )
+        return cur.rowcount > 0
+
+    def mark_surplus(self, device_id: str, height: int) -> None:
+        """Remember that the owner released this replica (it is evicted first)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO replica_surplus VALUES (?, ?)", (device_id, height)
+            )
+
+    def put_receipt(self, height: int, holder_id: str, wire: bytes) -> None:
+        """A verified storage receipt for the own block at ``height`` (one per holder)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?)", (height, holder_id, wire)
+            )
+
+    def forget_receipt(self, height: int, holder_id: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "DELETE FROM receipts WHERE height=? AND holder_id=?", (height, holder_id)
+            )
+
+    def receipts(self, height: int | None = None) -> list[tuple[int, str, bytes]]:
+        """(height, holder_id, receipt wire) of the own blocks (one height, or all)."""
+        sql = "SELECT height, holder_id, wire FROM receipts"
+        rows = (
+            self._db.execute(sql + " ORDER BY height, holder_id")
+            if height is None
+            else self._db.execute(sql + " WHERE height=? ORDER BY holder_id", (height,))
+        )
+        return [(int(h), str(d), bytes(w)) for h, d, w in rows]
+
+    def own_block_infos(self, limit: int) -> list[tuple[int, int, bytes, int]]:
+        """(height, epoch, hash, block wire size) of the newest ``limit`` own blocks, ascending."""
+        rows = self._db.execute(
+            "SELECT height, epoch, hash FROM blocks ORDER BY height DESC LIMIT ?", (limit,)
+        ).fetchall()
+        out = []
+        for h, e, digest in reversed(rows):
+            wire = self.block_wire(int(h))
+            assert wire is not None
+            out.append((int(h), int(e), bytes(digest), len(wire)))
+        return out
+
     def put_credential(self, device_id: str, kind: str, wire: bytes) -> None:
         """A verified certificate, rotation or revocation learned from the fleet."""
         if kind == "certificate":
@@ -465,7 +553,12 @@ class Store:
         return int(self._db.execute("SELECT coalesce(sum(size), 0) FROM replicas").fetchone()[0])
 
     def put_certificate(self, device_id: str, wire: bytes) -> None:
-        self._db.execute("INSERT OR REPLACE INTO certificates VALUES (?, ?)", (device_id, wire))
+        self.put_certificates([(device_id, wire)])
+
+    def put_certificates(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Keep peers' certificates (device_id, wire), in one transaction."""
+        with self._tx():
+            self._db.executemany("INSERT OR REPLACE INTO certificates VALUES (?, ?)", items)
 
     def certificate(self, device_id: str) -> bytes | None:
         row = self._db.execute(
@@ -522,6 +615,120 @@ class Store:
             return decode_header(wire)
         except DecodeError as exc:
             raise IntegrityError(f"{self.path}: stored header no longer decodes ({exc})") from None
+
+    # --- trace queries ---------------------------------------------------------------------------
+    # Read-only lookups for agent/trace. They return stored values as they are: the tracer
+    # checks every hash against a signed head before it relies on it.
+
+    def own_header_hashes(self) -> list[bytes]:
+        """Recorded header hashes of the own chain, by height from 0 to the head."""
+        return [bytes(h) for (h,) in self._db.execute("SELECT hash FROM blocks ORDER BY height")]
+
+    def peer_header_hashes(self, device_id: str) -> list[tuple[int, bytes]]:
+        """(height, recorded hash) of every header held of a peer, by height."""
+        return [
+            (int(n), bytes(h))
+            for n, h in self._db.execute(
+                "SELECT height, hash FROM peer_headers WHERE device_id=? ORDER BY height",
+                (device_id,),
+            )
+        ]
+
+    def all_tag_hits(self) -> list[TagHit]:
+        """Every row of the tag index, by tag then time (for listings)."""
+        return [
+            TagHit(str(tag), d, h, i, s, t, bool(o))
+            for tag, d, h, i, s, t, o in self._db.execute(
+                "SELECT tag, device_id, height, idx, seq, time_ms, own FROM tags "
+                "ORDER BY tag, time_ms, device_id, height, idx"
+            )
+        ]
+
+    def sealed_reading_count(self) -> int:
+        """How many own readings are sealed in blocks (pending ones not counted)."""
+        row = self._db.execute(
+            "SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM blocks"
+        ).fetchone()
+        return int(row[0])
+
+    # --- restore ---------------------------------------------------------------------------------
+    # A device restored from its peers (agent/restore.py): its own blocks come back verified, in
+    # batches; epoch records (ledger/epoch.py) of any device are kept, and peer headers that an
+    # epoch change supersedes move to their own table (still valid history of their epoch).
+
+    def commit_restored(self, blocks: Sequence[Block]) -> None:
+        """Append verified own blocks fetched from peers, in one durable transaction. The same
+        structural checks as ``commit_block`` apply to each; nothing is kept if one fails."""
+        if not blocks:
+            return
+        saved = (self._head, self._head_last_seq, self._history.copy())
+        try:
+            with self._tx():
+                for block in blocks:
+                    self._insert_block(block, readings_stored=False)
+                    self._advance(block)
+        except BaseException:
+            self._head, self._head_last_seq, self._history = saved
+            raise
+
+    def put_epoch(self, se: SignedEpoch) -> bool:
+        """Keep a verified epoch record (own or a peer's); False if already held."""
+        r = se.record
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO epochs VALUES (?, ?, ?, ?)",
+            (r.device_id, r.new_epoch, r.last_height, se.wire),
+        )
+        return cur.rowcount > 0
+
+    def epoch_wires(self, device_id: str | None = None) -> list[bytes]:
+        """Epoch records held, of one device or of all, by device then epoch."""
+        if device_id is None:
+            rows = self._db.execute("SELECT wire FROM epochs ORDER BY device_id, new_epoch")
+        else:
+            rows = self._db.execute(
+                "SELECT wire FROM epochs WHERE device_id=? ORDER BY new_epoch", (device_id,)
+            )
+        return [bytes(w) for (w,) in rows]
+
+    def supersede_peer_headers(self, device_id: str, last_height: int, new_epoch: int) -> int:
+        """Move a peer's headers above ``last_height`` of epochs before ``new_epoch`` out of the
+        chain (an epoch record closed that epoch at ``last_height``); returns how many moved."""
+        args = (device_id, last_height, new_epoch)
+        with self._tx(durable=False):
+            self._db.execute(
+                "INSERT OR IGNORE INTO superseded_headers SELECT device_id, epoch, height, hash, "
+                "header FROM peer_headers WHERE device_id=? AND height>? AND epoch<?",
+                args,
+            )
+            cur = self._db.execute(
+                "DELETE FROM peer_headers WHERE device_id=? AND height>? AND epoch<?", args
+            )
+        return int(cur.rowcount)
+
+    def superseded_header_wires(self, device_id: str) -> list[bytes]:
+        """Headers of ``device_id`` superseded by an epoch change, by epoch then height."""
+        return [
+            bytes(w)
+            for (w,) in self._db.execute(
+                "SELECT header FROM superseded_headers WHERE device_id=? ORDER BY epoch, height",
+                (device_id,),
+            )
+        ]
+
+
+def _header_wire_of(block_wire: bytes) -> bytes:
+    """The header wire of a stored block wire ``[header, [reading...]]``, without decoding the
+    readings (the store wrote it; ``_decode_header`` checks what comes out)."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(block_wire))
+    unpacker.feed(block_wire)
+    try:
+        unpacker.read_array_header()
+        header = unpacker.unpack()
+    except (ValueError, msgpack.OutOfData) as exc:
+        raise IntegrityError(f"stored block no longer decodes ({exc})") from None
+    if not isinstance(header, bytes):
+        raise IntegrityError("stored block: expected a header wire first")
+    return header
 
 
 class _Tx:

@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "agent.cli.replay",
     "agent.cli.show",
     "agent.cli.bundle",
+    "agent.cli.restore",
 )
 
 

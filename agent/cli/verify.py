@@ -94,6 +94,12 @@ def _verify(args: argparse.Namespace) -> int:
         )
     else:
         print(_table(reports, deep=True))
+        for r in reports:
+            for e in r.epochs:
+                print(
+                    f"{r.name}: epoch {e['epoch']} follows epoch {e['from_epoch']} after height "
+                    f"{e['after_height']} (signed epoch record: restored, head out of reach)"
+                )
         for r in failed:
             for err in r.errors:
                 print(f"{r.name}: {err}")

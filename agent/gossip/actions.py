@@ -24,7 +24,22 @@ What the runtime does with each:
   ``PullLoaded(peer_id, request_id, headers, blocks)`` back. Not answering is allowed: the core
   forgets the serve after its timeout and the peer re-asks.
 
-Notifications need no action; they feed logs, counters and the live view.
+- ``StoreEpoch(device_id, record)``: persist a verified epoch record (``Store.put_epoch``), so
+  a restart can feed it back (``EpochKnown``) before the chains.
+- ``RewindChain(device_id, last_height, new_epoch)``: an epoch record closed the device's epoch
+  at ``last_height``: move its stored headers above that height, of earlier epochs, aside
+  (``Store.supersede_peer_headers``), read its stored headers 0..last_height and feed
+  ``ChainRewound(device_id, headers)`` back.
+- ``CommitRestored(blocks)``: own blocks fetched from peers during a restore, verified, contiguous
+  and ascending from the stored head: commit them in one durable transaction
+  (``Store.commit_restored``).
+- ``SignEpoch(prev_epoch, new_epoch, last_height, last_hash)``: the restore cannot reach the
+  published head: sign the epoch record with the device key, make it durable
+  (``Store.put_epoch``), then feed ``EpochSigned(wire)`` back.
+
+Notifications need no action; they feed logs, counters and the live view. ``RestoreFinished``
+is the one the runtime waits for: from then on the device may sign, in ``epoch``, after
+``height``.
 """
 
 from __future__ import annotations
@@ -93,6 +108,32 @@ class ServePull:
     max_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoreEpoch:
+    device_id: str
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RewindChain:
+    device_id: str
+    last_height: int
+    new_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRestored:
+    blocks: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignEpoch:
+    prev_epoch: int
+    new_epoch: int
+    last_height: int
+    last_hash: bytes
+
+
 # --- notifications (past tense) -----------------------------------------------------------------
 
 
@@ -142,6 +183,47 @@ class PeerUnmuted:
     peer_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class EpochAccepted:
+    """A verified epoch record of ``device_id`` (``peer_id`` None: from the store or signed
+    here)."""
+
+    device_id: str
+    new_epoch: int
+    prev_epoch: int
+    last_height: int
+    peer_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreProgressed:
+    """Own blocks restored so far (heights 0..``height``) of the published head's height."""
+
+    height: int
+    published_height: int
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreFinished:
+    """The device may sign again, in ``epoch``, after ``height`` (-1: nothing was published).
+    ``new_epoch``: the published head was out of reach and an epoch record opened ``epoch``."""
+
+    epoch: int
+    height: int
+    published_epoch: int
+    published_height: int
+    new_epoch: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreFailed:
+    """Peers hold headers of the device, but not even its first block's body was reachable:
+    nothing can be signed safely. The restore keeps trying."""
+
+    published_height: int
+    reason: str
+
+
 Action = (
     Send
     | Broadcast
@@ -151,10 +233,18 @@ Action = (
     | StoreEvidence
     | StoreCredential
     | ServePull
+    | StoreEpoch
+    | RewindChain
+    | CommitRestored
+    | SignEpoch
     | HeadersAccepted
     | BlockAccepted
     | ForkDetected
     | DeviceRevoked
     | PeerMuted
     | PeerUnmuted
+    | EpochAccepted
+    | RestoreProgressed
+    | RestoreFinished
+    | RestoreFailed
 )

@@ -49,6 +49,15 @@ class GossipConfig:
     mute_threshold: int = 50  # penalty points at which a peer is muted
     decay_per_s: int = 1  # penalty points forgiven per second
     mute_ms: int = 60_000
+    # Restore of a wiped device (agent/gossip/restore.py): how long to wait for peers' summaries
+    # before trusting the highest head they claim, how long without any progress before the
+    # published head counts as out of reach (a new epoch), how far header fetching runs ahead of
+    # the committed blocks, and how many body requests are open at once.
+    restore_discovery_ms: int = 3_000
+    restore_body_wait_ms: int = 30_000
+    restore_ahead: int = 1_024
+    restore_inflight: int = 4
+    max_epoch_records: int = 16  # per device, newest kept
     want_bodies: Callable[[str, int], bool] = field(default=_never, compare=False)
 
     def __post_init__(self) -> None:

@@ -107,6 +107,37 @@ class PullLoaded:
     blocks: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class RestoreRequested:
+    """The device's own store is empty but it may have published before (a wiped store): learn
+    the published head from peers, fetch and verify the whole chain, and say when the device may
+    sign again (``RestoreFinished``). Until then the runtime signs nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class EpochKnown:
+    """An epoch record (ledger.epoch) from the store, own or a peer's: fed before ``ChainLoaded``
+    so that stored chains crossing an epoch change load."""
+
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EpochSigned:
+    """The runtime's answer to ``SignEpoch``: the record, signed and already durable."""
+
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRewound:
+    """The runtime's answer to ``RewindChain``: the device's stored headers 0..last_height
+    (contiguous), after the superseded ones above were moved aside."""
+
+    device_id: str
+    headers: tuple[bytes, ...]
+
+
 Input = (
     MessageReceived
     | OwnBlockSealed
@@ -120,4 +151,8 @@ Input = (
     | PeerDown
     | DomainChanged
     | PullLoaded
+    | RestoreRequested
+    | EpochKnown
+    | EpochSigned
+    | ChainRewound
 )

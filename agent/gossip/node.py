@@ -25,6 +25,13 @@ Behaviour (docs/PROTOCOL.md (section 12) has the full description):
   messages are verified offline-style and have the same effect.
 - **Peers**: per-peer scores mute peers that send malformed or invalid messages or break
   promises. Malformed input never raises out of ``handle``.
+- **Epochs** (ledger/epoch.py): signed epoch records travel in EPOCHS messages (on PeerUp for
+  the own device's, before a RESPONSE whose range crosses one, to a peer whose summary or header
+  shows it holds a superseded head). A verified record is stored and, where this node holds the
+  device's superseded headers, the runtime rewinds its stored chain to the record's last header
+  (``RewindChain`` -> ``ChainRewound``); headers of the new epoch then link through the record.
+- **Restore** (restore.py): a wiped device learns its published head from peers' summaries,
+  fetches and verifies its chain, and signs nothing until ``RestoreFinished``.
 """
 
 from __future__ import annotations
@@ -41,15 +48,23 @@ from agent.gossip.actions import (
     Action,
     BlockAccepted,
     Broadcast,
+    CommitRestored,
     CredentialKind,
     DeviceRevoked,
+    EpochAccepted,
     ForkDetected,
     HeadersAccepted,
     PublishEvidence,
+    RestoreFailed,
+    RestoreFinished,
+    RestoreProgressed,
+    RewindChain,
     Send,
     ServePull,
+    SignEpoch,
     StoreBlock,
     StoreCredential,
+    StoreEpoch,
     StoreEvidence,
     StoreHeaders,
 )
@@ -59,7 +74,10 @@ from agent.gossip.credentials import Credentials, Outcome
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
+    ChainRewound,
     DomainChanged,
+    EpochKnown,
+    EpochSigned,
     EvidenceKnown,
     EvidenceReceived,
     Input,
@@ -68,14 +86,17 @@ from agent.gossip.inputs import (
     PeerDown,
     PeerUp,
     PullLoaded,
+    RestoreRequested,
     RevocationKnown,
     RotationKnown,
 )
 from agent.gossip.lru import Lru
 from agent.gossip.peers import Offence, Peers, PeerStats
 from agent.gossip.requests import Pending, Serve, Table
+from agent.gossip.restore import Claim, Phase, Restore
 from ledger.block import Block, SignedHeader, decode_block, decode_header
 from ledger.certs import FleetRoots
+from ledger.epoch import SignedEpoch, decode_epoch
 from ledger.errors import ChainError, DecodeError, RevokedError, UsageError, VerificationError
 from ledger.evidence import ForkEvidence, make_evidence, verify_evidence
 from ledger.identity import is_device_id
@@ -98,6 +119,8 @@ class Verdict(Enum):
     FORK = "fork"  # this header proved a fork
     OWN = "own"  # a header of our own device we did not seal
     INVALID = "invalid"  # bad signature or history: the sender is at fault
+    SUPERSEDED = "superseded"  # valid history of an epoch a record closed below its height
+    REWINDING = "rewinding"  # the device's chain is being rewound to an epoch record
 
 
 EvidenceOrigin = Literal["detected", "message", "topic"]
@@ -153,6 +176,9 @@ class GossipNode:
         self._out: list[Action] = []
         self._batch: dict[str, tuple[str, list[SignedHeader]]] = {}
         self._via_broadcast = False  # the message being handled came on a domain topic
+        self._epochs: dict[str, dict[int, SignedEpoch]] = {}  # device -> new_epoch -> record
+        self._rewinding: dict[str, tuple[str | None, SignedEpoch]] = {}  # device -> (peer, rec)
+        self._restore: Restore | None = None
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -183,6 +209,14 @@ class GossipNode:
             self._on_domain_changed(event)
         elif isinstance(event, PullLoaded):
             self._on_pull_loaded(event)
+        elif isinstance(event, RestoreRequested):
+            self._on_restore_requested()
+        elif isinstance(event, EpochKnown):
+            self._learn_epoch(event.wire, None)
+        elif isinstance(event, EpochSigned):
+            self._on_epoch_signed(event.wire)
+        elif isinstance(event, ChainRewound):
+            self._on_chain_rewound(event)
         else:
             raise UsageError(f"gossip node: unknown input {type(event).__name__}")
         return self._take()
@@ -195,6 +229,7 @@ class GossipNode:
             self.counters["promises_broken"] += 1
             self._penalize(req.peer_id, "promise")
         self.counters["serves_expired"] += len(self._serves.expire(now_ms))
+        self._restore_step()
         if now_ms >= self._next_round:
             cfg = self.config
             self._next_round = (
@@ -210,6 +245,7 @@ class GossipNode:
             self._pending.next_deadline(),
             self._serves.next_deadline(),
             self._peers.next_expiry(),
+            self._restore_deadline(),
         ]
         return min(t for t in times if t is not None)
 
@@ -234,6 +270,19 @@ class GossipNode:
 
     def peers_available(self) -> list[str]:
         return self._peers.available()
+
+    @property
+    def restoring(self) -> bool:
+        """A restore was requested and has not finished: the device must not sign."""
+        return self._restore is not None and self._restore.phase is not Phase.DONE
+
+    def restore_state(self) -> Restore | None:
+        return self._restore
+
+    def epochs(self, device_id: str) -> tuple[bytes, ...]:
+        """Verified epoch records of ``device_id``, by epoch."""
+        recs = self._epochs.get(device_id, {})
+        return tuple(recs[e].wire for e in sorted(recs))
 
     # --- membership ---------------------------------------------------------------------------
 
@@ -290,6 +339,9 @@ class GossipNode:
         for i in range(0, len(revocations), wire.MAX_CERTS_ITEMS):
             chunk = tuple(revocations[i : i + wire.MAX_CERTS_ITEMS])
             self._send(peer, wire.Certs(self.device_id, (), (), chunk))
+        own = self.epochs(self.device_id)
+        if own:
+            self._send(peer, wire.Epochs(self.device_id, own[-wire.MAX_EPOCH_RECORDS :]))
         if rec.muted_until is None:
             self._send_summary(peer, reply=True)
 
@@ -299,6 +351,7 @@ class GossipNode:
             return
         rec.up = False
         self.counters["requests_cancelled"] += self._pending.drop(peer_id=peer)
+        self._restore_step()
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -358,6 +411,10 @@ class GossipNode:
             self._on_response(peer, msg)
         elif isinstance(msg, wire.EvidenceMessage):
             self._on_evidence(peer, msg.evidence)
+        elif isinstance(msg, wire.Epochs):
+            for record in msg.records:
+                if not self._learn_epoch(record, peer):
+                    break
         else:
             self._on_certs(peer, msg)
 
@@ -384,9 +441,13 @@ class GossipNode:
 
     def _on_summary(self, peer: str, msg: wire.Summary) -> None:
         listed: set[str] = set()
+        restore = self._restore
         for e in msg.entries:
             dev = e.device_id
             listed.add(dev)
+            if dev == self.device_id and restore is not None and restore.phase is not Phase.DONE:
+                restore.claim(peer, Claim(e.epoch, e.height, e.head_hash))
+                continue
             if dev in self._forked:
                 if e.head_hash != wire.FORKED_MARK:
                     self._send_evidence(peer, dev)
@@ -397,10 +458,17 @@ class GossipNode:
         for dev in sorted(self._forked):
             if dev not in listed and peer in self._sharing(dev):
                 self._send_evidence(peer, dev)
+        if restore is not None and restore.phase is not Phase.DONE:
+            if self.device_id not in listed:
+                restore.claim(peer, None)
+            self._restore_step()
         if msg.reply:
             self._send_summary(peer, reply=False)
 
     def _compare(self, peer: str, dev: str, e: wire.SummaryEntry) -> None:
+        if self._superseded(dev, e.epoch, e.height):
+            self._send_epochs(peer, dev)  # the peer holds a head an epoch record closed
+            return
         chain = self._chains.get(dev)
         head = None if chain is None else chain.head
         if chain is None or head is None:
@@ -428,6 +496,11 @@ class GossipNode:
             self.counters["request_duplicate"] += 1  # being loaded already
             return
         certs, rots, revs = self._credentials_for(dev, msg.flags)
+        recs = self._epochs.get(dev)
+        if recs and msg.to_height > min(se.record.last_height for se in recs.values()):
+            self._send(
+                peer, wire.Epochs(self.device_id, self.epochs(dev)[-wire.MAX_EPOCH_RECORDS :])
+            )
         chain = self._chains.get(dev)
         head = None if chain is None else chain.head
         if chain is None or head is None or msg.from_height > head.header.height:
@@ -538,6 +611,10 @@ class GossipNode:
                 raise VerificationError(
                     "response header", f"{dev}@{req.from_height + i}", f"{h.device_id}@{h.height}"
                 )
+        if dev == self.device_id and self._restore is not None:
+            if self._restore.phase is Phase.FETCH:
+                self._restore_response(peer, req, headers, msg.blocks)
+            return
         last = Verdict.ACCEPTED
         for sh in headers:
             last = self._offer(sh, peer)
@@ -699,9 +776,14 @@ class GossipNode:
             return Verdict.FORKED
         if sh.hash in self._seen_headers:
             return Verdict.DUPLICATE
+        if dev in self._rewinding:
+            return Verdict.REWINDING
         keys = self._creds.keys(dev)
         if keys is None:
             return Verdict.UNKNOWN_DEVICE
+        if self._superseded(dev, h.epoch, h.height):
+            self._send_epochs(peer, dev)
+            return Verdict.SUPERSEDED
         chain = self._chain(dev)
         head = chain.head
         if head is not None and h.height <= head.header.height:
@@ -725,7 +807,7 @@ class GossipNode:
         if bad is not None:
             return bad
         try:
-            verify_link(head, sh)
+            verify_link(head, sh, self._epochs.get(dev, {}))
         except ChainError:
             return Verdict.DIVERGED
         if h.history_root != chain.history.root():
@@ -823,7 +905,7 @@ class GossipNode:
                 f"own block at height {h.height} does not extend the head at {head.header.height}"
             )
         try:
-            verify_link(head, sh)
+            verify_link(head, sh, self._epochs.get(self.device_id, {}))
         except ChainError as exc:
             raise UsageError(f"own block does not extend the held head: {exc}") from None
         if h.history_root != chain.history.root():
@@ -847,15 +929,23 @@ class GossipNode:
             raise UsageError(
                 f"chain of {dev} is already loaded (head at {held.head.header.height})"
             )
-        chain = self._chains[dev] = ChainState(self.config.window, self.config.max_missing_bodies)
-        wanted = set(ev.missing_bodies)
+        self._chains[dev] = self._build_chain(dev, ev.headers, set(ev.missing_bodies))
+        for se in list(self._epochs.get(dev, {}).values()):
+            self._apply_epoch(dev, se, None)  # a rewind that a stop interrupted
+
+    def _build_chain(
+        self, dev: str, headers: tuple[bytes, ...], wanted: set[int] | dict[int, bytes]
+    ) -> ChainState:
+        """A chain state from stored headers (trusted, but their links are checked)."""
+        chain = ChainState(self.config.window, self.config.max_missing_bodies)
+        epochs = self._epochs.get(dev, {})
         prev: SignedHeader | None = None
-        for w in ev.headers:
+        for w in headers:
             try:
                 sh = decode_header(w)
                 if sh.header.device_id != dev:
                     raise ChainError("stored header device", dev, sh.header.device_id)
-                verify_link(prev, sh)
+                verify_link(prev, sh, epochs)
                 if sh.header.history_root != chain.history.root():
                     raise ChainError(
                         f"stored history_root at height {sh.header.height}",
@@ -868,6 +958,7 @@ class GossipNode:
             if sh.header.height in wanted:
                 chain.want_body(sh.header.height, sh.hash)
             prev = sh
+        return chain
 
     # --- pulling ------------------------------------------------------------------------------
 
@@ -919,9 +1010,7 @@ class GossipNode:
             return False
         return True
 
-    def _request(
-        self, peer: str, dev: str, lo: int, hi: int, flags: int, their_height: int
-    ) -> None:
+    def _request(self, peer: str, dev: str, lo: int, hi: int, flags: int, their_height: int) -> int:
         rid = self._next_rid
         self._next_rid = (rid + 1) & wire.MAX_REQUEST_ID
         self._pending.add(
@@ -938,6 +1027,7 @@ class GossipNode:
         )
         self.counters["requests_sent"] += 1
         self._send(peer, wire.Request(self.device_id, rid, dev, lo, hi, flags))
+        return rid
 
     # --- pushing, summaries, evidence -----------------------------------------------------------
 
@@ -1051,6 +1141,361 @@ class GossipNode:
             for p in self._fanout(dev, {peer} if peer is not None else set()):
                 self._out.append(Send(p, payload))
 
+    # --- epochs -------------------------------------------------------------------------------
+
+    def _learn_epoch(self, record: bytes, source: str | None) -> bool:
+        """Verify and remember one epoch record. False: invalid (the source is penalized)."""
+        digest = hashlib.sha256(b"epoch" + record).digest()
+        if digest in self._seen_other:
+            return True
+        try:
+            se = decode_epoch(record)
+        except DecodeError as exc:
+            if source is None:
+                raise UsageError(f"known epoch record does not decode: {exc}") from None
+            raise
+        r = se.record
+        dev = r.device_id
+        keys = self._creds.keys(dev)
+        if dev not in self._tracked or keys is None:
+            self.counters["epoch_unknown_device"] += 1
+            return True  # cannot check it yet; it comes again with the chain
+        try:
+            key = keys.key_at(r.first_height)
+            keys.key_for(key.key_id, r.first_height)
+            se.verify(key)
+        except RevokedError:
+            self.counters["epoch_revoked"] += 1
+            return True
+        except VerificationError:
+            self.counters["epoch_invalid"] += 1
+            if source is not None:
+                self._penalize(source, "invalid")
+            return source is None
+        held = self._epochs.setdefault(dev, {})
+        other = held.get(r.new_epoch)
+        if other is not None and other.wire != se.wire:
+            self.counters["epoch_conflict"] += 1  # the device signed two records for one epoch
+            return True
+        self._seen_other.put(digest, True)
+        if other is not None:
+            return True
+        held[r.new_epoch] = se
+        while len(held) > self.config.max_epoch_records:
+            del held[min(held)]
+        self.counters["epoch_accepted"] += 1
+        if source is not None:
+            self._out.append(StoreEpoch(dev, record))
+            if not self._via_broadcast:
+                payload = wire.encode(wire.Epochs(self.device_id, (record,)))
+                for p in self._fanout(dev, {source, dev}):
+                    self._out.append(Send(p, payload))
+        self._out.append(EpochAccepted(dev, r.new_epoch, r.prev_epoch, r.last_height, source))
+        self._apply_epoch(dev, se, source)
+        return True
+
+    def _superseded(self, dev: str, epoch: int, height: int) -> bool:
+        """A header (epoch, height) lies above the last header of an epoch a record closed."""
+        return any(
+            se.record.prev_epoch == epoch and height > se.record.last_height
+            for se in self._epochs.get(dev, {}).values()
+        )
+
+    def _send_epochs(self, peer: str, dev: str) -> None:
+        last = self._evidence_sent.get((peer, "epochs:" + dev))
+        if last is not None and self._now - last < self.config.anti_entropy_ms:
+            return
+        self._evidence_sent.put((peer, "epochs:" + dev), self._now)
+        self.counters["epochs_sent"] += 1
+        self._send(peer, wire.Epochs(self.device_id, self.epochs(dev)[-wire.MAX_EPOCH_RECORDS :]))
+
+    def _apply_epoch(self, dev: str, se: SignedEpoch, peer: str | None) -> None:
+        """Rewind a peer's chain held above the last header of the epoch ``se`` closed."""
+        r = se.record
+        chain = self._chains.get(dev)
+        head = None if chain is None else chain.head
+        if dev == self.device_id or chain is None or head is None or dev in self._rewinding:
+            return
+        if head.header.height <= r.last_height or head.header.epoch >= r.new_epoch:
+            return
+        held = chain.at(r.last_height)
+        if held is not None and held.hash != r.last_hash:
+            self.counters["epoch_unrelated"] += 1  # names a header this node does not hold
+            return
+        self._rewinding[dev] = (peer, se)
+        self._pending.drop(device_id=dev)
+        self.counters["rewinds"] += 1
+        self._out.append(RewindChain(dev, r.last_height, r.new_epoch))
+
+    def _on_chain_rewound(self, ev: ChainRewound) -> None:
+        dev = ev.device_id
+        pending = self._rewinding.pop(dev, None)
+        if pending is None:
+            self.counters["rewound_unexpected"] += 1
+            return
+        peer, se = pending
+        old = self._chains.get(dev)
+        wanted = {} if old is None else dict(old.missing)
+        chain = self._build_chain(dev, ev.headers, wanted)
+        head = chain.head
+        if head is None or head.hash != se.record.last_hash:
+            self.counters["rewound_short"] += 1  # the store lacked the record's last header
+        self._chains[dev] = chain
+        if peer is not None:
+            self._pull(peer, dev, se.record.last_height + self.config.max_range)
+
+    # --- restore -------------------------------------------------------------------------------
+
+    def _on_restore_requested(self) -> None:
+        own = self._chains.get(self.device_id)
+        if self._restore is not None or (own is not None and own.head is not None):
+            raise UsageError("restore: the own chain is already loaded or being restored")
+        self._restore = Restore(
+            self._now, self._now + self.config.restore_discovery_ms, last_progress_ms=self._now
+        )
+        self.counters["restores"] += 1
+        if not self._tracked - {self.device_id}:
+            self._restore_finish(0, -1, new_epoch=False)  # no peer could hold anything
+            return
+        for p in self._peers.available():
+            self._send_summary(p, reply=True)
+
+    def _restore_deadline(self) -> int | None:
+        r = self._restore
+        if r is None:
+            return None
+        if r.phase is Phase.DISCOVER:
+            return r.discover_until
+        if r.phase is Phase.FETCH:
+            return r.last_progress_ms + self.config.restore_body_wait_ms
+        return None
+
+    def _restore_step(self) -> None:
+        """Move the restore on: end discovery, commit, finish or give up, and ask for more."""
+        r = self._restore
+        if r is None or r.phase in (Phase.SIGNING, Phase.DONE):
+            return
+        if r.phase is Phase.DISCOVER:
+            if not r.discovered(self._now, self._peers.available()):
+                return
+            if r.target is None:
+                self._restore_finish(0, -1, new_epoch=False)  # nobody holds anything of us
+                return
+            r.phase = Phase.FETCH
+            r.last_progress_ms = self._now
+            self._out.append(RestoreProgressed(-1, r.target.height))
+        self._restore_commit()
+        if r.reached():
+            assert r.committed is not None
+            self._restore_finish(r.committed.header.epoch, r.committed_height, new_epoch=False)
+        elif self._now >= r.last_progress_ms + self.config.restore_body_wait_ms:
+            self._restore_give_up()
+        else:
+            self._restore_pump()
+
+    def _restore_pump(self) -> None:
+        r = self._restore
+        assert r is not None and r.target is not None
+        cfg = self.config
+        available = self._peers.available()
+        for key in [k for k in r.inflight if self._pending.get(*k) is None]:
+            del r.inflight[key]  # expired, or its peer went down
+        if r.header_req is not None and self._pending.get(*r.header_req) is None:
+            r.header_req = None
+        lo = r.tip_height + 1
+        if (
+            r.header_req is None
+            and lo <= r.target.height
+            and lo - 1 - r.committed_height < cfg.restore_ahead
+        ):
+            peers = [p for p in r.claimants(lo, available) if self._pending.room_for(p)]
+            if peers:
+                # The least recently asked first: a peer that did not answer is not asked again
+                # before the others (the hedge), the best claim among equals.
+                peer = min(peers, key=lambda p: r.header_asked.get(p, -1))
+                r.header_asked[peer] = self._now
+                hi = min(r.target.height, lo + cfg.max_range - 1)
+                rid = self._request(peer, self.device_id, lo, hi, 0, r.target.height)
+                r.header_req = (peer, rid)
+        for run_lo, run_hi in r.missing_runs(cfg.max_blocks):
+            if len(r.inflight) >= cfg.restore_inflight:
+                break
+            peers = [
+                p
+                for p in r.claimants(run_lo, available)
+                if r.may_ask(p, run_lo, self._now, cfg.anti_entropy_ms)
+                and self._pending.room_for(p)
+            ]
+            if not peers:
+                continue
+            load = {p: sum(1 for k in r.inflight if k[0] == p) for p in peers}
+            least = min(load.values())
+            peer = self._rng.choice(sorted(p for p in peers if load[p] == least))
+            rid = self._request(
+                peer, self.device_id, run_lo, run_hi, wire.FLAG_BODIES, r.target.height
+            )
+            r.inflight[(peer, rid)] = (run_lo, run_hi)
+
+    def _restore_response(
+        self, peer: str, req: Pending, headers: list[SignedHeader], blocks: tuple[bytes, ...]
+    ) -> None:
+        r = self._restore
+        assert r is not None
+        key = (peer, req.request_id)
+        r.inflight.pop(key, None)
+        if r.header_req == key:
+            r.header_req = None
+        progress = False
+        for sh in headers:
+            height = sh.header.height
+            if height <= r.tip_height:
+                continue
+            if height != r.tip_height + 1 or not self._restore_header(sh, peer):
+                break
+            r.tip = sh
+            r.history.append(sh.hash)
+            r.headers[height] = sh
+            progress = True
+        keys = self._creds.keys(self.device_id)
+        for w in blocks if req.flags & wire.FLAG_BODIES else ():
+            block = decode_block(w)
+            bh = block.header.header
+            if bh.device_id != self.device_id or not req.from_height <= bh.height <= req.to_height:
+                raise VerificationError(
+                    "response block",
+                    f"{self.device_id}@{req.from_height}..{req.to_height}",
+                    f"{bh.device_id}@{bh.height}",
+                )
+            expected = r.headers.get(bh.height)
+            if expected is None or bh.height in r.bodies or keys is None:
+                continue
+            if block.header.hash != expected.hash:
+                self.counters["restore_body_other_header"] += 1
+                continue
+            try:
+                verify_block(block, keys.key_for(bh.key_id, bh.height))
+            except VerificationError:
+                self.counters["block_invalid"] += 1
+                self._penalize(peer, "invalid")
+                return
+            r.bodies[bh.height] = w
+            progress = True
+        if req.flags & wire.FLAG_BODIES:
+            r.mark_tried(peer, req.from_height, req.to_height, self._now)
+        if progress:
+            r.last_progress_ms = self._now
+        self._restore_step()
+
+    def _restore_header(self, sh: SignedHeader, peer: str) -> bool:
+        """Does ``sh`` extend the verified tip of the chain being restored?"""
+        r = self._restore
+        assert r is not None
+        h = sh.header
+        keys = self._creds.keys(self.device_id)
+        if keys is None:
+            return False
+        try:
+            key = keys.key_for(h.key_id, h.height)
+        except VerificationError:
+            self.counters["restore_header_unknown_key"] += 1
+            return False
+        try:
+            sh.verify(key, memo=True)
+        except VerificationError:
+            self._penalize(peer, "invalid")
+            return False
+        if self._superseded(self.device_id, h.epoch, h.height):
+            self.counters["restore_header_superseded"] += 1
+            return False
+        try:
+            verify_link(r.tip, sh, self._epochs.get(self.device_id, {}))
+        except ChainError:
+            self.counters["restore_header_unlinked"] += 1  # another branch, or a record unseen
+            return False
+        if h.history_root != r.history.root():
+            self._penalize(peer, "invalid")
+            return False
+        return True
+
+    def _restore_commit(self) -> None:
+        r = self._restore
+        assert r is not None
+        batch = r.take_committable()
+        if not batch:
+            return
+        chain = self._chain(self.device_id)
+        for sh, _ in batch:
+            chain.append(sh)
+            self._seen_headers.put(sh.hash, True)
+        self.counters["restore_blocks"] += len(batch)
+        self._out.append(CommitRestored(tuple(w for _, w in batch)))
+        self._out.append(RestoreProgressed(r.committed_height, r.target_height))
+
+    def _restore_give_up(self) -> None:
+        """The published head is out of reach: open a new epoch after the last whole block."""
+        r = self._restore
+        assert r is not None and r.target is not None
+        if r.committed is None:
+            if not r.failed_reported:
+                r.failed_reported = True
+                self._out.append(
+                    RestoreFailed(
+                        r.target.height,
+                        "no peer served the body of block 0 (or its header) within "
+                        f"{self.config.restore_body_wait_ms} ms; still trying",
+                    )
+                )
+            r.last_progress_ms = self._now
+            return
+        head = r.committed.header
+        known = list(self._epochs.get(self.device_id, {}))
+        new_epoch = max([r.target.epoch, head.epoch, *known]) + 1
+        r.phase = Phase.SIGNING
+        self._pending.drop(device_id=self.device_id)
+        self.counters["restore_new_epoch"] += 1
+        self._out.append(SignEpoch(head.epoch, new_epoch, head.height, r.committed.hash))
+
+    def _on_epoch_signed(self, record: bytes) -> None:
+        r = self._restore
+        if r is None or r.phase is not Phase.SIGNING or r.committed is None:
+            raise UsageError("epoch signed: no restore is waiting for an epoch record")
+        se = decode_epoch(record)
+        rec = se.record
+        if (rec.device_id, rec.last_height, rec.last_hash) != (
+            self.device_id,
+            r.committed.header.height,
+            r.committed.hash,
+        ):
+            raise UsageError("epoch signed: the record does not name the restored head")
+        if not self._learn_epoch(record, None) or rec.new_epoch not in self._epochs.get(
+            self.device_id, {}
+        ):
+            raise UsageError("epoch signed: the record does not verify under the device key")
+        payload = wire.encode(wire.Epochs(self.device_id, (record,)))
+        for domain in self._cover_domains():
+            self._out.append(Broadcast(domain, payload))
+        self._restore_finish(rec.new_epoch, rec.last_height, new_epoch=True)
+
+    def _restore_finish(self, epoch: int, height: int, *, new_epoch: bool) -> None:
+        r = self._restore
+        assert r is not None
+        target = r.target
+        r.phase = Phase.DONE
+        r.headers.clear()
+        r.bodies.clear()
+        r.tried.clear()
+        r.inflight.clear()
+        self._pending.drop(device_id=self.device_id)
+        self._out.append(
+            RestoreFinished(
+                epoch,
+                height,
+                0 if target is None else target.epoch,
+                -1 if target is None else target.height,
+                new_epoch,
+            )
+        )
+
     # --- helpers ------------------------------------------------------------------------------
 
     def _send(self, peer: str, msg: wire.Message) -> None:
@@ -1081,4 +1526,6 @@ def _type_of(msg: wire.Message) -> int:
         return wire.RESPONSE
     if isinstance(msg, wire.EvidenceMessage):
         return wire.EVIDENCE
+    if isinstance(msg, wire.Epochs):
+        return wire.EPOCHS
     return wire.CERTS

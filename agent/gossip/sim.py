@@ -6,7 +6,8 @@
   must never happen: a stored duplicate, a header stored out of order, a second body.
 - ``SimNet`` is the link and the runtime loop: messages are lost, duplicated and reordered (random
   latency) under a seeded ``random.Random``; partitions block pairs; devices go offline and come
-  back restarted from their store. Time is simulated: the loop jumps to the next delivery or the
+  back restarted from their store, or are wiped and restored from their peers (``restore``).
+  Time is simulated: the loop jumps to the next delivery or the
   next node deadline, so a minute of gossip takes milliseconds and nothing ever sleeps.
 
 This is the core's own test twin, independent of the real transports (agent/transport).
@@ -22,11 +23,15 @@ from dataclasses import dataclass, field
 from agent.gossip.actions import (
     Action,
     Broadcast,
+    CommitRestored,
     PublishEvidence,
+    RewindChain,
     Send,
     ServePull,
+    SignEpoch,
     StoreBlock,
     StoreCredential,
+    StoreEpoch,
     StoreEvidence,
     StoreHeaders,
 )
@@ -34,6 +39,9 @@ from agent.gossip.config import GossipConfig
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
+    ChainRewound,
+    EpochKnown,
+    EpochSigned,
     EvidenceKnown,
     EvidenceReceived,
     Input,
@@ -42,11 +50,12 @@ from agent.gossip.inputs import (
     PeerDown,
     PeerUp,
     PullLoaded,
+    RestoreRequested,
     RevocationKnown,
     RotationKnown,
 )
 from agent.gossip.node import GossipNode
-from ledger.block import Block, SignedHeader, build_header, decode_header, sign_header
+from ledger.block import Block, SignedHeader, build_header, decode_block, decode_header, sign_header
 from ledger.certs import (
     FleetRoots,
     countersign_rotation,
@@ -54,6 +63,7 @@ from ledger.certs import (
     sign_revocation,
     sign_rotation,
 )
+from ledger.epoch import EpochRecord, decode_epoch, sign_epoch
 from ledger.history import CompactRange
 from ledger.identity import SigningKey
 from ledger.reading import Reading, sign_reading
@@ -144,6 +154,26 @@ class SimDevice:
         self.key = new
         return authority.countersign(half)
 
+    def wipe(self) -> None:
+        """Lose the own chain (a wiped store); the key and certificate stay."""
+        self.blocks.clear()
+        self._hashes.clear()
+        self._seq = 0
+
+    def adopt(self, block: Block) -> None:
+        """Append a block restored from peers (the node verified it)."""
+        self.blocks.append(block)
+        self._hashes.append(block.header.hash)
+        self._seq = block.readings[-1].reading.seq + 1
+
+    def sign_epoch(self, act: SignEpoch, time_ms: int) -> bytes:
+        """Sign the epoch record the node asked for and sign in the new epoch from now on."""
+        record = EpochRecord(
+            self.device_id, act.new_epoch, act.prev_epoch, act.last_height, act.last_hash, time_ms
+        )
+        self.epoch = act.new_epoch
+        return sign_epoch(record, self.key).wire
+
     def equivocate(self, height: int, time_ms: int) -> Block:
         """A second, different block at ``height`` (a fork); the device's chain is unchanged."""
         return self._block_at(height, time_ms, -1)
@@ -160,6 +190,8 @@ class SimStore:
     blocks: dict[tuple[str, int], bytes] = field(default_factory=dict)
     evidence: dict[str, bytes] = field(default_factory=dict)
     credentials: list[tuple[str, str, bytes]] = field(default_factory=list)
+    epochs: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (device, epoch) -> rec
+    superseded: dict[str, dict[tuple[int, int], bytes]] = field(default_factory=dict)
     duplicates: int = 0
     out_of_order: int = 0
     block_duplicates: int = 0
@@ -178,6 +210,18 @@ class SimStore:
         if (device_id, height) in self.blocks:
             self.block_duplicates += 1
         self.blocks[(device_id, height)] = wire
+
+    def rewind(self, device_id: str, last_height: int, new_epoch: int) -> tuple[bytes, ...]:
+        """Move headers above ``last_height`` of older epochs aside; the chain 0..last_height."""
+        held = self.headers.get(device_id, {})
+        aside = self.superseded.setdefault(device_id, {})
+        for h in sorted(held):
+            sh = decode_header(held[h])
+            if h > last_height and sh.header.epoch < new_epoch:
+                aside[(sh.header.epoch, h)] = held.pop(h)
+        return tuple(
+            w for w in self.chain(device_id) if decode_header(w).header.height <= last_height
+        )
 
     def chain(self, device_id: str) -> list[bytes]:
         held = self.headers.get(device_id, {})
@@ -203,6 +247,7 @@ class SimPeer:
     runs_node: bool = True
     events: list[Action] = field(default_factory=list)
     restarts: int = 0
+    published: list[bytes] = field(default_factory=list)  # own headers before a wipe
 
     @property
     def device_id(self) -> str:
@@ -305,6 +350,8 @@ class SimNet:
                 self._feed(peer, RevocationKnown(w))
         for w in list(peer.store.evidence.values()):
             self._feed(peer, EvidenceKnown(w))
+        for _key, w in sorted(peer.store.epochs.items()):
+            self._feed(peer, EpochKnown(w))
         if peer.device.blocks:
             self._feed(peer, ChainLoaded(peer.device_id, tuple(peer.device.header_wires())))
         for dev in sorted(peer.store.headers):
@@ -359,6 +406,22 @@ class SimNet:
         peer.restarts += 1
         self._boot(peer, preload=False)
         for device in sorted(self.retained):  # retained evidence arrives on subscribing
+            self._feed(peer, EvidenceReceived(self.retained[device]))
+        self._announce_presence(peer)
+
+    def restore(self, device_id: str) -> None:
+        """Wipe a device's own chain and store, restart its node in restore mode, announce it.
+        What it had published stays in ``published`` for the figures."""
+        peer = self.peers[device_id]
+        if peer.online:
+            self.take_offline(device_id)
+        peer.published = peer.device.header_wires()
+        peer.device.wipe()
+        peer.store = SimStore()
+        peer.restarts += 1
+        self._boot(peer, preload=False)
+        self._feed(peer, RestoreRequested())
+        for device in sorted(self.retained):
             self._feed(peer, EvidenceReceived(self.retained[device]))
         self._announce_presence(peer)
 
@@ -487,6 +550,22 @@ class SimNet:
                 peer.store.credentials.append((a.device_id, a.kind, a.wire))
             elif isinstance(a, ServePull):
                 self._serve(peer, a)
+            elif isinstance(a, StoreEpoch):
+                rec = decode_epoch(a.record).record
+                peer.store.epochs[(a.device_id, rec.new_epoch)] = a.record
+            elif isinstance(a, RewindChain):
+                wires = peer.store.rewind(a.device_id, a.last_height, a.new_epoch)
+                self._push(
+                    self.now + 1, peer.device_id, None, None, ChainRewound(a.device_id, wires)
+                )
+            elif isinstance(a, CommitRestored):
+                for w in a.blocks:
+                    peer.device.adopt(decode_block(w))
+                peer.events.append(a)
+            elif isinstance(a, SignEpoch):
+                record = peer.device.sign_epoch(a, self.now)
+                peer.store.epochs[(peer.device_id, a.new_epoch)] = record
+                self._push(self.now + 1, peer.device_id, None, None, EpochSigned(record))
             else:
                 peer.events.append(a)
 

@@ -1,4 +1,4 @@
-"""Gossip wire format: the six message types, their canonical encoding and their hard limits.
+"""Gossip wire format: the seven message types, their canonical encoding and their hard limits.
 
 Every message is one canonical MessagePack array (ledger.codec rules: arrays, uints, strings and
 byte strings only; shortest forms; nothing trailing), the **envelope**
@@ -15,6 +15,7 @@ type   name       payload fields after the sender
                   [block...]``
 5      EVIDENCE   ``evidence_wire`` (ledger.evidence fork evidence)
 6      CERTS      ``[cert...], [rotation...], [revocation...]``
+7      EPOCHS     ``[epoch_record...]`` (1..16 signed epoch records, ledger.epoch, any devices)
 =====  =========  ================================================================================
 
 Signed structures travel as the exact bytes their signers produced (``bin``); this module checks
@@ -47,6 +48,7 @@ REQUEST: Final = 3
 RESPONSE: Final = 4
 EVIDENCE: Final = 5
 CERTS: Final = 6
+EPOCHS: Final = 7
 
 FLAG_BODIES: Final = 1
 FLAG_CREDENTIALS: Final = 2
@@ -62,6 +64,7 @@ CERT_WIRE_MAX: Final = 472  # certificate body <= 400 bytes + framing
 ROTATION_WIRE_MAX: Final = 512
 REVOCATION_WIRE_MAX: Final = 328  # revocation body <= 256 bytes + framing
 EVIDENCE_WIRE_MAX: Final = 4096
+EPOCH_WIRE_MAX: Final = 200  # epoch record body <= 128 bytes + framing (ledger.epoch.MAX_WIRE)
 MAX_MESSAGE_BYTES: Final = 1 << 20  # 1 MiB: the transports' default payload limit
 # A block body travels in a RESPONSE only if it fits one message: bodies of up to ~2,500
 # one-reading-sized readings. Larger blocks (ledger allows up to MAX_BLOCK_BYTES) never do.
@@ -75,6 +78,7 @@ MAX_RESPONSE_BLOCKS: Final = 16
 MAX_RESPONSE_ROTATIONS: Final = 16
 MAX_RESPONSE_REVOCATIONS: Final = 16
 MAX_CERTS_ITEMS: Final = 32  # per list in a CERTS message
+MAX_EPOCH_RECORDS: Final = 16  # per EPOCHS message
 
 # Total message sizes.
 ANNOUNCE_MAX_BYTES: Final = 8192
@@ -83,6 +87,7 @@ REQUEST_MAX_BYTES: Final = 128
 RESPONSE_MAX_BYTES: Final = MAX_MESSAGE_BYTES
 EVIDENCE_MAX_BYTES: Final = EVIDENCE_WIRE_MAX + 64
 CERTS_MAX_BYTES: Final = 65_536
+EPOCHS_MAX_BYTES: Final = 4_096
 
 # Per type: total bytes, longest array, string and byte string, and the array shape by depth
 # (the envelope, then the lists inside it, then SUMMARY entries): nothing nests deeper.
@@ -105,8 +110,19 @@ _LIMITS: Final[dict[int, codec.Limits]] = {
     CERTS: codec.Limits(
         CERTS_MAX_BYTES, MAX_CERTS_ITEMS, 26, ROTATION_WIRE_MAX, shape=(6, MAX_CERTS_ITEMS)
     ),
+    EPOCHS: codec.Limits(
+        EPOCHS_MAX_BYTES, MAX_EPOCH_RECORDS, 26, EPOCH_WIRE_MAX, shape=(4, MAX_EPOCH_RECORDS)
+    ),
 }
-_FIELDS: Final = {ANNOUNCE: 4, SUMMARY: 5, REQUEST: 8, RESPONSE: 10, EVIDENCE: 4, CERTS: 6}
+_FIELDS: Final = {
+    ANNOUNCE: 4,
+    SUMMARY: 5,
+    REQUEST: 8,
+    RESPONSE: 10,
+    EVIDENCE: 4,
+    CERTS: 6,
+    EPOCHS: 4,
+}
 NAMES: Final = {
     ANNOUNCE: "ANNOUNCE",
     SUMMARY: "SUMMARY",
@@ -114,6 +130,7 @@ NAMES: Final = {
     RESPONSE: "RESPONSE",
     EVIDENCE: "EVIDENCE",
     CERTS: "CERTS",
+    EPOCHS: "EPOCHS",
 }
 
 
@@ -187,7 +204,15 @@ class Certs:
     revocations: tuple[bytes, ...]
 
 
-Message = Announce | Summary | Request | Response | EvidenceMessage | Certs
+@dataclass(frozen=True, slots=True)
+class Epochs:
+    """Signed epoch records (ledger.epoch) of any devices, verified by the receiver."""
+
+    sender: str
+    records: tuple[bytes, ...]
+
+
+Message = Announce | Summary | Request | Response | EvidenceMessage | Certs | Epochs
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -209,7 +234,7 @@ def decode(payload: bytes) -> Message:
     mtype = payload[2]
     limits = _LIMITS.get(mtype)
     if limits is None:
-        raise DecodeError(what, f"field type: expected one of 1..6, found byte {mtype:#04x}")
+        raise DecodeError(what, f"field type: expected one of 1..7, found byte {mtype:#04x}")
     what = NAMES[mtype]
     fields = codec.array(codec.decode(payload, limits, what), _FIELDS[mtype], what)
     return _parse(mtype, fields, what)
@@ -252,6 +277,11 @@ def _parse(mtype: int, f: list[Any], what: str) -> Message:
         return EvidenceMessage(
             sender, codec.bin_(f[3], what, "evidence", maximum=EVIDENCE_WIRE_MAX)
         )
+    if mtype == EPOCHS:
+        records = _bins(f[3], what, "records", MAX_EPOCH_RECORDS, EPOCH_WIRE_MAX)
+        if not records:
+            raise DecodeError(what, f"field records: expected 1..{MAX_EPOCH_RECORDS}, found none")
+        return Epochs(sender, records)
     return Certs(
         sender,
         _bins(f[3], what, "certificates", MAX_CERTS_ITEMS, CERT_WIRE_MAX),
@@ -345,6 +375,8 @@ def _fields(msg: Message) -> tuple[int, list[codec.Value]]:
         ]
     if isinstance(msg, EvidenceMessage):
         return EVIDENCE, [VERSION, EVIDENCE, msg.sender, msg.evidence]
+    if isinstance(msg, Epochs):
+        return EPOCHS, [VERSION, EPOCHS, msg.sender, list(msg.records)]
     head = [VERSION, CERTS, msg.sender]
     return CERTS, [*head, list(msg.certificates), list(msg.rotations), list(msg.revocations)]
 

@@ -99,7 +99,7 @@ def _raw(*fields: object) -> bytes:
 
 _MUTATIONS = [
     ("version-2", _raw(2, 3, A, 1, B, 0, 0, 0), "version"),
-    ("type-7", _raw(1, 7, A, 1, B, 0, 0, 0), "type"),
+    ("type-8", _raw(1, 8, A, 1, B, 0, 0, 0), "type"),
     ("type-0", _raw(1, 0, A, 1, B, 0, 0, 0), "type"),
     ("sender-not-a-device-id", _raw(1, 3, "ef+#", 1, B, 0, 0, 0), "sender"),
     ("request-from-after-to", _raw(1, 3, A, 1, B, 5, 4, 0), "from_height"),

@@ -81,3 +81,21 @@ def test_seal_policy_by_size_and_by_age() -> None:
     assert p.due(4, 100, 101)
     assert p.deadline(100) == 1100
     assert p.deadline(None) is None
+
+
+def test_replication_shows_copies_and_lent_storage_when_on() -> None:
+    import dataclasses
+
+    rows = [
+        dataclasses.replace(row(1), replicated=(5, 6), held_bytes=3 << 20, quota_bytes=128 << 20),
+        dataclasses.replace(row(2), replicated=(2, 2), held_bytes=512, quota_bytes=64 << 20),
+    ]
+    lines = render(snap(rows))
+    assert lines[2] == "replication  7/8 blocks at full copies  held 3.0M of 192.0M lent"
+    table = lines[4:]
+    assert table[0].split()[7:9] == ["copies", "held"]
+    assert table[1].split()[7:9] == ["5/6", "3.0M"]
+    assert table[2].split()[7:9] == ["2/2", "512B"]
+    off = render(snap([row(1)]))
+    assert not any(line.startswith("replication") for line in off)
+    assert off[4].split()[7:9] == ["-", "-"]

@@ -127,6 +127,12 @@ def test_domain_tags_are_pinned_distinct_and_prefix_free() -> None:
         b"edgefleet/v1/revocation\x00",
         b"edgefleet/v1/device-id\x00",
         b"edgefleet/v1/key-id\x00",
+        b"edgefleet/v1/storage-receipt\x00",
+        b"edgefleet/v1/audit\x00",
+        b"edgefleet/v1/placement\x00",
+        b"edgefleet/v1/bundle-digest\x00",
+        b"edgefleet/v1/seal-ephemeral\x00",
+        b"edgefleet/v1/epoch\x00",
     )
     for a in domains.ALL:
         assert a.isascii() and a.endswith(b"\x00") and a.count(b"\x00") == 1

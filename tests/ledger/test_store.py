@@ -445,3 +445,51 @@ def test_block_wire_is_the_stored_bytes(chain_store: Store) -> None:
     header = chain_store.header_at(1)
     assert header is not None
     assert chain_store.block_wire(1) == encode_block(header.wire, chain_store.reading_wires(1))
+
+
+def test_replication_bookkeeping_replicas_surplus_receipts_and_own_block_sizes(
+    chain_store: Store, peer_blocks: list[Block], other_device_key: SigningKey
+) -> None:
+    store = chain_store
+    peer = other_device_key.public.device_id
+    for b in peer_blocks:
+        assert store.put_replica(b)
+    infos = store.replica_infos()
+    assert [(d, h, e, x, n) for d, h, e, x, n, _ in infos] == [
+        (peer, b.header.header.height, b.header.header.epoch, b.header.hash, len(b.encode()))
+        for b in peer_blocks
+    ]
+    assert store.replica_wire(peer, 1) == peer_blocks[1].encode()
+    assert store.replica_wire(peer, 99) is None
+    store.mark_surplus(peer, 1)
+    store.mark_surplus(peer, 1)  # idempotent
+    assert [s for *_, s in store.replica_infos()] == [False, True, False]
+
+    def foreign_tags(height: int) -> int:
+        sql = "SELECT count(*) FROM tags WHERE device_id=? AND height=? AND own=0"
+        return int(store._db.execute(sql, (peer, height)).fetchone()[0])
+
+    assert foreign_tags(1) > 0  # sample_readings tags every third reading
+    assert store.delete_replica(peer, 1) is True
+    assert store.delete_replica(peer, 1) is False
+    assert [h for _, h, *_ in store.replica_infos()] == [0, 2]
+    assert store.replica_bytes() == sum(len(peer_blocks[i].encode()) for i in (0, 2))
+    assert foreign_tags(1) == 0  # the tag index forgets an evicted replica
+    store.mark_surplus(peer, 2)
+    store.delete_replica(peer, 2)  # the surplus mark goes with the replica
+    assert store.put_replica(peer_blocks[2]) and store.replica_infos()[-1][-1] is False
+
+    store.put_receipt(0, "holder-a", b"r0a")
+    store.put_receipt(0, "holder-b", b"r0b")
+    store.put_receipt(2, "holder-a", b"r2a")
+    store.put_receipt(0, "holder-a", b"r0a'")  # a newer receipt replaces the old one
+    assert store.receipts() == [(0, "holder-a", b"r0a'"), (0, "holder-b", b"r0b"),
+                                (2, "holder-a", b"r2a")]  # fmt: skip
+    store.forget_receipt(0, "holder-b")
+    assert store.receipts(0) == [(0, "holder-a", b"r0a'")]
+
+    own = list(store.blocks())
+    assert store.own_block_infos(2) == [
+        (b.header.header.height, b.header.header.epoch, b.header.hash, len(b.encode()))
+        for b in own[-2:]
+    ]

@@ -1,0 +1,72 @@
+"""What the owner side and the holder side of one node share: identity, config, the clock value of
+the input being handled, membership, presence, credentials, counters and the action list.
+
+One ``Context`` per ``ReplicationNode``; the node updates ``now`` before it calls either side,
+and collects ``out`` after.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from agent.gossip.credentials import Credentials
+from agent.replication import wire
+from agent.replication.actions import Action, Broadcast, Send
+from agent.replication.config import ReplicationConfig
+from ledger.identity import PublicKey, SigningKey
+
+
+class Context:
+    def __init__(
+        self,
+        device_id: str,
+        key: SigningKey,
+        config: ReplicationConfig,
+        creds: Credentials,
+        now_ms: int,
+    ) -> None:
+        self.device_id = device_id
+        self.key = key
+        self.config = config
+        self.rng = config.rng
+        self.creds = creds
+        self.now = now_ms
+        self.out: list[Action] = []
+        self.counters: Counter[str] = Counter()
+        self.domains: dict[str, frozenset[str]] = {}
+        self.members: frozenset[str] = frozenset()  # every domain peer, self excluded
+        self.up: set[str] = set()
+
+    def send(self, peer_id: str, msg: wire.Message) -> None:
+        self.out.append(Send(peer_id, wire.encode(msg)))
+        self.counters[f"sent_{wire.NAMES[_type(msg)].lower()}"] += 1
+
+    def broadcast(self, msg: wire.Message) -> None:
+        payload = wire.encode(msg)
+        for domain in sorted(self.domains):
+            if len(self.domains[domain]) > 1:
+                self.out.append(Broadcast(domain, payload))
+
+    def site(self, device_id: str) -> str | None:
+        keys = self.creds.keys(device_id)
+        return None if keys is None else keys.certificate.site
+
+    def current_key(self, device_id: str) -> PublicKey | None:
+        """The key a device signs with now (its last rotation), None if unknown or revoked."""
+        keys = self.creds.keys(device_id)
+        if keys is None or None in keys.revoked_from or not keys.spans:
+            return None
+        key = keys.spans[-1].key
+        return None if key.key_id in keys.revoked_from else key
+
+
+def _type(msg: wire.Message) -> int:
+    return {
+        wire.Store: wire.STORE,
+        wire.ReceiptMsg: wire.RECEIPT,
+        wire.Refuse: wire.REFUSE,
+        wire.Challenge: wire.CHALLENGE,
+        wire.Proof: wire.PROOF,
+        wire.Release: wire.RELEASE,
+        wire.Space: wire.SPACE,
+    }[type(msg)]

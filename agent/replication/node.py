@@ -1,0 +1,285 @@
+"""The replication core: a synchronous, I/O-free state machine for one device (like gossip).
+
+``ReplicationNode.handle(input, now_ms)`` and ``handle_timer(now_ms)`` return the actions the
+runtime must perform; ``next_deadline()`` says when to call ``handle_timer`` next. Randomness
+(nonces, audit picks, timer offsets) comes from ``config.rng`` only and every choice is made over
+a sorted list, so a seed reproduces a run. Nothing here touches sockets, files, clocks or the
+global random.
+
+Each node is both an **owner** (``owner.OwnerSide``: its own blocks on R holders, receipts,
+audits, repair, holder scores) and a **holder** (``holder.HolderSide``: verify, store within the
+quota, receipts, audit answers, SPACE adverts). This module owns what they share: membership,
+presence, credentials, and the decoding of every message. Remote bytes never raise out of
+``handle``: malformed messages (``DecodeError``) and invalid content (``VerificationError``) are
+counted and cost the sender ``penalty_invalid`` points. docs/REPLICATION.md is the reference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+
+from agent.gossip.credentials import Credentials, Outcome
+from agent.replication import wire
+from agent.replication.actions import Action
+from agent.replication.config import ReplicationConfig
+from agent.replication.context import Context
+from agent.replication.holder import HolderSide
+from agent.replication.inputs import (
+    CredentialKnown,
+    DomainChanged,
+    HeadersKnown,
+    Input,
+    MessageReceived,
+    OwnBlockLoaded,
+    OwnBlockSealed,
+    OwnChainLoaded,
+    PeerDown,
+    PeerUp,
+    ReceiptKnown,
+    ReplicaLoaded,
+    ReplicasLoaded,
+    ReplicaStored,
+)
+from agent.replication.owner import OwnerSide
+from ledger.certs import FleetRoots
+from ledger.errors import DecodeError, UsageError, VerificationError
+from ledger.identity import SigningKey, is_device_id
+
+_MAX_DEVICES = 4_096  # devices with credentials (as gossip)
+
+
+class ReplicationNode:
+    """Replication of one device. Not thread-safe; drive it from one task."""
+
+    def __init__(
+        self,
+        device_id: str,
+        key: SigningKey,
+        domains: Mapping[str, Iterable[str]],
+        roots: FleetRoots,
+        *,
+        config: ReplicationConfig | None = None,
+        now_ms: int = 0,
+    ) -> None:
+        if not is_device_id(device_id):
+            raise UsageError(f"replication node: expected a device id, found {device_id!r}")
+        cfg = config if config is not None else ReplicationConfig()
+        creds = Credentials(roots, max_devices=_MAX_DEVICES, max_pending=8, max_revocations=16)
+        self._ctx = ctx = Context(device_id, key, cfg, creds, now_ms)
+        self.device_id = device_id
+        self.config = cfg
+        self.owner = OwnerSide(ctx)
+        self.holder = HolderSide(ctx)
+        for name, members in domains.items():
+            self._set_domain(name, frozenset(members))
+        self._members_changed()
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self._ctx.counters
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def handle(self, event: Input, now_ms: int) -> list[Action]:
+        """Feed one input; return what to do. Remote bytes never make this raise."""
+        self._ctx.now = now_ms
+        if isinstance(event, MessageReceived):
+            self._on_message(event)
+        elif isinstance(event, PeerUp):
+            self._on_peer_up(event.peer_id)
+        elif isinstance(event, PeerDown):
+            self._ctx.up.discard(event.peer_id)
+            self.owner.on_peer_down(event.peer_id)
+        elif isinstance(event, DomainChanged):
+            self._on_domain_changed(event)
+        elif isinstance(event, CredentialKnown):
+            self._on_credential(event)
+        elif isinstance(event, HeadersKnown):
+            self._trusted("headers_known", self.holder.on_headers, event.device_id, event.headers)
+        elif isinstance(event, OwnBlockSealed):
+            self.owner.on_sealed(event.block)
+        elif isinstance(event, OwnChainLoaded):
+            self.owner.on_chain_loaded(event.blocks)
+        elif isinstance(event, ReceiptKnown):
+            self._trusted("receipt_known", self.owner.on_receipt_known, event.wire)
+        elif isinstance(event, OwnBlockLoaded):
+            self.owner.on_own_loaded(event)
+        elif isinstance(event, ReplicasLoaded):
+            self.holder.on_loaded(event.replicas)
+        elif isinstance(event, ReplicaStored):
+            self.holder.on_stored(event)
+        elif isinstance(event, ReplicaLoaded):
+            self.holder.on_replica_loaded(event)
+        else:
+            raise UsageError(f"replication node: unknown input {type(event).__name__}")
+        return self._take()
+
+    def handle_timer(self, now_ms: int) -> list[Action]:
+        """Run whatever is due at ``now_ms``: deadlines, audits, repair, retries, adverts."""
+        self._ctx.now = now_ms
+        self.owner.on_timer()
+        self.holder.on_timer()
+        return self._take()
+
+    def next_deadline(self) -> int:
+        return min(self.owner.next_deadline(), self.holder.next_deadline())
+
+    def _trusted(self, what: str, fn: Callable[..., None], *args: object) -> None:
+        """Inputs from the runtime's store: a record that does not decode is counted, not fatal
+        (the store is checked on its own; one bad row must not stop replication)."""
+        try:
+            fn(*args)
+        except DecodeError:
+            self._ctx.counters[f"{what}_malformed"] += 1
+
+    # --- queries (tests, live view) -----------------------------------------------------------
+
+    def holders(self, height: int) -> dict[str, bytes]:
+        """Holder -> receipt wire of an own block (healthy or not)."""
+        rec = self.owner.blocks.get(height)
+        return {} if rec is None else dict(rec.holders)
+
+    def healthy_holders(self, height: int) -> list[str]:
+        return self.owner.healthy(height)
+
+    def own_heights(self) -> list[int]:
+        return list(self.owner.blocks)
+
+    def score(self, holder_id: str) -> int | None:
+        view = self.owner.views.get(holder_id)
+        return None if view is None else view.score
+
+    def excluded(self, holder_id: str) -> bool:
+        view = self.owner.views.get(holder_id)
+        return view is not None and view.excluded
+
+    def used_bytes(self) -> int:
+        return self.holder.used
+
+    def free_bytes(self) -> int:
+        return self.holder.free()
+
+    def replicas(self) -> dict[tuple[str, int], bytes]:
+        """(owner, height) -> block hash of every replica held (not counting pending writes)."""
+        return {k: r.block_hash for k, r in self.holder.replicas.items()}
+
+    # --- membership ---------------------------------------------------------------------------
+
+    def _set_domain(self, name: str, members: frozenset[str]) -> None:
+        bad = sorted(m for m in members if not isinstance(m, str) or not is_device_id(m))
+        if bad:
+            raise UsageError(f"replication domain {name!r}: expected device ids, found {bad[:3]}")
+        if self.device_id not in members:
+            raise UsageError(
+                f"replication domain {name!r}: must list this device ({self.device_id})"
+            )
+        self._ctx.domains[name] = members
+
+    def _members_changed(self) -> None:
+        ctx = self._ctx
+        members: set[str] = set()
+        for m in ctx.domains.values():
+            members |= m
+        members.discard(self.device_id)
+        ctx.members = frozenset(members)
+        ctx.up &= ctx.members
+        self.owner.set_members(ctx.members)
+
+    def _on_domain_changed(self, ev: DomainChanged) -> None:
+        if self.device_id in ev.members:
+            self._set_domain(ev.domain, frozenset(ev.members))
+        else:
+            self._ctx.domains.pop(ev.domain, None)
+        self._members_changed()
+
+    def _on_peer_up(self, peer: str) -> None:
+        ctx = self._ctx
+        if peer not in ctx.members:
+            ctx.counters["peer_up_foreign"] += 1
+            return
+        if peer in ctx.up:
+            return
+        ctx.up.add(peer)
+        self.owner.on_peer_up(peer)
+        self.holder.on_peer_up(peer)
+
+    def _on_credential(self, ev: CredentialKnown) -> None:
+        creds = self._ctx.creds
+        try:
+            if ev.kind == "certificate":
+                result = creds.add_certificate(ev.wire, self._ctx.now)
+            elif ev.kind == "rotation":
+                result = creds.add_rotation(ev.wire)
+            else:
+                result = creds.add_revocation(ev.wire)
+        except DecodeError:
+            self._ctx.counters["credential_malformed"] += 1
+            return
+        self._ctx.counters[f"credential_{result.outcome.value}"] += 1
+        if result.outcome is Outcome.NEW:
+            self.owner.kick()  # a holder's site and key may be known now
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def _on_message(self, ev: MessageReceived) -> None:
+        ctx = self._ctx
+        claimed = ev.peer_id
+        if claimed is not None and claimed not in ctx.members:
+            ctx.counters["dropped_foreign"] += 1
+            return
+        try:
+            msg = wire.decode(ev.payload)
+        except DecodeError:
+            if claimed is None:
+                ctx.counters["malformed_unattributed"] += 1
+            else:
+                self._offence(claimed, "malformed")
+            return
+        peer = msg.sender if claimed is None else claimed
+        if msg.sender != peer:
+            self._offence(peer, "sender_mismatch")
+            return
+        if peer not in ctx.members:
+            ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
+            return
+        ctx.counters[f"received_{type(msg).__name__.lower()}"] += 1
+        try:
+            self._dispatch(peer, msg)
+        except DecodeError:
+            self._offence(peer, "malformed")
+        except VerificationError:
+            self._offence(peer, "invalid")
+
+    def _offence(self, peer: str, what: str) -> None:
+        self._ctx.counters[what] += 1
+        self.owner.penalize_invalid(peer)
+
+    def _dispatch(self, peer: str, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Store):
+            try:
+                self.holder.on_store(peer, msg)
+            except (DecodeError, VerificationError):
+                refuse = wire.Refuse(
+                    self.device_id, msg.request_id, wire.INVALID, self.holder.free()
+                )
+                self._ctx.send(peer, refuse)
+                raise
+        elif isinstance(msg, wire.Challenge):
+            self.holder.on_challenge(peer, msg)
+        elif isinstance(msg, wire.Release):
+            self.holder.on_release(peer, msg)
+        elif isinstance(msg, wire.ReceiptMsg):
+            self.owner.on_receipt(peer, msg)
+        elif isinstance(msg, wire.Refuse):
+            self.owner.on_refuse(peer, msg)
+        elif isinstance(msg, wire.Proof):
+            self.owner.on_proof(peer, msg)
+        else:
+            self.owner.on_space(peer, msg)
+
+    def _take(self) -> list[Action]:
+        self.owner.work()
+        out = self._ctx.out
+        self._ctx.out = []
+        return out
