@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "agent.cli.show",
     "agent.cli.bundle",
     "agent.cli.restore",
+    "agent.cli.trace",
 )
 
 

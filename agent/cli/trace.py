@@ -1,0 +1,196 @@
+"""`edgefleet trace` and `edgefleet tags`: follow one tagged item, or list the tagged items.
+
+``trace EPC --data DIR`` verifies every reading about the item against the fleet root and prints
+its timeline and verdict (``--format text|json|epcis``), optionally writing an offline proof
+bundle (``--bundle FILE``). ``trace --from-bundle FILE`` verifies such a bundle and recomputes the
+same trace from it alone. ``tags --data DIR`` lists the items the data dir's tag indexes know.
+Private readings are read only with ``--owner-key`` or ``--grant`` + ``--grantee-key``.
+Exit status of ``trace``: 0 when the verdict is OK, 1 when it is not, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from agent import keystore
+from agent.audit import default_root
+from agent.cli.main import CliError
+from agent.cli.show import read_x25519_secret
+from agent.datadir import DataDir
+from agent.trace import epcis, render
+from agent.trace.analysis import Trace
+from agent.trace.bundles import trace_bundle, write_bundle
+from agent.trace.gather import TraceError, TraceSession
+from agent.trace.opening import Opening
+from agent.trace.rules import PRODUCTS
+from ledger.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
+from ledger.certs import FleetRoots
+from ledger.errors import LedgerError, UsageError
+from ledger.private import open_grant
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("trace", help="follow a tagged item through the fleet, with a verdict")
+    p.add_argument("epc", nargs="?", help="the item's EPC (e.g. urn:epc:id:giai:9501101.1250001)")
+    p.add_argument("--data", type=Path, help="fleet data directory")
+    p.add_argument(
+        "--format", choices=("text", "json", "epcis"), default="text", help="output format"
+    )
+    p.add_argument("--bundle", type=Path, help="also write an offline proof bundle to FILE")
+    p.add_argument("--from-bundle", type=Path, help="trace from a bundle file instead of --data")
+    p.add_argument("--product", choices=sorted(PRODUCTS), help="judge by this product's limits")
+    p.add_argument("--out", type=Path, help="write the output to FILE instead of stdout")
+    _key_args(p)
+    p.set_defaults(func=_trace)
+
+    p = sub.add_parser("tags", help="list the tagged items a data dir knows about")
+    p.add_argument("--data", required=True, type=Path, help="fleet data directory")
+    p.add_argument("--kind", choices=("blood", "food", "garment"), help="only items of this kind")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _key_args(p)
+    p.set_defaults(func=_tags)
+
+
+def _key_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, help="fleet-root.json to trust (default: the data dir's)")
+    p.add_argument("--owner-key", type=Path, help="owner X25519 secret key file (private readings)")
+    p.add_argument("--grant", type=Path, help="grant file (with --grantee-key)")
+    p.add_argument("--grantee-key", type=Path, help="grantee X25519 secret key file")
+
+
+def _opening(args: argparse.Namespace) -> Opening:
+    if args.owner_key and (args.grant or args.grantee_key):
+        raise CliError("give either --owner-key or --grant with --grantee-key, not both")
+    if args.owner_key:
+        return Opening.owner(read_x25519_secret(args.owner_key))
+    if bool(args.grant) != bool(args.grantee_key):
+        raise CliError("--grant and --grantee-key go together")
+    if not args.grant:
+        return Opening(None)
+    try:
+        blob = args.grant.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{args.grant}: cannot read ({exc.strerror})") from None
+    try:
+        return Opening.granted(open_grant(read_x25519_secret(args.grantee_key), blob))
+    except LedgerError as exc:
+        raise CliError(f"{args.grant}: {exc}") from None
+
+
+def _roots(args: argparse.Namespace, data: DataDir | None) -> FleetRoots | None:
+    path = args.root if args.root else (None if data is None else default_root(data))
+    if path is None:
+        return None
+    try:
+        return keystore.load_roots(path)
+    except keystore.KeystoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _session(args: argparse.Namespace) -> TraceSession:
+    data = DataDir(args.data)
+    roots = _roots(args, data)
+    assert roots is not None
+    try:
+        return TraceSession(data, roots, _opening(args))
+    except TraceError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    if args.out:
+        try:
+            args.out.write_text(text)
+        except OSError as exc:
+            raise CliError(f"{args.out}: cannot write ({exc.strerror})") from None
+    else:
+        sys.stdout.write(text)
+
+
+def _render(args: argparse.Namespace, trace: Trace) -> None:
+    if args.format == "json":
+        _emit(args, json.dumps(render.as_json(trace), indent=2) + "\n")
+    elif args.format == "epcis":
+        doc = epcis.document(trace, created_ms=int(time.time() * 1000))
+        _emit(args, json.dumps(doc, indent=2) + "\n")
+    else:
+        _emit(args, render.as_text(trace))
+
+
+def _trace(args: argparse.Namespace) -> int:
+    if args.from_bundle:
+        if args.data or args.bundle:
+            raise CliError("--from-bundle reads the bundle alone: no --data, no --bundle")
+        trace = _trace_bundle(args)
+    else:
+        if not args.data or not args.epc:
+            raise CliError("give an EPC and --data DIR (or --from-bundle FILE)")
+        with _session(args) as session:
+            trace = session.trace(args.epc, product=args.product)
+            if args.bundle:
+                _write_bundle(args, session, trace)
+    _render(args, trace)
+    return 0 if trace.verdict.ok else 1
+
+
+def _write_bundle(args: argparse.Namespace, session: TraceSession, trace: Trace) -> None:
+    if not trace.evidence:
+        raise CliError(f"{trace.epc}: no verified reading to put in a bundle")
+    try:
+        blob = write_bundle(session, trace, created_ms=int(time.time() * 1000))
+    except (LedgerError, UsageError) as exc:
+        raise CliError(f"bundle: {exc}") from None
+    try:
+        args.bundle.write_bytes(blob)
+    except OSError as exc:
+        raise CliError(f"{args.bundle}: cannot write ({exc.strerror})") from None
+    print(
+        f"bundle: {args.bundle} ({len(blob)} bytes, {len(trace.evidence)} readings); "
+        f"check it with: edgefleet verify-bundle {args.bundle}",
+        file=sys.stderr,
+    )
+
+
+def _trace_bundle(args: argparse.Namespace) -> Trace:
+    try:
+        with args.from_bundle.open("rb") as f:
+            blob = f.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as exc:
+        raise CliError(f"{args.from_bundle}: cannot read ({exc.strerror})") from None
+    roots = _roots(args, None)
+    try:
+        verified = verify_bundle(blob, roots=roots)
+    except BundleError as exc:
+        raise CliError(f"{args.from_bundle}: does not verify: {exc}") from None
+    if roots is None:
+        print(
+            f"bundle fleet root {verified.root_key_id.hex()} (the bundle's own; pass --root to "
+            "require yours)",
+            file=sys.stderr,
+        )
+    if args.epc and args.epc != verified.subject:
+        raise CliError(
+            f"{args.from_bundle}: the bundle is about {verified.subject}, not {args.epc}"
+        )
+    return trace_bundle(verified, _opening(args), product=args.product)
+
+
+_KINDS = {"blood": "medical_freezer", "food": "refrigerator", "garment": "washing_machine"}
+
+
+def _tags(args: argparse.Namespace) -> int:
+    with _session(args) as session:
+        rows = session.tags()
+        names = {d: i.name for d, i in session.devices.items()}
+        kinds = {d: i.kind for d, i in session.devices.items()}
+    if args.kind:
+        rows = [r for r in rows if kinds.get(r.devices[0]) == _KINDS[args.kind]]
+    if args.json:
+        print(json.dumps({"tags": render.tags_json(rows, names)}, indent=2))
+    else:
+        sys.stdout.write(render.tags_text(rows, names))
+    return 0
