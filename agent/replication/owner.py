@@ -79,6 +79,10 @@ class HolderView:
     blocks: set[int] = field(default_factory=set)  # own heights it holds a receipt for
     inflight: int = 0
     audit: int | None = None  # open challenge id
+    audited_ms: int = -1  # when its last challenge went out (rounds start with the longest ago)
+    # After a failed audit, every other block it holds is audited too, one per retry interval:
+    # a holder that lost one body may have lost more.
+    suspect: set[int] = field(default_factory=set)
     passed: int = 0
     failed: int = 0
     refused: int = 0
@@ -501,6 +505,7 @@ class OwnerSide:
             self._drop_holder(rec, holder)
             rec.avoid.add(holder)
             self.dirty.add(height)
+        view.suspect = set(view.blocks) - {height}
         self._penalize(holder, points)
         self.ctx.out.append(AuditFailed(holder, height, outcome, view.score))
 
@@ -516,6 +521,15 @@ class OwnerSide:
         if not view.excluded and view.score < self.ctx.config.score_min:
             view.excluded = True
             self.dirty |= view.blocks
+            # Its receipts are void: once readmitted it must earn every copy again (counting
+            # stale receipts would hide what it lost, and let a release drop an honest copy).
+            for h in sorted(view.blocks):
+                rec = self.blocks.get(h)
+                if rec is not None and peer in rec.holders:
+                    self._drop_holder(rec, peer)
+                    if view.up:
+                        self.ctx.send(peer, wire.Release(self.ctx.device_id, h, rec.block_hash))
+            view.suspect.clear()
             self.ctx.counters["holders_excluded"] += 1
             self.ctx.out.append(HolderExcluded(peer, view.score))
 
@@ -581,41 +595,66 @@ class OwnerSide:
             self._audit_round()
         if now >= self._next_retry:
             self._next_retry = now + cfg.retry_ms
+            self._audit_suspects()
             for h in self.stalled:
                 rec = self.blocks.get(h)
                 if rec is not None:
                     rec.avoid.clear()
             self.kick()
 
+    def _audit_suspects(self) -> None:
+        """Audit, one at a time, the other blocks of holders that just failed an audit."""
+        for holder, v in sorted(self.views.items()):
+            v.suspect &= v.blocks
+            if not v.suspect or not v.up or not v.healthy or v.audit is not None:
+                continue
+            if len(self.audits) >= self.ctx.config.max_audits:
+                return
+            height = min(v.suspect)
+            v.suspect.discard(height)
+            self.ctx.counters["audits_of_suspects"] += 1
+            if not self._start_audit(holder, v, height):
+                return
+
     def _audit_round(self) -> None:
         ctx = self.ctx
-        for holder, v in sorted(self.views.items()):
+        # Least recently audited first: with more holders than audit slots, a round that fills
+        # its slots must not starve the same holders every time.
+        order = sorted(self.views.items(), key=lambda kv: (kv[1].audited_ms, kv[0]))
+        for holder, v in order:
             if not v.up or not v.healthy or v.audit is not None or not v.blocks:
                 continue
             if len(self.audits) >= ctx.config.max_audits:
                 ctx.counters["audits_skipped"] += 1
                 return
             height = ctx.rng.choice(sorted(v.blocks))
-            cid = self._new_id()
-            a = Audit(holder, height, ctx.rng.randbytes(wire.NONCE_SIZE), ctx.now)
-            fresh = self._fresh.get(height)
-            if fresh is not None:
-                self.audits[cid] = a
-                v.audit = cid
-                self._challenge(cid, a, fresh[0])
-                continue
-            load = self._load(height)
-            if load is None:
+            if not self._start_audit(holder, v, height):
                 return
-            a.deadline = ctx.now + ctx.config.serve_timeout_ms
+
+    def _start_audit(self, holder: str, v: HolderView, height: int) -> bool:
+        """Challenge ``holder`` on ``height``; False when no load slot is free (try later)."""
+        ctx = self.ctx
+        cid = self._new_id()
+        a = Audit(holder, height, ctx.rng.randbytes(wire.NONCE_SIZE), ctx.now)
+        fresh = self._fresh.get(height)
+        if fresh is not None:
             self.audits[cid] = a
-            v.audit = cid
-            load.audits.append(cid)
+            v.audit, v.audited_ms = cid, ctx.now
+            self._challenge(cid, a, fresh[0])
+            return True
+        load = self._load(height)
+        if load is None:
+            return False
+        a.deadline = ctx.now + ctx.config.serve_timeout_ms
+        self.audits[cid] = a
+        v.audit, v.audited_ms = cid, ctx.now
+        load.audits.append(cid)
+        return True
 
     def next_deadline(self) -> int:
         cfg = self.ctx.config
         times = [self._next_audit]
-        if self.stalled:
+        if self.stalled or any(v.suspect for v in self.views.values()):
             times.append(self._next_retry)
         times.extend(p.deadline for p in self.placing.values())
         times.extend(a.deadline for a in self.audits.values())

@@ -81,7 +81,9 @@ class Placement:
         are stopped (every choice of ``down`` holders is tried)."""
         ok = 0
         for held in self.holders.values():
-            if all(held - set(gone) for gone in itertools.combinations(sorted(held), down)):
+            if len(held) > down and all(
+                held - set(gone) for gone in itertools.combinations(sorted(held), down)
+            ):
                 ok += 1
         return ok / len(self.holders)
 

@@ -334,3 +334,52 @@ def test_the_seeded_rng_reproduces_audit_choices() -> None:
 
     assert run(5) == run(5)
     assert run(5) != run(6)
+
+
+def test_after_a_failed_audit_every_other_block_of_that_holder_is_audited_promptly() -> None:
+    w = world()
+    node = owner(w, repair_delay_ms=10**9, audit_interval_ms=3_600_000)
+    placed = {h: set(place(w, node, h)) for h in range(3)}
+    holder = next(p for p in sorted(placed[0]) if sum(p in s for s in placed.values()) >= 2)
+    mine = {h for h, s in placed.items() if holder in s}
+    t = T0 + node.config.audit_interval_ms
+    c = audit_round(node, t)[holder]
+    out = node.handle(msg_from(holder, wire.Proof(holder, c.challenge_id, b"")), t)
+    assert of_type(out, AuditFailed) == [AuditFailed(holder, c.height, "missing", 75)]
+    audited = {c.height}
+    # Long before the next audit round, the holder's other blocks are challenged one by one.
+    for k in range(1, 2 * len(mine) + 1):
+        now = t + k * node.config.retry_ms
+        for peer, m in sent_of(node.handle_timer(now), wire.Challenge):
+            if peer == holder:
+                assert isinstance(m, wire.Challenge)
+                audited.add(m.height)
+                body = w.devices[0].blocks[m.height].encode()
+                proof = wire.Proof(holder, m.challenge_id, wire.audit_answer(m.nonce, body))
+                node.handle(msg_from(holder, proof), now)
+    assert audited == mine
+    assert not node.owner.views[holder].suspect
+    # (the other holders, never answering their round's challenge, timed out and are audited
+    # block by block the same way)
+    assert node.counters["audits_of_suspects"] >= len(mine) - 1
+
+
+def test_audit_rounds_with_fewer_slots_than_holders_reach_every_holder_in_turn() -> None:
+    w = world()
+    node = owner(w, repair_delay_ms=10**9, max_audits=2)
+    for h in range(4):
+        place(w, node, h)
+    holders = {p for h in range(4) for p in node.holders(h)}
+    assert len(holders) == 4
+    audited: list[set[str]] = []
+    t = T0
+    for _ in range(2):
+        t += node.config.audit_interval_ms
+        challenges = audit_round(node, t)
+        assert len(challenges) == 2  # the slots are full
+        audited.append(set(challenges))
+        for peer, c in challenges.items():
+            body = w.devices[0].blocks[c.height].encode()
+            proof = wire.Proof(peer, c.challenge_id, wire.audit_answer(c.nonce, body))
+            node.handle(msg_from(peer, proof), t)
+    assert audited[0].isdisjoint(audited[1]) and audited[0] | audited[1] == holders
