@@ -310,7 +310,7 @@ def test_thirty_devices_over_mosquitto_survive_r_minus_1_holders_stopping_and_re
             speed=LIVE_SPEED,
             view=False,
             gossip=FAST_GOSSIP,
-            settle_s=30.0,
+            settle_s=5.0,  # two devices stay stopped: the fleet never fully converges
         ),
     )
     out = asyncio.run(_stop_holders(runner))
