@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -192,11 +193,17 @@ def init_owner(path: Path) -> bytes:
 
 
 def read_owner_secret(path: Path) -> bytes:
-    """An owner's X25519 secret key as ``init_owner`` writes it (64 hex characters)."""
+    """An X25519 secret key as ``init_owner`` writes it (64 hex characters, mode 0600)."""
     try:
+        mode = path.stat().st_mode
         text = path.read_text().strip()
     except OSError as exc:
         raise KeystoreError(f"{path}: cannot read ({exc.strerror})") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeystoreError(
+            f"{path}: permissions {oct(mode & 0o777)} are too open; "
+            f"expected 0600 (chmod 600 {path})"
+        )
     if not _is_hex32(text):
         raise KeystoreError(f"{path}: expected an X25519 secret key (64 hex characters)")
     return bytes.fromhex(text)

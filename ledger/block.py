@@ -190,6 +190,25 @@ def encode_block(header_wire: bytes, reading_wires: Sequence[bytes]) -> bytes:
     return codec.encode([header_wire, list(reading_wires)])
 
 
+def block_wire_size(header_len: int, reading_lens: Sequence[int]) -> int:
+    """``len(encode_block(...))`` from the lengths alone (canonical MessagePack framing)."""
+    return (
+        _array_head(2)
+        + _bin_head(header_len)
+        + header_len
+        + _array_head(len(reading_lens))
+        + sum(_bin_head(n) + n for n in reading_lens)
+    )
+
+
+def _bin_head(n: int) -> int:
+    return 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5
+
+
+def _array_head(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
+
+
 def decode_block(wire: bytes) -> Block:
     """Decode a block from untrusted bytes (structure only; see verify.verify_block)."""
     f = codec.array(codec.decode(wire, _BLOCK_LIMITS, "block"), 2, "block")

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import msgpack
 
-from ledger.block import Block, SignedHeader, decode_block, decode_header, encode_block
+from ledger.block import (
+    Block,
+    SignedHeader,
+    block_wire_size,
+    decode_block,
+    decode_header,
+    encode_block,
+)
 from ledger.epoch import SignedEpoch
 from ledger.errors import ChainError, DecodeError, IntegrityError, SequenceError, StoreError
 from ledger.history import CompactRange
@@ -474,14 +481,28 @@ class Store:
     def own_block_infos(self, limit: int) -> list[tuple[int, int, bytes, int]]:
         """(height, epoch, hash, block wire size) of the newest ``limit`` own blocks, ascending."""
         rows = self._db.execute(
-            "SELECT height, epoch, hash FROM blocks ORDER BY height DESC LIMIT ?", (limit,)
+            "SELECT height, epoch, hash, length(header), first_seq, last_seq FROM blocks "
+            "ORDER BY height DESC LIMIT ?",
+            (limit,),
         ).fetchall()
-        out = []
-        for h, e, digest in reversed(rows):
-            wire = self.block_wire(int(h))
-            assert wire is not None
-            out.append((int(h), int(e), bytes(digest), len(wire)))
-        return out
+        if not rows:
+            return []
+        # Sizes from the stored lengths: no block is read back or re-encoded at start-up.
+        lens = dict(
+            self._db.execute(
+                "SELECT seq, length(wire) FROM readings WHERE seq BETWEEN ? AND ?",
+                (rows[-1][4], rows[0][5]),
+            ).fetchall()
+        )
+        return [
+            (
+                int(h),
+                int(e),
+                bytes(digest),
+                block_wire_size(int(n), [lens[q] for q in range(first, last + 1)]),
+            )
+            for h, e, digest, n, first, last in reversed(rows)
+        ]
 
     def put_credential(self, device_id: str, kind: str, wire: bytes) -> None:
         """A verified certificate, rotation or revocation learned from the fleet."""

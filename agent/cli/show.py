@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import stat
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -91,22 +90,9 @@ def _time(value: str) -> int:
 def read_x25519_secret(path: Path) -> bytes:
     """An X25519 secret key file as ``keystore.init_owner`` writes it (64 hex, mode 0600)."""
     try:
-        mode = path.stat().st_mode
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read ({exc.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise CliError(
-            f"{path}: permissions {oct(mode & 0o777)} are too open; "
-            f"expected 0600 (chmod 600 {path})"
-        )
-    try:
-        secret = bytes.fromhex(text)
-    except ValueError:
-        secret = b""
-    if len(secret) != 32:
-        raise CliError(f"{path}: expected an X25519 secret key (64 hex characters)")
-    return secret
+        return keystore.read_owner_secret(path)
+    except keystore.KeystoreError as exc:
+        raise CliError(str(exc)) from None
 
 
 @dataclass(frozen=True)

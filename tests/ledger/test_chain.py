@@ -307,3 +307,16 @@ def test_memoised_header_verification_accepts_only_the_exact_bytes_and_key(
         forged.verify(device_key.public, memo=True)
     with pytest.raises(VerificationError):  # a failure is never remembered as a success
         forged.verify(device_key.public, memo=True)
+
+
+@pytest.mark.parametrize(
+    ("header_len", "reading_lens"),
+    [(0, []), (200, [120] * 15), (255, [255, 256]), (256, [1] * 16), (300, [65_535, 65_536])],
+)
+def test_block_wire_size_is_the_length_of_the_encoded_block(
+    header_len: int, reading_lens: list[int]
+) -> None:
+    from ledger.block import block_wire_size, encode_block
+
+    wire = encode_block(b"h" * header_len, [b"r" * n for n in reading_lens])
+    assert block_wire_size(header_len, reading_lens) == len(wire)
