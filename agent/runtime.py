@@ -379,6 +379,14 @@ class DeviceAgent:
                 case A.RestoreFinished(epoch=epoch, height=h, new_epoch=new):
                     await self._locked(self.writer.resume, epoch)
                     self.restore_result = act
+                    if self.replicator is not None:
+                        # The restored blocks are own blocks again: track them, so that their
+                        # holders (who promise again what they hold) are known and audited.
+                        limit = self.replicator.node.config.max_own_blocks
+                        infos = await self._locked(self.store.own_block_infos, limit)
+                        await self.replicator.handle(
+                            RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(*i) for i in infos))
+                        )
                     self._log.info(
                         "restored through height %d (published head %d); signing resumes in "
                         "epoch %d%s",

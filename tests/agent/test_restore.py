@@ -407,6 +407,10 @@ def test_a_wiped_device_restores_100_percent_and_continues_its_chain_in_the_same
     assert report.ok, report.failures()
     assert missing_heads(ran.cfg, data) == []  # every peer holds (and verified) the new head
     assert report.report(WIPED)["epochs"] == []
+    # Replication tracks the restored blocks again: their holders promised them anew.
+    with Store(DataDir(data).store_path(WIPED)) as s:
+        receipted = {h for h, _, _ in s.receipts()}
+    assert set(range(n)) <= receipted, f"{figure}; no receipt for {set(range(n)) - receipted}"
     print(f"{figure}; next block at height {n} links to the old head, no fork")
 
 
