@@ -59,6 +59,10 @@ _NOTIFICATIONS = (
 log = logging.getLogger("edgefleet.agent")
 
 INGEST_QUEUE = 64  # sample batches waiting per device; a full queue makes the producer wait
+# Accepted peer headers ride along with the device's next store work (usually the readings it
+# makes durable every step: one commit, one trip to the executor); when none comes, they are
+# written on their own this long after the first of them was accepted.
+HEADER_WRITE_S = 1.0
 TEMP_SENSORS = ("fridge.temp_mc", "freezer.temp_mc", "cabinet.temp_mc", "water.temp_mc", "temp_mc")
 
 
@@ -117,6 +121,8 @@ class DeviceAgent:
         self._seal_sleeps_until: int | None = None
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._pulls: deque[asyncio.Task[None]] = deque()
+        self._unwritten: list[bytes] = []  # accepted peer headers not yet handed to the store
+        self._write_later: asyncio.TimerHandle | None = None
         # Observers (benchmarks, tests, the live view): called with (agent, event, net_now_ms)
         # for each own block sealed (OwnBlockSealed) and each notification of the gossip core
         # (HeadersAccepted, BlockAccepted, ForkDetected, ...). Must be quick and must not raise.
@@ -188,13 +194,15 @@ class DeviceAgent:
 
     async def seal_now(self) -> None:
         """Seal every pending reading now, whatever the policy (end of a run)."""
-        blocks = await self._locked(self._seal_all)
+        blocks = await self._locked(self._seal_all, carry=True)
         await self._announce(blocks)
 
     async def shutdown(self) -> None:
         """Make every signed reading durable (called after run() is cancelled)."""
+        if self._write_later is not None:
+            self._write_later.cancel()
         async with self._store_lock:
-            await self._off_loop(self.writer.flush)
+            await self._off_loop(self._job, self._take_unwritten(), self.writer.flush, (), True)
         head = self.store.head()
         self._log.info(
             "stopped: height %s, %d readings and %d blocks this run, sent %d, received %d, "
@@ -232,7 +240,7 @@ class DeviceAgent:
         due = self.policy.due(
             self.writer.pending_count() + len(batch), self._oldest_pending_ms, now
         )
-        blocks = await self._locked(self._sign_and_store, batch, due)
+        blocks = await self._locked(self._sign_and_store, batch, due, carry=True)
         self.stats.readings += len(batch)
         await self._announce(blocks)
         deadline = self.policy.deadline(self._oldest_pending_ms)
@@ -268,7 +276,7 @@ class DeviceAgent:
             await self._wait(self.data_clock, deadline, self._rearm_seal)
             now = self.data_clock.now_ms()
             if self.policy.due(self.writer.pending_count(), self._oldest_pending_ms, now):
-                blocks = await self._locked(self._seal_all)
+                blocks = await self._locked(self._seal_all, carry=True)
                 await self._announce(blocks)
 
     async def _announce(self, blocks: list[Block]) -> None:
@@ -349,7 +357,7 @@ class DeviceAgent:
                 case A.PublishEvidence(device_id=dev, evidence=ev):
                     await self._send(self.transport.publish_evidence(dev, ev))
                 case A.StoreHeaders(headers=wires):
-                    await self._locked(self._store_headers, wires)
+                    self._store_headers(wires)
                     if self.replicator is not None:
                         await self.replicator.from_gossip(act)
                 case A.StoreBlock(block=wire):
@@ -428,7 +436,42 @@ class DeviceAgent:
             self._log.debug("send failed: %s", exc)
 
     def _store_headers(self, wires: tuple[bytes, ...]) -> None:
-        self.store.put_peer_headers([decode_header(w) for w in wires])
+        """Queue accepted peer headers for the store: they go with the next store work (see
+        ``_job``), or on their own ``HEADER_WRITE_S`` from now. Every store job writes them
+        before it reads or writes anything else, so a pull served from the store sees them."""
+        self._unwritten.extend(wires)
+        if self._write_later is None:
+            loop = asyncio.get_running_loop()
+            self._write_later = loop.call_later(HEADER_WRITE_S, self._write_headers_soon)
+
+    def _write_headers_soon(self) -> None:
+        self._write_later = None
+        if self._unwritten:
+            task = asyncio.create_task(self._locked(_nothing), name=f"{self.name}:headers")
+            self._pulls.append(task)
+
+    def _take_unwritten(self) -> list[bytes]:
+        wires, self._unwritten = self._unwritten, []
+        if self._write_later is not None:
+            self._write_later.cancel()
+            self._write_later = None
+        return wires
+
+    def _job(
+        self, wires: list[bytes], fn: Callable[..., T], args: tuple[Any, ...], carry: bool
+    ) -> T:
+        """One store job, off the loop: the peer headers accepted since the last job first
+        (``carry``: in the first transaction ``fn`` opens, i.e. the same commit), then ``fn``."""
+        store = self.store
+        if wires:
+            store.carry_peer_headers([decode_header(w) for w in wires])
+        if not carry:
+            store.write_carried()
+            return fn(*args)
+        try:
+            return fn(*args)
+        finally:
+            store.write_carried()  # fn opened no transaction (or failed): write them anyway
 
     def _rewind(self, dev: str, last_height: int, new_epoch: int) -> tuple[bytes, ...]:
         """Move a peer's superseded headers aside; its stored headers 0..last_height (the
@@ -489,14 +532,16 @@ class DeviceAgent:
         return tuple(headers), tuple(blocks)
 
     # --- helpers -------------------------------------------------------------------------------
-    async def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _locked(self, fn: Callable[..., T], *args: Any, carry: bool = False) -> T:
         """Run store work under the device's lock, shielded: once started it always completes
         (a stop cancels the tasks, but never a write the gossip core already counted as done;
-        ``shutdown`` takes the same lock, so it waits for any write in flight)."""
+        ``shutdown`` takes the same lock, so it waits for any write in flight). The accepted
+        peer headers not yet written go first (``_job``); ``carry=True``: ``fn`` makes a durable
+        commit, and they join it."""
 
         async def locked() -> T:
             async with self._store_lock:
-                return await self._off_loop(fn, *args)
+                return await self._off_loop(self._job, self._take_unwritten(), fn, args, carry)
 
         return await asyncio.shield(locked())
 
@@ -520,6 +565,10 @@ class DeviceAgent:
 
     def temperatures(self) -> tuple[tuple[str, int], ...]:
         return tuple((s, self.stats.latest[s]) for s in TEMP_SENSORS if s in self.stats.latest)
+
+
+def _nothing() -> None:
+    """A store job that only writes the accepted peer headers (``DeviceAgent._job``)."""
 
 
 class RestoreError(Exception):

@@ -101,7 +101,8 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,8 @@ class Snapshot:
     sent: int
     received: int
     dropped: int
+    send_failures: int
+    verdicts: Mapping[str, int]  # header verdicts of the gossip cores (header_accepted, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,8 +366,8 @@ class ShardReport:
             peers={str(k): int(v) for k, v in doc["peers"].items()},
             sealed=tuple((str(d), int(h), int(t)) for d, h, t in doc["sealed"]),
             arrivals={str(k): tuple(v) for k, v in doc["arrivals"].items()},
-            open=None if doc["open"] is None else Snapshot(**doc["open"]),
-            close=None if doc["close"] is None else Snapshot(**doc["close"]),
+            open=None if doc["open"] is None else _snapshot(doc["open"]),
+            close=None if doc["close"] is None else _snapshot(doc["close"]),
             rss0_kb=int(doc["rss0_kb"]),
             recorder_kb=int(doc["recorder_kb"]),
             lag_ms=float(doc["lag_ms"]),
@@ -373,6 +376,12 @@ class ShardReport:
             gc_pauses_ms=tuple(float(x) for x in doc["gc_pauses_ms"]),
             loop_lags_ms=tuple(float(x) for x in doc["loop_lags_ms"]),
         )
+
+
+def _snapshot(doc: Mapping[str, Any]) -> Snapshot:
+    fields = dict(doc)
+    fields["verdicts"] = {str(k): int(v) for k, v in doc["verdicts"].items()}
+    return Snapshot(**fields)
 
 
 class Recorder:
@@ -577,6 +586,8 @@ class Recorder:
             sent=sum(s.sent for s in stats),
             received=sum(s.received for s in stats),
             dropped=sum(s.dropped_overflow for s in stats),
+            send_failures=sum(a.stats.send_failures for a in agents),
+            verdicts=_verdicts(agents),
         )
 
     def report(self) -> ShardReport:
@@ -681,6 +692,8 @@ def merge(
         "sent_per_s": None,
         "received_per_s": None,
         "dropped": None,
+        "send_failures": None,
+        "header_verdicts": None,
         "window_skew_ms": max(opens) - min(opens) if opens else None,
         "start_skew_ms": max(starts) - min(starts) if starts else None,
         "per_shard": [
@@ -714,6 +727,12 @@ def merge(
             "sent_per_s": round(rate("sent")),
             "received_per_s": round(rate("received")),
             "dropped": sum(c.dropped - o.dropped for _, o, c in windows),
+            "send_failures": sum(c.send_failures - o.send_failures for _, o, c in windows),
+            "header_verdicts": {
+                k: v
+                for k in sorted({k for _, _, c in windows for k in c.verdicts})
+                if (v := sum(c.verdicts.get(k, 0) - o.verdicts.get(k, 0) for _, o, c in windows))
+            },
         }
     reasons = failures(plan, out, reports)
     out["keeps_up"] = not reasons
@@ -778,6 +797,13 @@ def failures(plan: Plan, out: Mapping[str, Any], reports: Sequence[ShardReport])
 
 def _header_offers(agent: DeviceAgent) -> int:
     return sum(v for k, v in agent.node.counters.items() if k.startswith("header_"))
+
+
+def _verdicts(agents: Iterable[DeviceAgent]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for a in agents:
+        total.update({k: v for k, v in a.node.counters.items() if k.startswith("header_")})
+    return dict(sorted(total.items()))
 
 
 def _rounded(value: float | None) -> float | None:

@@ -139,7 +139,29 @@ def sign_header(header: Header, key: SigningKey) -> SignedHeader:
 
 
 def decode_header(wire: bytes) -> SignedHeader:
-    """Decode a signed header from untrusted bytes (no signature check). Raises DecodeError."""
+    """Decode a signed header from untrusted bytes (no signature check). Raises DecodeError.
+
+    Decoded headers are remembered process-wide by their bytes (a pure function of them, and
+    immutable): the devices of one process all receive each header of their domain."""
+    if type(wire) is bytes:
+        held = _DECODED.get(wire)
+        if held is not None:
+            return held
+        sh = _decode_header(wire)
+        with _DECODED_LOCK:
+            _DECODED[wire] = sh
+            while len(_DECODED) > _DECODED_MAX:
+                del _DECODED[next(iter(_DECODED))]
+        return sh
+    return _decode_header(wire)
+
+
+_DECODED: dict[bytes, SignedHeader] = {}
+_DECODED_MAX = 4_096
+_DECODED_LOCK = threading.Lock()
+
+
+def _decode_header(wire: bytes) -> SignedHeader:
     body, signature = envelope.unwrap(wire, "header", MAX_HEADER_BODY)
     f = codec.array(codec.decode(body, _HEADER_LIMITS, "header"), 11, "header")
     if type(f[0]) is not int or f[0] != FORMAT:

@@ -110,6 +110,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from None
         self._history = CompactRange()
+        self._carried: list[SignedHeader] = []  # peer headers for the next write transaction
         self._head: SignedHeader | None = None
         self._head_last_seq: int | None = None
         self._load_head()
@@ -349,23 +350,39 @@ class Store:
     def put_peer_headers(self, headers: Sequence[SignedHeader]) -> list[SignedHeader]:
         """Store verified peer headers in one transaction; returns the conflicting headers held
         (forks) for those not stored."""
-        conflicts = []
         with self._tx(durable=False):
-            for sh in headers:
-                h = sh.header
-                row = self._db.execute(
-                    "SELECT header FROM peer_headers WHERE device_id=? AND height=?",
-                    (h.device_id, h.height),
-                ).fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
-                        (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
-                    )
-                elif bytes(row[0]) != sh.wire:
-                    held = self._decode_header(bytes(row[0]))
-                    if held.hash != sh.hash:
-                        conflicts.append(held)
+            return self._insert_peer_headers(headers)
+
+    def carry_peer_headers(self, headers: Sequence[SignedHeader]) -> None:
+        """Queue verified peer headers for the next write transaction, whatever it is: it
+        writes them first, in its own commit (a device's readings and the headers it accepted
+        since then cost one commit, not several). ``write_carried`` writes what is still
+        queued; a transaction that rolls back keeps them queued."""
+        self._carried.extend(headers)
+
+    def write_carried(self) -> None:
+        """Write the queued peer headers now, in a transaction of their own (not durable)."""
+        if self._carried:
+            with self._tx(durable=False):
+                pass  # the transaction writes them when it begins
+
+    def _insert_peer_headers(self, headers: Sequence[SignedHeader]) -> list[SignedHeader]:
+        conflicts = []
+        for sh in headers:
+            h = sh.header
+            row = self._db.execute(
+                "SELECT header FROM peer_headers WHERE device_id=? AND height=?",
+                (h.device_id, h.height),
+            ).fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
+                    (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
+                )
+            elif bytes(row[0]) != sh.wire:
+                held = self._decode_header(bytes(row[0]))
+                if held.hash != sh.hash:
+                    conflicts.append(held)
         return conflicts
 
     def peer_head(self, device_id: str) -> SignedHeader | None:
@@ -621,7 +638,22 @@ class Store:
         (synchronous=NORMAL for that commit): for peer headers, which a power cut may cost but
         never corrupt, and which anti-entropy fetches again. The next durable commit syncs them
         too."""
-        return _Tx(self._db, self.path, durable=durable)
+        return _Tx(self, durable=durable)
+
+    def _begun(self) -> list[SignedHeader]:
+        """A write transaction has begun: write the carried peer headers in it first; returns
+        them (put back by ``_rolled_back``)."""
+        carried, self._carried = self._carried, []
+        try:
+            if carried:
+                self._insert_peer_headers(carried)
+        except BaseException:
+            self._carried[:0] = carried
+            raise
+        return carried
+
+    def _rolled_back(self, carried: list[SignedHeader]) -> None:
+        self._carried[:0] = carried
 
     def _decode_stored(self, wire: bytes, what: str) -> SignedReading:
         try:
@@ -753,17 +785,25 @@ def _header_wire_of(block_wire: bytes) -> bytes:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolling back on any error; sqlite errors become StoreError."""
+    """BEGIN IMMEDIATE ... COMMIT, rolling back on any error; sqlite errors become StoreError.
+    The carried peer headers (``Store.carry_peer_headers``) are written first."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path, *, durable: bool = True) -> None:
-        self._db = db
-        self._path = path
+    def __init__(self, store: Store, *, durable: bool = True) -> None:
+        self._store = store
+        self._db = store._db
+        self._path = store.path
         self._durable = durable
+        self._carried: list[SignedHeader] = []
 
     def __enter__(self) -> None:
         if not self._durable:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._carried = self._store._begun()
+        except BaseException as exc:
+            self._end(type(exc), exc)
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
@@ -781,7 +821,10 @@ class _Tx:
                 return
             except sqlite3.Error as err:
                 self._db.execute("ROLLBACK")
+                self._store._rolled_back(self._carried)
                 raise StoreError(f"{self._path}: commit failed ({err})") from None
         self._db.execute("ROLLBACK")
+        self._store._rolled_back(self._carried)
+        self._carried = []
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"{self._path}: {exc}") from None

@@ -27,6 +27,8 @@ class GossipConfig:
     push: str = "broadcast"
     anti_entropy_ms: int = 5_000  # mean interval between summary exchanges
     jitter_ms: int = 1_000  # each interval is anti_entropy_ms +- a uniform jitter_ms
+    # Devices that send a peer coming up a SUMMARY at once (the rest wait for their rounds).
+    greeters: int = 3
     request_timeout_ms: int = 3_000  # a peer that has not answered by then broke a promise
     hedge_ms: int = 1_000  # after this, another peer may be asked for what a request awaits
     serve_timeout_ms: int = 10_000  # a ServePull the runtime has not answered is forgotten

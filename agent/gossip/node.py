@@ -102,6 +102,13 @@ from ledger.evidence import ForkEvidence, make_evidence, verify_evidence
 from ledger.identity import is_device_id
 from ledger.verify import verify_block, verify_link
 
+GREETING_TAG = b"edgefleet/greeting/v1\x00"
+
+
+def greeting_score(peer: str, device: str) -> bytes:
+    """``device``'s score for greeting ``peer`` when it comes up: the lowest scores greet."""
+    return hashlib.sha256(GREETING_TAG + peer.encode() + b"\x00" + device.encode()).digest()
+
 
 class Verdict(Enum):
     """What became of one offered header."""
@@ -303,6 +310,7 @@ class GossipNode:
             tracked |= members
         self._tracked = frozenset(tracked)
         self._cover: tuple[str, ...] | None = None
+        self._greets_peer: dict[str, bool] = {}
         self._peers.set_members(self._tracked - {self.device_id})
 
     def _sharing(self, device_id: str) -> set[str]:
@@ -342,8 +350,24 @@ class GossipNode:
         own = self.epochs(self.device_id)
         if own:
             self._send(peer, wire.Epochs(self.device_id, own[-wire.MAX_EPOCH_RECORDS :]))
-        if rec.muted_until is None:
+        restoring = self._restore is not None and self._restore.phase is not Phase.DONE
+        if rec.muted_until is None and (restoring or self._greets(peer)):
             self._send_summary(peer, reply=True)
+
+    def _greets(self, peer: str) -> bool:
+        """Whether this node is one of the ``greeters`` devices that send a peer that comes up
+        a SUMMARY at once (docs/PROTOCOL.md section 12.4): those of the devices sharing a
+        domain with it (as this node sees them) with the lowest greeting scores. One summary
+        exchange catches a returning peer up; a whole fleet coming up together (a start, a
+        broker restart) would otherwise exchange one per pair of domain peers at once."""
+        held = self._greets_peer.get(peer)
+        if held is None:
+            mine = greeting_score(peer, self.device_id)
+            lower = sum(
+                1 for m in self._sharing(peer) if m != peer and greeting_score(peer, m) < mine
+            )
+            held = self._greets_peer[peer] = lower < self.config.greeters
+        return held
 
     def _on_peer_down(self, peer: str) -> None:
         rec = self._peers.get(peer)

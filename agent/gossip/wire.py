@@ -30,6 +30,7 @@ byte-exact reference.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -235,9 +236,27 @@ def decode(payload: bytes) -> Message:
     limits = _LIMITS.get(mtype)
     if limits is None:
         raise DecodeError(what, f"field type: expected one of 1..7, found byte {mtype:#04x}")
+    if mtype == ANNOUNCE:
+        held = _ANNOUNCED.get(payload)
+        if held is not None:
+            return held
     what = NAMES[mtype]
     fields = codec.array(codec.decode(payload, limits, what), _FIELDS[mtype], what)
-    return _parse(mtype, fields, what)
+    msg = _parse(mtype, fields, what)
+    if mtype == ANNOUNCE:
+        with _ANNOUNCED_LOCK:
+            _ANNOUNCED[payload] = msg
+            while len(_ANNOUNCED) > _ANNOUNCED_MAX:
+                del _ANNOUNCED[next(iter(_ANNOUNCED))]
+    return msg
+
+
+# Announcements decoded in this process, by their bytes: one broadcast reaches every device of
+# its domain that the process runs, and decoding is a pure function of the bytes (the messages
+# are immutable). Bounded, oldest first; only announcements (small, and the ones shared).
+_ANNOUNCED: dict[bytes, Message] = {}
+_ANNOUNCED_MAX = 1_024
+_ANNOUNCED_LOCK = threading.Lock()
 
 
 def _parse(mtype: int, f: list[Any], what: str) -> Message:

@@ -54,6 +54,8 @@ FIGURES: dict[str, type | tuple[type, ...]] = {
     "loop_busy_per_shard": list,
     "window_skew_ms": int,
     "start_skew_ms": int,
+    "send_failures": int,
+    "header_verdicts": dict,
     "per_shard": list,
 }
 # Quick-sized timing: warm-up 5 s (acceptances recorded from 2.5 s), grace 2 s.
@@ -62,7 +64,16 @@ PLAN = QUICK
 
 def _snap(wall: float, net_ms: int, **counters: float) -> Snapshot:
     base: dict[str, float] = dict(
-        cpu=0.0, loop_cpu=0.0, broker_cpu=0.0, rss_kb=0, offers=0, sent=0, received=0, dropped=0
+        cpu=0.0,
+        loop_cpu=0.0,
+        broker_cpu=0.0,
+        rss_kb=0,
+        offers=0,
+        sent=0,
+        received=0,
+        dropped=0,
+        send_failures=0,
+        accepted=0,
     )
     base.update(counters)
     return Snapshot(
@@ -76,6 +87,8 @@ def _snap(wall: float, net_ms: int, **counters: float) -> Snapshot:
         sent=int(base["sent"]),
         received=int(base["received"]),
         dropped=int(base["dropped"]),
+        send_failures=int(base["send_failures"]),
+        verdicts={"header_accepted": int(base["accepted"])},
     )
 
 
@@ -114,6 +127,8 @@ def _two_shards() -> list[ShardReport]:
             sent=100,
             received=200,
             dropped=1,
+            send_failures=2,
+            accepted=90,
         ),
         rss0_kb=10_000,
         recorder_kb=100,
@@ -150,6 +165,8 @@ def _two_shards() -> list[ShardReport]:
             sent=50,
             received=100,
             dropped=2,
+            send_failures=1,
+            accepted=4,
         ),
         rss0_kb=20_000,
         recorder_kb=0,
@@ -191,6 +208,7 @@ def test_merge_sums_costs_over_shards_and_takes_the_worst_shard() -> None:
     # RSS growth less the recorder's buffers: 300 + 600 KB for 4 devices.
     assert out["rss_kb_per_device"] == 225.0
     assert out["sent_per_s"] == 30 and out["received_per_s"] == 60 and out["dropped"] == 3
+    assert out["send_failures"] == 3 and out["header_verdicts"] == {"header_accepted": 94}
     assert out["gc_ms_per_s"] == 7.0 and out["gc_max_pause_ms"] == 20.0
     assert out["lag_ms"] == 12 and out["max_pending"] == 3
     assert out["window_skew_ms"] == 300 and out["start_skew_ms"] == 1_000

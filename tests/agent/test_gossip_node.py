@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +31,9 @@ from agent.gossip.inputs import (
     PeerDown,
     PeerUp,
     PullLoaded,
+    RestoreRequested,
 )
-from agent.gossip.node import GossipNode
+from agent.gossip.node import GossipNode, greeting_score
 from agent.gossip.sim import START_MS, Authority, SimDevice
 from ledger.block import Block, decode_block
 from ledger.errors import UsageError
@@ -250,6 +253,48 @@ def test_anti_entropy_rounds_are_jittered_and_pick_random_up_peers(world: World)
     gaps = {b - a for a, b in itertools.pairwise(times)}
     assert min(gaps) >= 800 and max(gaps) <= 1_200 and len(gaps) > 5, sorted(gaps)
     assert targets == {world.id(1), world.id(2), world.id(3)}
+
+
+@pytest.mark.parametrize("greeters", [1, 3, 5])
+def test_a_peer_that_comes_up_is_greeted_at_once_by_exactly_its_greeters(greeters: int) -> None:
+    rng = random.Random(19)
+    authority = Authority(rng)
+    devices = [SimDevice(authority, rng) for _ in range(12)]
+    ids = [d.device_id for d in devices]
+    cfg = GossipConfig(greeters=greeters)
+    for target in ids[:4]:
+        greeted_by = []
+        for me in ids:
+            if me == target:
+                continue
+            node = GossipNode(me, {"d": ids}, authority.roots, random.Random(1), config=cfg)
+            for d in devices:
+                node.handle(CertificateKnown(d.certificate), T0)
+            out = sent(node.handle(PeerUp(target), T0))
+            if out:
+                assert out == [(target, wire.Summary(me, True, ()))]
+                greeted_by.append(me)
+        # The same devices whatever the node asking: the lowest SHA-256 greeting scores.
+        expected = sorted((m for m in ids if m != target), key=lambda m: greeting_score(target, m))[
+            :greeters
+        ]
+        assert sorted(greeted_by) == sorted(expected)
+
+
+def test_the_greeting_score_vector_of_the_protocol_document() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text()
+    text = " ".join(doc.split())
+    m = re.search(r"the score of device `(\w+)` for greeting `(\w+)` is `([0-9a-f]{64})`", text)
+    assert m is not None, "the greeting vector is missing from docs/PROTOCOL.md"
+    device, peer, digest = m.groups()
+    assert greeting_score(peer, device).hex() == digest
+
+
+def test_a_restoring_node_greets_every_peer_that_comes_up(world: World) -> None:
+    node = world.node(up=(), config=GossipConfig(greeters=1))
+    node.handle(RestoreRequested(), T0)
+    greeted = {peer for i in (1, 2, 3) for peer, _ in sent(node.handle(PeerUp(world.id(i)), T0))}
+    assert greeted == {world.id(1), world.id(2), world.id(3)}
 
 
 def test_a_summary_pulls_what_is_missing_and_is_answered(world: World) -> None:

@@ -365,6 +365,40 @@ def test_peer_headers_commit_lazily_but_the_own_chain_stays_fully_synchronous(
     assert synchronous() == 2  # restored after a failed transaction too
 
 
+def test_carried_peer_headers_ride_along_with_the_next_commit_and_survive_its_failure(
+    chain_store: Store, peer_blocks: list[Block], device_key: SigningKey
+) -> None:
+    store = chain_store
+    peer = peer_blocks[0].header.header.device_id
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.carry_peer_headers([b.header for b in peer_blocks[:2]])
+    assert store.peer_headers(peer) == []  # queued, not written
+    # A failing transaction (a seq that skips one) rolls back and keeps them queued.
+    with pytest.raises(SequenceError):
+        store.append_pending(_signed(device_key, [SEALED + 1]))
+    assert store.peer_headers(peer) == [] and store.last_seq() == SEALED - 1
+    # The next write, whatever it is, writes them first: one commit, durable (FULL).
+    statements.clear()
+    store.append_pending(_signed(device_key, [SEALED]))
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == [
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ]
+    assert not any("synchronous=NORMAL" in s for s in statements)
+    assert store.peer_headers(peer) == [b.header for b in peer_blocks[:2]]
+    assert store.last_seq() == SEALED
+    # write_carried: on their own when nothing else comes (and nothing at all when none wait).
+    statements.clear()
+    store.write_carried()
+    assert statements == []
+    store.carry_peer_headers([peer_blocks[2].header])
+    store.write_carried()
+    store._db.set_trace_callback(None)
+    assert "COMMIT" in statements and "PRAGMA synchronous=NORMAL" in statements
+    assert store.peer_headers(peer) == [b.header for b in peer_blocks]
+
+
 def test_replicas_and_the_tag_index(
     chain_store: Store,
     peer_blocks: list[Block],
