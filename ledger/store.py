@@ -370,16 +370,17 @@ class Store:
         conflicts = []
         for sh in headers:
             h = sh.header
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO peer_headers VALUES (?, ?, ?, ?, ?)",
+                (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
+            ).rowcount
+            if inserted:
+                continue
             row = self._db.execute(
                 "SELECT header FROM peer_headers WHERE device_id=? AND height=?",
                 (h.device_id, h.height),
             ).fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT INTO peer_headers VALUES (?, ?, ?, ?, ?)",
-                    (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
-                )
-            elif bytes(row[0]) != sh.wire:
+            if row is not None and bytes(row[0]) != sh.wire:
                 held = self._decode_header(bytes(row[0]))
                 if held.hash != sh.hash:
                     conflicts.append(held)

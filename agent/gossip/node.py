@@ -311,6 +311,7 @@ class GossipNode:
         self._tracked = frozenset(tracked)
         self._cover: tuple[str, ...] | None = None
         self._greets_peer: dict[str, bool] = {}
+        self._summary_devices: dict[str, tuple[str, ...]] = {}
         self._peers.set_members(self._tracked - {self.device_id})
 
     def _sharing(self, device_id: str) -> set[str]:
@@ -487,7 +488,7 @@ class GossipNode:
                 restore.claim(peer, None)
             self._restore_step()
         if msg.reply:
-            self._send_summary(peer, reply=False)
+            self._send_summary(peer, reply=False, answering=msg.entries)
 
     def _compare(self, peer: str, dev: str, e: wire.SummaryEntry) -> None:
         if self._superseded(dev, e.epoch, e.height):
@@ -1100,8 +1101,23 @@ class GossipNode:
         self.counters["rounds"] += 1
         self._send_summary(self._rng.choice(candidates), reply=True)
 
-    def _send_summary(self, peer: str, *, reply: bool) -> None:
-        devices = sorted((self._sharing(peer) | {self.device_id}) & self._tracked)
+    def _send_summary(
+        self,
+        peer: str,
+        *,
+        reply: bool,
+        answering: tuple[wire.SummaryEntry, ...] | None = None,
+    ) -> None:
+        """A SUMMARY of the chains shared with ``peer``. ``answering``: the entries of the peer's
+        SUMMARY this one answers; the answer lists only what differs from them (and forked
+        marks): what the peer may lack. An entry it already holds would make it compare for
+        nothing, and in a quiet fleet nearly every entry is one."""
+        devices = self._summary_devices.get(peer)
+        if devices is None:
+            devices = self._summary_devices[peer] = tuple(
+                sorted((self._sharing(peer) | {self.device_id}) & self._tracked)
+            )
+        theirs = None if answering is None else {e.device_id: e for e in answering}
         entries: list[wire.SummaryEntry] = []
         for dev in devices:
             chain = self._chains.get(dev)
@@ -1110,9 +1126,17 @@ class GossipNode:
                 epoch, height = (0, 0) if head is None else (head.header.epoch, head.header.height)
                 entries.append(wire.SummaryEntry(dev, epoch, height, wire.FORKED_MARK))
             elif head is not None:
-                entries.append(
-                    wire.SummaryEntry(dev, head.header.epoch, head.header.height, head.hash)
-                )
+                h = head.header
+                if theirs is not None:
+                    them = theirs.get(dev)
+                    if (
+                        them is not None
+                        and them.height == h.height
+                        and them.head_hash == head.hash
+                        and them.epoch == h.epoch
+                    ):
+                        continue
+                entries.append(wire.SummaryEntry(dev, h.epoch, h.height, head.hash))
         if len(entries) > wire.MAX_SUMMARY_ENTRIES:
             entries = sorted(
                 self._rng.sample(entries, wire.MAX_SUMMARY_ENTRIES), key=lambda e: e.device_id

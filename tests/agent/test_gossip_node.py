@@ -312,6 +312,11 @@ def test_a_summary_pulls_what_is_missing_and_is_answered(world: World) -> None:
     assert [(r.device_id, r.from_height, r.to_height) for r in reqs] == [(world.id(1), 2, 9)]
     (reply,) = [m for _, m in msgs if isinstance(m, wire.Summary)]
     assert isinstance(reply, wire.Summary) and not reply.reply
+    # The answer lists what differs from the peer's entries (it holds c's head 11 already).
+    assert [(e.device_id, e.height) for e in reply.entries] == [(world.id(1), 2)]
+    # A peer that lists nothing gets every chain held.
+    out = node.handle(msg_from(world.id(3), wire.Summary(world.id(3), True, ())), T0)
+    (reply,) = [m for _, m in sent(out) if isinstance(m, wire.Summary)]
     assert {(e.device_id, e.height) for e in reply.entries} == {(world.id(1), 2), (world.id(2), 11)}
 
 
