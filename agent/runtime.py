@@ -34,6 +34,7 @@ from agent.replication.node import ReplicationNode
 from agent.replication.wire import is_replication_message
 from agent.replicator import Replicator
 from agent.sealing import SealPolicy
+from agent.storework import StoreThreads
 from agent.transport.base import Delivery, Transport, TransportError
 from firmware_sim.clock import Clock
 from firmware_sim.samples import Sample
@@ -546,9 +547,12 @@ class DeviceAgent:
         return await asyncio.shield(locked())
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:  # simulated runs: inline, so a seed reproduces the run
+        ex = self._executor
+        if ex is None:  # simulated runs: inline, so a seed reproduces the run
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        if isinstance(ex, StoreThreads):  # results handed back in batches (agent/storework.py)
+            return await ex.run(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(ex, fn, *args)
 
     @staticmethod
     async def _wait(clock: Clock, deadline: int | None, rearm: asyncio.Event) -> None:
