@@ -70,7 +70,10 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
   ``sent_per_s`` / ``received_per_s`` (MQTT messages, all devices, summed), ``dropped``
   (deliveries transports dropped on overflow, summed), ``loop_lag_p50_ms`` / ``loop_lag_p99_ms``
   (how late a 50 ms timer fires, over every shard's samples), ``gc_ms_per_s`` (collector pauses
-  per wall second, summed over shards) / ``gc_max_pause_ms`` (longest, any shard), ``shards``,
+  per wall second, summed over shards) / ``gc_max_pause_ms`` (longest, any shard),
+  ``send_failures`` (publishes the transports refused, summed), ``header_verdicts`` (the
+  window's header offers by the gossip cores' verdict: ``header_accepted``, ``header_gap``,
+  ``header_duplicate``, ...; summed over shards, zero counts left out), ``shards``,
   ``window_skew_ms``, ``start_skew_ms`` (first to last shard start) and ``per_shard`` (each
   shard's devices, headers sealed, loop_busy, CPU and RSS per device of its own, lag, start and
   window opening relative to the first).
