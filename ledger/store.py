@@ -111,6 +111,12 @@ class Store:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from None
         self._history = CompactRange()
         self._carried: list[SignedHeader] = []  # peer headers for the next write transaction
+        # The sequence high-water mark as last committed (known once read or written here) and
+        # within the open transaction: an append need not ask SQLite for max(seq) each time.
+        self._seq_mark: int | None = None
+        self._seq_known = False
+        self._tx_mark: int | None = None
+        self._tx_known = False
         self._head: SignedHeader | None = None
         self._head_last_seq: int | None = None
         self._load_head()
@@ -153,7 +159,7 @@ class Store:
             self._insert_pending(readings)
 
     def _insert_pending(self, readings: Sequence[SignedReading]) -> None:
-        last = self.last_seq()
+        last = self._tx_mark if self._tx_known else self.last_seq()
         for r in readings:
             seq = r.reading.seq
             if last is not None and seq != last + 1:
@@ -163,6 +169,7 @@ class Store:
             "INSERT INTO readings(seq, wire) VALUES (?, ?)",
             [(r.reading.seq, r.wire) for r in readings],
         )
+        self._tx_mark, self._tx_known = last, True
 
     def last_reading_time(self) -> int | None:
         """time_ms of the own reading with the highest seq (None: no readings)."""
@@ -367,15 +374,19 @@ class Store:
                 pass  # the transaction writes them when it begins
 
     def _insert_peer_headers(self, headers: Sequence[SignedHeader]) -> list[SignedHeader]:
-        conflicts = []
+        inserted = 0
+        for i in range(0, len(headers), _ROWS_PER_INSERT):  # one statement per chunk
+            chunk = headers[i : i + _ROWS_PER_INSERT]
+            values: list[object] = []
+            for sh in chunk:
+                h = sh.header
+                values += (h.device_id, h.height, h.epoch, sh.hash, sh.wire)
+            inserted += self._db.execute(_insert_peer_headers_sql(len(chunk)), values).rowcount
+        if inserted == len(headers):
+            return []
+        conflicts = []  # some were held already: which, and do they differ?
         for sh in headers:
             h = sh.header
-            inserted = self._db.execute(
-                "INSERT OR IGNORE INTO peer_headers VALUES (?, ?, ?, ?, ?)",
-                (h.device_id, h.height, h.epoch, sh.hash, sh.wire),
-            ).rowcount
-            if inserted:
-                continue
             row = self._db.execute(
                 "SELECT header FROM peer_headers WHERE device_id=? AND height=?",
                 (h.device_id, h.height),
@@ -644,6 +655,7 @@ class Store:
     def _begun(self) -> list[SignedHeader]:
         """A write transaction has begun: write the carried peer headers in it first; returns
         them (put back by ``_rolled_back``)."""
+        self._tx_mark, self._tx_known = self._seq_mark, self._seq_known
         carried, self._carried = self._carried, []
         try:
             if carried:
@@ -655,6 +667,11 @@ class Store:
 
     def _rolled_back(self, carried: list[SignedHeader]) -> None:
         self._carried[:0] = carried
+        self._tx_known = False
+
+    def _committed(self) -> None:
+        self._seq_mark, self._seq_known = self._tx_mark, self._tx_known
+        self._tx_known = False
 
     def _decode_stored(self, wire: bytes, what: str) -> SignedReading:
         try:
@@ -785,6 +802,16 @@ def _header_wire_of(block_wire: bytes) -> bytes:
     return header
 
 
+_ROWS_PER_INSERT = 100  # peer headers per INSERT statement (500 bound values)
+
+
+def _insert_peer_headers_sql(rows: int) -> str:
+    """An INSERT of ``rows`` peer headers: placeholders only, never data."""
+    return "INSERT OR IGNORE INTO peer_headers VALUES " + ",".join(  # noqa: S608
+        ("(?, ?, ?, ?, ?)",) * rows
+    )
+
+
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, rolling back on any error; sqlite errors become StoreError.
     The carried peer headers (``Store.carry_peer_headers``) are written first."""
@@ -819,6 +846,7 @@ class _Tx:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")
+                self._store._committed()
                 return
             except sqlite3.Error as err:
                 self._db.execute("ROLLBACK")

@@ -358,11 +358,53 @@ def test_peer_headers_commit_lazily_but_the_own_chain_stays_fully_synchronous(
     store._db.set_trace_callback(lambda sql: seen.append(synchronous()) if "INSERT" in sql else 0)
     store.put_peer_headers([b.header for b in peer_blocks])
     store._db.set_trace_callback(None)
-    assert seen == [1] * len(peer_blocks)  # NORMAL while peer headers were inserted
+    assert seen == [1]  # NORMAL while peer headers were inserted (one statement for all)
     assert synchronous() == 2  # and FULL again for whatever comes next
     with pytest.raises(StoreError), store._tx(durable=False):
         store._db.execute("INSERT INTO no_such_table VALUES (1)")
     assert synchronous() == 2  # restored after a failed transaction too
+
+
+def test_peer_headers_in_one_batch_report_every_conflict(
+    chain_store: Store, peer_blocks: list[Block], other_device_key: SigningKey
+) -> None:
+    peer = other_device_key.public.device_id
+    alt = sample_readings(peer, [3, 2])
+    alt[1] = [dataclasses.replace(r, value=r.value + 1) for r in alt[1]]
+    rival = seal_chain_impl(other_device_key, alt)[1].header
+    assert chain_store.put_peer_headers([peer_blocks[0].header]) == []
+    # Held already (same bytes), new, a rival of one new in the same batch, and new again.
+    batch = [peer_blocks[0].header, peer_blocks[1].header, rival, peer_blocks[2].header]
+    assert chain_store.put_peer_headers(batch) == [peer_blocks[1].header]
+    assert chain_store.peer_headers(peer) == [b.header for b in peer_blocks]
+    assert chain_store.put_peer_headers([rival]) == [peer_blocks[1].header]
+
+
+def test_the_sequence_mark_is_read_once_and_stays_right_across_failures(
+    chain_store: Store, device_key: SigningKey
+) -> None:
+    store = chain_store
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.append_pending(_signed(device_key, [SEALED]))
+    store.append_pending(_signed(device_key, [SEALED + 1]))
+    assert sum(1 for x in statements if "max(seq)" in x) <= 1  # read once, then known
+    with pytest.raises(SequenceError):  # a gap is still refused
+        store.append_pending(_signed(device_key, [SEALED + 3]))
+    with pytest.raises(SequenceError):  # and so is a seq already stored
+        store.append_pending(_signed(device_key, [SEALED + 1]))
+
+    # A transaction that fails after the insert leaves the mark where the store is.
+    def insert_then_fail() -> None:
+        with store._tx():
+            store._insert_pending(_signed(device_key, [SEALED + 2]))
+            store._db.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(StoreError):
+        insert_then_fail()
+    store.append_pending(_signed(device_key, [SEALED + 2]))
+    store._db.set_trace_callback(None)
+    assert store.last_seq() == SEALED + 2
 
 
 def test_carried_peer_headers_ride_along_with_the_next_commit_and_survive_its_failure(
