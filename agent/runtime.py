@@ -370,10 +370,7 @@ class DeviceAgent:
                     if self.replicator is not None:
                         await self.replicator.from_gossip(act)
                 case A.ServePull():
-                    task = asyncio.create_task(self._serve(act), name=f"{self.name}:serve")
-                    self._pulls.append(task)
-                    while self._pulls and self._pulls[0].done():
-                        self._pulls.popleft()
+                    self._keep(asyncio.create_task(self._serve(act), name=f"{self.name}:serve"))
                 case A.StoreEpoch(record=record):
                     await self._locked(self.store.put_epoch, decode_epoch(record))
                 case A.RewindChain(device_id=dev, last_height=last, new_epoch=epoch):
@@ -448,8 +445,13 @@ class DeviceAgent:
     def _write_headers_soon(self) -> None:
         self._write_later = None
         if self._unwritten:
-            task = asyncio.create_task(self._locked(_nothing), name=f"{self.name}:headers")
-            self._pulls.append(task)
+            self._keep(asyncio.create_task(self._locked(_nothing), name=f"{self.name}:headers"))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background store task until it is done (finished ones are let go here)."""
+        self._pulls.append(task)
+        while self._pulls and self._pulls[0].done():
+            self._pulls.popleft()
 
     def _take_unwritten(self) -> list[bytes]:
         wires, self._unwritten = self._unwritten, []
