@@ -59,6 +59,7 @@ from agent.view import DeviceRow, FleetSnapshot, LiveView
 from firmware_sim.clock import Clock, RealClock, SimClock
 from firmware_sim.samples import Sample
 from ledger.chain import ChainWriter
+from ledger.groupsync import GroupSync
 from ledger.identity import SigningKey
 from ledger.store import Store
 
@@ -148,10 +149,19 @@ class FleetRunner:
         self._broker: Broker | None = None
         self._hub: MqttHub | None = None
         self._transports: list[Transport] = []
-        self._executor = StoreThreads(STORE_THREADS)
+        # Real-time runs: the stores' durable commits are synced as a group (one syncfs for all
+        # the commits a sync finds, ledger/groupsync.py); the store threads hand a job back once
+        # it is synced. Simulated runs write inline, each commit synced by itself.
+        self._group = None if opts.simulated_network else GroupSync()
+        self._executor = StoreThreads(STORE_THREADS, group=self._group)
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+
+    @property
+    def group_sync(self) -> GroupSync | None:
+        """The group sync of the stores' durable commits (None in simulated runs)."""
+        return self._group
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -242,9 +252,11 @@ class FleetRunner:
             gc.set_threshold(*gc_thresholds)
             sys.setswitchinterval(switch_interval)
             await self._close()
-            for s in stores:
-                s.close()
             self._executor.shutdown(wait=True)
+            for s in stores:
+                s.close()  # syncs a store the group has not synced yet
+            if self._group is not None:
+                self._group.close()
 
     def _step_ms(self) -> int:
         speed = self.opts.speed
@@ -415,7 +427,7 @@ class FleetRunner:
             dev = cfg.device(name)
             enrolled = prov.devices[name]
             dev_id = enrolled.certificate.device_id
-            store = Store(self.data.store_path(name))
+            store = Store(self.data.store_path(name), group=self._group)
             stores.append(store)
             # Devices at private sites seal every reading to the owner named in their certificate.
             writer = ChainWriter(
@@ -465,6 +477,9 @@ class FleetRunner:
                 restore=name in self._restoring,
             )
             self.agents[name] = agent
+        if self._group is not None:  # what start-up committed here, on the loop's thread
+            await asyncio.to_thread(self._group.sync)
+            self._group.take_noted()
         return stores
 
     def _replication_node(

@@ -71,7 +71,9 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
   (deliveries transports dropped on overflow, summed), ``loop_lag_p50_ms`` / ``loop_lag_p99_ms``
   (how late a 50 ms timer fires, over every shard's samples), ``gc_ms_per_s`` (collector pauses
   per wall second, summed over shards) / ``gc_max_pause_ms`` (longest, any shard),
-  ``send_failures`` (publishes the transports refused, summed), ``header_verdicts`` (the
+  ``send_failures`` (publishes the transports refused, summed), ``group_syncs_per_s`` (group
+  syncs of the stores' durable commits, ``ledger/groupsync.py``, summed) and
+  ``group_sync_mean_ms`` (their mean wall time), ``header_verdicts`` (the
   window's header offers by the gossip cores' verdict: ``header_accepted``, ``header_gap``,
   ``header_duplicate``, ...; summed over shards, zero counts left out), ``shards``,
   ``window_skew_ms``, ``start_skew_ms`` (first to last shard start) and ``per_shard`` (each
@@ -315,6 +317,8 @@ class Snapshot:
     dropped: int
     send_failures: int
     verdicts: Mapping[str, int]  # header verdicts of the gossip cores (header_accepted, ...)
+    syncs: int = 0  # group syncs of the runner's stores (ledger/groupsync.py)
+    sync_s: float = 0.0  # wall time in them, s
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,6 +595,8 @@ class Recorder:
             dropped=sum(s.dropped_overflow for s in stats),
             send_failures=sum(a.stats.send_failures for a in agents),
             verdicts=_verdicts(agents),
+            syncs=0 if runner.group_sync is None else runner.group_sync.syncs,
+            sync_s=0.0 if runner.group_sync is None else runner.group_sync.sync_s,
         )
 
     def report(self) -> ShardReport:
@@ -696,6 +702,8 @@ def merge(
         "received_per_s": None,
         "dropped": None,
         "send_failures": None,
+        "group_syncs_per_s": None,
+        "group_sync_mean_ms": None,
         "header_verdicts": None,
         "window_skew_ms": max(opens) - min(opens) if opens else None,
         "start_skew_ms": max(starts) - min(starts) if starts else None,
@@ -731,6 +739,12 @@ def merge(
             "received_per_s": round(rate("received")),
             "dropped": sum(c.dropped - o.dropped for _, o, c in windows),
             "send_failures": sum(c.send_failures - o.send_failures for _, o, c in windows),
+            "group_syncs_per_s": round(rate("syncs"), 1),
+            "group_sync_mean_ms": _rounded(
+                1000 * sum(c.sync_s - o.sync_s for _, o, c in windows) / syncs
+                if (syncs := sum(c.syncs - o.syncs for _, o, c in windows))
+                else None
+            ),
             "header_verdicts": {
                 k: v
                 for k in sorted({k for _, _, c in windows for k in c.verdicts})

@@ -7,6 +7,10 @@ peer headers, replicas of peers' blocks, peer certificates, fork evidence, and a
 Durability contract: ``append_pending``, ``seal`` and ``commit_block`` return only after their
 transaction is committed with ``synchronous=FULL`` (fsync of the WAL), so a reading or block
 reported durable survives a kill or a power loss. One transaction per call, never per reading.
+A store opened with a ``GroupSync`` (``Store(path, group=g)``, a fleet runner's thousands of
+stores) commits with ``synchronous=NORMAL`` and notes each such commit to the group instead:
+it survives a kill at once and a power loss once ``g.sync()`` has returned (one sync for every
+store; ``ledger.groupsync``), and the caller must not report it durable before then.
 
 The store trusts its caller to have verified what it is given (peer headers, replicas), but it
 checks the own chain's structure (heights, links, sequence) again on every commit: a bug above
@@ -15,6 +19,7 @@ cannot make it hold a gap, a duplicate or two blocks at one height.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from ledger.block import (
 )
 from ledger.epoch import SignedEpoch
 from ledger.errors import ChainError, DecodeError, IntegrityError, SequenceError, StoreError
+from ledger.groupsync import GroupSync, fsync_path
 from ledger.history import CompactRange
 from ledger.reading import SignedReading, decode_reading
 
@@ -90,14 +96,17 @@ class TagHit:
 class Store:
     """One device's durable state. Not thread-safe: use it from one thread at a time."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, group: GroupSync | None = None) -> None:
         self.path = Path(path)
+        self._group = group
+        self._wal = self.path.with_name(self.path.name + "-wal")
         try:
+            self._dev = os.stat(self.path.parent).st_dev
             self._db = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if group is None else 'NORMAL'}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             version = self.meta_get("schema_version")
@@ -107,7 +116,7 @@ class Store:
                 raise StoreError(
                     f"{self.path}: schema version {int(version)}, this build reads {SCHEMA_VERSION}"
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open store ({exc})") from None
         self._history = CompactRange()
         self._carried: list[SignedHeader] = []  # peer headers for the next write transaction
@@ -122,7 +131,19 @@ class Store:
         self._load_head()
 
     def close(self) -> None:
+        """Close; a durable commit the group has not synced yet is synced here first."""
+        if self._group is not None and self._group.forget(self._wal):
+            try:
+                fsync_path(self._wal)
+            except OSError as exc:
+                self._db.close()
+                raise StoreError(f"{self.path}: cannot sync at close ({exc})") from None
         self._db.close()
+
+    @property
+    def group(self) -> GroupSync | None:
+        """The group that syncs this store's durable commits (None: each commit syncs)."""
+        return self._group
 
     def __enter__(self) -> Store:
         return self
@@ -137,6 +158,8 @@ class Store:
 
     def meta_set(self, key: str, value: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        if self._group is not None:  # committed on its own (autocommit): durable like a tx
+            self._group.noted(self._wal, self._dev)
 
     # --- own chain ----------------------------------------------------------------------------
     # Own readings live in one table keyed by seq. A reading is pending while its seq is above
@@ -669,9 +692,11 @@ class Store:
         self._carried[:0] = carried
         self._tx_known = False
 
-    def _committed(self) -> None:
+    def _committed(self, durable: bool) -> None:
         self._seq_mark, self._seq_known = self._tx_mark, self._tx_known
         self._tx_known = False
+        if durable and self._group is not None:
+            self._group.noted(self._wal, self._dev)
 
     def _decode_stored(self, wire: bytes, what: str) -> SignedReading:
         try:
@@ -821,10 +846,11 @@ class _Tx:
         self._db = store._db
         self._path = store.path
         self._durable = durable
+        self._switch = not durable and store._group is None  # FULL -> NORMAL for this commit
         self._carried: list[SignedHeader] = []
 
     def __enter__(self) -> None:
-        if not self._durable:
+        if self._switch:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -839,14 +865,14 @@ class _Tx:
         try:
             self._end(exc_type, exc)
         finally:
-            if not self._durable:
+            if self._switch:
                 self._db.execute("PRAGMA synchronous=FULL")
 
     def _end(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if exc_type is None:
             try:
                 self._db.execute("COMMIT")
-                self._store._committed()
+                self._store._committed(self._durable)
                 return
             except sqlite3.Error as err:
                 self._db.execute("ROLLBACK")

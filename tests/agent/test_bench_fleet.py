@@ -55,6 +55,8 @@ FIGURES: dict[str, type | tuple[type, ...]] = {
     "window_skew_ms": int,
     "start_skew_ms": int,
     "send_failures": int,
+    "group_syncs_per_s": (int, float),
+    "group_sync_mean_ms": (int, float),
     "header_verdicts": dict,
     "per_shard": list,
 }
@@ -74,6 +76,8 @@ def _snap(wall: float, net_ms: int, **counters: float) -> Snapshot:
         dropped=0,
         send_failures=0,
         accepted=0,
+        syncs=0,
+        sync_s=0.0,
     )
     base.update(counters)
     return Snapshot(
@@ -89,6 +93,8 @@ def _snap(wall: float, net_ms: int, **counters: float) -> Snapshot:
         dropped=int(base["dropped"]),
         send_failures=int(base["send_failures"]),
         verdicts={"header_accepted": int(base["accepted"])},
+        syncs=int(base["syncs"]),
+        sync_s=base["sync_s"],
     )
 
 
@@ -129,6 +135,8 @@ def _two_shards() -> list[ShardReport]:
             dropped=1,
             send_failures=2,
             accepted=90,
+            syncs=100,
+            sync_s=1.5,
         ),
         rss0_kb=10_000,
         recorder_kb=100,
@@ -167,6 +175,8 @@ def _two_shards() -> list[ShardReport]:
             dropped=2,
             send_failures=1,
             accepted=4,
+            syncs=50,
+            sync_s=0.3,
         ),
         rss0_kb=20_000,
         recorder_kb=0,
@@ -209,6 +219,8 @@ def test_merge_sums_costs_over_shards_and_takes_the_worst_shard() -> None:
     assert out["rss_kb_per_device"] == 225.0
     assert out["sent_per_s"] == 30 and out["received_per_s"] == 60 and out["dropped"] == 3
     assert out["send_failures"] == 3 and out["header_verdicts"] == {"header_accepted": 94}
+    # Group syncs: 100 in 5 s and 50 in 5 s; 1.8 s of syncing over the 150.
+    assert out["group_syncs_per_s"] == 30.0 and out["group_sync_mean_ms"] == 12.0
     assert out["gc_ms_per_s"] == 7.0 and out["gc_max_pause_ms"] == 20.0
     assert out["lag_ms"] == 12 and out["max_pending"] == 3
     assert out["window_skew_ms"] == 300 and out["start_skew_ms"] == 1_000

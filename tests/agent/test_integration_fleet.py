@@ -296,6 +296,10 @@ def test_twenty_devices_ride_out_a_mosquitto_sigkill_losing_and_duplicating_noth
     )
     out = asyncio.run(_ride_out(runner, mosquitto, len(cfg.devices)))
     result = out.result
+    # The stores' durable commits went through group syncs (ledger/groupsync.py), whose loss
+    # figures below are the ones that count.
+    group = runner.group_sync
+    assert group is not None and group.syncs > 0 and group.synced_stores >= group.syncs
     outage = (
         f"1 restart (SIGKILL, {out.down_sim_ms // MIN_MS} simulated min down, "
         f"{out.sealed_while_down} blocks sealed meanwhile, time to drain {out.drain_s:.2f} s)"

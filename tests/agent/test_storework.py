@@ -1,14 +1,23 @@
 """StoreThreads: jobs run off the loop, results and exceptions come back to the awaiting tasks,
-and a burst of jobs wakes the loop far fewer times than once per job."""
+and a burst of jobs wakes the loop far fewer times than once per job. With a group sync, a job
+that made a durable commit comes back only after a sync (real SQLite stores, real syncs)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from agent.storework import StoreThreads
+from ledger.errors import StoreError
+from ledger.groupsync import GroupSync
+from ledger.identity import SigningKey
+from ledger.reading import Reading, SignedReading, sign_reading
+from ledger.store import Store
 
 
 def test_results_and_exceptions_reach_the_awaiting_tasks_from_worker_threads() -> None:
@@ -90,3 +99,108 @@ def test_a_cancelled_waiter_does_not_break_the_others_and_shutdown_refuses_new_j
 
     with pytest.raises(RuntimeError, match="shut down"):
         asyncio.run(late())
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+class GatedSync(GroupSync):
+    """A real group sync that waits for ``gate`` first, and records what each sync covered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.covered: list[int] = []  # stores noted, per sync
+
+    def sync(self) -> None:
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        before = self.synced_stores
+        super().sync()
+        self.covered.append(self.synced_stores - before)
+
+
+def _readings(key: SigningKey, seqs: range) -> list[SignedReading]:
+    dev = key.public.device_id
+    return [
+        sign_reading(Reading(dev, 0, s, 1_700_000_000_000 + s, "t", s, None), key) for s in seqs
+    ]
+
+
+def test_a_durable_commit_is_handed_back_only_after_a_group_sync(tmp_path: Path) -> None:
+    group = GatedSync()
+    stores = [Store(tmp_path / f"d{i}.sqlite", group=group) for i in range(6)]
+    group.take_noted()  # the stores' creation, on this thread: not the pool's business
+    key = SigningKey(bytes(32))
+    pool = StoreThreads(3, group=group)
+
+    async def main() -> None:
+        commits = [pool.run(s.append_pending, _readings(key, range(3))) for s in stores]
+        reads = [pool.run(s.block_count) for s in stores]  # no commit: no sync to wait for
+        assert await asyncio.wait_for(asyncio.gather(*reads), 10) == [0] * 6
+        assert group.entered.wait(10)
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in commits)  # committed, not yet synced
+        group.gate.set()
+        await asyncio.wait_for(asyncio.gather(*commits), 10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        group.gate.set()
+        pool.shutdown()
+    # Each store is synced once: its creation and its commit, noted before the first sync swapped
+    # the notes out, share it (jobs handed to a later sync found their commit already synced).
+    assert sum(group.covered) == 6 and len(group.covered) < 6
+    for s in stores:
+        s.close()
+    group.close()
+
+
+def test_a_failed_group_sync_fails_every_job_it_covered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupSync(use_syncfs=False)
+    store = Store(tmp_path / "d.sqlite", group=group)
+    group.sync()
+    key = SigningKey(bytes(32))
+    pool = StoreThreads(2, group=group)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+
+    async def main() -> None:
+        with pytest.raises(StoreError, match="group sync failed"):
+            await asyncio.wait_for(pool.run(store.append_pending, _readings(key, range(2))), 10)
+        assert await pool.run(store.block_count) == 0  # a job with no commit is unaffected
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown()
+        monkeypatch.undo()
+    store.close()
+    group.close()
+
+
+def test_submit_and_shutdown_sync_what_their_jobs_committed(tmp_path: Path) -> None:
+    group = GroupSync()
+    store = Store(tmp_path / "d.sqlite", group=group)
+    group.sync()
+    group.take_noted()
+    key = SigningKey(bytes(32))
+    pool = StoreThreads(1, group=group)
+    pool.submit(store.append_pending, _readings(key, range(2))).result(timeout=10)
+    assert group.syncs == 2  # the plain executor path synced before it returned
+
+    async def main() -> None:
+        pool.run(store.append_pending, _readings(key, range(2, 4)))  # not awaited
+
+    asyncio.run(main())
+    pool.shutdown(wait=True)  # the worker's commit is synced before the sync thread ends
+    assert group.syncs == 3
+    store.close()
+    group.close()

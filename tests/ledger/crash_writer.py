@@ -1,12 +1,16 @@
 """The child program of the crash test: a chain writer that reports what it made durable.
 
-Run as ``python -m tests.ledger.crash_writer DB SEED_HEX`` from the project root. It opens the
-store, resumes the device's chain with a ``ChainWriter`` and loops until it is killed: record
-``PER_FLUSH`` readings, flush, report ``durable-seq N``; every ``FLUSHES_PER_BLOCK`` flushes, report
-``sealing H``, seal, report ``durable-block H HASH``. A line is printed (and flushed) only after
-the call it reports has returned, so every ``durable-*`` line is an acknowledgement the parent
-may hold the store to. ``opening`` and ``sealing`` are markers, not claims: they tell the parent
-where the child is, so it can kill during start-up or during a seal.
+Run as ``python -m tests.ledger.crash_writer DB SEED_HEX [group]`` from the project root. It
+opens the store, resumes the device's chain with a ``ChainWriter`` and loops until it is killed:
+record ``PER_FLUSH`` readings, flush, report ``durable-seq N``; every ``FLUSHES_PER_BLOCK``
+flushes, report ``sealing H``, seal, report ``durable-block H HASH``. A line is printed (and
+flushed) only after the call it reports has returned, so every ``durable-*`` line is an
+acknowledgement the parent may hold the store to. ``opening`` and ``sealing`` are markers, not
+claims: they tell the parent where the child is, so it can kill during start-up or during a seal.
+
+With ``group`` the store is opened with a ``GroupSync`` (commits at synchronous=NORMAL, as a
+fleet runner's stores) and each durable call is followed by ``group.sync()`` before its line,
+which is how ``agent.storework.StoreThreads`` acknowledges such a commit.
 
 Reading contents are a pure function of the sequence number (``expected_fields``), so the parent
 can check every stored reading, and a writer resumed after a kill writes exactly what a writer
@@ -19,6 +23,7 @@ import os
 import sys
 
 from ledger.chain import ChainWriter
+from ledger.groupsync import GroupSync
 from ledger.identity import SigningKey
 from ledger.store import Store
 
@@ -40,11 +45,12 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def run(db: str, seed: bytes) -> int:
+def run(db: str, seed: bytes, group: GroupSync | None = None) -> int:
     parent = os.getppid()
     key = SigningKey(seed)
     _say("opening")
-    store = Store(db)
+    store = Store(db, group=group)
+    sync = group.sync if group is not None else (lambda: None)
     writer = ChainWriter(store, key, key.public.device_id)
     head = store.head()
     _say(f"ready {-1 if head is None else head.header.height} {writer.next_seq}")
@@ -55,21 +61,23 @@ def run(db: str, seed: bytes) -> int:
             for _ in range(PER_FLUSH):
                 writer.record(*expected_fields(writer.next_seq))
             writer.flush()
+            sync()
             _say(f"durable-seq {writer.next_seq - 1}")
         head = store.head()
         _say(f"sealing {0 if head is None else head.header.height + 1}")
         block = writer.seal()
         if block is None:
             raise AssertionError("seal returned None with readings pending")
+        sync()
         _say(f"durable-block {block.header.header.height} {block.header.hash.hex()}")
     return 0
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        sys.stderr.write("usage: python -m tests.ledger.crash_writer DB SEED_HEX\n")
+    if len(argv) not in (2, 3) or argv[2:] not in ([], ["group"]):
+        sys.stderr.write("usage: python -m tests.ledger.crash_writer DB SEED_HEX [group]\n")
         return 2
-    return run(argv[0], bytes.fromhex(argv[1]))
+    return run(argv[0], bytes.fromhex(argv[1]), GroupSync() if argv[2:] else None)
 
 
 if __name__ == "__main__":

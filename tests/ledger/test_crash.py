@@ -15,6 +15,9 @@ the store itself and checks:
 - every sequence number reported durable is present (sealed or pending);
 - the restarted child resumes at the stored head and sequence high-water mark.
 
+It runs twice: with the store's own ``synchronous=FULL`` commits, and with a ``GroupSync`` store
+(commits at ``synchronous=NORMAL``, acknowledged after ``group.sync()``, as a fleet runner's).
+
 Figures: "lost acknowledged = 0, integrity failures = 0, self-forks = 0 over K kills".
 """
 
@@ -78,10 +81,10 @@ class ChildRun:
     stderr: str
 
 
-def run_and_kill(db: Path, point: KillPoint, err_path: Path) -> ChildRun:
+def run_and_kill(db: Path, point: KillPoint, err_path: Path, mode: tuple[str, ...]) -> ChildRun:
     with err_path.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.ledger.crash_writer", str(db), DEVICE_SEED.hex()],
+            [sys.executable, "-m", "tests.ledger.crash_writer", str(db), DEVICE_SEED.hex(), *mode],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -269,7 +272,9 @@ class Ledgerbook:
 
 
 @pytest.mark.subprocess
+@pytest.mark.parametrize("mode", [(), ("group",)], ids=["synchronous-full", "group-sync"])
 def test_sigkill_at_random_points_loses_nothing_acknowledged(
+    mode: tuple[str, ...],
     tmp_path: Path,
     request: pytest.FixtureRequest,
     record_testsuite_property: Callable[[str, object], None],
@@ -282,7 +287,7 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(
     started = time.perf_counter()
     for kill in range(1, KILLS + 1):
         point = plan(rng)
-        run = run_and_kill(db, point, tmp_path / "child.err")
+        run = run_and_kill(db, point, tmp_path / "child.err", mode)
         assert run.returncode == -signal.SIGKILL, (
             f"kill {kill} ({point}): child ended with {run.returncode}, not by SIGKILL; "
             f"stderr:\n{run.stderr}"
@@ -293,7 +298,7 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(
         if book.integrity:  # a broken store makes every later audit noise
             break
     elapsed = time.perf_counter() - started
-    figure = book.figure(sum(modes.values()))
+    figure = book.figure(sum(modes.values())) + (" (group sync)" if mode else "")
     detail = (
         f"{figure}; kills by point {dict(sorted(modes.items()))}; kills inside a seal "
         f"{dict(sorted(book.seal_kills.items()))}; head height {book.head}; "
