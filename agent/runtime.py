@@ -160,9 +160,9 @@ class DeviceAgent:
                     f"{self.store.block_count()} blocks in {self.store.path}"
                 )
             self._restored.clear()
-        pending = self.store.pending()
-        if pending:
-            self._oldest_pending_ms = pending[0].reading.time_ms
+        oldest = self.writer.oldest_pending()
+        if oldest is not None:
+            self._oldest_pending_ms = oldest.reading.time_ms
         for event in boot_inputs:
             await self._execute(self.node.handle(event, self.net_clock.now_ms()))
         if self.replicator is not None:
@@ -179,7 +179,7 @@ class DeviceAgent:
             "started as %s: height %s, %d pending, next seq %d, %d domain peers",
             self.device_id,
             "-" if head is None else head.header.height,
-            len(pending),
+            self.writer.pending_count(),
             self.writer.next_seq,
             len(self.peer_ids),
         )
@@ -283,8 +283,8 @@ class DeviceAgent:
     async def _announce(self, blocks: list[Block]) -> None:
         if not blocks:
             return
-        pending = self.store.pending(limit=1)
-        self._oldest_pending_ms = pending[0].reading.time_ms if pending else None
+        oldest = self.writer.oldest_pending()  # in memory: no SQLite on the loop
+        self._oldest_pending_ms = None if oldest is None else oldest.reading.time_ms
         self.stats.blocks += len(blocks)
         for block in blocks:
             h = block.header.header

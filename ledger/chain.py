@@ -112,6 +112,13 @@ class ChainWriter:
     def pending_count(self) -> int:
         return len(self._pending) + len(self._buffer)
 
+    def oldest_pending(self) -> SignedReading | None:
+        """The oldest reading not sealed yet (durable or buffered), None when there is none;
+        from memory, without asking the store."""
+        if self._pending:
+            return self._pending[0]
+        return self._buffer[0] if self._buffer else None
+
     def seal(self, max_readings: int = 4096) -> Block | None:
         """Seal up to ``max_readings`` pending readings into a durable block (None if none)."""
         if len(self._pending) + len(self._buffer) > max_readings:

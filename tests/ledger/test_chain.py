@@ -320,3 +320,28 @@ def test_block_wire_size_is_the_length_of_the_encoded_block(
 
     wire = encode_block(b"h" * header_len, [b"r" * n for n in reading_lens])
     assert block_wire_size(header_len, reading_lens) == len(wire)
+
+
+def test_the_oldest_pending_reading_is_known_without_the_store(
+    tmp_path: Path, device_key: SigningKey
+) -> None:
+    store = Store(tmp_path / "d.sqlite")
+    writer = _writer(store, device_key)
+    assert writer.oldest_pending() is None
+    _record(writer, 3)  # buffered, not durable
+    first = writer.oldest_pending()
+    assert first is not None and first.reading.seq == 0
+    writer.flush()
+    _record(writer, 2)
+    assert writer.oldest_pending() == first == store.pending(limit=1)[0]
+    block = writer.seal(max_readings=4)  # seqs 0..3 sealed; 4 stays pending
+    assert block is not None and len(block.readings) == 4
+    oldest = writer.oldest_pending()
+    assert oldest is not None and oldest.reading.seq == 4
+    assert [oldest] == store.pending(limit=1)
+    store.close()
+    with Store(tmp_path / "d.sqlite") as again:  # a restarted writer knows it from the store
+        reopened = _writer(again, device_key).oldest_pending()
+        assert reopened is not None and reopened.wire == oldest.wire
+        assert _writer(again, device_key).seal() is not None
+        assert _writer(again, device_key).oldest_pending() is None
