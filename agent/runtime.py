@@ -36,7 +36,7 @@ from agent.replicator import Replicator
 from agent.sealing import SealPolicy
 from agent.storework import StoreThreads
 from agent.transport.base import Delivery, Transport, TransportError
-from firmware_sim.clock import Clock
+from firmware_sim.clock import Clock, Wakeup
 from firmware_sim.samples import Sample
 from ledger.block import Block, decode_block, decode_header
 from ledger.chain import ChainWriter
@@ -115,9 +115,9 @@ class DeviceAgent:
         self._store_lock = asyncio.Lock()
         self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(INGEST_QUEUE)
         self._oldest_pending_ms: int | None = None
-        self._rearm_gossip = asyncio.Event()
-        self._rearm_seal = asyncio.Event()
-        self._rearm_replication = asyncio.Event()
+        self._rearm_gossip = Wakeup()
+        self._rearm_seal = Wakeup()
+        self._rearm_replication = Wakeup()
         self._gossip_sleeps_until: int | None = None
         self._seal_sleeps_until: int | None = None
         self._log = logging.LoggerAdapter(log, {"device": name})
@@ -238,10 +238,7 @@ class DeviceAgent:
         if self._oldest_pending_ms is None:
             self._oldest_pending_ms = batch[0].time_ms
         now = self.data_clock.now_ms()
-        due = self.policy.due(
-            self.writer.pending_count() + len(batch), self._oldest_pending_ms, now
-        )
-        blocks = await self._locked(self._sign_and_store, batch, due, carry=True)
+        blocks = await self._locked(self._sign_and_store, batch, now, carry=True)
         self.stats.readings += len(batch)
         await self._announce(blocks)
         deadline = self.policy.deadline(self._oldest_pending_ms)
@@ -249,12 +246,24 @@ class DeviceAgent:
         if deadline is not None and (sleeping is None or deadline < sleeping):
             self._rearm_seal.set()
 
-    def _sign_and_store(self, batch: list[Sample], seal: bool) -> list[Block]:
+    def _sign_and_store(self, batch: list[Sample], now: int) -> list[Block]:
         w = self.writer
         for s in batch:
             w.record(s.time_ms, s.sensor, s.value, s.tag, s.text)
-        if not seal:
+        blocks = self._seal_if_due(now)
+        if not blocks:
             w.flush()
+        return blocks
+
+    def _seal_if_due(self, now: int) -> list[Block]:
+        """Seal what the policy says is due at ``now``. Decided here, inside the store job
+        (under the device's store lock), from what the writer holds at this moment: a decision
+        taken on the loop before the job could be stale by the time it runs (the seal timer
+        and a batch both finding a seal due would seal twice, the second time a tiny block)."""
+        oldest = self.writer.oldest_pending()
+        if oldest is None or not self.policy.due(
+            self.writer.pending_count(), oldest.reading.time_ms, now
+        ):
             return []
         return self._seal_all()
 
@@ -277,7 +286,10 @@ class DeviceAgent:
             await self._wait(self.data_clock, deadline, self._rearm_seal)
             now = self.data_clock.now_ms()
             if self.policy.due(self.writer.pending_count(), self._oldest_pending_ms, now):
-                blocks = await self._locked(self._seal_all, carry=True)
+                blocks = await self._locked(self._seal_if_due, now, carry=True)
+                if not blocks:  # another job sealed first: the hint was stale, renew it
+                    oldest = self.writer.oldest_pending()
+                    self._oldest_pending_ms = None if oldest is None else oldest.reading.time_ms
                 await self._announce(blocks)
 
     async def _announce(self, blocks: list[Block]) -> None:
@@ -557,17 +569,9 @@ class DeviceAgent:
         return await asyncio.get_running_loop().run_in_executor(ex, fn, *args)
 
     @staticmethod
-    async def _wait(clock: Clock, deadline: int | None, rearm: asyncio.Event) -> None:
+    async def _wait(clock: Clock, deadline: int | None, rearm: Wakeup) -> None:
         """Sleep until ``deadline`` on ``clock`` or until ``rearm`` is set, whichever is first."""
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(rearm.wait())]
-        if deadline is not None:
-            waiters.append(asyncio.ensure_future(clock.sleep_until(deadline)))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-        rearm.clear()
+        await rearm.wait(clock, deadline)
 
     def temperatures(self) -> tuple[tuple[str, int], ...]:
         return tuple((s, self.stats.latest[s]) for s in TEMP_SENSORS if s in self.stats.latest)

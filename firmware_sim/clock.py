@@ -44,6 +44,13 @@ class Clock(Protocol):
         """Return once ``now_ms() >= t_ms`` (at once, after one yield, if it already is)."""
         ...
 
+    def resolve_at(self, t_ms: int, fut: asyncio.Future[None]) -> None:
+        """Set ``fut``'s result once ``now_ms() >= t_ms`` (on a later turn of its loop if it
+        already is), unless ``fut`` is done by then: its owner may settle or cancel it first.
+        A task that waits for a deadline *or* another wake-up needs one future this way, not a
+        task per source of wake-ups."""
+        ...
+
 
 class RealClock:
     """Wall-clock time; sleeping uses the running asyncio loop."""
@@ -58,6 +65,22 @@ class RealClock:
                 await asyncio.sleep(0)
                 return
             await asyncio.sleep(remaining / 1000)
+
+    def resolve_at(self, t_ms: int, fut: asyncio.Future[None]) -> None:
+        loop = fut.get_loop()
+        handle: list[asyncio.TimerHandle] = []
+
+        def fire() -> None:
+            if fut.done():
+                return
+            remaining = t_ms - self.now_ms()
+            if remaining > 0:  # the loop's monotonic clock ran ahead of the wall clock
+                handle[0] = loop.call_later(remaining / 1000, fire)
+                return
+            fut.set_result(None)
+
+        handle.append(loop.call_later(max(t_ms - self.now_ms(), 0) / 1000, fire))
+        fut.add_done_callback(lambda _: handle[0].cancel())  # settled early: drop the timer
 
 
 class SimClock:
@@ -102,6 +125,13 @@ class SimClock:
         heapq.heappush(self._waiters, (t_ms, self._seq, fut))
         await fut
 
+    def resolve_at(self, t_ms: int, fut: asyncio.Future[None]) -> None:
+        if t_ms <= self._now:
+            fut.get_loop().call_soon(_resolve, fut)
+            return
+        self._seq += 1
+        heapq.heappush(self._waiters, (t_ms, self._seq, fut))  # skipped once done
+
     async def sleep(self, ms: int) -> None:
         """Sleep ``ms`` simulated milliseconds."""
         await self.sleep_until(self._now + ms)
@@ -114,6 +144,52 @@ class SimClock:
         """Run ``coro`` to completion on a fresh simulated-time event loop."""
         with asyncio.Runner(loop_factory=self.new_event_loop) as runner:
             return runner.run(coro)
+
+
+class Wakeup:
+    """Wakes one timer task early: ``wait(clock, deadline)`` returns at ``deadline`` on
+    ``clock`` or once ``set`` is called, whichever is first, and clears the wake-up. A ``set``
+    while nobody waits makes the next ``wait`` return (after one yield to the loop).
+
+    One future per wait and no task: thousands of devices each re-arm a few timers a second,
+    and racing ``Event.wait`` against ``sleep_until`` costs two tasks, a cancellation and a
+    reference cycle (the cancelled task's exception) per wait."""
+
+    __slots__ = ("_flag", "_fut")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._fut: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self, clock: Clock, deadline: int | None) -> None:
+        if self._flag:
+            await asyncio.sleep(0)
+        else:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if deadline is not None:
+                clock.resolve_at(deadline, fut)
+            self._fut = fut
+            try:
+                await fut
+            finally:
+                self._fut = None
+                if not fut.done():  # the waiter was cancelled: the clock forgets the deadline
+                    fut.cancel()
+        self._flag = False
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _JumpingSelector(selectors.BaseSelector):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from firmware_sim.clock import Clock, ClockError, RealClock, SimClock
+from firmware_sim.clock import Clock, ClockError, RealClock, SimClock, Wakeup
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -155,3 +155,95 @@ def test_same_program_same_interleaving() -> None:
     assert len(first) == 100
     assert first == run_once()
     assert [t for _, t in first] == sorted(t for _, t in first)
+
+
+# --------------------------------------------------------------------------- Wakeup
+
+
+def test_a_wakeup_returns_at_its_deadline_or_when_set_whichever_is_first() -> None:
+    clock = SimClock(0)
+    wake = Wakeup()
+    woke: list[tuple[str, int]] = []
+
+    async def timer() -> None:
+        await wake.wait(clock, 5_000)  # nobody sets it: the deadline
+        woke.append(("deadline", clock.now_ms()))
+        await wake.wait(clock, 60_000)  # set at 7,000: long before its deadline
+        woke.append(("set", clock.now_ms()))
+        await wake.wait(clock, None)  # no deadline: only a set ends it
+        woke.append(("set again", clock.now_ms()))
+
+    async def setter() -> None:
+        await clock.sleep_until(7_000)
+        wake.set()
+        await clock.sleep_until(100_000)
+        wake.set()
+
+    async def main() -> None:
+        await asyncio.gather(timer(), setter())
+
+    clock.run(main())
+    assert woke == [("deadline", 5_000), ("set", 7_000), ("set again", 100_000)]
+    assert not wake.is_set()  # each wait clears what woke it
+
+
+def test_a_set_while_nobody_waits_ends_the_next_wait_after_one_yield() -> None:
+    clock = SimClock(0)
+    wake = Wakeup()
+    order: list[str] = []
+
+    async def other() -> None:
+        order.append("other ran")
+
+    async def main() -> None:
+        wake.set()
+        assert wake.is_set()
+        task = asyncio.ensure_future(other())
+        await wake.wait(clock, 1_000_000)
+        order.append("wait returned")
+        await task
+
+    clock.run(main())
+    assert order == ["other ran", "wait returned"]  # the wait yielded to the loop first
+    assert clock.now_ms() == 0  # and never waited for its deadline
+
+
+def test_a_cancelled_wait_leaves_no_deadline_behind() -> None:
+    clock = SimClock(0)
+    wake = Wakeup()
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(wake.wait(clock, 50_000))
+        await clock.sleep_until(10)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert clock.next_deadline() is None  # the cancelled wait's deadline is gone
+        await clock.sleep_until(20)
+
+    clock.run(main())
+    assert clock.now_ms() == 20
+
+
+def test_a_wakeup_on_the_real_clock_makes_no_task_and_leaves_no_timer() -> None:
+    clock = RealClock()
+    wake = Wakeup()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tasks = len(asyncio.all_tasks())
+        start = clock.now_ms()
+        waiter = asyncio.ensure_future(wake.wait(clock, start + 30))
+        await asyncio.sleep(0)
+        assert len(asyncio.all_tasks()) == tasks + 1  # the waiter itself, nothing more
+        await waiter
+        assert clock.now_ms() >= start + 30
+        # Set early: the deadline's timer is cancelled with the wait.
+        waiter = asyncio.ensure_future(wake.wait(clock, clock.now_ms() + 60_000))
+        await asyncio.sleep(0)
+        wake.set()
+        await asyncio.wait_for(waiter, 5)
+        live = [h for h in loop._scheduled if not h.cancelled()]  # the loop's timer heap
+        assert all(h.when() < loop.time() + 30 for h in live), live
+
+    asyncio.run(main())
