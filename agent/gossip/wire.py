@@ -321,11 +321,47 @@ def _bins(value: object, what: str, name: str, count: int, size: int) -> tuple[b
     return tuple(codec.bin_(v, what, name, maximum=size) for v in value)
 
 
+# Device ids already found valid in a summary entry (bounded): a device decodes a few SUMMARY
+# messages a second, each of up to MAX_SUMMARY_ENTRIES entries naming the same few dozen ids.
+_VALID_IDS: set[str] = set()
+_VALID_IDS_MAX = 65_536
+
+
+def _known_id(value: str) -> bool:
+    if value in _VALID_IDS:
+        return True
+    if len(value) > 26 or not is_device_id(value):
+        return False
+    if len(_VALID_IDS) >= _VALID_IDS_MAX:
+        _VALID_IDS.clear()
+    _VALID_IDS.add(value)
+    return True
+
+
 def _entries(value: object, what: str) -> tuple[SummaryEntry, ...]:
     if not isinstance(value, list):
         raise DecodeError(what, f"field entries: expected an array, found {type(value).__name__}")
     entries: list[SummaryEntry] = []
+    prev = ""
     for item in value:
+        # The common case, checked inline: the same rules as the full checks below, which run
+        # for anything else and raise the precise error.
+        if type(item) is list and len(item) == 4:
+            dev, epoch, height, head = item
+            if (
+                type(dev) is str
+                and dev > prev
+                and type(epoch) is int
+                and 0 <= epoch <= MAX_EPOCH
+                and type(height) is int
+                and 0 <= height <= MAX_HEIGHT
+                and type(head) is bytes
+                and len(head) == HASH_SIZE
+                and _known_id(dev)
+            ):
+                entries.append(SummaryEntry(dev, epoch, height, head))
+                prev = dev
+                continue
         e = codec.array(item, 4, f"{what} entry")
         entry = SummaryEntry(
             _device(e[0], what, "entry device_id"),
@@ -340,6 +376,7 @@ def _entries(value: object, what: str) -> tuple[SummaryEntry, ...]:
                 f"{entry.device_id} after {entries[-1].device_id}",
             )
         entries.append(entry)
+        prev = entry.device_id
     return tuple(entries)
 
 

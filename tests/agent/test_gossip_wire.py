@@ -6,6 +6,8 @@ import random
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.gossip import wire
 from agent.gossip.sim import Authority, SimDevice
@@ -198,3 +200,59 @@ def test_fuzz_random_bytes_raise_decode_error_only() -> None:
         except DecodeError:
             rejected += 1
     assert rejected > 2_000, f"only {rejected} of 3000 fuzz inputs were rejected"
+
+
+def _entries_by_the_full_checks(value: list[object]) -> tuple[wire.SummaryEntry, ...]:
+    """The summary entry rules written out plainly, one field check at a time (the reference
+    the decoder's inline fast path must agree with)."""
+    from ledger import codec
+
+    what = "SUMMARY"
+    entries: list[wire.SummaryEntry] = []
+    for item in value:
+        e = codec.array(item, 4, f"{what} entry")
+        entry = wire.SummaryEntry(
+            codec.text(e[0], what, "entry device_id", 26, wire.is_device_id),
+            codec.uint(e[1], what, "entry epoch", wire.MAX_EPOCH),
+            codec.uint(e[2], what, "entry height", wire.MAX_HEIGHT),
+            codec.bin_(e[3], what, "entry head_hash", size=wire.HASH_SIZE),
+        )
+        if entries and entries[-1].device_id >= entry.device_id:
+            raise DecodeError(what, "not ascending")
+        entries.append(entry)
+    return tuple(entries)
+
+
+_ids = st.sampled_from([A, B, C, "ef" + "d" * 24, "ef" + "a" * 23, "EF" + "a" * 24, "x", ""])
+_ints = st.one_of(
+    st.integers(min_value=-2, max_value=3),
+    st.sampled_from([wire.MAX_HEIGHT, wire.MAX_HEIGHT + 1, wire.MAX_EPOCH, wire.MAX_EPOCH + 1]),
+    st.booleans(),
+    st.floats(allow_nan=False, width=32),
+)
+_hashes = st.one_of(st.just(H), st.binary(min_size=31, max_size=33), st.text(max_size=2))
+_entry = st.one_of(
+    st.lists(st.one_of(_ids, _ints, _hashes), max_size=5),
+    st.tuples(_ids, _ints, _ints, _hashes).map(list),
+    st.tuples(_ids, st.integers(0, 3), st.integers(0, 9), st.just(H)).map(list),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_entry, max_size=6), st.booleans())
+def test_summary_entries_decode_exactly_as_the_full_checks_say(
+    entries: list[object], sort: bool
+) -> None:
+    if sort:  # mostly valid, ascending lists too, not only rejects
+        entries = sorted(entries, key=lambda e: str(e[0]) if isinstance(e, list) and e else "")
+    payload = msgpack.packb([1, wire.SUMMARY, A, 1, entries], use_bin_type=True)
+    try:
+        expected: tuple[wire.SummaryEntry, ...] | None = _entries_by_the_full_checks(entries)
+    except DecodeError:
+        expected = None
+    if expected is None:
+        with pytest.raises(DecodeError):
+            wire.decode(payload)
+    else:
+        msg = wire.decode(payload)
+        assert isinstance(msg, wire.Summary) and msg.entries == expected
