@@ -87,7 +87,7 @@ class Replicator:
         agent = self.agent
         while True:
             self._sleeps_until = self.node.next_deadline()
-            await agent._wait(agent.net_clock, self._sleeps_until, agent._rearm_replication)
+            await agent._rearm_replication.wait(agent.net_clock, self._sleeps_until)
             now = agent.net_clock.now_ms()
             if now >= self.node.next_deadline():
                 await self.execute(self.node.handle_timer(now))

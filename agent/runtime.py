@@ -160,9 +160,7 @@ class DeviceAgent:
                     f"{self.store.block_count()} blocks in {self.store.path}"
                 )
             self._restored.clear()
-        oldest = self.writer.oldest_pending()
-        if oldest is not None:
-            self._oldest_pending_ms = oldest.reading.time_ms
+        self._renew_oldest_pending()
         for event in boot_inputs:
             await self._execute(self.node.handle(event, self.net_clock.now_ms()))
         if self.replicator is not None:
@@ -283,20 +281,24 @@ class DeviceAgent:
         while True:
             deadline = self.policy.deadline(self._oldest_pending_ms)
             self._seal_sleeps_until = deadline
-            await self._wait(self.data_clock, deadline, self._rearm_seal)
+            await self._rearm_seal.wait(self.data_clock, deadline)
             now = self.data_clock.now_ms()
             if self.policy.due(self.writer.pending_count(), self._oldest_pending_ms, now):
                 blocks = await self._locked(self._seal_if_due, now, carry=True)
-                if not blocks:  # another job sealed first: the hint was stale, renew it
-                    oldest = self.writer.oldest_pending()
-                    self._oldest_pending_ms = None if oldest is None else oldest.reading.time_ms
+                if not blocks:  # another job sealed first: the hint was stale
+                    self._renew_oldest_pending()
                 await self._announce(blocks)
+
+    def _renew_oldest_pending(self) -> None:
+        """The loop's hint of when a seal falls due, from the writer's memory (no SQLite on the
+        loop); the decision itself is taken in the store job (``_seal_if_due``)."""
+        oldest = self.writer.oldest_pending()
+        self._oldest_pending_ms = None if oldest is None else oldest.reading.time_ms
 
     async def _announce(self, blocks: list[Block]) -> None:
         if not blocks:
             return
-        oldest = self.writer.oldest_pending()  # in memory: no SQLite on the loop
-        self._oldest_pending_ms = None if oldest is None else oldest.reading.time_ms
+        self._renew_oldest_pending()
         self.stats.blocks += len(blocks)
         for block in blocks:
             h = block.header.header
@@ -322,7 +324,7 @@ class DeviceAgent:
     async def _gossip_timer(self) -> None:
         while True:
             self._gossip_sleeps_until = self.node.next_deadline()
-            await self._wait(self.net_clock, self._gossip_sleeps_until, self._rearm_gossip)
+            await self._rearm_gossip.wait(self.net_clock, self._gossip_sleeps_until)
             deadline = self.node.next_deadline()
             now = self.net_clock.now_ms()
             if deadline is not None and now >= deadline:
@@ -567,11 +569,6 @@ class DeviceAgent:
         if isinstance(ex, StoreThreads):  # results handed back in batches (agent/storework.py)
             return await ex.run(fn, *args)
         return await asyncio.get_running_loop().run_in_executor(ex, fn, *args)
-
-    @staticmethod
-    async def _wait(clock: Clock, deadline: int | None, rearm: Wakeup) -> None:
-        """Sleep until ``deadline`` on ``clock`` or until ``rearm`` is set, whichever is first."""
-        await rearm.wait(clock, deadline)
 
     def temperatures(self) -> tuple[tuple[str, int], ...]:
         return tuple((s, self.stats.latest[s]) for s in TEMP_SENSORS if s in self.stats.latest)

@@ -140,11 +140,6 @@ class Store:
                 raise StoreError(f"{self.path}: cannot sync at close ({exc})") from None
         self._db.close()
 
-    @property
-    def group(self) -> GroupSync | None:
-        """The group that syncs this store's durable commits (None: each commit syncs)."""
-        return self._group
-
     def __enter__(self) -> Store:
         return self
 
