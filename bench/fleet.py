@@ -1,11 +1,13 @@
 """Fleet capacity on Mosquitto: the largest fleet this machine keeps up with in real time.
 
-``python -m bench.fleet --json [--quick]`` runs ``agent.runner.FleetRunner`` in real time
-(``speed=1.0``) against a Mosquitto broker of its own (``agent.broker.MosquittoBroker``, default
+``python -m bench.fleet --json [--quick]`` runs ``agent.fleet.runner.FleetRunner`` in real time
+(``speed=1.0``) against a Mosquitto broker of its own
+(``agent.transport.brokers.MosquittoBroker``, default
 config, a free port) on a synthetic fleet: every device emits one ``temp_mc`` sample per second
 (deterministic values; device k starts at second ``1 + k % 10`` so that blocks are not all sealed
 in the same second), seals a block every 10 s (``SealPolicy(max_readings=64, max_age_ms=10_000)``)
-and gossips in a domain of 32 devices (``agent.config.parse_fleet``: a site per domain, a counted
+and gossips in a domain of 32 devices (``agent.config.devices.parse_fleet``: a site per domain, a
+counted
 device group per site; the default ``GossipConfig``; edge replication off: it is measured by
 ``bench.replication``). Each trial runs in a fresh process: it
 provisions the data dir (timed), starts Mosquitto, then runs the fleet for a warm-up (15 s), a
@@ -112,16 +114,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.broker import MosquittoBroker
-from agent.config import FleetConfig, parse_fleet
-from agent.datadir import DataDir
+from agent.config.devices import FleetConfig, parse_fleet
+from agent.device.runtime import DeviceAgent
+from agent.device.sealing import SealPolicy
+from agent.fleet.datadir import DataDir
+from agent.fleet.provision import provision
+from agent.fleet.runner import FleetRunner, RunOptions
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
-from agent.gossip.config import GossipConfig
-from agent.provision import provision
-from agent.runner import FleetRunner, RunOptions
-from agent.runtime import DeviceAgent
-from agent.sealing import SealPolicy
+from agent.gossip.tuning import GossipConfig
+from agent.transport.brokers import MosquittoBroker
 from bench.common import BenchArgs, emit, environment
 from firmware_sim.samples import Sample
 

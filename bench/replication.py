@@ -10,7 +10,8 @@ the chain would have) get its headers (``Store.put_peer_headers``) and every bod
 (``Store.put_replica``, the table replication fills and restore serves from): the placement is
 given, not produced by a run, because sealing 10,000 blocks through a live fleet takes hours of
 simulated time and says nothing more about the restore. The device's store is then wiped (key and
-certificate kept) and it is restored by ``agent.restore.restore_device``: the fleet runner with
+certificate kept) and it is restored by ``agent.fleet.restore_device.restore_device``: the fleet
+runner with
 the four devices on the in-memory network and simulated time (``simulated_network``; no broker),
 so the figure is the protocol's and the machine's, not a broker's. Each round runs in a fresh
 interpreter (a restored device has verified none of its headers before; the process-wide header
@@ -92,18 +93,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.broker import MosquittoBroker
-from agent.config import FleetConfig, parse_fleet
-from agent.datadir import DataDir
+from agent.config.devices import FleetConfig, parse_fleet
+from agent.device.runtime import DeviceAgent
+from agent.fleet.datadir import DataDir
+from agent.fleet.provision import provision
+from agent.fleet.restore_device import restore_device
+from agent.fleet.runner import FleetRunner, RunOptions
+from agent.fleet.sources import SampleSource, simulation
 from agent.gossip.actions import RestoreFinished
-from agent.gossip.config import GossipConfig
-from agent.provision import provision
+from agent.gossip.tuning import GossipConfig
 from agent.replication import wire as rwire
 from agent.replication.inputs import MessageReceived as ReplicationMessage
-from agent.restore import restore_device
-from agent.runner import FleetRunner, RunOptions
-from agent.runtime import DeviceAgent
-from agent.sources import SampleSource, simulation
+from agent.transport.brokers import MosquittoBroker
 from bench.common import BenchArgs, Timing, emit, environment, time_call
 from firmware_sim.samples import Sample
 from ledger.block import Block, SignedHeader, decode_block, decode_header
@@ -217,7 +218,7 @@ class WireMeter:
         self._wrapped: set[str] = set()
 
     def attach(self, agent: DeviceAgent) -> None:
-        rep = agent.replicator
+        rep = agent.device.replicator
         if rep is None or agent.name in self._wrapped:
             return
         self._wrapped.add(agent.name)
@@ -516,7 +517,7 @@ def measure_restore(plan: Plan, root: Path) -> dict[str, Any]:
             "baseline_seconds": [round(s, 3) for s in base_t.samples],
             "rounds": plan.restore_rounds,
             "holders": len(HOLDERS),
-            "network": "in-memory, simulated time (agent.restore.restore_device)",
+            "network": "in-memory, simulated time (agent.fleet.restore_device.restore_device)",
             "build_s": round(build_s, 1),
         },
     }
@@ -567,7 +568,7 @@ def tracked_blocks(agents: Mapping[str, DeviceAgent], leaver_id: str) -> set[tup
     """(owner name, height) of every other owner's block the leaver signed a receipt for."""
     out = set()
     for name, agent in agents.items():
-        rep = agent.replicator
+        rep = agent.device.replicator
         if rep is None or agent.device_id == leaver_id:
             continue
         for h in rep.node.own_heights():
@@ -580,7 +581,7 @@ def placed_blocks(agents: Mapping[str, DeviceAgent]) -> set[tuple[str, int]]:
     """(owner name, height) of every block with R receipts (R holders said: stored)."""
     out: set[tuple[str, int]] = set()
     for name, agent in agents.items():
-        rep = agent.replicator
+        rep = agent.device.replicator
         if rep is None:
             continue
         node = rep.node

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.config import load_fleet
+from agent.config.devices import load_fleet
 from firmware_sim.fleet import Fleet
 
 DAY_MS = 86_400_000

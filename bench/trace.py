@@ -34,14 +34,14 @@ from pathlib import Path
 
 import nacl.signing
 
-from agent import keystore
-from agent.audit import default_root
-from agent.config import load_fleet
-from agent.datadir import DataDir
-from agent.runner import FleetRunner, RunOptions
-from agent.sources import simulation
-from agent.trace.bundles import write_bundle
-from agent.trace.gather import TraceSession
+from agent.config.devices import load_fleet
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
+from agent.fleet.runner import FleetRunner, RunOptions
+from agent.fleet.sources import simulation
+from agent.provenance.audit import default_root
+from agent.provenance.bundles import write_bundle
+from agent.provenance.gather import TraceSession
 from bench.common import BenchArgs, emit, environment, interleave, parse_args, time_call
 from ledger import domains
 from ledger.bundle import verify_bundle

@@ -69,7 +69,8 @@ class ChainWriter:
 
     def resume(self, epoch: int) -> None:
         """Continue after the store's head in ``epoch``, once a restore committed the blocks it
-        fetched from peers (agent/restore.py): the next reading takes the stored sequence
+        fetched from peers (agent/fleet/restore_device.py): the next reading takes the stored
+        sequence
         high-water mark + 1. Only while nothing is buffered or pending."""
         if self._buffer or self._pending:
             raise IntegrityError(f"{self.store.path}: cannot resume a writer holding readings")

@@ -15,7 +15,7 @@ frames SQLite wrote are dirty pages of that filesystem; syncfs writes them back 
 device), an ``fsync`` of each noted store's WAL file elsewhere. A WAL commit followed by an fsync
 of the WAL is what ``synchronous=FULL`` does at commit time: the guarantee is the same, only its
 moment moves. The caller must not treat such a write as durable (report it, publish what it
-holds) before ``sync`` has returned: ``agent.storework.StoreThreads`` hands a job that made a
+holds) before ``sync`` has returned: ``agent.device.storework.StoreThreads`` hands a job that made a
 durable commit back to the event loop only after the next group sync (``take_noted`` tells the
 worker thread whether its job made one).
 

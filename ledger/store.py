@@ -743,7 +743,8 @@ class Store:
         return int(row[0])
 
     # --- restore ---------------------------------------------------------------------------------
-    # A device restored from its peers (agent/restore.py): its own blocks come back verified, in
+    # A device restored from its peers (agent/fleet/restore_device.py): its own blocks come back
+    # verified, in
     # batches; epoch records (ledger/epoch.py) of any device are kept, and peer headers that an
     # epoch change supersedes move to their own table (still valid history of their epoch).
 

@@ -7,8 +7,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import keystore
 from agent.cli.main import CliError
+from agent.fleet import keystore
 from ledger import keyfile
 from ledger.certs import decode_certificate, verify_certificate
 from ledger.errors import LedgerError

@@ -7,15 +7,15 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent.broker import BrokerError
 from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
 from agent.cli.main import CliError
-from agent.config import ConfigError, load_fleet, parse_duration_ms
-from agent.datadir import DataDir
-from agent.restore import resolve_device, restore_device
-from agent.runner import RunOptions, install_signal_handlers
-from agent.runtime import RestoreError
+from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
+from agent.device.runtime import RestoreError
+from agent.fleet.datadir import DataDir
+from agent.fleet.restore_device import resolve_device, restore_device
+from agent.fleet.runner import RunOptions, install_signal_handlers
 from agent.transport.base import TransportError
+from agent.transport.brokers import BrokerError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,13 +7,13 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent.broker import BrokerError
 from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
 from agent.cli.main import CliError
-from agent.config import ConfigError, load_fleet, parse_duration_ms
-from agent.runner import FleetRunner, RunOptions, install_signal_handlers
-from agent.sealing import SealPolicy
+from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
+from agent.device.sealing import SealPolicy
+from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
 from agent.transport.base import TransportError
+from agent.transport.brokers import BrokerError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

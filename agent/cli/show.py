@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import keystore
 from agent.cli.main import CliError
-from agent.datadir import DataDir
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
 from ledger.certs import Certificate, decode_certificate
 from ledger.errors import LedgerError, UsageError
 from ledger.private import (

@@ -16,17 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from agent import keystore
-from agent.audit import default_root
 from agent.cli.main import CliError
 from agent.cli.show import read_x25519_secret
-from agent.datadir import DataDir
-from agent.trace import epcis, render
-from agent.trace.analysis import Trace
-from agent.trace.bundles import trace_bundle, write_bundle
-from agent.trace.gather import TraceError, TraceSession
-from agent.trace.opening import Opening
-from agent.trace.rules import PRODUCTS
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
+from agent.provenance import epcis, render
+from agent.provenance.analysis import Trace
+from agent.provenance.audit import default_root
+from agent.provenance.bundles import trace_bundle, write_bundle
+from agent.provenance.gather import TraceError, TraceSession
+from agent.provenance.opening import Opening
+from agent.provenance.rules import PRODUCTS
 from ledger.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 from ledger.certs import FleetRoots
 from ledger.errors import LedgerError, UsageError

@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from agent import keystore
-from agent.audit import DeviceReport, audit, default_root
 from agent.cli.main import CliError
-from agent.datadir import DataDir
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
+from agent.provenance.audit import DeviceReport, audit, default_root
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ anything is stored or forwarded, fork evidence, peer scores. Sans-I/O
 
 from __future__ import annotations
 
-from agent.gossip.config import GossipConfig
 from agent.gossip.node import GossipNode, Verdict
+from agent.gossip.tuning import GossipConfig
 
 __all__ = ["GossipConfig", "GossipNode", "Verdict"]

@@ -69,8 +69,6 @@ from agent.gossip.actions import (
     StoreHeaders,
 )
 from agent.gossip.chains import ChainState
-from agent.gossip.config import GossipConfig
-from agent.gossip.credentials import Credentials, Outcome
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
@@ -90,10 +88,12 @@ from agent.gossip.inputs import (
     RevocationKnown,
     RotationKnown,
 )
-from agent.gossip.lru import Lru
 from agent.gossip.peers import Offence, Peers, PeerStats
 from agent.gossip.requests import Pending, Serve, Table
 from agent.gossip.restore import Claim, Phase, Restore
+from agent.gossip.tuning import GossipConfig
+from agent.protocol.lru import Lru
+from agent.protocol.trust import Credentials, Outcome
 from ledger.block import Block, SignedHeader, decode_block, decode_header
 from ledger.certs import FleetRoots
 from ledger.epoch import SignedEpoch, decode_epoch

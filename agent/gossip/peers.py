@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent.gossip.actions import PeerMuted, PeerUnmuted
-from agent.gossip.config import GossipConfig
+from agent.gossip.tuning import GossipConfig
 
 Offence = Literal["malformed", "invalid", "promise"]
 

@@ -35,7 +35,6 @@ from agent.gossip.actions import (
     StoreEvidence,
     StoreHeaders,
 )
-from agent.gossip.config import GossipConfig
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
@@ -55,6 +54,7 @@ from agent.gossip.inputs import (
     RotationKnown,
 )
 from agent.gossip.node import GossipNode
+from agent.gossip.tuning import GossipConfig
 from ledger.block import Block, SignedHeader, build_header, decode_block, decode_header, sign_header
 from ledger.certs import (
     FleetRoots,

@@ -13,8 +13,8 @@ audits and repair. Sans-I/O like gossip (docs/REPLICATION.md).
 
 from __future__ import annotations
 
-from agent.replication.config import ReplicationConfig
 from agent.replication.node import ReplicationNode
+from agent.replication.tuning import ReplicationConfig
 from agent.replication.wire import is_replication_message
 
 __all__ = ["ReplicationConfig", "ReplicationNode", "is_replication_message"]

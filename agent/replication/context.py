@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from agent.gossip.credentials import Credentials
+from agent.protocol.trust import Credentials
 from agent.replication import wire
 from agent.replication.actions import Action, Broadcast, Send
-from agent.replication.config import ReplicationConfig
+from agent.replication.tuning import ReplicationConfig
 from ledger.identity import PublicKey, SigningKey
 
 

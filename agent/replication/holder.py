@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from agent.gossip.lru import Lru
+from agent.protocol.lru import Lru
 from agent.replication import wire
 from agent.replication.actions import DeleteReplica, LoadReplica, MarkSurplus, StoreReplica
 from agent.replication.context import Context

@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from agent.gossip.credentials import Credentials, Outcome
+from agent.protocol.trust import Credentials, Outcome
 from agent.replication import wire
 from agent.replication.actions import Action
-from agent.replication.config import ReplicationConfig
 from agent.replication.context import Context
 from agent.replication.holder import HolderSide
 from agent.replication.inputs import (
@@ -42,6 +41,7 @@ from agent.replication.inputs import (
     ReplicaStored,
 )
 from agent.replication.owner import OwnerSide
+from agent.replication.tuning import ReplicationConfig
 from ledger.certs import FleetRoots
 from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import SigningKey, is_device_id

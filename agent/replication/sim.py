@@ -32,7 +32,6 @@ from agent.replication.actions import (
     StoreReceipt,
     StoreReplica,
 )
-from agent.replication.config import ReplicationConfig
 from agent.replication.inputs import (
     CredentialKnown,
     Input,
@@ -50,6 +49,7 @@ from agent.replication.inputs import (
     ReplicaStored,
 )
 from agent.replication.node import ReplicationNode
+from agent.replication.tuning import ReplicationConfig
 from ledger.block import Block
 from ledger.certs import issue_certificate
 

@@ -37,7 +37,7 @@ PROTOCOL_LEVEL = "v1"
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB: a received payload above this is dropped and counted
 DEFAULT_MAX_QUEUED = 10_000  # deliveries waiting for the runtime; beyond this they are dropped
 
-# Domain names follow devices.yaml's site / gossip-domain ids (agent.config.NAME_RE).
+# Domain names follow devices.yaml's site / gossip-domain ids (agent.config.devices.NAME_RE).
 DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 HUB_ID_RE = DOMAIN_RE
 _PREFIX_LEVEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

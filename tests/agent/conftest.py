@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import MosquittoBroker
+from agent.transport.brokers import MosquittoBroker
 
 
 def require_mosquitto() -> None:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import keystore
 from agent.cli.main import main
-from agent.config import FleetConfig
-from agent.datadir import DataDir
-from agent.gossip.config import GossipConfig
-from agent.runner import FleetRunner, RunOptions, RunResult
+from agent.config.devices import FleetConfig
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
+from agent.fleet.runner import FleetRunner, RunOptions, RunResult
+from agent.gossip.tuning import GossipConfig
 from ledger.block import decode_header
 from ledger.private import OpenError, OwnerOpener, open_reading
 from ledger.reading import Reading, SignedReading, decode_reading

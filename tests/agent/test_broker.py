@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.broker import (
+from agent.transport.base import TransportError
+from agent.transport.brokers import (
     BrokerError,
     EmbeddedBroker,
     ExternalBroker,
@@ -28,7 +29,6 @@ from agent.broker import (
     broker_from_spec,
     parse_broker_url,
 )
-from agent.transport.base import TransportError
 from agent.transport.mqtt import MqttOptions, MqttTransport
 from ledger.identity import device_id_for
 from tests.agent.conftest import require_mosquitto

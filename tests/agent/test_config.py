@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import (
+from agent.config.devices import (
     DEVICE_KINDS,
     ConfigError,
     RawDevice,

@@ -10,8 +10,8 @@ import pytest
 
 from agent.gossip import wire
 from agent.gossip.actions import ForkDetected
-from agent.gossip.config import GossipConfig
 from agent.gossip.sim import Faults, SimNet
+from agent.gossip.tuning import GossipConfig
 
 FAST = GossipConfig(anti_entropy_ms=1_000, jitter_ms=200)
 LOSSY = Faults(loss_permille=100, dup_permille=100, min_latency_ms=2, max_latency_ms=300)

@@ -21,7 +21,6 @@ from agent.gossip.actions import (
     StoreBlock,
     StoreHeaders,
 )
-from agent.gossip.config import GossipConfig
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
@@ -35,6 +34,7 @@ from agent.gossip.inputs import (
 )
 from agent.gossip.node import GossipNode, greeting_score
 from agent.gossip.sim import START_MS, Authority, SimDevice
+from agent.gossip.tuning import GossipConfig
 from ledger.block import Block, decode_block
 from ledger.errors import UsageError
 

@@ -21,7 +21,6 @@ from agent.gossip.actions import (
     StoreBlock,
     StoreHeaders,
 )
-from agent.gossip.config import GossipConfig
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
@@ -32,6 +31,7 @@ from agent.gossip.inputs import (
 )
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import START_MS, Authority, Faults, SimDevice, SimNet
+from agent.gossip.tuning import GossipConfig
 from ledger.evidence import decode_evidence, make_evidence, verify_evidence
 
 T0 = START_MS

@@ -16,7 +16,6 @@ from agent.gossip.actions import (
     StoreEvidence,
     StoreHeaders,
 )
-from agent.gossip.config import GossipConfig
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
@@ -28,6 +27,7 @@ from agent.gossip.inputs import (
 )
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import START_MS, Authority
+from agent.gossip.tuning import GossipConfig
 from ledger.block import decode_block, decode_header
 from ledger.certs import FleetRoots
 from ledger.chain import ChainWriter

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit import default_root
-from agent.broker import MosquittoBroker
-from agent.config import FleetConfig, load_fleet
-from agent.datadir import DataDir
-from agent.keystore import load_roots
-from agent.runner import FleetRunner, RunOptions, RunResult
+from agent.config.devices import FleetConfig, load_fleet
+from agent.fleet.datadir import DataDir
+from agent.fleet.keystore import load_roots
+from agent.fleet.runner import FleetRunner, RunOptions, RunResult
+from agent.provenance.audit import default_root
+from agent.transport.brokers import MosquittoBroker
 from firmware_sim.clock import SimClock
 from ledger.block import decode_header
 from ledger.certs import DeviceKeys

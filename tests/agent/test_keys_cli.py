@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import keystore
 from agent.cli.main import main
+from agent.fleet import keystore
 from ledger.certs import verify_certificate
 from ledger.errors import RevokedError
 from ledger.identity import is_device_id

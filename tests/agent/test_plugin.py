@@ -1,4 +1,4 @@
-"""The edgefleet pytest plugin (agent.testing): discovery, the fixture, and each query."""
+"""The edgefleet pytest plugin (agent.pytest_plugin): discovery, the fixture, and each query."""
 
 from __future__ import annotations
 
@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_fleet
-from agent.gossip.config import GossipConfig
-from agent.sealing import SealPolicy
-from agent.testing import Alarm, FleetReplay, FleetVerificationError, Replayer, TagEvent, run_fleet
+from agent.config.devices import load_fleet
+from agent.device.sealing import SealPolicy
+from agent.gossip.tuning import GossipConfig
+from agent.pytest_plugin import (
+    Alarm,
+    FleetReplay,
+    FleetVerificationError,
+    Replayer,
+    TagEvent,
+    run_fleet,
+)
 from firmware_sim.fleet import Fleet
 from firmware_sim.samples import Sample
 from firmware_sim.trace import TraceDevice, TraceHeader, TraceWriter
@@ -190,7 +197,7 @@ def test_run_fleet_refuses_a_used_data_dir_and_needs_a_trace_or_duration(tmp_pat
 
 
 INNER_TEST = """
-    from agent.testing import TagEvent
+    from agent.pytest_plugin import TagEvent
 
     BAG = "urn:epc:id:giai:9501101.125000001"
 

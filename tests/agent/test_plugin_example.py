@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main as edgefleet
-from agent.testing import Alarm, FleetReplay, Replayer
+from agent.pytest_plugin import Alarm, FleetReplay, Replayer
 
 HOUR = 3_600_000
 BLOOD_CHAIN = ["freezer-station", "freezer-van", "freezer-hospital"]

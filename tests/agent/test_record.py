@@ -16,7 +16,7 @@ import pytest
 
 from agent.cli import record
 from agent.cli.main import main
-from agent.config import load_fleet
+from agent.config.devices import load_fleet
 from firmware_sim.clock import SimClock
 from firmware_sim.fleet import Fleet
 from firmware_sim.samples import Sample

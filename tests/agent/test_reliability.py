@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import MosquittoBroker
-from agent.config import FleetConfig, load_fleet
-from agent.runner import FleetRunner, RunOptions, RunResult
+from agent.config.devices import FleetConfig, load_fleet
+from agent.fleet.runner import FleetRunner, RunOptions, RunResult
+from agent.transport.brokers import MosquittoBroker
 from tests.agent.conftest import require_mosquitto
 from tests.agent.runner_helpers import (
     FAST_GOSSIP,

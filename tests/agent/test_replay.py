@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main
-from agent.datadir import DataDir
+from agent.fleet.datadir import DataDir
 from firmware_sim.trace import TraceReader
 from ledger.store import Store
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import keystore
-from agent.broker import MosquittoBroker
-from agent.config import FleetConfig, load_fleet
-from agent.datadir import DataDir
-from agent.runner import FleetRunner, RunOptions, RunResult
-from agent.runtime import DeviceAgent
+from agent.config.devices import FleetConfig, load_fleet
+from agent.device.runtime import DeviceAgent
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
+from agent.fleet.runner import FleetRunner, RunOptions, RunResult
+from agent.transport.brokers import MosquittoBroker
 from ledger.block import MAX_BLOCK_BYTES, decode_block
 from ledger.errors import LedgerError
 from ledger.private import OwnerOpener, open_reading

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import MosquittoBroker
 from agent.cli.main import main
-from agent.config import FleetConfig, load_fleet
-from agent.datadir import DataDir
+from agent.config.devices import FleetConfig, load_fleet
+from agent.device.runtime import RestoreError
+from agent.fleet.datadir import DataDir
+from agent.fleet.runner import RunResult
 from agent.gossip import wire
 from agent.gossip.actions import (
     Action,
@@ -35,7 +36,6 @@ from agent.gossip.actions import (
     StoreEpoch,
     StoreHeaders,
 )
-from agent.gossip.config import GossipConfig
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
@@ -46,8 +46,8 @@ from agent.gossip.inputs import (
 )
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import START_MS, Authority, SimDevice, SimNet
-from agent.runner import RunResult
-from agent.runtime import RestoreError
+from agent.gossip.tuning import GossipConfig
+from agent.transport.brokers import MosquittoBroker
 from ledger.block import Block, build_header, decode_header, sign_header
 from ledger.epoch import EpochRecord, sign_epoch
 from ledger.errors import UsageError

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import MosquittoBroker
-from agent.config import FleetConfig, load_fleet
-from agent.datadir import DataDir
-from agent.provision import provision
-from agent.runner import RunResult
+from agent.config.devices import FleetConfig, load_fleet
+from agent.fleet.datadir import DataDir
+from agent.fleet.provision import provision
+from agent.fleet.runner import RunResult
+from agent.transport.brokers import MosquittoBroker
 from agent.transport.mqtt import MqttTransport
 from tests.agent.conftest import require_mosquitto
 from tests.agent.runner_helpers import (

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
+from agent.device.runtime import DeviceAgent
+from agent.device.sealing import SealPolicy
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import START_MS, Authority
-from agent.runtime import DeviceAgent
-from agent.sealing import SealPolicy
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock, SimClock
 from firmware_sim.samples import Sample

@@ -18,13 +18,13 @@ from typing import Any, cast
 
 import pytest
 
-import agent.runtime as runtime
+import agent.device.runtime as runtime
+from agent.device.runtime import DeviceAgent
+from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip import wire
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import START_MS, Authority, SimDevice
-from agent.runtime import DeviceAgent
-from agent.sealing import SealPolicy
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock
 from firmware_sim.samples import Sample

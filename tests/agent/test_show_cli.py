@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import keystore
 from agent.cli.main import main
-from agent.datadir import DataDir
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
 from ledger.chain import ChainWriter
 from ledger.store import Store
 
@@ -244,7 +244,7 @@ def test_a_fleet_run_seals_household_readings_and_only_the_owner_opens_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The runner wires the owner key of a private site into its devices' chain writers."""
-    from agent.config import load_fleet
+    from agent.config.devices import load_fleet
     from ledger.reading import decode_reading
 
     from .runner_helpers import SMALL_FLEET, run_fleet, verify, write_fleet

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.storework import StoreThreads
+from agent.device.storework import StoreThreads
 from ledger.errors import StoreError
 from ledger.groupsync import GroupSync
 from ledger.identity import SigningKey

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import EmbeddedBroker, MosquittoBroker
 from agent.transport.base import (
     Delivery,
     Endpoint,
@@ -39,6 +38,7 @@ from agent.transport.base import (
     encode_presence,
     raise_fd_limit,
 )
+from agent.transport.brokers import EmbeddedBroker, MosquittoBroker
 from agent.transport.mqtt import MqttHub, MqttOptions, MqttTransport
 from ledger.identity import device_id_for
 
@@ -496,7 +496,7 @@ def test_only_the_adapters_import_the_mqtt_libraries() -> None:
     owners = {
         "aiomqtt": "agent/transport/mqtt.py",
         "paho": "agent/transport/mqtt.py",
-        "amqtt": "agent/broker.py",
+        "amqtt": "agent/transport/brokers.py",
     }
     found = []
     for path in sorted((root / "agent").rglob("*.py")):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import keystore
 from agent.cli.main import main
-from agent.datadir import DataDir
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
 from ledger.chain import ChainWriter
 from ledger.store import Store
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 
-from agent.sealing import SealPolicy
-from agent.view import DeviceRow, FleetSnapshot, LiveView, render
+from agent.device.sealing import SealPolicy
+from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, render
 
 T0 = 1_736_121_600_000  # 2025-01-06 00:00 UTC
 

@@ -10,7 +10,7 @@ claims: they tell the parent where the child is, so it can kill during start-up 
 
 With ``group`` the store is opened with a ``GroupSync`` (commits at synchronous=NORMAL, as a
 fleet runner's stores) and each durable call is followed by ``group.sync()`` before its line,
-which is how ``agent.storework.StoreThreads`` acknowledges such a commit.
+which is how ``agent.device.storework.StoreThreads`` acknowledges such a commit.
 
 Reading contents are a pure function of the sequence number (``expected_fields``), so the parent
 can check every stored reading, and a writer resumed after a kill writes exactly what a writer

@@ -10,9 +10,9 @@ from functools import cache
 from agent.gossip.sim import START_MS, Authority, SimDevice
 from agent.replication import wire
 from agent.replication.actions import Action, Send
-from agent.replication.config import ReplicationConfig
 from agent.replication.inputs import CredentialKnown, MessageReceived, PeerUp
 from agent.replication.node import ReplicationNode
+from agent.replication.tuning import ReplicationConfig
 from ledger.certs import issue_certificate
 
 T0 = START_MS

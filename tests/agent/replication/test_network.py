@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from agent.replication.config import ReplicationConfig
 from agent.replication.sim import ReplicationNet
+from agent.replication.tuning import ReplicationConfig
 from ledger.receipt import verify_receipt
 
 SITES = ["north"] * 3 + ["south"] * 3 + ["east"] * 2 + ["west"] * 2

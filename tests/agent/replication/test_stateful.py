@@ -20,8 +20,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from agent.replication.config import ReplicationConfig
 from agent.replication.sim import Behaviour, ReplicationNet
+from agent.replication.tuning import ReplicationConfig
 from ledger.receipt import verify_receipt
 
 SITES = ["a", "a", "b", "b", "c", "c", "d"]

@@ -1,0 +1,822 @@
+"""The fleet runner: every device of a devices.yaml in one process (or one shard of it).
+
+It provisions the data dir, starts the broker (embedded by default), connects one transport per
+device, builds a ``DeviceAgent`` per device, and drives the simulation: the world and appliance
+models step through simulated time, each step's samples go to their devices, and the runner waits
+until every device has made them durable before the next step (backpressure), so simulated time
+never runs ahead of the fleet. ``speed`` paces simulated time against the wall clock (``None``:
+as fast as the fleet keeps up).
+
+Two clocks: the *data* clock is the simulation's (readings' times, sealing by age); the *network*
+clock is real time (gossip timers and timeouts measure the network). A run resumes where the
+previous run of the data dir stopped: the models are fast-forwarded silently to that time.
+
+Stopping (end of ``--for``, Ctrl-C) is clean: samples already handed to devices are signed and
+durable, transports say goodbye (presence offline), and a broker the runner started is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import logging
+import random
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.config.devices import Device, FleetConfig
+from agent.device.runtime import DeviceAgent, RestoreError
+from agent.device.sealing import SealPolicy
+from agent.device.storework import StoreThreads
+from agent.fleet.datadir import DataDir
+from agent.fleet.provision import (
+    Provisioned,
+    provision,
+    read_origin,
+    read_sim_time,
+    shard_mark,
+    write_sim_time,
+)
+from agent.fleet.sources import SampleSource, simulation
+from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
+from agent.gossip import actions as A
+from agent.gossip import inputs as I
+from agent.gossip.node import GossipNode
+from agent.gossip.tuning import GossipConfig
+from agent.replication.node import ReplicationNode
+from agent.replication.tuning import ReplicationConfig
+from agent.transport.base import Transport, raise_fd_limit
+from agent.transport.brokers import Broker, broker_from_spec
+from agent.transport.memory import MemoryNetwork
+from agent.transport.mqtt import MqttHub, MqttTransport
+from firmware_sim.clock import Clock, RealClock, SimClock
+from firmware_sim.samples import Sample
+from ledger.chain import ChainWriter
+from ledger.groupsync import GroupSync
+from ledger.identity import SigningKey
+from ledger.store import Store
+
+log = logging.getLogger("edgefleet.runner")
+
+# Fleets larger than this share one MQTT connection per process (whatever the shard's size).
+SHARED_CONNECTION_ABOVE = 200
+VIEW_PERIOD_S = 0.25
+MAX_STEP_MS = 60_000
+# Collector thresholds while a fleet runs. A young collection starts once 100,000 more
+# container objects are alive than at the last one (700 by default) and scans those that still
+# are: a fleet keeps tens of thousands of coroutines, futures and messages in flight, so a
+# collection costs about the same whatever the threshold, and a higher one runs it less often.
+# A 1,000-device shard spent 55 ms/s collecting at 20,000 (pauses of 20-150 ms) and 10-25 ms/s
+# at 100,000 (pauses up to ~250 ms, every few seconds).
+RUN_GC_THRESHOLDS = (100_000, 20, 20)
+# Threads for the devices' store work. Each job takes the GIL back after every SQLite call, and
+# waits for it while the event loop is busy: more threads keep more jobs moving meanwhile (a
+# 1,000-device shard fell 10 s behind with 4; it kept up with 12, at the cost of latency).
+STORE_THREADS = 8
+# The interpreter's thread switch interval while a fleet runs. Store work runs on executor
+# threads that take the GIL back after each SQLite call; with the default 5 ms, each of those
+# waits up to 5 ms whenever the event loop is busy, so a busy loop starves its own store work
+# (a 700-device shard fell 15 s behind at 60% loop load). 0.5 ms bounds that wait.
+RUN_SWITCH_INTERVAL_S = 0.0005
+
+
+@dataclass
+class RunOptions:
+    data: Path
+    broker: str = "embedded"  # "embedded" | "mosquitto" | URL | "memory"
+    for_ms: int | None = None  # simulated duration; None: until stopped
+    speed: float | None = None  # simulated seconds per wall second; None: max
+    seed: int | None = None  # overrides the file's seed
+    shard: tuple[int, int] = (0, 1)
+    seal: SealPolicy = field(default_factory=SealPolicy)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    settle_s: float = 10.0  # after the last step: wait up to this long for gossip to converge
+    view: bool = True
+    out: TextIO | None = None
+    # Where samples come from (default: the simulation of the devices file); see
+    # agent.fleet.sources.
+    source: Callable[[FleetConfig, int], SampleSource] | None = None
+    # Everything on simulated time, for tests: the in-memory network (broker "memory"), gossip
+    # timers on the simulation clock, settle measured in simulated seconds. No wall clock.
+    simulated_network: bool = False
+    resume: bool = True  # continue where the data dir's previous run stopped
+    # Restore (agent/fleet/restore_device.py): run only these devices of the shard (empty: all),
+    # and restore
+    # these from their peers before anything runs (their stores must be empty). Devices whose
+    # store is missing or empty in a fleet that ran before are restored without being named.
+    only: tuple[str, ...] = ()
+    restore: tuple[str, ...] = ()
+    # Real time: readings carry the wall clock. The fleet's start is the first real-time run's
+    # start (kept in fleet.json); a later run fast-forwards the models over the time it was off.
+    realtime: bool = False
+
+
+@dataclass
+class RunResult:
+    sim_start_ms: int
+    sim_end_ms: int
+    wall_s: float
+    devices: dict[str, DeviceAgent]
+    converged: bool
+    samples: int
+    interrupted: bool = False
+
+    def snapshot(self) -> FleetSnapshot:
+        return _snapshot(self.devices, self.sim_end_ms, self.wall_s, 0.0, "", {})
+
+
+class FleetRunner:
+    def __init__(self, cfg: FleetConfig, opts: RunOptions) -> None:
+        if opts.seed is not None:
+            cfg = _with_seed(cfg, opts.seed)
+        self.cfg = cfg
+        self.opts = opts
+        self.data = DataDir(opts.data)
+        index, count = opts.shard
+        if not (count >= 1 and 0 <= index < count):
+            raise ValueError(f"--shard {index}/{count}: need 0 <= I < N")
+        names = [d.name for d in cfg.devices]
+        self.local = [n for i, n in enumerate(names) if i % count == index]
+        if opts.only:
+            self.local = [n for n in self.local if n in opts.only]
+        self._restoring: set[str] = set()
+        self.data_clock: SimClock | None = None
+        self.net_clock: Clock = RealClock()
+        self.agents: dict[str, DeviceAgent] = {}
+        self.network: MemoryNetwork | None = None
+        self._stop = asyncio.Event()
+        self._broker: Broker | None = None
+        self._hub: MqttHub | None = None
+        self._transports: list[Transport] = []
+        # Real-time runs: the stores' durable commits are synced as a group (one syncfs for all
+        # the commits a sync finds, ledger/groupsync.py); the store threads hand a job back once
+        # it is synced. Simulated runs write inline, each commit synced by itself.
+        self._group = None if opts.simulated_network else GroupSync()
+        self._executor = StoreThreads(STORE_THREADS, group=self._group)
+        self._broker_note = ""
+        self._notes: tuple[str, ...] = ()
+        self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+
+    @property
+    def group_sync(self) -> GroupSync | None:
+        """The group sync of the stores' durable commits (None in simulated runs)."""
+        return self._group
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- the run -------------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        raise_fd_limit()
+        if self.opts.realtime:
+            now = RealClock().now_ms()
+            origin = read_origin(self.data, now)
+            self.cfg = _with_start(self.cfg, origin)
+            self.opts.speed = 1.0
+        cfg = self.cfg
+        self._restoring = self._restore_candidates()
+        prov = provision(cfg, self.data, cfg.start_ms)
+        make = self.opts.source or simulation
+        fleet = make(cfg, self._step_ms())
+        resume = read_sim_time(self.data) if self.opts.resume else None
+        if self.opts.realtime and resume is not None:
+            resume = RealClock().now_ms()  # the models skip the time the fleet was off
+        elif self.opts.resume:
+            # fleet.json is written at a clean stop only: after a kill, the devices' stores know
+            # better. Each step's samples are committed per device in one transaction, so a
+            # device holds every sample up to its last durable reading's time and none after.
+            self._done_until = self._last_durable_times()
+            if self._done_until:
+                floor = min(self._done_until.values())
+                resume = floor if resume is None else max(resume, floor)
+        if resume is not None and resume >= fleet.now_ms:
+            for target in fleet.targets(resume):  # fast-forward, silently
+                fleet.step(target)
+        start = fleet.now_ms
+        end = None if self.opts.for_ms is None else start + self.opts.for_ms
+        self.data_clock = SimClock(start)
+        if self.opts.simulated_network:
+            self.net_clock = self.data_clock
+        wall0 = time.monotonic()
+        samples = 0
+        log.info(
+            "fleet %s: %d local devices of %d (shard %d/%d), simulated start %d, until %s",
+            cfg.name,
+            len(self.local),
+            len(cfg.devices),
+            *self.opts.shard,
+            start,
+            "stopped" if end is None else end,
+        )
+        stores: list[Store] = []
+        gc_thresholds = gc.get_threshold()
+        switch_interval = sys.getswitchinterval()
+        try:
+            await self._connect(prov)
+            stores = await self._build_agents(prov)
+            # Keys, certificates, stores and cores live as long as the run: move them out of
+            # the collector's sight, so that collections scan only what the run allocates.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(*RUN_GC_THRESHOLDS)
+            sys.setswitchinterval(RUN_SWITCH_INTERVAL_S)
+            async with asyncio.TaskGroup() as tg:
+                runs = [tg.create_task(a.run(), name=f"agent:{n}") for n, a in self.agents.items()]
+                view = tg.create_task(self._view_loop(wall0), name="view")
+                try:
+                    await self._restore_phase()
+                    samples = await self._simulate(fleet, end)
+                    converged = await self._settle()
+                finally:
+                    for a in self.agents.values():
+                        await a.drained()
+                    for task in [*runs, view]:
+                        task.cancel()
+            for a in self.agents.values():
+                await a.shutdown()
+            write_sim_time(self.data, fleet.now_ms)
+            result = RunResult(
+                start,
+                fleet.now_ms,
+                time.monotonic() - wall0,
+                self.agents,
+                converged,
+                samples,
+                self._stop.is_set(),
+            )
+            self._final_view(result)
+            return result
+        finally:
+            gc.unfreeze()  # the run's objects may go now (tests run many fleets per process)
+            gc.set_threshold(*gc_thresholds)
+            sys.setswitchinterval(switch_interval)
+            await self._close()
+            self._executor.shutdown(wait=True)
+            for s in stores:
+                s.close()  # syncs a store the group has not synced yet
+            if self._group is not None:
+                self._group.close()
+
+    def _step_ms(self) -> int:
+        speed = self.opts.speed
+        if speed is None:
+            return MAX_STEP_MS
+        # About four steps per wall second, at least one simulated second each.
+        return int(min(MAX_STEP_MS, max(1000, speed * 250)))
+
+    async def _simulate(self, fleet: SampleSource, end: int | None) -> int:
+        assert self.data_clock is not None
+        speed = self.opts.speed
+        sim0, wall0 = fleet.now_ms, time.monotonic()
+        total = 0
+        horizon = end if end is not None else (1 << 62)
+        for target in fleet.targets(horizon):
+            if self._stop.is_set():
+                break
+            if speed is not None:
+                wait = wall0 + (target - sim0) / 1000 / speed - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), wait)
+                        break
+                    except TimeoutError:
+                        pass
+            batch = fleet.step(target)
+            self.data_clock.advance_to(target)
+            per_device: dict[str, list[Sample]] = defaultdict(list)
+            done = self._done_until
+            for name, sample in batch:
+                if name in self.agents and sample.time_ms > done.get(name, -1):
+                    per_device[name].append(sample)
+            for name, items in per_device.items():
+                await self.agents[name].submit(items)
+            total += sum(len(v) for v in per_device.values())
+            await asyncio.gather(*(a.drained() for a in self.agents.values()))
+            if self.network is not None:
+                await self._quiesce()
+        return total
+
+    async def _quiesce(self, max_rounds: int = 50) -> None:
+        """Deliver and let every task run until nothing more is sent: an exchange (summary,
+        request, response) completes within the simulated instant it starts, as the memory
+        network has no delay. Otherwise each hop waits for the next step (up to 60 s) while the
+        gossip timeouts run on the same clock: every pull would time out and be dropped."""
+        assert self.network is not None
+        await _yield_all()
+        for _ in range(max_rounds):
+            if self.network.deliver_all() == 0:
+                return
+            await _yield_all()
+
+    def _last_durable_times(self) -> dict[str, int]:
+        """Time of each local device's last durable reading (devices with none are left out)."""
+        out = {}
+        for name in self.local:
+            path = self.data.store_path(name)
+            if not path.exists():
+                continue
+            with Store(path) as store:
+                t = store.last_reading_time()
+            if t is not None:
+                out[name] = t
+        return out
+
+    async def _settle(self) -> bool:
+        """Seal what is pending, then wait until every local peer holds every local head."""
+        if self.opts.simulated_network:  # one at a time: a seed reproduces the run
+            for agent in self.agents.values():
+                await agent.seal_now()
+            return await self._settle_simulated()
+        await asyncio.gather(*(agent.seal_now() for agent in self.agents.values()))
+        deadline = time.monotonic() + self.opts.settle_s
+        count = self.opts.shard[1]
+        key = f"end-{self.data_clock.now_ms() if self.data_clock else 0}"
+        sharded = count > 1
+        if sharded:  # phase 1: every shard has sealed its last blocks
+            await self._barrier(key, "sealed", deadline)
+        remote = self._remote_heads() if sharded else {}
+        converged = False
+        while True:
+            if self.network is not None:
+                self.network.deliver_all()
+            if _converged(self.agents, remote):
+                converged = True
+                break
+            if time.monotonic() >= deadline or self._stop.is_set():
+                break
+            await asyncio.sleep(0.05)
+        if sharded:  # phase 2: nobody leaves while another shard may still pull from it
+            await self._barrier(key, "converged" if converged else "gave-up", deadline)
+        return converged
+
+    async def _barrier(self, key: str, state: str, deadline: float) -> None:
+        index, count = self.opts.shard
+        order = ("sealed", "converged", "gave-up")
+        while True:
+            states = shard_mark(self.data, key, index, count, state)
+            ready = len(states) == count and all(
+                order.index(s) >= order.index(state) or s == "gave-up" for s in states.values()
+            )
+            if ready or time.monotonic() >= deadline or self._stop.is_set():
+                return
+            await asyncio.sleep(0.1)
+
+    def _remote_heads(self) -> dict[str, bytes]:
+        """Head hashes of the devices other shards run, read from their stores (same data dir)."""
+        heads = {}
+        for dev in self.cfg.devices:
+            if dev.name in self.agents or not self.data.store_path(dev.name).exists():
+                continue
+            with Store(self.data.store_path(dev.name)) as store:
+                head = store.head()
+                if head is not None:
+                    heads[head.header.device_id] = head.hash
+        return heads
+
+    async def _settle_simulated(self) -> bool:
+        """Settle on simulated time: deliver, let every task run, advance 100 ms, repeat."""
+        assert self.data_clock is not None and self.network is not None
+        limit = self.data_clock.now_ms() + int(self.opts.settle_s * 1000)
+        while True:
+            for _ in range(3):
+                self.network.deliver_all()
+                await _yield_all()
+            if _converged(self.agents):
+                return True
+            if self.data_clock.now_ms() >= limit:
+                return False
+            self.data_clock.advance_to(self.data_clock.now_ms() + 100)
+
+    # --- wiring --------------------------------------------------------------------------------
+    async def _connect(self, prov: Provisioned) -> None:
+        spec = "memory" if self.opts.simulated_network else self.opts.broker
+        if spec == "memory":
+            self.network = MemoryNetwork(random.Random(self.cfg.seed))
+            self._broker_note = "in-memory network"
+            return
+        self._broker = broker_from_spec(spec, workdir=self.data.root)
+        await self._broker.start()
+        log.info("broker: %s %s", self._broker.kind, self._broker.endpoint.url)
+        self._broker_note = f"{self._broker.kind} {self._broker.endpoint.url}"
+        self._notes = (self._broker.note,) if self._broker.note else ()
+        if len(self.cfg.devices) > SHARED_CONNECTION_ABOVE:
+            self._hub = MqttHub(self._broker.endpoint)
+            await self._hub.start()
+
+    async def _transport(self, device_id: str, domains: Sequence[str]) -> Transport:
+        if self.network is not None:
+            return self.network.attach(device_id, domains)
+        if self._hub is not None:
+            return await self._hub.attach(device_id, domains)
+        assert self._broker is not None
+        t = MqttTransport(self._broker.endpoint, device_id, domains)
+        await t.connect()
+        return t
+
+    async def _build_agents(self, prov: Provisioned) -> list[Store]:
+        assert self.data_clock is not None
+        cfg = self.cfg
+        members: dict[str, set[str]] = defaultdict(set)
+        for dev in cfg.devices:
+            for dom in dev.domains:
+                members[dom].add(prov.device_id(dev.name))
+        by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
+        stores = []
+        for name in self.local:
+            dev = cfg.device(name)
+            enrolled = prov.devices[name]
+            dev_id = enrolled.certificate.device_id
+            store = Store(self.data.store_path(name), group=self._group)
+            stores.append(store)
+            # Devices at private sites seal every reading to the owner named in their certificate.
+            writer = ChainWriter(
+                store, enrolled.key, dev_id, owner_x25519=enrolled.certificate.owner_x25519
+            )
+            domains = {d: members[d] for d in dev.domains}
+            # The device keeps the certificates it verifies its peers with: its data dir then
+            # verifies offline on its own (edgefleet verify).
+            missing = [
+                (peer, by_id[peer])
+                for peer in sorted(set().union(*domains.values()) | {dev_id})
+                if store.certificate(peer) is None
+            ]
+            if missing:
+                store.put_certificates(missing)
+            node = GossipNode(
+                dev_id,
+                domains,
+                prov.roots,
+                random.Random(f"{cfg.seed}/gossip/{name}"),
+                config=self.opts.gossip,
+                now_ms=self.net_clock.now_ms(),
+            )
+            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov)
+            transport = await self._transport(dev_id, dev.domains)
+            self._transports.append(transport)
+            peers = sorted(set().union(*domains.values()) - {dev_id}) if domains else []
+            agent = DeviceAgent(
+                name=name,
+                kind=dev.kind,
+                site=dev.site,
+                writer=writer,
+                node=node,
+                transport=transport,
+                data_clock=self.data_clock,
+                net_clock=self.net_clock,
+                policy=self.opts.seal,
+                executor=None if self.opts.simulated_network else self._executor,
+                peer_ids=peers,
+                replication=replication,
+            )
+            # Only the certificates this device tracks (its domains' members): fleet-wide
+            # lists would cost every device a verification per device of the fleet.
+            tracked = sorted(set().union(*domains.values()) | {dev_id})
+            await agent.start(
+                _boot_inputs(store, [by_id[p] for p in tracked], dev_id),
+                restore=name in self._restoring,
+            )
+            self.agents[name] = agent
+        if self._group is not None:  # what start-up committed here, on the loop's thread
+            await asyncio.to_thread(self._group.sync)
+            self._group.take_noted()
+        return stores
+
+    def _replication_node(
+        self,
+        dev: Device,
+        key: SigningKey,
+        dev_id: str,
+        domains: dict[str, set[str]],
+        prov: Provisioned,
+    ) -> ReplicationNode | None:
+        """The device's replication core (docs/REPLICATION.md), or None when it is off."""
+        spec = self.cfg.replication
+        if spec.copies == 0 or not domains:
+            return None
+        config = ReplicationConfig(
+            replicas=spec.copies,
+            quota_bytes=dev.spare_storage_mb << 20,
+            audit_interval_ms=spec.audit_every_ms,
+            repair_delay_ms=spec.repair_after_ms,
+            rng=random.Random(f"{self.cfg.seed}/replication/{dev.name}"),
+        )
+        return ReplicationNode(
+            dev_id, key, domains, prov.roots, config=config, now_ms=self.net_clock.now_ms()
+        )
+
+    # --- restore (agent/fleet/restore_device.py) ---------------------------------------------
+    def _restore_candidates(self) -> set[str]:
+        """Local devices to restore from their peers before this run: those named in
+        ``opts.restore``, and those already enrolled whose store is missing or empty while the
+        fleet has run before (a clean stop recorded its time, or another device holds blocks):
+        a wiped store. A device enrolled by this very start is new and starts fresh."""
+        forced = set(self.opts.restore) & set(self.local)
+        wiped = {
+            n
+            for n in self.local
+            if (self.data.device(n) / "device.key").exists() and _store_empty(self.data, n)
+        }
+        if wiped - forced and not self._fleet_ran(wiped):
+            wiped = set()
+        for name in forced:
+            if not _store_empty(self.data, name):
+                raise RestoreError(
+                    f"{name}: its store {self.data.store_path(name)} is not empty: "
+                    "nothing to restore (restore a wiped device only)"
+                )
+        return forced | wiped
+
+    def _fleet_ran(self, wiped: set[str]) -> bool:
+        if read_sim_time(self.data) is not None:
+            return True
+        return any(
+            not _store_empty(self.data, n) for n in self.data.device_names() if n not in wiped
+        )
+
+    async def _restore_phase(self) -> None:
+        """Wait until every restoring device has restored (or failed) before samples flow:
+        nothing is signed meanwhile. Simulated runs deliver and advance time here themselves."""
+        restoring = [a for a in self.agents.values() if a.restoring]
+        if not restoring:
+            return
+        log.info("restoring %s from their peers", ", ".join(a.name for a in restoring))
+        if self.network is not None:  # the in-memory network delivers when told to
+            await self._restore_memory(restoring)
+        else:
+            waiters = [asyncio.ensure_future(a.restore_settled.wait()) for a in restoring]
+            stop = asyncio.ensure_future(self._stop.wait())
+            try:
+                pending = set(waiters)
+                while pending and not stop.done():
+                    _, pending = await asyncio.wait(
+                        {*pending, stop}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    pending.discard(stop)
+            finally:
+                for f in [*waiters, stop]:
+                    f.cancel()
+        failed = [a for a in restoring if a.restoring]
+        if failed:
+            why = "; ".join(
+                f"{a.name}: {a.restore_result.reason}"
+                if isinstance(a.restore_result, A.RestoreFailed)
+                else f"{a.name}: not finished"
+                for a in failed
+            )
+            raise RestoreError(f"restore did not finish, nothing was signed: {why}")
+
+    async def _restore_memory(self, restoring: list[DeviceAgent]) -> None:
+        """Deliver the in-memory network until the restores settle; on simulated time, advance
+        it 100 ms at a time (bounded by the restore's own deadlines)."""
+        assert self.data_clock is not None and self.network is not None
+        cfg = self.opts.gossip
+        limit = self.data_clock.now_ms() + cfg.restore_discovery_ms + 4 * cfg.restore_body_wait_ms
+        while not all(a.restore_settled.is_set() for a in restoring) and not self._stop.is_set():
+            for _ in range(3):
+                self.network.deliver_all()
+                await _yield_all()
+            if all(a.restore_settled.is_set() for a in restoring):
+                return
+            if not self.opts.simulated_network:
+                await asyncio.sleep(0.02)  # gossip timers run on the wall clock
+            elif self.data_clock.now_ms() >= limit:
+                return
+            else:
+                self.data_clock.advance_to(self.data_clock.now_ms() + 100)
+
+    async def _close(self) -> None:
+        for t in self._transports:
+            await _quietly(t.close())
+        if self._hub is not None:
+            await _quietly(self._hub.close())
+        if self._broker is not None:
+            await _quietly(self._broker.stop())
+
+    # --- view ----------------------------------------------------------------------------------
+    async def _view_loop(self, wall0: float) -> None:
+        if not self.opts.view:
+            return
+        view = LiveView(self.opts.out)
+        last: dict[str, tuple[float, int, int]] = {}
+        while True:
+            assert self.data_clock is not None
+            snap = _snapshot(
+                self.agents,
+                self.data_clock.now_ms(),
+                time.monotonic() - wall0,
+                self._speed(wall0),
+                self._broker_note,
+                last,
+                self._notes,
+            )
+            view.show(snap)
+            await asyncio.sleep(VIEW_PERIOD_S)
+
+    def _speed(self, wall0: float) -> float:
+        assert self.data_clock is not None
+        wall = time.monotonic() - wall0
+        return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self.cfg.start_ms) / 1000 / wall
+
+    def _final_view(self, result: RunResult) -> None:
+        if not self.opts.view:
+            return
+        snap = _snapshot(
+            self.agents,
+            result.sim_end_ms,
+            result.wall_s,
+            (result.sim_end_ms - result.sim_start_ms) / 1000 / max(result.wall_s, 1e-9),
+            self._broker_note,
+            {},
+        )
+        LiveView(self.opts.out).show(snap, final=True)
+
+
+async def _yield_all(rounds: int = 20) -> None:
+    """Let every ready task (and executor callback) run a few times."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def _replication_row(a: DeviceAgent) -> dict[str, Any]:
+    rep = a.replicator
+    if rep is None:
+        return {}
+    node = rep.node
+    heights = node.own_heights()
+    full = sum(1 for h in heights if len(node.healthy_holders(h)) >= node.config.replicas)
+    return {
+        "replicated": (full, len(heights)),
+        "held_bytes": node.used_bytes(),
+        "quota_bytes": node.config.quota_bytes,
+    }
+
+
+def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input]:
+    events: list[I.Input] = [I.CertificateKnown(w) for w in certs]
+    for _, w in store.credentials("certificate"):
+        events.append(I.CertificateKnown(w))
+    for _, w in store.credentials("rotation"):
+        events.append(I.RotationKnown(w))
+    for _, w in store.credentials("revocation"):
+        events.append(I.RevocationKnown(w))
+    for w in store.evidence():
+        events.append(I.EvidenceKnown(w))
+    for w in store.epoch_wires():  # before the chains: a chain may cross an epoch change
+        events.append(I.EpochKnown(w))
+    own = store.own_header_wires()
+    if own:
+        events.append(I.ChainLoaded(self_id, tuple(own)))
+    for dev in store.peer_devices():
+        wires = store.peer_header_wires(dev)
+        if wires:
+            events.append(I.ChainLoaded(dev, tuple(_contiguous(wires))))
+    return events
+
+
+def _store_empty(data: DataDir, name: str) -> bool:
+    """No store file, or a store holding no block and no reading (opened only if it exists)."""
+    path = data.store_path(name)
+    if not path.exists():
+        return True
+    with Store(path) as store:
+        return store.block_count() == 0 and store.last_seq() is None
+
+
+def _contiguous(wires: list[bytes]) -> list[bytes]:
+    """Peer headers from height 0 up to the first gap (ChainLoaded wants a contiguous run)."""
+    from ledger.block import decode_header
+
+    out = []
+    for i, w in enumerate(wires):
+        if decode_header(w).header.height != i:
+            break
+        out.append(w)
+    return out
+
+
+def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:
+    """Every local device holds the head of every domain peer whose head is known here (local
+    devices, and ``remote`` heads of devices other shards run)."""
+    heads = {a.device_id: h.hash for a in agents.values() if (h := a.writer.store.head())}
+    heads.update(remote or {})
+    for agent in agents.values():
+        for peer in agent.peer_ids:
+            want = heads.get(peer)
+            if want is None:
+                continue  # nothing sealed, or unknown
+            held = agent.node.head(peer)
+            if held is None or held.hash != want:
+                return False
+    return True
+
+
+def _snapshot(
+    agents: dict[str, DeviceAgent],
+    sim_ms: int,
+    wall_s: float,
+    speed: float,
+    broker: str,
+    last: dict[str, tuple[float, int, int]],
+    notes: tuple[str, ...] = (),
+) -> FleetSnapshot:
+    rows = []
+    sent = received = invalid = 0
+    by_id = {a.device_id: a for a in agents.values()}
+    for name, a in agents.items():
+        head = a.writer.store.head()
+        height = None if head is None else head.header.height
+        lows = [p.node.head(a.device_id) for p in by_id.values() if a.device_id in p.peer_ids]
+        lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
+        online = sum(1 for p in a.peer_ids if a.transport.presence(p))
+        cert = a.node.device_id
+        rows.append(
+            DeviceRow(
+                name=name,
+                kind=_kind(a),
+                site=_site(a),
+                height=height,
+                pending=a.writer.pending_count(),
+                readings=a.stats.readings,
+                temps_mc=a.temperatures(),
+                alarms=tuple(sorted(a.stats.alarms)),
+                peers_online=online,
+                peers_total=len(a.peer_ids),
+                lag=0 if height is None else max(0, height - lowest),
+                forked=cert in a.node.forked(),
+                **_replication_row(a),
+            )
+        )
+        sent += a.stats.sent
+        received += a.stats.received
+        invalid += a.node.counters.get("invalid", 0) + a.node.counters.get("malformed", 0)
+    now = time.monotonic()
+    prev = last.get("rates")
+    sent_rate = recv_rate = 0.0
+    if prev is not None and now > prev[0]:
+        sent_rate = (sent - prev[1]) / (now - prev[0])
+        recv_rate = (received - prev[2]) / (now - prev[0])
+    last["rates"] = (now, sent, received)
+    return FleetSnapshot(
+        sim_ms=sim_ms,
+        wall_s=wall_s,
+        speed=speed,
+        devices=tuple(rows),
+        sent_per_s=sent_rate,
+        received_per_s=recv_rate,
+        invalid=invalid,
+        broker=broker,
+        notes=notes,
+    )
+
+
+def _kind(a: DeviceAgent) -> str:
+    return a.kind
+
+
+def _site(a: DeviceAgent) -> str:
+    return a.site
+
+
+def _with_seed(cfg: FleetConfig, seed: int) -> FleetConfig:
+    return dataclasses.replace(cfg, seed=seed)
+
+
+def _with_start(cfg: FleetConfig, start_ms: int) -> FleetConfig:
+    return dataclasses.replace(cfg, start_ms=start_ms)
+
+
+async def _quietly(op: Awaitable[object]) -> None:
+    try:
+        await op
+    except Exception as exc:  # closing must never hide the run's own result
+        log.debug("error while closing: %s", exc)
+
+
+def install_signal_handlers(runner: FleetRunner) -> Callable[[], None]:
+    """First Ctrl-C stops cleanly; a second one is a hard interrupt."""
+    loop = asyncio.get_running_loop()
+    hits = {"n": 0}
+
+    def on_signal() -> None:
+        hits["n"] += 1
+        if hits["n"] == 1:
+            runner.request_stop()
+        else:
+            loop.remove_signal_handler(signal.SIGINT)
+            raise KeyboardInterrupt
+
+    loop.add_signal_handler(signal.SIGINT, on_signal)
+    loop.add_signal_handler(signal.SIGTERM, runner.request_stop)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    return remove
