@@ -420,3 +420,69 @@ def test_bundle_digest_layout_and_verification() -> None:
     verified = verify_bundle(data)
     assert [(r.height, r.index) for r in verified.readings] == [(0, 1)]
     assert verified.readings[0].reading.wire.hex() == V["reading"]["wire"]
+
+
+# --- the limits docs/PROTOCOL.md states, measured on the code's largest structures -------------
+
+MAX_U63 = (1 << 63) - 1
+EMOJI = "\U0001f600"  # 4 bytes in UTF-8
+
+
+def test_reading_limits_count_bytes_and_the_largest_body_fits() -> None:
+    from ledger.errors import UsageError
+    from ledger.identity import SigningKey
+    from ledger.reading import Reading, decode_reading, sign_reading
+
+    key = SigningKey(seed("device"))
+    dev = key.public.device_id
+    largest = [
+        Reading(dev, (1 << 32) - 1, MAX_U63, MAX_U63, "a" * 32, -(1 << 63), tag, text)
+        for tag, text in (("t" * 96, "x" * 64), (EMOJI * 24, EMOJI * 16))
+    ]
+    for r in largest:
+        sr = sign_reading(r, key)
+        assert (len(sr.body), len(sr.wire)) == (259, 329)
+        assert decode_reading(sr.wire).reading == r
+    with pytest.raises(UsageError, match="100 UTF-8 bytes exceeds 96"):
+        Reading(dev, 0, 0, 0, "a", 0, EMOJI * 25)
+    with pytest.raises(UsageError, match="68 UTF-8 bytes exceeds 64"):
+        Reading(dev, 0, 0, 0, "a", 0, None, EMOJI * 17)
+    doc = generate.DOC_PATH.read_text()
+    assert "the largest body is 259 bytes" in doc and "its envelope 329 bytes" in doc
+
+
+def test_credential_sizes_stated_in_section_9() -> None:
+    from ledger.certs import countersign_rotation, issue_certificate, sign_revocation, sign_rotation
+    from ledger.identity import SigningKey
+
+    root, dev, new = (SigningKey(seed(x)) for x in ("authority", "device", "device rotated"))
+    cert = issue_certificate(
+        root,
+        dev.public,
+        kind="k" * 64,
+        model="m" * 64,
+        site="s" * 64,
+        owner_x25519=bytes(32),
+        not_before_ms=MAX_U63,
+        not_after_ms=MAX_U63,
+        serial=MAX_U63,
+    )
+    rot = countersign_rotation(
+        sign_rotation(dev.public.device_id, dev, new.public, MAX_U63, MAX_U63, root.key_id), root
+    )
+    rev = sign_revocation(root, dev.public.device_id, dev.key_id, MAX_U63, EMOJI * 16, MAX_U63)
+    sizes = {
+        "certificate": (len(cert.body()), len(cert.wire)),
+        "rotation": (len(unpack(rot)[0]), len(rot)),
+        "revocation": (len(unpack(rev)[0]), len(rev)),
+    }
+    assert sizes == {"certificate": (332, 402), "rotation": (101, 236), "revocation": (133, 202)}
+    doc = " ".join(generate.DOC_PATH.read_text().split())
+    for phrase in (
+        "a 332-byte body and a 402-byte envelope",
+        "the largest the field rules allow is 236). Body: array of 7, at most 256 bytes "
+        "(largest: 101)",
+        "the largest the field rules allow is 202). Body: array of 7, at most 256 bytes "
+        "(largest: 133)",
+    ):
+        assert phrase in doc, phrase
