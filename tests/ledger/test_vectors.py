@@ -330,7 +330,7 @@ def test_placement_draws_scores_and_choice() -> None:
     sites = {h["holder_id"]: h["site"] for h in p["holders"]}
 
     def choose(used: set[str]) -> list[str]:
-        picked = []
+        picked: list[str] = []
         for i in ranking:
             if len(picked) < 2 and sites[i] not in used:
                 picked.append(i)
