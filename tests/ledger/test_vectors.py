@@ -486,3 +486,40 @@ def test_credential_sizes_stated_in_section_9() -> None:
         "(largest: 133)",
     ):
         assert phrase in doc, phrase
+
+
+def test_gossip_messages_carry_the_structures_as_section_12_lays_them_out() -> None:
+    g = V["gossip"]
+    dev, peer = V["device"]["device_id"], V["storage_receipt"]["holder_id"]
+    wires = V["chain"]["header_wires"]
+    cert, rot, rev = (
+        bytes.fromhex(V[x]["wire"]) for x in ("certificate", "rotation", "revocation")
+    )
+    expected: dict[str, list[Any]] = {
+        "announce": [1, 1, dev, [bytes.fromhex(wires[0])]],
+        "summary": [1, 2, peer, 1, [[dev, 0, 2, bytes.fromhex(V["chain"]["header_hashes"][2])]]],
+        "request": [1, 3, peer, 7, dev, 2, 4, 3],
+        "response": [
+            1,
+            4,
+            dev,
+            7,
+            dev,
+            [cert],
+            [rot],
+            [rev],
+            [bytes.fromhex(w) for w in wires[2:]],
+            [bytes.fromhex(b) for b in V["chain"]["block_wires"][1:]],
+        ],
+        "evidence": [1, 5, peer, bytes.fromhex(V["fork_evidence"]["wire"])],
+        "certs": [1, 6, peer, [cert], [rot], [rev]],
+        "epochs": [1, 7, dev, [bytes.fromhex(V["epoch_record"]["wire"])]],
+    }
+    limits = {"announce": 8192, "summary": 98_304, "request": 128, "response": 1 << 20}
+    limits |= {"evidence": 4160, "certs": 65_536, "epochs": 4096}
+    for name, fields in expected.items():
+        data = bytes.fromhex(g[name])
+        assert unpack(data) == fields, name
+        # 9N 01 TT ba: fixarray of the field count, version, type, then the 26-byte sender.
+        assert data[:4] == bytes([0x90 + len(fields), 1, fields[1], 0xBA]), name
+        assert len(data) <= limits[name], name

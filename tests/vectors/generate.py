@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.gossip import wire
 from agent.replication import placement
 from ledger import codec, domains, keyfile, sealbox
 from ledger.block import Block, SignedHeader, build_header, encode_block, sign_header
@@ -276,7 +277,45 @@ def build() -> dict[str, Any]:
     v["private_reading"], v["grant"] = _private(device)
     v["key_files"] = _key_files(device)
     v["bundle"] = _bundle(authority, cert.wire, headers, hashes, block0)
+    v["gossip"] = _gossip(v, headers)
     return v
+
+
+def _gossip(v: dict[str, Any], headers: list[SignedHeader]) -> dict[str, str]:
+    """One message of each gossip type (section 12.1), carrying the structures above: the holder
+    of the receipt vector summarises (it holds heights 0..2) and asks for heights 2..4 with bodies
+    and credentials, the device answers."""
+    dev = headers[0].header.device_id
+    peer = v["storage_receipt"]["holder_id"]
+    cert, rotation, revocation, evidence, record = (
+        bytes.fromhex(x)
+        for x in (
+            v["certificate"]["wire"],
+            v["rotation"]["wire"],
+            v["revocation"]["wire"],
+            v["fork_evidence"]["wire"],
+            v["epoch_record"]["wire"],
+        )
+    )
+    messages: dict[str, wire.Message] = {
+        "announce": wire.Announce(dev, (headers[0].wire,)),
+        "summary": wire.Summary(peer, True, (wire.SummaryEntry(dev, 0, 2, headers[2].hash),)),
+        "request": wire.Request(peer, 7, dev, 2, 4, wire.FLAG_BODIES | wire.FLAG_CREDENTIALS),
+        "response": wire.Response(
+            dev,
+            7,
+            dev,
+            (cert,),
+            (rotation,),
+            (revocation,),
+            tuple(h.wire for h in headers[2:]),
+            tuple(bytes.fromhex(b) for b in v["chain"]["block_wires"][1:]),
+        ),
+        "evidence": wire.EvidenceMessage(peer, evidence),
+        "certs": wire.Certs(peer, (cert,), (rotation,), (revocation,)),
+        "epochs": wire.Epochs(dev, (record,)),
+    }
+    return {name: wire.encode(m).hex() for name, m in messages.items()}
 
 
 def _fields(sr: SignedReading) -> list[Any]:
