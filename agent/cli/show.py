@@ -88,7 +88,7 @@ def _time(value: str) -> int:
 
 
 def read_x25519_secret(path: Path) -> bytes:
-    """An X25519 secret key file as ``keystore.init_owner`` writes it (64 hex, mode 0600)."""
+    """An X25519 secret key file as ``keystore.init_owner`` writes it (encrypted, mode 0600)."""
     try:
         return keystore.read_owner_secret(path)
     except keystore.KeystoreError as exc:

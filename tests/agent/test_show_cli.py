@@ -41,15 +41,17 @@ def _record(w: ChainWriter, out: list[tuple[int, int, str, int, str | None]], i:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fleet:
+    # Owner keys are encrypted; the commands unlock them with $EDGEFLEET_PASSPHRASE.
+    monkeypatch.setenv("EDGEFLEET_PASSPHRASE", "pw")
     d = DataDir(tmp_path / "data")
     keystore.init_authority(d.authority, b"pw", FAST)
     auth = keystore.load_authority(d.authority, b"pw")
     owner_key = d.root / "owners" / "alice.key"
     owner_key.parent.mkdir(parents=True)
-    owner_pub = keystore.init_owner(owner_key)
+    owner_pub = keystore.init_owner(owner_key, b"pw", FAST)
     grantee_key = tmp_path / "vet.key"
-    keystore.init_owner(grantee_key)
+    keystore.init_owner(grantee_key, b"pw", FAST)
     recorded: dict[str, list[tuple[int, int, str, int, str | None]]] = {}
     for name, kind, site, owner in [
         ("fridge-1", "refrigerator", "house-1", owner_pub),
@@ -168,7 +170,7 @@ def test_a_grant_opens_exactly_the_granted_range(
     args = _grant_args(fleet, "fridge-1", fleet.owner_key, str(T0 + 3 * 60_000), grant)
     assert main([*args, "--until", "2023-11-14T22:20:20"]) == 0
     assert "lets" in capsys.readouterr().out
-    assert fleet.owner_key.read_text().strip() not in grant.read_bytes().hex()
+    assert keystore.read_owner_secret(fleet.owner_key).hex() not in grant.read_bytes().hex()
     with_grant = ["--grant", str(grant), "--grantee-key", str(fleet.grantee_key)]
     rc, doc, _ = _run_json(capsys, fleet, "fridge-1", *with_grant)
     assert rc == 0
