@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from agent.device.replicator import Replicator
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
+from agent.errors import AgentError
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
@@ -580,5 +581,5 @@ def _nothing() -> None:
     """A store job that only writes the accepted peer headers (``DeviceAgent._job``)."""
 
 
-class RestoreError(Exception):
+class RestoreError(AgentError, code="restore"):
     """A device cannot be restored (its store is not empty, or its chain is out of reach)."""

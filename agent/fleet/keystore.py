@@ -26,6 +26,7 @@ from pathlib import Path
 
 import nacl.public
 
+from agent.errors import AgentError
 from ledger import keyfile
 from ledger.certs import (
     Certificate,
@@ -45,7 +46,7 @@ DEVICE_CERT = "device.cert"
 DAY_MS = 86_400_000
 
 
-class KeystoreError(Exception):
+class KeystoreError(AgentError, code="keystore"):
     """A user-fixable key problem (missing file, no passphrase, wrong passphrase)."""
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Self
 
+from agent.errors import AgentError, RemoteError, UsageError
 from ledger.identity import DEVICE_ID_RE, is_device_id
 
 DEFAULT_PREFIX = "edgefleet"
@@ -54,38 +55,36 @@ PRESENCE_VIA_HUB = b"online:"  # followed by the hub id: online through a shared
 # --------------------------------------------------------------------------- errors
 
 
-class TransportError(Exception):
+class TransportError(AgentError, code="transport"):
     """Base of every error a transport raises; adapters map foreign errors to this."""
 
-    code = "transport"
 
-
-class InvalidNameError(TransportError, ValueError):
+class InvalidNameError(TransportError, UsageError, ValueError, code="invalid-name"):
     """A device id, domain, hub id or prefix cannot be used as a topic level (our bug)."""
 
-    code = "invalid-name"
 
-
-class PayloadTooLargeError(TransportError, ValueError):
+class PayloadTooLargeError(TransportError, UsageError, ValueError, code="payload-too-large"):
     """We tried to send more bytes than the transport's payload limit (our bug)."""
 
-    code = "payload-too-large"
+
+class AttachError(TransportError, UsageError, code="attach"):
+    """A device was attached twice, or to a network or hub that lacks it or is not started."""
 
 
-class NotConnectedError(TransportError):
+class RefusedError(TransportError, RemoteError, code="refused"):
+    """The broker refused what we asked (a subscription its ACL denies)."""
+
+
+class NotConnectedError(TransportError, code="not-connected"):
     """The link to the broker is down: nothing was sent (or the broker never acknowledged it).
 
     Nothing is queued for later: the runtime keeps its state durably and anti-entropy repairs
     what a failed send did not deliver.
     """
 
-    code = "not-connected"
 
-
-class TransportClosedError(TransportError):
+class TransportClosedError(TransportError, code="closed"):
     """The transport was closed and every delivery it held has been taken."""
-
-    code = "closed"
 
 
 # --------------------------------------------------------------------------- names and topics

@@ -37,12 +37,14 @@ from agent.transport.base import (
     DEFAULT_MAX_QUEUED,
     PRESENCE_OFFLINE,
     PRESENCE_ONLINE,
+    AttachError,
     Delivery,
     Endpoint,
     NotConnectedError,
     PresenceBook,
     PresenceChange,
     ReconnectPolicy,
+    RefusedError,
     Topics,
     Transport,
     TransportClosedError,
@@ -335,7 +337,7 @@ class _Link:
             for topic, code in zip(chunk, codes, strict=False):
                 value = getattr(code, "value", code)
                 if not isinstance(value, int) or value >= _SUBACK_FAILURE:
-                    raise TransportError(
+                    raise RefusedError(
                         f"the broker at {self.endpoint.url} refused the "
                         f"subscription to {topic} (check its ACL)"
                     )
@@ -395,7 +397,7 @@ class _Link:
         if self._stopped:
             raise TransportClosedError(f"MQTT connection {self.client_id} was stopped")
         if view.device_id in self._views:
-            raise TransportError(
+            raise AttachError(
                 f"device {view.device_id} is already attached to MQTT "
                 f"connection {self.client_id} (one identity, one device)"
             )
@@ -558,7 +560,7 @@ class MqttTransport(Transport):
         if self._registered:
             return
         if not self._owns_link and not self._link.started:
-            raise TransportError(f"cannot attach {self.device_id}: the MqttHub is not started")
+            raise AttachError(f"cannot attach {self.device_id}: the MqttHub is not started")
         await self._link.add_view(self)
         self._registered = True
         if self._owns_link:
