@@ -23,6 +23,7 @@ code                       class                 raised when
 ``agent``                  ``AgentError``        (base only)
 ``usage``                  ``UsageError``        (base only) our code misused the agent
 ``remote``                 ``RemoteError``       (base only) the other side sent garbage
+``cli``                    ``CliError``          a user-fixable command problem (cli/errors.py)
 ``config``                 ``ConfigError``       devices.yaml is unreadable or invalid (also a
                                                  ``ValueError``)
 ``keystore``               ``KeystoreError``     a key file or passphrase problem

@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.cli.errors import CliError
 from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
-from agent.cli.main import CliError
 from agent.config.devices import ConfigError, FleetConfig, load_fleet
 from agent.fleet.datadir import DataDir
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers

@@ -7,8 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from agent.cli.errors import CliError
 from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
-from agent.cli.main import CliError
 from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
 from agent.device.runtime import RestoreError
 from agent.fleet.datadir import DataDir

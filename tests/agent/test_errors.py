@@ -7,6 +7,7 @@ import re
 import pytest
 
 import agent.errors
+from agent.cli.errors import CliError
 from agent.config.devices import ConfigError
 from agent.device.runtime import RestoreError
 from agent.errors import AgentError, RemoteError, UsageError
@@ -25,6 +26,7 @@ from agent.transport.base import (
 from agent.transport.brokers import BrokerError
 
 NAMED = (
+    CliError,
     ConfigError,
     RestoreError,
     KeystoreError,
@@ -81,6 +83,7 @@ def test_every_code_is_listed_in_the_module_docstring() -> None:
         (BlockRejected, False, True),
         (NotConnectedError, False, False),
         (ConfigError, False, False),
+        (CliError, False, False),
     ],
 )
 def test_who_got_it_wrong(cls: type[AgentError], usage: bool, remote: bool) -> None:
