@@ -14,8 +14,8 @@ from agent.device.runtime import RestoreError
 from agent.fleet.datadir import DataDir
 from agent.fleet.restore_device import resolve_device, restore_device
 from agent.fleet.runner import RunOptions, install_signal_handlers
-from agent.transport.base import TransportError
 from agent.transport.brokers import BrokerError
+from agent.transport.errors import TransportError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -36,7 +36,8 @@ from agent.gossip.node import GossipNode
 from agent.replication import inputs as RI
 from agent.replication.node import ReplicationNode
 from agent.replication.wire import is_replication_message
-from agent.transport.base import Delivery, Transport, TransportError
+from agent.transport.base import Delivery, Transport
+from agent.transport.errors import TransportError
 from firmware_sim.clock import Clock, Wakeup
 from firmware_sim.samples import Sample
 from ledger.block import Block, decode_block, decode_header

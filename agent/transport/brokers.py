@@ -36,7 +36,7 @@ from typing import IO, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from agent.errors import AgentError
-from agent.transport.base import Endpoint
+from agent.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 

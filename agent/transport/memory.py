@@ -31,19 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.transport.base import (
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_QUEUED,
-    AttachError,
-    Delivery,
-    NotConnectedError,
-    Topics,
-    Transport,
-    TransportClosedError,
-    encode_presence,
-    validate_device_id,
-    validate_domain,
-)
+from agent.transport.base import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_QUEUED, Delivery, Transport
+from agent.transport.errors import AttachError, NotConnectedError, TransportClosedError
+from agent.transport.presence import encode_presence
+from agent.transport.topics import Topics, validate_device_id, validate_domain
 
 
 class NowSource(Protocol):

@@ -7,7 +7,7 @@ Two ways to connect, one view type (``MqttTransport``, a ``base.Transport``):
 - ``MqttHub(endpoint)``: one connection shared by the devices of one process;
   ``await hub.attach(device_id, domains)`` returns a device's view, which subscribes its own
   inbox. The hub's last-will marks the hub offline; each device announces ``online:<hub id>`` and
-  watchers resolve it against the hub's presence (``base.PresenceBook``).
+  watchers resolve it against the hub's presence (``presence.PresenceBook``).
 
 A ``_Link`` owns one aiomqtt client: it connects (MQTT 3.1.1, clean session), subscribes
 reference-counted topics (restored after every reconnect), routes every received message to the
@@ -32,28 +32,26 @@ from typing import Any, Self
 
 import aiomqtt
 
-from agent.transport.base import (
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_QUEUED,
-    PRESENCE_OFFLINE,
-    PRESENCE_ONLINE,
+from agent.transport.base import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_QUEUED, Delivery, Transport
+from agent.transport.endpoint import Endpoint
+from agent.transport.errors import (
     AttachError,
-    Delivery,
-    Endpoint,
     NotConnectedError,
-    PresenceBook,
-    PresenceChange,
-    ReconnectPolicy,
     RefusedError,
-    Topics,
-    Transport,
     TransportClosedError,
     TransportError,
+)
+from agent.transport.presence import (
+    PRESENCE_OFFLINE,
+    PRESENCE_ONLINE,
+    PresenceBook,
+    PresenceChange,
     decode_hub_presence,
     decode_presence,
     encode_presence,
-    validate_hub_id,
 )
+from agent.transport.reconnect import ReconnectPolicy
+from agent.transport.topics import Topics, validate_hub_id
 
 log = logging.getLogger(__name__)
 

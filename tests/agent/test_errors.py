@@ -14,7 +14,8 @@ from agent.errors import AgentError, RemoteError, UsageError
 from agent.fleet.keystore import KeystoreError
 from agent.provenance.gather import TraceError
 from agent.provenance.verified_chains import BlockRejected, ChainUnavailable
-from agent.transport.base import (
+from agent.transport.brokers import BrokerError
+from agent.transport.errors import (
     AttachError,
     InvalidNameError,
     NotConnectedError,
@@ -23,7 +24,6 @@ from agent.transport.base import (
     TransportClosedError,
     TransportError,
 )
-from agent.transport.brokers import BrokerError
 
 NAMED = (
     CliError,

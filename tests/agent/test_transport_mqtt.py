@@ -20,26 +20,25 @@ from pathlib import Path
 
 import pytest
 
-from agent.transport.base import (
-    Delivery,
-    Endpoint,
+from agent.transport.base import Delivery, Transport, raise_fd_limit
+from agent.transport.brokers import EmbeddedBroker, MosquittoBroker
+from agent.transport.endpoint import Endpoint
+from agent.transport.errors import (
     InvalidNameError,
     NotConnectedError,
+    TransportClosedError,
+    TransportError,
+)
+from agent.transport.mqtt import MqttHub, MqttOptions, MqttTransport
+from agent.transport.presence import (
     PresenceBook,
     PresenceChange,
     PresenceState,
-    ReconnectPolicy,
-    Route,
-    Topics,
-    Transport,
-    TransportClosedError,
-    TransportError,
     decode_presence,
     encode_presence,
-    raise_fd_limit,
 )
-from agent.transport.brokers import EmbeddedBroker, MosquittoBroker
-from agent.transport.mqtt import MqttHub, MqttOptions, MqttTransport
+from agent.transport.reconnect import ReconnectPolicy
+from agent.transport.topics import Route, Topics
 from ledger.identity import device_id_for
 
 
@@ -312,7 +311,7 @@ def test_clean_close_announces_offline(serve: Serve) -> None:
 
 CLIENT = """
 import asyncio, sys
-from agent.transport.base import Endpoint
+from agent.transport.endpoint import Endpoint
 from agent.transport.mqtt import MqttHub, MqttTransport
 
 async def main():
