@@ -17,7 +17,6 @@ from agent.transport.base import (
     Kind,
     Transport,
     TransportStats,
-    raise_fd_limit,
 )
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import (
@@ -54,7 +53,6 @@ __all__ = [
     "TransportClosedError",
     "TransportError",
     "TransportStats",
-    "raise_fd_limit",
     "validate_device_id",
     "validate_domain",
 ]

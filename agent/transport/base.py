@@ -280,26 +280,3 @@ class Transport(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-# --------------------------------------------------------------------------- process limits
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit now.
-
-    Every MQTT connection is a descriptor (two for an in-process broker). Call once at start.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    targets = [hard] if hard != resource.RLIM_INFINITY else [1 << 20, 1 << 16]
-    for target in targets:
-        if soft != resource.RLIM_INFINITY and soft >= target:
-            return soft
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            continue
-        return target
-    return soft

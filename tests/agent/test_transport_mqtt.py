@@ -10,7 +10,6 @@ import ast
 import asyncio
 import os
 import random
-import resource
 import signal
 import socket
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.transport.base import Delivery, Transport, raise_fd_limit
+from agent.transport.base import Delivery, Transport
 from agent.transport.brokers import EmbeddedBroker, MosquittoBroker
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import (
@@ -194,17 +193,6 @@ def test_reconnect_backoff_is_exponential_with_full_jitter_and_seeded() -> None:
     assert delays == [policy.delay_ms(n % 7, again) for n in range(700)]
     with pytest.raises(ValueError, match="base_ms <= cap_ms"):
         ReconnectPolicy(base_ms=10, cap_ms=5)
-
-
-def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
-    try:
-        now = raise_fd_limit()
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now
-        assert now == hard or (hard == resource.RLIM_INFINITY and now >= 65536)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, now), hard))
 
 
 def test_connect_failure_is_a_transport_error_naming_the_broker() -> None:
