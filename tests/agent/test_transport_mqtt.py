@@ -23,8 +23,10 @@ from agent.transport.base import Delivery, Transport
 from agent.transport.brokers import EmbeddedBroker, MosquittoBroker
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import (
+    AttachError,
     InvalidNameError,
     NotConnectedError,
+    RefusedError,
     TransportClosedError,
     TransportError,
 )
@@ -203,6 +205,26 @@ def test_connect_failure_is_a_transport_error_naming_the_broker() -> None:
         with pytest.raises(TransportError, match=f"mqtt://127.0.0.1:{port} as {A}"):
             asyncio.run(t.connect())
         assert not t.connected
+
+
+def test_attaching_to_a_hub_that_was_never_started_is_our_misuse() -> None:
+    hub = MqttHub(Endpoint("127.0.0.1", 1))
+    with pytest.raises(AttachError, match=f"cannot attach {A}: the MqttHub is not started"):
+        asyncio.run(hub.attach(A))
+
+
+def test_a_subscription_the_broker_refuses_is_a_remote_refusal() -> None:
+    # Mosquitto grants what its ACL denies, so no broker the tests start sends SUBACK 0x80:
+    # a client that answers like one which does.
+    class RefusingClient:
+        async def subscribe(self, topics: list[tuple[str, int]]) -> list[int]:
+            return [1 if t.endswith("/inbox") else 0x80 for t, _ in topics]
+
+    hub = MqttHub(Endpoint("127.0.0.1", 1))
+    topics = Topics()
+    wanted = [topics.inbox(A), topics.domain("kitchen")]
+    with pytest.raises(RefusedError, match=r"refused the subscription to .*/domain/kitchen"):
+        asyncio.run(hub._link._subscribe(RefusingClient(), wanted))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- on real brokers
@@ -387,7 +409,7 @@ def test_hub_devices_share_one_connection_with_their_own_inboxes(serve: Serve) -
             await presence_of(a, B, False)
             await c.send(A, b"c still here")
             assert (await next_of(a, "inbox")).payload == b"c still here"
-            with pytest.raises(TransportError, match="already attached"):
+            with pytest.raises(AttachError, match="already attached"):
                 await hub.attach(C)
 
     asyncio.run(main())
