@@ -15,35 +15,30 @@ Who got it wrong:
 - everything else is the operator's to fix (a file, a flag, a passphrase) or the environment's
   (a broker that is down, a port in use).
 
-The codes, by room:
+The codes (each class lives in the room that raises it; `grep -rn code=` finds it):
 
-=========================  ====================  ============================================
-code                       class                 raised when
-=========================  ====================  ============================================
-``agent``                  ``AgentError``        (base only)
-``usage``                  ``UsageError``        (base only) our code misused the agent
-``remote``                 ``RemoteError``       (base only) the other side sent garbage
-``cli``                    ``CliError``          a user-fixable command problem (cli/errors.py)
-``config``                 ``ConfigError``       devices.yaml is unreadable or invalid (also a
-                                                 ``ValueError``)
-``keystore``               ``KeystoreError``     a key file or passphrase problem
-``broker``                 ``BrokerError``       a broker cannot be found, started, stopped or
-                                                 described (bad URL or files)
-``transport``              ``TransportError``    a transport failed (connect, publish, subscribe)
-``not-connected``          ``NotConnectedError`` the link is down: nothing was sent
-``closed``                 ``TransportClosedError``  the transport is closed (and drained)
-``invalid-name``           ``InvalidNameError``  a name cannot be a topic level (usage; also a
-                                                 ``ValueError``)
-``payload-too-large``      ``PayloadTooLargeError``  a send above the payload limit (usage; also
-                                                 a ``ValueError``)
-``attach``                 ``AttachError``       a device attached twice, or to a network or hub
-                                                 that does not have it or is not started (usage)
-``refused``                ``RefusedError``      the broker refused a subscription (remote)
-``restore``                ``RestoreError``      a device cannot be restored
-``provenance``             ``TraceError``        a data dir cannot be traced at all
-``chain-unavailable``      ``ChainUnavailable``  no verifiable chain of a device in a data dir
-``block-rejected``         ``BlockRejected``     a stored block does not verify (remote)
-=========================  ====================  ============================================
+=====================  ========================  ================================================
+code                   class                     raised when
+=====================  ========================  ================================================
+``agent``              ``AgentError``            (base only)
+``usage``              ``UsageError``            (base only) our code misused the agent
+``remote``             ``RemoteError``           (base only) the other side sent garbage
+``cli``                ``CliError``              a command problem the user can fix
+``config``             ``ConfigError``           devices.yaml is invalid (a ValueError too)
+``keystore``           ``KeystoreError``         a key file or passphrase problem
+``broker``             ``BrokerError``           a broker cannot start or stop, or a bad URL
+``transport``          ``TransportError``        connect, publish or subscribe failed
+``not-connected``      ``NotConnectedError``     the link is down: nothing was sent
+``closed``             ``TransportClosedError``  the transport is closed (and drained)
+``invalid-name``       ``InvalidNameError``      not a valid topic level (usage; a ValueError)
+``payload-too-large``  ``PayloadTooLargeError``  a send above the limit (usage; a ValueError)
+``attach``             ``AttachError``           attached twice, unknown, hub not started (usage)
+``refused``            ``RefusedError``          the broker refused a subscription (remote)
+``restore``            ``RestoreError``          a device cannot be restored
+``provenance``         ``TraceError``            a data dir cannot be traced at all
+``chain-unavailable``  ``ChainUnavailable``      no verifiable chain of a device in a data dir
+``block-rejected``     ``BlockRejected``         a stored block does not verify (remote)
+=====================  ========================  ================================================
 
 This module imports nothing of ours, so that every room may import it.
 """

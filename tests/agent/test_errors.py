@@ -92,8 +92,8 @@ def test_who_got_it_wrong(cls: type[AgentError], usage: bool, remote: bool) -> N
 
 
 def test_errors_that_callers_catch_as_value_errors_still_are() -> None:
-    # run.py catches ConfigError as a ValueError; topic validation is caught as one by callers
-    # that build topics from user input.
+    # run.py catches ConfigError as a ValueError; the transport's two usage errors were
+    # ValueErrors before they were AgentErrors, and stay both.
     for cls in (ConfigError, InvalidNameError, PayloadTooLargeError):
         assert issubclass(cls, ValueError)
     assert str(ConfigError(["a: bad", "b: worse"])) == "a: bad\nb: worse"
