@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from ledger.certs import Certificate, decode_certificate

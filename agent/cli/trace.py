@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.cli.show import read_x25519_secret
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from agent.provenance.audit import DeviceReport, audit, default_root

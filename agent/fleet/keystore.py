@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nacl.public
 
+from agent.errors import AgentError
 from agent.fleet.datadir import DataDir
 from ledger import keyfile
 from ledger.certs import (
@@ -48,7 +49,7 @@ DEVICE_CERT = "device.cert"
 DAY_MS = 86_400_000
 
 
-class KeystoreError(Exception):
+class KeystoreError(AgentError, code="keystore"):
     """A user-fixable key problem (missing file, no passphrase, wrong passphrase)."""
 
 

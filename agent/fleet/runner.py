@@ -36,6 +36,7 @@ from agent.device.runtime import DeviceAgent, RestoreError
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
 from agent.fleet.datadir import DataDir
+from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
     Provisioned,
     provision,
@@ -52,7 +53,7 @@ from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
 from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
-from agent.transport.base import Transport, raise_fd_limit
+from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from agent.errors import AgentError
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from agent.provenance import analysis
@@ -38,7 +39,7 @@ from ledger.reading import Reading, SignedReading
 from ledger.store import Store, TagHit
 
 
-class TraceError(Exception):
+class TraceError(AgentError, code="provenance"):
     """The data dir cannot be traced at all (not a data dir, no fleet root)."""
 
 
