@@ -29,8 +29,8 @@ from ledger import domains
 from ledger.block import Block, SignedHeader, build_header, sign_header
 from ledger.errors import IntegrityError, SignatureError
 from ledger.identity import SigningKey
-from ledger.merkle import root_from_leaf_hashes
-from ledger.reading import Reading, SignedReading, leaf_hash, seal_reading, sign_reading
+from ledger.merkle import leaf_hash, root_from_leaf_hashes
+from ledger.reading import Reading, SignedReading, seal_reading, sign_reading
 from ledger.sealbox import check_public_key
 from ledger.store import Store
 

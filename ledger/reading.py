@@ -20,13 +20,13 @@ reading itself.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import dataclass
 
 from ledger import codec, domains, envelope, sealbox
 from ledger.errors import DecodeError, SequenceError, UsageError
 from ledger.identity import PublicKey, SigningKey, is_device_id
+from ledger.merkle import leaf_hash
 
 FORMAT_PLAIN = 1
 FORMAT_SEALED = 2
@@ -234,11 +234,6 @@ class SignedReading:
 
     def verify(self, key: PublicKey) -> None:
         key.verify(domains.READING, self.body, self.signature, f"reading seq {self.reading.seq}")
-
-
-def leaf_hash(wire: bytes) -> bytes:
-    """RFC 9162 leaf hash of a reading's wire bytes (duplicated here to keep the hot path flat)."""
-    return hashlib.sha256(b"\x00" + wire).digest()
 
 
 def seal_reading(
