@@ -20,7 +20,7 @@ import msgspec
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from hypothesis import Phase, assume, given, settings
+from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from ledger import codec, domains, envelope
@@ -664,3 +664,56 @@ def test_rotations_and_revocations_round_trip(
     assert (rot.new_key, rot.effective_height, rot.time_ms) == (new.public, height, t)
     rev = decode_revocation(sign_revocation(AUTHORITY, DEVICE_ID, key_id, height, reason, t))
     assert (rev.key_id, rev.from_height, rev.reason, rev.time_ms) == (key_id, height, reason, t)
+
+
+# --- first_bin: the header of a stored block wire, without decoding the readings -------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=70_000),
+    st.lists(st.binary(max_size=300), max_size=20)
+    | st.integers(0, 70_000).map(lambda n: [b""] * n),
+    st.integers(0, 2),
+)
+@example(b"a" * 300, [b""], 0)  # bin 16
+@example(b"b" * 70_000, [b""] * 70_000, 1)  # bin 32, and an array 32 after it
+def test_first_bin_is_the_first_element_of_the_array(
+    first: bytes, rest: list[bytes], extra: int
+) -> None:
+    # Arrays of 2 (a block wire) and longer (array 16 and 32 headers for the rest as a list,
+    # fixarray up to 15 and array 16 for the outer array), byte strings of every header size.
+    wire = msgpack.packb([first, rest, *[None] * extra], use_bin_type=True)
+    assert codec.first_bin(wire, "stored block") == first
+    outer = msgpack.packb([first, *([0] * 20)], use_bin_type=True)  # array 16 outer header
+    assert outer[0] == 0xDC and codec.first_bin(outer, "stored block") == first
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        (b"", "expected a non-empty array"),
+        (b"\x90", "expected a non-empty array"),  # fixarray of 0
+        (b"\xdc\x00\x00", "expected a non-empty array"),  # array 16 of 0
+        (b"\xc4\x01x", "expected a non-empty array"),  # bytes, not an array
+        (b"\x92\xa1x\x90", "expected a byte string first"),  # a str first
+        (b"\x92", "expected a byte string first"),  # nothing after the array header
+        (b"\x92\xc4\x05abc", "byte string ends at byte 8, found 6 bytes"),  # truncated
+        (b"\x92\xc5\x01", "byte string ends at byte"),  # truncated length
+    ],
+    ids=[
+        "empty",
+        "empty-fixarray",
+        "empty-array16",
+        "not-an-array",
+        "str-first",
+        "no-element",
+        "truncated-bytes",
+        "truncated-length",
+    ],
+)
+def test_first_bin_refuses_what_is_not_an_array_opening_with_bytes(
+    wire: bytes, reason: str
+) -> None:
+    with pytest.raises(DecodeError, match=f"^stored block: {reason}"):
+        codec.first_bin(wire, "stored block")
