@@ -47,10 +47,12 @@ from ledger.certs import (
     verify_certificate,
     verify_revocation,
 )
+from ledger.epoch import EpochRecord, decode_epoch
 from ledger.errors import DecodeError, UsageError
 from ledger.evidence import decode_evidence, make_evidence
 from ledger.identity import DEVICE_ID_RE, SigningKey
 from ledger.reading import MAX_EPOCH, SENSOR_RE, Reading, decode_reading, sign_reading
+from ledger.receipt import Receipt, decode_receipt
 
 # RFC 8032 section 7.1, TEST 1 and TEST 2 secret keys (so the public keys are known answers too).
 RFC_SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -717,3 +719,69 @@ def test_first_bin_refuses_what_is_not_an_array_opening_with_bytes(
 ) -> None:
     with pytest.raises(DecodeError, match=f"^stored block: {reason}"):
         codec.first_bin(wire, "stored block")
+
+
+# --- the four signed records share their steps (ledger/signed.py), not their messages ---------
+
+_OTHER = "ef" + "a" * 24
+_H = b"\x11" * 32
+_BAD_BODIES = {
+    "header-count": (
+        [1, DEVICE_ID, 0, 1, _H, _H, _H, 0, 5, 6, DEVICE.key_id],
+        decode_header,
+        "header: field count: a block holds at least one reading, found 0",
+    ),
+    "header-format": (
+        [2, DEVICE_ID, 0, 1, _H, _H, _H, 1, 5, 6, DEVICE.key_id],
+        decode_header,
+        "header: field format: expected 1, found 2",
+    ),
+    "reading-sensor": (
+        [1, DEVICE_ID, 0, 1, 5, "Bad", 1, None, None],
+        decode_reading,
+        "reading: field sensor: 'Bad' is not allowed here",
+    ),
+    "reading-format": (
+        [3, DEVICE_ID, 0, 1, 5, "temp", 1, None, None],
+        decode_reading,
+        "reading: field format: expected 1 or 2, found 3",
+    ),
+    "receipt-same-device": (
+        [1, DEVICE_ID, DEVICE_ID, 0, 1, _H, 10, 5],
+        decode_receipt,
+        f"storage receipt: holder and owner are the same device ({DEVICE_ID})",
+    ),
+    "receipt-format": (
+        [0, DEVICE_ID, _OTHER, 0, 1, _H, 10, 5],
+        decode_receipt,
+        "storage receipt: field format: expected 1, found 0",
+    ),
+    "epoch-order": (
+        [1, DEVICE_ID, 1, 1, 0, _H, 5],
+        decode_epoch,
+        "epoch record: field new_epoch: expected above prev_epoch 1, found 1",
+    ),
+    "epoch-arity": (
+        [1, DEVICE_ID, 2, 1, 0, _H],
+        decode_epoch,
+        "epoch record: expected an array of 7 fields, found 6",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_BODIES))
+def test_each_signed_record_names_itself_once_in_its_decode_errors(case: str) -> None:
+    fields, decode, message = _BAD_BODIES[case]
+    body = codec.encode(fields)
+    with pytest.raises(DecodeError) as err:
+        decode(envelope.wrap(body, DEVICE.sign(b"any", body)))
+    assert str(err.value) == message
+
+
+def test_a_record_built_locally_against_the_rules_is_our_bug_with_the_same_message() -> None:
+    with pytest.raises(UsageError) as err:
+        Receipt(DEVICE_ID, DEVICE_ID, 0, 1, _H, 10, 5)
+    assert str(err.value) == _BAD_BODIES["receipt-same-device"][2]
+    with pytest.raises(UsageError) as err:
+        EpochRecord(DEVICE_ID, 1, 1, 0, _H, 5)
+    assert str(err.value) == _BAD_BODIES["epoch-order"][2]
