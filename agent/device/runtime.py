@@ -407,7 +407,7 @@ class DeviceAgent:
                         limit = self.replicator.node.config.max_own_blocks
                         infos = await self._locked(self.store.own_block_infos, limit)
                         await self.replicator.handle(
-                            RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(*i) for i in infos))
+                            RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(**i._asdict()) for i in infos))
                         )
                     self._log.info(
                         "restored through height %d (published head %d); signing resumes in "
