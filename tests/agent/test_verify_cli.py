@@ -90,7 +90,7 @@ def test_verify_fails_on_a_flipped_bit_and_names_the_device(
     db.close()
     assert main(["verify", "--data", str(data.root)]) == 1
     out = capsys.readouterr().out
-    assert "washer-1: own chain:" in out
+    assert f"washer-1: {data.store_path('washer-1')}: own chain:" in out
     assert "1 of 2 device(s) verify" in out
 
 
@@ -104,7 +104,30 @@ def test_status_table(data: DataDir, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["status", "--data", str(data.root)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["device", "kind", "site", "height"]
-    assert lines[1].split()[:5] == ["fridge-1", "refrigerator", "house-1", "2", "1"]
+    assert lines[0].split()[:6] == ["device", "kind", "site", "height", "readings", "pending"]
+    assert lines[1].split()[:6] == ["fridge-1", "refrigerator", "house-1", "2", "30", "1"]
+
+
+def test_status_json_counts_what_verify_counts(
+    data: DataDir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --json` reports the sealed readings (it said 0), pending, peers, replicas, held
+    bytes, lag and receipts, without checking a signature; its counts agree with verify's."""
+    assert main(["status", "--data", str(data.root), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert main(["verify", "--data", str(data.root), "--json"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    fridge = next(r for r in status["devices"] if r["name"] == "fridge-1")
+    assert (fridge["readings"], fridge["pending"], fridge["blocks"]) == (30, 1, 3)
+    assert (fridge["peers"], fridge["peer_headers"], fridge["replicas"]) == (1, 3, 1)
+    assert fridge["replica_bytes"] > 0
+    # fridge-1 holds washer-1's headers up to its head: washer-1 lags by nothing.
+    washer = next(r for r in status["devices"] if r["name"] == "washer-1")
+    assert (washer["lag"], fridge["lag"]) == (0, 0)
+    assert status["readings"] == 60 and status["ok"] is True
+    counted = ("readings", "pending", "blocks", "peers", "peer_headers", "replicas", "lag")
+    for s_rep, v_rep in zip(status["devices"], verified["reports"], strict=True):
+        assert {k: s_rep[k] for k in counted} == {k: v_rep[k] for k in counted}
 
 
 def test_not_a_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
