@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -133,3 +135,188 @@ def test_status_json_counts_what_verify_counts(
 def test_not_a_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", "--data", str(tmp_path)]) == 2
     assert "not a fleet data dir" in capsys.readouterr().err
+
+
+# --- one damaged device among healthy ones ---------------------------------------------------
+# A real data dir made by a short simulated run of three devices (plus one pending reading the
+# fridge signs afterwards with its own key), then one device's files damaged the way a disk, a
+# careless chmod or a bad copy damages them. verify reports that device, the file and what is
+# wrong, in one line each, verifies the two others, and exits 1.
+
+DAMAGED = "fridge-1"
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from agent.config.devices import load_fleet
+
+    from .runner_helpers import run_fleet, write_fleet
+
+    base = tmp_path_factory.mktemp("ran")
+    data = base / "data"
+    run_fleet(
+        load_fleet(write_fleet(base)),
+        data=data,
+        for_ms=3_600_000,
+        simulated_network=True,
+        view=False,
+    )
+    d = DataDir(data)
+    pw = d.fleet_passphrase()
+    assert pw is not None
+    e = keystore.load_device(d.device(DAMAGED), pw)
+    with Store(d.store_path(DAMAGED)) as store:
+        last = store.last_reading_time()
+        assert last is not None and store.head() is not None
+        w = ChainWriter(store, e.key, e.certificate.device_id)
+        w.record(last + 1_000, "door.open", 1)
+        w.record(last + 2_000, "door.open", 0)
+        w.flush()
+    return data
+
+
+@pytest.fixture
+def fleet_copy(ran: Path, tmp_path: Path) -> DataDir:
+    copy = tmp_path / "data"
+    shutil.copytree(ran, copy)
+    return DataDir(copy)
+
+
+def _flip_row(path: Path, sql: str) -> None:
+    """Flip one bit in the middle of the wire the query selects (seq, wire), through a second
+    connection as any other process could."""
+    db = sqlite3.connect(path)
+    seq, wire = db.execute(sql).fetchone()
+    bad = bytearray(wire)
+    bad[len(bad) // 2] ^= 0x04
+    db.execute("UPDATE readings SET wire=? WHERE seq=?", (bytes(bad), seq))
+    db.commit()
+    db.close()
+
+
+def _overwrite_header(d: DataDir) -> None:
+    with open(d.store_path(DAMAGED), "r+b") as f:
+        f.write(b"this is no database!")  # over "SQLite format 3\0"
+
+
+def _truncate(d: DataDir) -> None:
+    path = d.store_path(DAMAGED)
+    os.truncate(path, path.stat().st_size // 3)
+
+
+def _garbage_page(d: DataDir) -> None:
+    """The page holding a sealed reading overwritten with garbage: the file opens, reading that
+    table fails (SQLite's "database disk image is malformed")."""
+    path = d.store_path(DAMAGED)
+    db = sqlite3.connect(path)
+    (wire,) = db.execute("SELECT wire FROM readings ORDER BY seq LIMIT 1 OFFSET 20").fetchone()
+    (page,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    raw = path.read_bytes()
+    at = raw.find(bytes(wire))
+    assert at > 0 and raw.find(bytes(wire), at + 1) == -1
+    with open(path, "r+b") as f:
+        f.seek(at - at % page)
+        f.write(bytes(range(256)) * (page // 256))
+
+
+def _flip_pending(d: DataDir) -> None:
+    _flip_row(
+        d.store_path(DAMAGED),
+        "SELECT seq, wire FROM readings WHERE seq > (SELECT max(last_seq) FROM blocks) "
+        "ORDER BY seq LIMIT 1",
+    )
+
+
+def _flip_sealed(d: DataDir) -> None:
+    _flip_row(
+        d.store_path(DAMAGED),
+        "SELECT seq, wire FROM readings WHERE seq <= (SELECT max(last_seq) FROM blocks) "
+        "ORDER BY seq LIMIT 1 OFFSET 7",
+    )
+
+
+def _open_key(d: DataDir) -> None:
+    (d.device(DAMAGED) / keystore.DEVICE_KEY).chmod(0o644)
+
+
+def _corrupt_key(d: DataDir) -> None:
+    """One hex digit of the sealed secret changed: the file parses, the key does not open."""
+    path = d.device(DAMAGED) / keystore.DEVICE_KEY
+    doc = json.loads(path.read_text())
+    box = doc["box"]
+    doc["box"] = box[:40] + ("0" if box[40] != "0" else "1") + box[41:]
+    path.write_text(json.dumps(doc))
+
+
+def _garbage_cert(d: DataDir) -> None:
+    (d.device(DAMAGED) / keystore.DEVICE_CERT).write_bytes(b"\x93garbage, not a certificate")
+
+
+DAMAGES = {
+    # name: (damage, file damaged, what the line says, whether status (no checks) notices it)
+    "sqlite-header-overwritten": (_overwrite_header, "store", "file is not a database", True),
+    "store-truncated": (_truncate, "store", "malformed", True),
+    "page-garbage": (_garbage_page, "store", "malformed", False),
+    "pending-reading-bit": (_flip_pending, "store", "pending reading seq", False),
+    "sealed-reading-bit": (_flip_sealed, "store", "own chain:", False),
+    "key-mode-0644": (_open_key, "key", "permissions 0o644 are too open", True),
+    "key-corrupted": (_corrupt_key, "key", "wrong passphrase or corrupted file", False),
+    "certificate-garbage": (_garbage_cert, "cert", "certificate", True),
+}
+
+
+def _file(d: DataDir, which: str) -> Path:
+    return {
+        "store": d.store_path(DAMAGED),
+        "key": d.device(DAMAGED) / keystore.DEVICE_KEY,
+        "cert": d.device(DAMAGED) / keystore.DEVICE_CERT,
+    }[which]
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_one_damaged_device_fails_alone_and_the_others_verify(
+    fleet_copy: DataDir, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", "--data", str(fleet_copy.root)]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    do, which, says, _ = DAMAGES[damage]
+    do(fleet_copy)
+
+    assert main(["verify", "--data", str(fleet_copy.root)]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "2 of 3 device(s) verify" in out, out
+    lines = [ln for ln in out.splitlines() if ln.startswith(f"{DAMAGED}: ")]
+    assert lines, out
+    assert lines[0].startswith(f"{DAMAGED}: {_file(fleet_copy, which)}: "), lines
+    assert says in lines[0], lines
+
+    assert main(["verify", "--data", str(fleet_copy.root), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    results = {r["name"]: r["ok"] for r in doc["reports"]}
+    assert results == {DAMAGED: False, "freezer-station": True, "freezer-hospital": True}
+    healthy = [r for r in doc["reports"] if r["ok"]]
+    assert all(r["readings"] > 0 and r["height"] is not None for r in healthy)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_status_names_a_damaged_device_and_lists_the_others(
+    fleet_copy: DataDir, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status checks no signature and reads no reading, but a file it cannot open or read is
+    that device's failure; whatever the damage, the others are listed with their counts."""
+    do, which, says, noticed = DAMAGES[damage]
+    do(fleet_copy)
+    assert main(["status", "--data", str(fleet_copy.root), "--json"]) == (1 if noticed else 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    doc = json.loads(out)
+    by_name = {r["name"]: r for r in doc["devices"]}
+    assert set(by_name) == {DAMAGED, "freezer-station", "freezer-hospital"}
+    if noticed:
+        assert (doc["ok"], doc["failed"]) == (False, 1)
+        assert by_name[DAMAGED]["errors"][0].startswith(f"{_file(fleet_copy, which)}: ")
+        assert says in by_name[DAMAGED]["errors"][0]
+    for name in ("freezer-station", "freezer-hospital"):
+        assert by_name[name]["ok"] and by_name[name]["readings"] > 0, by_name[name]
