@@ -274,3 +274,27 @@ def test_a_fleet_run_seals_household_readings_and_only_the_owner_opens_them(
     opened = json.loads(capsys.readouterr().out)
     assert opened["withheld"] == 0 and opened["shown"] == withheld["private"]
     assert {r["sensor"] for r in opened["readings"]} >= {"fridge.temp_mc"}
+
+
+def test_tags_without_a_key_say_that_private_readings_need_the_owner_key(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The household fridge's only tagged item is private: a keyless `tags --kind food` lists
+    nothing and says why, instead of a bare "no tagged readings"; the owner key lists it."""
+    data = str(fleet.data.root)
+    assert main(["tags", "--data", data, "--kind", "food"]) == 0
+    out, err = capsys.readouterr()
+    assert EPC not in out
+    assert "private readings need --owner-key" in err and "(fridge-1)" in err
+    assert main(["tags", "--data", data, "--kind", "food", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["tags"], doc["sealed_devices"]) == ([], ["fridge-1"])
+
+    assert (
+        main(["tags", "--data", data, "--kind", "food", "--owner-key", str(fleet.owner_key)]) == 0
+    )
+    out, err = capsys.readouterr()
+    assert EPC in out and err == ""
+    # No private device of that kind: nothing to say.
+    assert main(["tags", "--data", data, "--kind", "blood"]) == 0
+    assert capsys.readouterr().err == ""
