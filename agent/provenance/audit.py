@@ -11,7 +11,7 @@ naming the file and what is wrong, and the audit goes on with the next device.
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,12 +180,13 @@ def _audit_store(
         rep.errors.append(f"{_line(path, exc)} {_RESTORE}")
         return
     with store:
-        for what, check in (
+        checks: list[tuple[str, Callable[[], None]]] = [
             ("own chain", lambda: _own_chain(store, keys, rep, deep)),
             ("peer headers", lambda: _peers(store, roots, rep, deep)),
             ("replicas", lambda: _replicas(store, roots, rep, deep)),
             ("index and records", lambda: _rest(store, rep, deep)),
-        ):
+        ]
+        for what, check in checks:
             # The store's read paths let SQLite's own errors through ("database disk image is
             # malformed"); this is the boundary where one device's damage must become its
             # failure and never stop the audit of the others.

@@ -132,6 +132,18 @@ def test_status_json_counts_what_verify_counts(
         assert {k: s_rep[k] for k in counted} == {k: v_rep[k] for k in counted}
 
 
+def test_status_lag_is_the_height_the_holder_of_a_chain_is_behind(
+    data: DataDir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = sqlite3.connect(data.store_path("fridge-1"))
+    db.execute("DELETE FROM peer_headers WHERE height=2")  # fridge-1 now holds washer-1 up to 1
+    db.commit()
+    db.close()
+    assert main(["status", "--data", str(data.root), "--json"]) == 0
+    lags = {r["name"]: r["lag"] for r in json.loads(capsys.readouterr().out)["devices"]}
+    assert lags == {"fridge-1": 0, "washer-1": 1}
+
+
 def test_not_a_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", "--data", str(tmp_path)]) == 2
     assert "not a fleet data dir" in capsys.readouterr().err
