@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.fleet.datadir import DataDir
+from agent.fleet.datadir import STORE, DataDir
 from agent.fleet.keystore import DEVICE_CERT, DEVICE_KEY
 from ledger import keyfile
 from ledger.certs import DeviceKeys, FleetRoots
@@ -80,8 +80,20 @@ class DeviceReport:
 
 def audit(data: DataDir, roots: FleetRoots, *, deep: bool = True) -> Iterator[DeviceReport]:
     """Yield one report per device directory. ``deep=False`` skips signature checks (status)."""
-    for name in data.device_names():
+    for name in _device_dirs(data):
         yield audit_device(data, name, roots, deep=deep)
+
+
+def _device_dirs(data: DataDir) -> list[str]:
+    """Every device directory holding any of a device's files: one whose certificate is gone
+    is reported as damaged, not passed over."""
+    if not data.devices.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in data.devices.iterdir()
+        if any((p / f).exists() for f in (DEVICE_CERT, DEVICE_KEY, STORE))
+    )
 
 
 def fill_lags(reports: list[DeviceReport]) -> None:
@@ -105,6 +117,9 @@ def audit_device(data: DataDir, name: str, roots: FleetRoots, *, deep: bool) -> 
     cert_path = ddir / DEVICE_CERT
     try:
         keys = DeviceKeys.build(cert_path.read_bytes(), roots, now_ms=None)
+    except FileNotFoundError:
+        rep.errors.append(f"{cert_path}: missing (restore it from a backup of the device directory)")
+        keys = None
     except OSError as exc:
         rep.errors.append(f"{cert_path}: cannot read ({exc.strerror})")
         keys = None

@@ -265,6 +265,10 @@ def _garbage_cert(d: DataDir) -> None:
     (d.device(DAMAGED) / keystore.DEVICE_CERT).write_bytes(b"\x93garbage, not a certificate")
 
 
+def _no_cert(d: DataDir) -> None:
+    (d.device(DAMAGED) / keystore.DEVICE_CERT).unlink()
+
+
 DAMAGES = {
     # name: (damage, file damaged, what the line says, whether status (no checks) notices it)
     "sqlite-header-overwritten": (_overwrite_header, "store", "file is not a database", True),
@@ -275,6 +279,7 @@ DAMAGES = {
     "key-mode-0644": (_open_key, "key", "permissions 0o644 are too open", True),
     "key-corrupted": (_corrupt_key, "key", "wrong passphrase or corrupted file", False),
     "certificate-garbage": (_garbage_cert, "cert", "certificate", True),
+    "certificate-missing": (_no_cert, "cert", "missing", True),
 }
 
 
