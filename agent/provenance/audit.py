@@ -118,7 +118,9 @@ def audit_device(data: DataDir, name: str, roots: FleetRoots, *, deep: bool) -> 
     try:
         keys = DeviceKeys.build(cert_path.read_bytes(), roots, now_ms=None)
     except FileNotFoundError:
-        rep.errors.append(f"{cert_path}: missing (restore it from a backup of the device directory)")
+        rep.errors.append(
+            f"{cert_path}: missing (restore it from a backup of the device directory)"
+        )
         keys = None
     except OSError as exc:
         rep.errors.append(f"{cert_path}: cannot read ({exc.strerror})")
