@@ -96,9 +96,12 @@ def _session(args: argparse.Namespace) -> TraceSession:
     roots = _roots(args, data)
     assert roots is not None
     try:
-        return TraceSession(data, roots, _opening(args))
+        session = TraceSession(data, roots, _opening(args))
     except TraceError as exc:
         raise CliError(str(exc)) from None
+    for line in session.unreadable:
+        print(f"edgefleet: left out, {line} (`edgefleet verify` checks it)", file=sys.stderr)
+    return session
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
