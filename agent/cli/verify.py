@@ -53,10 +53,10 @@ def _load(args: argparse.Namespace) -> tuple[DataDir, list[DeviceReport], bool]:
 
 def _table(reports: list[DeviceReport], deep: bool) -> str:
     cols = ["device", "kind", "site", "height", "readings", "pending", "peers", "lag"]
-    cols += ["peer hdrs", "replicas", "held", "receipts", "result"]
+    cols += ["peer hdrs", "replicas", "held", "min copies", "result"]
     rows = [
         [
-            r.name,
+            r.name + (" FORKED" if r.forked else ""),
             r.kind,
             r.site,
             "-" if r.height is None else str(r.height),
@@ -67,7 +67,7 @@ def _table(reports: list[DeviceReport], deep: bool) -> str:
             str(r.peer_headers),
             str(r.replicas),
             _size(r.replica_bytes),
-            str(r.receipts),
+            "-" if r.min_copies is None else str(r.min_copies),
             ("ok" if deep else "readable") if r.ok else "FAILED",
         ]
         for r in reports

@@ -11,6 +11,7 @@ naming the file and what is wrong, and the audit goes on with the next device.
 from __future__ import annotations
 
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ class DeviceReport:
     replica_bytes: int = 0
     evidence: int = 0
     lag: int = 0  # own height minus the lowest height another device holds of it (as in the view)
+    forked: bool = False  # it holds fork evidence against itself (FORKED in the view)
+    min_copies: int | None = None  # fewest storage receipts of any own block (None: no block)
     receipts: int = 0  # storage receipts held for the own blocks (copies placed on peers)
     epoch: int | None = None  # the own chain's current epoch
     epochs: list[dict[str, int]] = field(default_factory=list)  # own epoch changes (restores)
@@ -69,6 +72,8 @@ class DeviceReport:
                 "replica_bytes",
                 "evidence",
                 "lag",
+                "forked",
+                "min_copies",
                 "receipts",
                 "epoch",
                 "epochs",
@@ -240,7 +245,12 @@ def _rest(store: Store, rep: DeviceReport, deep: bool) -> None:
     """The tables no check above reads: the tag index, storage receipts and fork evidence.
     Reading them walks their pages, so a damaged page there is found as well."""
     rep.evidence = len(store.evidence())
-    rep.receipts = len(store.receipts())
+    rep.forked = bool(store.evidence(rep.device_id))
+    receipts = store.receipts()
+    rep.receipts = len(receipts)
+    if rep.height is not None:
+        holders = Counter(height for height, _, _ in receipts)
+        rep.min_copies = min(holders[h] for h in range(rep.height + 1))
     if deep:
         store.all_tag_hits()
 

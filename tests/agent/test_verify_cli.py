@@ -337,3 +337,24 @@ def test_status_names_a_damaged_device_and_lists_the_others(
         assert says in by_name[DAMAGED]["errors"][0]
     for name in ("freezer-station", "freezer-hospital"):
         assert by_name[name]["ok"] and by_name[name]["readings"] > 0, by_name[name]
+
+
+def test_status_min_copies_and_forked(data: DataDir, capsys: pytest.CaptureFixture[str]) -> None:
+    """The view's "copies" and FORKED, offline: the fewest storage receipts any own block holds,
+    and whether the device holds fork evidence against itself (status reads, never checks)."""
+
+    def fridge() -> dict[str, object]:
+        assert main(["status", "--data", str(data.root), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        return next(r for r in doc["devices"] if r["name"] == "fridge-1")
+
+    assert (fridge()["min_copies"], fridge()["forked"]) == (0, False)
+    device_id = str(fridge()["device_id"])
+    with Store(data.store_path("fridge-1")) as store:
+        for height in range(3):
+            store.put_receipt(height, "holder-a", b"receipt")
+        store.put_receipt(0, "holder-b", b"receipt")
+        store.put_evidence(device_id, b"evidence")
+    assert (fridge()["min_copies"], fridge()["receipts"], fridge()["forked"]) == (1, 4, True)
+    assert main(["status", "--data", str(data.root)]) == 0
+    assert "fridge-1 FORKED" in capsys.readouterr().out
