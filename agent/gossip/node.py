@@ -92,8 +92,9 @@ from agent.gossip.peers import Offence, Peers, PeerStats
 from agent.gossip.requests import Pending, Serve, Table
 from agent.gossip.restore import Claim, Phase, Restore
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.envelope import open_envelope
 from agent.protocol.lru import Lru
-from agent.protocol.trust import Credentials, Outcome
+from agent.protocol.trust import Outcome, TrustStore
 from ledger.block import Block, SignedHeader, decode_block, decode_header
 from ledger.certs import FleetRoots
 from ledger.epoch import SignedEpoch, decode_epoch
@@ -147,7 +148,10 @@ class GossipNode:
         *,
         config: GossipConfig | None = None,
         now_ms: int = 0,
+        trust: TrustStore | None = None,
     ) -> None:
+        """``trust``: the device's one trust store, shared with its replication core (a
+        credential is then verified once per device); None: a store of this node's own."""
         if not is_device_id(device_id):
             raise UsageError(
                 f"gossip node: expected a device id (ef + 24 base32), found {device_id!r}"
@@ -164,11 +168,15 @@ class GossipNode:
             self._set_domain(name, frozenset(members))
         self._tracked: frozenset[str] = frozenset()
         self._recompute_members()
-        self._creds = Credentials(
-            roots,
-            max_devices=cfg.max_devices,
-            max_pending=cfg.max_pending_rotations,
-            max_revocations=cfg.max_revocations,
+        self._creds = (
+            trust
+            if trust is not None
+            else TrustStore(
+                roots,
+                max_devices=cfg.max_devices,
+                max_pending=cfg.max_pending_rotations,
+                max_revocations=cfg.max_revocations,
+            )
         )
         self._chains: dict[str, ChainState] = {}
         self._forked: dict[str, bytes] = {}  # device -> evidence wire
@@ -391,19 +399,10 @@ class GossipNode:
                 known.dropped_muted += 1
                 self.counters["dropped_muted"] += 1
                 return
-        try:
-            msg = wire.decode(ev.payload)
-        except DecodeError:
-            if claimed is None:
-                self.counters["malformed_unattributed"] += 1
-            else:
-                self._penalize(claimed, "malformed")
+        opened = open_envelope(claimed, ev.payload, wire.decode, self.counters, self._blame)
+        if opened is None:
             return
-        peer = msg.sender if claimed is None else claimed
-        if msg.sender != peer:
-            self.counters["sender_mismatch"] += 1
-            self._penalize(peer, "malformed")
-            return
+        peer, msg = opened
         rec = self._peers.get(peer)
         if rec is None:
             self.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
@@ -424,6 +423,11 @@ class GossipNode:
         finally:
             self._via_broadcast = False
         self._flush()
+
+    def _blame(self, peer: str, offence: str) -> None:
+        if offence == "sender_mismatch":
+            self.counters["sender_mismatch"] += 1
+        self._penalize(peer, "malformed")
 
     def _dispatch(self, peer: str, msg: wire.Message) -> None:
         if isinstance(msg, wire.Announce):
@@ -741,12 +745,7 @@ class GossipNode:
         if digest in self._seen_other:
             return True
         try:
-            if kind == "certificate":
-                result = self._creds.add_certificate(credential, self._now)
-            elif kind == "rotation":
-                result = self._creds.add_rotation(credential)
-            else:
-                result = self._creds.add_revocation(credential)
+            result = self._creds.learn(kind, credential, self._now)
         except DecodeError as exc:
             if source is None:
                 raise UsageError(f"known {kind} does not decode: {exc}") from None
