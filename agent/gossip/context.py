@@ -20,13 +20,12 @@ from agent.gossip.chains import ChainState
 from agent.gossip.peers import Offence, Peers
 from agent.gossip.requests import Pending, Serve, Table
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.inputs import check_domain
 from agent.protocol.lru import Lru
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
 from ledger.certs import FleetRoots
 from ledger.epoch import SignedEpoch
-from ledger.errors import UsageError
-from ledger.identity import is_device_id
 
 
 class Context:
@@ -68,14 +67,7 @@ class Context:
     # --- membership ---------------------------------------------------------------------------
 
     def set_domain(self, name: str, members: frozenset[str]) -> None:
-        bad = sorted(m for m in members if not isinstance(m, str) or not is_device_id(m))
-        if bad:
-            raise UsageError(f"gossip domain {name!r}: expected device ids, found {bad[:3]}")
-        if self.device_id not in members:
-            raise UsageError(
-                f"gossip domain {name!r}: must list this device "
-                f"({self.device_id}) among its members"
-            )
+        check_domain("gossip", name, members, self.device_id)
         self.domains[name] = members
 
     def members_changed(self) -> None:

@@ -1,11 +1,14 @@
 """The inputs every protocol core takes alike: network bytes and the peer and domain changes the
 transport reports. Frozen values named by nouns; each core's own ``inputs`` module adds the rest
-and lists these in its ``Input`` union.
+and lists these in its ``Input`` union. ``check_domain``: what every core requires of a domain.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ledger.errors import UsageError
+from ledger.identity import is_device_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +39,15 @@ class DomainChanged:
 
     domain: str
     members: frozenset[str]
+
+
+def check_domain(core: str, name: str, members: frozenset[str], device_id: str) -> None:
+    """A domain's member list as every core takes it: device ids, this device among them.
+    Raises UsageError (the runtime's mistake, not a peer's)."""
+    bad = sorted(m for m in members if not isinstance(m, str) or not is_device_id(m))
+    if bad:
+        raise UsageError(f"{core} domain {name!r}: expected device ids, found {bad[:3]}")
+    if device_id not in members:
+        raise UsageError(
+            f"{core} domain {name!r}: must list this device ({device_id}) among its members"
+        )

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from agent.protocol.envelope import open_envelope
+from agent.protocol.inputs import check_domain
 from agent.protocol.trust import TrustStore
 from agent.replication import wire
 from agent.replication.actions import Action
@@ -172,13 +173,7 @@ class ReplicationNode:
     # --- membership ---------------------------------------------------------------------------
 
     def _set_domain(self, name: str, members: frozenset[str]) -> None:
-        bad = sorted(m for m in members if not isinstance(m, str) or not is_device_id(m))
-        if bad:
-            raise UsageError(f"replication domain {name!r}: expected device ids, found {bad[:3]}")
-        if self.device_id not in members:
-            raise UsageError(
-                f"replication domain {name!r}: must list this device ({self.device_id})"
-            )
+        check_domain("replication", name, members, self.device_id)
         self._ctx.domains[name] = members
 
     def _members_changed(self) -> None:
