@@ -61,7 +61,6 @@ class TrustStore:
         max_revocations: int = 16,
     ) -> None:
         self.roots = roots
-        self._roots = roots
         self._max_devices = max_devices
         self._max_pending = max_pending
         self._max_revocations = max_revocations
@@ -112,7 +111,7 @@ class TrustStore:
     def add_certificate(self, wire: bytes, now_ms: int) -> Result:
         """Raises DecodeError when ``wire`` is not a certificate at all."""
         try:
-            cert = verify_certificate(wire, self._roots, now_ms)
+            cert = verify_certificate(wire, self.roots, now_ms)
         except VerificationError as exc:
             return Result(Outcome.INVALID, reason=str(exc))
         dev = cert.device_id
@@ -130,7 +129,7 @@ class TrustStore:
         rot = decode_rotation(wire)
         dev = rot.device_id
         try:
-            self._roots.get(rot.authority_key_id, f"rotation of {dev}").verify(
+            self.roots.get(rot.authority_key_id, f"rotation of {dev}").verify(
                 domains.ROTATION_COUNTERSIGN,
                 rot.body + rot.old_sig,
                 rot.authority_sig,
@@ -156,7 +155,7 @@ class TrustStore:
     def add_revocation(self, wire: bytes) -> Result:
         """Raises DecodeError when ``wire`` is not a revocation at all."""
         try:
-            rev = verify_revocation(wire, self._roots)
+            rev = verify_revocation(wire, self.roots)
         except VerificationError as exc:
             return Result(Outcome.INVALID, reason=str(exc))
         dev = rev.device_id
@@ -183,7 +182,7 @@ class TrustStore:
             progress = False
             for r in list(pending):
                 try:
-                    DeviceKeys.build(cert, self._roots, now_ms=None, rotations=[*applied, r])
+                    DeviceKeys.build(cert, self.roots, now_ms=None, rotations=[*applied, r])
                 except VerificationError:
                     continue
                 applied.append(r)
@@ -193,7 +192,7 @@ class TrustStore:
         self._pending[dev] = pending
         self._keys[dev] = DeviceKeys.build(
             cert,
-            self._roots,
+            self.roots,
             now_ms=None,
             rotations=applied,
             revocations=self._revocations.get(dev, ()),
