@@ -8,6 +8,10 @@ docs/PROTOCOL.md section 11):
     AUTH_DIR/issued.json        the last certificate serial issued
     DEV_DIR/device.key          a device's Ed25519 key (encrypted)
     DEV_DIR/device.cert         its enrollment certificate (ledger.certs wire bytes)
+    DEV_DIR/enroll.req          its enrollment request (ledger.enroll), made by `init_device`
+    DEV_DIR/fleet-root.json     a copy of the fleet root, put there by `install_certificate`
+                                (with DATA/authority/fleet-root.json when DEV_DIR is
+                                DATA/devices/NAME: docs/DEPLOY.md)
     OWNER.key / OWNER.pub       an owner's X25519 key pair (for private households): the secret
                                 encrypted like a device key (role "owner"), the public in hex
 
@@ -363,8 +367,7 @@ def install_certificate(
         cert = verify_certificate(wire, roots, now)
     except LedgerError as exc:
         raise KeystoreError(
-            f"{cert_path}: not a valid certificate of this fleet ({exc}): ask the authority to "
-            "issue it again from enroll.req"
+            f"{cert_path}: {exc}: ask the authority to issue it again from {ENROLL_REQUEST}"
         ) from None
     key = _unlock_device(device_dir, pw)
     if cert.device_key != key.public:
@@ -384,7 +387,12 @@ def install_certificate(
     if (device_dir / DEVICE_CERT).exists():
         # A renewal (or a corrected attribute): the new certificate is for the key in this
         # directory and chains to the fleet root, so it may replace whatever was there.
-        keyfile.replace_private(device_dir / DEVICE_CERT, wire)
+        try:
+            keyfile.replace_private(device_dir / DEVICE_CERT, wire)
+        except OSError as exc:
+            raise KeystoreError(
+                f"{device_dir / DEVICE_CERT}: cannot write ({exc.strerror})"
+            ) from None
     else:
         _write_private(device_dir / DEVICE_CERT, wire)
     return Installed(cert, tuple(to_write))

@@ -4,6 +4,7 @@ an independent reading of the bytes from docs/PROTOCOL.md section 9.5."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -152,6 +153,11 @@ def test_the_largest_request_fits_the_limit() -> None:
     body, _ = msgpack.unpackb(wire, raw=False)
     assert (len(body), len(wire)) == (304, 374)
     assert len(body) <= MAX_BODY
+    doc = " ".join((Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text().split())
+    section = doc[doc.index("### 9.5 Enrollment request") : doc.index("## 10. Fork evidence")]
+    assert "the largest the field rules allow is 304 bytes, its envelope 374" in section
+    assert f"decoders allow {MAX_BODY + 72})" in section
+    assert "`edgefleet/v1/enroll-request` followed by `00`" in section
 
 
 @settings(max_examples=200, deadline=None)
