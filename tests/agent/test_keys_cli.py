@@ -574,3 +574,33 @@ def test_no_new_authority_is_created_over_an_installed_fleet_root(fleet: Path) -
         keystore.init_authority(b.authority, b"pw", keyfile.FAST)
     assert (b.authority / "fleet-root.json").read_bytes() == root
     assert not (b.authority / "authority.key").exists()
+
+
+def test_enroll_at_a_terminal_asks_before_signing(
+    fleet: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init_device(fleet / "d") == 0
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    answers = iter(["n", "y"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    capsys.readouterr()
+    assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "d.cert") == 2
+    assert "not issued" in _error(capsys)
+    assert not (fleet / "d.cert").exists() and _last_serial(fleet) == 0
+    assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "d.cert") == 0
+    assert _last_serial(fleet) == 1
+
+
+def test_an_expired_certificate_is_not_installed(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init_device(fleet / "d") == 0
+    auth = keystore.load_authority(fleet / "auth", b"test passphrase")
+    request = keystore.read_request(fleet / "d" / "enroll.req")
+    old = fleet / "old.cert"
+    keystore.issue_from_request(fleet / "auth", auth, request, old, valid_days=1, now_ms=10**9)
+    capsys.readouterr()
+    assert _install(fleet / "d", old, fleet / "auth") == 2
+    err = _error(capsys)
+    assert str(old) in err and "is not valid at" in err and "issue it again" in err
+    assert _files(fleet / "d") == {"device.key", "enroll.req"}
