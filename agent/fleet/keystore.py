@@ -32,7 +32,7 @@ from pathlib import Path
 
 import nacl.public
 
-from agent.fleet.datadir import DEVICES, DataDir
+from agent.fleet.datadir import DataDir
 from ledger import keyfile
 from ledger.certs import (
     Certificate,
@@ -327,9 +327,9 @@ class Installed:
 def data_dir_root_path(device_dir: Path) -> Path | None:
     """Where a runner reads the fleet root when ``device_dir`` is ``DATA/devices/NAME``:
     ``DATA/authority/fleet-root.json`` (agent/fleet/datadir.py); None for a device dir elsewhere."""
-    if device_dir.resolve().parent.name != DEVICES:
-        return None
-    return DataDir(device_dir.resolve().parent.parent).authority / FLEET_ROOT
+    parent = device_dir.resolve().parent
+    data = DataDir(parent.parent)
+    return data.authority / FLEET_ROOT if data.devices == parent else None
 
 
 def install_certificate(
