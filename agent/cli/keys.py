@@ -144,6 +144,8 @@ def _init_device(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    if args.valid_days < 1:
+        raise CliError(f"--valid-days {args.valid_days}: a certificate is valid for 1 day or more")
     if args.request is not None:
         return _enroll_request(args)
     missing = [f"--{n}" for n in ("kind", "model", "site") if getattr(args, n) is None]
@@ -180,8 +182,8 @@ def _enroll_request(args: argparse.Namespace) -> int:
     given = [f"--{n}" for n in ("kind", "model", "site", "owner") if getattr(args, n) is not None]
     if given:
         raise CliError(
-            f"{args.request}: {', '.join(given)} come from the request; to change them, the "
-            "device makes a new one (keys init-device)"
+            f"{args.request}: {', '.join(given)} cannot be set here: the request carries the "
+            "attributes, signed by the device; drop the option"
         )
     try:
         request = keystore.read_request(args.request)
@@ -199,7 +201,7 @@ def _enroll_request(args: argparse.Namespace) -> int:
         print(f"  requested   {_iso(request.time_ms)}")
         print(f"  valid for   {args.valid_days} days from now")
         if not args.yes and sys.stdin.isatty() and input("issue? [y/N] ").strip() != "y":
-            raise CliError("not issued")
+            raise CliError(f"{args.request}: not issued (answer y to issue it)")
         pw = keystore.passphrase(args.passphrase_file)
         authority = keystore.load_authority(args.authority, pw)
         cert = keystore.issue_from_request(

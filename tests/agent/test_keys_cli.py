@@ -445,7 +445,9 @@ def test_enroll_request_takes_the_attributes_from_the_request_only(
     assert _init_device(fleet / "d") == 0
     capsys.readouterr()
     assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "c", "--site", "x") == 2
-    assert "--site come from the request" in _error(capsys)
+    assert "--site cannot be set here" in _error(capsys)
+    assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "c", "--valid-days", "0") == 2
+    assert "--valid-days 0" in _error(capsys)
     (fleet / "c").write_bytes(b"")
     assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "c") == 2
     assert "already exists" in _error(capsys)
