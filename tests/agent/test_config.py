@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -363,21 +364,28 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "'params.fridge_setpoint_mc'",
         "'site'",
     ]
-    assert all(p.startswith(f"{path}: device ") for p in info.value.problems)
+    lines = path.read_text().splitlines()
+    keys = ("fridge_setpoint_mc", "site")
+    for problem, key in zip(sorted(info.value.problems), keys, strict=True):
+        # each problem names the file and the line of its field, then the device
+        n = int(problem.removeprefix(f"{path}: line ").split(":")[0])
+        assert problem.startswith(f"{path}: line {n}: device "), problem
+        assert lines[n - 1].strip().startswith(f"{key}:"), (problem, lines[n - 1])
 
 
 def test_files_that_are_not_yaml_mappings(tmp_path: Path) -> None:
     cases = {"missing.yaml": None, "broken.yaml": "devices: [unclosed", "list.yaml": "- 1\n"}
     expected = {
         "missing.yaml": "cannot read",
-        "broken.yaml": "not valid YAML",
+        "broken.yaml": r"line 2, column 1: not valid YAML: did not find expected ',' or ']' "
+        r"\(while parsing a flow sequence at line 1\)$",
         "list.yaml": "expected a mapping at the top level, found list",
     }
     for name, text in cases.items():
         path = tmp_path / name
         if text is not None:
             path.write_text(text)
-        with pytest.raises(ConfigError, match=f"^{path}: {expected[name]}"):
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {expected[name]}"):
             load_fleet(path)
 
 
