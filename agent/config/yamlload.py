@@ -170,8 +170,9 @@ def _check(root: Node, source: str) -> None:
                 line = node.start_mark.line + 1
                 raise ConfigError(
                     [
-                        f"{source}: line {line}: refused: the document expands to more than "
-                        f"{MAX_NODES:,} nodes (aliases counted as the copies they stand for)"
+                        f"{source}: line {line}: the document expands to more than "
+                        f"{MAX_NODES:,} nodes, each alias counted as a copy of what it names; "
+                        "a devices.yaml needs far fewer (an alias bomb?)"
                     ]
                 )
             size[key] = total
@@ -180,7 +181,10 @@ def _check(root: Node, source: str) -> None:
             continue
         if key in open_:
             raise ConfigError(
-                [f"{source}: line {node.start_mark.line + 1}: refused: an alias contains itself"]
+                [
+                    f"{source}: line {node.start_mark.line + 1}: an alias contains itself "
+                    "(a recursive alias); remove it"
+                ]
             )
         if isinstance(node, MappingNode):
             _no_duplicate_keys(node, source)

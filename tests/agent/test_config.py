@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import re
+import time
+import tracemalloc
 import typing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.cli.main import build_parser, main
 from agent.config.devices import (
     DEVICE_KINDS,
     ConfigError,
@@ -21,6 +24,7 @@ from agent.config.devices import (
     parse_duration_ms,
     parse_fleet,
 )
+from agent.config.yamlload import MAX_NODES, read_yaml
 from firmware_sim.appliances import PARAMS_TYPES, RefrigeratorParams, WashingMachineParams
 from firmware_sim.fleet import Outage
 from firmware_sim.sensors.faults import FaultSpec
@@ -417,3 +421,146 @@ def test_durations(text: str, ms: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration like '90s'"):
         parse_duration_ms(text)
+
+
+# ------------------------------------------------------------------ input edges, through the CLI
+# Each hostile or mistaken devices.yaml is refused by `edgefleet run` with exit 2 and one line
+# on stderr naming the file, the line and what was expected, before anything is created.
+
+FLEET_HEAD = """\
+fleet: t
+start: 2025-01-06T00:00:00Z
+sites:
+  - {id: home-1, kind: household}
+"""
+FRIDGE = "  - {name: fridge-1, kind: refrigerator, site: home-1}\n"
+
+
+def run_refused(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI on ``text`` as devices.yaml; return its one line of error (without prefix)."""
+    path = tmp_path / "devices.yaml"
+    path.write_text(text)
+    data = tmp_path / "data"
+    args = ["run", "--devices", str(path), "--data", str(data), "--for", "1m", "--no-view"]
+    status = main([*args, "--broker", "memory"])
+    err = capsys.readouterr().err
+    assert (status, err.count("\n")) == (2, 1), f"exit {status}, stderr {err[:2000]!r}"
+    assert err.startswith(f"edgefleet: error: {path}: "), err
+    assert not data.exists(), "a refused devices.yaml created the data dir"
+    return err.removeprefix(f"edgefleet: error: {path}: ").rstrip("\n")
+
+
+def test_an_alias_bomb_is_refused_fast_and_small(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nine levels of nine aliases: 9**9 (387 million) strings from 700 bytes of YAML.
+    bomb = 'lol0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f"lol{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]\n" for k in range(1, 9)
+    )
+    text = FLEET_HEAD + "devices:\n" + FRIDGE + bomb
+    build_parser()  # import every command first: what is measured is the refusal alone
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        err = run_refused(tmp_path, text, capsys)
+        took = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # line 12 (lol5, 9**6 strings) is the first to expand past the budget
+    assert err == (
+        f"line 12: the document expands to more than {MAX_NODES:,} nodes, each alias counted "
+        "as a copy of what it names; a devices.yaml needs far fewer (an alias bomb?)"
+    )
+    assert took < 1.0, f"refusing the bomb took {took:.2f} s"
+    assert peak < 20 << 20, f"refusing the bomb peaked at {peak >> 20} MiB"
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_refused(tmp_path, FLEET_HEAD + "devices:\n" + FRIDGE + "loop: &x [*x]\n", capsys)
+    assert err == "line 7: an alias contains itself (a recursive alias); remove it"
+
+
+def test_a_document_within_the_node_budget_still_loads(tmp_path: Path) -> None:
+    # Aliases are fine while their expansion stays under the budget (here 9**4 = 6,561 nodes).
+    ok = 'x0: &a0 ["a","a","a","a","a","a","a","a","a"]\n' + "".join(
+        f"x{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]\n" for k in range(1, 4)
+    )
+    path = tmp_path / "devices.yaml"
+    path.write_text(ok)
+    data, _ = read_yaml(path)
+    assert isinstance(data, dict) and len(data["x3"][8][8][8]) == 9
+
+
+@pytest.mark.parametrize("width", ["99999999", "999999999", "64"])
+def test_a_huge_width_in_a_name_template_is_one_short_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], width: str
+) -> None:
+    text = (
+        FLEET_HEAD
+        + "devices:\n"
+        + f"  - {{name: 'f-{{i:>{width}}}', count: 2, kind: refrigerator, site: home-1}}\n"
+    )
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        f"line 6: device 'f-{{i:>{width}}}' (devices[0] i=1): field 'name': bad pattern "
+        f"'f-{{i:>{width}}}': width or precision {int(width)} is above 63 (the longest name)"
+    )
+
+
+def test_a_long_name_pattern_is_refused_without_echoing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = "f{i}" + "x" * 100_000
+    text = FLEET_HEAD + "devices:\n" + f"  - {{name: '{name}', count: 300, kind: refrigerator, "
+    err = run_refused(tmp_path, text + "site: home-1}\n", capsys)
+    assert "field 'name': expected at most 200 characters, found 100,004" in err, err
+    assert len(err) < 400, err
+
+
+def test_an_impossible_date_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = FLEET_HEAD.replace("2025-01-06T00:00:00Z", "2025-13-45") + "devices:\n" + FRIDGE
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        "line 2, column 8: not valid YAML: cannot read '2025-13-45' as timestamp: "
+        "month must be in 1..12"
+    )
+
+
+def test_a_duplicate_key_names_the_key_and_both_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = FLEET_HEAD + "devices:\n  - name: fridge-1\n    kind: refrigerator\n"
+    text += "    site: home-1\n    kind: washing_machine\n"
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        "line 9: duplicate key 'kind' (first at line 7): YAML would keep only the last; remove one"
+    )
+
+
+def test_a_syntax_error_names_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run_refused(tmp_path, FLEET_HEAD + "devices:\n  - {name: f, kind: [\n", capsys)
+    assert err.startswith("line 7, column 1: not valid YAML: "), err
+    assert "<unicode string>" not in err
+
+
+def test_a_wrong_site_pattern_in_a_group_of_300_is_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = FLEET_HEAD + "devices:\n" + FRIDGE
+    text += "  - name: fridge-{i:03d}\n    count: 300\n    kind: refrigerator\n"
+    text += "    site: home-{i:03d}\n"
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        "line 10: 300 devices of group 'fridge-{i:03d}' (devices[1] i=1..300; the first "
+        "shown): field 'site': no site 'home-001'; sites are ['home-1']"
+    )
+
+
+def test_a_start_outside_the_supported_years_is_refused() -> None:
+    with pytest.raises(ConfigError, match="field 'start': expected a start from 1970 to 2999"):
+        parse_fleet(doc(start=datetime(1969, 12, 31, tzinfo=UTC)), F)
