@@ -17,6 +17,9 @@ from ledger.identity import device_id_for
 KINDS = ("refrigerator", "washing_machine", "medical_freezer")
 
 
+MAX_VALID_DAYS = 100 * 366  # a certificate's not-after stays a small, sane time
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="fleet authority, device enrollment and key files")
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -70,6 +73,8 @@ def _init_authority(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    if not 1 <= args.valid_days <= MAX_VALID_DAYS:
+        raise CliError(f"--valid-days: expected 1 to {MAX_VALID_DAYS}, found {args.valid_days}")
     try:
         pw = keystore.passphrase(args.passphrase_file)
         authority = keystore.load_authority(args.authority, pw)

@@ -190,3 +190,16 @@ def test_serials_increase_and_revocation_blocks_the_device(fleet: Path) -> None:
     )
     with pytest.raises(RevokedError):
         keys.key_for(keys.certificate.device_key.key_id, 0)
+
+
+@pytest.mark.parametrize("days", ["0", "-5", str(10**9)])
+def test_a_validity_out_of_range_is_one_line_before_any_file(
+    fleet: Path, capsys: pytest.CaptureFixture[str], days: str
+) -> None:
+    args = ["keys", "enroll", "--authority", str(fleet / "auth"), "--out", str(fleet / "d")]
+    args += ["--kind", "refrigerator", "--model", "m", "--site", "s", "--valid-days", days]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"edgefleet: error: --valid-days: expected 1 to 36600, found {days}\n"
+    assert not (fleet / "d").exists()
