@@ -158,14 +158,14 @@ def _check(root: Node, source: str) -> None:
     budget, so what it costs is bounded by the file, however large the expansion."""
     size: dict[int, int] = {}
     open_: set[int] = set()  # on the current path: met again, it is a recursive alias
-    stack: list[tuple[Node, bool]] = [(root, False)]
+    # (node, None): to visit; (node, its children): every child sized, size the node itself.
+    stack: list[tuple[Node, list[Node] | None]] = [(root, None)]
     while stack:
-        node, done = stack.pop()
+        node, kids = stack.pop()
         key = id(node)
-        kids = _children(node)
-        if done:
+        if kids is not None:
             open_.discard(key)
-            total = 1 + sum(size[id(k)] for k in kids)
+            total = 1 + sum(1 if isinstance(k, ScalarNode) else size[id(k)] for k in kids)
             if total > MAX_NODES:
                 line = node.start_mark.line + 1
                 raise ConfigError(
@@ -188,9 +188,11 @@ def _check(root: Node, source: str) -> None:
             )
         if isinstance(node, MappingNode):
             _no_duplicate_keys(node, source)
+        kids = _children(node)
         open_.add(key)
-        stack.append((node, True))
-        stack.extend((k, False) for k in kids if id(k) not in size)
+        stack.append((node, kids))
+        # scalars are leaves of size 1: sized where their parent is, never stacked
+        stack.extend((k, None) for k in kids if not isinstance(k, ScalarNode))
 
 
 def _children(node: Node) -> list[Node]:

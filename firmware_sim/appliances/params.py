@@ -11,6 +11,7 @@ mode" where a docstring says so.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -289,6 +290,13 @@ def param_defaults(kind: str) -> dict[str, object]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
+@functools.cache
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    # Resolving the string annotations costs about a millisecond per call: once per params
+    # class, not once per device (a 100,000-device group spent 70 s here).
+    return typing.get_type_hints(cls)
+
+
 def _params_type(kind: str) -> type[Any]:
     try:
         return PARAMS_TYPES[kind]
@@ -324,7 +332,7 @@ def build_params(kind: str, overrides: Mapping[str, object] | None) -> Any:
     Raises ParamsError (a ValueError) naming the offending key and the kind.
     """
     cls = _params_type(kind)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     valid = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, object] = {}
     for key, value in (overrides or {}).items():

@@ -25,7 +25,12 @@ from agent.config.devices import (
     parse_fleet,
 )
 from agent.config.yamlload import MAX_NODES, read_yaml
-from firmware_sim.appliances import PARAMS_TYPES, RefrigeratorParams, WashingMachineParams
+from firmware_sim.appliances import (
+    APPLIANCE_TYPES,
+    PARAMS_TYPES,
+    RefrigeratorParams,
+    WashingMachineParams,
+)
 from firmware_sim.fleet import Outage
 from firmware_sim.sensors.faults import FaultSpec
 from firmware_sim.world import DAY_MS, HOUR_MS, SITE_KINDS
@@ -99,7 +104,17 @@ def test_the_sample_devices_yaml_loads() -> None:
     assert cfg.world.shopping.at_min == 17 * 60 + 30
     assert cfg.world.laundry.weekdays == (2, 5)
     assert cfg.world.blood.transit_ms == 3 * HOUR_MS
-    assert [d.name for d in cfg.fleet_spec().devices] == [d.name for d in cfg.devices]
+    spec = cfg.fleet_spec()  # firmware_sim's own specs, handed over as they are, not copied
+    assert spec.devices == tuple(d.spec for d in cfg.devices)
+    assert spec.sites == tuple(s.spec for s in cfg.sites)
+
+
+def test_the_kinds_and_default_models_are_firmware_sims() -> None:
+    cfg = parse_fleet(BASE, "x.yaml")
+    assert {d.kind for d in cfg.devices} == set(APPLIANCE_TYPES) == set(DEVICE_KINDS)
+    for d in cfg.devices:
+        assert d.model == APPLIANCE_TYPES[d.kind].model_name != ""
+    assert cfg.device("fridge-1").model == "edgefleet sim fridge-freezer"  # in certificates
 
 
 def test_defaults_fill_everything_not_given() -> None:
