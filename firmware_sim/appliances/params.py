@@ -11,7 +11,6 @@ mode" where a docstring says so.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -290,11 +289,16 @@ def param_defaults(kind: str) -> dict[str, object]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
-@functools.cache
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
 def _type_hints(cls: type[Any]) -> dict[str, Any]:
     # Resolving the string annotations costs about a millisecond per call: once per params
     # class, not once per device (a 100,000-device group spent 70 s here).
-    return typing.get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _params_type(kind: str) -> type[Any]:
