@@ -157,7 +157,7 @@ class _Expander:
     def run(self) -> FleetConfig:
         raw = self.raw
         if not NAME_RE.fullmatch(raw.fleet):
-            self.problem("", "fleet", f"must match {NAME_RE.pattern}, found {raw.fleet!r}")
+            self.problem("", "fleet", f"must match {NAME_RE.pattern}, found {clip(raw.fleet)}")
         start_ms = (raw.start - EPOCH) // timedelta(milliseconds=1)
         sites = self._sites()
         site_by_id = {s.id: s for s in sites}
@@ -222,14 +222,14 @@ class _Expander:
             self.entry = ("gossip_domains", k)
             if not NAME_RE.fullmatch(d.id):
                 self.problem(
-                    f"gossip domain {d.id!r} (gossip_domains[{k}])",
+                    f"gossip domain {clip(d.id)} (gossip_domains[{k}])",
                     "id",
                     f"must match {NAME_RE.pattern}",
                 )
             elif d.id in out:
                 if d.id not in sites:
                     self.problem(
-                        f"gossip domain {d.id!r} (gossip_domains[{k}])", "id", "declared twice"
+                        f"gossip domain {clip(d.id)} (gossip_domains[{k}])", "id", "declared twice"
                     )
             else:
                 out.append(d.id)
@@ -295,7 +295,9 @@ class _Expander:
         for j, d in enumerate(dom if rd.domains else ()):
             if d not in domains:
                 self.problem(
-                    where, f"domains[{j}]", f"{d!r} is neither a site nor a declared gossip domain"
+                    where,
+                    f"domains[{j}]",
+                    f"{clip(d)} is neither a site nor a declared gossip domain",
                 )
         owner = (
             expand("owner", rd.owner) if rd.owner is not None else (site.owner if site else site_id)
@@ -356,7 +358,9 @@ class _Expander:
                 self._outage(rd, f, field, where, start_ms, outages)
                 continue
             if f.sensor is None:
-                self.problem(where, f"{field}.sensor", f"required for a {f.kind!r} sensor fault")
+                self.problem(
+                    where, f"{field}.sensor", f"required for a {clip(f.kind)} sensor fault"
+                )
                 continue
             try:
                 faults.append(
@@ -409,7 +413,7 @@ class _Expander:
             self.problem(
                 where,
                 "serial.driver",
-                f"expected one of {list(SERIAL_DRIVERS)}, found {s.driver!r}",
+                f"expected one of {list(SERIAL_DRIVERS)}, found {clip(s.driver)}",
             )
         for key in ("baud", "clock"):
             if key in s.options:
@@ -432,7 +436,7 @@ class _Expander:
                     self.problem(
                         "",
                         f"world.blood.routes[{k}].{role}",
-                        f"expected the name of a medical_freezer device, found {name!r}",
+                        f"expected the name of a medical_freezer device, found {clip(name)}",
                     )
             routes.append(BloodRoute(r.station, r.transport, r.hospital))
         b = w.blood
