@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.config.errors import ConfigError, clip
 from agent.config.model import MAX_NAME, NAME_RE, Device, FleetConfig, Replication, Site
-from agent.config.schema import EPOCH, RawDevice, RawFault, RawFleet
+from agent.config.schema import EPOCH, MAX_COUNT, RawDevice, RawFault, RawFleet
 from agent.config.yamlload import Lines
 from firmware_sim.appliances import APPLIANCE_TYPES, KINDS, build_params
 from firmware_sim.fleet import (
@@ -159,6 +159,16 @@ class _Expander:
         if not NAME_RE.fullmatch(raw.fleet):
             self.problem("", "fleet", f"must match {NAME_RE.pattern}, found {clip(raw.fleet)}")
         start_ms = (raw.start - EPOCH) // timedelta(milliseconds=1)
+        # Counted groups multiply what a line costs, as aliases do: bound the whole fleet
+        # before building any of it (a thousand groups of 100,000 would be 10**8 devices).
+        for what, entries in (("sites", raw.sites), ("devices", raw.devices)):
+            total = sum(1 if e.count is None else e.count for e in entries)
+            if total > MAX_COUNT:
+                self.problem(
+                    "", what, f"expected at most {MAX_COUNT:,} {what} in all, found {total:,}"
+                )
+        if self.problems:
+            raise ConfigError(self.report())
         sites = self._sites()
         site_by_id = {s.id: s for s in sites}
         domains = self._domains(site_by_id)

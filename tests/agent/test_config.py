@@ -355,6 +355,15 @@ BAD_FILES: dict[str, tuple[dict[str, Any], str]] = {
         f"{F}: site 'h1' (sites[0] i=1): field 'owner': only the placeholder",
     ),
     "no-devices": (doc(devices=[]), f"{F}: field 'devices': List should have at least 1 item"),
+    "too-many-devices": (
+        doc(
+            devices=[
+                {"name": f"f{k}-{{i}}", "count": 60_000, "kind": "refrigerator", "site": "home-1"}
+                for k in range(1000)
+            ]
+        ),
+        f"{F}: field 'devices': expected at most 100,000 devices in all, found 60,000,000",
+    ),
     "seed-not-int": (doc(seed="42"), f"{F}: field 'seed': Input should be a valid integer"),
 }
 
