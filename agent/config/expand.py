@@ -112,6 +112,8 @@ class _Expander:
         # The entry being expanded: ("devices", k) and its instance i, set by the loops below.
         self.entry: tuple[str, int] | None = None
         self.i: int | None = None
+        # The params of devices[k] and their problems: the same for every instance of a group.
+        self._params_of: dict[int, tuple[Any, list[tuple[str | None, str]]]] = {}
 
     def problem(self, where: str, field: str | None, msg: str) -> None:
         """Record a problem of the entry being expanded (or of the document, ``where == ""``)."""
@@ -328,6 +330,21 @@ class _Expander:
         )
 
     def _params(self, rd: RawDevice, where: str) -> Any:
+        """The params of the entry being expanded, checked once per entry, not per instance."""
+        k = self.entry[1] if self.entry is not None else -1
+        cached = self._params_of.get(k)
+        if cached is None:
+            before = len(self.problems)
+            value = self._check_params(rd, where)
+            found = [(p.field, p.msg) for p in self.problems[before:]]
+            self._params_of[k] = cached = (value, found)
+            return value
+        value, found = cached
+        for field, msg in found:
+            self.problem(where, field, msg)
+        return value
+
+    def _check_params(self, rd: RawDevice, where: str) -> Any:
         overrides = dict(rd.params)
         if rd.sampling_period is not None:
             if "sample_period_ms" in overrides:

@@ -588,3 +588,16 @@ def test_a_wrong_site_pattern_in_a_group_of_300_is_one_error(
 def test_a_start_outside_the_supported_years_is_refused() -> None:
     with pytest.raises(ConfigError, match="field 'start': expected a start from 1970 to 2999"):
         parse_fleet(doc(start=datetime(1969, 12, 31, tzinfo=UTC)), F)
+
+
+def test_a_bad_param_in_a_group_is_one_problem_and_a_good_one_is_shared() -> None:
+    group = {"name": "f-{i}", "count": 300, "kind": "refrigerator", "site": "home-1"}
+    with pytest.raises(ConfigError) as info:
+        parse_fleet(doc(devices=[{**group, "params": {"fridge_setpoint_mc": "cold"}}]), F)
+    assert info.value.problems == (
+        f"{F}: 300 devices of group 'f-{{i}}' (devices[0] i=1..300; the first shown): field "
+        "'params.fridge_setpoint_mc': parameter 'fridge_setpoint_mc' expects int, found str "
+        "'cold'",
+    )
+    cfg = parse_fleet(doc(devices=[{**group, "params": {"fridge_setpoint_mc": 4500}}]), F)
+    assert {d.params for d in cfg.devices} == {RefrigeratorParams(fridge_setpoint_mc=4500)}
