@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agent.errors import AgentError
+
 MAX_SHOWN = 20  # problems printed; the rest are counted
 
 
-class ConfigError(ValueError):
+class ConfigError(AgentError, ValueError, code="config"):
     """devices.yaml is unreadable or invalid; ``problems`` holds one line per problem, each
     naming the file (and its line where the YAML gives it), the device, site or group, the field,
     and what was expected."""

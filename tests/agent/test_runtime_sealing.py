@@ -18,7 +18,7 @@ from typing import cast
 from agent.device.runtime import DeviceAgent
 from agent.device.sealing import SealPolicy
 from agent.gossip.node import GossipNode
-from agent.gossip.sim import START_MS, Authority
+from agent.protocol.sim import START_MS, Authority
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock, SimClock
 from firmware_sim.samples import Sample

@@ -24,7 +24,7 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip import wire
 from agent.gossip.node import GossipNode
-from agent.gossip.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock
 from firmware_sim.samples import Sample
