@@ -23,6 +23,9 @@ from ledger.identity import device_id_for
 KINDS = ("refrigerator", "washing_machine", "medical_freezer")
 
 
+MAX_VALID_DAYS = 100 * 366  # a certificate's not-after stays a small, sane time
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="fleet authority, device enrollment and key files")
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -144,8 +147,8 @@ def _init_device(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    if args.valid_days < 1:
-        raise CliError(f"--valid-days {args.valid_days}: a certificate is valid for 1 day or more")
+    if not 1 <= args.valid_days <= MAX_VALID_DAYS:
+        raise CliError(f"--valid-days: expected 1 to {MAX_VALID_DAYS}, found {args.valid_days}")
     if args.request is not None:
         return _enroll_request(args)
     missing = [f"--{n}" for n in ("kind", "model", "site") if getattr(args, n) is None]

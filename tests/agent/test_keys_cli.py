@@ -196,6 +196,19 @@ def test_serials_increase_and_revocation_blocks_the_device(fleet: Path) -> None:
         keys.key_for(keys.certificate.device_key.key_id, 0)
 
 
+@pytest.mark.parametrize("days", ["0", "-5", str(10**9)])
+def test_a_validity_out_of_range_is_one_line_before_any_file(
+    fleet: Path, capsys: pytest.CaptureFixture[str], days: str
+) -> None:
+    args = ["keys", "enroll", "--authority", str(fleet / "auth"), "--out", str(fleet / "d")]
+    args += ["--kind", "refrigerator", "--model", "m", "--site", "s", "--valid-days", days]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"edgefleet: error: --valid-days: expected 1 to 36600, found {days}\n"
+    assert not (fleet / "d").exists()
+
+
 def test_init_owner_writes_an_encrypted_key_file(
     fleet: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -447,7 +460,7 @@ def test_enroll_request_takes_the_attributes_from_the_request_only(
     assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "c", "--site", "x") == 2
     assert "--site cannot be set here" in _error(capsys)
     assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "c", "--valid-days", "0") == 2
-    assert "--valid-days 0" in _error(capsys)
+    assert "--valid-days: expected 1 to 36600, found 0" in _error(capsys)
     (fleet / "c").write_bytes(b"")
     assert _enroll_request(fleet, fleet / "d" / "enroll.req", fleet / "c") == 2
     assert "already exists" in _error(capsys)

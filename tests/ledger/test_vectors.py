@@ -49,6 +49,7 @@ def dom(name: str) -> bytes:
         "BUNDLE_DIGEST": b"edgefleet/v1/bundle-digest",
         "SEAL_EPHEMERAL": b"edgefleet/v1/seal-ephemeral",
         "EPOCH": b"edgefleet/v1/epoch",
+        "ENROLL_REQUEST": b"edgefleet/v1/enroll-request",
     }[name] + b"\x00"
 
 
