@@ -1,0 +1,225 @@
+""".tlog-proof files: formats' marshal vectors, strict parsing with named mutations, edgefleet
+header proofs from a real store, and the byte-exact vectors of docs/PROTOCOL.md section 16."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from ledger.checkpoint import (
+    Checkpoint,
+    checkpoint_for,
+    device_origin,
+    device_signer,
+    device_verifier,
+    fleet_label,
+)
+from ledger.cosignature import Cosigner
+from ledger.errors import DecodeError, ProofError, SignatureError, UsageError, VerificationError
+from ledger.identity import SigningKey
+from ledger.merkle import inclusion_proof, root_from_leaf_hashes
+from ledger.note import Note, parse_note, sign_note
+from ledger.store import Store
+from ledger.tlogproof import (
+    TlogProof,
+    export_header_proof,
+    parse_tlog_proof,
+    verify_header_proof,
+    verify_tlog_proof,
+)
+
+
+def _seed(label: str) -> SigningKey:
+    return SigningKey(hashlib.sha256(label.encode()).digest())
+
+
+# --- the vectors of docs/PROTOCOL.md section 16 ---------------------------------------------------
+FLEET_KEY = _seed("edgefleet-c2sp-fleet")
+DEVICE_KEY = _seed("edgefleet-c2sp-device")
+WITNESS_KEY = _seed("edgefleet-c2sp-witness")
+LEAVES = [hashlib.sha256(b"edgefleet-c2sp-leaf" + bytes([i])).digest() for i in range(5)]
+TIMESTAMP = 1_700_000_000
+
+V_ORIGIN = "edgefleet/6b32440361a9381f/ef4gvfbklktcb7krh5afolunsz/epoch/0"
+V_DEVICE_VKEY = f"{V_ORIGIN}+8af9eeb2+AXsD+a3veSENsMLNr4MM/DFJPSx+LQkCI3mHKQYty5ZU"
+V_WITNESS_VKEY = (
+    "witness.edgefleet.invalid/w1+92b5b100+BPOoKcofikW7k3fnD0YV1lF1DTuEtrnmbRGneMvkG58a"
+)
+V_TEXT = f"{V_ORIGIN}\n5\nM1WRzQdqAsi+5u6326XfyBHOi32H6Az3/pJzWM+E5RU=\n"
+V_NOTE = (
+    V_TEXT + "\n"
+    f"\u2014 {V_ORIGIN} ivnusoP7/KjaJRr2vnE185UaQ1gyW7LwTZH/s4ZfTALEBUPHyF2VpPedsx+IkZHekD3q0KgG8N"
+    "TVKB8Squ/e3bUHfQk=\n"
+    "\u2014 witness.edgefleet.invalid/w1 krWxAAAAAABlU/EA6BwDjJ8nnzqLioK2MGtCbpEcDlcsfVm+DfLymAa+W"
+    "bd88ZyKRZIJnSfzITc+JO1zIs0YC1upQUCuDzhtLyyuBQ==\n"
+).encode()
+V_PROOF = (
+    b"c2sp.org/tlog-proof@v1\nextra bGVhZiAy\nindex 2\n"
+    b"4UYorIJY0Eke2NULhyonXGmpsnIIuOlaAjcCn5XQ0Qk=\n"
+    b"SjefxPek38cC84QCmclj3AUA1yTROShLhTGdx/atMFA=\n"
+    b"W8kpL+G8jkyS4nrO+j42l0V9sBa5NRvTNqWRDKTad3E=\n\n" + V_NOTE
+)
+
+
+def vector_note() -> tuple[str, Note]:
+    fleet = fleet_label(FLEET_KEY.public)
+    origin = device_origin(fleet, DEVICE_KEY.public.device_id, 0)
+    cp = Checkpoint(origin, len(LEAVES), root_from_leaf_hashes(LEAVES))
+    note = sign_note(cp.text(), device_signer(origin, DEVICE_KEY))
+    witness = Cosigner("witness.edgefleet.invalid/w1", WITNESS_KEY)
+    return origin, witness.cosign_note(note, TIMESTAMP)
+
+
+def vector_proof() -> bytes:
+    _, note = vector_note()
+    return TlogProof(2, tuple(inclusion_proof(LEAVES, 2)), note, b"leaf 2").encode()
+
+
+def test_vectors_are_byte_exact() -> None:
+    origin, note = vector_note()
+    assert origin == V_ORIGIN
+    assert device_verifier(origin, DEVICE_KEY.public).vkey() == V_DEVICE_VKEY
+    witness = Cosigner("witness.edgefleet.invalid/w1", WITNESS_KEY)
+    assert witness.verifier.vkey() == V_WITNESS_VKEY
+    assert note.encode() == V_NOTE
+    assert vector_proof() == V_PROOF
+    proof = parse_tlog_proof(V_PROOF)
+    got = verify_tlog_proof(
+        proof, LEAVES[2], device_verifier(origin, DEVICE_KEY.public), [witness.verifier], 1
+    )
+    assert got.cosigners == (("witness.edgefleet.invalid/w1", TIMESTAMP),)
+
+
+# --- transparency-dev/formats proof/tlog_proof_test.go: TestMarshal ------------------------------
+H1 = hashlib.sha256(b"hash1").digest()
+H2 = hashlib.sha256(b"hash2").digest()
+CHECKPOINT_NOTE = sign_note(
+    "example.com/log\n10\n" + base64.b64encode(bytes(32)).decode() + "\n",
+    device_signer("example.com/log", _seed("c2sp-formats")),
+)
+
+
+def _b64(h: bytes) -> str:
+    return base64.b64encode(h).decode()
+
+
+def test_layout_matches_formats_marshal() -> None:
+    body = CHECKPOINT_NOTE.encode()
+    p = TlogProof(5, (H1, H2), CHECKPOINT_NOTE)
+    assert (
+        p.encode() == f"c2sp.org/tlog-proof@v1\nindex 5\n{_b64(H1)}\n{_b64(H2)}\n\n".encode() + body
+    )
+    extra = b"extra information"
+    p = TlogProof(10, (H1,), CHECKPOINT_NOTE, extra)
+    want = f"c2sp.org/tlog-proof@v1\nextra {_b64(extra)}\nindex 10\n{_b64(H1)}\n\n".encode() + body
+    assert p.encode() == want
+    assert (
+        TlogProof(0, (), CHECKPOINT_NOTE).encode() == b"c2sp.org/tlog-proof@v1\nindex 0\n\n" + body
+    )
+    for q in (p, TlogProof(0, (), CHECKPOINT_NOTE)):
+        assert parse_tlog_proof(q.encode()) == q
+
+
+GOOD = TlogProof(5, (H1, H2), CHECKPOINT_NOTE, b"x").encode()
+BODY = CHECKPOINT_NOTE.encode()
+PROOF_MUTATIONS = [
+    ("missing-header", GOOD.replace(b"c2sp.org/tlog-proof@v1", b"wrong-header")),
+    ("header-v2", GOOD.replace(b"@v1", b"@v2")),
+    ("extra-not-base64", GOOD.replace(b"extra eA==", b"extra !!notbase64!!")),
+    ("extra-empty", GOOD.replace(b"extra eA==", b"extra ")),
+    ("extra-after-index", b"c2sp.org/tlog-proof@v1\nindex 0\nextra eA==\n\n" + BODY),
+    ("missing-index", b"c2sp.org/tlog-proof@v1\n\n" + BODY),
+    ("index-not-a-number", b"c2sp.org/tlog-proof@v1\nindex notanumber\n\n" + BODY),
+    ("index-negative", b"c2sp.org/tlog-proof@v1\nindex -5\n\n" + BODY),
+    ("index-leading-zero", b"c2sp.org/tlog-proof@v1\nindex 05\n\n" + BODY),
+    ("index-2^63", f"c2sp.org/tlog-proof@v1\nindex {1 << 63}\n\n".encode() + BODY),
+    ("hash-not-base64", b"c2sp.org/tlog-proof@v1\nindex 0\n!!notbase64!!\n\n" + BODY),
+    ("hash-64-bytes", f"c2sp.org/tlog-proof@v1\nindex 0\n{_b64(bytes(64))}\n\n".encode() + BODY),
+    (
+        "64-hashes",
+        b"c2sp.org/tlog-proof@v1\nindex 0\n" + (_b64(H1) + "\n").encode() * 64 + b"\n" + BODY,
+    ),
+    ("no-empty-line", GOOD.replace(b"\n\n", b"\n", 1)),
+    ("crlf", GOOD.replace(b"\n", b"\r\n")),
+    ("trailing-garbage", GOOD + b"garbage\n"),
+    ("no-checkpoint", b"c2sp.org/tlog-proof@v1\nindex 0\n\n"),
+    ("huge-line", b"c2sp.org/tlog-proof@v1\nindex 0\n" + b"a" * (65 * 1024) + b"\n\n" + BODY),
+]
+
+
+@pytest.mark.parametrize(
+    "data", [m[1] for m in PROOF_MUTATIONS], ids=[m[0] for m in PROOF_MUTATIONS]
+)
+def test_proof_mutation_is_refused(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        parse_tlog_proof(data)
+
+
+def test_every_truncation_is_refused() -> None:
+    for n in range(len(GOOD)):
+        with pytest.raises(DecodeError):
+            parse_tlog_proof(GOOD[:n])
+
+
+# --- verification ---------------------------------------------------------------------------------
+
+
+def test_inclusion_mutations() -> None:
+    origin, note = vector_note()
+    log = device_verifier(origin, DEVICE_KEY.public)
+    path = tuple(inclusion_proof(LEAVES, 2))
+    verify_tlog_proof(TlogProof(2, path, note), LEAVES[2], log)
+    cases = [
+        ("wrong-leaf", TlogProof(2, path, note), LEAVES[3], ProofError),
+        ("wrong-index", TlogProof(3, path, note), LEAVES[2], ProofError),
+        ("index-beyond-size", TlogProof(5, path, note), LEAVES[2], ProofError),
+        (
+            "modified-proof[0]-bit-@3",
+            TlogProof(2, (bytes([path[0][0] ^ 8]) + path[0][1:], *path[1:]), note),
+            LEAVES[2],
+            ProofError,
+        ),
+        ("proof-too-short", TlogProof(2, path[:-1], note), LEAVES[2], ProofError),
+        ("proof-extended", TlogProof(2, (*path, path[0]), note), LEAVES[2], ProofError),
+    ]
+    for name, proof, leaf, error in cases:
+        with pytest.raises(error):
+            verify_tlog_proof(proof, leaf, log)
+        assert name
+    tampered = Note(note.text.replace("\n5\n", "\n6\n"), note.signatures)
+    with pytest.raises(SignatureError):
+        verify_tlog_proof(TlogProof(2, path, tampered), LEAVES[2], log)
+    with pytest.raises(VerificationError):
+        verify_tlog_proof(
+            TlogProof(2, path, note), LEAVES[2], device_verifier(origin, FLEET_KEY.public)
+        )
+
+
+def test_header_proof_from_a_store(
+    chain_store: Store, authority: SigningKey, device_key: SigningKey
+) -> None:
+    fleet = fleet_label(authority.public)
+    note = checkpoint_for(chain_store, fleet, device_key)
+    head = chain_store.head()
+    assert head is not None
+    log = device_verifier(
+        device_origin(fleet, head.header.device_id, head.header.epoch), device_key.public
+    )
+    for height in range(head.header.height + 1):
+        data = export_header_proof(chain_store, height, note)
+        header, cosigned = verify_header_proof(data, log)
+        assert header.wire == chain_store.header_at(height).wire  # type: ignore[union-attr]
+        assert cosigned.checkpoint.size == head.header.height + 1
+    with pytest.raises(UsageError):
+        export_header_proof(chain_store, head.header.height + 1, note)
+    # The index must be the header's height, even with a path that would fit another leaf.
+    p = parse_tlog_proof(export_header_proof(chain_store, 0, note))
+    moved = TlogProof(1, p.hashes, p.note, p.extra).encode()
+    with pytest.raises(ProofError):
+        verify_header_proof(moved, log)
+    without_extra = TlogProof(0, p.hashes, p.note).encode()
+    with pytest.raises(DecodeError, match="extra"):
+        verify_header_proof(without_extra, log)
+    assert parse_note(note.encode()) == note
