@@ -1,0 +1,151 @@
+"""An implementation this project did not write accepts our C2SP artifacts: aics-tlog (PyPI).
+
+aics-tlog needs Python >= 3.12 and our environment is 3.11, so it cannot join the dev group: the
+test runs ``aics_check.py`` under the interpreter named by ``EDGEFLEET_AICS_PYTHON`` (or the first
+``python3.12``/``python3.13`` on PATH that imports ``aics_tlog``) and is skipped when there is none.
+Set one up with ``python3.12 -m venv V && V/bin/pip install aics-tlog`` and
+``EDGEFLEET_AICS_PYTHON=V/bin/python``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ledger.chain import ChainWriter
+from ledger.checkpoint import (
+    checkpoint_for,
+    device_origin,
+    device_verifier,
+    fleet_label,
+    parse_checkpoint,
+)
+from ledger.cosignature import Cosigner
+from ledger.identity import SigningKey
+from ledger.merkle import consistency_proof
+from ledger.note import Note, Signature, sign_note
+from ledger.store import Store
+from ledger.tlogproof import export_header_proof
+from tests.ledger import test_note, test_tlogproof
+
+HELPER = Path(__file__).with_name("aics_check.py")
+
+
+def _aics_python() -> str | None:
+    named = os.environ.get("EDGEFLEET_AICS_PYTHON")
+    candidates = [named] if named else [shutil.which(n) for n in ("python3.12", "python3.13")]
+    for exe in candidates:
+        if (
+            exe
+            and subprocess.run(
+                [exe, "-c", "import aics_tlog"], capture_output=True, timeout=60, check=False
+            ).returncode
+            == 0
+        ):
+            return exe
+    return None
+
+
+AICS = _aics_python()
+pytestmark = [
+    pytest.mark.subprocess,
+    pytest.mark.skipif(AICS is None, reason="no Python >= 3.12 with aics-tlog installed"),
+]
+
+
+def _run(checks: list[dict[str, object]]) -> list[bool]:
+    assert AICS is not None
+    out = subprocess.run(
+        [AICS, str(HELPER)],
+        input=json.dumps(checks),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result: list[bool] = json.loads(out.stdout)
+    return result
+
+
+def test_aics_tlog_accepts_our_notes_checkpoints_cosignatures_and_proofs(
+    chain_store: Store, authority: SigningKey, device_key: SigningKey
+) -> None:
+    fleet = fleet_label(authority.public)
+    head = chain_store.head()
+    assert head is not None
+    origin = device_origin(fleet, head.header.device_id, head.header.epoch)
+    log_vkey = device_verifier(origin, device_key.public).vkey()
+    witness = Cosigner("witness.edgefleet.invalid/w9", SigningKey(bytes(range(32))))
+    old_note = witness.cosign_note(checkpoint_for(chain_store, fleet, device_key), 1_700_000_123)
+    proof = export_header_proof(chain_store, 1, old_note)
+    writer = ChainWriter(chain_store, device_key, device_key.public.device_id)
+    writer.record(2_000_000_000_000, "temp_mc", 1, None)
+    writer.seal()
+    new_note = checkpoint_for(chain_store, fleet, device_key)
+    old, new = parse_checkpoint(old_note.text), parse_checkpoint(new_note.text)
+    cons = consistency_proof(chain_store.own_header_hashes(), old.size, new.size)
+    log_sig, cosig = old_note.signatures
+    flipped = Signature(
+        cosig.name, cosig.key_id, cosig.data[:7] + bytes([cosig.data[7] ^ 1]) + cosig.data[8:]
+    )
+    tampered = Note(old_note.text, (log_sig, flipped)).encode().decode()  # timestamp off by one
+
+    checks: list[dict[str, object]] = [
+        {
+            "kind": "note",
+            "note": sign_note(test_note.TEXT, test_note.peter_signer()).encode().decode(),
+            "vkeys": [test_note.PETER_VKEY],
+        },
+        {
+            "kind": "checkpoint",
+            "note": test_tlogproof.V_NOTE.decode(),
+            "origin": test_tlogproof.V_ORIGIN,
+            "log": test_tlogproof.V_DEVICE_VKEY,
+            "witnesses": [test_tlogproof.V_WITNESS_VKEY],
+            "quorum": 1,
+        },
+        {
+            "kind": "checkpoint",
+            "note": old_note.encode().decode(),
+            "origin": origin,
+            "log": log_vkey,
+            "witnesses": [witness.verifier.vkey()],
+            "quorum": 1,
+        },
+        {
+            "kind": "tlog-proof",
+            "proof": proof.decode(),
+            "origin": origin,
+            "log": log_vkey,
+            "leaf_hash": base64.b64encode(chain_store.own_header_hashes()[1]).decode(),
+        },
+        {
+            "kind": "consistency",
+            "old": old.text(),
+            "new": new.text(),
+            "proof": [base64.b64encode(h).decode() for h in cons],
+        },
+        # Controls: the same checks must fail on a tampered cosignature and a wrong leaf.
+        {
+            "kind": "checkpoint",
+            "note": tampered,
+            "origin": origin,
+            "log": log_vkey,
+            "witnesses": [witness.verifier.vkey()],
+            "quorum": 1,
+        },
+        {
+            "kind": "tlog-proof",
+            "proof": proof.decode(),
+            "origin": origin,
+            "log": log_vkey,
+            "leaf_hash": base64.b64encode(chain_store.own_header_hashes()[2]).decode(),
+        },
+    ]
+    assert _run(checks) == [True, True, True, True, True, False, False]
