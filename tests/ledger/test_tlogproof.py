@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,36 @@ def test_header_proof_from_a_store(
     with pytest.raises(DecodeError, match="extra"):
         verify_header_proof(without_extra, log)
     assert parse_note(note.encode()) == note
+
+
+def _doc_block(name: str) -> bytes:
+    doc = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    begin, end = f"<!-- c2sp-{name}:begin -->\n```\n", f"```\n<!-- c2sp-{name}:end -->"
+    return doc[doc.index(begin) + len(begin) : doc.index(end)].encode()
+
+
+def test_protocol_md_shows_the_vectors_byte_for_byte() -> None:
+    assert _doc_block("note") == V_NOTE
+    assert _doc_block("proof") == V_PROOF
+
+
+def test_protocol_md_table_values_are_the_code_s() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## 16. Checkpoints") :]
+    _, note = vector_note()
+    values = [
+        FLEET_KEY.seed.hex(),
+        FLEET_KEY.public.raw.hex(),
+        FLEET_KEY.key_id.hex(),
+        DEVICE_KEY.seed.hex(),
+        DEVICE_KEY.public.raw.hex(),
+        DEVICE_KEY.public.device_id,
+        WITNESS_KEY.seed.hex(),
+        WITNESS_KEY.public.raw.hex(),
+        root_from_leaf_hashes(LEAVES).hex(),
+        inclusion_proof(LEAVES, 2)[1].hex(),
+        *(s.data.hex() for s in note.signatures),
+        *(h.hex()[:8] for h in LEAVES),
+    ]
+    for value in values:
+        assert f"`{value}" in section, value
