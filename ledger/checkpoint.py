@@ -51,6 +51,7 @@ __all__ = [
     "Checkpoint",
     "DeviceLog",
     "checkpoint_for",
+    "checkpoint_of_hashes",
     "device_origin",
     "device_signer",
     "device_verifier",
@@ -92,8 +93,10 @@ def _check(c: Checkpoint) -> None:
     w = "checkpoint"
     if not isinstance(c.origin, str) or not c.origin:
         raise DecodeError(w, "origin: expected a non-empty line")
-    if len(c.origin.encode("utf-8")) > MAX_KEY_NAME_BYTES or "\n" in c.origin:
-        raise DecodeError(w, f"origin: expected one line of at most {MAX_KEY_NAME_BYTES} bytes")
+    if len(c.origin.encode("utf-8")) > MAX_KEY_NAME_BYTES:
+        raise DecodeError(w, f"origin: expected at most {MAX_KEY_NAME_BYTES} bytes")
+    if any(ord(ch) < 0x20 for ch in c.origin):
+        raise DecodeError(w, "origin: control character")
     if type(c.size) is not int or not 0 <= c.size <= MAX_TREE_SIZE:
         raise DecodeError(w, f"size: expected an integer in 0..2^63-1, found {c.size!r}")
     if type(c.root_hash) is not bytes or len(c.root_hash) != HASH_SIZE:
@@ -118,8 +121,6 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if len(lines) < 3:
         raise DecodeError(w, f"expected origin, size and root hash lines, found {len(lines)} lines")
     origin, size, root = lines[0], lines[1], lines[2]
-    if any(ord(ch) < 0x20 for ch in origin):
-        raise DecodeError(w, "origin: control character")
     if not _SIZE_RE.fullmatch(size):
         raise DecodeError(w, f"size: expected a decimal without leading zeroes, found {size!r}")
     if int(size) > MAX_TREE_SIZE:

@@ -27,7 +27,7 @@ from ledger.block import SignedHeader, decode_header
 from ledger.checkpoint import parse_checkpoint, parse_device_origin
 from ledger.cosignature import CosignatureVerifier, CosignedCheckpoint, verify_cosigned
 from ledger.errors import DecodeError, ProofError, UsageError
-from ledger.merkle import HASH_SIZE, inclusion_proof, verify_inclusion
+from ledger.merkle import HASH_SIZE, inclusion_proof, root_from_leaf_hashes, verify_inclusion
 from ledger.note import MAX_NOTE_BYTES, Note, NoteVerifier, b64decode, b64encode, parse_note
 
 if TYPE_CHECKING:
@@ -155,6 +155,9 @@ def export_header_proof(store: Store, height: int, checkpoint: Note) -> bytes:
     hashes = store.own_header_hashes()
     if cp.size > len(hashes) or not 0 <= height < cp.size:
         raise UsageError(f"tlog proof: height {height} not in a checkpoint of size {cp.size}")
+    if root_from_leaf_hashes(hashes[: cp.size]) != cp.root_hash:
+        # e.g. a checkpoint of an earlier epoch whose superseded heads this store no longer has
+        raise UsageError("tlog proof: the checkpoint is not of this store's chain")
     header = store.header_at(height)
     if header is None or header.hash != hashes[height]:
         raise UsageError(f"tlog proof: no own header at height {height}")

@@ -4,10 +4,13 @@ header proofs from a real store, and the byte-exact vectors of docs/PROTOCOL.md 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.checkpoint import (
     Checkpoint,
@@ -257,3 +260,39 @@ def test_protocol_md_table_values_are_the_code_s() -> None:
     ]
     for value in values:
         assert f"`{value}" in section, value
+
+
+def test_export_refuses_a_checkpoint_of_another_tree(
+    chain_store: Store, device_key: SigningKey
+) -> None:
+    # Same origin and size as the store's, another root: the proof would not verify, so no file.
+    head = chain_store.head()
+    assert head is not None
+    origin = device_origin(fleet_label(FLEET_KEY.public), head.header.device_id, head.header.epoch)
+    foreign = Checkpoint(origin, head.header.height + 1, bytes(32))
+    note = sign_note(foreign.text(), device_signer(origin, device_key))
+    with pytest.raises(UsageError, match="not of this store"):
+        export_header_proof(chain_store, 0, note)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    index=st.integers(0, (1 << 63) - 2),
+    hashes=st.lists(st.binary(min_size=32, max_size=32), max_size=63),
+    extra=st.binary(max_size=64),
+)
+def test_round_trip(index: int, hashes: list[bytes], extra: bytes) -> None:
+    p = TlogProof(index, tuple(hashes), CHECKPOINT_NOTE, extra)
+    assert parse_tlog_proof(p.encode()) == p
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=200)
+    | st.builds(
+        lambda i, b: GOOD[:i] + b + GOOD[i:], st.integers(0, len(GOOD)), st.binary(max_size=4)
+    )
+)
+def test_fuzz_only_decode_errors_escape_parse(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        parse_tlog_proof(data)
