@@ -1,0 +1,176 @@
+"""The tlog-witness core: the spec's add-checkpoint body, and a witness that never cosigns two
+inconsistent checkpoints of one log (statuses 400/403/404/409/422 as the spec assigns them)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from ledger.checkpoint import (
+    Checkpoint,
+    checkpoint_of_hashes,
+    device_origin,
+    device_signer,
+    device_verifier,
+    fleet_label,
+)
+from ledger.cosignature import Cosigner, verify_cosigned
+from ledger.errors import DecodeError, LedgerError, SignatureError, UsageError
+from ledger.identity import SigningKey
+from ledger.merkle import consistency_proof
+from ledger.note import Note, sign_note
+from ledger.witness import (
+    AddCheckpoint,
+    Witness,
+    WitnessConflictError,
+    http_status,
+    parse_add_checkpoint,
+)
+
+# c2sp.org/tlog-witness, "add-checkpoint": the example request body.
+SPEC_BODY = (
+    "old 20852014\n"
+    "PlRNCrwHpqhGrupue0L7gxbjbMiKA9temvuZZDDpkaw=\n"
+    "jrJZDmY8Y7SyJE0MWLpLozkIVMSMZcD5kvuKxPC3swk=\n"
+    "5+pKlUdi2LeF/BcMHBn+Ku6yhPGNCswZZD1X/6QgPd8=\n"
+    "/6WVhPs2CwSsb5rYBH5cjHV/wSmA79abXAwhXw3Kj/0=\n"
+    "\n"
+    "example.com/behind-the-sofa\n"
+    "20852163\n"
+    "CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
+    "\n"
+    "— example.com/behind-the-sofa Az3grlgtzPICa5OS8npVmf1Myq/5IZniMp+ZJurmRDeOoRDe4URYN7u5/Zhcyv"
+    "2q1gGzGku9nTo+zyWE+xeMcTOAYQ8=\n"
+    "— example.com/behind-the-sofa opLqBQsREYCgu6xQkYQwJr9fo45a62DN9EdmHXnZdXNqlcVGlCum2Wks+49/V6"
+    "267UEjw6QUXTS5Rovnzv++qbSzm9Q=\n"
+).encode()
+
+
+def test_spec_request_parses_and_re_encodes() -> None:
+    req = parse_add_checkpoint(SPEC_BODY)
+    assert req.old_size == 20852014 and len(req.proof) == 4
+    assert req.note.text.startswith("example.com/behind-the-sofa\n20852163\n")
+    assert len(req.note.signatures) == 2
+    assert req.encode() == SPEC_BODY
+
+
+BODY_MUTATIONS = [
+    ("no-old-line", SPEC_BODY.replace(b"old 20852014\n", b"")),
+    ("old-leading-zero", SPEC_BODY.replace(b"old 20852014", b"old 020852014")),
+    ("old-negative", SPEC_BODY.replace(b"old 20852014", b"old -1")),
+    ("old-without-space", SPEC_BODY.replace(b"old 20852014", b"old20852014")),
+    ("proof-line-not-base64", SPEC_BODY.replace(b"PlRNCrwHpqhG", b"PlRNCrwHpq!G")),
+    (
+        "proof-line-short",
+        SPEC_BODY.replace(b"PlRNCrwHpqhGrupue0L7gxbjbMiKA9temvuZZDDpkaw=", b"AAAA"),
+    ),
+    (
+        "64-proof-lines",
+        b"old 1\n"
+        + b"PlRNCrwHpqhGrupue0L7gxbjbMiKA9temvuZZDDpkaw=\n" * 64
+        + SPEC_BODY[SPEC_BODY.index(b"\n\n") + 1 :],
+    ),
+    ("crlf", SPEC_BODY.replace(b"\n", b"\r\n")),
+    ("no-empty-line", SPEC_BODY.replace(b"\n\nexample", b"\nexample")),
+]
+
+
+@pytest.mark.parametrize("body", [m[1] for m in BODY_MUTATIONS], ids=[m[0] for m in BODY_MUTATIONS])
+def test_request_mutation_is_refused(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        parse_add_checkpoint(body)
+
+
+FLEET = fleet_label(SigningKey(hashlib.sha256(b"witness-fleet").digest()).public)
+DEVICE = SigningKey(hashlib.sha256(b"witness-device").digest())
+ORIGIN = device_origin(FLEET, DEVICE.public.device_id, 0)
+LEAVES = [hashlib.sha256(bytes([i])).digest() for i in range(9)]
+COSIGNER = Cosigner("peer.edgefleet.invalid/w", SigningKey(hashlib.sha256(b"witness-w").digest()))
+
+
+def _note(size: int, origin: str = ORIGIN, leaves: list[bytes] = LEAVES) -> Note:
+    cp = checkpoint_of_hashes(origin, leaves[:size])
+    return sign_note(cp.text(), device_signer(origin, DEVICE))
+
+
+def _request(old: int, size: int, leaves: list[bytes] = LEAVES) -> AddCheckpoint:
+    proof = consistency_proof(leaves[:size], old, size) if 0 < old < size else []
+    return AddCheckpoint(old, tuple(proof), _note(size, leaves=leaves))
+
+
+def _witness() -> Witness:
+    return Witness(COSIGNER, {ORIGIN: device_verifier(ORIGIN, DEVICE.public)})
+
+
+def test_witness_follows_a_growing_log_and_its_cosignatures_verify() -> None:
+    w = _witness()
+    for old, size in ((0, 3), (3, 3), (3, 7), (7, 9)):
+        req = parse_add_checkpoint(_request(old, size).encode())
+        sig = w.add_checkpoint(req, now=1_700_000_000 + size)
+        cosigned = verify_cosigned(
+            req.note.with_signature(sig),
+            device_verifier(ORIGIN, DEVICE.public),
+            [COSIGNER.verifier],
+            1,
+        )
+        assert cosigned.checkpoint.size == size == w.state()[ORIGIN].size
+
+
+def _status(w: Witness, req: AddCheckpoint) -> int:
+    with pytest.raises(LedgerError) as info:
+        w.add_checkpoint(req, now=1)
+    return http_status(info.value)
+
+
+def test_refusals_and_their_statuses() -> None:
+    w = _witness()
+    w.add_checkpoint(_request(0, 4), now=1)
+    forked = [*LEAVES[:3], hashlib.sha256(b"fork").digest(), *LEAVES[4:]]
+    # 409: the log must start from what the witness last cosigned, and learns that size.
+    with pytest.raises(WitnessConflictError) as info:
+        w.add_checkpoint(_request(3, 5), now=1)
+    assert info.value.latest_size == 4 and http_status(info.value) == 409
+    assert _status(w, _request(0, 5)) == 409
+    # 422: a fork at the same size, or an extension of a fork, has no consistency proof.
+    assert _status(w, _request(4, 4, forked)) == 422
+    assert _status(w, _request(4, 6, forked)) == 422
+    assert _status(w, AddCheckpoint(4, (LEAVES[0],), _note(6))) == 422
+    # 400: old above the new size.
+    assert _status(w, AddCheckpoint(5, (), _note(4))) == 400
+    # 404: not a configured origin (another epoch is another log).
+    other = device_origin(FLEET, DEVICE.public.device_id, 1)
+    assert _status(w, AddCheckpoint(0, (), _note(2, origin=other))) == 404
+    # 403: not signed by the log's key.
+    stranger = SigningKey(bytes(32))
+    cp = checkpoint_of_hashes(ORIGIN, LEAVES[:5])
+    assert (
+        _status(w, AddCheckpoint(4, (), sign_note(cp.text(), device_signer(ORIGIN, stranger))))
+        == 403
+    )
+    bad = _note(5)
+    sig = bad.signatures[0]
+    flipped = Note(bad.text, (type(sig)(sig.name, sig.key_id, bytes(64)),))
+    with pytest.raises(SignatureError):
+        w.add_checkpoint(
+            AddCheckpoint(4, tuple(consistency_proof(LEAVES[:5], 4, 5)), flipped), now=1
+        )
+    # None of the refusals moved the witness.
+    assert w.state()[ORIGIN].size == 4
+
+
+def test_state_survives_a_restart_and_from_zero_needs_no_proof() -> None:
+    w = _witness()
+    w.add_checkpoint(_request(0, 4), now=1)
+    again = Witness(COSIGNER, {ORIGIN: device_verifier(ORIGIN, DEVICE.public)}, w.state())
+    assert _status(again, _request(0, 6)) == 409
+    again.add_checkpoint(_request(4, 6), now=2)
+    fresh = _witness()
+    assert _status(fresh, AddCheckpoint(0, (LEAVES[0],), _note(3))) == 422
+    assert fresh.add_checkpoint(AddCheckpoint(0, (), _note(0)), now=3)
+    assert fresh.state()[ORIGIN] == Checkpoint(ORIGIN, 0, hashlib.sha256(b"").digest())
+
+
+def test_a_log_key_cannot_witness_itself() -> None:
+    with pytest.raises(UsageError):
+        Witness(Cosigner("x", DEVICE), {ORIGIN: device_verifier(ORIGIN, DEVICE.public)})
