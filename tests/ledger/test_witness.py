@@ -7,8 +7,10 @@ import hashlib
 
 import pytest
 
+from ledger.chain import ChainWriter
 from ledger.checkpoint import (
     Checkpoint,
+    checkpoint_for,
     checkpoint_of_hashes,
     device_origin,
     device_signer,
@@ -20,6 +22,7 @@ from ledger.errors import DecodeError, LedgerError, SignatureError, UsageError
 from ledger.identity import SigningKey
 from ledger.merkle import consistency_proof
 from ledger.note import Note, sign_note
+from ledger.store import Store
 from ledger.witness import (
     AddCheckpoint,
     Witness,
@@ -174,3 +177,23 @@ def test_state_survives_a_restart_and_from_zero_needs_no_proof() -> None:
 def test_a_log_key_cannot_witness_itself() -> None:
     with pytest.raises(UsageError):
         Witness(Cosigner("x", DEVICE), {ORIGIN: device_verifier(ORIGIN, DEVICE.public)})
+
+
+def test_a_new_epoch_is_a_new_log_for_a_witness(
+    chain_store: Store, authority: SigningKey, device_key: SigningKey
+) -> None:
+    fleet = fleet_label(authority.public)
+    device = device_key.public.device_id
+    origins = [device_origin(fleet, device, e) for e in (0, 1)]
+    w = Witness(COSIGNER, {o: device_verifier(o, device_key.public) for o in origins})
+    first = checkpoint_for(chain_store, fleet, device_key)
+    assert first.text.startswith(origins[0] + "\n3\n")
+    w.add_checkpoint(AddCheckpoint(0, (), first), now=1)
+    writer = ChainWriter(chain_store, device_key, device, epoch=1)  # as after a restore
+    writer.record(2_000_000_000_000, "temp_mc", 1, None)
+    writer.seal()
+    second = checkpoint_for(chain_store, fleet, device_key)
+    assert second.text.startswith(origins[1] + "\n4\n")
+    # The epoch-1 log starts from 0 at the witness, whatever it cosigned in epoch 0.
+    w.add_checkpoint(AddCheckpoint(0, (), second), now=2)
+    assert {o: cp.size for o, cp in w.state().items()} == {origins[0]: 3, origins[1]: 4}
