@@ -1,21 +1,49 @@
-"""Run under an interpreter that has aics-tlog (PyPI; Python >= 3.12), not ours: it checks the
-C2SP artifacts test_c2sp_outside.py made with an implementation this project did not write.
+"""Run under an interpreter that has aics-tlog and aics-witness (PyPI; Python >= 3.12), not
+ours: it checks the C2SP artifacts test_c2sp_outside.py made with implementations this project
+did not write, and has aics-witness answer our add-checkpoint requests.
 
-Reads a JSON list of checks on stdin, prints a JSON list of booleans (one per check) on stdout.
-Imports nothing of edgefleet's: only aics_tlog and the standard library.
+Reads a JSON list of checks on stdin, prints a JSON list of results (one per check) on stdout:
+a boolean, or for a ``witness`` check the list of its answers (a cosignature line, or the HTTP
+status of a refusal). Imports nothing of edgefleet's.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import aics_tlog
 
 
-def _check(c: dict) -> bool:
+def _witness(c: dict) -> list[object]:
+    import aics_witness
+    from aics_witness.store import parse_seed_hex
+
+    answers: list[object] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = aics_witness.WitnessStore(Path(tmp) / "w.db", create=True)
+        log = aics_witness.LogConfig(c["origin"], (aics_tlog.parse_vkey(c["log"]),))
+        clock = itertools.count(c["time"])  # one second later at every reading
+        w = aics_witness.Witness(
+            c["name"], parse_seed_hex(c["seed"]), store, [log], clock=lambda: next(clock)
+        )
+        for body in c["bodies"]:
+            try:
+                answers.append(w.add_checkpoint(body.encode()).decode())
+            except aics_witness.WitnessError as e:
+                answers.append(e.status)
+        store.close()
+    return answers
+
+
+def _check(c: dict) -> object:
     kind = c["kind"]
+    if kind == "witness":
+        return _witness(c)
     try:
         if kind == "note":
             note = aics_tlog.parse_note(c["note"])

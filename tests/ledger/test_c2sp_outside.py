@@ -1,9 +1,10 @@
-"""An implementation this project did not write accepts our C2SP artifacts: aics-tlog (PyPI).
+"""Implementations this project did not write accept our C2SP artifacts and speak our witness
+protocol: aics-tlog and aics-witness (PyPI).
 
-aics-tlog needs Python >= 3.12 and our environment is 3.11, so it cannot join the dev group: the
-test runs ``aics_check.py`` under the interpreter named by ``EDGEFLEET_AICS_PYTHON`` (or the first
-``python3.12``/``python3.13`` on PATH that imports ``aics_tlog``) and is skipped when there is none.
-Set one up with ``python3.12 -m venv V && V/bin/pip install aics-tlog`` and
+Both need Python >= 3.12 and our environment is 3.11, so they cannot join the dev group: the tests
+run ``aics_check.py`` under the interpreter named by ``EDGEFLEET_AICS_PYTHON`` (or the first
+``python3.12``/``python3.13`` on PATH that imports both) and are skipped when there is none. Set
+one up with ``python3.12 -m venv V && V/bin/pip install aics-tlog aics-witness`` and
 ``EDGEFLEET_AICS_PYTHON=V/bin/python``.
 """
 
@@ -20,18 +21,22 @@ import pytest
 
 from ledger.chain import ChainWriter
 from ledger.checkpoint import (
+    Checkpoint,
     checkpoint_for,
     device_origin,
+    device_signer,
     device_verifier,
     fleet_label,
     parse_checkpoint,
 )
-from ledger.cosignature import Cosigner
+from ledger.cosignature import Cosigner, verify_cosigned
+from ledger.errors import LedgerError
 from ledger.identity import SigningKey
 from ledger.merkle import consistency_proof
-from ledger.note import Note, Signature, sign_note
+from ledger.note import Note, Signature, parse_note, sign_note
 from ledger.store import Store
 from ledger.tlogproof import export_header_proof
+from ledger.witness import AddCheckpoint, Witness, http_status
 from tests.ledger import test_note, test_tlogproof
 
 HELPER = Path(__file__).with_name("aics_check.py")
@@ -44,7 +49,10 @@ def _aics_python() -> str | None:
         if (
             exe
             and subprocess.run(
-                [exe, "-c", "import aics_tlog"], capture_output=True, timeout=60, check=False
+                [exe, "-c", "import aics_tlog, aics_witness"],
+                capture_output=True,
+                timeout=60,
+                check=False,
             ).returncode
             == 0
         ):
@@ -55,11 +63,13 @@ def _aics_python() -> str | None:
 AICS = _aics_python()
 pytestmark = [
     pytest.mark.subprocess,
-    pytest.mark.skipif(AICS is None, reason="no Python >= 3.12 with aics-tlog installed"),
+    pytest.mark.skipif(
+        AICS is None, reason="no Python >= 3.12 with aics-tlog and aics-witness installed"
+    ),
 ]
 
 
-def _run(checks: list[dict[str, object]]) -> list[bool]:
+def _run(checks: list[dict[str, object]]) -> list[object]:
     assert AICS is not None
     out = subprocess.run(
         [AICS, str(HELPER)],
@@ -69,7 +79,7 @@ def _run(checks: list[dict[str, object]]) -> list[bool]:
         timeout=120,
         check=True,
     )
-    result: list[bool] = json.loads(out.stdout)
+    result: list[object] = json.loads(out.stdout)
     return result
 
 
@@ -149,3 +159,64 @@ def test_aics_tlog_accepts_our_notes_checkpoints_cosignatures_and_proofs(
         },
     ]
     assert _run(checks) == [True, True, True, True, True, False, False]
+
+
+def test_aics_witness_cosigns_our_requests_and_we_accept_its_cosignatures(
+    chain_store: Store, authority: SigningKey, device_key: SigningKey
+) -> None:
+    fleet = fleet_label(authority.public)
+    device = device_key.public.device_id
+    origin = device_origin(fleet, device, 0)
+    log = device_verifier(origin, device_key.public)
+    seed = bytes(range(1, 33))
+    theirs = Cosigner("aics.witness.invalid/w", SigningKey(seed))  # the same key, to verify with
+    first = checkpoint_for(chain_store, fleet, device_key)
+    writer = ChainWriter(chain_store, device_key, device)
+    writer.record(2_000_000_000_000, "temp_mc", 1, None)
+    writer.seal()
+    second = checkpoint_for(chain_store, fleet, device_key)
+    hashes = chain_store.own_header_hashes()
+    proof = tuple(consistency_proof(hashes, 3, 4))
+    fork = sign_note(Checkpoint(origin, 4, bytes(32)).text(), device_signer(origin, device_key))
+    stranger = device_origin(fleet, device, 7)
+    requests = [
+        AddCheckpoint(0, (), first),  # cosigned
+        AddCheckpoint(3, proof, second),  # cosigned
+        AddCheckpoint(3, proof, second),  # 409: it last cosigned size 4
+        AddCheckpoint(4, (), fork),  # 422: same size, another root
+        AddCheckpoint(
+            0,
+            (),
+            sign_note(
+                parse_checkpoint(first.text).text().replace(origin, stranger),
+                device_signer(stranger, device_key),
+            ),
+        ),  # 404
+    ]
+    (answers,) = _run(
+        [
+            {
+                "kind": "witness",
+                "name": theirs.name,
+                "seed": seed.hex(),
+                "origin": origin,
+                "log": log.vkey(),
+                "time": 1_700_000_000,
+                "bodies": [r.encode().decode() for r in requests],
+            }
+        ]
+    )
+    assert answers[2:] == [409, 422, 404]
+    for req, line in zip(requests[:2], answers[:2], strict=True):
+        note = parse_note((req.note.text + "\n" + req.note.signatures[0].line() + line).encode())
+        cosigned = verify_cosigned(note, log, [theirs.verifier], 1)
+        assert cosigned.cosigners[0][0] == theirs.name
+    # Our witness core gives the same answers to the same requests.
+    ours = Witness(theirs, {origin: log})
+    got: list[object] = []
+    for req in requests:
+        try:
+            got.append(ours.add_checkpoint(req, now=1_700_000_000).line())
+        except LedgerError as exc:
+            got.append(http_status(exc))
+    assert got[2:] == [409, 422, 404] and all(isinstance(g, str) for g in got[:2])
