@@ -4,8 +4,12 @@ inconsistent checkpoints of one log (statuses 400/403/404/409/422 as the spec as
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from ledger.chain import ChainWriter
 from ledger.checkpoint import (
@@ -197,3 +201,66 @@ def test_a_new_epoch_is_a_new_log_for_a_witness(
     # The epoch-1 log starts from 0 at the witness, whatever it cosigned in epoch 0.
     w.add_checkpoint(AddCheckpoint(0, (), second), now=2)
     assert {o: cp.size for o, cp in w.state().items()} == {origins[0]: 3, origins[1]: 4}
+
+
+class WitnessMachine(RuleBasedStateMachine):
+    """A log that grows and sometimes forks, a witness fed honest, stale and forked requests:
+    whatever it cosigns, in order, is one append-only history (each cosigned tree is a prefix of
+    the next), which is all a witness promises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.witness = _witness()
+        self.leaves: list[bytes] = []
+        self.counter = 0
+        self.cosigned: list[tuple[int, bytes, list[bytes]]] = []  # size, root, the leaves behind
+
+    def _fresh(self, n: int) -> list[bytes]:
+        out = [
+            hashlib.sha256(b"m" + (self.counter + i).to_bytes(4, "big")).digest() for i in range(n)
+        ]
+        self.counter += n
+        return out
+
+    def _submit(self, leaves: list[bytes], old: int, size: int) -> None:
+        proof = consistency_proof(leaves[:size], old, size) if 0 < old < size <= len(leaves) else []
+        req = AddCheckpoint(old, tuple(proof), _note(size, leaves=leaves))
+        status = 200
+        try:
+            self.witness.add_checkpoint(req, now=1)
+        except LedgerError as exc:
+            status = http_status(exc)
+        assert status in (200, 400, 409, 422)  # never 403/404: signed by the log, known origin
+        if status != 200:
+            return
+        cp = checkpoint_of_hashes(ORIGIN, leaves[:size])
+        self.cosigned.append((cp.size, cp.root_hash, leaves[:size]))
+
+    @rule(n=st.integers(1, 5))
+    def append(self, n: int) -> None:
+        self.leaves += self._fresh(n)
+
+    @rule(data=st.data())
+    def submit_honest(self, data: st.DataObject) -> None:
+        size = data.draw(st.integers(0, len(self.leaves)))
+        latest = self.witness.state().get(ORIGIN)
+        old = data.draw(st.sampled_from([0 if latest is None else latest.size, 0, size]))
+        self._submit(self.leaves, min(old, size) if data.draw(st.booleans()) else old, size)
+
+    @rule(data=st.data())
+    def submit_fork(self, data: st.DataObject) -> None:
+        keep = data.draw(st.integers(0, len(self.leaves)))
+        forked = self.leaves[:keep] + self._fresh(data.draw(st.integers(1, 4)))
+        latest = self.witness.state().get(ORIGIN)
+        old = 0 if latest is None else latest.size
+        self._submit(forked, old, data.draw(st.integers(0, len(forked))))
+
+    @invariant()
+    def one_append_only_history(self) -> None:
+        for (size_a, root_a, _), (size_b, _, leaves_b) in itertools.pairwise(self.cosigned):
+            assert size_a <= size_b
+            assert checkpoint_of_hashes(ORIGIN, leaves_b[:size_a]).root_hash == root_a
+
+
+TestWitnessMachine = WitnessMachine.TestCase
+TestWitnessMachine.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
