@@ -11,9 +11,16 @@ This module owns the proof's text and its verification:
   lead from the leaf at ``index`` to the checkpoint's root.
 
 For edgefleet a leaf is a device header (its hash is the leaf hash, checkpoint.py), and the extra
-data is the signed header's wire bytes, so a verifier recomputes the leaf hash from the file
-alone: ``export_header_proof`` writes one from a store, ``verify_header_proof`` checks one. The
-header's own signature is checked by the caller against the key in force at its height
+data lets a verifier recompute the leaf hash from the file alone:
+
+- a **header proof** carries the signed header's wire bytes (``export_header_proof``,
+  ``verify_header_proof``);
+- a **reading proof** carries ``[format=1, header wire, reading wire, index in the block, RFC 9162
+  path of the reading's leaf hash to the header's merkle_root]`` in canonical MessagePack
+  (``export_reading_proof``, ``verify_reading_proof``): one reading of an item, from its bytes to
+  a checkpoint the log signed and witnesses cosigned.
+
+Header and reading signatures are checked by the caller against the key in force at that height
 (certs.DeviceKeys): the proof says the log committed to these bytes, not who may sign them.
 """
 
@@ -23,12 +30,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ledger.block import SignedHeader, decode_header
+from ledger import codec
+from ledger.block import MAX_READING_WIRE, MAX_READINGS, SignedHeader, decode_header
 from ledger.checkpoint import parse_checkpoint, parse_device_origin
 from ledger.cosignature import CosignatureVerifier, CosignedCheckpoint, verify_cosigned
 from ledger.errors import DecodeError, ProofError, UsageError
 from ledger.merkle import HASH_SIZE, inclusion_proof, root_from_leaf_hashes, verify_inclusion
 from ledger.note import MAX_NOTE_BYTES, Note, NoteVerifier, b64decode, b64encode, parse_note
+from ledger.reading import SignedReading, decode_reading
 
 if TYPE_CHECKING:
     from ledger.store import Store
@@ -39,8 +48,10 @@ __all__ = [
     "MAX_PROOF_HASHES",
     "TlogProof",
     "export_header_proof",
+    "export_reading_proof",
     "parse_tlog_proof",
     "verify_header_proof",
+    "verify_reading_proof",
     "verify_tlog_proof",
 ]
 
@@ -190,3 +201,63 @@ def verify_header_proof(
             "tlog proof: header epoch above the log's", f"<= {device.epoch}", header.header.epoch
         )
     return header, cosigned
+
+
+READING_PROOF_FORMAT = 1
+_MAX_READING_PATH = (MAX_READINGS - 1).bit_length()  # 12 hashes for 4096 readings
+_READING_EXTRA_LIMITS = codec.Limits(
+    max_bytes=MAX_EXTRA_BYTES,
+    max_array=max(5, _MAX_READING_PATH),
+    max_str=0,
+    max_bin=MAX_READING_WIRE,
+    shape=(5, _MAX_READING_PATH),
+)
+
+
+def export_reading_proof(store: Store, height: int, index: int, checkpoint: Note) -> bytes:
+    """The ``.tlog-proof`` of reading ``index`` of the own block at ``height`` in ``checkpoint``."""
+    header_file = parse_tlog_proof(export_header_proof(store, height, checkpoint))
+    block = store.block(height)
+    if block is None or not 0 <= index < len(block.readings):
+        raise UsageError(f"tlog proof: no reading {index} in the block at height {height}")
+    leaves = [r.leaf_hash for r in block.readings]
+    extra = codec.encode(
+        [
+            READING_PROOF_FORMAT,
+            header_file.extra,
+            block.readings[index].wire,
+            index,
+            list(inclusion_proof(leaves, index)),
+        ]
+    )
+    return TlogProof(height, header_file.hashes, checkpoint, extra).encode()
+
+
+def verify_reading_proof(
+    data: bytes,
+    log: NoteVerifier,
+    witnesses: Iterable[CosignatureVerifier] = (),
+    quorum: int = 0,
+) -> tuple[SignedReading, SignedHeader, CosignedCheckpoint]:
+    """Parse and verify a reading proof; return the reading, its header and the checkpoint.
+    Signatures of the reading and the header are the caller's to check (module docstring)."""
+    w = "reading proof"
+    proof = parse_tlog_proof(data)
+    f = codec.array(codec.decode(proof.extra, _READING_EXTRA_LIMITS, w), 5, w)
+    if type(f[0]) is not int or f[0] != READING_PROOF_FORMAT:
+        raise DecodeError(w, f"field format: expected {READING_PROOF_FORMAT}, found {f[0]!r}")
+    header_wire = codec.bin_(f[1], w, "header", maximum=MAX_READING_WIRE)
+    reading = decode_reading(codec.bin_(f[2], w, "reading", maximum=MAX_READING_WIRE))
+    index = codec.uint(f[3], w, "index", MAX_READINGS - 1)
+    if not isinstance(f[4], list):
+        raise DecodeError(w, "field path: expected an array of hashes")
+    path = [codec.bin_(h, w, "path", HASH_SIZE) for h in f[4]]
+    header_file = TlogProof(proof.index, proof.hashes, proof.note, header_wire).encode()
+    header, cosigned = verify_header_proof(header_file, log, witnesses, quorum)
+    h = header.header
+    if reading.reading.device_id != h.device_id:
+        raise ProofError("reading proof: reading device", h.device_id, reading.reading.device_id)
+    if not index < h.count:
+        raise ProofError("reading proof: index within the block", f"< {h.count}", index)
+    verify_inclusion(reading.leaf_hash, index, h.count, path, h.merkle_root)
+    return reading, header, cosigned

@@ -35,7 +35,7 @@ from ledger.identity import SigningKey
 from ledger.merkle import consistency_proof
 from ledger.note import Note, Signature, parse_note, sign_note
 from ledger.store import Store
-from ledger.tlogproof import export_header_proof
+from ledger.tlogproof import export_header_proof, export_reading_proof
 from ledger.witness import AddCheckpoint, Witness, http_status
 from tests.ledger import test_note, test_tlogproof
 
@@ -94,6 +94,7 @@ def test_aics_tlog_accepts_our_notes_checkpoints_cosignatures_and_proofs(
     witness = Cosigner("witness.edgefleet.invalid/w9", SigningKey(bytes(range(32))))
     old_note = witness.cosign_note(checkpoint_for(chain_store, fleet, device_key), 1_700_000_123)
     proof = export_header_proof(chain_store, 1, old_note)
+    reading_proof = export_reading_proof(chain_store, 1, 0, old_note)
     writer = ChainWriter(chain_store, device_key, device_key.public.device_id)
     writer.record(2_000_000_000_000, "temp_mc", 1, None)
     writer.seal()
@@ -141,6 +142,13 @@ def test_aics_tlog_accepts_our_notes_checkpoints_cosignatures_and_proofs(
             "new": new.text(),
             "proof": [base64.b64encode(h).decode() for h in cons],
         },
+        {
+            "kind": "tlog-proof",
+            "proof": reading_proof.decode(),
+            "origin": origin,
+            "log": log_vkey,
+            "leaf_hash": base64.b64encode(chain_store.own_header_hashes()[1]).decode(),
+        },
         # Controls: the same checks must fail on a tampered cosignature and a wrong leaf.
         {
             "kind": "checkpoint",
@@ -158,7 +166,7 @@ def test_aics_tlog_accepts_our_notes_checkpoints_cosignatures_and_proofs(
             "leaf_hash": base64.b64encode(chain_store.own_header_hashes()[2]).decode(),
         },
     ]
-    assert _run(checks) == [True, True, True, True, True, False, False]
+    assert _run(checks) == [True, True, True, True, True, True, False, False]
 
 
 def test_aics_witness_cosigns_our_requests_and_we_accept_its_cosignatures(

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,8 +31,10 @@ from ledger.store import Store
 from ledger.tlogproof import (
     TlogProof,
     export_header_proof,
+    export_reading_proof,
     parse_tlog_proof,
     verify_header_proof,
+    verify_reading_proof,
     verify_tlog_proof,
 )
 
@@ -170,6 +174,15 @@ def test_every_truncation_is_refused() -> None:
 # --- verification ---------------------------------------------------------------------------------
 
 
+def _refused(name: str, error: type[Exception], fn: Callable[..., object], *args: object) -> None:
+    """Assert that ``fn(*args)`` raises ``error``, naming the mutation when it does not."""
+    try:
+        fn(*args)
+    except error:
+        return
+    raise AssertionError(f"mutation {name!r} was accepted")
+
+
 def test_inclusion_mutations() -> None:
     origin, note = vector_note()
     log = device_verifier(origin, DEVICE_KEY.public)
@@ -189,9 +202,7 @@ def test_inclusion_mutations() -> None:
         ("proof-extended", TlogProof(2, (*path, path[0]), note), LEAVES[2], ProofError),
     ]
     for name, proof, leaf, error in cases:
-        with pytest.raises(error):
-            verify_tlog_proof(proof, leaf, log)
-        assert name
+        _refused(name, error, verify_tlog_proof, proof, leaf, log)
     tampered = Note(note.text.replace("\n5\n", "\n6\n"), note.signatures)
     with pytest.raises(SignatureError):
         verify_tlog_proof(TlogProof(2, path, tampered), LEAVES[2], log)
@@ -296,3 +307,71 @@ def test_round_trip(index: int, hashes: list[bytes], extra: bytes) -> None:
 def test_fuzz_only_decode_errors_escape_parse(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         parse_tlog_proof(data)
+
+
+def test_reading_proofs_from_a_store(
+    chain_store: Store, authority: SigningKey, device_key: SigningKey
+) -> None:
+    fleet = fleet_label(authority.public)
+    note = checkpoint_for(chain_store, fleet, device_key)
+    head = chain_store.head()
+    assert head is not None
+    log = device_verifier(
+        device_origin(fleet, head.header.device_id, head.header.epoch), device_key.public
+    )
+    for height in range(head.header.height + 1):
+        block = chain_store.block(height)
+        assert block is not None
+        for i, stored in enumerate(block.readings):
+            data = export_reading_proof(chain_store, height, i, note)
+            reading, header, _ = verify_reading_proof(data, log)
+            assert (reading.wire, header.wire) == (stored.wire, block.header.wire)
+            reading.verify(
+                device_key.public
+            )  # the caller's part: signatures under the key in force
+    with pytest.raises(UsageError):
+        export_reading_proof(chain_store, 0, 99, note)
+
+
+def _reading_extra(data: bytes) -> tuple[TlogProof, list[object]]:
+    p = parse_tlog_proof(data)
+    return p, msgpack.unpackb(p.extra)
+
+
+def _with_extra(p: TlogProof, fields: list[object]) -> bytes:
+    return TlogProof(p.index, p.hashes, p.note, msgpack.packb(fields)).encode()
+
+
+def test_reading_proof_mutations(
+    chain_store: Store, authority: SigningKey, device_key: SigningKey
+) -> None:
+    fleet = fleet_label(authority.public)
+    note = checkpoint_for(chain_store, fleet, device_key)
+    head = chain_store.head()
+    assert head is not None
+    log = device_verifier(
+        device_origin(fleet, head.header.device_id, head.header.epoch), device_key.public
+    )
+    p, f = _reading_extra(export_reading_proof(chain_store, 1, 1, note))
+    other = _reading_extra(export_reading_proof(chain_store, 1, 2, note))[1]
+    path = f[4]
+    assert isinstance(path, list) and path
+    cases: list[tuple[str, list[object], type[Exception]]] = [
+        ("format-2", [2, *f[1:]], DecodeError),
+        ("index-of-another-reading", [*f[:3], 2, f[4]], ProofError),
+        ("reading-of-another-index", [f[0], f[1], other[2], f[3], f[4]], ProofError),
+        (
+            "modified-path[0]-bit-@3",
+            [*f[:4], [bytes([path[0][0] ^ 8]) + path[0][1:], *path[1:]]],
+            ProofError,
+        ),
+        ("path-too-short", [*f[:4], path[:-1]], ProofError),
+        ("index-beyond-block", [*f[:3], 99, f[4]], ProofError),
+        ("four-fields", f[:4], DecodeError),
+        ("header-of-another-block", [f[0], chain_store.header_at(2).wire, *f[2:]], ProofError),  # type: ignore[union-attr]
+    ]
+    verify_reading_proof(_with_extra(p, f), log)
+    for name, fields, error in cases:
+        _refused(name, error, verify_reading_proof, _with_extra(p, fields), log)
+    with pytest.raises(DecodeError):
+        verify_reading_proof(TlogProof(p.index, p.hashes, p.note, b"\xc1").encode(), log)
