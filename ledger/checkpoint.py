@@ -21,7 +21,7 @@ This module owns the checkpoint text and which tree it describes:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -147,6 +147,7 @@ def fleet_label(root: PublicKey) -> str:
 
 
 def device_origin(fleet: str, device_id: str, epoch: int) -> str:
+    """``<fleet>/<device id>/epoch/<epoch>``: the origin of one device's log in one epoch."""
     if not _FLEET_RE.fullmatch(fleet):
         raise UsageError(f"fleet label: expected edgefleet/<16 hex digits>, found {fleet!r}")
     if not is_device_id(device_id):
@@ -181,6 +182,7 @@ def device_signer(origin: str, key: SigningKey) -> Ed25519Signer:
 
 
 def device_verifier(origin: str, public: PublicKey) -> Ed25519Verifier:
+    """The verifier of a device's checkpoints for one log (from its public key in force)."""
     return Ed25519Verifier(origin, public)
 
 
@@ -232,7 +234,7 @@ def open_checkpoint(
     return cp, opened.note
 
 
-def verify_checkpoint_consistency(old: Checkpoint, new: Checkpoint, proof: list[bytes]) -> None:
+def verify_checkpoint_consistency(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes]) -> None:
     """Raise ProofError unless ``new`` extends ``old`` (same origin; RFC 9162 consistency)."""
     if old.origin != new.origin:
         raise ProofError("checkpoint consistency: origin", old.origin, new.origin)

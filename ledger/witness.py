@@ -139,7 +139,7 @@ class Witness:
         if request.old_size != latest_size:
             raise WitnessConflictError(origin, latest_size, request.old_size)
         base = latest if latest is not None else Checkpoint(origin, 0, EMPTY_ROOT)
-        verify_checkpoint_consistency(base, new, list(request.proof))
+        verify_checkpoint_consistency(base, new, request.proof)
         self._latest[origin] = new
         return self._cosigner.cosign(request.note.text, now)
 
