@@ -46,6 +46,8 @@ from tests.agent.runner_helpers import (
 )
 from tests.agent.test_reliability import _duplicates, until
 
+pytestmark = pytest.mark.slow  # whole fleets, real brokers and processes: minutes in all
+
 SEED = 11
 MIN_MS = 60_000
 

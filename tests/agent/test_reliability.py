@@ -45,6 +45,8 @@ from tests.agent.runner_helpers import (
     write_fleet,
 )
 
+pytestmark = pytest.mark.slow  # whole fleets, real brokers and processes: minutes in all
+
 WAIT_S = 300.0  # hang guard for one awaited event of a subprocess; normally well under a second
 
 
