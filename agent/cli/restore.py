@@ -7,15 +7,15 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
+from agent.cli.fleetopts import add_broker, add_settle, fleet_log, parse_settle, parse_speed
 from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
 from agent.device.runtime import RestoreError
 from agent.fleet.datadir import DataDir
 from agent.fleet.restore_device import resolve_device, restore_device
 from agent.fleet.runner import RunOptions, install_signal_handlers
-from agent.transport.base import TransportError
 from agent.transport.brokers import BrokerError
+from agent.transport.errors import TransportError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,11 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="simulated time to run on after the restore, e.g. 1h (default: stop when restored)",
     )
     p.add_argument("--speed", default="max", help="simulated seconds per wall second, or max")
-    p.add_argument("--settle", type=float, default=10.0, help="wall seconds to converge at the end")
+    add_settle(p, "wall seconds to converge at the end")
     p.set_defaults(func=_restore)
 
 
 def _restore(args: argparse.Namespace) -> int:
+    speed, settle = parse_speed(args.speed), parse_settle(args.settle)
     try:
         cfg = load_fleet(args.devices)
         for_ms = parse_duration_ms(args.duration)
@@ -62,8 +63,8 @@ def _restore(args: argparse.Namespace) -> int:
         data=args.data,
         broker=args.broker,
         for_ms=for_ms,
-        speed=parse_speed(args.speed),
-        settle_s=args.settle,
+        speed=speed,
+        settle_s=settle,
         view=False,
     )
 

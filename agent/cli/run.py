@@ -7,13 +7,21 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
+from agent.cli.fleetopts import (
+    add_broker,
+    add_settle,
+    check_seed,
+    fleet_log,
+    make_data_dir,
+    parse_settle,
+    parse_speed,
+)
 from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
 from agent.device.sealing import SealPolicy
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
-from agent.transport.base import TransportError
 from agent.transport.brokers import BrokerError
+from agent.transport.errors import TransportError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,12 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--shard", default="0/1", help="run shard I of N (devices i %% N == I)")
     p.add_argument("--block-readings", type=int, default=64, help="seal at this many readings")
     p.add_argument("--block-age", default="10m", help="seal when the oldest reading is this old")
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=10.0,
-        help="wall seconds to wait at the end for gossip to converge",
-    )
+    add_settle(p, "wall seconds to wait at the end for gossip to converge")
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
     p.set_defaults(func=_run)
 
@@ -62,16 +65,16 @@ def _parse(args: argparse.Namespace) -> RunOptions:
     try:
         seal = SealPolicy(max_readings=args.block_readings, max_age_ms=age_ms)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(f"--block-readings/--block-age: {exc}") from None
     return RunOptions(
         data=args.data,
         broker=args.broker,
         for_ms=for_ms,
         speed=speed,
-        seed=args.seed,
+        seed=check_seed(args.seed),
         shard=(i, n),
         seal=seal,
-        settle_s=args.settle,
+        settle_s=parse_settle(args.settle),
         view=not args.no_view,
         realtime=args.realtime,
     )
@@ -83,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_fleet(args.devices)
     except (ConfigError, OSError) as exc:
         raise CliError(str(exc)) from None
-    args.data.mkdir(parents=True, exist_ok=True)
+    make_data_dir(args.data)
     runner = FleetRunner(cfg, opts)
 
     async def main() -> int:

@@ -56,11 +56,11 @@ class Replicator:
         store = self.agent.store
         limit = self.node.config.max_own_blocks
         own = await self.agent._locked(store.own_block_infos, limit)
-        events.append(RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(*i) for i in own)))
-        for _, _, wire in await self.agent._locked(store.receipts):
-            events.append(RI.ReceiptKnown(wire))
+        events.append(RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(**i._asdict()) for i in own)))
+        for receipt in await self.agent._locked(store.receipts):
+            events.append(RI.ReceiptKnown(receipt.wire))
         replicas = await self.agent._locked(store.replica_infos)
-        events.append(RI.ReplicasLoaded(tuple(RI.ReplicaInfo(*r) for r in replicas)))
+        events.append(RI.ReplicasLoaded(tuple(RI.ReplicaInfo(**r._asdict()) for r in replicas)))
         for event in events:
             await self.handle(event)
 

@@ -29,13 +29,15 @@ from typing import Any, TypeVar
 from agent.device.replicator import Replicator
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
+from agent.errors import AgentError
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.replication import inputs as RI
 from agent.replication.node import ReplicationNode
 from agent.replication.wire import is_replication_message
-from agent.transport.base import Delivery, Transport, TransportError
+from agent.transport.base import Delivery, Transport
+from agent.transport.errors import TransportError
 from firmware_sim.clock import Clock, Wakeup
 from firmware_sim.samples import Sample
 from ledger.block import Block, decode_block, decode_header
@@ -405,7 +407,7 @@ class DeviceAgent:
                         limit = self.replicator.node.config.max_own_blocks
                         infos = await self._locked(self.store.own_block_infos, limit)
                         await self.replicator.handle(
-                            RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(*i) for i in infos))
+                            RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(**i._asdict()) for i in infos))
                         )
                     self._log.info(
                         "restored through height %d (published head %d); signing resumes in "
@@ -580,5 +582,5 @@ def _nothing() -> None:
     """A store job that only writes the accepted peer headers (``DeviceAgent._job``)."""
 
 
-class RestoreError(Exception):
+class RestoreError(AgentError, code="restore"):
     """A device cannot be restored (its store is not empty, or its chain is out of reach)."""

@@ -36,6 +36,7 @@ from agent.device.runtime import DeviceAgent, RestoreError
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
 from agent.fleet.datadir import DataDir
+from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
     Provisioned,
     provision,
@@ -50,9 +51,10 @@ from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
-from agent.transport.base import Transport, raise_fd_limit
+from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
@@ -449,15 +451,24 @@ class FleetRunner:
             ]
             if missing:
                 store.put_certificates(missing)
+            # One trust store per device, shared by its cores: a credential is verified once.
+            gcfg = self.opts.gossip
+            trust = TrustStore(
+                prov.roots,
+                max_devices=gcfg.max_devices,
+                max_pending=gcfg.max_pending_rotations,
+                max_revocations=gcfg.max_revocations,
+            )
             node = GossipNode(
                 dev_id,
                 domains,
                 prov.roots,
                 random.Random(f"{cfg.seed}/gossip/{name}"),
-                config=self.opts.gossip,
+                config=gcfg,
                 now_ms=self.net_clock.now_ms(),
+                trust=trust,
             )
-            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov)
+            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov, trust)
             transport = await self._transport(dev_id, dev.domains)
             self._transports.append(transport)
             peers = sorted(set().union(*domains.values()) - {dev_id}) if domains else []
@@ -495,6 +506,7 @@ class FleetRunner:
         dev_id: str,
         domains: dict[str, set[str]],
         prov: Provisioned,
+        trust: TrustStore,
     ) -> ReplicationNode | None:
         """The device's replication core (docs/REPLICATION.md), or None when it is off."""
         spec = self.cfg.replication
@@ -508,7 +520,13 @@ class FleetRunner:
             rng=random.Random(f"{self.cfg.seed}/replication/{dev.name}"),
         )
         return ReplicationNode(
-            dev_id, key, domains, prov.roots, config=config, now_ms=self.net_clock.now_ms()
+            dev_id,
+            key,
+            domains,
+            prov.roots,
+            config=config,
+            now_ms=self.net_clock.now_ms(),
+            trust=trust,
         )
 
     # --- restore (agent/fleet/restore_device.py) ---------------------------------------------

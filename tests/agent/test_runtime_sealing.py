@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from agent.device.sealing import SealPolicy
-from agent.gossip.sim import START_MS, Authority
+from agent.protocol.sim import START_MS, Authority
 from firmware_sim.clock import SimClock
 from firmware_sim.samples import Sample
 from ledger.identity import SigningKey

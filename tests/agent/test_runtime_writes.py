@@ -27,7 +27,7 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip import wire
 from agent.gossip.node import GossipNode
-from agent.gossip.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from agent.transport.base import Delivery, Transport
 from firmware_sim.clock import Clock, SimClock
 from firmware_sim.samples import Sample
