@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -159,7 +159,7 @@ def run_agent(
                 await run
         await agent.shutdown()
 
-    clock.run(cast(Coroutine[Any, Any, None], main()))
+    clock.run(main())
 
 
 class Setup:
