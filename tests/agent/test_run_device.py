@@ -96,6 +96,14 @@ def test_a_pre_enrolled_device_runs_alone_and_seals_blocks_that_verify(
     assert checked.ok, checked.failures()
     assert [r["name"] for r in checked.doc["reports"]] == ["fridge-1"]
 
+    # The next run continues the same chain (resumed where the first stopped).
+    assert _run(site, "--device", "fridge-1") == 0, capsys.readouterr().err
+    with Store(site / "pi" / "devices" / "fridge-1" / "store.sqlite") as store:
+        later = store.head()
+    assert later is not None and later.header.height > head.header.height
+    again = verify(site / "pi")
+    assert again.ok and again.readings > checked.readings, again.failures()
+
 
 def test_the_passphrase_comes_from_a_file(
     site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -110,8 +118,10 @@ def test_the_passphrase_comes_from_a_file(
 
 
 def test_a_selected_device_without_a_key_gets_the_commands_that_enroll_it(
-    site: Path, capsys: pytest.CaptureFixture[str]
+    site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No passphrase at hand: what is missing is said before any passphrase is asked for.
+    monkeypatch.delenv("EDGEFLEET_PASSPHRASE")
     before = _files(site / "pi")
     assert _run(site, "--device", "fridge-1", "--device", "freezer-station") == 2
     err = capsys.readouterr().err
@@ -221,6 +231,27 @@ def test_no_passphrase_source_and_no_terminal_is_a_clear_error(
     key = site / "pi" / "devices" / "fridge-1" / "device.key"
     assert f"{key}: cannot unlock it: no passphrase: use --passphrase-file" in err
     assert not (site / "pi" / "passphrase").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_at_a_terminal_the_passphrase_is_asked_for_once(
+    site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGEFLEET_PASSPHRASE")
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    asked: list[str] = []
+
+    def getpass(prompt: str = "") -> str:
+        asked.append(prompt)
+        return PASSPHRASE
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    assert _run(site, "--device", "fridge-1") == 0, capsys.readouterr().err
+    assert asked == ["passphrase: "]
 
 
 def test_a_wrong_passphrase_is_one_line_naming_the_key_file(
