@@ -105,6 +105,34 @@ def test_a_pre_enrolled_device_runs_alone_and_seals_blocks_that_verify(
     assert again.ok and again.readings > checked.readings, again.failures()
 
 
+def test_two_devices_enrolled_on_one_machine_run_together_and_hold_each_others_chains(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = site / "pi" / "devices" / "freezer-station"
+    kind = ["--kind", "medical_freezer", "--model", "M-1", "--site", "blood-station-north"]
+    assert main(["keys", "init-device", "--dir", str(dev), *kind]) == 0
+    request = ["--request", str(dev / "enroll.req"), "--out", str(site / "fs.cert")]
+    assert main(["keys", "enroll", "--authority", str(site / "auth"), *request, "--yes"]) == 0
+    root = site / "auth" / "fleet-root.json"
+    assert (
+        main(
+            ["keys", "install-cert", "--dir", str(dev), str(site / "fs.cert"), "--root", str(root)]
+        )
+        == 0
+    )
+    capsys.readouterr()
+
+    assert _run(site, "--device", "fridge-1", "--device", "freezer-station") == 0, (
+        capsys.readouterr().err
+    )
+    assert "gossip converged" in capsys.readouterr().err
+    checked = verify(site / "pi")
+    assert checked.ok, checked.failures()
+    for name in ("fridge-1", "freezer-station"):  # both in the blood-chain domain
+        report = checked.report(name)
+        assert report["peers"] == 1 and report["peer_headers"] > 0, report
+
+
 def test_the_passphrase_comes_from_a_file(
     site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
