@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
+from typing import Any
 
 from agent.cli import bundle, keys, record, replay, restore, run, sensor, show, trace, verify
 from agent.cli.errors import CliError
@@ -41,8 +42,19 @@ def _version() -> str:
         return "0+unknown"
 
 
+class Parser(argparse.ArgumentParser):
+    """Every parser of the CLI, subcommands' included (``add_subparsers`` makes its parsers of
+    the class of the parser it is called on): options are never abbreviated. With abbreviations,
+    ``run --device NAME`` was silently read as ``--devices NAME``; a prefix of an option is now
+    an unrecognized argument."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edgefleet",
         description="Simulate and run fleets of smart appliances with signed, gossiped records.",
     )

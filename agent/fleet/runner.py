@@ -109,8 +109,8 @@ class RunOptions:
     # timers on the simulation clock, settle measured in simulated seconds. No wall clock.
     simulated_network: bool = False
     resume: bool = True  # continue where the data dir's previous run stopped
-    # Restore (agent/fleet/restore_device.py): run only these devices of the shard (empty: all),
-    # and restore
+    # Run only these devices of the shard (empty: all): `run --device`, and restore
+    # (agent/fleet/restore_device.py), which also restores
     # these from their peers before anything runs (their stores must be empty). Devices whose
     # store is missing or empty in a fleet that ran before are restored without being named.
     only: tuple[str, ...] = ()
@@ -118,6 +118,9 @@ class RunOptions:
     # Real time: readings carry the wall clock. The fleet's start is the first real-time run's
     # start (kept in fleet.json); a later run fast-forwards the models over the time it was off.
     realtime: bool = False
+    # The passphrase of pre-enrolled device keys (a data dir without its authority key,
+    # docs/DEPLOY.md): called once, only if such a key is to be unlocked (agent/fleet/provision.py).
+    passphrase: Callable[[], bytes] | None = None
 
 
 @dataclass
@@ -184,7 +187,9 @@ class FleetRunner:
             self.opts.speed = 1.0
         cfg = self.cfg
         self._restoring = self._restore_candidates()
-        prov = provision(cfg, self.data, cfg.start_ms)
+        prov = provision(
+            cfg, self.data, cfg.start_ms, local=self.local, passphrase=self.opts.passphrase
+        )
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
         resume = read_sim_time(self.data) if self.opts.resume else None
@@ -427,6 +432,8 @@ class FleetRunner:
         cfg = self.cfg
         members: dict[str, set[str]] = defaultdict(set)
         for dev in cfg.devices:
+            if dev.name not in prov.devices:
+                continue  # enrolled on another machine: its id is not known here
             for dom in dev.domains:
                 members[dom].add(prov.device_id(dev.name))
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}

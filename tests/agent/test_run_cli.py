@@ -112,6 +112,7 @@ def test_a_bad_devices_file_exits_2_naming_the_file(
         ("--settle", "soon", "--settle: expected a number of seconds, found 'soon'"),
         ("--seed", str(2**64), f"--seed: expected a signed 64-bit integer, found {2**64}"),
         ("--for", "99999999999w", "expected a duration of at most 100 years"),
+        ("--device", "fridge-2", "--device fridge-2: no device of that name in "),
     ],
 )
 def test_a_bad_flag_exits_2_with_one_clear_line_and_touches_nothing(
