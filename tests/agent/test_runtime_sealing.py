@@ -2,8 +2,8 @@
 lock, from what the chain writer holds then, not from what the event loop believed when it
 queued the job.
 
-A real DeviceAgent with a real gossip core, a real SQLite store and real executor threads; the
-data clock is a SimClock the test moves.
+A device built as the fleet builds it (``build_device``), with a real gossip core, a real
+SQLite store and real executor threads; the data clock is a SimClock the test moves.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
-from agent.device.runtime import DeviceAgent
 from agent.device.sealing import SealPolicy
-from agent.gossip.node import GossipNode
+from agent.fleet.build import build_device
 from agent.gossip.sim import START_MS, Authority
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock, SimClock
 from firmware_sim.samples import Sample
-from ledger.chain import ChainWriter
 from ledger.identity import SigningKey
 from ledger.store import Store
 
@@ -42,16 +40,18 @@ def test_a_seal_the_timer_found_due_is_checked_again_when_its_job_runs(tmp_path:
     store = Store(tmp_path / "store.sqlite")
     executor = ThreadPoolExecutor(2)
     clock = SimClock(START_MS)
-    agent = DeviceAgent(
+    agent = build_device(
         name="fridge-1",
-        writer=ChainWriter(store, key, dev),
-        node=GossipNode(dev, {"home": {dev}}, authority.roots, random.Random(1), now_ms=START_MS),
+        key=key,
+        store=store,
+        domains={"home": {dev}},
+        roots=authority.roots,
         transport=cast(Transport, Recording()),
         data_clock=clock,
         net_clock=RealClock(),
+        seed=5,
         policy=SealPolicy(max_readings=64, max_age_ms=AGE_MS),
         executor=executor,
-        peer_ids=[],
     )
 
     def sample(at: int) -> Sample:
@@ -65,14 +65,14 @@ def test_a_seal_the_timer_found_due_is_checked_again_when_its_job_runs(tmp_path:
             await agent.drained()
             assert (store.block_count(), store.pending_count()) == (0, 1)
             due = START_MS + AGE_MS
-            async with agent._store_lock:  # as a store job of the device holds it
+            async with agent.ctx.lock:  # as a store job of the device holds it
                 clock.advance_to(due)  # the timer wakes, finds a seal due, queues its job
                 await asyncio.sleep(0.05)
                 # The job that holds the lock: a batch that seals, then the next batch.
                 sealed = agent._sign_and_store([sample(due)], due)
-                assert len(sealed) == 1
-                assert agent._sign_and_store([sample(due + 500)], due + 500) == []
-            await agent._locked(store.block_count)  # queued after the timer's job
+                assert len(sealed.blocks) == 1
+                assert agent._sign_and_store([sample(due + 500)], due + 500).blocks == []
+            await agent.ctx.run_store(store.block_count)  # queued after the timer's job
             await agent._announce(sealed)  # as the batch's ingest does after its job
             assert (store.block_count(), store.pending_count()) == (1, 1)
             # The timer sleeps again, until the new reading is due, and seals it then.

@@ -2,8 +2,9 @@
 and one trip to the executor instead of one each), or on their own shortly after when no store
 work comes; and never out of sight of a pull served from the store.
 
-A real DeviceAgent with a real gossip core, a real SQLite store and a real executor; the
-transport only records what the agent sends (these tests feed the messages themselves).
+A device built as the fleet builds it (``build_device``), with a real gossip core, a real
+SQLite store and a real executor; the transport only records what the agent sends (these tests
+feed the messages themselves).
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ from typing import Any, cast
 
 import pytest
 
-import agent.device.runtime as runtime
-from agent.device.runtime import DeviceAgent
+import agent.device.context as context
 from agent.device.sealing import SealPolicy
+from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
-from agent.gossip.node import GossipNode
 from agent.gossip.sim import START_MS, Authority, SimDevice
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock
 from firmware_sim.samples import Sample
-from ledger.chain import ChainWriter
 from ledger.identity import SigningKey
 from ledger.store import Store
 
@@ -68,36 +67,31 @@ class Setup:
         self.executor = ThreadPoolExecutor(2)
         self.statements: list[str] = []
         self.store._db.set_trace_callback(self.statements.append)
-        node = GossipNode(
-            self.id,
-            {"home": {self.id, self.sealer.device_id}},
-            authority.roots,
-            random.Random(1),
-            now_ms=START_MS,
-        )
-        self.agent = DeviceAgent(
+        self.agent = build_device(
             name="fridge-1",
-            writer=ChainWriter(self.store, key, self.id),
-            node=node,
+            key=key,
+            store=self.store,
+            domains={"home": {self.id, self.sealer.device_id}},
+            roots=authority.roots,
             transport=cast(Transport, self.transport),
             data_clock=RealClock(),
             net_clock=RealClock(),
+            seed=11,
             policy=SealPolicy(max_readings=64, max_age_ms=3_600_000),
             executor=self.executor,
-            peer_ids=[self.sealer.device_id],
         )
 
     async def start(self) -> None:
         await self.agent.start(
             [I.CertificateKnown(self.cert), I.CertificateKnown(self.sealer.certificate)]
         )
-        await self.agent._handle(I.PeerUp(self.sealer.device_id))
+        await self.agent.gossip.handle(I.PeerUp(self.sealer.device_id))
 
     async def announce(self, count: int) -> list[bytes]:
         """The sealer seals ``count`` blocks and broadcasts their headers; returns them."""
         wires = [self.sealer.seal(START_MS + 1000 * i).header.wire for i in range(count)]
         msg = wire.encode(wire.Announce(self.sealer.device_id, tuple(wires)))
-        await self.agent._handle(I.MessageReceived(None, msg, broadcast=True))
+        await self.agent.gossip.handle(I.MessageReceived(None, msg, broadcast=True))
         return wires
 
     def stored(self) -> list[bytes]:
@@ -146,7 +140,7 @@ def test_accepted_headers_join_the_commit_of_the_next_readings(tmp_path: Path) -
 def test_accepted_headers_are_written_on_their_own_when_no_store_work_comes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "HEADER_WRITE_S", 0.05)
+    monkeypatch.setattr(context, "HEADER_WRITE_MS", 50)
 
     async def scenario(s: Setup) -> None:
         wires = await s.announce(2)
@@ -166,7 +160,7 @@ def test_a_pull_served_right_after_acceptance_includes_the_headers_not_yet_writt
     async def scenario(s: Setup) -> None:
         wires = await s.announce(4)
         request = wire.Request(s.sealer.device_id, 7, s.sealer.device_id, 0, 3, 0)
-        await s.agent._handle(I.MessageReceived(None, wire.encode(request)))
+        await s.agent.gossip.handle(I.MessageReceived(None, wire.encode(request)))
         deadline = time.monotonic() + 5
         responses: list[wire.Response] = []
         while not responses and time.monotonic() < deadline:
