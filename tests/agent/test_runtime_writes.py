@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
-
 import agent.device.context as context
 from agent.device.sealing import SealPolicy
 from agent.fleet.build import build_device
@@ -26,7 +24,7 @@ from agent.gossip import inputs as I
 from agent.gossip import wire
 from agent.gossip.sim import START_MS, Authority, SimDevice
 from agent.transport.base import Transport
-from firmware_sim.clock import RealClock
+from firmware_sim.clock import Clock, RealClock, SimClock
 from firmware_sim.samples import Sample
 from ledger.identity import SigningKey
 from ledger.store import Store
@@ -55,7 +53,7 @@ class Recording:
 
 
 class Setup:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, net_clock: Clock | None = None) -> None:
         rng = random.Random(11)
         authority = Authority(rng)
         self.sealer = SimDevice(authority, rng)
@@ -75,7 +73,7 @@ class Setup:
             roots=authority.roots,
             transport=cast(Transport, self.transport),
             data_clock=RealClock(),
-            net_clock=RealClock(),
+            net_clock=net_clock or RealClock(),
             seed=11,
             policy=SealPolicy(max_readings=64, max_age_ms=3_600_000),
             executor=self.executor,
@@ -101,8 +99,8 @@ class Setup:
         return sum(1 for s in self.statements if s == "COMMIT")
 
 
-def _run(tmp: Path, scenario: Any) -> None:
-    setup = Setup(tmp)
+def _run(tmp: Path, scenario: Any, net_clock: Clock | None = None) -> None:
+    setup = Setup(tmp, net_clock)
 
     async def main() -> None:
         await setup.start()
@@ -138,20 +136,28 @@ def test_accepted_headers_join_the_commit_of_the_next_readings(tmp_path: Path) -
 
 
 def test_accepted_headers_are_written_on_their_own_when_no_store_work_comes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(context, "HEADER_WRITE_MS", 50)
+    """On the network clock (simulated here): nothing before HEADER_WRITE_MS, then one job."""
+    clock = SimClock(START_MS)
 
     async def scenario(s: Setup) -> None:
         wires = await s.announce(2)
-        for _ in range(500):  # 5 s at most
-            if s.stored() == wires:
-                break
-            await asyncio.sleep(0.01)
-        assert s.stored() == wires
+        clock.advance_to(START_MS + context.HEADER_WRITE_MS - 1)
+        await _yield_all()
+        assert s.stored() == []
+        clock.advance_to(START_MS + context.HEADER_WRITE_MS)
+        await _yield_all()  # the network timer wakes and queues the write...
+        async with s.agent.ctx.lock:  # ...which is done once the device's lock is free
+            assert s.stored() == wires
         assert s.store.last_seq() is None  # nothing else was written
 
-    _run(tmp_path, scenario)
+    _run(tmp_path, scenario, clock)
+
+
+async def _yield_all(rounds: int = 20) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
 
 
 def test_a_pull_served_right_after_acceptance_includes_the_headers_not_yet_written(
