@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ledger import codec, domains, envelope
+from ledger import codec, domains, signed
 from ledger.errors import DecodeError, UsageError
 from ledger.identity import KEY_ID_SIZE, PublicKey, SigningKey, is_device_id
 from ledger.merkle import root_from_leaf_hashes
@@ -55,10 +55,7 @@ class Header:
     key_id: bytes
 
     def __post_init__(self) -> None:
-        try:
-            _check(self)
-        except DecodeError as exc:
-            raise UsageError(str(exc)) from None
+        signed.check_local(_check, self)
 
     def encode_body(self) -> bytes:
         return codec.encode_trusted(
@@ -133,9 +130,8 @@ _VERIFIED_LOCK = threading.Lock()
 def sign_header(header: Header, key: SigningKey) -> SignedHeader:
     if header.key_id != key.key_id:
         raise UsageError("header.key_id must name the signing key")
-    body = header.encode_body()
-    signature = key.sign(domains.HEADER, body)
-    return SignedHeader(header, envelope.wrap(body, signature), body, signature, header_hash(body))
+    wire, body, signature = signed.sign(domains.HEADER, header, key)
+    return SignedHeader(header, wire, body, signature, header_hash(body))
 
 
 def decode_header(wire: bytes) -> SignedHeader:
@@ -162,14 +158,9 @@ _DECODED_LOCK = threading.Lock()
 
 
 def _decode_header(wire: bytes) -> SignedHeader:
-    body, signature = envelope.unwrap(wire, "header", MAX_HEADER_BODY)
-    f = codec.array(codec.decode(body, _HEADER_LIMITS, "header"), 11, "header")
-    if type(f[0]) is not int or f[0] != FORMAT:
-        raise DecodeError("header", f"field format: expected {FORMAT}, found {f[0]!r}")
-    try:
-        header = Header(*f[1:])
-    except UsageError as exc:
-        raise DecodeError("header", str(exc).removeprefix("header: ")) from None
+    decoded, body, signature = signed.open_wire(wire, "header", MAX_HEADER_BODY, _HEADER_LIMITS)
+    f = signed.fields(decoded, 11, FORMAT, "header")
+    header = signed.build("header", Header, *f[1:])
     return SignedHeader(header, wire, body, signature, header_hash(body))
 
 

@@ -2,7 +2,8 @@
 
 ``record`` signs a reading with the next sequence number (in memory); ``flush`` makes buffered
 readings durable as pending; ``seal`` turns pending (and still buffered) readings into a block in
-one durable transaction:
+one durable transaction, which it opens with ``Store.sealing`` and reads through (the store never
+calls back into the writer):
 
 1. the readings are stored, then read back *as stored* and compared byte for byte with what was
    signed (after a restart, pending readings are re-verified by signature instead), and the
@@ -29,10 +30,10 @@ from ledger import domains
 from ledger.block import Block, SignedHeader, build_header, sign_header
 from ledger.errors import IntegrityError, SignatureError
 from ledger.identity import SigningKey
-from ledger.merkle import root_from_leaf_hashes
-from ledger.reading import Reading, SignedReading, leaf_hash, seal_reading, sign_reading
+from ledger.merkle import leaf_hash, root_from_leaf_hashes
+from ledger.reading import Reading, SignedReading, seal_reading, sign_reading
 from ledger.sealbox import check_public_key
-from ledger.store import Store
+from ledger.store import PendingRow, SealTransaction, Store
 
 
 class ChainWriter:
@@ -125,9 +126,12 @@ class ChainWriter:
         if len(self._pending) + len(self._buffer) > max_readings:
             self.flush()  # what does not fit stays durable as pending
         new, expected = self._buffer, self._pending + self._buffer
-        block = self.store.seal(
-            new, max_readings, lambda head, root, rows: self._make_block(head, root, rows, expected)
-        )
+        with self.store.sealing(new) as tx:
+            rows = tx.pending(max_readings)
+            block = self._make_block(tx, rows, expected) if rows else None
+            if block is not None:
+                tx.append(block)
+        # Committed: only now may the block leave (the caller publishes it).
         self._pending.extend(new)
         self._buffer = []
         if block is not None:
@@ -135,12 +139,10 @@ class ChainWriter:
         return block
 
     def _make_block(
-        self,
-        prev: SignedHeader | None,
-        history_root: bytes,
-        rows: list[tuple[int, bytes]],
-        expected: list[SignedReading],
+        self, tx: SealTransaction, rows: list[PendingRow], expected: list[SignedReading]
     ) -> Block:
+        """Check the pending readings as stored against what was signed, check the previous
+        block as stored against its Merkle root, then build and sign the header over them."""
         for (seq, wire), sr in zip(rows, expected, strict=False):
             if seq != sr.reading.seq or wire != sr.wire:
                 raise IntegrityError(
@@ -150,20 +152,20 @@ class ChainWriter:
         if len(rows) > len(expected):
             raise IntegrityError(f"{self.store.path}: unexpected pending readings on disk")
         readings = expected[: len(rows)]
+        prev = tx.head
         if prev is not None:
-            self._check_stored_block(prev)
+            self._check_stored_block(tx.reading_wires(prev.header.height), prev)
         header = build_header(
             device_id=self.device_id,
             epoch=self.epoch,
             prev=prev,
-            history_root=history_root,
+            history_root=tx.history_root(),
             readings=readings,
             key_id=self.key.key_id,
         )
         return Block(sign_header(header, self.key), tuple(readings))
 
-    def _check_stored_block(self, prev: SignedHeader) -> None:
-        wires = self.store.reading_wires(prev.header.height)
+    def _check_stored_block(self, wires: list[bytes], prev: SignedHeader) -> None:
         root = root_from_leaf_hashes([leaf_hash(w) for w in wires])
         if root != prev.header.merkle_root:
             raise IntegrityError(

@@ -200,6 +200,30 @@ def _check_shape(data: bytes, shape: tuple[int, ...], what: str) -> None:
             stack.pop()
 
 
+def first_bin(data: bytes, what: str) -> bytes:
+    """The byte string that opens the array ``data``, read from the MessagePack headers alone:
+    the elements after it are neither decoded nor checked. For bytes this process stored (the
+    header of a stored block wire ``[header, [reading...]]``); decode what it returns as usual.
+    Raises DecodeError when ``data`` does not open with an array whose first element is bytes."""
+    n = len(data)
+    b = data[0] if n else -1
+    if 0x91 <= b <= 0x9F:
+        pos = 1
+    elif b in (0xDC, 0xDD) and int.from_bytes(data[1 : 3 if b == 0xDC else 5], "big") > 0:
+        pos = 3 if b == 0xDC else 5
+    else:
+        raise DecodeError(what, "expected a non-empty array")
+    b = data[pos] if pos < n else -1
+    k = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(b)
+    if k is None:
+        raise DecodeError(what, "expected a byte string first")
+    start = pos + 1 + k
+    end = start + int.from_bytes(data[pos + 1 : start], "big")
+    if start > n or end > n:
+        raise DecodeError(what, f"byte string ends at byte {end}, found {n} bytes")
+    return data[start:end]
+
+
 def _diff(data: bytes, again: bytes) -> str:
     n = next((i for i, (a, b) in enumerate(zip(data, again, strict=False)) if a != b), None)
     if n is None:

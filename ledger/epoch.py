@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ledger import codec, domains, envelope
-from ledger.errors import DecodeError, UsageError, VerificationError
+from ledger import codec, domains, signed
+from ledger.errors import DecodeError, VerificationError
 from ledger.identity import PublicKey, SigningKey, is_device_id
 from ledger.reading import MAX_EPOCH
 
@@ -51,10 +51,7 @@ class EpochRecord:
     time_ms: int
 
     def __post_init__(self) -> None:
-        try:
-            _check(self)
-        except DecodeError as exc:
-            raise UsageError(str(exc)) from None
+        signed.check_local(_check, self)
 
     @property
     def first_height(self) -> int:
@@ -103,9 +100,7 @@ class SignedEpoch:
 
 
 def sign_epoch(record: EpochRecord, key: SigningKey) -> SignedEpoch:
-    body = record.encode_body()
-    signature = key.sign(EPOCH, body)
-    return SignedEpoch(record, envelope.wrap(body, signature), body, signature)
+    return SignedEpoch(record, *signed.sign(EPOCH, record, key))
 
 
 def decode_epoch(wire: bytes) -> SignedEpoch:
@@ -114,19 +109,13 @@ def decode_epoch(wire: bytes) -> SignedEpoch:
     if not isinstance(wire, bytes) or len(wire) > MAX_WIRE:
         size = len(wire) if isinstance(wire, bytes) else type(wire).__name__
         raise DecodeError(w, f"expected at most {MAX_WIRE} bytes, found {size}")
-    body, signature = envelope.unwrap(wire, w, MAX_BODY)
-    f = codec.array(codec.decode(body, _LIMITS, w), 7, w)
-    if type(f[0]) is not int or f[0] != FORMAT:
-        raise DecodeError(w, f"field format: expected {FORMAT}, found {f[0]!r}")
+    decoded, body, signature = signed.open_wire(wire, w, MAX_BODY, _LIMITS)
+    f = signed.fields(decoded, 7, FORMAT, w)
     for i, name in ((2, "new_epoch"), (3, "prev_epoch"), (4, "last_height"), (6, "time_ms")):
         codec.uint(f[i], w, name)
     codec.text(f[1], w, "device_id", 26)
     codec.bin_(f[5], w, "last_hash")
-    try:
-        record = EpochRecord(f[1], f[2], f[3], f[4], f[5], f[6])
-    except UsageError as exc:
-        raise DecodeError(w, str(exc).removeprefix(f"{w}: ")) from None
-    return SignedEpoch(record, wire, body, signature)
+    return SignedEpoch(signed.build(w, EpochRecord, *f[1:]), wire, body, signature)
 
 
 def index_epochs(records: Iterable[SignedEpoch], device_id: str) -> dict[int, SignedEpoch]:

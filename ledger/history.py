@@ -10,13 +10,9 @@ appending and computing the root cost O(log n) whatever the chain length.
 
 from __future__ import annotations
 
-import hashlib
+from ledger.merkle import EMPTY_ROOT, node_hash
 
-EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+__all__ = ["EMPTY_ROOT", "CompactRange"]
 
 
 class CompactRange:
@@ -33,7 +29,7 @@ class CompactRange:
         n = self.size
         # Merge while the lowest bit of the size is set: two equal perfect subtrees join.
         while n & 1:
-            node = _node(self._peaks.pop(), node)
+            node = node_hash(self._peaks.pop(), node)
             n >>= 1
         self._peaks.append(node)
         self.size += 1
@@ -43,7 +39,7 @@ class CompactRange:
             return EMPTY_ROOT
         node = self._peaks[-1]
         for peak in reversed(self._peaks[:-1]):
-            node = _node(peak, node)
+            node = node_hash(peak, node)
         return node
 
     def copy(self) -> CompactRange:

@@ -20,13 +20,13 @@ reading itself.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import dataclass
 
-from ledger import codec, domains, envelope, sealbox
+from ledger import codec, domains, sealbox, signed
 from ledger.errors import DecodeError, SequenceError, UsageError
 from ledger.identity import PublicKey, SigningKey, is_device_id
+from ledger.merkle import leaf_hash
 
 FORMAT_PLAIN = 1
 FORMAT_SEALED = 2
@@ -66,10 +66,7 @@ class Reading:
 
     def __post_init__(self) -> None:
         # Local construction must produce what decoding accepts: check with the same rules.
-        try:
-            _check(self)
-        except DecodeError as exc:
-            raise UsageError(str(exc)) from None
+        signed.check_local(_check, self)
 
     def encode_body(self) -> bytes:
         return codec.encode_trusted(
@@ -151,10 +148,7 @@ class SealedReading:
     ciphertext: bytes
 
     def __post_init__(self) -> None:
-        try:
-            _check_sealed(self)
-        except DecodeError as exc:
-            raise UsageError(str(exc)) from None
+        signed.check_local(_check_sealed, self)
 
     def encode_body(self) -> bytes:
         return codec.encode_trusted(
@@ -236,11 +230,6 @@ class SignedReading:
         key.verify(domains.READING, self.body, self.signature, f"reading seq {self.reading.seq}")
 
 
-def leaf_hash(wire: bytes) -> bytes:
-    """RFC 9162 leaf hash of a reading's wire bytes (duplicated here to keep the hot path flat)."""
-    return hashlib.sha256(b"\x00" + wire).digest()
-
-
 def seal_reading(
     reading: Reading, owner_x25519: bytes, *, ephemeral_secret: bytes | None = None
 ) -> SealedReading:
@@ -263,32 +252,25 @@ def decode_content(plaintext: bytes, sealed: SealedReading) -> Reading:
 
 def sign_reading(reading: AnyReading, key: SigningKey) -> SignedReading:
     """Sign a plain reading, or a private one already sealed with ``seal_reading``."""
-    body = reading.encode_body()
-    signature = key.sign(domains.READING, body)
-    wire = envelope.wrap(body, signature)
+    wire, body, signature = signed.sign(domains.READING, reading, key)
     return SignedReading(reading, wire, body, signature, leaf_hash(wire))
 
 
 def decode_reading(wire: bytes) -> SignedReading:
     """Decode a signed reading from untrusted bytes (no signature check). Raises DecodeError."""
-    body, signature = envelope.unwrap(wire, _WHAT, MAX_BODY)
-    f = codec.decode(body, _BODY_LIMITS, _WHAT)
+    f, body, signature = signed.open_wire(wire, _WHAT, MAX_BODY, _BODY_LIMITS)
     fmt = f[0] if isinstance(f, list) and f else None
     reading: AnyReading
-    try:
-        if type(fmt) is int and fmt == FORMAT_SEALED:
-            f = codec.array(f, 7, _WHAT)
-            reading = SealedReading(f[1], f[2], f[3], f[4], f[5], f[6])
-        else:
-            f = codec.array(f, 9, _WHAT)
-            if type(fmt) is not int or fmt != FORMAT_PLAIN:
-                raise DecodeError(
-                    _WHAT,
-                    f"field format: expected {FORMAT_PLAIN} or {FORMAT_SEALED}, found {fmt!r}",
-                )
-            reading = Reading(f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8])
-    except UsageError as exc:
-        raise DecodeError(_WHAT, str(exc).removeprefix(f"{_WHAT}: ")) from None
+    if type(fmt) is int and fmt == FORMAT_SEALED:
+        f = codec.array(f, 7, _WHAT)
+        reading = signed.build(_WHAT, SealedReading, *f[1:])
+    else:
+        f = codec.array(f, 9, _WHAT)
+        if type(fmt) is not int or fmt != FORMAT_PLAIN:
+            raise DecodeError(
+                _WHAT, f"field format: expected {FORMAT_PLAIN} or {FORMAT_SEALED}, found {fmt!r}"
+            )
+        reading = signed.build(_WHAT, Reading, *f[1:])
     return SignedReading(reading, wire, body, signature, leaf_hash(wire))
 
 

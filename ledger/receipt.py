@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from ledger import codec, domains, envelope
+from ledger import codec, domains, signed
 from ledger.block import HASH_SIZE, MAX_BLOCK_BYTES
-from ledger.errors import DecodeError, UsageError
+from ledger.errors import DecodeError
 from ledger.identity import PublicKey, SigningKey, is_device_id
 from ledger.reading import MAX_EPOCH
 
@@ -46,10 +46,7 @@ class Receipt:
     time_ms: int
 
     def __post_init__(self) -> None:
-        try:
-            _check(self)
-        except DecodeError as exc:
-            raise UsageError(str(exc)) from None
+        signed.check_local(_check, self)
 
     def encode_body(self) -> bytes:
         return codec.encode_trusted(
@@ -94,22 +91,14 @@ class SignedReceipt:
 
 
 def sign_receipt(receipt: Receipt, key: SigningKey) -> SignedReceipt:
-    body = receipt.encode_body()
-    signature = key.sign(RECEIPT, body)
-    return SignedReceipt(receipt, envelope.wrap(body, signature), body, signature)
+    return SignedReceipt(receipt, *signed.sign(RECEIPT, receipt, key))
 
 
 def decode_receipt(wire: bytes) -> SignedReceipt:
     """Decode a receipt from untrusted bytes (no signature check). Raises DecodeError only."""
-    body, signature = envelope.unwrap(wire, _WHAT, MAX_RECEIPT_BODY)
-    f = codec.array(codec.decode(body, _LIMITS, _WHAT), 8, _WHAT)
-    if type(f[0]) is not int or f[0] != FORMAT:
-        raise DecodeError(_WHAT, f"field format: expected {FORMAT}, found {f[0]!r}")
-    try:
-        receipt = Receipt(*f[1:])
-    except UsageError as exc:
-        raise DecodeError(_WHAT, str(exc).removeprefix(f"{_WHAT}: ")) from None
-    return SignedReceipt(receipt, wire, body, signature)
+    decoded, body, signature = signed.open_wire(wire, _WHAT, MAX_RECEIPT_BODY, _LIMITS)
+    f = signed.fields(decoded, 8, FORMAT, _WHAT)
+    return SignedReceipt(signed.build(_WHAT, Receipt, *f[1:]), wire, body, signature)
 
 
 def verify_receipt(wire: bytes, key: PublicKey) -> SignedReceipt:

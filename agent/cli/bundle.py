@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from ledger.bundle import MAX_BUNDLE_BYTES, BundleError, VerifiedBundle, verify_bundle
 from ledger.certs import FleetRoots
 from ledger.errors import UsageError

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(device)s %(message)s"
 BROKER_HELP = (

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.fleet import keystore
 from ledger import keyfile
 from ledger.certs import decode_certificate, verify_certificate
@@ -42,8 +42,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=_enroll)
 
-    p = ksub.add_parser("init-owner", help="create an owner X25519 key pair (FILE, FILE.pub)")
+    p = ksub.add_parser(
+        "init-owner", help="create an owner X25519 key pair (FILE encrypted, FILE.pub)"
+    )
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--passphrase-file",
+        help="file holding the passphrase (else $EDGEFLEET_PASSPHRASE or a prompt)",
+    )
     p.set_defaults(func=_init_owner)
 
     p = ksub.add_parser("show", help="describe a key file, certificate or fleet root")
@@ -99,7 +105,8 @@ def _enroll(args: argparse.Namespace) -> int:
 
 def _init_owner(args: argparse.Namespace) -> int:
     try:
-        pub = keystore.init_owner(args.out)
+        pw = keystore.passphrase(args.passphrase_file, confirm=True)
+        pub = keystore.init_owner(args.out, pw)
     except keystore.KeystoreError as exc:
         raise CliError(str(exc)) from None
     print(f"owner key pair: {args.out} (secret), {args.out}.pub (public {pub.hex()})")

@@ -2,35 +2,35 @@
 
 Each command group lives in its own module under agent/cli/ and exposes
 ``register(subparsers) -> None``; the parser it adds sets ``func`` to a callable taking the parsed
-namespace and returning an exit status. Modules are listed in COMMANDS; add a line to add a
-command. Errors that users can fix (bad file, bad flag) are raised as ``CliError`` and printed as
-one line without a traceback.
+namespace and returning an exit status. Modules are imported here and listed in COMMANDS, in the
+order ``--help`` shows them; add an import and a line to add a command. Errors that users can fix
+(bad file, bad flag) are raised as ``CliError`` (agent/cli/errors.py, so that no command imports
+this module) and printed as one line without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 
-COMMANDS: tuple[str, ...] = (
-    "agent.cli.keys",
-    "agent.cli.verify",
-    "agent.cli.run",
-    "agent.cli.sensor",
-    "agent.cli.record",
-    "agent.cli.replay",
-    "agent.cli.show",
-    "agent.cli.bundle",
-    "agent.cli.restore",
-    "agent.cli.trace",
+from agent.cli import bundle, keys, record, replay, restore, run, sensor, show, trace, verify
+from agent.cli.errors import CliError
+
+COMMANDS: tuple[ModuleType, ...] = (
+    keys,
+    verify,
+    run,
+    sensor,
+    record,
+    replay,
+    show,
+    bundle,
+    restore,
+    trace,
 )
-
-
-class CliError(Exception):
-    """A user-fixable problem: printed as `edgefleet: error: <message>`, exit status 2."""
 
 
 def _version() -> str:
@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgefleet {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
@@ -69,8 +69,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main: `python -m agent.cli.main` would otherwise define a second
-    # CliError class here that command modules never raise.
-    from agent.cli.main import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
 from firmware_sim.clock import RealClock
 from firmware_sim.fleet import DEFAULT_STEP_MS, Fleet, FleetSpec

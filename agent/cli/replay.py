@@ -18,14 +18,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.cli.errors import CliError
 from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
-from agent.cli.main import CliError
 from agent.config.devices import ConfigError, FleetConfig, load_fleet
 from agent.fleet.datadir import DataDir
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
 from agent.fleet.sources import TraceSource
-from agent.transport.base import TransportError
 from agent.transport.brokers import BrokerError
+from agent.transport.errors import TransportError
 from firmware_sim.trace import TraceError, TraceHeader, TraceReader
 from ledger.errors import LedgerError
 from ledger.store import Store

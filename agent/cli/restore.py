@@ -7,15 +7,15 @@ import asyncio
 import sys
 from pathlib import Path
 
+from agent.cli.errors import CliError
 from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
-from agent.cli.main import CliError
 from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
 from agent.device.runtime import RestoreError
 from agent.fleet.datadir import DataDir
 from agent.fleet.restore_device import resolve_device, restore_device
 from agent.fleet.runner import RunOptions, install_signal_handlers
-from agent.transport.base import TransportError
 from agent.transport.brokers import BrokerError
+from agent.transport.errors import TransportError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

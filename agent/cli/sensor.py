@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from firmware_sim.clock import RealClock
 from firmware_sim.serial.errors import PortError, SensorConfigError
 from firmware_sim.serial.factory import DRIVERS, open_sensor

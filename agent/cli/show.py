@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from ledger.certs import Certificate, decode_certificate
@@ -88,7 +88,7 @@ def _time(value: str) -> int:
 
 
 def read_x25519_secret(path: Path) -> bytes:
-    """An X25519 secret key file as ``keystore.init_owner`` writes it (64 hex, mode 0600)."""
+    """An X25519 secret key file as ``keystore.init_owner`` writes it (encrypted, mode 0600)."""
     try:
         return keystore.read_owner_secret(path)
     except keystore.KeystoreError as exc:
@@ -119,13 +119,22 @@ def _device(data_arg: Path, name: str) -> _Device:
 
 
 def _readings(path: Path) -> Iterator[tuple[SignedReading, bool]]:
-    """Own readings in sequence order, each with whether it is still pending."""
-    with Store(path) as store:
-        for block in store.blocks():
-            for sr in block.readings:
-                yield sr, False
-        for sr in store.pending():
-            yield sr, True
+    """Own readings in sequence order, each with whether it is still pending. A damaged store
+    is a one-line error naming the file (``edgefleet verify`` says what else is damaged)."""
+    try:
+        with Store(path) as store:
+            for block in store.blocks():
+                for sr in block.readings:
+                    yield sr, False
+            for sr in store.pending():
+                yield sr, True
+    # The store's read paths let SQLite's own errors through ("database disk image is
+    # malformed"); only store errors reach here, the consumer's never enter a generator.
+    except Exception as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise CliError(
+            f"{path}: damaged store: {reason} (`edgefleet verify` checks every device)"
+        ) from None
 
 
 def _opener(args: argparse.Namespace, dev: _Device) -> Opener | None:

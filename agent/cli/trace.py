@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.cli.show import read_x25519_secret
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
@@ -96,9 +96,12 @@ def _session(args: argparse.Namespace) -> TraceSession:
     roots = _roots(args, data)
     assert roots is not None
     try:
-        return TraceSession(data, roots, _opening(args))
+        session = TraceSession(data, roots, _opening(args))
     except TraceError as exc:
         raise CliError(str(exc)) from None
+    for line in session.unreadable:
+        print(f"edgefleet: left out, {line} (`edgefleet verify` checks it)", file=sys.stderr)
+    return session
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
@@ -187,10 +190,27 @@ def _tags(args: argparse.Namespace) -> int:
         rows = session.tags()
         names = {d: i.name for d, i in session.devices.items()}
         kinds = {d: i.kind for d, i in session.devices.items()}
+        keyless = not (args.owner_key or args.grant)
+        # Without a key the tags of private devices are sealed: an empty or short list must say
+        # so, or "no tagged readings" reads as "no items" (a household's food is all private).
+        sealed = sorted(
+            i.name
+            for i in session.devices.values()
+            if keyless and i.private and (not args.kind or i.kind == _KINDS[args.kind])
+        )
     if args.kind:
         rows = [r for r in rows if kinds.get(r.devices[0]) == _KINDS[args.kind]]
     if args.json:
-        print(json.dumps({"tags": render.tags_json(rows, names)}, indent=2))
+        print(
+            json.dumps({"tags": render.tags_json(rows, names), "sealed_devices": sealed}, indent=2)
+        )
     else:
         sys.stdout.write(render.tags_text(rows, names))
+    if sealed:
+        print(
+            f"edgefleet: {len(sealed)} private device(s) ({', '.join(sealed)}) seal their "
+            "readings, tags included, to their owners: private readings need --owner-key FILE "
+            "(or --grant FILE --grantee-key FILE) to be listed",
+            file=sys.stderr,
+        )
     return 0

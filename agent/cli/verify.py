@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from agent.cli.main import CliError
+from agent.cli.errors import CliError
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
-from agent.provenance.audit import DeviceReport, audit, default_root
+from agent.provenance.audit import DeviceReport, audit, default_root, fill_lags
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,34 +47,53 @@ def _load(args: argparse.Namespace) -> tuple[DataDir, list[DeviceReport], bool]:
             print(f"\rverified {len(reports)} device(s)", end="", file=sys.stderr, flush=True)
     if deep and sys.stderr.isatty():
         print(file=sys.stderr)
+    fill_lags(reports)
     return data, reports, deep
 
 
 def _table(reports: list[DeviceReport], deep: bool) -> str:
-    cols = ["device", "kind", "site", "height", "pending", "peers", "peer hdrs", "replicas"]
-    if deep:
-        cols += ["readings", "result"]
-    rows = []
-    for r in reports:
-        row = [
-            r.name,
+    cols = ["device", "kind", "site", "height", "readings", "pending", "peers", "lag"]
+    cols += ["peer hdrs", "replicas", "held", "min copies", "result"]
+    rows = [
+        [
+            r.name + (" FORKED" if r.forked else ""),
             r.kind,
             r.site,
             "-" if r.height is None else str(r.height),
+            str(r.readings),
             str(r.pending),
             str(r.peers),
+            str(r.lag),
             str(r.peer_headers),
             str(r.replicas),
+            _size(r.replica_bytes),
+            "-" if r.min_copies is None else str(r.min_copies),
+            ("ok" if deep else "readable") if r.ok else "FAILED",
         ]
-        if deep:
-            row += [str(r.readings), "ok" if r.ok else "FAILED"]
-        rows.append(row)
+        for r in reports
+    ]
     widths = [
         max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)
     ]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _errors(reports: list[DeviceReport]) -> None:
+    """One line per thing found wrong, each naming the device and the file."""
+    for r in reports:
+        for err in r.errors:
+            print(f"{r.name}: {err}")
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -100,10 +119,8 @@ def _verify(args: argparse.Namespace) -> int:
                     f"{r.name}: epoch {e['epoch']} follows epoch {e['from_epoch']} after height "
                     f"{e['after_height']} (signed epoch record: restored, head out of reach)"
                 )
-        for r in failed:
-            for err in r.errors:
-                print(f"{r.name}: {err}")
-        total = sum(r.readings for r in reports)
+        _errors(failed)
+        total = sum(r.readings for r in reports if r.ok)
         print(
             f"\n{len(reports) - len(failed)} of {len(reports)} device(s) verify; "
             f"{total} own readings checked"
@@ -116,8 +133,16 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     _, reports, _ = _load(args)
+    failed = [r for r in reports if not r.ok]
     if args.json:
-        print(json.dumps({"devices": [r.as_json() for r in reports]}, indent=2))
+        doc = {
+            "ok": not failed,
+            "devices": [r.as_json() for r in reports],
+            "failed": len(failed),
+            "readings": sum(r.readings for r in reports),
+        }
+        print(json.dumps(doc, indent=2))
     else:
         print(_table(reports, deep=False))
-    return 0
+        _errors(failed)
+    return 1 if failed else 0

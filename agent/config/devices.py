@@ -32,6 +32,7 @@ from pydantic import (
     ValidationError,
 )
 
+from agent.errors import AgentError
 from firmware_sim.appliances import (
     PARAMS_TYPES,
     MedicalFreezer,
@@ -64,7 +65,7 @@ _DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": MIN_MS, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
 
 
-class ConfigError(ValueError):
+class ConfigError(AgentError, ValueError, code="config"):
     """devices.yaml is unreadable or invalid; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: Sequence[str]) -> None:

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from agent.device.stats import DeviceStats
 from agent.device.storework import StoreThreads
-from agent.transport.base import Transport, TransportError
+from agent.transport.base import Transport
+from agent.transport.errors import TransportError
 from firmware_sim.clock import Clock
 from ledger.block import decode_header
 from ledger.store import Store

@@ -51,10 +51,10 @@ class ReplicationDriver:
                     events.append(RI.HeadersKnown(dev, tuple(wires[-64:])))
         store = self.ctx.store
         events.append(await self._own_chain())
-        for _, _, wire in await self.ctx.run_store(store.receipts):
-            events.append(RI.ReceiptKnown(wire))
+        for receipt in await self.ctx.run_store(store.receipts):
+            events.append(RI.ReceiptKnown(receipt.wire))
         replicas = await self.ctx.run_store(store.replica_infos)
-        events.append(RI.ReplicasLoaded(tuple(RI.ReplicaInfo(*r) for r in replicas)))
+        events.append(RI.ReplicasLoaded(tuple(RI.ReplicaInfo(**r._asdict()) for r in replicas)))
         for event in events:
             await self.handle(event)
 
@@ -66,7 +66,7 @@ class ReplicationDriver:
     async def _own_chain(self) -> RI.OwnChainLoaded:
         limit = self.node.config.max_own_blocks
         infos = await self.ctx.run_store(self.ctx.store.own_block_infos, limit)
-        return RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(*i) for i in infos))
+        return RI.OwnChainLoaded(tuple(RI.OwnBlockInfo(**i._asdict()) for i in infos))
 
     # --- inputs --------------------------------------------------------------------------------
     async def handle(self, event: RI.Input) -> None:

@@ -35,6 +35,7 @@ from agent.device.gossip_driver import GossipDriver
 from agent.device.replication_driver import ReplicationDriver
 from agent.device.sealing import SealPolicy
 from agent.device.stats import DeviceStats
+from agent.errors import AgentError
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
@@ -388,5 +389,5 @@ class DeviceAgent:
                 observer(self, event, now)
 
 
-class RestoreError(Exception):
+class RestoreError(AgentError, code="restore"):
     """A device cannot be restored (its store is not empty, or its chain is out of reach)."""

@@ -21,6 +21,7 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
 from agent.transport.base import Transport
@@ -61,18 +62,29 @@ def build_device(
     device_id = key.public.device_id
     writer = ChainWriter(store, key, device_id, owner_x25519=owner_x25519)
     now = net_clock.now_ms()
+    gcfg = gossip or GossipConfig()
+    # One trust store per device, shared by its cores: a credential is verified once.
+    trust = TrustStore(
+        roots,
+        max_devices=gcfg.max_devices,
+        max_pending=gcfg.max_pending_rotations,
+        max_revocations=gcfg.max_revocations,
+    )
     node = GossipNode(
         device_id,
         domains,
         roots,
         random.Random(f"{seed}/gossip/{name}"),
-        config=gossip or GossipConfig(),
+        config=gcfg,
         now_ms=now,
+        trust=trust,
     )
     rep_node = None
     if replication is not None and domains:
         config = dataclasses.replace(replication, rng=random.Random(f"{seed}/replication/{name}"))
-        rep_node = ReplicationNode(device_id, key, domains, roots, config=config, now_ms=now)
+        rep_node = ReplicationNode(
+            device_id, key, domains, roots, config=config, now_ms=now, trust=trust
+        )
     peers = sorted({p for m in domains.values() for p in m} - {device_id})
     return DeviceAgent(
         name=name,

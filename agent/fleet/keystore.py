@@ -1,13 +1,15 @@
 """Where keys and certificates live on disk, and how a passphrase is obtained.
 
-Layout (all secret files 0600, written atomically, never overwritten):
+Layout (all secret files 0600, written atomically, never overwritten; formats in
+docs/PROTOCOL.md section 11):
 
     AUTH_DIR/authority.key      the fleet authority's Ed25519 key (encrypted, ledger.keyfile)
     AUTH_DIR/fleet-root.json    the authority's public key: what verifiers are configured with
     AUTH_DIR/issued.json        the last certificate serial issued
     DEV_DIR/device.key          a device's Ed25519 key (encrypted)
     DEV_DIR/device.cert         its enrollment certificate (ledger.certs wire bytes)
-    OWNER.key / OWNER.pub       an owner's X25519 key pair (for private households)
+    OWNER.key / OWNER.pub       an owner's X25519 key pair (for private households): the secret
+                                encrypted like a device key (role "owner"), the public in hex
 
 The passphrase comes from ``--passphrase-file``, else ``$EDGEFLEET_PASSPHRASE``, else an
 interactive prompt when stdin is a terminal; otherwise the caller gets a clear error.
@@ -17,8 +19,8 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
-import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from pathlib import Path
 
 import nacl.public
 
+from agent.errors import AgentError
+from agent.fleet.datadir import DataDir
 from ledger import keyfile
 from ledger.certs import (
     Certificate,
@@ -45,7 +49,7 @@ DEVICE_CERT = "device.cert"
 DAY_MS = 86_400_000
 
 
-class KeystoreError(Exception):
+class KeystoreError(AgentError, code="keystore"):
     """A user-fixable key problem (missing file, no passphrase, wrong passphrase)."""
 
 
@@ -182,37 +186,94 @@ def load_device(device_dir: Path, pw: bytes, roots: FleetRoots | None = None) ->
 
 # --- owners ------------------------------------------------------------------------------------
 
+OWNERS = "owners"  # DATA_DIR/owners/NAME.key: the owner keys of a simulated fleet
+log = logging.getLogger("edgefleet.keys")
 
-def init_owner(path: Path) -> bytes:
-    """Create an X25519 owner key pair: PATH (secret, 0600) and PATH.pub (public, hex)."""
+
+def init_owner(path: Path, pw: bytes, cost: tuple[int, int] = keyfile.INTERACTIVE) -> bytes:
+    """Create an X25519 owner key pair: PATH (secret, encrypted under ``pw`` like a device key,
+    0600) and PATH.pub (public, 64 hex characters and a newline). Returns the public key."""
     sk = nacl.public.PrivateKey.generate()
-    _write_private(path, bytes(sk).hex().encode() + b"\n")
+    try:
+        keyfile.write_owner(path, bytes(sk), pw, cost)
+    except KeyFileError as exc:
+        raise KeystoreError(str(exc)) from None
     pub = bytes(sk.public_key)
     path.with_name(path.name + ".pub").write_text(pub.hex() + "\n")
     return pub
 
 
-def read_owner_secret(path: Path) -> bytes:
-    """An X25519 secret key as ``init_owner`` writes it (64 hex characters, mode 0600)."""
+def fleet_passphrase_for(path: Path) -> bytes | None:
+    """The passphrase file of the simulated fleet whose ``DIR/owners/NAME.key`` is ``path``
+    (``DIR/passphrase``, its trailing newline stripped), or None when ``path`` is not one."""
+    if path.parent.name != OWNERS:
+        return None
+    return DataDir(path.parent.parent).fleet_passphrase()
+
+
+def read_owner_secret(path: Path, pw: bytes | None = None) -> bytes:
+    """The X25519 secret of an owner key file, as ``init_owner`` writes it.
+
+    The passphrase is ``pw``, else the simulated fleet's ``DIR/passphrase`` for a key in
+    ``DIR/owners/``, else ``$EDGEFLEET_PASSPHRASE`` or a prompt (``passphrase``). The plain-hex
+    form written before owner keys were encrypted (64 hex characters, mode 0600) is read once
+    with a warning and re-written encrypted when a passphrase is at hand without a prompt.
+    """
     try:
-        mode = path.stat().st_mode
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise KeystoreError(f"{path}: cannot read ({exc.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeystoreError(
-            f"{path}: permissions {oct(mode & 0o777)} are too open; "
-            f"expected 0600 (chmod 600 {path})"
-        )
+        data = keyfile.read_private(path)
+    except KeyFileError as exc:
+        raise KeystoreError(str(exc)) from None
+    if not keyfile.is_key_file(data):
+        return _read_plain_owner(path, data, pw)
+    if pw is None:
+        pw = fleet_passphrase_for(path)
+    try:
+        return keyfile.unseal_owner(data, pw if pw is not None else passphrase(None), str(path))
+    except KeyFileError as exc:
+        raise KeystoreError(str(exc)) from None
+
+
+def _read_plain_owner(path: Path, data: bytes, pw: bytes | None) -> bytes:
+    text = data.decode("ascii", "replace").strip()
     if not _is_hex32(text):
-        raise KeystoreError(f"{path}: expected an X25519 secret key (64 hex characters)")
-    return bytes.fromhex(text)
+        raise KeystoreError(f"{path}: expected an owner key file (edgefleet-key/1)")
+    secret = bytes.fromhex(text)
+    if pw is None:
+        pw = fleet_passphrase_for(path)
+    if pw is None and "EDGEFLEET_PASSPHRASE" in os.environ:
+        pw = os.environ["EDGEFLEET_PASSPHRASE"].encode()
+    if pw is None:
+        log.warning(
+            "%s: owner key stored in plain hex (an old form); it stays so until read with a "
+            "passphrase at hand ($EDGEFLEET_PASSPHRASE), which re-writes it encrypted",
+            path,
+        )
+        return secret
+    try:
+        keyfile.replace_private(path, keyfile.seal_owner(secret, pw, _owner_cost(path)))
+    except OSError as exc:
+        log.warning("%s: owner key stored in plain hex; re-writing it failed (%s)", path, exc)
+        return secret
+    log.warning("%s: owner key was stored in plain hex (an old form); re-written encrypted", path)
+    return secret
 
 
-def owner_secret_for(owners_dir: Path, public: bytes) -> bytes | None:
+def _owner_cost(path: Path) -> tuple[int, int]:
+    # A simulated fleet's keys are unlocked by the passphrase file beside them: the KDF cost is
+    # the library minimum there, as for its device keys (agent/fleet/provision.py).
+    return keyfile.FAST if fleet_passphrase_for(path) is not None else keyfile.INTERACTIVE
+
+
+def owner_secret_for(owners_dir: Path, public: bytes, pw: bytes | None = None) -> bytes | None:
     """The secret key in ``owners_dir`` (``NAME.key`` files) whose public key is ``public``."""
     for path in sorted(owners_dir.glob("*.key")):
-        secret = read_owner_secret(path)
+        try:
+            recorded = keyfile.public_of(path)
+        except KeyFileError:
+            recorded = None  # the old plain-hex form records no public key
+        if recorded is not None and recorded != public:
+            continue
+        secret = read_owner_secret(path, pw)
         if bytes(nacl.public.PrivateKey(secret).public_key) == public:
             return secret
     return None

@@ -1,9 +1,11 @@
 """Automatic enrollment of a simulated fleet on first start.
 
 The first process to start a fleet in a data dir creates the fleet authority, a random passphrase
-file (``DIR/passphrase``, 0600), an X25519 key pair per owner of a private site, and a key and
-certificate for every device of devices.yaml. It holds an exclusive lock on ``DIR/.lock`` while it
-does, so shards started together enroll each device exactly once. Later starts only load.
+file (``DIR/passphrase``, 0600: 64 hex characters and a newline, which readers strip), an X25519
+key pair per owner of a private site (``DIR/owners/NAME.key``, encrypted like the device keys, and
+``NAME.key.pub``), and a key and certificate for every device of devices.yaml. It holds an
+exclusive lock on ``DIR/.lock`` while it does, so shards started together enroll each device
+exactly once. Later starts only load.
 
 Simulated fleets unlock their keys from the passphrase file beside them, so their argon2id cost
 is the library minimum (the file, not the KDF, is the protection there). Real devices are
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from agent.config.devices import Device, FleetConfig
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
-from ledger import keyfile
+from ledger import keyfile, sealbox
 from ledger.certs import FleetRoots
 
 SIM_COST = keyfile.FAST
@@ -57,7 +59,7 @@ def provision(cfg: FleetConfig, data: DataDir, now_ms: int) -> Provisioned:
         if not (data.authority / keystore.AUTHORITY_KEY).exists():
             keystore.init_authority(data.authority, pw, SIM_COST)
         authority = keystore.load_authority(data.authority, pw)
-        owners = _owners(cfg, data)
+        owners = _owners(cfg, data, pw)
         devices = {}
         for dev in cfg.devices:
             ddir = data.device(dev.name)
@@ -79,18 +81,26 @@ def provision(cfg: FleetConfig, data: DataDir, now_ms: int) -> Provisioned:
     return Provisioned(keystore.load_roots(data.authority), devices, owners)
 
 
-def _owners(cfg: FleetConfig, data: DataDir) -> dict[str, bytes]:
-    """One X25519 key pair per owner of a private site: DIR/owners/NAME.key (+ .pub)."""
+def _owners(cfg: FleetConfig, data: DataDir, pw: bytes) -> dict[str, bytes]:
+    """One X25519 key pair per owner of a private site: DIR/owners/NAME.key (encrypted under the
+    fleet's passphrase file, like its device keys) and NAME.key.pub. An owner key left in the
+    old plain-hex form is re-written encrypted here."""
     out = {}
     for site in cfg.sites:
         if not site.private or not site.owner:
             continue
-        path = data.root / "owners" / f"{site.owner}.key"
+        path = data.root / keystore.OWNERS / f"{site.owner}.key"
         path.parent.mkdir(parents=True, exist_ok=True)
         pub = path.with_name(path.name + ".pub")
-        out[site.owner] = (
-            bytes.fromhex(pub.read_text().strip()) if pub.exists() else keystore.init_owner(path)
-        )
+        if not path.exists():
+            out[site.owner] = keystore.init_owner(path, pw, SIM_COST)
+            continue
+        if pub.exists() and keyfile.is_key_file(path.read_bytes()):
+            out[site.owner] = bytes.fromhex(pub.read_text().strip())
+            continue
+        # The old plain form (re-written encrypted by reading it), or a lost .pub file.
+        secret = keystore.read_owner_secret(path, pw)
+        out[site.owner] = sealbox.public_key_of(secret)
     return out
 
 

@@ -37,6 +37,7 @@ from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
+from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
     Provisioned,
     provision,
@@ -49,7 +50,7 @@ from agent.fleet.sources import SampleSource, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
 from agent.gossip import actions as A
 from agent.gossip.tuning import GossipConfig
-from agent.transport.base import Transport, raise_fd_limit
+from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport

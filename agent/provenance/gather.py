@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from agent.errors import AgentError
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from agent.provenance import analysis
@@ -38,7 +39,7 @@ from ledger.reading import Reading, SignedReading
 from ledger.store import Store, TagHit
 
 
-class TraceError(Exception):
+class TraceError(AgentError, code="provenance"):
     """The data dir cannot be traced at all (not a data dir, no fleet root)."""
 
 
@@ -89,6 +90,7 @@ class TraceSession:
         self.devices: dict[str, DeviceInfo] = {}
         self._own: dict[str, Store] = {}  # device id -> its own store
         self._certs: dict[str, Certificate] = {}
+        self.unreadable: list[str] = []  # stores that would not open (file: reason), left out
         for name in data.device_names():
             try:
                 cert = decode_certificate((data.device(name) / keystore.DEVICE_CERT).read_bytes())
@@ -97,7 +99,11 @@ class TraceSession:
             path = data.store_path(name)
             if not path.exists():
                 continue
-            store = self._exit.enter_context(Store(path))
+            try:
+                store = self._exit.enter_context(Store(path))
+            except LedgerError as exc:  # a damaged store: left out, and said so
+                self.unreadable.append(str(exc))
+                continue
             self.stores[name] = store
             self._own[cert.device_id] = store
             self._certs[cert.device_id] = cert

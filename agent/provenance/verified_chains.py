@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.errors import AgentError, RemoteError
 from ledger.block import Block, SignedHeader
 from ledger.certs import DeviceKeys
 from ledger.errors import LedgerError
@@ -25,11 +26,11 @@ from ledger.merkle import inclusion_proof, root_from_leaf_hashes, verify_inclusi
 from ledger.reading import SignedReading
 
 
-class ChainUnavailable(Exception):
+class ChainUnavailable(AgentError, code="chain-unavailable"):
     """No verifiable chain of a device in the data dir; the message says what is missing."""
 
 
-class BlockRejected(Exception):
+class BlockRejected(RemoteError, code="block-rejected"):
     """A block (or a reading in it) does not verify against the device's chain."""
 
 

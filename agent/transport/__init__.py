@@ -1,9 +1,11 @@
 """Transports: how a device's agent reaches its peers.
 
-``base`` holds the interface and the values every transport shares (topics, deliveries, presence,
-errors, backoff); ``memory`` is the deterministic in-memory twin for protocol tests; ``mqtt`` is
-the one aiomqtt adapter. ``mqtt`` is not imported here so that code and tests which only need the
-interface or the in-memory twin do not load paho.
+``base`` holds the interface (``Transport``) and the event it hands out (``Delivery``); beside
+it, one job each: ``errors``, ``topics`` (layout and name validation), ``presence`` (payloads and
+``PresenceBook``), ``reconnect`` (the backoff policy) and ``endpoint`` (where a client connects).
+``memory`` is the deterministic in-memory twin for protocol tests; ``mqtt`` is the one aiomqtt
+adapter and ``brokers`` the one amqtt adapter. ``mqtt`` and ``brokers`` are not imported here so
+that code and tests which only need the interface or the in-memory twin do not load paho.
 """
 
 from __future__ import annotations
@@ -11,29 +13,30 @@ from __future__ import annotations
 from agent.transport.base import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_MAX_QUEUED,
-    DEFAULT_PREFIX,
     Delivery,
-    Endpoint,
-    InvalidNameError,
     Kind,
+    Transport,
+    TransportStats,
+)
+from agent.transport.endpoint import Endpoint
+from agent.transport.errors import (
+    AttachError,
+    InvalidNameError,
     NotConnectedError,
     PayloadTooLargeError,
-    ReconnectPolicy,
-    Topics,
-    Transport,
+    RefusedError,
     TransportClosedError,
     TransportError,
-    TransportStats,
-    raise_fd_limit,
-    validate_device_id,
-    validate_domain,
 )
 from agent.transport.memory import MemoryNetwork, MemoryTransport, NetworkStats
+from agent.transport.reconnect import ReconnectPolicy
+from agent.transport.topics import DEFAULT_PREFIX, Topics, validate_device_id, validate_domain
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_QUEUED",
     "DEFAULT_PREFIX",
+    "AttachError",
     "Delivery",
     "Endpoint",
     "InvalidNameError",
@@ -44,12 +47,12 @@ __all__ = [
     "NotConnectedError",
     "PayloadTooLargeError",
     "ReconnectPolicy",
+    "RefusedError",
     "Topics",
     "Transport",
     "TransportClosedError",
     "TransportError",
     "TransportStats",
-    "raise_fd_limit",
     "validate_device_id",
     "validate_domain",
 ]

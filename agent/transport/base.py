@@ -1,18 +1,13 @@
 """The transport boundary: what the runtime sees of the network, independent of MQTT.
 
-This module owns the values every transport shares and nothing that does I/O:
+This module owns the interface every transport implements and the values it hands out:
 
-- the topic layout (``Topics``) and the validation of every name that becomes a topic level
-  (device ids, domain names, hub ids, the prefix), so that no name can ever hold an MQTT wildcard;
-- ``Delivery``, the one event a transport hands to the runtime, and ``TransportStats``;
-- the presence payloads and ``PresenceBook``, which resolves "online through shared connection H"
-  against H's own presence (a shared connection has one last-will for all of its devices);
-- the reconnect backoff (``ReconnectPolicy``: exponential, full jitter, seeded);
-- the errors (``TransportError`` and its subclasses; foreign errors are mapped to these by the
-  adapters, at the boundary only);
 - ``Transport``, the abstract interface with its bounded receive queue, size limit and counters;
-- ``raise_fd_limit`` for processes that open many connections.
+- ``Delivery``, the one event a transport hands to the runtime, and ``TransportStats``.
 
+The values transports share live beside it, one job each: ``errors`` (``TransportError`` and its
+subclasses), ``topics`` (the topic layout and name validation), ``presence`` (payloads and
+``PresenceBook``), ``reconnect`` (``ReconnectPolicy``) and ``endpoint`` (``Endpoint``).
 docs/PROTOCOL.md (section 13) describes the wire side (topics, QoS, retained presence,
 reconnect policy).
 """
@@ -21,193 +16,20 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import random
-import re
-import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
 
-from ledger.identity import DEVICE_ID_RE, is_device_id
+from agent.transport.errors import PayloadTooLargeError, TransportClosedError
+from agent.transport.presence import PRESENCE_ONLINE
+from agent.transport.topics import validate_device_id, validate_domain
 
-DEFAULT_PREFIX = "edgefleet"
-PROTOCOL_LEVEL = "v1"
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB: a received payload above this is dropped and counted
 DEFAULT_MAX_QUEUED = 10_000  # deliveries waiting for the runtime; beyond this they are dropped
 
-# Domain names follow devices.yaml's site / gossip-domain ids (agent.config.devices.NAME_RE).
-DOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-HUB_ID_RE = DOMAIN_RE
-_PREFIX_LEVEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_MAX_PREFIX_LEVELS = 8
-
 Kind = Literal["inbox", "domain", "presence", "evidence"]
-RouteKind = Literal["inbox", "domain", "presence", "evidence", "hub"]
-
-PRESENCE_ONLINE = b"online"
-PRESENCE_OFFLINE = b"offline"
-PRESENCE_VIA_HUB = b"online:"  # followed by the hub id: online through a shared connection
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class TransportError(Exception):
-    """Base of every error a transport raises; adapters map foreign errors to this."""
-
-    code = "transport"
-
-
-class InvalidNameError(TransportError, ValueError):
-    """A device id, domain, hub id or prefix cannot be used as a topic level (our bug)."""
-
-    code = "invalid-name"
-
-
-class PayloadTooLargeError(TransportError, ValueError):
-    """We tried to send more bytes than the transport's payload limit (our bug)."""
-
-    code = "payload-too-large"
-
-
-class NotConnectedError(TransportError):
-    """The link to the broker is down: nothing was sent (or the broker never acknowledged it).
-
-    Nothing is queued for later: the runtime keeps its state durably and anti-entropy repairs
-    what a failed send did not deliver.
-    """
-
-    code = "not-connected"
-
-
-class TransportClosedError(TransportError):
-    """The transport was closed and every delivery it held has been taken."""
-
-    code = "closed"
-
-
-# --------------------------------------------------------------------------- names and topics
-
-
-_FORBIDDEN = {
-    "+": "the MQTT wildcard '+'",
-    "#": "the MQTT wildcard '#'",
-    "/": "a '/'",
-    "\x00": "a NUL character",
-}
-
-
-def _why_not(value: str) -> str:
-    for ch, what in _FORBIDDEN.items():
-        if ch in value:
-            return f" (it contains {what})"
-    return ""
-
-
-def validate_device_id(value: object) -> str:
-    """Return ``value`` if it is a device id (``^ef[a-z2-7]{24}$``), else raise InvalidNameError."""
-    if not isinstance(value, str):
-        raise InvalidNameError(f"device id: expected a string, found {type(value).__name__}")
-    if not is_device_id(value):
-        raise InvalidNameError(
-            f"device id: expected {DEVICE_ID_RE.pattern}, found {value[:40]!r}{_why_not(value)}"
-        )
-    return value
-
-
-def validate_domain(value: object) -> str:
-    """Return ``value`` if it is a gossip domain name (``DOMAIN_RE``), else raise."""
-    if not isinstance(value, str):
-        raise InvalidNameError(f"domain: expected a string, found {type(value).__name__}")
-    if not DOMAIN_RE.match(value):
-        raise InvalidNameError(
-            f"domain: expected {DOMAIN_RE.pattern}, found {value[:70]!r}{_why_not(value)}"
-        )
-    return value
-
-
-def validate_hub_id(value: object) -> str:
-    if not isinstance(value, str) or not HUB_ID_RE.match(value):
-        shown = value[:70] if isinstance(value, str) else type(value).__name__
-        raise InvalidNameError(f"hub id: expected {HUB_ID_RE.pattern}, found {shown!r}")
-    return value
-
-
-def validate_prefix(value: object) -> str:
-    """A prefix is 1-8 '/'-separated levels of ``[A-Za-z0-9._-]``; never a wildcard or '$'."""
-    if not isinstance(value, str):
-        raise InvalidNameError(f"topic prefix: expected a string, found {type(value).__name__}")
-    levels = value.split("/")
-    if len(levels) > _MAX_PREFIX_LEVELS or not all(_PREFIX_LEVEL_RE.match(x) for x in levels):
-        raise InvalidNameError(
-            f"topic prefix: expected 1-{_MAX_PREFIX_LEVELS} levels of [A-Za-z0-9._-] separated "
-            f"by '/', found {value[:70]!r}{_why_not(value.replace('/', ''))}"
-        )
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """What a received topic names: its kind and the device, domain or hub in it."""
-
-    kind: RouteKind
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """The topic layout under one prefix (docs/PROTOCOL.md, section 13.2)."""
-
-    prefix: str = DEFAULT_PREFIX
-
-    def __post_init__(self) -> None:
-        validate_prefix(self.prefix)
-
-    @property
-    def root(self) -> str:
-        return f"{self.prefix}/{PROTOCOL_LEVEL}"
-
-    def inbox(self, device_id: str) -> str:
-        return f"{self.root}/dev/{validate_device_id(device_id)}/inbox"
-
-    def presence(self, device_id: str) -> str:
-        return f"{self.root}/dev/{validate_device_id(device_id)}/presence"
-
-    def evidence(self, device_id: str) -> str:
-        return f"{self.root}/evidence/{validate_device_id(device_id)}"
-
-    def evidence_filter(self) -> str:
-        return f"{self.root}/evidence/+"
-
-    def domain(self, domain: str) -> str:
-        return f"{self.root}/domain/{validate_domain(domain)}"
-
-    def hub_presence(self, hub_id: str) -> str:
-        return f"{self.root}/hub/{validate_hub_id(hub_id)}/presence"
-
-    def parse(self, topic: str) -> Route | None:
-        """The route a received topic names, or None if it is not one of ours (or malformed)."""
-        head = self.root + "/"
-        if not topic.startswith(head):
-            return None
-        parts = topic[len(head) :].split("/")
-        match parts:
-            case ["dev", dev, "inbox"] if is_device_id(dev):
-                return Route("inbox", dev)
-            case ["dev", dev, "presence"] if is_device_id(dev):
-                return Route("presence", dev)
-            case ["evidence", dev] if is_device_id(dev):
-                return Route("evidence", dev)
-            case ["domain", dom] if DOMAIN_RE.match(dom):
-                return Route("domain", dom)
-            case ["hub", hub, "presence"] if HUB_ID_RE.match(hub):
-                return Route("hub", hub)
-        return None
-
-
-# --------------------------------------------------------------------------- values
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,159 +70,6 @@ class _Counters:
     dropped_oversize: int = 0
     dropped_overflow: int = 0
     dropped_malformed: int = 0
-
-
-# --------------------------------------------------------------------------- presence
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceState:
-    """A decoded presence payload: online or not, and through which shared connection."""
-
-    online: bool
-    hub: str | None = None
-
-
-def encode_presence(online: bool, hub_id: str | None = None) -> bytes:
-    if not online:
-        return PRESENCE_OFFLINE
-    if hub_id is None:
-        return PRESENCE_ONLINE
-    return PRESENCE_VIA_HUB + validate_hub_id(hub_id).encode("ascii")
-
-
-def decode_presence(payload: bytes) -> PresenceState | None:
-    """Decode a device presence payload; None if it is not one (the caller counts it).
-
-    An empty payload is a cleared retained message: offline.
-    """
-    if payload in (PRESENCE_OFFLINE, b""):
-        return PresenceState(False)
-    if payload == PRESENCE_ONLINE:
-        return PresenceState(True)
-    if payload.startswith(PRESENCE_VIA_HUB):
-        try:
-            hub = payload[len(PRESENCE_VIA_HUB) :].decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        if HUB_ID_RE.match(hub):
-            return PresenceState(True, hub)
-    return None
-
-
-def decode_hub_presence(payload: bytes) -> bool | None:
-    """A hub's presence payload is ``online`` or ``offline`` (empty: cleared, offline)."""
-    if payload == PRESENCE_ONLINE:
-        return True
-    if payload in (PRESENCE_OFFLINE, b""):
-        return False
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceChange:
-    device_id: str
-    online: bool
-
-
-@dataclass(slots=True)
-class PresenceBook:
-    """Effective presence of watched devices; a pure state machine.
-
-    A device online through hub H is effectively online only while H's own presence says online:
-    H's last-will covers every device that shares its connection. Until H's presence is known,
-    such a device's state is unknown and no change is reported.
-    """
-
-    _devices: dict[str, PresenceState] = field(default_factory=dict)
-    _hubs: dict[str, bool] = field(default_factory=dict)
-    _effective: dict[str, bool] = field(default_factory=dict)
-
-    def effective(self, device_id: str) -> bool | None:
-        return self._effective.get(device_id)
-
-    def device_update(self, device_id: str, state: PresenceState) -> list[PresenceChange]:
-        self._devices[device_id] = state
-        return self._recompute([device_id])
-
-    def hub_update(self, hub_id: str, online: bool) -> list[PresenceChange]:
-        self._hubs[hub_id] = online
-        return self._recompute([d for d, s in self._devices.items() if s.hub == hub_id])
-
-    def forget(self, device_id: str) -> None:
-        self._devices.pop(device_id, None)
-        self._effective.pop(device_id, None)
-
-    def clear(self) -> None:
-        self._devices.clear()
-        self._hubs.clear()
-        self._effective.clear()
-
-    def _recompute(self, device_ids: Iterable[str]) -> list[PresenceChange]:
-        changes = []
-        for d in device_ids:
-            state = self._devices[d]
-            now: bool | None = state.online
-            if state.online and state.hub is not None:
-                now = self._hubs.get(state.hub)
-            if now is not None and self._effective.get(d) != now:
-                self._effective[d] = now
-                changes.append(PresenceChange(d, now))
-        return changes
-
-
-# --------------------------------------------------------------------------- reconnect policy
-
-
-@dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """Exponential backoff, full jitter: attempt n waits uniform [0, min(cap, base * 2^n)] ms."""
-
-    base_ms: int = 250
-    cap_ms: int = 30_000
-
-    def __post_init__(self) -> None:
-        if not 0 < self.base_ms <= self.cap_ms:
-            raise ValueError(
-                f"reconnect policy: expected 0 < base_ms <= cap_ms, found "
-                f"base_ms={self.base_ms}, cap_ms={self.cap_ms}"
-            )
-
-    def ceiling_ms(self, attempt: int) -> int:
-        if attempt < 0:
-            raise ValueError(f"reconnect attempt: expected >= 0, found {attempt}")
-        return min(self.cap_ms, self.base_ms << min(attempt, 40))
-
-    def delay_ms(self, attempt: int, rng: random.Random) -> int:
-        return rng.randint(0, self.ceiling_ms(attempt))
-
-
-# --------------------------------------------------------------------------- endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a client connects: host, port, and TLS / credentials when the broker wants them."""
-
-    host: str
-    port: int
-    tls: ssl.SSLContext | None = field(default=None, compare=False)
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ValueError("endpoint: expected a host name, found an empty string")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"endpoint: expected a port in 1..65535, found {self.port}")
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls is not None else 'mqtt'}://{host}:{self.port}"
-
-
-# --------------------------------------------------------------------------- the interface
 
 
 class Transport(abc.ABC):
@@ -611,26 +280,3 @@ class Transport(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-# --------------------------------------------------------------------------- process limits
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the soft limit now.
-
-    Every MQTT connection is a descriptor (two for an in-process broker). Call once at start.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    targets = [hard] if hard != resource.RLIM_INFINITY else [1 << 20, 1 << 16]
-    for target in targets:
-        if soft != resource.RLIM_INFINITY and soft >= target:
-            return soft
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            continue
-        return target
-    return soft

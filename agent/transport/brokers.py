@@ -35,7 +35,8 @@ from types import TracebackType
 from typing import IO, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from agent.transport.base import Endpoint
+from agent.errors import AgentError
+from agent.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,8 @@ _QUIET_LOGGERS = ("amqtt", "transitions")
 _TLS_OPTIONS = ("ca", "cert", "key")
 
 
-class BrokerError(Exception):
+class BrokerError(AgentError, code="broker"):
     """A broker could not be found, started, stopped, or described (bad URL or files)."""
-
-    code = "broker"
 
 
 class Broker(abc.ABC):

@@ -31,19 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.transport.base import (
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_QUEUED,
-    Delivery,
-    NotConnectedError,
-    Topics,
-    Transport,
-    TransportClosedError,
-    TransportError,
-    encode_presence,
-    validate_device_id,
-    validate_domain,
-)
+from agent.transport.base import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_QUEUED, Delivery, Transport
+from agent.transport.errors import AttachError, NotConnectedError, TransportClosedError
+from agent.transport.presence import encode_presence
+from agent.transport.topics import Topics, validate_device_id, validate_domain
 
 
 class NowSource(Protocol):
@@ -166,7 +157,7 @@ class MemoryNetwork:
         """Plug a device in (connected, presence online); its id must not be attached already."""
         validate_device_id(device_id)
         if device_id in self._transports:
-            raise TransportError(
+            raise AttachError(
                 f"device {device_id} is already attached to this network (one identity, one device)"
             )
         t = MemoryTransport(
@@ -210,7 +201,7 @@ class MemoryNetwork:
         try:
             return self._transports[device_id]
         except KeyError:
-            raise TransportError(f"device {device_id} is not attached to this network") from None
+            raise AttachError(f"device {device_id} is not attached to this network") from None
 
     def _detach(self, t: MemoryTransport) -> None:
         if self._transports.get(t.device_id) is t:

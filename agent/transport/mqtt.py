@@ -7,7 +7,7 @@ Two ways to connect, one view type (``MqttTransport``, a ``base.Transport``):
 - ``MqttHub(endpoint)``: one connection shared by the devices of one process;
   ``await hub.attach(device_id, domains)`` returns a device's view, which subscribes its own
   inbox. The hub's last-will marks the hub offline; each device announces ``online:<hub id>`` and
-  watchers resolve it against the hub's presence (``base.PresenceBook``).
+  watchers resolve it against the hub's presence (``presence.PresenceBook``).
 
 A ``_Link`` owns one aiomqtt client: it connects (MQTT 3.1.1, clean session), subscribes
 reference-counted topics (restored after every reconnect), routes every received message to the
@@ -32,26 +32,26 @@ from typing import Any, Self
 
 import aiomqtt
 
-from agent.transport.base import (
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_QUEUED,
-    PRESENCE_OFFLINE,
-    PRESENCE_ONLINE,
-    Delivery,
-    Endpoint,
+from agent.transport.base import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_QUEUED, Delivery, Transport
+from agent.transport.endpoint import Endpoint
+from agent.transport.errors import (
+    AttachError,
     NotConnectedError,
-    PresenceBook,
-    PresenceChange,
-    ReconnectPolicy,
-    Topics,
-    Transport,
+    RefusedError,
     TransportClosedError,
     TransportError,
+)
+from agent.transport.presence import (
+    PRESENCE_OFFLINE,
+    PRESENCE_ONLINE,
+    PresenceBook,
+    PresenceChange,
     decode_hub_presence,
     decode_presence,
     encode_presence,
-    validate_hub_id,
 )
+from agent.transport.reconnect import ReconnectPolicy
+from agent.transport.topics import Topics, validate_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class _Link:
             for topic, code in zip(chunk, codes, strict=False):
                 value = getattr(code, "value", code)
                 if not isinstance(value, int) or value >= _SUBACK_FAILURE:
-                    raise TransportError(
+                    raise RefusedError(
                         f"the broker at {self.endpoint.url} refused the "
                         f"subscription to {topic} (check its ACL)"
                     )
@@ -395,7 +395,7 @@ class _Link:
         if self._stopped:
             raise TransportClosedError(f"MQTT connection {self.client_id} was stopped")
         if view.device_id in self._views:
-            raise TransportError(
+            raise AttachError(
                 f"device {view.device_id} is already attached to MQTT "
                 f"connection {self.client_id} (one identity, one device)"
             )
@@ -558,7 +558,7 @@ class MqttTransport(Transport):
         if self._registered:
             return
         if not self._owns_link and not self._link.started:
-            raise TransportError(f"cannot attach {self.device_id}: the MqttHub is not started")
+            raise AttachError(f"cannot attach {self.device_id}: the MqttHub is not started")
         await self._link.add_view(self)
         self._registered = True
         if self._owns_link:

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.transport.base import TransportError
 from agent.transport.brokers import (
     BrokerError,
     EmbeddedBroker,
@@ -29,6 +28,7 @@ from agent.transport.brokers import (
     broker_from_spec,
     parse_broker_url,
 )
+from agent.transport.errors import TransportError
 from agent.transport.mqtt import MqttOptions, MqttTransport
 from ledger.identity import device_id_for
 from tests.agent.conftest import require_mosquitto

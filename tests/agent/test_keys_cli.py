@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import stat
 from pathlib import Path
 
@@ -10,9 +11,12 @@ import pytest
 
 from agent.cli.main import main
 from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
+from ledger import keyfile
 from ledger.certs import verify_certificate
 from ledger.errors import RevokedError
 from ledger.identity import is_device_id
+from ledger.sealbox import public_key_of
 
 
 @pytest.fixture
@@ -190,3 +194,75 @@ def test_serials_increase_and_revocation_blocks_the_device(fleet: Path) -> None:
     )
     with pytest.raises(RevokedError):
         keys.key_for(keys.certificate.device_key.key_id, 0)
+
+
+def test_init_owner_writes_an_encrypted_key_file(
+    fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = fleet / "owner.key"
+    assert main(["keys", "init-owner", "--out", str(path)]) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    doc = json.loads(path.read_bytes())
+    assert (doc["format"], doc["role"], doc["kdf"]) == ("edgefleet-key/1", "owner", "argon2id")
+    public = (fleet / "owner.key.pub").read_text()
+    assert public == doc["public"] + "\n"
+    secret = keystore.read_owner_secret(path, b"test passphrase")
+    assert public_key_of(secret).hex() == doc["public"]
+    assert secret.hex() not in path.read_text()
+    with pytest.raises(keystore.KeystoreError, match="wrong passphrase"):
+        keystore.read_owner_secret(path, b"another passphrase")
+    capsys.readouterr()
+    assert main(["keys", "show", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["file"], info["role"], info["public"]) == ("encrypted key", "owner", doc["public"])
+
+
+def _plain_owner_key(path: Path) -> bytes:
+    """An owner key in the form written before owner keys were encrypted."""
+    secret = bytes(range(1, 33))
+    keyfile.write_private(path, secret.hex().encode() + b"\n")
+    return secret
+
+
+def test_an_old_plain_owner_key_is_read_once_and_rewritten_encrypted(
+    fleet: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = fleet / "owner.key"
+    secret = _plain_owner_key(path)
+    with caplog.at_level(logging.WARNING, "edgefleet.keys"):
+        assert keystore.read_owner_secret(path) == secret  # $EDGEFLEET_PASSPHRASE is at hand
+    assert "plain hex" in caplog.text and "re-written encrypted" in caplog.text
+    assert json.loads(path.read_bytes())["role"] == "owner"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    caplog.clear()
+    assert keystore.read_owner_secret(path) == secret
+    assert caplog.text == ""  # once
+    assert keyfile.read_owner(path, b"test passphrase") == secret
+
+
+def test_an_old_plain_owner_key_without_a_passphrase_is_read_and_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("EDGEFLEET_PASSPHRASE", raising=False)
+    path = tmp_path / "owner.key"
+    secret = _plain_owner_key(path)
+    with caplog.at_level(logging.WARNING, "edgefleet.keys"):
+        assert keystore.read_owner_secret(path) == secret
+    assert "plain hex" in caplog.text and "stays so" in caplog.text
+    assert path.read_bytes() == secret.hex().encode() + b"\n"
+
+
+def test_a_simulated_fleets_owner_key_opens_with_its_passphrase_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIR/passphrase ends in a newline, stripped; it unlocks DIR/owners/NAME.key unasked."""
+    monkeypatch.delenv("EDGEFLEET_PASSPHRASE", raising=False)
+    data = DataDir(tmp_path / "data")
+    pw = data.fleet_passphrase(create=True)
+    assert pw is not None and (data.root / "passphrase").read_bytes() == pw + b"\n"
+    path = data.root / "owners" / "family-1.key"
+    path.parent.mkdir()
+    public = keystore.init_owner(path, pw, keyfile.FAST)
+    assert public_key_of(keystore.read_owner_secret(path)) == public
+    assert keystore.owner_secret_for(path.parent, public) is not None
+    assert keystore.owner_secret_for(path.parent, bytes(32)) is None

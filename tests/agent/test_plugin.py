@@ -162,7 +162,8 @@ def test_verify_passes_then_names_a_tampered_reading(mini: FleetReplay) -> None:
     finally:
         db.close()
     with pytest.raises(
-        FleetVerificationError, match=r"1 verification failure.*\n  fridge-1: own chain"
+        FleetVerificationError,
+        match=r"1 verification failure.*\n  fridge-1: \S+/fridge-1/store\.sqlite: own chain",
     ):
         mini.verify()
 

@@ -45,8 +45,9 @@ from agent.gossip.inputs import (
     RestoreRequested,
 )
 from agent.gossip.node import GossipNode
-from agent.gossip.sim import START_MS, Authority, SimDevice, SimNet
+from agent.gossip.sim import SimNet
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from agent.transport.brokers import MosquittoBroker
 from ledger.block import Block, build_header, decode_header, sign_header
 from ledger.epoch import EpochRecord, sign_epoch

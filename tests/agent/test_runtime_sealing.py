@@ -17,7 +17,7 @@ from typing import cast
 
 from agent.device.sealing import SealPolicy
 from agent.fleet.build import build_device
-from agent.gossip.sim import START_MS, Authority
+from agent.protocol.sim import START_MS, Authority
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock, SimClock
 from firmware_sim.samples import Sample

@@ -22,7 +22,7 @@ from agent.device.sealing import SealPolicy
 from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
-from agent.gossip.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from agent.transport.base import Transport
 from firmware_sim.clock import Clock, RealClock, SimClock
 from firmware_sim.samples import Sample

@@ -41,15 +41,17 @@ def _record(w: ChainWriter, out: list[tuple[int, int, str, int, str | None]], i:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fleet:
+    # Owner keys are encrypted; the commands unlock them with $EDGEFLEET_PASSPHRASE.
+    monkeypatch.setenv("EDGEFLEET_PASSPHRASE", "pw")
     d = DataDir(tmp_path / "data")
     keystore.init_authority(d.authority, b"pw", FAST)
     auth = keystore.load_authority(d.authority, b"pw")
     owner_key = d.root / "owners" / "alice.key"
     owner_key.parent.mkdir(parents=True)
-    owner_pub = keystore.init_owner(owner_key)
+    owner_pub = keystore.init_owner(owner_key, b"pw", FAST)
     grantee_key = tmp_path / "vet.key"
-    keystore.init_owner(grantee_key)
+    keystore.init_owner(grantee_key, b"pw", FAST)
     recorded: dict[str, list[tuple[int, int, str, int, str | None]]] = {}
     for name, kind, site, owner in [
         ("fridge-1", "refrigerator", "house-1", owner_pub),
@@ -168,7 +170,7 @@ def test_a_grant_opens_exactly_the_granted_range(
     args = _grant_args(fleet, "fridge-1", fleet.owner_key, str(T0 + 3 * 60_000), grant)
     assert main([*args, "--until", "2023-11-14T22:20:20"]) == 0
     assert "lets" in capsys.readouterr().out
-    assert fleet.owner_key.read_text().strip() not in grant.read_bytes().hex()
+    assert keystore.read_owner_secret(fleet.owner_key).hex() not in grant.read_bytes().hex()
     with_grant = ["--grant", str(grant), "--grantee-key", str(fleet.grantee_key)]
     rc, doc, _ = _run_json(capsys, fleet, "fridge-1", *with_grant)
     assert rc == 0
@@ -274,3 +276,73 @@ def test_a_fleet_run_seals_household_readings_and_only_the_owner_opens_them(
     opened = json.loads(capsys.readouterr().out)
     assert opened["withheld"] == 0 and opened["shown"] == withheld["private"]
     assert {r["sensor"] for r in opened["readings"]} >= {"fridge.temp_mc"}
+
+
+def test_tags_without_a_key_say_that_private_readings_need_the_owner_key(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The household fridge's readings are private: a keyless `tags --kind food` lists nothing
+    and says why, instead of a bare "no tagged readings"; the owner key lists its item."""
+    data = str(fleet.data.root)
+    assert main(["tags", "--data", data, "--kind", "food"]) == 0
+    out, err = capsys.readouterr()
+    assert EPC not in out
+    assert "private readings need --owner-key" in err and "(fridge-1)" in err
+    assert main(["tags", "--data", data, "--kind", "food", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["tags"], doc["sealed_devices"]) == ([], ["fridge-1"])
+    # The owner key opens the fridge's readings: its item is listed (with the freezer's plain
+    # readings of the same EPC; no --kind, which goes by the device that saw it first, a tie
+    # here) and nothing is said.
+    assert main(["tags", "--data", data, "--owner-key", str(fleet.owner_key)]) == 0
+    out, err = capsys.readouterr()
+    assert EPC in out and err == ""
+    # No private device of that kind: nothing to say.
+    assert main(["tags", "--data", data, "--kind", "blood"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_store_is_one_line_naming_the_file(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show of a device whose SQLite header was overwritten fails with one line naming the
+    store; tags leaves that device out, says so, and still lists the others' items."""
+    data, path = str(fleet.data.root), fleet.data.store_path("freezer-1")
+    with open(path, "r+b") as f:
+        f.write(b"this is no database!")
+    assert main(["show", "--data", data, "--device", "freezer-1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert err.splitlines() == [
+        f"edgefleet: error: {path}: damaged store: cannot open store (file is not a database) "
+        "(`edgefleet verify` checks every device)"
+    ]
+    owner = str(fleet.owner_key)
+    assert main(["tags", "--data", data, "--owner-key", owner, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["tag"] for r in json.loads(out)["tags"]] == [EPC]  # the fridge's, opened
+    assert f"edgefleet: left out, {path}: cannot open store" in err
+
+
+def test_a_garbage_page_in_a_store_is_one_line_naming_the_file(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file opens, but the page holding a reading is garbage: SQLite's own error comes out
+    of the store's read, and show reports it as the store's damage."""
+    import sqlite3
+
+    path = fleet.data.store_path("freezer-1")
+    db = sqlite3.connect(path)
+    (wire,) = db.execute("SELECT wire FROM readings ORDER BY seq LIMIT 1 OFFSET 5").fetchone()
+    (page,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    at = path.read_bytes().find(bytes(wire))
+    assert at > 0
+    with open(path, "r+b") as f:
+        f.seek(at - at % page)
+        f.write(bytes(range(256)) * (page // 256))
+    assert main(["show", "--data", str(fleet.data.root), "--device", "freezer-1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith(f"edgefleet: error: {path}: damaged store: "), err
+    assert "malformed" in err

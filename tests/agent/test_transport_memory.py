@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.transport import (
+    AttachError,
     Delivery,
     InvalidNameError,
     MemoryNetwork,
@@ -18,7 +19,6 @@ from agent.transport import (
     NotConnectedError,
     PayloadTooLargeError,
     TransportClosedError,
-    TransportError,
 )
 from ledger.identity import device_id_for
 
@@ -129,8 +129,10 @@ def test_messages_to_a_disconnected_device_are_not_kept_for_it() -> None:
 def test_one_identity_cannot_attach_twice() -> None:
     net = MemoryNetwork(random.Random(1))
     net.attach(A)
-    with pytest.raises(TransportError, match="already attached"):
+    with pytest.raises(AttachError, match="already attached"):
         net.attach(A)
+    with pytest.raises(AttachError, match=f"device {B} is not attached"):
+        net.disconnect(B)
 
 
 # --------------------------------------------------------------------------- limits and names

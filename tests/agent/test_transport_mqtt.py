@@ -10,7 +10,6 @@ import ast
 import asyncio
 import os
 import random
-import resource
 import signal
 import socket
 import sys
@@ -20,26 +19,27 @@ from pathlib import Path
 
 import pytest
 
-from agent.transport.base import (
-    Delivery,
-    Endpoint,
+from agent.transport.base import Delivery, Transport
+from agent.transport.brokers import EmbeddedBroker, MosquittoBroker
+from agent.transport.endpoint import Endpoint
+from agent.transport.errors import (
+    AttachError,
     InvalidNameError,
     NotConnectedError,
+    RefusedError,
+    TransportClosedError,
+    TransportError,
+)
+from agent.transport.mqtt import MqttHub, MqttOptions, MqttTransport
+from agent.transport.presence import (
     PresenceBook,
     PresenceChange,
     PresenceState,
-    ReconnectPolicy,
-    Route,
-    Topics,
-    Transport,
-    TransportClosedError,
-    TransportError,
     decode_presence,
     encode_presence,
-    raise_fd_limit,
 )
-from agent.transport.brokers import EmbeddedBroker, MosquittoBroker
-from agent.transport.mqtt import MqttHub, MqttOptions, MqttTransport
+from agent.transport.reconnect import ReconnectPolicy
+from agent.transport.topics import Route, Topics
 from ledger.identity import device_id_for
 
 
@@ -197,17 +197,6 @@ def test_reconnect_backoff_is_exponential_with_full_jitter_and_seeded() -> None:
         ReconnectPolicy(base_ms=10, cap_ms=5)
 
 
-def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
-    try:
-        now = raise_fd_limit()
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == now
-        assert now == hard or (hard == resource.RLIM_INFINITY and now >= 65536)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, now), hard))
-
-
 def test_connect_failure_is_a_transport_error_naming_the_broker() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
@@ -216,6 +205,26 @@ def test_connect_failure_is_a_transport_error_naming_the_broker() -> None:
         with pytest.raises(TransportError, match=f"mqtt://127.0.0.1:{port} as {A}"):
             asyncio.run(t.connect())
         assert not t.connected
+
+
+def test_attaching_to_a_hub_that_was_never_started_is_our_misuse() -> None:
+    hub = MqttHub(Endpoint("127.0.0.1", 1))
+    with pytest.raises(AttachError, match=f"cannot attach {A}: the MqttHub is not started"):
+        asyncio.run(hub.attach(A))
+
+
+def test_a_subscription_the_broker_refuses_is_a_remote_refusal() -> None:
+    # Mosquitto grants what its ACL denies, so no broker the tests start sends SUBACK 0x80:
+    # a client that answers like one which does.
+    class RefusingClient:
+        async def subscribe(self, topics: list[tuple[str, int]]) -> list[int]:
+            return [1 if t.endswith("/inbox") else 0x80 for t, _ in topics]
+
+    hub = MqttHub(Endpoint("127.0.0.1", 1))
+    topics = Topics()
+    wanted = [topics.inbox(A), topics.domain("kitchen")]
+    with pytest.raises(RefusedError, match=r"refused the subscription to .*/domain/kitchen"):
+        asyncio.run(hub._link._subscribe(RefusingClient(), wanted))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- on real brokers
@@ -312,7 +321,7 @@ def test_clean_close_announces_offline(serve: Serve) -> None:
 
 CLIENT = """
 import asyncio, sys
-from agent.transport.base import Endpoint
+from agent.transport.endpoint import Endpoint
 from agent.transport.mqtt import MqttHub, MqttTransport
 
 async def main():
@@ -400,7 +409,7 @@ def test_hub_devices_share_one_connection_with_their_own_inboxes(serve: Serve) -
             await presence_of(a, B, False)
             await c.send(A, b"c still here")
             assert (await next_of(a, "inbox")).payload == b"c still here"
-            with pytest.raises(TransportError, match="already attached"):
+            with pytest.raises(AttachError, match="already attached"):
                 await hub.attach(C)
 
     asyncio.run(main())

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from hypothesis import Phase, assume, given, settings
+from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from ledger import codec, domains, envelope
@@ -47,10 +47,12 @@ from ledger.certs import (
     verify_certificate,
     verify_revocation,
 )
+from ledger.epoch import EpochRecord, decode_epoch
 from ledger.errors import DecodeError, UsageError
 from ledger.evidence import decode_evidence, make_evidence
 from ledger.identity import DEVICE_ID_RE, SigningKey
 from ledger.reading import MAX_EPOCH, SENSOR_RE, Reading, decode_reading, sign_reading
+from ledger.receipt import Receipt, decode_receipt
 
 # RFC 8032 section 7.1, TEST 1 and TEST 2 secret keys (so the public keys are known answers too).
 RFC_SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -664,3 +666,122 @@ def test_rotations_and_revocations_round_trip(
     assert (rot.new_key, rot.effective_height, rot.time_ms) == (new.public, height, t)
     rev = decode_revocation(sign_revocation(AUTHORITY, DEVICE_ID, key_id, height, reason, t))
     assert (rev.key_id, rev.from_height, rev.reason, rev.time_ms) == (key_id, height, reason, t)
+
+
+# --- first_bin: the header of a stored block wire, without decoding the readings -------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=70_000),
+    st.lists(st.binary(max_size=300), max_size=20)
+    | st.integers(0, 70_000).map(lambda n: [b""] * n),
+    st.integers(0, 2),
+)
+@example(b"a" * 300, [b""], 0)  # bin 16
+@example(b"b" * 70_000, [b""] * 70_000, 1)  # bin 32, and an array 32 after it
+def test_first_bin_is_the_first_element_of_the_array(
+    first: bytes, rest: list[bytes], extra: int
+) -> None:
+    # Arrays of 2 (a block wire) and longer (array 16 and 32 headers for the rest as a list,
+    # fixarray up to 15 and array 16 for the outer array), byte strings of every header size.
+    wire = msgpack.packb([first, rest, *[None] * extra], use_bin_type=True)
+    assert codec.first_bin(wire, "stored block") == first
+    outer = msgpack.packb([first, *([0] * 20)], use_bin_type=True)  # array 16 outer header
+    assert outer[0] == 0xDC and codec.first_bin(outer, "stored block") == first
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        (b"", "expected a non-empty array"),
+        (b"\x90", "expected a non-empty array"),  # fixarray of 0
+        (b"\xdc\x00\x00", "expected a non-empty array"),  # array 16 of 0
+        (b"\xc4\x01x", "expected a non-empty array"),  # bytes, not an array
+        (b"\x92\xa1x\x90", "expected a byte string first"),  # a str first
+        (b"\x92", "expected a byte string first"),  # nothing after the array header
+        (b"\x92\xc4\x05abc", "byte string ends at byte 8, found 6 bytes"),  # truncated
+        (b"\x92\xc5\x01", "byte string ends at byte"),  # truncated length
+    ],
+    ids=[
+        "empty",
+        "empty-fixarray",
+        "empty-array16",
+        "not-an-array",
+        "str-first",
+        "no-element",
+        "truncated-bytes",
+        "truncated-length",
+    ],
+)
+def test_first_bin_refuses_what_is_not_an_array_opening_with_bytes(
+    wire: bytes, reason: str
+) -> None:
+    with pytest.raises(DecodeError, match=f"^stored block: {reason}"):
+        codec.first_bin(wire, "stored block")
+
+
+# --- the four signed records share their steps (ledger/signed.py), not their messages ---------
+
+_OTHER = "ef" + "a" * 24
+_H = b"\x11" * 32
+_BAD_BODIES = {
+    "header-count": (
+        [1, DEVICE_ID, 0, 1, _H, _H, _H, 0, 5, 6, DEVICE.key_id],
+        decode_header,
+        "header: field count: a block holds at least one reading, found 0",
+    ),
+    "header-format": (
+        [2, DEVICE_ID, 0, 1, _H, _H, _H, 1, 5, 6, DEVICE.key_id],
+        decode_header,
+        "header: field format: expected 1, found 2",
+    ),
+    "reading-sensor": (
+        [1, DEVICE_ID, 0, 1, 5, "Bad", 1, None, None],
+        decode_reading,
+        "reading: field sensor: 'Bad' is not allowed here",
+    ),
+    "reading-format": (
+        [3, DEVICE_ID, 0, 1, 5, "temp", 1, None, None],
+        decode_reading,
+        "reading: field format: expected 1 or 2, found 3",
+    ),
+    "receipt-same-device": (
+        [1, DEVICE_ID, DEVICE_ID, 0, 1, _H, 10, 5],
+        decode_receipt,
+        f"storage receipt: holder and owner are the same device ({DEVICE_ID})",
+    ),
+    "receipt-format": (
+        [0, DEVICE_ID, _OTHER, 0, 1, _H, 10, 5],
+        decode_receipt,
+        "storage receipt: field format: expected 1, found 0",
+    ),
+    "epoch-order": (
+        [1, DEVICE_ID, 1, 1, 0, _H, 5],
+        decode_epoch,
+        "epoch record: field new_epoch: expected above prev_epoch 1, found 1",
+    ),
+    "epoch-arity": (
+        [1, DEVICE_ID, 2, 1, 0, _H],
+        decode_epoch,
+        "epoch record: expected an array of 7 fields, found 6",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_BODIES))
+def test_each_signed_record_names_itself_once_in_its_decode_errors(case: str) -> None:
+    fields, decode, message = _BAD_BODIES[case]
+    body = codec.encode(fields)
+    with pytest.raises(DecodeError) as err:
+        decode(envelope.wrap(body, DEVICE.sign(b"any", body)))
+    assert str(err.value) == message
+
+
+def test_a_record_built_locally_against_the_rules_is_our_bug_with_the_same_message() -> None:
+    with pytest.raises(UsageError) as err:
+        Receipt(DEVICE_ID, DEVICE_ID, 0, 1, _H, 10, 5)
+    assert str(err.value) == _BAD_BODIES["receipt-same-device"][2]
+    with pytest.raises(UsageError) as err:
+        EpochRecord(DEVICE_ID, 1, 1, 0, _H, 5)
+    assert str(err.value) == _BAD_BODIES["epoch-order"][2]

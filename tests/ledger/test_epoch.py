@@ -34,7 +34,7 @@ from ledger.store import Store
 from ledger.verify import verify_chain, verify_headers
 from tests.ledger.conftest import NOW_MS, SealChain, flip_bit, sample_readings
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "RESTORE.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"  # section 6.5
 VECTOR_KEY = SigningKey(hashlib.sha256(b"edgefleet-restore-vector").digest())
 VECTOR_TIME = 1_767_225_600_000
 

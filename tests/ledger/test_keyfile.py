@@ -12,6 +12,7 @@ import pytest
 from ledger import keyfile
 from ledger.errors import KeyFileError
 from ledger.identity import SigningKey
+from ledger.sealbox import public_key_of
 
 PASS = b"correct horse battery staple"
 
@@ -163,3 +164,54 @@ def test_flipped_bit_in_the_box_is_detected(key_path: Path) -> None:
     _rewrite(key_path, {"box": box.hex()})
     with pytest.raises(KeyFileError, match="wrong passphrase or corrupted"):
         keyfile.read(key_path, PASS)
+
+
+def test_owner_key_round_trip_and_roles(tmp_path: Path, device_key: SigningKey) -> None:
+    """Owner keys (X25519) share the file format with role "owner"; neither kind of key file
+    can be read as the other."""
+    secret = bytes(range(32))
+    path = tmp_path / "owner.key"
+    keyfile.write_owner(path, secret, PASS, keyfile.FAST)
+    assert _mode(path) == 0o600
+    doc = json.loads(path.read_bytes())
+    assert doc["role"] == "owner" and bytes.fromhex(doc["public"]) == public_key_of(secret)
+    assert secret.hex() not in path.read_text()
+    assert keyfile.read_owner(path, PASS) == secret
+    assert keyfile.public_of(path) == public_key_of(secret)
+    with pytest.raises(KeyFileError, match="not an Ed25519 signing key"):
+        keyfile.read(path, PASS)
+    device = tmp_path / "device.key"
+    keyfile.write(device, device_key, PASS, "device", keyfile.FAST)
+    with pytest.raises(KeyFileError, match="holds a device key, not an owner key"):
+        keyfile.read_owner(device, PASS)
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        keyfile.read_owner(path, PASS + b"!")
+    with pytest.raises(KeyFileError, match="already exists"):
+        keyfile.write_owner(path, secret, PASS, keyfile.FAST)
+
+
+def test_a_swapped_owner_public_key_is_refused(tmp_path: Path) -> None:
+    doc = json.loads(keyfile.seal_owner(bytes(range(32)), PASS, keyfile.FAST))
+    doc["public"] = public_key_of(bytes(32)).hex()
+    with pytest.raises(KeyFileError, match="does not match"):
+        keyfile.unseal_owner(json.dumps(doc).encode(), PASS)
+
+
+def test_fixed_salt_and_nonce_give_fixed_bytes() -> None:
+    """What the published key-file vector relies on (tests/vectors)."""
+    salt, nonce = bytes(16), bytes(24)
+    a = keyfile.seal_secret(
+        bytes(32), bytes(32), PASS, "owner", keyfile.FAST, salt=salt, nonce=nonce
+    )
+    b = keyfile.seal_secret(
+        bytes(32), bytes(32), PASS, "owner", keyfile.FAST, salt=salt, nonce=nonce
+    )
+    assert a == b and json.loads(a)["box"].startswith(nonce.hex())
+
+
+def test_replace_private_keeps_the_mode(tmp_path: Path) -> None:
+    path = tmp_path / "owner.key"
+    keyfile.write_private(path, b"old")
+    keyfile.replace_private(path, b"new")
+    assert path.read_bytes() == b"new" and _mode(path) == 0o600
+    assert not list(tmp_path.glob(".*.tmp"))

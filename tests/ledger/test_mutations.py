@@ -45,8 +45,8 @@ from ledger.errors import (
 )
 from ledger.history import CompactRange
 from ledger.identity import SigningKey
-from ledger.merkle import root_from_leaf_hashes
-from ledger.reading import Reading, decode_reading, leaf_hash, sign_reading
+from ledger.merkle import leaf_hash, root_from_leaf_hashes
+from ledger.reading import Reading, decode_reading, sign_reading
 from ledger.store import Store
 from ledger.verify import verify_chain
 

@@ -16,11 +16,11 @@ import pytest
 
 from ledger.block import Block, build_header, encode_block, sign_header
 from ledger.chain import ChainWriter
-from ledger.errors import ChainError, IntegrityError, SequenceError, StoreError
+from ledger.errors import ChainError, IntegrityError, SequenceError, StoreError, UsageError
 from ledger.history import CompactRange
 from ledger.identity import SigningKey
 from ledger.reading import Reading, SignedReading, sign_reading
-from ledger.store import SCHEMA_VERSION, Store, TagHit
+from ledger.store import SCHEMA_VERSION, ReceiptRow, ReplicaRow, Store, TagHit
 
 from .conftest import CHAIN_SIZES, NOW_MS, Disk, sample_readings, seal_chain_impl
 
@@ -157,6 +157,50 @@ def test_a_commit_failing_inside_its_transaction_leaves_no_partial_block(
     assert chain_store.block_count() == len(CHAIN_SIZES) + 1
 
 
+def test_a_seal_reads_and_appends_through_one_transaction_and_commits_at_its_end(
+    chain_store: Store, device_key: SigningKey
+) -> None:
+    store = chain_store
+    new = _signed(device_key, [SEALED, SEALED + 1])
+    head = store.head()
+    with store.sealing(new) as tx:
+        # What the writer reads is what this transaction stored.
+        assert [(p.seq, p.wire) for p in tx.pending(1)] == [(SEALED, new[0].wire)]
+        assert tx.head == head and tx.history_root() == store.history().root()
+        assert head is not None and tx.reading_wires(head.header.height) == store.reading_wires(
+            head.header.height
+        )
+        block = _next_block(store, device_key, new)
+        tx.append(block)
+        with pytest.raises(UsageError):
+            tx.append(block)  # one block per seal
+        assert store.head() == head  # the head moves at the commit, not before
+    assert store.head() == block.header and store.pending() == []
+    assert store.block(block.header.header.height) == block
+    with pytest.raises(UsageError):
+        tx.pending(1)  # the transaction has ended
+
+
+def test_a_seal_that_raises_leaves_neither_the_block_nor_its_readings(
+    chain_store: Store, device_key: SigningKey
+) -> None:
+    store = chain_store
+    before = _snapshot(store)
+    new = _signed(device_key, [SEALED, SEALED + 1])
+
+    def append_then_fail() -> None:
+        with store.sealing(new) as tx:
+            tx.append(_next_block(store, device_key, new))
+            raise RuntimeError("the writer failed after appending")
+
+    with pytest.raises(RuntimeError):
+        append_then_fail()
+    assert _snapshot(store) == before
+    with store.sealing(new) as tx:  # and the same seal goes through afterwards
+        tx.append(_next_block(store, device_key, new))
+    assert store.block_count() == len(CHAIN_SIZES) + 1
+
+
 @pytest.mark.parametrize(
     "seqs",
     [
@@ -171,7 +215,7 @@ def test_a_commit_failing_inside_its_transaction_leaves_no_partial_block(
 def test_commit_rechecks_the_own_sequence(
     chain_store: Store, device_key: SigningKey, seqs: list[int]
 ) -> None:
-    """store.py: 'a bug above cannot make it hold a gap, a duplicate or two blocks at one
+    """ledger/store: 'a bug above cannot make it hold a gap, a duplicate or two blocks at one
     height'. Readings a block carries must continue the sealed sequence without a gap."""
     before = _snapshot(chain_store)
     with pytest.raises(SequenceError):
@@ -487,8 +531,17 @@ def test_a_corrupted_replica_raises_integrity_error(
     wire = peer_blocks[0].encode()
     disk.replace(wire, wire[:-1])
     disk.close()
-    with Store(path) as store, pytest.raises(IntegrityError):
-        store.replica(peer, 0)
+    with Store(path) as store:
+        assert store.replica_infos()[0].height == 0  # read from the header alone: intact
+        with pytest.raises(IntegrityError):
+            store.replica(peer, 0)
+    # A header that no longer opens the stored block (its byte string made a text string).
+    disk = Disk(path)
+    assert wire[1] == 0xC4
+    disk.replace(wire[:-1], wire[:1] + b"\xd9" + wire[2:-1])
+    disk.close()
+    with Store(path) as store, pytest.raises(IntegrityError, match="expected a byte string"):
+        store.replica_infos()
 
 
 def test_evidence_is_idempotent(chain_store: Store, other_device_key: SigningKey) -> None:
@@ -530,16 +583,22 @@ def test_replication_bookkeeping_replicas_surplus_receipts_and_own_block_sizes(
     peer = other_device_key.public.device_id
     for b in peer_blocks:
         assert store.put_replica(b)
-    infos = store.replica_infos()
-    assert [(d, h, e, x, n) for d, h, e, x, n, _ in infos] == [
-        (peer, b.header.header.height, b.header.header.epoch, b.header.hash, len(b.encode()))
+    assert store.replica_infos() == [
+        ReplicaRow(
+            owner_id=peer,
+            height=b.header.header.height,
+            epoch=b.header.header.epoch,
+            block_hash=b.header.hash,
+            size=len(b.encode()),
+            surplus=False,
+        )
         for b in peer_blocks
     ]
     assert store.replica_wire(peer, 1) == peer_blocks[1].encode()
     assert store.replica_wire(peer, 99) is None
     store.mark_surplus(peer, 1)
     store.mark_surplus(peer, 1)  # idempotent
-    assert [s for *_, s in store.replica_infos()] == [False, True, False]
+    assert [r.surplus for r in store.replica_infos()] == [False, True, False]
 
     def foreign_tags(height: int) -> int:
         sql = "SELECT count(*) FROM tags WHERE device_id=? AND height=? AND own=0"
@@ -548,12 +607,12 @@ def test_replication_bookkeeping_replicas_surplus_receipts_and_own_block_sizes(
     assert foreign_tags(1) > 0  # sample_readings tags every third reading
     assert store.delete_replica(peer, 1) is True
     assert store.delete_replica(peer, 1) is False
-    assert [h for _, h, *_ in store.replica_infos()] == [0, 2]
+    assert [r.height for r in store.replica_infos()] == [0, 2]
     assert store.replica_bytes() == sum(len(peer_blocks[i].encode()) for i in (0, 2))
     assert foreign_tags(1) == 0  # the tag index forgets an evicted replica
     store.mark_surplus(peer, 2)
     store.delete_replica(peer, 2)  # the surplus mark goes with the replica
-    assert store.put_replica(peer_blocks[2]) and store.replica_infos()[-1][-1] is False
+    assert store.put_replica(peer_blocks[2]) and store.replica_infos()[-1].surplus is False
 
     store.put_receipt(0, "holder-a", b"r0a")
     store.put_receipt(0, "holder-b", b"r0b")
@@ -562,7 +621,7 @@ def test_replication_bookkeeping_replicas_surplus_receipts_and_own_block_sizes(
     assert store.receipts() == [(0, "holder-a", b"r0a'"), (0, "holder-b", b"r0b"),
                                 (2, "holder-a", b"r2a")]  # fmt: skip
     store.forget_receipt(0, "holder-b")
-    assert store.receipts(0) == [(0, "holder-a", b"r0a'")]
+    assert store.receipts(0) == [ReceiptRow(height=0, holder_id="holder-a", wire=b"r0a'")]
 
     own = list(store.blocks())
     assert store.own_block_infos(2) == [

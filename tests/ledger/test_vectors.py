@@ -43,6 +43,12 @@ def dom(name: str) -> bytes:
         "REVOCATION": b"edgefleet/v1/revocation",
         "DEVICE_ID": b"edgefleet/v1/device-id",
         "KEY_ID": b"edgefleet/v1/key-id",
+        "STORAGE_RECEIPT": b"edgefleet/v1/storage-receipt",
+        "AUDIT": b"edgefleet/v1/audit",
+        "PLACEMENT": b"edgefleet/v1/placement",
+        "BUNDLE_DIGEST": b"edgefleet/v1/bundle-digest",
+        "SEAL_EPHEMERAL": b"edgefleet/v1/seal-ephemeral",
+        "EPOCH": b"edgefleet/v1/epoch",
     }[name] + b"\x00"
 
 
@@ -85,6 +91,7 @@ def test_names() -> None:
     pub = bytes.fromhex(V["device"]["public"])
     assert device_id(pub) == V["device"]["device_id"]
     assert sha(dom("KEY_ID") + pub)[:8].hex() == V["device"]["key_id"]
+    assert len(V["domains"]) == 15  # every tag of docs/PROTOCOL.md section 2
     for name, hexed in V["domains"].items():
         assert bytes.fromhex(hexed) == dom(name)
 
@@ -169,12 +176,350 @@ def test_rotation_and_revocation() -> None:
     assert rev[1] == V["device"]["device_id"] and rev[2].hex() == V["device"]["key_id"]
 
 
-@pytest.mark.parametrize("path", ["reading.wire", "block0.header_wire", "certificate.wire"])
-def test_independent_verifier_rejects_a_flipped_bit(path: str) -> None:
+# (section.key, domain, who signs it)
+SIGNED = [
+    ("reading.wire", "READING", "device"),
+    ("block0.header_wire", "HEADER", "device"),
+    ("certificate.wire", "CERTIFICATE", "authority"),
+    ("revocation.wire", "REVOCATION", "authority"),
+    ("epoch_record.wire", "EPOCH", "device"),
+    ("private_reading.wire", "READING", "device"),
+    ("storage_receipt.wire", "STORAGE_RECEIPT", "holder"),
+]
+
+
+@pytest.mark.parametrize(("path", "domain", "signer"), SIGNED)
+def test_independent_verifier_rejects_a_flipped_bit(path: str, domain: str, signer: str) -> None:
     section, key = path.split(".")
     wire = bytearray(bytes.fromhex(V[section][key]))
-    signer = V["authority"]["public"] if section == "certificate" else V["device"]["public"]
-    domain = {"reading": "READING", "block0": "HEADER", "certificate": "CERTIFICATE"}[section]
+    pub = {
+        "device": V["device"]["public"],
+        "authority": V["authority"]["public"],
+        "holder": V["storage_receipt"]["holder_public"],
+    }[signer]
+    open_envelope(bytes(wire), domain, bytes.fromhex(pub))  # the vector itself verifies
     wire[len(wire) // 3] ^= 0x01  # inside the body
     with pytest.raises((InvalidSignature, ValueError, msgpack.UnpackException, AssertionError)):
-        open_envelope(bytes(wire), domain, bytes.fromhex(signer))
+        open_envelope(bytes(wire), domain, bytes.fromhex(pub))
+
+
+# --- the structures added to the vectors: each re-derived from the documents -------------------
+
+
+def seed(label: str) -> bytes:
+    return sha(b"edgefleet test vector " + label.encode())
+
+
+def hexed(fields: list[Any]) -> list[Any]:
+    """Decoded fields with byte strings as hex, as the vectors write them."""
+    return [f.hex() if isinstance(f, bytes) else f for f in fields]
+
+
+def x25519_public(secret: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+
+
+def ed_public(seed_: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed_).public_key().public_bytes_raw()
+
+
+def check_block(block_wire: bytes, pub: bytes) -> tuple[list[Any], bytes, list[list[Any]]]:
+    """Section 6.3 from the document: header fields, header hash, reading fields."""
+    header_wire, reading_wires = unpack(block_wire)
+    h = open_envelope(header_wire, "HEADER", pub)
+    fields = [open_envelope(r, "READING", pub) for r in reading_wires]
+    assert h[6] == mth([sha(b"\x00" + r) for r in reading_wires]) and h[7] == len(fields)
+    assert (h[8], h[9]) == (fields[0][4], fields[-1][4])
+    assert all(f[1] == h[1] and f[2] == h[2] for f in fields)
+    return h, sha(dom("HEADER_HASH") + unpack(header_wire)[0]), fields
+
+
+def test_certificate_fields_and_owner_key() -> None:
+    c = V["certificate"]
+    body, _sig = unpack(bytes.fromhex(c["wire"]))
+    assert body.hex() == c["body"] and hexed(unpack(body)) == c["fields"]
+    assert c["fields"][6] == seed(c["owner_x25519_label"]).hex()
+
+
+def test_readings_of_blocks_1_to_4_and_of_the_fork() -> None:
+    pub = bytes.fromhex(V["device"]["public"])
+    c = V["chain"]
+    last_seq = 2  # block 0 ends at seq 2
+    for height, wire in enumerate(c["block_wires"], start=1):
+        h, hh, fields = check_block(bytes.fromhex(wire), pub)
+        assert h[3] == height and hh.hex() == c["header_hashes"][height]
+        assert fields == [c["reading_fields"][height - 1]]
+        assert c["reading_wires"][height - 1] == unpack(bytes.fromhex(wire))[1][0].hex()
+        assert fields[0][3] > last_seq
+        last_seq = fields[0][3]
+    f = V["fork_evidence"]
+    h, hh, fields = check_block(bytes.fromhex(f["block_wire"]), pub)
+    assert fields == [f["reading_fields"]] and hh.hex() == f["header_hash"]
+    assert h[3] == 1 and hh.hex() != c["header_hashes"][1]
+    ev = unpack(bytes.fromhex(f["wire"]))
+    assert bytes.fromhex(f["header_wire"]) in (ev[3], ev[4])
+
+
+def test_rotation_and_revocation_fields() -> None:
+    r = V["rotation"]
+    assert r["new_seed"] == seed(r["new_seed_label"]).hex()
+    new_pub = ed_public(bytes.fromhex(r["new_seed"]))
+    assert new_pub.hex() == r["new_public"]
+    assert sha(dom("KEY_ID") + new_pub)[:8].hex() == r["new_key_id"]
+    body, old_sig, auth_sig = unpack(bytes.fromhex(r["wire"]))
+    assert (body.hex(), old_sig.hex(), auth_sig.hex()) == (
+        r["body"],
+        r["old_sig"],
+        r["authority_sig"],
+    )
+    assert hexed(unpack(body)) == r["fields"]
+    v = V["revocation"]
+    body, sig = unpack(bytes.fromhex(v["wire"]))
+    assert (body.hex(), sig.hex()) == (v["body"], v["signature"])
+    assert hexed(unpack(body)) == v["fields"]
+
+
+def test_epoch_record_and_the_first_block_of_the_new_epoch() -> None:
+    pub = bytes.fromhex(V["device"]["public"])
+    e = V["epoch_record"]
+    record = open_envelope(bytes.fromhex(e["wire"]), "EPOCH", pub)
+    assert hexed(record) == e["fields"] and unpack(bytes.fromhex(e["wire"]))[0].hex() == e["body"]
+    _, _, new_epoch, prev_epoch, last_height, last_hash, _ = record
+    assert new_epoch > prev_epoch and last_hash.hex() == V["chain"]["header_hashes"][last_height]
+    h, hh, fields = check_block(bytes.fromhex(e["first_block_wire"]), pub)
+    assert hh.hex() == e["first_header_hash"]
+    # PROTOCOL.md 6.4: across an epoch record, height + 1, prev_hash = last_hash, the history
+    # root over heights 0..last_height, and sequence numbers continuing.
+    assert (h[2], h[3], h[4]) == (new_epoch, last_height + 1, last_hash)
+    hashes = [bytes.fromhex(x) for x in V["chain"]["header_hashes"][: last_height + 1]]
+    assert h[5] == mth(hashes)
+    assert fields[0][3] > V["chain"]["reading_fields"][last_height - 1][3]
+
+
+def test_storage_receipt_and_audit_answer() -> None:
+    r = V["storage_receipt"]
+    pub = ed_public(seed(r["holder_seed_label"]))
+    assert pub.hex() == r["holder_public"] and device_id(pub) == r["holder_id"]
+    fields = open_envelope(bytes.fromhex(r["wire"]), "STORAGE_RECEIPT", pub)
+    assert hexed(fields) == r["fields"]
+    block = bytes.fromhex(V["block0"]["block_wire"])
+    assert fields[2] == V["device"]["device_id"] and fields[5].hex() == V["block0"]["header_hash"]
+    assert fields[6] == len(block)
+    a = V["audit"]
+    assert sha(dom("AUDIT") + bytes.fromhex(a["nonce"]) + block).hex() == a["answer"]
+
+
+def test_placement_draws_scores_and_choice() -> None:
+    import math
+
+    p = V["placement"]
+    block_hash = bytes.fromhex(p["block_hash"])
+    scores = {}
+    for h in p["holders"]:
+        x = int.from_bytes(sha(dom("PLACEMENT") + block_hash + h["holder_id"].encode())[:8]) >> 12
+        u = (x + 0.5) / 2**52
+        score = -h["weight"] / math.log(u)
+        assert (x, u.hex(), score.hex()) == (h["x"], h["u"], h["score"])
+        scores[h["holder_id"]] = score
+    ranking = sorted(scores, key=lambda i: (-scores[i], i))
+    assert ranking == p["ranking"]
+    sites = {h["holder_id"]: h["site"] for h in p["holders"]}
+
+    def choose(used: set[str]) -> list[str]:
+        picked: list[str] = []
+        for i in ranking:
+            if len(picked) < 2 and sites[i] not in used:
+                picked.append(i)
+                used.add(sites[i])
+        return picked + [i for i in ranking if i not in picked][: 2 - len(picked)]
+
+    assert choose(set()) == p["choose_2"]
+    assert choose({"site-b"}) == p["choose_2_site_b_used"]
+
+
+def test_private_reading_with_its_derived_ephemeral_key_and_its_grant() -> None:
+    from nacl import bindings
+    from nacl.public import PrivateKey, SealedBox
+
+    pr = V["private_reading"]
+    pub = bytes.fromhex(V["device"]["public"])
+    owner_secret = seed(pr["owner_secret_label"])
+    owner = x25519_public(owner_secret)
+    assert owner.hex() == pr["owner_public"]
+    content = unpack(bytes.fromhex(pr["content"]))
+    assert content == pr["plain_fields"][5:]
+    # The ephemeral secret (docs/PRIVATE.md): keyed BLAKE2b-256 under the device seed.
+    position = pr["plain_fields"][2].to_bytes(8, "big") + pr["plain_fields"][3].to_bytes(8, "big")
+    msg = dom("SEAL_EPHEMERAL") + owner + position + sha(bytes.fromhex(pr["content"]))
+    key = bytes.fromhex(V["device"]["seed"])
+    esk = hashlib.blake2b(msg, key=key, digest_size=32).digest()
+    assert esk.hex() == pr["ephemeral_secret"] and x25519_public(esk).hex() == pr["epk"]
+    epk = bytes.fromhex(pr["epk"])
+    k = bindings.crypto_box_beforenm(owner, esk)
+    assert k == bindings.crypto_box_beforenm(epk, owner_secret) and k.hex() == pr["k"]
+    nonce = hashlib.blake2b(epk + owner, digest_size=24).digest()
+    ct = bindings.crypto_box_afternm(bytes.fromhex(pr["content"]), nonce, k)
+    assert (nonce.hex(), ct.hex()) == (pr["nonce"], pr["ct"])
+    fields = open_envelope(bytes.fromhex(pr["wire"]), "READING", pub)
+    assert fields == [2, *pr["plain_fields"][1:5], epk, ct]
+    g = V["grant"]
+    grantee_secret = seed(g["grantee_secret_label"])
+    assert x25519_public(grantee_secret).hex() == g["grantee_public"]
+    magic, grantee, g_epk, g_ct = unpack(bytes.fromhex(g["file"]))
+    assert (magic, grantee.hex()) == ("edgefleet-grant/1", g["grantee_public"])
+    assert g_epk == x25519_public(seed(g["ephemeral_secret_label"]))
+    plain = SealedBox(PrivateKey(grantee_secret)).decrypt(g_epk + g_ct)
+    assert plain.hex() == g["content"]
+    assert unpack(plain) == [1, owner, fields[1], fields[4], fields[4], [[0, 100, k]]]
+
+
+@pytest.mark.parametrize("role", ["device", "owner"])
+def test_key_files_open_with_the_passphrase(role: str) -> None:
+    from nacl.pwhash import argon2id
+    from nacl.secret import SecretBox
+
+    kf = V["key_files"]
+    doc = json.loads(kf[role])
+    assert (doc["format"], doc["role"], doc["kdf"]) == ("edgefleet-key/1", role, "argon2id")
+    salt = bytes.fromhex(doc["salt"])
+    assert salt == seed(kf["salt_label"])[:16]
+    file_key = argon2id.kdf(
+        32, kf["passphrase"].encode(), salt, opslimit=doc["opslimit"], memlimit=doc["memlimit"]
+    )
+    box = bytes.fromhex(doc["box"])
+    assert box[:24] == seed(kf["nonce_label"])[:24]
+    secret = SecretBox(file_key).decrypt(box)
+    if role == "device":
+        assert secret.hex() == V["device"]["seed"] and doc["public"] == V["device"]["public"]
+    else:
+        assert secret == seed("owner secret") and doc["public"] == x25519_public(secret).hex()
+
+
+def test_bundle_digest_layout_and_verification() -> None:
+    from ledger.bundle import verify_bundle
+
+    b = V["bundle"]
+    data = bytes.fromhex(b["bytes"])
+    top = unpack(data)
+    assert top[:5] == [
+        "edgefleet-bundle",
+        1,
+        b["subject"],
+        b["created_ms"],
+        bytes.fromhex(V["authority"]["public"]),
+    ]
+    assert data[-34:-32] == b"\xc4\x20"
+    assert sha(dom("BUNDLE_DIGEST") + data[:-34]) == data[-32:] == top[6]
+    device = unpack(top[5][0])
+    assert device[0].hex() == V["certificate"]["wire"]
+    assert device[3].hex() == V["chain"]["header_wires"][4]
+    verified = verify_bundle(data)
+    assert [(r.height, r.index) for r in verified.readings] == [(0, 1)]
+    assert verified.readings[0].reading.wire.hex() == V["reading"]["wire"]
+
+
+# --- the limits docs/PROTOCOL.md states, measured on the code's largest structures -------------
+
+MAX_U63 = (1 << 63) - 1
+EMOJI = "\U0001f600"  # 4 bytes in UTF-8
+
+
+def test_reading_limits_count_bytes_and_the_largest_body_fits() -> None:
+    from ledger.errors import UsageError
+    from ledger.identity import SigningKey
+    from ledger.reading import Reading, decode_reading, sign_reading
+
+    key = SigningKey(seed("device"))
+    dev = key.public.device_id
+    largest = [
+        Reading(dev, (1 << 32) - 1, MAX_U63, MAX_U63, "a" * 32, -(1 << 63), tag, text)
+        for tag, text in (("t" * 96, "x" * 64), (EMOJI * 24, EMOJI * 16))
+    ]
+    for r in largest:
+        sr = sign_reading(r, key)
+        assert (len(sr.body), len(sr.wire)) == (259, 329)
+        assert decode_reading(sr.wire).reading == r
+    with pytest.raises(UsageError, match="100 UTF-8 bytes exceeds 96"):
+        Reading(dev, 0, 0, 0, "a", 0, EMOJI * 25)
+    with pytest.raises(UsageError, match="68 UTF-8 bytes exceeds 64"):
+        Reading(dev, 0, 0, 0, "a", 0, None, EMOJI * 17)
+    doc = generate.DOC_PATH.read_text()
+    assert "the largest body is 259 bytes" in doc and "its envelope 329 bytes" in doc
+
+
+def test_credential_sizes_stated_in_section_9() -> None:
+    from ledger.certs import countersign_rotation, issue_certificate, sign_revocation, sign_rotation
+    from ledger.identity import SigningKey
+
+    root, dev, new = (SigningKey(seed(x)) for x in ("authority", "device", "device rotated"))
+    cert = issue_certificate(
+        root,
+        dev.public,
+        kind="k" * 64,
+        model="m" * 64,
+        site="s" * 64,
+        owner_x25519=bytes(32),
+        not_before_ms=MAX_U63,
+        not_after_ms=MAX_U63,
+        serial=MAX_U63,
+    )
+    rot = countersign_rotation(
+        sign_rotation(dev.public.device_id, dev, new.public, MAX_U63, MAX_U63, root.key_id), root
+    )
+    rev = sign_revocation(root, dev.public.device_id, dev.key_id, MAX_U63, EMOJI * 16, MAX_U63)
+    sizes = {
+        "certificate": (len(cert.body()), len(cert.wire)),
+        "rotation": (len(unpack(rot)[0]), len(rot)),
+        "revocation": (len(unpack(rev)[0]), len(rev)),
+    }
+    assert sizes == {"certificate": (332, 402), "rotation": (101, 236), "revocation": (133, 202)}
+    doc = " ".join(generate.DOC_PATH.read_text().split())
+    for phrase in (
+        "a 332-byte body and a 402-byte envelope",
+        "the largest the field rules allow is 236). Body: array of 7, at most 256 bytes "
+        "(largest: 101)",
+        "the largest the field rules allow is 202). Body: array of 7, at most 256 bytes "
+        "(largest: 133)",
+    ):
+        assert phrase in doc, phrase
+
+
+def test_gossip_messages_carry_the_structures_as_section_12_lays_them_out() -> None:
+    g = V["gossip"]
+    dev, peer = V["device"]["device_id"], V["storage_receipt"]["holder_id"]
+    wires = V["chain"]["header_wires"]
+    cert, rot, rev = (
+        bytes.fromhex(V[x]["wire"]) for x in ("certificate", "rotation", "revocation")
+    )
+    expected: dict[str, list[Any]] = {
+        "announce": [1, 1, dev, [bytes.fromhex(wires[0])]],
+        "summary": [1, 2, peer, 1, [[dev, 0, 2, bytes.fromhex(V["chain"]["header_hashes"][2])]]],
+        "request": [1, 3, peer, 7, dev, 2, 4, 3],
+        "response": [
+            1,
+            4,
+            dev,
+            7,
+            dev,
+            [cert],
+            [rot],
+            [rev],
+            [bytes.fromhex(w) for w in wires[2:]],
+            [bytes.fromhex(b) for b in V["chain"]["block_wires"][1:]],
+        ],
+        "evidence": [1, 5, peer, bytes.fromhex(V["fork_evidence"]["wire"])],
+        "certs": [1, 6, peer, [cert], [rot], [rev]],
+        "epochs": [1, 7, dev, [bytes.fromhex(V["epoch_record"]["wire"])]],
+    }
+    limits = {"announce": 8192, "summary": 98_304, "request": 128, "response": 1 << 20}
+    limits |= {"evidence": 4160, "certs": 65_536, "epochs": 4096}
+    for name, fields in expected.items():
+        data = bytes.fromhex(g[name])
+        assert unpack(data) == fields, name
+        # 9N 01 TT ba: fixarray of the field count, version, type, then the 26-byte sender.
+        assert data[:4] == bytes([0x90 + len(fields), 1, fields[1], 0xBA]), name
+        assert len(data) <= limits[name], name

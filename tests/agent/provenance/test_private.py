@@ -22,6 +22,7 @@ from agent.provenance.gather import TraceSession
 from agent.provenance.opening import NO_KEY, Opening
 from firmware_sim.fleet import Fleet
 from firmware_sim.world import Movement
+from ledger import keyfile
 from ledger.chain import ChainWriter
 from ledger.private import make_grant, open_grant
 from ledger.store import Store
@@ -121,17 +122,21 @@ def test_the_owner_key_opens_its_own_fridge_only(homes: Homes) -> None:
 
 
 def test_a_grant_that_ends_during_the_stay_leaves_a_hole_in_custody(
-    homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    homes: Homes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("EDGEFLEET_PASSPHRASE", "pw")  # unlocks the grantee's key in the CLI
     epc, into, out = homes.eaten()
     until = (into.time_ms + out.time_ms) // 2
     secret = keystore.read_owner_secret(homes.owner_key)
     grantee = tmp_path / "auditor.key"
-    grantee_pub = keystore.init_owner(grantee)
+    grantee_pub = keystore.init_owner(grantee, b"pw", keyfile.FAST)
     with Store(homes.data.store_path("fridge-1")) as store:
         readings = [sr for b in store.blocks() for sr in b.readings]
     blob = make_grant(secret, readings, grantee_pub, homes.ids["fridge-1"], 0, until)
-    grant = open_grant(keystore.read_owner_secret(grantee), blob)
+    grant = open_grant(keystore.read_owner_secret(grantee, b"pw"), blob)
     with TraceSession(homes.data, homes.roots, Opening.granted(grant)) as s:
         t = s.trace(epc)
     (stay,) = t.stays
@@ -163,3 +168,30 @@ def test_the_cli_lists_and_traces_private_items_with_the_owner_key(
     main(["trace", epc, "--data", data, "--owner-key", str(homes.owner_key)])
     out = capsys.readouterr().out
     assert "fridge-1" in out and "arrived" in out and "sealed to another owner" in out
+
+
+def test_owner_keys_are_encrypted_under_the_fleet_passphrase_and_old_plain_ones_rewritten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A simulated fleet's DIR/owners/NAME.key is an edgefleet-key/1 file (role owner) sealed
+    under DIR/passphrase; one left in the old plain-hex form is re-written at the next start."""
+    (tmp_path / "devices.yaml").write_text(HOMES)
+    cfg = load_fleet(tmp_path / "devices.yaml")
+    data = DataDir(tmp_path / "data")
+    prov = provision(cfg, data, cfg.start_ms)
+    pw = data.fleet_passphrase()
+    assert pw is not None and (data.root / "passphrase").read_bytes() == pw + b"\n"
+    key = data.root / "owners" / "family-1.key"
+    doc = json.loads(key.read_bytes())
+    assert (doc["format"], doc["role"], doc["kdf"]) == ("edgefleet-key/1", "owner", "argon2id")
+    secret = keyfile.read_owner(key, pw)
+    assert bytes.fromhex(doc["public"]) == prov.owners["family-1"]
+    assert secret.hex() not in key.read_text()
+    # The form written before: 64 hex characters and a newline, mode 0600.
+    key.unlink()
+    keyfile.write_private(key, secret.hex().encode() + b"\n")
+    again = provision(cfg, data, cfg.start_ms)
+    assert again.owners == prov.owners
+    assert "plain hex" in caplog.text
+    assert keyfile.is_key_file(key.read_bytes()) and os.stat(key).st_mode & 0o077 == 0
+    assert keyfile.read_owner(key, pw) == secret
