@@ -5,6 +5,8 @@ readings during its stays) into a bundle with each device's certificate, head an
 so anyone holding the fleet root can verify it with ``edgefleet verify-bundle`` and recompute the
 same timeline and verdict with ``edgefleet trace --from-bundle`` (``from_bundle``), offline.
 Private readings travel sealed, as signed: a reader needs the owner's key or a grant to open them.
+The fork evidence and revocations behind a trace's key flags travel too (bundle format 2), so
+the bundle's verdict is the trace's: FORKED, REVOKED or ROTATED-AWAY included.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from agent.provenance import analysis
 from agent.provenance.evidence import DeviceInfo, Evidence, Withheld
 from agent.provenance.gather import TraceSession
 from agent.provenance.opening import Opening
-from ledger.bundle import BundleBuilder, VerifiedBundle
+from ledger.bundle import BundleBuilder, BundledReading, VerifiedBundle
 from ledger.certs import FleetRoots
-from ledger.reading import SignedReading
 
 
 def write_bundle(session: TraceSession, trace: analysis.Trace, *, created_ms: int) -> bytes:
@@ -24,7 +25,7 @@ def write_bundle(session: TraceSession, trace: analysis.Trace, *, created_ms: in
     devices = sorted({e.device_id for e in trace.evidence})
     for device_id in devices:
         chain = session.chain(device_id)
-        builder.add_device(device_id, chain.credentials, chain.head, chain.hashes)
+        builder.add_device(device_id, chain.credentials, chain.head, chain.hashes, chain.forks)
     for e in trace.evidence:
         builder.add_reading(e.device_id, session.block(e.device_id, e.height), e.index)
     return builder.build()
@@ -69,11 +70,12 @@ def from_bundle(
                     True,
                     br.reading.leaf_hash,
                     "inclusion",
+                    br.header.header.key_id,
                 )
             )
             why.setdefault(br.device_id, set()).add(result.reason)
             continue
-        readings.append(_evidence(br.reading, result.reading, br.height, br.index))
+        readings.append(_evidence(br, result.reading))
     stays, _ = analysis.custody([e for e in readings if e.tag == subject], devices)
     groups: dict[tuple[str, bool], list[int]] = {}
     for e in sealed:
@@ -92,17 +94,18 @@ def trace_bundle(
     product: str | None = None,
 ) -> analysis.Trace:
     epc, devices, readings, withheld = from_bundle(bundle, opening)
-    return analysis.analyse(epc, devices, readings, withheld, product=product)
+    return analysis.analyse(epc, devices, readings, withheld, product=product, flags=bundle.flags)
 
 
-def _evidence(sr: SignedReading, r: object, height: int, index: int) -> Evidence:
+def _evidence(br: BundledReading, r: object) -> Evidence:
     from ledger.reading import Reading
 
     assert isinstance(r, Reading)
+    sr = br.reading
     return Evidence(
         r.device_id,
-        height,
-        index,
+        br.height,
+        br.index,
         r.epoch,
         r.seq,
         r.time_ms,
@@ -113,6 +116,7 @@ def _evidence(sr: SignedReading, r: object, height: int, index: int) -> Evidence
         sr.private,
         sr.leaf_hash,
         "inclusion",
+        br.header.header.key_id,
     )
 
 
