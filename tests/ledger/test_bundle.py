@@ -824,14 +824,34 @@ def build_vector() -> bytes:
     return b.build()
 
 
-def doc_vector() -> dict[str, Any]:
+def build_vector_2() -> bytes:
+    """docs/BUNDLE.md's format-2 vector: the same chain and readings, and fork evidence: the
+    device also signed, at the head's height, the head's header with its merkle_root replaced
+    by SHA-256("edgefleet test vector fork")."""
+    authority, device = vector_seed("authority"), vector_seed("device")
+    cert = certify(authority, device, 1)
+    did = device.public.device_id
+    chain = seal_chain_impl(device, sample_readings(did, (2, 1, 1)))
+    head = chain[2].header
+    other = dataclasses.replace(
+        head.header, merkle_root=hashlib.sha256(b"edgefleet test vector fork").digest()
+    )
+    fork = make_evidence(cert.wire, (), head, sign_header(other, device)).encode()
+    b = BundleBuilder(FleetRoots.of(authority.public), subject=SUBJECT, created_ms=CREATED_MS)
+    b.add_device(did, [cert.wire], head, [x.header.hash for x in chain[:2]], forks=[fork])
+    b.add_reading(did, chain[0], 1)
+    b.add_reading(did, chain[2], 0)
+    return b.build()
+
+
+def doc_vector(marker: str = "bundle-vector") -> dict[str, Any]:
     for name in ("BUNDLE.md", "PROTOCOL.md"):
         path = DOCS / name
         text = path.read_text() if path.exists() else ""
-        m = re.search(r"<!-- bundle-vector:begin -->\s*```json\n(.*?)```", text, re.S)
+        m = re.search(rf"<!-- {marker}:begin -->\s*```json\n(.*?)```", text, re.S)
         if m:
             return json.loads(m.group(1))  # type: ignore[no-any-return]
-    raise AssertionError("no bundle vector in docs/BUNDLE.md or docs/PROTOCOL.md")
+    raise AssertionError(f"no {marker} in docs/BUNDLE.md or docs/PROTOCOL.md")
 
 
 def test_document_vector_is_what_the_code_builds_and_verifies() -> None:
@@ -871,3 +891,41 @@ def test_document_vector_by_the_document_alone() -> None:
     leaf = hashlib.sha256(b"\x00" + wire).digest()
     assert index == 1
     assert hashlib.sha256(b"\x01" + proof[0] + leaf).digest() == dec(hbody)[6]
+
+
+def test_document_vector_2_is_what_the_code_builds_and_verifies() -> None:
+    v = doc_vector("bundle-vector-2")
+    built = build_vector_2()
+    assert v["bundle"] == built.hex(), f"update vector 2 in docs/BUNDLE.md to:\n{built.hex()}"
+    vb = verify_bundle(bytes.fromhex(v["bundle"]))
+    assert vb.format == 2 and vb.root_key_id.hex() == v["root_key_id"]
+    (flag,) = vb.flags
+    assert (flag.kind, flag.device_id, flag.height) == ("forked", v["device_id"], 2)
+    assert [h.hex() for h in flag.hashes] == v["fork_hashes"]
+    assert all(vb.flags_of(r) == (flag,) for r in vb.readings)
+
+
+def test_document_vector_2_by_the_document_alone() -> None:
+    """Format 2 as docs/BUNDLE.md section 6 states it: vector 1 with byte 18 = 02 and a sixth
+    field in the device entry holding the fork evidence."""
+    v1 = dec(bytes.fromhex(doc_vector()["bundle"]))
+    v = doc_vector("bundle-vector-2")
+    data = bytes.fromhex(v["bundle"])
+    assert data[:19] == b"\x97\xb0edgefleet-bundle\x02"
+    assert data[-32:] == hashlib.sha256(DIGEST_DOMAIN + data[:-34]).digest()
+    top = dec(data)
+    assert enc(top) == data and top[2:5] == v1[2:5]
+    (device,) = top[5]
+    fields = dec(device)
+    assert fields[:5] == dec(v1[5][0])  # the same certificate, credentials, head and blocks
+    (evidence,) = fields[5]
+    fmt, cert, rotations, a, b = dec(evidence)
+    assert (fmt, cert, rotations) == (1, fields[0], [])
+    assert fields[3] in (a, b)  # the head is one of the two headers
+
+    def header_hash(wire: bytes) -> bytes:
+        return hashlib.sha256(b"edgefleet/v1/header-hash\x00" + dec(wire)[0]).digest()
+
+    assert [header_hash(a).hex(), header_hash(b).hex()] == v["fork_hashes"]
+    assert header_hash(a) < header_hash(b)
+    assert dec(dec(a)[0])[3] == dec(dec(b)[0])[3] == 2  # one height
