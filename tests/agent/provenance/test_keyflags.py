@@ -1,12 +1,13 @@
-"""Traces that know about forks, revocations and rotated-away keys (docs/PROVENANCE.md, rule 5).
+"""Traces that know about forks, revocations and rotated-away keys (docs/PROVENANCE.md, rule 6).
 
 The blood chain of ``fleets.BLOOD`` is run once; each test copies its data dir and does to it
 what a compromised or misbehaving device would leave behind: the station's freezer signs a
 second header at its head's height (fork evidence, held by the hospital's store as gossip would
-keep it), or the fleet authority revokes the station's freezer from some height (the revocation
-in the hospital's store). The trace must flag the bags whose custody passes through that key,
-name the evidence, and the bundle must carry it so that the offline verifier reaches the same
-verdict; evidence flipped in the bundle is refused, evidence stripped is no longer seen.
+keep it), the fleet authority revokes the station's freezer from some height, or rotates it to a
+new key while its old key goes on signing (the credential in the hospital's store). The trace
+must flag the bags whose custody passes through that key and name the evidence, and the bundle
+must carry it so that the offline verifier reaches the same verdict; evidence flipped in the
+bundle is refused, evidence stripped is no longer seen.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from agent.provenance.analysis import Trace
 from agent.provenance.gather import TraceSession
 from ledger.block import SignedHeader, sign_header
 from ledger.bundle import verify_bundle
-from ledger.certs import sign_revocation
+from ledger.certs import countersign_rotation, sign_revocation, sign_rotation
 from ledger.evidence import make_evidence
+from ledger.identity import SigningKey
 from ledger.store import Store
 from tests.agent.provenance.conftest import Run
 
@@ -241,3 +243,41 @@ def test_readings_after_a_revocation_are_flagged_and_readings_before_it_stay_ok(
     ]
     status, out = _cli(capsys, "trace", "--from-bundle", str(bundle))
     assert status == 1 and "Verdict: REVOKED" in out
+
+
+def test_readings_signed_by_a_key_rotated_away_are_flagged(
+    blood: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The authority rotates the station's freezer to a new key at some height, but the freezer
+    (or whoever holds its old key) goes on signing with the old one."""
+    dd = _copy(blood, tmp_path)
+    epc = _bags(blood)[1][0]
+    arrival = next(e for e in _trace(dd, blood, epc).timeline if e.event == "arrived")
+    cut = arrival.evidence.height + 1
+    pw = dd.fleet_passphrase()
+    assert pw is not None
+    authority = keystore.load_authority(dd.authority, pw)
+    station = _station(dd)
+    device_id = station.certificate.device_id
+    half = sign_rotation(
+        device_id, station.key, SigningKey.generate().public, cut, 1, authority.key_id
+    )
+    with Store(dd.store_path("freezer-hospital")) as hospital:
+        hospital.put_credential(device_id, "rotation", countersign_rotation(half, authority))
+
+    t = _trace(dd, blood, epc)
+    assert (t.verdict.ok, t.verdict.word) == (False, "ROTATED-AWAY")
+    (fl,) = t.flagged
+    assert (fl.flag.kind, fl.flag.key_id, fl.flag.height) == (
+        "rotated-away",
+        station.key.key_id,
+        cut,
+    )
+    assert set(fl.readings) == {e for e in t.evidence if e.height >= cut}
+    assert not t.flags_of(arrival.evidence) and not t.unverified
+
+    bundle = tmp_path / "bag.bundle"
+    status, _ = _cli(capsys, "trace", epc, "--data", str(dd.root), "--bundle", str(bundle))
+    assert status == 1
+    status, out = _cli(capsys, "verify-bundle", str(bundle))
+    assert status == 1 and "verdict:     ROTATED-AWAY" in out
