@@ -11,11 +11,14 @@ the bundle's verdict is the trace's: FORKED, REVOKED or ROTATED-AWAY included.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
+
 from agent.provenance import analysis
 from agent.provenance.evidence import DeviceInfo, Evidence, Withheld
 from agent.provenance.gather import TraceSession
 from agent.provenance.opening import Opening
-from ledger.bundle import BundleBuilder, BundledReading, VerifiedBundle
+from ledger.bundle import FORKED, REVOKED, BundleBuilder, BundledReading, VerifiedBundle
 from ledger.certs import FleetRoots
 
 
@@ -93,8 +96,19 @@ def trace_bundle(
     opening: Opening | None = None,
     product: str | None = None,
 ) -> analysis.Trace:
+    """The trace a verified bundle holds. Its key flags are those the bundle proves; a note says
+    that a fork or revocation the bundle does not carry cannot be seen offline
+    (docs/BUNDLE.md section 6.3), so an OK from a bundle claims no more than the bundle shows."""
     epc, devices, readings, withheld = from_bundle(bundle, opening)
-    return analysis.analyse(epc, devices, readings, withheld, product=product, flags=bundle.flags)
+    trace = analysis.analyse(epc, devices, readings, withheld, product=product, flags=bundle.flags)
+    carried = Counter(f.kind for d in bundle.devices.values() for f in d.flags)
+    note = (
+        f"key flags as far as this bundle shows: it carries {carried[FORKED]} fork evidence and "
+        f"{carried[REVOKED]} revocation(s); a fork or revocation it does not carry cannot be "
+        "seen offline"
+    )
+    verdict = dataclasses.replace(trace.verdict, notes=(*trace.verdict.notes, note))
+    return dataclasses.replace(trace, verdict=verdict)
 
 
 def _evidence(br: BundledReading, r: object) -> Evidence:

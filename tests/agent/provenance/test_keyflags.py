@@ -203,6 +203,10 @@ def test_fork_evidence_flipped_in_the_bundle_is_refused_and_stripped_is_not_seen
     status, out = _cli(capsys, "verify-bundle", str(stripped))
     assert status == 0 and "verdict:     OK" in out
     assert "carries no fork evidence" in out and "cannot show" in out
+    status, out = _cli(capsys, "trace", "--from-bundle", str(stripped))
+    assert status == 0 and "Verdict: OK" in out
+    assert "note: key flags as far as this bundle shows: it carries 0 fork evidence" in out
+    assert "cannot be seen offline" in out
 
 
 def test_readings_after_a_revocation_are_flagged_and_readings_before_it_stay_ok(
