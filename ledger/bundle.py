@@ -758,16 +758,23 @@ def _verify_device(
         readings.extend(block_readings)
         last_seq = block_readings[-1].reading.reading.seq
         prev = sh
-    rotations = [decode_rotation(w) for w in d.rotation_wires]
-    revocations = [decode_revocation(w) for w in d.revocation_wires]
-    flags = device_flags(keys, rotations, revocations, forks)
+    return VerifiedDevice(d.certificate, head, _flags(d, keys, forks, headers)), readings
+
+
+def _flags(
+    d: _Device, keys: DeviceKeys, forks: list[ForkEvidence], headers: list[SignedHeader]
+) -> tuple[KeyFlag, ...]:
+    """The device's flags, once every fork evidence is known to be used by a bundled header."""
     for ev in forks:
         if not any(sh.header.key_id == ev.a.header.key_id for sh in headers):
             raise BundleError(
-                f"device {dev}: fork evidence at height {ev.a.header.height} is unused (its key "
-                f"{ev.a.header.key_id.hex()} signed no bundled header)"
+                f"device {d.certificate.device_id}: fork evidence at height "
+                f"{ev.a.header.height} is unused (its key {ev.a.header.key_id.hex()} signed no "
+                "bundled header)"
             )
-    return VerifiedDevice(d.certificate, head, flags), readings
+    rotations = [decode_rotation(w) for w in d.rotation_wires]  # decoded once already
+    revocations = [decode_revocation(w) for w in d.revocation_wires]
+    return device_flags(keys, rotations, revocations, forks)
 
 
 def _forks(d: _Device, roots: FleetRoots, keys: DeviceKeys) -> list[ForkEvidence]:
