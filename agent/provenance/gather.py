@@ -65,6 +65,21 @@ class _PrivateScan:
 
 
 @dataclass(frozen=True, slots=True)
+class _Credentials:
+    """A device's certificate, rotations (by height) and revocations, and the keys they give."""
+
+    certificate: bytes
+    rotations: tuple[bytes, ...]
+    revocations: tuple[bytes, ...]
+    keys: DeviceKeys
+
+    @property
+    def wires(self) -> tuple[bytes, ...]:
+        """Certificate, rotations, revocations: what a ``Chain`` and a bundle carry."""
+        return (self.certificate, *self.rotations, *self.revocations)
+
+
+@dataclass(frozen=True, slots=True)
 class Gathered:
     """What a session verified about one tag: the input of ``analysis.analyse``."""
 
@@ -151,7 +166,7 @@ class TraceSession:
             raise got
         return got
 
-    def _credentials(self, device_id: str) -> tuple[Certificate, tuple[bytes, ...], DeviceKeys]:
+    def _credentials(self, device_id: str) -> _Credentials:
         cert = self._certs.get(device_id)
         wire = cert.wire if cert is not None else None
         rotations: list[bytes] = []
@@ -177,18 +192,17 @@ class TraceSession:
             raise ChainUnavailable(f"{device_id}: credentials: {exc}") from None
         if device_id not in self.devices:
             self.devices[device_id] = _info(keys.certificate, device_id)
-        return keys.certificate, (wire, *_by_height(rotations), *revocations), keys
+        return _Credentials(wire, tuple(_by_height(rotations)), tuple(revocations), keys)
 
     def _flags(
-        self, device_id: str, creds: tuple[bytes, ...], keys: DeviceKeys
+        self, device_id: str, creds: _Credentials
     ) -> tuple[tuple[KeyFlag, ...], tuple[bytes, ...]]:
         """The device's key flags, and the fork evidence wires behind the forked ones.
 
         Fork evidence comes from every store (gossip keeps what it verified; it is verified
         again here, to this session's roots); evidence that does not verify, or that names a
         key the device's known credentials do not give it, is passed by."""
-        rotations = [decode_rotation(w) for w in creds[1:] if _is_rotation(w)]
-        revocations = [decode_revocation(w) for w in creds[1:] if not _is_rotation(w)]
+        keys = creds.keys
         key_ids = {s.key.key_id for s in keys.spans}
         forks = {}
         for store in self.stores.values():
@@ -202,12 +216,18 @@ class TraceSession:
                 if ev.device_id == device_id and ev.a.header.key_id in key_ids:
                     forks[wire] = ev
         wires = tuple(sorted(forks))
-        flags = device_flags(keys, rotations, revocations, [forks[w] for w in wires])
+        flags = device_flags(
+            keys,
+            [decode_rotation(w) for w in creds.rotations],
+            [decode_revocation(w) for w in creds.revocations],
+            [forks[w] for w in wires],
+        )
         return flags, wires
 
     def _build_chain(self, device_id: str) -> Chain:
-        _, creds, keys = self._credentials(device_id)
-        flags, forks = self._flags(device_id, creds, keys)
+        got = self._credentials(device_id)
+        flags, forks = self._flags(device_id, got)
+        keys, creds = got.keys, got.wires
         own = self._own.get(device_id)
         if own is not None and own.head() is not None:
             head = own.head()
@@ -544,14 +564,6 @@ def _info(cert: Certificate, name: str) -> DeviceInfo:
     return DeviceInfo(
         cert.device_id, name, cert.kind, cert.site, cert.model, cert.owner_x25519 is not None
     )
-
-
-def _is_rotation(wire: bytes) -> bool:
-    try:
-        decode_rotation(wire)
-    except LedgerError:
-        return False
-    return True
 
 
 def _evidence(
