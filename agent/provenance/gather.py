@@ -36,7 +36,7 @@ from agent.provenance import analysis
 from agent.provenance.evidence import DeviceInfo, Evidence, Unverified, Withheld
 from agent.provenance.opening import Opening, OpenResult
 from agent.provenance.verified_chains import BlockRejected, Chain, ChainUnavailable
-from ledger.block import Block
+from ledger.block import Block, SignedHeader
 from ledger.bundle import KeyFlag, device_flags
 from ledger.certs import (
     Certificate,
@@ -47,7 +47,7 @@ from ledger.certs import (
     decode_rotation,
 )
 from ledger.errors import LedgerError
-from ledger.evidence import verify_evidence
+from ledger.evidence import ForkEvidence, is_fork, make_evidence, verify_evidence
 from ledger.reading import Reading, SignedReading
 from ledger.store import Store, TagHit
 
@@ -194,60 +194,89 @@ class TraceSession:
             self.devices[device_id] = _info(keys.certificate, device_id)
         return _Credentials(wire, tuple(_by_height(rotations)), tuple(revocations), keys)
 
-    def _flags(
-        self, device_id: str, creds: _Credentials
-    ) -> tuple[tuple[KeyFlag, ...], tuple[bytes, ...]]:
-        """The device's key flags, and the fork evidence wires behind the forked ones.
-
-        Fork evidence comes from every store (gossip keeps what it verified; it is verified
-        again here, to this session's roots); evidence that does not verify, or that names a
-        key the device's known credentials do not give it, is passed by."""
-        keys = creds.keys
-        key_ids = {s.key.key_id for s in keys.spans}
-        forks = {}
-        for store in self.stores.values():
-            for wire in store.evidence(device_id):
-                if wire in forks:
-                    continue
-                try:
-                    ev = verify_evidence(wire, self.roots)
-                except LedgerError:
-                    continue
-                if ev.device_id == device_id and ev.a.header.key_id in key_ids:
-                    forks[wire] = ev
-        wires = tuple(sorted(forks))
-        flags = device_flags(
-            keys,
-            [decode_rotation(w) for w in creds.rotations],
-            [decode_revocation(w) for w in creds.revocations],
-            [forks[w] for w in wires],
-        )
-        return flags, wires
-
     def _build_chain(self, device_id: str) -> Chain:
         got = self._credentials(device_id)
-        flags, forks = self._flags(device_id, got)
         keys, creds = got.keys, got.wires
         own = self._own.get(device_id)
         if own is not None and own.head() is not None:
             head = own.head()
             assert head is not None
             hashes = own.own_header_hashes()[: head.header.height]
-            return Chain.verify(device_id, keys, head, hashes, creds, "its own store", flags, forks)
-        best: tuple[int, str, Store] | None = None
-        for name, store in self.stores.items():
-            held = store.peer_header_hashes(device_id)
-            contiguous = bool(held) and [h for h, _ in held] == list(range(len(held)))
-            if contiguous and (best is None or len(held) - 1 > best[0]):
-                best = (len(held) - 1, name, store)
-        if best is None:
-            raise ChainUnavailable(f"{device_id}: no store holds its headers from height 0")
-        height, name, store = best
-        head = store.peer_headers(device_id, height, height)[0]
-        hashes = [h for _, h in store.peer_header_hashes(device_id)][:height]
-        return Chain.verify(
-            device_id, keys, head, hashes, creds, f"{name}'s peer headers", flags, forks
+            chain = Chain.verify(device_id, keys, head, hashes, creds, "its own store")
+        else:
+            best: tuple[int, str, Store] | None = None
+            for name, store in self.stores.items():
+                held = store.peer_header_hashes(device_id)
+                contiguous = bool(held) and [h for h, _ in held] == list(range(len(held)))
+                if contiguous and (best is None or len(held) - 1 > best[0]):
+                    best = (len(held) - 1, name, store)
+            if best is None:
+                raise ChainUnavailable(f"{device_id}: no store holds its headers from height 0")
+            height, name, store = best
+            head = store.peer_headers(device_id, height, height)[0]
+            hashes = [h for _, h in store.peer_header_hashes(device_id)][:height]
+            chain = Chain.verify(device_id, keys, head, hashes, creds, f"{name}'s peer headers")
+        forks = self._forks(chain, got)
+        chain.forks = tuple(sorted(forks))
+        chain.flags = device_flags(
+            keys,
+            [decode_rotation(w) for w in got.rotations],
+            [decode_revocation(w) for w in got.revocations],
+            [forks[w] for w in chain.forks],
         )
+        return chain
+
+    def _forks(self, chain: Chain, creds: _Credentials) -> dict[bytes, ForkEvidence]:
+        """Fork evidence against the device, verified to this session's roots: what any store
+        keeps (gossip keeps what it verified), and what the stores show without saying so: a
+        peer header of the device's epoch at a height of the chain with another hash. One per
+        forked key (a flag covers the whole key); evidence naming a key the device's known
+        credentials do not give it is passed by."""
+        device_id = chain.device_id
+        key_ids = {s.key.key_id for s in creds.keys.spans}
+        wires = [w for store in self.stores.values() for w in store.evidence(device_id)]
+        wires += self._unreported_forks(chain, creds)
+        by_key: dict[bytes, tuple[bytes, ForkEvidence]] = {}
+        for wire in sorted(set(wires)):
+            try:
+                ev = verify_evidence(wire, self.roots)
+            except LedgerError:
+                continue
+            key_id = ev.a.header.key_id
+            if ev.device_id == device_id and key_id in key_ids and key_id not in by_key:
+                by_key[key_id] = (wire, ev)
+        return dict(by_key.values())
+
+    def _unreported_forks(self, chain: Chain, creds: _Credentials) -> list[bytes]:
+        out = []
+        for store in self.stores.values():
+            for height, digest in store.peer_header_hashes(chain.device_id):
+                expected = chain.hash_at(height)
+                if expected is None or digest == expected:
+                    continue
+                try:
+                    ours = self._header(chain, height)
+                    (theirs,) = store.peer_headers(chain.device_id, height, height)
+                except LedgerError:  # a damaged row: `edgefleet verify` reports it
+                    continue
+                if ours is not None and is_fork(ours, theirs):
+                    evidence = make_evidence(creds.certificate, creds.rotations, ours, theirs)
+                    out.append(evidence.encode())
+        return out
+
+    def _header(self, chain: Chain, height: int) -> SignedHeader | None:
+        """The chain's own header at ``height`` (its hash is the one the head commits to)."""
+        if height == chain.height:
+            return chain.head
+        own = self._own.get(chain.device_id)
+        sh = None if own is None else own.header_at(height)
+        if sh is not None and sh.hash == chain.hash_at(height):
+            return sh
+        for store in self.stores.values():
+            for sh in store.peer_headers(chain.device_id, height, height):
+                if sh.hash == chain.hash_at(height):
+                    return sh
+        return None
 
     def block(self, device_id: str, height: int) -> Block:
         """The device's block at ``height``, checked against its chain (cached)."""

@@ -51,8 +51,9 @@ class Chain:
     hashes: tuple[bytes, ...]  # header hash at heights 0 .. head height - 1
     credentials: tuple[bytes, ...]  # certificate wire, then rotations and revocations
     source: str
-    flags: tuple[KeyFlag, ...]  # forks, revocations and rotations against the device
-    forks: tuple[bytes, ...]  # the verified fork evidence wires behind the forked flags
+    # Set by whoever gathered the device's credentials and fork evidence (``gather``):
+    flags: tuple[KeyFlag, ...] = ()  # forks, revocations and rotations against the device
+    forks: tuple[bytes, ...] = ()  # the verified fork evidence wires behind the forked flags
     _checked: dict[int, bytes] = field(default_factory=dict)  # height -> header hash verified
 
     @classmethod
@@ -64,8 +65,6 @@ class Chain:
         hashes: list[bytes],
         credentials: tuple[bytes, ...],
         source: str,
-        flags: tuple[KeyFlag, ...] = (),
-        forks: tuple[bytes, ...] = (),
     ) -> Chain:
         h = head.header
         if h.device_id != device_id:
@@ -87,7 +86,7 @@ class Chain:
             head.verify(signing_key(keys, h.key_id, h.height))
         except LedgerError as exc:
             raise ChainUnavailable(f"{device_id}: head at height {h.height}: {exc}") from None
-        chain = cls(device_id, keys, head, tuple(hashes), credentials, source, flags, forks)
+        chain = cls(device_id, keys, head, tuple(hashes), credentials, source)
         chain._checked[h.height] = head.hash
         return chain
 

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +286,43 @@ def test_readings_signed_by_a_key_rotated_away_are_flagged(
     assert status == 1
     status, out = _cli(capsys, "verify-bundle", str(bundle))
     assert status == 1 and "verdict:     ROTATED-AWAY" in out
+
+
+def test_a_fork_the_stores_show_without_evidence_is_found_by_the_trace(
+    blood: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hospital's store holds, as a peer header of the station's freezer, the other branch's
+    header at the station's head height, and no fork evidence: the trace makes the evidence
+    from the two signed headers itself, and the bundle carries it."""
+    dd = _copy(blood, tmp_path)
+    epc = _bags(blood)[1][0]
+    enrolled = _station(dd)
+    device_id = enrolled.certificate.device_id
+    with Store(dd.store_path(STATION)) as own:
+        head = own.head()
+    assert head is not None
+    other = dataclasses.replace(head.header, merkle_root=hashlib.sha256(b"other").digest())
+    forged = sign_header(other, enrolled.key)
+    db = sqlite3.connect(dd.store_path("freezer-hospital"))
+    try:
+        db.execute(
+            "INSERT OR REPLACE INTO peer_headers VALUES (?, ?, ?, ?, ?)",
+            (device_id, head.header.height, head.header.epoch, forged.hash, forged.wire),
+        )
+        db.commit()
+    finally:
+        db.close()
+    with Store(dd.store_path("freezer-hospital")) as hospital:
+        assert hospital.evidence(device_id) == []
+
+    t = _trace(dd, blood, epc)
+    assert t.verdict.word == "FORKED"
+    (fl,) = t.flagged
+    assert fl.flag.hashes == tuple(sorted((head.hash, forged.hash)))
+    assert fl.flag.wire == make_evidence(enrolled.certificate.wire, (), head, forged).encode()
+
+    bundle = tmp_path / "bag.bundle"
+    status, _ = _cli(capsys, "trace", epc, "--data", str(dd.root), "--bundle", str(bundle))
+    assert status == 1
+    status, out = _cli(capsys, "verify-bundle", str(bundle))
+    assert status == 1 and "verdict:     FORKED" in out and forged.hash.hex() in out
