@@ -9,10 +9,11 @@ root's public key travels with it, so ``verify_bundle`` needs no store, no fleet
 
 Layout (canonical MessagePack, docs/BUNDLE.md is the byte-exact reference)::
 
-    bundle = [magic "edgefleet-bundle", format 1, subject: str, created_ms: uint,
+    bundle = [magic "edgefleet-bundle", format 1 | 2, subject: str, created_ms: uint,
               root_public: bin(32), devices: [bin...], digest: bin(32)]
     device = [certificate: bin, rotations: [bin...], revocations: [bin...], head: bin,
-              blocks: [bin...]]                    # encoded, then carried as bin
+              blocks: [bin...]                     # encoded, then carried as bin
+              (format 2 only:) , forks: [bin...]]  # fork evidence wires, sorted
     block  = [header: bin | nil, history_proof: [bin(32)...],
               readings: [[index: uint, wire: bin, proof: [bin(32)...]]...]]  # carried as bin
 
