@@ -43,7 +43,7 @@ from firmware_sim.samples import Sample
 from ledger.block import Block, decode_block, decode_header
 from ledger.chain import ChainWriter
 from ledger.epoch import EpochRecord, decode_epoch, sign_epoch
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, TimeOrderError
 from ledger.store import Store
 
 T = TypeVar("T")
@@ -238,8 +238,9 @@ class DeviceAgent:
         if self._oldest_pending_ms is None:
             self._oldest_pending_ms = batch[0].time_ms
         now = self.data_clock.now_ms()
+        refused = self.stats.counters["time-refused"]
         blocks = await self._locked(self._sign_and_store, batch, now, carry=True)
-        self.stats.readings += len(batch)
+        self.stats.readings += len(batch) - (self.stats.counters["time-refused"] - refused)
         await self._announce(blocks)
         deadline = self.policy.deadline(self._oldest_pending_ms)
         sleeping = self._seal_sleeps_until
@@ -248,8 +249,15 @@ class DeviceAgent:
 
     def _sign_and_store(self, batch: list[Sample], now: int) -> list[Block]:
         w = self.writer
+        refused: list[TimeOrderError] = []
         for s in batch:
-            w.record(s.time_ms, s.sensor, s.value, s.tag, s.text)
+            try:
+                w.record(s.time_ms, s.sensor, s.value, s.tag, s.text)
+            except TimeOrderError as exc:  # the past is never signed (ledger/chain.py)
+                refused.append(exc)
+        if refused:  # one line per batch: a replayed day must not flood the log
+            self.stats.counters["time-refused"] += len(refused)
+            self._log.warning("%s: %d samples not signed: %s", self.name, len(refused), refused[0])
         blocks = self._seal_if_due(now)
         if not blocks:
             w.flush()
