@@ -58,7 +58,7 @@ from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
-from firmware_sim.clock import Clock, RealClock, SimClock
+from firmware_sim.clock import JUMP_BACK_MS, JUMP_SENSOR, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
 from ledger.chain import ChainWriter
 from ledger.groupsync import GroupSync
@@ -118,6 +118,9 @@ class RunOptions:
     # Real time: readings carry the wall clock. The fleet's start is the first real-time run's
     # start (kept in fleet.json); a later run fast-forwards the models over the time it was off.
     realtime: bool = False
+    # Real time (the network clock of live runs, the wall clock realtime runs start from); tests
+    # inject one whose wall clock jumps. None: firmware_sim.clock.RealClock().
+    clock: RealClock | None = None
 
 
 @dataclass
@@ -150,7 +153,10 @@ class FleetRunner:
             self.local = [n for n in self.local if n in opts.only]
         self._restoring: set[str] = set()
         self.data_clock: SimClock | None = None
-        self.net_clock: Clock = RealClock()
+        self.real_clock = opts.clock or RealClock()
+        self.net_clock: Clock = self.real_clock
+        # Realtime runs watch the wall clock being set: each jump is signed by every device.
+        self._jumps = WallJumps(self.real_clock) if opts.realtime else None
         self.agents: dict[str, DeviceAgent] = {}
         self.network: MemoryNetwork | None = None
         self._stop = asyncio.Event()
@@ -165,6 +171,8 @@ class FleetRunner:
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+        self._backlog: list[tuple[str, Sample]] = []  # samples a resume still owes devices
+        self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
 
     @property
     def group_sync(self) -> GroupSync | None:
@@ -178,8 +186,7 @@ class FleetRunner:
     async def run(self) -> RunResult:
         raise_fd_limit()
         if self.opts.realtime:
-            now = RealClock().now_ms()
-            origin = read_origin(self.data, now)
+            origin = read_origin(self.data, self.real_clock.wall_ms())
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
         cfg = self.cfg
@@ -187,20 +194,18 @@ class FleetRunner:
         prov = provision(cfg, self.data, cfg.start_ms)
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
-        resume = read_sim_time(self.data) if self.opts.resume else None
-        if self.opts.realtime and resume is not None:
-            resume = RealClock().now_ms()  # the models skip the time the fleet was off
-        elif self.opts.resume:
-            # fleet.json is written at a clean stop only: after a kill, the devices' stores know
-            # better. Each step's samples are committed per device in one transaction, so a
-            # device holds every sample up to its last durable reading's time and none after.
-            self._done_until = self._last_durable_times()
-            if self._done_until:
-                floor = min(self._done_until.values())
-                resume = floor if resume is None else max(resume, floor)
+        resume = recorded = self._recorded_time()
+        if self.opts.realtime and recorded is not None:
+            resume = self._realtime_resume(recorded)
         if resume is not None and resume >= fleet.now_ms:
-            for target in fleet.targets(resume):  # fast-forward, silently
-                fleet.step(target)
+            # Fast-forward: a device's samples after its own last durable reading, up to where
+            # the fleet as a whole stood, are still to sign (a device killed a step behind the
+            # others); the rest is skipped silently (realtime: the time the fleet was off).
+            done, owed = self._done_until, -1 if recorded is None else recorded
+            for target in fleet.targets(resume):
+                for name, sample in fleet.step(target):
+                    if done.get(name, sample.time_ms) < sample.time_ms <= owed:
+                        self._backlog.append((name, sample))
         start = fleet.now_ms
         end = None if self.opts.for_ms is None else start + self.opts.for_ms
         self.data_clock = SimClock(start)
@@ -291,6 +296,12 @@ class FleetRunner:
                     except TimeoutError:
                         pass
             batch = fleet.step(target)
+            jump = None if self._jumps is None else self._jumps.check()
+            if jump is not None:
+                self._flags.append((jump, "wall clock set " + ("back" if jump < 0 else "forward")))
+            if self._backlog or self._flags:  # ahead of the step's own samples, flags after
+                batch = [*self._backlog, *batch, *self._flag_samples(target)]
+                self._backlog = []
             self.data_clock.advance_to(target)
             per_device: dict[str, list[Sample]] = defaultdict(list)
             done = self._done_until
@@ -316,6 +327,48 @@ class FleetRunner:
             if self.network.deliver_all() == 0:
                 return
             await _yield_all()
+
+    def _recorded_time(self) -> int | None:
+        """Where the fleet as a whole stands (None: it never ran, or ``resume`` is off): the
+        later of the clean stop's time in fleet.json and the last durable reading of any local
+        device. Also notes each device's own last durable reading: a device resumes from there.
+
+        fleet.json is written at a clean stop only: after a kill the stores know better. Each
+        step's samples are committed per device in one transaction, so a device holds every
+        sample up to its last durable reading's time and none after; a device that had nothing
+        to say for hours (a washer between cycles) does not hold the fleet back."""
+        if not self.opts.resume:
+            return None
+        self._done_until = self._last_durable_times()
+        times = [t for t in (read_sim_time(self.data), *self._done_until.values()) if t is not None]
+        return max(times, default=None)
+
+    def _realtime_resume(self, recorded: int) -> int:
+        """Where a realtime run resumes: now on the wall clock, the models skipping the time the
+        fleet was off; but never before where the fleet stands, which would sign its recorded
+        time slots again: a wall clock behind that is a jump, signed by every device."""
+        wall = self.real_clock.wall_ms()
+        if wall < recorded - JUMP_BACK_MS:
+            self._flags.append((wall - recorded, "wall clock behind the last reading"))
+        return max(wall, recorded)
+
+    def _flag_samples(self, t_ms: int) -> list[tuple[str, Sample]]:
+        """The noted clock jumps as samples of every local device at ``t_ms``, each logged as a
+        warning naming the device; the notes are cleared."""
+        out = []
+        for jump, why in self._flags:
+            for name in self.agents:
+                log.warning(
+                    "%s: clock jump of %+d ms (%s): signed as %s at %d",
+                    name,
+                    jump,
+                    why,
+                    JUMP_SENSOR,
+                    t_ms,
+                )
+                out.append((name, Sample(t_ms, JUMP_SENSOR, jump, text=why)))
+        self._flags = []
+        return out
 
     def _last_durable_times(self) -> dict[str, int]:
         """Time of each local device's last durable reading (devices with none are left out)."""
