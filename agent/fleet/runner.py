@@ -281,14 +281,17 @@ class FleetRunner:
     async def _simulate(self, fleet: SampleSource, end: int | None) -> int:
         assert self.data_clock is not None
         speed = self.opts.speed
-        sim0, wall0 = fleet.now_ms, time.monotonic()
+        # Paced on the loop's clock: monotonic in a live run (setting the wall clock changes
+        # nothing), simulated under a SimEventLoop (a paced run then costs no wall time).
+        loop = asyncio.get_running_loop()
+        sim0, wall0 = fleet.now_ms, loop.time()
         total = 0
         horizon = end if end is not None else (1 << 62)
         for target in fleet.targets(horizon):
             if self._stop.is_set():
                 break
             if speed is not None:
-                wait = wall0 + (target - sim0) / 1000 / speed - time.monotonic()
+                wait = wall0 + (target - sim0) / 1000 / speed - loop.time()
                 if wait > 0:
                     try:
                         await asyncio.wait_for(self._stop.wait(), wait)

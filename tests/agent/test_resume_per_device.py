@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -122,3 +123,22 @@ def test_a_device_that_missed_a_run_catches_up_from_its_own_last_reading(
     # They sign their missed hour and the new one (the washers had no cycle in three hours).
     assert all(late[n] > 0 for n in freezers), f"readings of those that missed a run: {late}"
     assert_same_as(data, straight)
+
+
+def test_a_run_told_not_to_resume_replays_the_past_and_the_devices_sign_none_of_it(
+    cfg: FleetConfig, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(keys, data)
+    first = simulate(cfg, data, 1)
+    before = assert_time_never_goes_back(data)
+    with caplog.at_level(logging.WARNING, logger="edgefleet"):
+        again = simulate(cfg, data, 1, resume=False)  # the models start over at the origin
+    assert again.sim_start_ms == first.sim_start_ms
+    refused = {n: a.stats.counters["time-refused"] for n, a in again.devices.items()}
+    signed = {n: a.stats.readings for n, a in again.devices.items()}
+    assert sum(refused.values()) == again.samples == first.samples, (refused, again.samples)
+    assert set(signed.values()) == {0}, f"signed again: {signed}"
+    assert assert_time_never_goes_back(data) == before
+    warned = {m.split(":")[0] for m in caplog.messages if "samples not signed" in m}
+    assert warned == {n for n, k in refused.items() if k}, warned
