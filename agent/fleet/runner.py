@@ -8,8 +8,14 @@ never runs ahead of the fleet. ``speed`` paces simulated time against the wall c
 as fast as the fleet keeps up).
 
 Two clocks: the *data* clock is the simulation's (readings' times, sealing by age); the *network*
-clock is real time (gossip timers and timeouts measure the network). A run resumes where the
-previous run of the data dir stopped: the models are fast-forwarded silently to that time.
+clock is real time on the monotonic clock (gossip timers and timeouts measure the network; setting
+the wall clock moves no timer). A run resumes where the fleet as a whole stands (the clean stop
+recorded in fleet.json, or the latest durable reading of any device after a kill): the models are
+fast-forwarded to that time, and each device is handed the samples after its own last durable
+reading on the way (none, unless it was stopped behind the others), so nothing is signed twice
+and nothing is skipped. A realtime run resumes at the wall clock's time, the models skipping the
+time the fleet was off, but never before where the fleet stands: a wall clock behind it, or one
+set while running, is a jump that every device signs (``clock.jump_ms``, docs/TRACES.md).
 
 Stopping (end of ``--for``, Ctrl-C) is clean: samples already handed to devices are signed and
 durable, transports say goodbye (presence offline), and a broker the runner started is stopped.
@@ -45,7 +51,7 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
-from agent.fleet.sources import SampleSource, simulation
+from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
@@ -58,7 +64,7 @@ from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
-from firmware_sim.clock import JUMP_BACK_MS, JUMP_SENSOR, Clock, RealClock, SimClock, WallJumps
+from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
 from ledger.chain import ChainWriter
 from ledger.groupsync import GroupSync
@@ -198,14 +204,10 @@ class FleetRunner:
         if self.opts.realtime and recorded is not None:
             resume = self._realtime_resume(recorded)
         if resume is not None and resume >= fleet.now_ms:
-            # Fast-forward: a device's samples after its own last durable reading, up to where
-            # the fleet as a whole stood, are still to sign (a device killed a step behind the
-            # others); the rest is skipped silently (realtime: the time the fleet was off).
-            done, owed = self._done_until, -1 if recorded is None else recorded
-            for target in fleet.targets(resume):
-                for name, sample in fleet.step(target):
-                    if done.get(name, sample.time_ms) < sample.time_ms <= owed:
-                        self._backlog.append((name, sample))
+            # A device's samples after its own last durable reading, up to where the fleet as
+            # a whole stood, are still to sign; the rest is skipped (realtime: time off).
+            owed = -1 if recorded is None else recorded
+            self._backlog = fast_forward(fleet, resume, self._done_until, owed)
         start = fleet.now_ms
         end = None if self.opts.for_ms is None else start + self.opts.for_ms
         self.data_clock = SimClock(start)
@@ -360,16 +362,9 @@ class FleetRunner:
         warning naming the device; the notes are cleared."""
         out = []
         for jump, why in self._flags:
-            for name in self.agents:
-                log.warning(
-                    "%s: clock jump of %+d ms (%s): signed as %s at %d",
-                    name,
-                    jump,
-                    why,
-                    JUMP_SENSOR,
-                    t_ms,
-                )
-                out.append((name, Sample(t_ms, JUMP_SENSOR, jump, text=why)))
+            for name, sample in jump_samples(self.agents, t_ms, jump, why):
+                log.warning("%s: clock jump of %+d ms (%s): signed at %d", name, jump, why, t_ms)
+                out.append((name, sample))
         self._flags = []
         return out
 
