@@ -316,3 +316,29 @@ def test_wall_jumps_reports_each_jump_once_and_follows_drift_within_its_bounds()
         t.set_wall(set_ms)
         seen.append(jumps.check())
     assert seen == [None, None, None, -3_600_000, None, None, 61_000, None]
+
+
+def test_a_real_clock_timer_fires_on_time_when_the_wall_clock_is_set_back_meanwhile() -> None:
+    # The loop's clock stands in for the monotonic clock: the wait costs no wall time.
+    loop_clock = SimClock(1_736_121_600_000)
+    set_by_ms = [0]
+    clock = RealClock(
+        wall_ns=lambda: (loop_clock.now_ms() + set_by_ms[0]) * 1_000_000,
+        mono_ns=lambda: loop_clock.now_ms() * 1_000_000,
+    )
+    woke: dict[str, int] = {}
+
+    async def main() -> None:
+        start = loop_clock.now_ms()
+        fut = asyncio.get_running_loop().create_future()
+        clock.resolve_at(clock.now_ms() + 5_000, fut)
+        sleeper = asyncio.ensure_future(clock.sleep_until(clock.now_ms() + 7_000))
+        await asyncio.sleep(1)
+        set_by_ms[0] = -3_600_000  # an hour back, a second in: anti-entropy must not stop for it
+        await fut
+        woke["resolve_at"] = loop_clock.now_ms() - start
+        await sleeper
+        woke["sleep_until"] = loop_clock.now_ms() - start
+
+    loop_clock.run(main())
+    assert woke == {"resolve_at": 5_000, "sleep_until": 7_000}
