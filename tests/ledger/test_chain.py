@@ -456,3 +456,23 @@ def test_resume_after_a_restore_reads_the_restored_last_time(
         with pytest.raises(TimeOrderError):
             writer.record(NOW_MS, "temp_mc", 2)
         assert writer.last_time == NOW_MS + 5_000
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 64])
+def test_the_store_reads_back_the_last_instant_whole_whatever_its_batch(
+    tmp_path: Path, device_key: SigningKey, batch: int
+) -> None:
+    with Store(tmp_path / f"slot-{batch}.db") as store:
+        assert store.last_time_slot(batch) is None
+        writer = _writer(store, device_key)
+        writer.record(NOW_MS, "temp_mc", 1)
+        writer.seal()
+        for i in range(5):  # a burst: five items stocked at one instant, sealed and pending
+            writer.record(NOW_MS + 1, "rfid.in", i + 1)
+            if i == 2:
+                writer.seal()
+        writer.flush()
+        slot = store.last_time_slot(batch)
+        assert slot is not None
+        t, readings = slot
+        assert (t, [r.reading.seq for r in readings]) == (NOW_MS + 1, [1, 2, 3, 4, 5])
