@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from agent.cli.errors import CliError
-from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
+from agent.cli.fleetopts import add_broker, add_metrics, fleet_log, parse_speed
 from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
 from agent.device.sealing import SealPolicy
+from agent.fleet.metrics import MetricsError, serve_metrics
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
 from agent.transport.brokers import BrokerError
 from agent.transport.errors import TransportError
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="wall seconds to wait at the end for gossip to converge",
     )
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
+    add_metrics(p)
     p.set_defaults(func=_run)
 
 
@@ -87,11 +89,16 @@ def _run(args: argparse.Namespace) -> int:
     runner = FleetRunner(cfg, opts)
 
     async def main() -> int:
+        metrics = await serve_metrics(args.metrics, runner.snapshot, opts.shard)
+        if metrics is not None:
+            print(f"metrics at {metrics.url}", file=sys.stderr)
         remove = install_signal_handlers(runner)
         try:
             result = await runner.run()
         finally:
             remove()
+            if metrics is not None:
+                await metrics.stop()
         if result.interrupted:
             state = "interrupted before it converged" if not result.converged else "converged"
         else:
@@ -107,5 +114,5 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with fleet_log(args.data / "fleet.log"):
             return asyncio.run(main())
-    except (BrokerError, TransportError) as exc:
+    except (BrokerError, TransportError, MetricsError) as exc:
         raise CliError(str(exc)) from None

@@ -46,7 +46,7 @@ from agent.fleet.provision import (
     write_sim_time,
 )
 from agent.fleet.sources import SampleSource, simulation
-from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
+from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
@@ -164,6 +164,8 @@ class FleetRunner:
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+        self._wall0 = time.monotonic()
+        self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
 
     @property
     def group_sync(self) -> GroupSync | None:
@@ -172,6 +174,16 @@ class FleetRunner:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def snapshot(self) -> FleetSnapshot:
+        """The fleet now, as the live view sees it (call it on the event loop's thread)."""
+        now = self.data_clock.now_ms() if self.data_clock else self.cfg.start_ms
+        wall = time.monotonic() - self._wall0
+        speed = self._speed(self._wall0) if self.data_clock else 0.0
+        snap = _snapshot(self.agents, now, wall, speed, self._broker_note, self._rates, self._notes)
+        group = self._group
+        sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
+        return dataclasses.replace(snap, group_sync=sync)
 
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -205,7 +217,7 @@ class FleetRunner:
         self.data_clock = SimClock(start)
         if self.opts.simulated_network:
             self.net_clock = self.data_clock
-        wall0 = time.monotonic()
+        wall0 = self._wall0 = time.monotonic()
         samples = 0
         log.info(
             "fleet %s: %d local devices of %d (shard %d/%d), simulated start %d, until %s",
@@ -659,6 +671,18 @@ def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     }
 
 
+def _counters(a: DeviceAgent) -> dict[str, int]:
+    """The device's event counters by source (DeviceRow.counters)."""
+    s = a.stats
+    out = {"device.blocks": s.blocks, "device.send_failures": s.send_failures}
+    out.update((f"device.{k}", v) for k, v in s.counters.items())
+    out.update((f"gossip.{k}", v) for k, v in a.node.counters.items())
+    out.update((f"transport.{k}", v) for k, v in dataclasses.asdict(a.transport.stats()).items())
+    if a.replicator is not None:
+        out.update((f"replication.{k}", v) for k, v in a.replicator.node.counters.items())
+    return out
+
+
 def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input]:
     events: list[I.Input] = [I.CertificateKnown(w) for w in certs]
     for _, w in store.credentials("certificate"):
@@ -752,6 +776,8 @@ def _snapshot(
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
                 **_replication_row(a),
+                private=a.writer.owner_x25519 is not None,
+                counters=_counters(a),
             )
         )
         sent += a.stats.sent
