@@ -295,13 +295,13 @@ def _device(d: DeviceRow, add: Callable[[str, tuple[str, ...], float], None]) ->
         add("edgefleet_replication_holders_excluded_total", who, excluded)
 
 
-Sample = tuple[FleetSnapshot, tuple[tuple[int, ...], float]]
+Scrape = tuple[FleetSnapshot, tuple[tuple[int, ...], float]]
 
 
 class FleetCollector:
     """The one custom collector: every family from one snapshot taken on the loop per scrape."""
 
-    def __init__(self, sample: Callable[[], Sample]) -> None:
+    def __init__(self, sample: Callable[[], Scrape]) -> None:
         self._sample = sample
 
     def describe(self) -> Iterator[Metric]:
@@ -376,11 +376,11 @@ class MetricsServer:
             if thread is not None:
                 thread.join()
 
-    def _sample(self) -> Sample:
+    def _sample(self) -> Scrape:
         """On the server's thread: the snapshot and lag figures, taken on the event loop."""
         loop = self._loop
         assert loop is not None
-        done: concurrent.futures.Future[Sample] = concurrent.futures.Future()
+        done: concurrent.futures.Future[Scrape] = concurrent.futures.Future()
 
         def take() -> None:
             if not done.set_running_or_notify_cancel():

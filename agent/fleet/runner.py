@@ -753,11 +753,16 @@ def _snapshot(
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = 0
-    by_id = {a.device_id: a for a in agents.values()}
+    # device id -> the local devices that track it (once per snapshot: a scrape of a street of
+    # hundreds of devices must not cost N^2 lookups in peer tuples per device)
+    trackers: dict[str, list[DeviceAgent]] = defaultdict(list)
+    for p in agents.values():
+        for peer in p.peer_ids:
+            trackers[peer].append(p)
     for name, a in agents.items():
         head = a.writer.store.head()
         height = None if head is None else head.header.height
-        lows = [p.node.head(a.device_id) for p in by_id.values() if a.device_id in p.peer_ids]
+        lows = [p.node.head(a.device_id) for p in trackers[a.device_id]]
         lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
         online = sum(1 for p in a.peer_ids if a.transport.presence(p))
         cert = a.node.device_id

@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,10 +26,19 @@ from prometheus_client.samples import Sample
 
 from agent.cli.main import main
 from agent.config.devices import FleetConfig, load_fleet
+from agent.fleet import metrics
 from agent.fleet.metrics import BY_NAME, FAMILIES, Listen, serve_metrics
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from agent.fleet.view import DeviceRow, FleetSnapshot
-from tests.agent.runner_helpers import HOUR_MS, REPO, SAMPLE_FLEET, verify, write_fleet
+from agent.transport.brokers import MosquittoBroker
+from tests.agent.runner_helpers import (
+    FAST_GOSSIP,
+    HOUR_MS,
+    REPO,
+    SAMPLE_FLEET,
+    verify,
+    write_fleet,
+)
 
 DASHBOARD = REPO / "deploy" / "grafana" / "edgefleet.json"
 DOCS = REPO / "docs" / "METRICS.md"
@@ -156,6 +166,16 @@ def test_gossip_transport_and_replication_figures_are_the_devices_own(
         assert (full[name], tracked[name]) == row.replicated, name
         assert tracked[name] == stored["blocks"], f"{name}: tracks {tracked[name]} blocks"
     assert sum(full.values()) > 0 and sum(passed.values()) > 0, (full, passed)
+    lag = by_device(fams, "edgefleet_chain_lag_blocks")
+    for name, agent in result.devices.items():  # the naive reference: every pair of devices
+        own = agent.writer.store.head()
+        assert own is not None, name
+        held = [
+            -1 if (h := p.node.head(agent.device_id)) is None else h.header.height
+            for p in result.devices.values()
+            if agent.device_id in p.peer_ids
+        ]
+        assert lag[name] == max(0, own.header.height - min(held, default=own.header.height))
     forks = [s for s in fams["edgefleet_gossip_forks_total"] if s.value]
     assert forks == [], f"an honest fleet proved forks: {forks}"
     refused = {s.labels["reason"] for s in fams["edgefleet_gossip_headers_refused_total"]}
@@ -223,6 +243,95 @@ def test_a_real_time_run_reports_group_syncs_and_event_loop_lag(tmp_path: Path) 
     lag = {s.labels.get("le", s.name): s.value for s in fams["edgefleet_event_loop_lag_seconds"]}
     assert lag["+Inf"] == lag["edgefleet_event_loop_lag_seconds_count"] > 0, lag
     assert result.samples == sum(by_device(fams, "edgefleet_readings_signed_total").values())
+
+
+@pytest.mark.mosquitto
+def test_a_fleet_on_a_real_mosquitto_is_scraped_while_it_runs(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Scrapes from another thread while the fleet runs over MQTT: every one parses and passes
+    promtool, counters never go back, and the last agrees with the stores."""
+    promtool = require_promtool()
+    cfg = load_fleet(write_fleet(tmp_path))
+    data = tmp_path / "data"
+    opts = RunOptions(
+        data=data,
+        broker=mosquitto.endpoint.url,
+        for_ms=6 * HOUR_MS,
+        speed=3600.0,  # a simulated hour per second: a few seconds of wall time
+        view=False,
+        gossip=FAST_GOSSIP,
+        settle_s=30.0,
+    )
+    runner = FleetRunner(cfg, opts)
+
+    async def scenario() -> tuple[RunResult, list[str]]:
+        server = await serve_metrics(Listen("127.0.0.1", 0), runner.snapshot, opts.shard)
+        assert server is not None
+        texts = []
+        try:
+            run = asyncio.create_task(runner.run())
+            while not run.done():
+                texts.append((await asyncio.to_thread(get, server.url))[1])
+                await asyncio.wait({run}, timeout=0.5)
+            result = await run
+            texts.append((await asyncio.to_thread(get, server.url))[1])
+        finally:
+            await server.stop()
+        return result, texts
+
+    result, texts = asyncio.run(scenario())
+    assert len(texts) >= 3, f"{len(texts)} scrapes while the fleet ran"
+    totals = [sum(by_device(samples(t), "edgefleet_readings_signed_total").values()) for t in texts]
+    assert totals == sorted(totals) and totals[-1] > totals[0], f"readings signed: {totals}"
+    for text in texts[:: max(1, len(texts) // 3)] + texts[-1:]:
+        done = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0 and done.stdout == done.stderr == "", done.stdout + done.stderr
+    fams = samples(texts[-1])
+    report = verify(data)
+    assert report.ok, report.failures()
+    signed = by_device(fams, "edgefleet_readings_signed_total")
+    assert signed == {n: float(report.report(n)["readings"]) for n in result.devices}, signed
+    sync = {s.name: s.value for s in fams["edgefleet_group_sync_duration_seconds"]}
+    assert sync["edgefleet_group_sync_duration_seconds_count"] > 0, sync
+    online = by_device(fams, "edgefleet_peers_online")
+    assert sum(online.values()) > 0, f"no peer online over MQTT: {online}"
+
+
+def test_a_scrape_fails_while_the_event_loop_is_blocked_and_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop owns the devices' counters: a scrape waits for it, and rather than serve stale
+    figures it fails (HTTP 500) when the loop does not answer in time."""
+    monkeypatch.setattr(metrics, "SCRAPE_TIMEOUT_S", 0.2)
+    snap = FleetSnapshot(1_700_000_000_000, 0.0, 0.0, ())
+
+    async def scenario() -> tuple[int, str]:
+        server = await serve_metrics(Listen("127.0.0.1", 0), lambda: snap, (0, 1))
+        assert server is not None
+        try:
+            blocked = asyncio.get_running_loop().run_in_executor(None, _status, server.url)
+            # Block the loop on purpose: the scrape cannot take its snapshot meanwhile.
+            time.sleep(1.0)  # noqa: ASYNC251
+            status = await blocked
+            _, text = await asyncio.to_thread(get, server.url)
+        finally:
+            await server.stop()
+        return status, text
+
+    status, text = asyncio.run(scenario())
+    assert status == 500, f"a scrape of a blocked loop answered {status}"
+    assert "edgefleet_simulated_time_seconds 1.7e+09" in text, text[:300]
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_the_collector_maps_counters_by_reason_and_withholds_private_rows() -> None:
