@@ -239,6 +239,11 @@ class SimEventLoop(asyncio.SelectorEventLoop):
     def __init__(self, clock: SimClock) -> None:
         self.sim_clock = clock
         super().__init__(selector=_JumpingSelector(clock))
+        # The loop runs a timer once time() + resolution passes its deadline. Simulated time
+        # is Unix time, about 1.8e9 s, where a float's step is 2.4e-7 s: the monotonic clock's
+        # 1e-9 s would vanish in the sum, a timer due exactly now would never run and the loop
+        # would spin. Simulated time moves in whole milliseconds; a microsecond is safe.
+        self._clock_resolution = 1e-6
 
     def time(self) -> float:
         return self.sim_clock.now_ms() / 1000

@@ -51,6 +51,7 @@ from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
 from agent.transport.base import Transport
@@ -108,8 +109,8 @@ class RunOptions:
     # timers on the simulation clock, settle measured in simulated seconds. No wall clock.
     simulated_network: bool = False
     resume: bool = True  # continue where the data dir's previous run stopped
-    # Restore (agent/fleet/restore_device.py): run only these devices of the shard (empty: all),
-    # and restore
+    # Run only these devices of the shard (empty: all): `run --device`, and restore
+    # (agent/fleet/restore_device.py), which also restores
     # these from their peers before anything runs (their stores must be empty). Devices whose
     # store is missing or empty in a fleet that ran before are restored without being named.
     only: tuple[str, ...] = ()
@@ -117,6 +118,9 @@ class RunOptions:
     # Real time: readings carry the wall clock. The fleet's start is the first real-time run's
     # start (kept in fleet.json); a later run fast-forwards the models over the time it was off.
     realtime: bool = False
+    # The passphrase of pre-enrolled device keys (a data dir without its authority key,
+    # docs/DEPLOY.md): called once, only if such a key is to be unlocked (agent/fleet/provision.py).
+    passphrase: Callable[[], bytes] | None = None
 
 
 @dataclass
@@ -195,7 +199,9 @@ class FleetRunner:
             self.opts.speed = 1.0
         cfg = self.cfg
         self._restoring = self._restore_candidates()
-        prov = provision(cfg, self.data, cfg.start_ms)
+        prov = provision(
+            cfg, self.data, cfg.start_ms, local=self.local, passphrase=self.opts.passphrase
+        )
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
         resume = read_sim_time(self.data) if self.opts.resume else None
@@ -438,6 +444,8 @@ class FleetRunner:
         cfg = self.cfg
         members: dict[str, set[str]] = defaultdict(set)
         for dev in cfg.devices:
+            if dev.name not in prov.devices:
+                continue  # enrolled on another machine: its id is not known here
             for dom in dev.domains:
                 members[dom].add(prov.device_id(dev.name))
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
@@ -462,15 +470,24 @@ class FleetRunner:
             ]
             if missing:
                 store.put_certificates(missing)
+            # One trust store per device, shared by its cores: a credential is verified once.
+            gcfg = self.opts.gossip
+            trust = TrustStore(
+                prov.roots,
+                max_devices=gcfg.max_devices,
+                max_pending=gcfg.max_pending_rotations,
+                max_revocations=gcfg.max_revocations,
+            )
             node = GossipNode(
                 dev_id,
                 domains,
                 prov.roots,
                 random.Random(f"{cfg.seed}/gossip/{name}"),
-                config=self.opts.gossip,
+                config=gcfg,
                 now_ms=self.net_clock.now_ms(),
+                trust=trust,
             )
-            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov)
+            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov, trust)
             transport = await self._transport(dev_id, dev.domains)
             self._transports.append(transport)
             peers = sorted(set().union(*domains.values()) - {dev_id}) if domains else []
@@ -508,6 +525,7 @@ class FleetRunner:
         dev_id: str,
         domains: dict[str, set[str]],
         prov: Provisioned,
+        trust: TrustStore,
     ) -> ReplicationNode | None:
         """The device's replication core (docs/REPLICATION.md), or None when it is off."""
         spec = self.cfg.replication
@@ -521,7 +539,13 @@ class FleetRunner:
             rng=random.Random(f"{self.cfg.seed}/replication/{dev.name}"),
         )
         return ReplicationNode(
-            dev_id, key, domains, prov.roots, config=config, now_ms=self.net_clock.now_ms()
+            dev_id,
+            key,
+            domains,
+            prov.roots,
+            config=config,
+            now_ms=self.net_clock.now_ms(),
+            trust=trust,
         )
 
     # --- restore (agent/fleet/restore_device.py) ---------------------------------------------

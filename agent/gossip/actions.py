@@ -45,21 +45,11 @@ is the one the runtime waits for: from then on the device may sign, in ``epoch``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-CredentialKind = Literal["certificate", "rotation", "revocation"]
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    peer_id: str
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Broadcast:
-    domain: str
-    payload: bytes
+# Shared by every core (agent.protocol.actions); re-exported: they belong to this core's actions.
+from agent.protocol.actions import Broadcast as Broadcast
+from agent.protocol.actions import Send as Send
+from agent.protocol.trust import CredentialKind as CredentialKind
 
 
 @dataclass(frozen=True, slots=True)

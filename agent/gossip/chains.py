@@ -9,9 +9,13 @@ at most ``max_missing`` wanted heights (the lowest are kept; the highest are dro
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping
 
-from ledger.block import SignedHeader
+from ledger.block import SignedHeader, decode_header
+from ledger.epoch import SignedEpoch
+from ledger.errors import ChainError, DecodeError, UsageError
 from ledger.history import CompactRange
+from ledger.verify import verify_link
 
 
 class ChainState:
@@ -75,3 +79,37 @@ class ChainState:
                 break
             hi = h
         return lo, hi
+
+
+def build_chain(
+    dev: str,
+    headers: Iterable[bytes],
+    wanted: Iterable[int],
+    epochs: Mapping[int, SignedEpoch],
+    window: int,
+    max_missing: int,
+) -> ChainState:
+    """A chain state from stored headers (trusted, but their links are checked); heights in
+    ``wanted`` still want their body. Raises UsageError when the headers are not a chain."""
+    chain = ChainState(window, max_missing)
+    want = set(wanted)
+    prev: SignedHeader | None = None
+    for w in headers:
+        try:
+            sh = decode_header(w)
+            if sh.header.device_id != dev:
+                raise ChainError("stored header device", dev, sh.header.device_id)
+            verify_link(prev, sh, epochs)
+            if sh.header.history_root != chain.history.root():
+                raise ChainError(
+                    f"stored history_root at height {sh.header.height}",
+                    chain.history.root(),
+                    sh.header.history_root,
+                )
+        except (DecodeError, ChainError) as exc:
+            raise UsageError(f"stored chain of {dev} is not a chain: {exc}") from None
+        chain.append(sh)
+        if sh.header.height in want:
+            chain.want_body(sh.header.height, sh.hash)
+        prev = sh
+    return chain

@@ -10,19 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Shared by every core (agent.protocol.inputs); re-exported: they belong to this core's inputs.
+from agent.protocol.inputs import DomainChanged as DomainChanged
+from agent.protocol.inputs import MessageReceived as MessageReceived
+from agent.protocol.inputs import PeerDown as PeerDown
+from agent.protocol.inputs import PeerUp as PeerUp
 from ledger.block import Block
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """Bytes from the network. ``peer_id``: the sender as the transport knows it, or None when
-    only the message's own (unauthenticated) sender field names it (MQTT 3.1.1 inboxes).
-    ``broadcast``: it came on a domain topic, so every member of the domain received the same
-    copy (headers in it are not forwarded)."""
-
-    peer_id: str | None
-    payload: bytes
-    broadcast: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,24 +66,6 @@ class EvidenceReceived:
     """Bytes from the evidence topic (retained fork evidence, sender unknown): verified here."""
 
     evidence: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PeerUp:
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDown:
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class DomainChanged:
-    """The member list of one of this device's gossip domains (self included)."""
-
-    domain: str
-    members: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)

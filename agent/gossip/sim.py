@@ -1,7 +1,7 @@
 """A deterministic simulation of gossip nodes: tests and benchmarks drive N ``GossipNode``s here.
 
-- ``Authority`` and ``SimDevice`` make real enrolled devices and real signed chains (Ed25519,
-  ``ledger`` headers, readings and blocks) from a seed, without any file or database.
+- ``Authority`` and ``SimDevice`` (agent.protocol.sim) make real enrolled devices and real
+  signed chains from a seed, without any file or database.
 - ``SimStore`` does what the runtime's store would do with the core's actions and counts what
   must never happen: a stored duplicate, a header stored out of order, a second body.
 - ``SimNet`` is the link and the runtime loop: messages are lost, duplicated and reordered (random
@@ -55,131 +55,9 @@ from agent.gossip.inputs import (
 )
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
-from ledger.block import Block, SignedHeader, build_header, decode_block, decode_header, sign_header
-from ledger.certs import (
-    FleetRoots,
-    countersign_rotation,
-    issue_certificate,
-    sign_revocation,
-    sign_rotation,
-)
-from ledger.epoch import EpochRecord, decode_epoch, sign_epoch
-from ledger.history import CompactRange
-from ledger.identity import SigningKey
-from ledger.reading import Reading, sign_reading
-
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-_DAY_MS = 86_400_000
-
-
-class Authority:
-    """A fleet authority with a seeded key: enrolls and revokes devices."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.key = SigningKey(rng.randbytes(32))
-        self.roots = FleetRoots.of(self.key.public)
-        self._serial = 0
-
-    def enroll(self, key: SigningKey, now_ms: int = START_MS) -> bytes:
-        self._serial += 1
-        cert = issue_certificate(
-            self.key,
-            key.public,
-            kind="refrigerator",
-            model="FR-200",
-            site="site-1",
-            owner_x25519=None,
-            not_before_ms=now_ms - _DAY_MS,
-            not_after_ms=now_ms + 365 * _DAY_MS,
-            serial=self._serial,
-        )
-        return cert.wire
-
-    def countersign(self, half: bytes) -> bytes:
-        return countersign_rotation(half, self.key)
-
-    def revoke(
-        self, device_id: str, from_height: int, key_id: bytes | None = None, now_ms: int = START_MS
-    ) -> bytes:
-        return sign_revocation(self.key, device_id, key_id, from_height, "key-compromise", now_ms)
-
-
-class SimDevice:
-    """An enrolled device that seals one-reading blocks into a real signed chain."""
-
-    def __init__(self, authority: Authority, rng: random.Random, epoch: int = 0) -> None:
-        self.key = SigningKey(rng.randbytes(32))
-        self.device_id = self.key.public.device_id
-        self.certificate = authority.enroll(self.key)
-        self.epoch = epoch
-        self.blocks: list[Block] = []
-        self._hashes: list[bytes] = []
-        self._seq = 0
-
-    def _history(self, height: int) -> bytes:
-        tree = CompactRange()
-        for h in self._hashes[:height]:
-            tree.append(h)
-        return tree.root()
-
-    def _block_at(self, height: int, time_ms: int, value: int) -> Block:
-        reading = sign_reading(
-            Reading(self.device_id, self.epoch, self._seq, time_ms, "fridge.temp_mc", value),
-            self.key,
-        )
-        self._seq += 1
-        prev = self.blocks[height - 1].header if height > 0 else None
-        header = build_header(
-            device_id=self.device_id,
-            epoch=self.epoch,
-            prev=prev,
-            history_root=self._history(height),
-            readings=[reading],
-            key_id=self.key.key_id,
-        )
-        return Block(sign_header(header, self.key), (reading,))
-
-    def seal(self, time_ms: int, value: int = 4_000) -> Block:
-        block = self._block_at(len(self.blocks), time_ms, value)
-        self.blocks.append(block)
-        self._hashes.append(block.header.hash)
-        return block
-
-    def rotate(self, authority: Authority, rng: random.Random, time_ms: int) -> bytes:
-        """Switch to a new key from the next height on; returns the countersigned rotation."""
-        new = SigningKey(rng.randbytes(32))
-        half = sign_rotation(
-            self.device_id, self.key, new.public, len(self.blocks), time_ms, authority.key.key_id
-        )
-        self.key = new
-        return authority.countersign(half)
-
-    def wipe(self) -> None:
-        """Lose the own chain (a wiped store); the key and certificate stay."""
-        self.blocks.clear()
-        self._hashes.clear()
-        self._seq = 0
-
-    def adopt(self, block: Block) -> None:
-        """Append a block restored from peers (the node verified it)."""
-        self.blocks.append(block)
-        self._hashes.append(block.header.hash)
-        self._seq = block.readings[-1].reading.seq + 1
-
-    def sign_epoch(self, act: SignEpoch, time_ms: int) -> bytes:
-        """Sign the epoch record the node asked for and sign in the new epoch from now on."""
-        record = EpochRecord(
-            self.device_id, act.new_epoch, act.prev_epoch, act.last_height, act.last_hash, time_ms
-        )
-        self.epoch = act.new_epoch
-        return sign_epoch(record, self.key).wire
-
-    def equivocate(self, height: int, time_ms: int) -> Block:
-        """A second, different block at ``height`` (a fork); the device's chain is unchanged."""
-        return self._block_at(height, time_ms, -1)
-
-    def header_wires(self) -> list[bytes]:
-        return [b.header.wire for b in self.blocks]
+from agent.protocol.sim import START_MS, Authority, SimDevice
+from ledger.block import Block, SignedHeader, decode_block, decode_header
+from ledger.epoch import decode_epoch
 
 
 @dataclass

@@ -30,18 +30,18 @@ byte-exact reference.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from agent.protocol import envelope
 from ledger import codec
 from ledger.block import MAX_BLOCK_BYTES
 from ledger.errors import DecodeError, UsageError
 from ledger.identity import is_device_id
 from ledger.reading import MAX_EPOCH
 
-VERSION: Final = 1
+VERSION: Final = envelope.VERSION
 
 ANNOUNCE: Final = 1
 SUMMARY: Final = 2
@@ -221,33 +221,16 @@ Message = Announce | Summary | Request | Response | EvidenceMessage | Certs | Ep
 
 def decode(payload: bytes) -> Message:
     """Decode one gossip message from untrusted bytes. Raises DecodeError only."""
-    what = "gossip message"
-    if not isinstance(payload, bytes):
-        raise DecodeError(what, f"expected bytes, found {type(payload).__name__}")
-    if len(payload) < 3 or not 0x94 <= payload[0] <= 0x9A:
-        raise DecodeError(
-            what,
-            "expected a canonical envelope array of 4..10 fields, found "
-            f"{payload[:1].hex() or 'nothing'}",
-        )
-    if payload[1] != VERSION:
-        raise DecodeError(what, f"field version: expected {VERSION}, found byte {payload[1]:#04x}")
-    mtype = payload[2]
-    limits = _LIMITS.get(mtype)
-    if limits is None:
-        raise DecodeError(what, f"field type: expected one of 1..7, found byte {mtype:#04x}")
+    mtype = envelope.preamble(payload, "gossip message", (4, 10), _LIMITS)
     if mtype == ANNOUNCE:
         held = _ANNOUNCED.get(payload)
         if held is not None:
             return held
     what = NAMES[mtype]
-    fields = codec.array(codec.decode(payload, limits, what), _FIELDS[mtype], what)
+    fields = codec.array(codec.decode(payload, _LIMITS[mtype], what), _FIELDS[mtype], what)
     msg = _parse(mtype, fields, what)
     if mtype == ANNOUNCE:
-        with _ANNOUNCED_LOCK:
-            _ANNOUNCED[payload] = msg
-            while len(_ANNOUNCED) > _ANNOUNCED_MAX:
-                del _ANNOUNCED[next(iter(_ANNOUNCED))]
+        _remember(payload, msg)
     return msg
 
 
@@ -256,11 +239,22 @@ def decode(payload: bytes) -> Message:
 # are immutable). Bounded, oldest first; only announcements (small, and the ones shared).
 _ANNOUNCED: dict[bytes, Message] = {}
 _ANNOUNCED_MAX = 1_024
-_ANNOUNCED_LOCK = threading.Lock()
+
+
+def _remember(payload: bytes, msg: Message) -> None:
+    """Decoders may run on several threads (store workers) but the core takes no lock: each step
+    here is one dict operation, atomic on its own, and a race between two of them costs at most
+    an entry evicted early or one too many until the next insert (a cache, never the truth)."""
+    _ANNOUNCED[payload] = msg
+    while len(_ANNOUNCED) > _ANNOUNCED_MAX:
+        try:
+            _ANNOUNCED.pop(next(iter(_ANNOUNCED)), None)
+        except (StopIteration, RuntimeError):  # emptied or changed by another thread meanwhile
+            break
 
 
 def _parse(mtype: int, f: list[Any], what: str) -> Message:
-    sender = _device(f[2], what, "sender")
+    sender = envelope.sender(f[2], what)
     if mtype == ANNOUNCE:
         headers = _bins(f[3], what, "headers", MAX_ANNOUNCE_HEADERS, HEADER_WIRE_MAX)
         if not headers:

@@ -1,5 +1,13 @@
-"""What every protocol core shares: one trust store per device (certificates, rotations and
-revocations verified to the fleet root) and the bounded structures the cores remember with.
+"""What every protocol core shares, defined once (both ``agent.gossip`` and
+``agent.replication`` build on it; it imports neither):
+
+- ``envelope``: the envelope preamble (version, type, sender) and the attribution of a decoded
+  message to a peer (sender and malformed checks).
+- ``inputs``: network bytes, peers up and down, domain changes; ``actions``: Send, Broadcast.
+- ``trust``: one ``TrustStore`` per device (certificates, rotations and revocations verified to
+  the fleet root), injected into every core the device runs.
+- ``lru``: the bounded structure the cores remember with.
+- ``sim``: seeded enrolled devices and signed chains for the cores' simulations and tests.
 
 Sans-I/O like the cores that use it: no asyncio, time, threading or sockets.
 """

@@ -1,4 +1,10 @@
-"""Who may sign what: the certificates, rotations and revocations the core knows, per device.
+"""Who may sign what: the certificates, rotations and revocations a device knows, per device.
+
+One ``TrustStore`` per device, made by whoever assembles the device and handed to every core it
+runs (gossip and replication share it), so a credential is verified once per device whichever
+core learns it first; a wire already held is answered ``KNOWN`` without verifying it again.
+``version`` counts the changes, so a core that did not learn a credential itself still sees that
+some device's keys or site changed.
 
 Every credential is verified against the fleet roots before it counts: certificates (valid at
 the time they are learned), rotations (countersigned by a root; applied in order of effective
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 from ledger import domains
 from ledger.certs import (
@@ -24,6 +31,8 @@ from ledger.certs import (
     verify_revocation,
 )
 from ledger.errors import VerificationError
+
+CredentialKind = Literal["certificate", "rotation", "revocation"]
 
 
 class Outcome(Enum):
@@ -42,11 +51,16 @@ class Result:
     reason: str = ""
 
 
-class Credentials:
+class TrustStore:
     def __init__(
-        self, roots: FleetRoots, *, max_devices: int, max_pending: int, max_revocations: int
+        self,
+        roots: FleetRoots,
+        *,
+        max_devices: int = 4_096,
+        max_pending: int = 8,
+        max_revocations: int = 16,
     ) -> None:
-        self._roots = roots
+        self.roots = roots
         self._max_devices = max_devices
         self._max_pending = max_pending
         self._max_revocations = max_revocations
@@ -55,6 +69,23 @@ class Credentials:
         self._pending: dict[str, list[bytes]] = {}  # countersigned, not applicable yet
         self._revocations: dict[str, list[bytes]] = {}
         self._keys: dict[str, DeviceKeys] = {}
+        self._held: dict[bytes, str] = {}  # every credential wire held (verified) -> its device
+        self.version = 0  # bumped by every NEW outcome
+
+    def learn(self, kind: CredentialKind, wire: bytes, now_ms: int) -> Result:
+        """Verify and remember one credential. Raises DecodeError when ``wire`` is not one."""
+        dev = self._held.get(wire)
+        if dev is not None:
+            return Result(Outcome.KNOWN, dev)  # verified when it was first learned
+        if kind == "certificate":
+            result = self.add_certificate(wire, now_ms)
+        elif kind == "rotation":
+            result = self.add_rotation(wire)
+        else:
+            result = self.add_revocation(wire)
+        if result.outcome is Outcome.NEW:
+            self.version += 1
+        return result
 
     def keys(self, device_id: str) -> DeviceKeys | None:
         return self._keys.get(device_id)
@@ -80,7 +111,7 @@ class Credentials:
     def add_certificate(self, wire: bytes, now_ms: int) -> Result:
         """Raises DecodeError when ``wire`` is not a certificate at all."""
         try:
-            cert = verify_certificate(wire, self._roots, now_ms)
+            cert = verify_certificate(wire, self.roots, now_ms)
         except VerificationError as exc:
             return Result(Outcome.INVALID, reason=str(exc))
         dev = cert.device_id
@@ -89,6 +120,7 @@ class Credentials:
         if not self._room_for(dev):
             return Result(Outcome.FULL, dev)
         self._certs[dev] = wire
+        self._held[wire] = dev
         self._rebuild(dev)
         return Result(Outcome.NEW, dev)
 
@@ -97,7 +129,7 @@ class Credentials:
         rot = decode_rotation(wire)
         dev = rot.device_id
         try:
-            self._roots.get(rot.authority_key_id, f"rotation of {dev}").verify(
+            self.roots.get(rot.authority_key_id, f"rotation of {dev}").verify(
                 domains.ROTATION_COUNTERSIGN,
                 rot.body + rot.old_sig,
                 rot.authority_sig,
@@ -111,6 +143,9 @@ class Credentials:
             return Result(Outcome.FULL, dev)
         pending = self._pending.setdefault(dev, [])
         pending.append(wire)
+        self._held[wire] = dev
+        for dropped in pending[: -self._max_pending]:
+            self._held.pop(dropped, None)
         del pending[: -self._max_pending]
         self._rebuild(dev)
         if wire in self._rotations.get(dev, ()):
@@ -120,7 +155,7 @@ class Credentials:
     def add_revocation(self, wire: bytes) -> Result:
         """Raises DecodeError when ``wire`` is not a revocation at all."""
         try:
-            rev = verify_revocation(wire, self._roots)
+            rev = verify_revocation(wire, self.roots)
         except VerificationError as exc:
             return Result(Outcome.INVALID, reason=str(exc))
         dev = rev.device_id
@@ -130,6 +165,7 @@ class Credentials:
         if len(held) >= self._max_revocations or not self._room_for(dev):
             return Result(Outcome.FULL, dev)
         self._revocations[dev] = [*held, wire]
+        self._held[wire] = dev
         self._rebuild(dev)
         return Result(Outcome.NEW, dev, revocation=rev)
 
@@ -146,7 +182,7 @@ class Credentials:
             progress = False
             for r in list(pending):
                 try:
-                    DeviceKeys.build(cert, self._roots, now_ms=None, rotations=[*applied, r])
+                    DeviceKeys.build(cert, self.roots, now_ms=None, rotations=[*applied, r])
                 except VerificationError:
                     continue
                 applied.append(r)
@@ -156,7 +192,7 @@ class Credentials:
         self._pending[dev] = pending
         self._keys[dev] = DeviceKeys.build(
             cert,
-            self._roots,
+            self.roots,
             now_ms=None,
             rotations=applied,
             revocations=self._revocations.get(dev, ()),

@@ -28,17 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    peer_id: str
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Broadcast:
-    domain: str
-    payload: bytes
+# Shared by every core (agent.protocol.actions); re-exported: they belong to this core's actions.
+from agent.protocol.actions import Broadcast as Broadcast
+from agent.protocol.actions import Send as Send
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from agent.protocol.trust import Credentials
+from agent.protocol.trust import TrustStore
 from agent.replication import wire
 from agent.replication.actions import Action, Broadcast, Send
 from agent.replication.tuning import ReplicationConfig
@@ -22,7 +22,7 @@ class Context:
         device_id: str,
         key: SigningKey,
         config: ReplicationConfig,
-        creds: Credentials,
+        creds: TrustStore,
         now_ms: int,
     ) -> None:
         self.device_id = device_id

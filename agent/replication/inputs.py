@@ -3,45 +3,21 @@
 The runtime feeds each one to ``ReplicationNode.handle(input, now_ms)``. Inputs from the
 runtime's own store (``OwnChainLoaded``, ``ReplicasLoaded``, ``ReceiptKnown``) are trusted to be
 what the core once emitted, but are checked where a check is cheap; network bytes arrive only as
-``MessageReceived`` and are never trusted. Credentials are verified against the fleet roots here,
-whoever supplies them.
+``MessageReceived`` and are never trusted. Credentials are verified against the fleet roots by
+the device's one trust store (agent.protocol.trust), whichever core learns them first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+# Shared by every core (agent.protocol.inputs); re-exported: they belong to this core's inputs.
+from agent.protocol.inputs import DomainChanged as DomainChanged
+from agent.protocol.inputs import MessageReceived as MessageReceived
+from agent.protocol.inputs import PeerDown as PeerDown
+from agent.protocol.inputs import PeerUp as PeerUp
+from agent.protocol.trust import CredentialKind as CredentialKind
 from ledger.block import Block
-
-CredentialKind = Literal["certificate", "rotation", "revocation"]
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """A replication envelope from the network (``wire.is_replication_message`` routed it here).
-    ``peer_id``: the sender as the transport knows it, or None (then the envelope names it)."""
-
-    peer_id: str | None
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PeerUp:
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDown:
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class DomainChanged:
-    """The member list of one of this device's gossip domains (self included)."""
-
-    domain: str
-    members: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from agent.protocol.trust import Credentials, Outcome
+from agent.protocol.envelope import open_envelope
+from agent.protocol.inputs import check_domain
+from agent.protocol.trust import TrustStore
 from agent.replication import wire
 from agent.replication.actions import Action
 from agent.replication.context import Context
@@ -61,11 +63,15 @@ class ReplicationNode:
         *,
         config: ReplicationConfig | None = None,
         now_ms: int = 0,
+        trust: TrustStore | None = None,
     ) -> None:
+        """``trust``: the device's one trust store, shared with its gossip core (a credential is
+        then verified once per device); None: a store of this node's own over ``roots``."""
         if not is_device_id(device_id):
             raise UsageError(f"replication node: expected a device id, found {device_id!r}")
         cfg = config if config is not None else ReplicationConfig()
-        creds = Credentials(roots, max_devices=_MAX_DEVICES, max_pending=8, max_revocations=16)
+        creds = trust if trust is not None else TrustStore(roots, max_devices=_MAX_DEVICES)
+        self._trust_version = creds.version  # what the owner side was last kicked for
         self._ctx = ctx = Context(device_id, key, cfg, creds, now_ms)
         self.device_id = device_id
         self.config = cfg
@@ -167,13 +173,7 @@ class ReplicationNode:
     # --- membership ---------------------------------------------------------------------------
 
     def _set_domain(self, name: str, members: frozenset[str]) -> None:
-        bad = sorted(m for m in members if not isinstance(m, str) or not is_device_id(m))
-        if bad:
-            raise UsageError(f"replication domain {name!r}: expected device ids, found {bad[:3]}")
-        if self.device_id not in members:
-            raise UsageError(
-                f"replication domain {name!r}: must list this device ({self.device_id})"
-            )
+        check_domain("replication", name, members, self.device_id)
         self._ctx.domains[name] = members
 
     def _members_changed(self) -> None:
@@ -207,18 +207,16 @@ class ReplicationNode:
     def _on_credential(self, ev: CredentialKnown) -> None:
         creds = self._ctx.creds
         try:
-            if ev.kind == "certificate":
-                result = creds.add_certificate(ev.wire, self._ctx.now)
-            elif ev.kind == "rotation":
-                result = creds.add_rotation(ev.wire)
-            else:
-                result = creds.add_revocation(ev.wire)
+            result = creds.learn(ev.kind, ev.wire, self._ctx.now)
         except DecodeError:
             self._ctx.counters["credential_malformed"] += 1
             return
         self._ctx.counters[f"credential_{result.outcome.value}"] += 1
-        if result.outcome is Outcome.NEW:
-            self.owner.kick()  # a holder's site and key may be known now
+        if creds.version != self._trust_version:
+            # Some credential is new to the device (learned here, or by the gossip core that
+            # shares the store): a holder's site and key may be known now.
+            self._trust_version = creds.version
+            self.owner.kick()
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -228,18 +226,10 @@ class ReplicationNode:
         if claimed is not None and claimed not in ctx.members:
             ctx.counters["dropped_foreign"] += 1
             return
-        try:
-            msg = wire.decode(ev.payload)
-        except DecodeError:
-            if claimed is None:
-                ctx.counters["malformed_unattributed"] += 1
-            else:
-                self._offence(claimed, "malformed")
+        opened = open_envelope(claimed, ev.payload, wire.decode, ctx.counters, self._offence)
+        if opened is None:
             return
-        peer = msg.sender if claimed is None else claimed
-        if msg.sender != peer:
-            self._offence(peer, "sender_mismatch")
-            return
+        peer, msg = opened
         if peer not in ctx.members:
             ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
             return

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from agent.gossip.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import DAY_MS, START_MS, Authority, SimDevice
 from agent.replication import wire
 from agent.replication.actions import (
     Action,
@@ -55,7 +55,6 @@ from ledger.certs import issue_certificate
 
 __all__ = ["START_MS", "Behaviour", "Disk", "ReplicationNet", "SimHolder"]
 
-_DAY_MS = 86_400_000
 DOMAIN = "fleet"
 
 
@@ -121,8 +120,8 @@ class ReplicationNet:
                 model="FR-200",
                 site=site,
                 owner_x25519=None,
-                not_before_ms=START_MS - _DAY_MS,
-                not_after_ms=START_MS + 365 * _DAY_MS,
+                not_before_ms=START_MS - DAY_MS,
+                not_after_ms=START_MS + 365 * DAY_MS,
                 serial=1000 + i,
             ).wire
             cfg = replace(base, quota_bytes=quota, rng=random.Random(seed * 1000 + i))

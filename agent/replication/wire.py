@@ -28,13 +28,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Final
 
+from agent.protocol import envelope
 from ledger import codec, domains
 from ledger.block import HASH_SIZE, MAX_BLOCK_BYTES
 from ledger.errors import DecodeError, UsageError
-from ledger.identity import is_device_id
 from ledger.receipt import MAX_RECEIPT_WIRE
 
-VERSION: Final = 1
+VERSION: Final = envelope.VERSION
 
 STORE: Final = 32
 RECEIPT: Final = 33
@@ -163,12 +163,8 @@ def audit_answer(nonce: bytes, block_wire: bytes) -> bytes:
 def is_replication_message(payload: bytes) -> bool:
     """True when ``payload`` looks like a replication envelope (types 32..63), judged from its
     first three bytes only: route it to the replication core (which still decodes it strictly)."""
-    return (
-        len(payload) >= 3
-        and 0x94 <= payload[0] <= 0x9F
-        and payload[1] == VERSION
-        and FIRST_TYPE <= payload[2] <= LAST_TYPE
-    )
+    mtype = envelope.type_of(payload)
+    return mtype is not None and FIRST_TYPE <= mtype <= LAST_TYPE
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -176,28 +172,14 @@ def is_replication_message(payload: bytes) -> bool:
 
 def decode(payload: bytes) -> Message:
     """Decode one replication message from untrusted bytes. Raises DecodeError only."""
-    what = "replication message"
-    if not isinstance(payload, bytes):
-        raise DecodeError(what, f"expected bytes, found {type(payload).__name__}")
-    if len(payload) < 3 or not 0x95 <= payload[0] <= 0x97:
-        raise DecodeError(
-            what,
-            "expected a canonical envelope array of 5..7 fields, found "
-            f"{payload[:1].hex() or 'nothing'}",
-        )
-    if payload[1] != VERSION:
-        raise DecodeError(what, f"field version: expected {VERSION}, found byte {payload[1]:#04x}")
-    mtype = payload[2]
-    limits = _LIMITS.get(mtype)
-    if limits is None:
-        raise DecodeError(what, f"field type: expected one of 32..38, found byte {mtype:#04x}")
+    mtype = envelope.preamble(payload, "replication message", (5, 7), _LIMITS)
     what = NAMES[mtype]
-    fields = codec.array(codec.decode(payload, limits, what), _FIELDS[mtype], what)
+    fields = codec.array(codec.decode(payload, _LIMITS[mtype], what), _FIELDS[mtype], what)
     return _parse(mtype, fields, what)
 
 
 def _parse(mtype: int, f: list[Any], what: str) -> Message:
-    sender = codec.text(f[2], what, "sender", 26, is_device_id)
+    sender = envelope.sender(f[2], what)
     if mtype == STORE:
         block = codec.bin_(f[4], what, "block", maximum=BLOCK_WIRE_MAX)
         if not block:

@@ -32,9 +32,10 @@ from agent.gossip.inputs import (
     PullLoaded,
     RestoreRequested,
 )
-from agent.gossip.node import GossipNode, greeting_score
-from agent.gossip.sim import START_MS, Authority, SimDevice
+from agent.gossip.node import GossipNode
+from agent.gossip.summaries import greeting_score
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from ledger.block import Block, decode_block
 from ledger.errors import UsageError
 

@@ -30,8 +30,9 @@ from agent.gossip.inputs import (
     RevocationKnown,
 )
 from agent.gossip.node import GossipNode
-from agent.gossip.sim import START_MS, Authority, Faults, SimDevice, SimNet
+from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from ledger.evidence import decode_evidence, make_evidence, verify_evidence
 
 T0 = START_MS

@@ -20,8 +20,8 @@ from agent.gossip import wire
 from agent.gossip.actions import Action, Send, StoreHeaders
 from agent.gossip.inputs import CertificateKnown, MessageReceived, PeerUp
 from agent.gossip.node import GossipNode
-from agent.gossip.sim import START_MS, Authority, SimDevice
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from ledger.block import decode_header
 
 CHAIN = 10

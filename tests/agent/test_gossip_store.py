@@ -26,8 +26,8 @@ from agent.gossip.inputs import (
     PullLoaded,
 )
 from agent.gossip.node import GossipNode
-from agent.gossip.sim import START_MS, Authority
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.sim import START_MS, Authority
 from ledger.block import decode_block, decode_header
 from ledger.certs import FleetRoots
 from ledger.chain import ChainWriter

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.gossip import wire
-from agent.gossip.sim import Authority, SimDevice
+from agent.protocol.sim import Authority, SimDevice
 from ledger.errors import DecodeError, UsageError
 
 A = "ef" + "a" * 24

@@ -41,7 +41,7 @@ from tests.agent.runner_helpers import (
 )
 
 DASHBOARD = REPO / "deploy" / "grafana" / "edgefleet.json"
-DOCS = REPO / "docs" / "METRICS.md"
+DOCS = REPO / "docs" / "DEPLOY.md"
 SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
 
@@ -477,4 +477,4 @@ def _family(series: str) -> str:
 def test_every_metric_is_documented() -> None:
     text = DOCS.read_text()
     missing = [f.name for f in FAMILIES if f"`{f.name}`" not in text]
-    assert missing == [], f"docs/METRICS.md does not list {missing}"
+    assert missing == [], f"docs/DEPLOY.md does not list {missing}"

@@ -93,6 +93,24 @@ def test_asyncio_timers_of_the_loop_run_on_simulated_time() -> None:
     assert clock.now_ms() == 3_610_000
 
 
+def test_loop_timers_at_unix_times_run_when_due() -> None:
+    """At Unix times a timer can fall due exactly on a jump; it must run, not spin the loop."""
+    clock = SimClock(1_767_225_600_001)
+    seen: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for delay in (1.0, 0.25, 0.001, 3600.0):
+            done = loop.create_future()
+            loop.call_later(delay, done.set_result, None)
+            await done
+            seen.append(clock.now_ms())
+
+    clock.run(main())
+    start = 1_767_225_600_001
+    assert seen == [start + 1000, start + 1250, start + 1251, start + 3_601_251]
+
+
 def test_a_cancelled_sleeper_does_not_hold_time_back() -> None:
     clock = SimClock(0)
 

@@ -336,6 +336,7 @@ def memo_pure_functions(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(bundle_mod, name, remember(getattr(bundle_mod, name)))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("memo_pure_functions")
 def test_every_single_byte_change_fails_verification(fleet: Fleet, data: bytes) -> None:
     causes: dict[str, int] = {}

@@ -65,6 +65,7 @@ DOMAIN_NAMES = (
     "BUNDLE_DIGEST",
     "SEAL_EPHEMERAL",
     "EPOCH",
+    "ENROLL_REQUEST",
 )
 PASSPHRASE = b"edgefleet test vector passphrase"
 

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, replace
 from functools import cache
 
-from agent.gossip.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice
 from agent.replication import wire
 from agent.replication.actions import Action, Send
 from agent.replication.inputs import CredentialKnown, MessageReceived, PeerUp

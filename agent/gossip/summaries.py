@@ -1,0 +1,162 @@
+"""Anti-entropy: SUMMARY exchanges that find what pushes missed.
+
+Every ``anti_entropy_ms`` (jittered) a SUMMARY goes to one random available peer; both sides
+compare heads and pull what they miss (``pulls.Pulls``). A summary answering another lists only
+what differs from it. A forked device is listed with the forked mark, and a peer that still
+lists it is sent the evidence; a peer that lists a head an epoch record closed is sent the
+records. When a peer comes up, only the ``greeters`` devices with the lowest greeting scores
+greet it with a summary (docs/PROTOCOL.md 12.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from agent.gossip import wire
+from agent.gossip.context import Context
+from agent.gossip.epochs import Epochs
+from agent.gossip.evidence import Evidence
+from agent.gossip.pulls import Pulls
+
+GREETING_TAG = b"edgefleet/greeting/v1\x00"
+
+
+def greeting_score(peer: str, device: str) -> bytes:
+    """``device``'s score for greeting ``peer`` when it comes up: the lowest scores greet."""
+    return hashlib.sha256(GREETING_TAG + peer.encode() + b"\x00" + device.encode()).digest()
+
+
+class AntiEntropy:
+    def __init__(self, ctx: Context, pulls: Pulls, epochs: Epochs, evidence: Evidence) -> None:
+        self.ctx = ctx
+        self.pulls = pulls
+        self.epochs = epochs
+        self.evidence = evidence
+        cfg = ctx.config
+        self.next_round = ctx.now + ctx.rng.randint(0, cfg.anti_entropy_ms)
+        self._greets_peer: dict[str, bool] = {}
+        self._summary_devices: dict[str, tuple[str, ...]] = {}
+
+    def members_changed(self) -> None:
+        self._greets_peer = {}
+        self._summary_devices = {}
+
+    def on_timer(self) -> None:
+        """Run the round when it is due, and schedule the next one."""
+        ctx = self.ctx
+        if ctx.now < self.next_round:
+            return
+        cfg = ctx.config
+        self.next_round = (
+            ctx.now + cfg.anti_entropy_ms + ctx.rng.randint(-cfg.jitter_ms, cfg.jitter_ms)
+        )
+        candidates = ctx.peers.available()
+        if not candidates:
+            ctx.counters["rounds_without_peer"] += 1
+            return
+        ctx.counters["rounds"] += 1
+        self.send_summary(ctx.rng.choice(candidates), reply=True)
+
+    def greets(self, peer: str) -> bool:
+        """Whether this node is one of the ``greeters`` devices that send a peer that comes up
+        a SUMMARY at once: those of the devices sharing a domain with it (as this node sees
+        them) with the lowest greeting scores. One summary exchange catches a returning peer
+        up; a whole fleet coming up together (a start, a broker restart) would otherwise
+        exchange one per pair of domain peers at once."""
+        held = self._greets_peer.get(peer)
+        if held is None:
+            ctx = self.ctx
+            mine = greeting_score(peer, ctx.device_id)
+            lower = sum(
+                1 for m in ctx.sharing(peer) if m != peer and greeting_score(peer, m) < mine
+            )
+            held = self._greets_peer[peer] = lower < ctx.config.greeters
+        return held
+
+    def on_summary(self, peer: str, msg: wire.Summary, *, skip: str | None) -> None:
+        """Compare every entry but ``skip``'s (the own device while it restores: the restore
+        reads those) and send the evidence a peer lacks."""
+        ctx = self.ctx
+        listed: set[str] = set()
+        for e in msg.entries:
+            dev = e.device_id
+            listed.add(dev)
+            if dev == skip:
+                continue
+            if dev in ctx.forked:
+                if e.head_hash != wire.FORKED_MARK:
+                    self.evidence.send(peer, dev)
+                continue
+            if e.head_hash == wire.FORKED_MARK or dev not in ctx.tracked:
+                continue  # a forked mark: the peer sends its evidence
+            self._compare(peer, dev, e)
+        for dev in sorted(ctx.forked):
+            if dev not in listed and peer in ctx.sharing(dev):
+                self.evidence.send(peer, dev)
+
+    def _compare(self, peer: str, dev: str, e: wire.SummaryEntry) -> None:
+        ctx = self.ctx
+        if ctx.superseded(dev, e.epoch, e.height):
+            self.epochs.send(peer, dev)  # the peer holds a head an epoch record closed
+            return
+        chain = ctx.chains.get(dev)
+        head = None if chain is None else chain.head
+        if chain is None or head is None:
+            self.pulls.pull(peer, dev, e.height)
+            return
+        ours = head.header.height
+        if e.height > ours or (e.height == ours and e.head_hash != head.hash):
+            self.pulls.pull(peer, dev, e.height)
+        elif (
+            e.height < ours
+            and (held := chain.at(e.height)) is not None
+            and held.hash != e.head_hash
+        ):
+            self.pulls.pull(peer, dev, e.height)  # a probe: the peer's head differs from ours there
+        elif dev in ctx.need_creds:
+            self.pulls.pull(peer, dev, min(e.height, ours))
+        elif chain.missing:
+            self.pulls.pull_bodies(peer, dev, e.height)
+
+    def send_summary(
+        self,
+        peer: str,
+        *,
+        reply: bool,
+        answering: tuple[wire.SummaryEntry, ...] | None = None,
+    ) -> None:
+        """A SUMMARY of the chains shared with ``peer``. ``answering``: the entries of the peer's
+        SUMMARY this one answers; the answer lists only what differs from them (and forked
+        marks): what the peer may lack. An entry it already holds would make it compare for
+        nothing, and in a quiet fleet nearly every entry is one."""
+        ctx = self.ctx
+        devices = self._summary_devices.get(peer)
+        if devices is None:
+            devices = self._summary_devices[peer] = tuple(
+                sorted((ctx.sharing(peer) | {ctx.device_id}) & ctx.tracked)
+            )
+        theirs = None if answering is None else {e.device_id: e for e in answering}
+        entries: list[wire.SummaryEntry] = []
+        for dev in devices:
+            chain = ctx.chains.get(dev)
+            head = None if chain is None else chain.head
+            if dev in ctx.forked:
+                epoch, height = (0, 0) if head is None else (head.header.epoch, head.header.height)
+                entries.append(wire.SummaryEntry(dev, epoch, height, wire.FORKED_MARK))
+            elif head is not None:
+                h = head.header
+                if theirs is not None:
+                    them = theirs.get(dev)
+                    if (
+                        them is not None
+                        and them.height == h.height
+                        and them.head_hash == head.hash
+                        and them.epoch == h.epoch
+                    ):
+                        continue
+                entries.append(wire.SummaryEntry(dev, h.epoch, h.height, head.hash))
+        if len(entries) > wire.MAX_SUMMARY_ENTRIES:
+            entries = sorted(
+                ctx.rng.sample(entries, wire.MAX_SUMMARY_ENTRIES), key=lambda e: e.device_id
+            )
+        ctx.send(peer, wire.Summary(ctx.device_id, reply, tuple(entries)))
