@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -332,6 +333,22 @@ def _status(url: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_without_prometheus_client_only_metrics_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """prometheus-client is an optional extra: the CLI imports without it, and --metrics says
+    how to install it."""
+    code = "import sys, agent.cli.main; print('prometheus_client' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert done.stdout.strip() == "False", f"the CLI imports prometheus_client: {done}"
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails, as if missing
+    snap = FleetSnapshot(0, 0.0, 0.0, ())
+    with pytest.raises(metrics.MetricsError, match=r"pip install 'edgefleet\[metrics\]'"):
+        asyncio.run(serve_metrics(Listen("127.0.0.1", 0), lambda: snap, (0, 1)))
 
 
 def test_the_collector_maps_counters_by_reason_and_withholds_private_rows() -> None:
