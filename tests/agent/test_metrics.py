@@ -246,6 +246,7 @@ def test_a_real_time_run_reports_group_syncs_and_event_loop_lag(tmp_path: Path) 
     assert result.samples == sum(by_device(fams, "edgefleet_readings_signed_total").values())
 
 
+@pytest.mark.slow
 @pytest.mark.mosquitto
 def test_a_fleet_on_a_real_mosquitto_is_scraped_while_it_runs(
     mosquitto: MosquittoBroker, tmp_path: Path
