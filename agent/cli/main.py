@@ -20,6 +20,8 @@ from typing import Any
 
 from agent.cli import bundle, keys, record, replay, restore, run, sensor, show, trace, verify
 from agent.cli.errors import CliError
+from agent.errors import AgentError
+from ledger.errors import LedgerError
 
 COMMANDS: tuple[ModuleType, ...] = (
     keys,
@@ -77,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe fails here, not at interpreter exit
         return status
     except CliError as exc:
+        print(f"edgefleet: error: {exc}", file=sys.stderr)
+        return 2
+    except (AgentError, LedgerError) as exc:
+        # A typed error a command did not translate (a key that will not open under `restore`,
+        # say): its message already names what was wrong and where; never a traceback.
         print(f"edgefleet: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

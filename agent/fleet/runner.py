@@ -1,11 +1,11 @@
 """The fleet runner: every device of a devices.yaml in one process (or one shard of it).
 
 It provisions the data dir, starts the broker (embedded by default), connects one transport per
-device, builds a ``DeviceAgent`` per device, and drives the simulation: the world and appliance
-models step through simulated time, each step's samples go to their devices, and the runner waits
-until every device has made them durable before the next step (backpressure), so simulated time
-never runs ahead of the fleet. ``speed`` paces simulated time against the wall clock (``None``:
-as fast as the fleet keeps up).
+device, builds each device (``agent.fleet.build.build_device``), and drives the simulation: the
+world and appliance models step through simulated time, each step's samples go to their devices,
+and the runner waits until every device has made them durable before the next step
+(backpressure), so simulated time never runs ahead of the fleet. ``speed`` paces simulated time
+against the wall clock (``None``: as fast as the fleet keeps up).
 
 Two clocks: the *data* clock is the simulation's (readings' times, sealing by age); the *network*
 clock is real time (gossip timers and timeouts measure the network). A run resumes where the
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.config.devices import Device, FleetConfig
+from agent.config.devices import FleetConfig
 from agent.device.runtime import DeviceAgent, RestoreError
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
+from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
 from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
@@ -48,21 +49,14 @@ from agent.fleet.provision import (
 from agent.fleet.sources import SampleSource, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.gossip import actions as A
-from agent.gossip import inputs as I
-from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.trust import TrustStore
-from agent.replication.node import ReplicationNode
-from agent.replication.tuning import ReplicationConfig
 from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
 from firmware_sim.clock import Clock, RealClock, SimClock
 from firmware_sim.samples import Sample
-from ledger.chain import ChainWriter
 from ledger.groupsync import GroupSync
-from ledger.identity import SigningKey
 from ledger.store import Store
 
 log = logging.getLogger("edgefleet.runner")
@@ -456,10 +450,6 @@ class FleetRunner:
             dev_id = enrolled.certificate.device_id
             store = Store(self.data.store_path(name), group=self._group)
             stores.append(store)
-            # Devices at private sites seal every reading to the owner named in their certificate.
-            writer = ChainWriter(
-                store, enrolled.key, dev_id, owner_x25519=enrolled.certificate.owner_x25519
-            )
             domains = {d: members[d] for d in dev.domains}
             # The device keeps the certificates it verifies its peers with: its data dir then
             # verifies offline on its own (edgefleet verify).
@@ -470,46 +460,33 @@ class FleetRunner:
             ]
             if missing:
                 store.put_certificates(missing)
-            # One trust store per device, shared by its cores: a credential is verified once.
-            gcfg = self.opts.gossip
-            trust = TrustStore(
-                prov.roots,
-                max_devices=gcfg.max_devices,
-                max_pending=gcfg.max_pending_rotations,
-                max_revocations=gcfg.max_revocations,
-            )
-            node = GossipNode(
-                dev_id,
-                domains,
-                prov.roots,
-                random.Random(f"{cfg.seed}/gossip/{name}"),
-                config=gcfg,
-                now_ms=self.net_clock.now_ms(),
-                trust=trust,
-            )
-            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov, trust)
             transport = await self._transport(dev_id, dev.domains)
             self._transports.append(transport)
-            peers = sorted(set().union(*domains.values()) - {dev_id}) if domains else []
-            agent = DeviceAgent(
+            agent = build_device(
                 name=name,
                 kind=dev.kind,
                 site=dev.site,
-                writer=writer,
-                node=node,
+                key=enrolled.key,
+                # Devices at private sites seal every reading to the owner their certificate
+                # names.
+                owner_x25519=enrolled.certificate.owner_x25519,
+                store=store,
+                domains=domains,
+                roots=prov.roots,
                 transport=transport,
                 data_clock=self.data_clock,
                 net_clock=self.net_clock,
+                seed=cfg.seed,
                 policy=self.opts.seal,
+                gossip=self.opts.gossip,
+                replication=replication_config(cfg.replication, dev.spare_storage_mb),
                 executor=None if self.opts.simulated_network else self._executor,
-                peer_ids=peers,
-                replication=replication,
             )
             # Only the certificates this device tracks (its domains' members): fleet-wide
             # lists would cost every device a verification per device of the fleet.
             tracked = sorted(set().union(*domains.values()) | {dev_id})
             await agent.start(
-                _boot_inputs(store, [by_id[p] for p in tracked], dev_id),
+                boot_inputs(store, [by_id[p] for p in tracked], dev_id),
                 restore=name in self._restoring,
             )
             self.agents[name] = agent
@@ -517,36 +494,6 @@ class FleetRunner:
             await asyncio.to_thread(self._group.sync)
             self._group.take_noted()
         return stores
-
-    def _replication_node(
-        self,
-        dev: Device,
-        key: SigningKey,
-        dev_id: str,
-        domains: dict[str, set[str]],
-        prov: Provisioned,
-        trust: TrustStore,
-    ) -> ReplicationNode | None:
-        """The device's replication core (docs/REPLICATION.md), or None when it is off."""
-        spec = self.cfg.replication
-        if spec.copies == 0 or not domains:
-            return None
-        config = ReplicationConfig(
-            replicas=spec.copies,
-            quota_bytes=dev.spare_storage_mb << 20,
-            audit_interval_ms=spec.audit_every_ms,
-            repair_delay_ms=spec.repair_after_ms,
-            rng=random.Random(f"{self.cfg.seed}/replication/{dev.name}"),
-        )
-        return ReplicationNode(
-            dev_id,
-            key,
-            domains,
-            prov.roots,
-            config=config,
-            now_ms=self.net_clock.now_ms(),
-            trust=trust,
-        )
 
     # --- restore (agent/fleet/restore_device.py) ---------------------------------------------
     def _restore_candidates(self) -> set[str]:
@@ -707,28 +654,6 @@ def _counters(a: DeviceAgent) -> dict[str, int]:
     return out
 
 
-def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input]:
-    events: list[I.Input] = [I.CertificateKnown(w) for w in certs]
-    for _, w in store.credentials("certificate"):
-        events.append(I.CertificateKnown(w))
-    for _, w in store.credentials("rotation"):
-        events.append(I.RotationKnown(w))
-    for _, w in store.credentials("revocation"):
-        events.append(I.RevocationKnown(w))
-    for w in store.evidence():
-        events.append(I.EvidenceKnown(w))
-    for w in store.epoch_wires():  # before the chains: a chain may cross an epoch change
-        events.append(I.EpochKnown(w))
-    own = store.own_header_wires()
-    if own:
-        events.append(I.ChainLoaded(self_id, tuple(own)))
-    for dev in store.peer_devices():
-        wires = store.peer_header_wires(dev)
-        if wires:
-            events.append(I.ChainLoaded(dev, tuple(_contiguous(wires))))
-    return events
-
-
 def _store_empty(data: DataDir, name: str) -> bool:
     """No store file, or a store holding no block and no reading (opened only if it exists)."""
     path = data.store_path(name)
@@ -736,18 +661,6 @@ def _store_empty(data: DataDir, name: str) -> bool:
         return True
     with Store(path) as store:
         return store.block_count() == 0 and store.last_seq() is None
-
-
-def _contiguous(wires: list[bytes]) -> list[bytes]:
-    """Peer headers from height 0 up to the first gap (ChainLoaded wants a contiguous run)."""
-    from ledger.block import decode_header
-
-    out = []
-    for i, w in enumerate(wires):
-        if decode_header(w).header.height != i:
-            break
-        out.append(w)
-    return out
 
 
 def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:

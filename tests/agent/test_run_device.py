@@ -328,3 +328,17 @@ def test_a_simulated_fleet_still_enrolls_itself_and_runs_only_the_named_device(
     capsys.readouterr()
     assert main([*args, *common, "--passphrase-file", str(tmp_path / "x")]) == 2
     assert "is a simulated fleet's data dir" in _one_line(capsys)
+
+
+def test_restore_on_a_pre_enrolled_data_dir_without_a_passphrase_fails_in_one_line(
+    site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restore` takes no passphrase option: a key it cannot unlock is one line naming the key
+    file (the CLI's last line of defence for agent's typed errors), never a traceback."""
+    monkeypatch.delenv("EDGEFLEET_PASSPHRASE")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    data = ["--devices", str(site / "fleet.yaml"), "--data", str(site / "pi")]
+    argv = ["restore", "--device", "fridge-1", "--alone", *data, "--broker", "memory"]
+    assert main(argv) == 2
+    err = _one_line(capsys)
+    assert "fridge-1" in err and "device.key" in err, err

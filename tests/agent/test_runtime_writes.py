@@ -21,22 +21,21 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import agent.device.runtime as runtime
+from agent.device.context import HEADER_WRITE_MS
 from agent.device.runtime import DeviceAgent
 from agent.device.sealing import SealPolicy
+from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
-from agent.gossip.node import GossipNode
 from agent.protocol.sim import START_MS, Authority, SimDevice
 from agent.transport.base import Delivery, Transport
 from firmware_sim.clock import Clock, SimClock
 from firmware_sim.samples import Sample
-from ledger.chain import ChainWriter
 from ledger.identity import SigningKey
 from ledger.store import Store
 
 T = TypeVar("T")
-WRITE_MS = int(runtime.HEADER_WRITE_S * 1000)
+WRITE_MS = HEADER_WRITE_MS
 
 
 class Recording:
@@ -118,23 +117,22 @@ def make_agent(
     policy: SealPolicy,
     peers: tuple[str, ...] = (),
 ) -> tuple[DeviceAgent, Recording]:
-    """The one place these tests assemble a device (a fleet's own assembly adds keys, a data
-    dir and a broker the runtime does not need here)."""
+    """A device built as the fleet builds it (``agent.fleet.build.build_device``), with a fake
+    transport and one clock for data and network."""
     dev = key.public.device_id
     transport = Recording()
-    node = GossipNode(
-        dev, {"home": {dev, *peers}}, authority.roots, random.Random(1), now_ms=clock.now_ms()
-    )
-    agent = DeviceAgent(
+    agent = build_device(
         name="fridge-1",
-        writer=ChainWriter(store, key, dev),
-        node=node,
+        key=key,
+        store=store,
+        domains={"home": {dev, *peers}},
+        roots=authority.roots,
         transport=cast(Transport, transport),
         data_clock=clock,
         net_clock=clock,
+        seed=1,
         policy=policy,
         executor=executor,
-        peer_ids=peers,
     )
     return agent, transport
 
