@@ -53,7 +53,7 @@ from agent.fleet.provision import (
     write_sim_time,
 )
 from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
-from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
+from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.gossip import actions as A
 from agent.gossip.tuning import GossipConfig
 from agent.transport.base import Transport
@@ -176,6 +176,8 @@ class FleetRunner:
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
         self._backlog: list[tuple[str, Sample]] = []  # samples a resume still owes devices
         self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
+        self._wall0 = time.monotonic()
+        self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
 
     @property
     def group_sync(self) -> GroupSync | None:
@@ -184,6 +186,16 @@ class FleetRunner:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def snapshot(self) -> FleetSnapshot:
+        """The fleet now, as the live view sees it (call it on the event loop's thread)."""
+        now = self.data_clock.now_ms() if self.data_clock else self.cfg.start_ms
+        wall = time.monotonic() - self._wall0
+        speed = self._speed(self._wall0) if self.data_clock else 0.0
+        snap = _snapshot(self.agents, now, wall, speed, self._broker_note, self._rates, self._notes)
+        group = self._group
+        sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
+        return dataclasses.replace(snap, group_sync=sync)
 
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -212,7 +224,7 @@ class FleetRunner:
         self.data_clock = SimClock(start)
         if self.opts.simulated_network:
             self.net_clock = self.data_clock
-        wall0 = time.monotonic()
+        wall0 = self._wall0 = time.monotonic()
         samples = 0
         log.info(
             "fleet %s: %d local devices of %d (shard %d/%d), simulated start %d, until %s",
@@ -681,6 +693,18 @@ def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     }
 
 
+def _counters(a: DeviceAgent) -> dict[str, int]:
+    """The device's event counters by source (DeviceRow.counters)."""
+    s = a.stats
+    out = {"device.blocks": s.blocks, "device.send_failures": s.send_failures}
+    out.update((f"device.{k}", v) for k, v in s.counters.items())
+    out.update((f"gossip.{k}", v) for k, v in a.node.counters.items())
+    out.update((f"transport.{k}", v) for k, v in dataclasses.asdict(a.transport.stats()).items())
+    if a.replicator is not None:
+        out.update((f"replication.{k}", v) for k, v in a.replicator.node.counters.items())
+    return out
+
+
 def _store_empty(data: DataDir, name: str) -> bool:
     """No store file, or a store holding no block and no reading (opened only if it exists)."""
     path = data.store_path(name)
@@ -717,11 +741,16 @@ def _snapshot(
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = 0
-    by_id = {a.device_id: a for a in agents.values()}
+    # device id -> the local devices that track it (once per snapshot: a scrape of a street of
+    # hundreds of devices must not cost N^2 lookups in peer tuples per device)
+    trackers: dict[str, list[DeviceAgent]] = defaultdict(list)
+    for p in agents.values():
+        for peer in p.peer_ids:
+            trackers[peer].append(p)
     for name, a in agents.items():
         head = a.writer.store.head()
         height = None if head is None else head.header.height
-        lows = [p.node.head(a.device_id) for p in by_id.values() if a.device_id in p.peer_ids]
+        lows = [p.node.head(a.device_id) for p in trackers[a.device_id]]
         lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
         online = sum(1 for p in a.peer_ids if a.transport.presence(p))
         cert = a.node.device_id
@@ -740,6 +769,8 @@ def _snapshot(
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
                 **_replication_row(a),
+                private=a.writer.owner_x25519 is not None,
+                counters=_counters(a),
             )
         )
         sent += a.stats.sent
