@@ -775,7 +775,9 @@ def _snapshot(
         )
         sent += a.stats.sent
         received += a.stats.received
-        invalid += a.node.counters.get("invalid", 0) + a.node.counters.get("malformed", 0)
+        invalid += a.node.counters.get("penalty_invalid", 0) + a.node.counters.get(
+            "penalty_malformed", 0
+        )
     now = time.monotonic()
     prev = last.get("rates")
     sent_rate = recv_rate = 0.0
