@@ -17,6 +17,7 @@ from agent.cli.fleetopts import (
     parse_settle,
     parse_speed,
 )
+from agent.cli.haopts import add_homeassistant, bridge_running, homeassistant_bridge
 from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
 from agent.device.sealing import SealPolicy
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--block-age", default="10m", help="seal when the oldest reading is this old")
     add_settle(p, "wall seconds to wait at the end for gossip to converge")
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
+    add_homeassistant(p)
     p.set_defaults(func=_run)
 
 
@@ -86,13 +88,15 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_fleet(args.devices)
     except (ConfigError, OSError) as exc:
         raise CliError(str(exc)) from None
+    bridge = homeassistant_bridge(args, cfg, opts)
     make_data_dir(args.data)
     runner = FleetRunner(cfg, opts)
 
     async def main() -> int:
         remove = install_signal_handlers(runner)
         try:
-            result = await runner.run()
+            async with bridge_running(bridge, runner):
+                result = await runner.run()
         finally:
             remove()
         if result.interrupted:

@@ -56,6 +56,7 @@ from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
 from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
+from agent.transport.endpoint import Endpoint
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
 from firmware_sim.clock import Clock, RealClock, SimClock
@@ -165,6 +166,18 @@ class FleetRunner:
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The MQTT broker the fleet runs on (None before it is up, and on the in-memory net)."""
+        return None if self._broker is None else self._broker.endpoint
+
+    def snapshot(self) -> FleetSnapshot | None:
+        """The fleet's devices as the live view shows them (None until all are built); rates,
+        wall time and speed are left at 0."""
+        if self.data_clock is None or len(self.agents) < len(self.local):
+            return None
+        return _snapshot(self.agents, self.data_clock.now_ms(), 0.0, 0.0, self._broker_note, {})
 
     @property
     def group_sync(self) -> GroupSync | None:
