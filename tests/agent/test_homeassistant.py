@@ -18,8 +18,16 @@ from typing import Any
 import pytest
 
 from agent.cli.main import main
+from agent.config.devices import load_fleet
 from agent.fleet import ha_discovery as hd
 from agent.fleet.datadir import DataDir
+from agent.fleet.homeassistant import (
+    REALTIME_PERIOD_S,
+    THROTTLED_PERIOD_S,
+    HomeAssistantBridge,
+    throttle_note,
+)
+from agent.fleet.provision import provision
 from agent.fleet.view import DeviceRow
 from agent.transport.brokers import MosquittoBroker
 from agent.transport.endpoint import Endpoint
@@ -424,3 +432,87 @@ def test_homeassistant_refuses_the_in_memory_network(
     assert main([*args[:-1], "embedded", "--homeassistant", "home/+"]) == 2
     assert "--homeassistant: topic prefix" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+# --- the bridge's reactions, with a recording client in place of MQTT ---------------------------
+
+
+class _Recorder:
+    """Stands in for the bridge's MqttClient: records what is published, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bool]] = []
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.sent.append((topic, payload, retain))
+
+    def take(self) -> list[tuple[str, bytes, bool]]:
+        out, self.sent = self.sent, []
+        return out
+
+
+def _bridge(tmp_path: Path, speed: float | None = None) -> tuple[HomeAssistantBridge, _Recorder]:
+    cfg = load_fleet(write_fleet(tmp_path, HA_FLEET))
+    provision(cfg, DataDir(tmp_path / "data"), cfg.start_ms)
+    bridge = HomeAssistantBridge(cfg, tmp_path / "data", topics=T, speed=speed)
+    bridge.load_devices(d.name for d in cfg.devices)
+    recorder = _Recorder()
+    bridge._client = recorder  # type: ignore[assignment]
+    return bridge, recorder
+
+
+def _configs(sent: list[tuple[str, bytes, bool]]) -> dict[str, bytes]:
+    return {t: p for t, p, retain in sent if t.endswith("/config") and retain}
+
+
+def test_discovery_is_published_again_when_home_assistant_comes_online(tmp_path: Path) -> None:
+    bridge, client = _bridge(tmp_path)
+    asyncio.run(bridge.publish_once(None))
+    first = _configs(client.take())
+    assert len(first) == 3
+    asyncio.run(bridge.publish_once(None))
+    assert _configs(client.take()) == {}, "an unchanged config is not sent again"
+    bridge._on_message("homeassistant/status", b"offline")
+    asyncio.run(bridge.publish_once(None))
+    assert _configs(client.take()) == {}
+    bridge._on_message("homeassistant/status", b"online")
+    asyncio.run(bridge.publish_once(None))
+    assert _configs(client.take()) == first
+
+
+def test_a_device_on_a_shared_connection_follows_its_hub_too(tmp_path: Path) -> None:
+    bridge, client = _bridge(tmp_path)
+    asyncio.run(bridge.publish_once(None))
+    client.take()
+    freezer = bridge.devices["freezer-station"]
+    bridge._on_message(T.presence(freezer.device_id), b"online:hshared1")
+    asyncio.run(bridge.publish_once(None))
+    sent = _configs(client.take())
+    assert list(sent) == [T.config(freezer.object_id)]
+    avty = json.loads(sent[T.config(freezer.object_id)])["cmps"]["cabinet_temp"]["avty"]
+    assert {"t": T.hub_presence("hshared1")} in avty
+
+
+def test_a_retained_config_of_a_departed_device_is_cleared(tmp_path: Path) -> None:
+    bridge, client = _bridge(tmp_path)
+    gone = hd.object_id(bridge.fleet_tag, "ef" + "q" * 24)
+    other_fleet = hd.object_id("ffffffff", "ef" + "q" * 24)
+    ours = bridge.devices["fridge-1"].object_id
+    for oid in (gone, other_fleet, ours):
+        bridge._on_message(T.config(oid), b'{"dev": {}}')
+    asyncio.run(bridge.publish_once(None))
+    sent = client.take()
+    cleared = [t for t, p, retain in sent if p == b"" and retain and t.endswith("/config")]
+    assert cleared == [T.config(gone)], "only this fleet's departed device is removed"
+    # The household's devices (no owner key given): any state an earlier run retained goes.
+    ids = {bridge.devices[n].device_id for n in ("fridge-1", "washer-1")}
+    assert {t for t, p, _ in sent if p == b"" and t.endswith("/state")} == {T.state(i) for i in ids}
+
+
+def test_the_bridge_says_it_throttles_when_the_fleet_is_not_real_time(tmp_path: Path) -> None:
+    realtime, _ = _bridge(tmp_path / "rt", speed=1.0)
+    assert realtime.note is None and realtime.period_s == REALTIME_PERIOD_S
+    fast, _ = _bridge(tmp_path / "fast", speed=600.0)
+    assert fast.period_s == THROTTLED_PERIOD_S
+    assert fast.note is not None and "--speed 600" in fast.note and "sim_time" in fast.note
+    assert "--speed max" in (throttle_note(None) or "")
