@@ -47,7 +47,7 @@ from agent.fleet.ha_discovery import (
     readings_state,
 )
 from agent.fleet.sources import SampleSource
-from agent.fleet.view import FleetSnapshot
+from agent.fleet.view import DeviceRow, FleetSnapshot
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import TransportError
 from agent.transport.mqtt import MqttClient
@@ -61,6 +61,7 @@ REALTIME_PERIOD_S = 1.0  # states of a real-time fleet: published within a secon
 THROTTLED_PERIOD_S = 5.0  # at other speeds: at most one state per device this often
 HA_ONLINE = b"online"
 FINAL_PUBLISH_S = 3.0
+PUBLISH_CONCURRENCY = 64  # devices whose publications are in flight at once
 
 SourceFactory = Callable[[FleetConfig, int], SampleSource]
 
@@ -142,7 +143,8 @@ class HomeAssistantBridge:
         self._fleet_ids: frozenset[str] = frozenset()
         self._by_id: dict[str, HaDevice] = {}
         self._hubs: dict[str, str | None] = {}  # device id -> shared connection it is on
-        self._configs: dict[str, bytes] = {}  # device id -> discovery payload last sent
+        # device id -> the shared connection its config last sent names (absent: none sent)
+        self._configs: dict[str, str | None] = {}
         self._sent = _Published()
         self._wake = asyncio.Event()
         self._resend = False  # every config again (Home Assistant restarted, or we reconnected)
@@ -299,27 +301,33 @@ class HomeAssistantBridge:
             if await self._publish(self.topics.config(oid), b"", retain=True):
                 log.info("removed %s from Home Assistant (no longer in the fleet)", oid)
                 self._stale.discard(oid)
-        for dev in self.devices.values():
-            payload = self.config_payload(dev)
-            if self._configs.get(dev.device_id) == payload:
-                continue
-            if await self._publish(self.topics.config(dev.object_id), payload, retain=True):
-                self._configs[dev.device_id] = payload
-                if not dev.readings:  # a state retained by an earlier run with the owner's key
-                    await self._publish(self.topics.state(dev.device_id), b"", retain=True)
-        if snap is None:
+        rows = {} if snap is None else {row.name: row for row in snap.devices}
+        sem = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+
+        async def one(dev: HaDevice) -> None:
+            async with sem:
+                await self._device_round(dev, rows.get(dev.name))
+
+        await asyncio.gather(*(one(dev) for dev in self.devices.values()))
+
+    async def _device_round(self, dev: HaDevice, row: DeviceRow | None) -> None:
+        """A device's config if it is not on the broker as it should be, then its states."""
+        hub = self._hubs.get(dev.device_id)
+        if dev.device_id not in self._configs or self._configs[dev.device_id] != hub:
+            topic = self.topics.config(dev.object_id)
+            if not await self._publish(topic, self.config_payload(dev), retain=True):
+                return
+            self._configs[dev.device_id] = hub
+            if not dev.readings:  # a state retained by an earlier run with the owner's key
+                await self._publish(self.topics.state(dev.device_id), b"", retain=True)
+        if row is None:
             return
-        for row in snap.devices:
-            local = self.devices.get(row.name)
-            if local is None:
-                continue
-            await self._state(self.topics.health(local.device_id), health_state(row))
-            r = self.readings.get(row.name)
-            if local.readings and r is not None:
-                await self._state(self.topics.state(local.device_id), readings_state(local, r))
-                for event in r.take_tags():
-                    tag = self.topics.tag(local.device_id)
-                    await self._publish(tag, _json(event), retain=False)
+        await self._state(self.topics.health(dev.device_id), health_state(row))
+        r = self.readings.get(dev.name)
+        if dev.readings and r is not None:
+            await self._state(self.topics.state(dev.device_id), readings_state(dev, r))
+            for event in r.take_tags():
+                await self._publish(self.topics.tag(dev.device_id), _json(event), retain=False)
 
     async def _state(self, topic: str, state: dict[str, Any]) -> None:
         payload = _json(state)
