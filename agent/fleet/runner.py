@@ -55,7 +55,7 @@ from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
 from agent.transport.base import Transport
-from agent.transport.brokers import Broker, broker_from_spec
+from agent.transport.brokers import Broker, BrokerError, broker_from_spec
 from agent.transport.endpoint import Endpoint
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
@@ -169,8 +169,11 @@ class FleetRunner:
 
     @property
     def endpoint(self) -> Endpoint | None:
-        """The MQTT broker the fleet runs on (None before it is up, and on the in-memory net)."""
-        return None if self._broker is None else self._broker.endpoint
+        """The MQTT broker the fleet runs on (None unless it is up, and on the in-memory net)."""
+        try:
+            return None if self._broker is None else self._broker.endpoint
+        except BrokerError:  # created, not started yet (or stopped)
+            return None
 
     def snapshot(self) -> FleetSnapshot | None:
         """The fleet's devices as the live view shows them (None until all are built); rates,

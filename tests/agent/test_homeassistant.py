@@ -516,3 +516,14 @@ def test_the_bridge_says_it_throttles_when_the_fleet_is_not_real_time(tmp_path: 
     assert fast.period_s == THROTTLED_PERIOD_S
     assert fast.note is not None and "--speed 600" in fast.note and "sim_time" in fast.note
     assert "--speed max" in (throttle_note(None) or "")
+
+
+def test_a_run_on_the_embedded_broker_waits_for_it_to_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bridge asks the runner for the broker before it has started; it must wait, not fail."""
+    fleet = write_fleet(tmp_path, HA_FLEET)
+    args = ["run", "--devices", str(fleet), "--data", str(tmp_path / "d"), "--for", "1h"]
+    assert main([*args, "--no-view", "--settle", "1", "--homeassistant"]) == 0
+    err = capsys.readouterr().err
+    assert "not in real time" in err and "stopped at simulated 3600000 ms" in err
