@@ -82,9 +82,17 @@ async def bridge_running(
     task = asyncio.create_task(
         bridge.run(lambda: runner.endpoint, runner.snapshot), name="homeassistant"
     )
+
+    def failed(t: asyncio.Task[None]) -> None:
+        # The bridge is what the user asked for: a fleet without it stops, and says why.
+        if not t.cancelled() and t.exception() is not None:
+            print(f"Home Assistant bridge failed: {t.exception()}", file=sys.stderr)
+            runner.request_stop()
+
+    task.add_done_callback(failed)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await task  # a failure is raised here, after the fleet stopped cleanly

@@ -31,6 +31,10 @@ MQTT integration as of 2024-2025) and docs (https://www.home-assistant.io/integr
 - ``homeassistant/const.py`` ``EntityCategory`` (``config``, ``diagnostic``); a sensor or
   binary_sensor cannot be a ``config`` entity (``mqtt/entity.py``).
 
+Stricter than Home Assistant where that costs the bridge nothing: at the root of a device config
+only ``dev``, ``o``, ``cmps`` and ``qos``/``state_topic``/``encoding`` are accepted (HA shares a
+few more options from the root into the components; the bridge puts them in each component).
+
 Templates: HA renders Jinja2, which is not installed here, so this validator evaluates the few
 forms the bridge uses and refuses any other (``{{ value_json.KEY }}``, ``{{ value_json.KEY |
 tojson }}``, ``{{ 'A' if value.startswith('P') else 'B' }}``): a new form must be added here,
@@ -367,7 +371,7 @@ def _validate_device(topic: str, raw: bytes, prefix: str, report: Report) -> Ite
             p.append(f"{topic} cmps.{cid}: not an object")
             continue
         if "device" in c:
-            p.append(f"{topic} cmps.{cid}: a component of a device config names no device")
+            p.append(f"{topic} cmps.{cid}: the device is named once, at the root (dev)")
         entities.append(Entity(topic, cid, c))
     return entities
 

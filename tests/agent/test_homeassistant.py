@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from agent.cli.haopts import bridge_running
 from agent.cli.main import main
 from agent.config.devices import load_fleet
 from agent.fleet import ha_discovery as hd
+from agent.fleet import runner as runner_module
 from agent.fleet.datadir import DataDir
 from agent.fleet.homeassistant import (
     REALTIME_PERIOD_S,
@@ -31,6 +33,7 @@ from agent.fleet.provision import provision
 from agent.fleet.view import DeviceRow
 from agent.transport.brokers import MosquittoBroker
 from agent.transport.endpoint import Endpoint
+from agent.transport.errors import TransportError
 from agent.transport.mqtt import MqttClient
 from firmware_sim.samples import Sample
 from tests.agent.ha_fixtures import GOLDEN_BRIDGE, GOLDEN_DEVICES, GOLDEN_HUB, VERSION
@@ -527,3 +530,49 @@ def test_a_run_on_the_embedded_broker_waits_for_it_to_start(
     assert main([*args, "--no-view", "--settle", "1", "--homeassistant"]) == 0
     err = capsys.readouterr().err
     assert "not in real time" in err and "stopped at simulated 3600000 ms" in err
+
+
+@pytest.mark.mosquitto
+def test_devices_on_a_shared_connection_are_available_through_their_hub_too(
+    mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "SHARED_CONNECTION_ABOVE", 1)  # a hub for 3 devices
+    fleet = write_fleet(tmp_path, HA_FLEET)
+    _run(fleet, tmp_path / "data", mosquitto)
+    retained = asyncio.run(_collect(mosquitto.endpoint, ["homeassistant/#", "edgefleet/#"]))
+    report = validate(retained)
+    assert report.ok(), "\n".join(report.problems)
+    hubs = {t for t in retained if "/v1/hub/" in t}
+    assert len(hubs) == 1 and retained[next(iter(hubs))] == b"offline"
+    for topic, raw in retained.items():
+        if topic.endswith("/config"):
+            for c in json.loads(raw)["cmps"].values():
+                if c["p"] != "tag":
+                    assert {"t": next(iter(hubs))} in c["avty"], topic
+
+
+def test_a_bridge_that_fails_stops_the_fleet_and_says_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Runner:
+        endpoint = None
+        stopped = asyncio.Event()
+
+        def snapshot(self) -> None:
+            return None
+
+        def request_stop(self) -> None:
+            self.stopped.set()
+
+    class Bridge:
+        async def run(self, endpoint: object, snapshot: object) -> None:
+            raise TransportError("cannot connect to the MQTT broker at mqtt://ha:1883")
+
+    async def main() -> None:
+        runner = Runner()
+        async with bridge_running(Bridge(), runner):  # type: ignore[arg-type]
+            await asyncio.wait_for(runner.stopped.wait(), 10)
+
+    with pytest.raises(TransportError, match="mqtt://ha:1883"):
+        asyncio.run(main())
+    assert "Home Assistant bridge failed: cannot connect" in capsys.readouterr().err
