@@ -10,13 +10,19 @@ MQTT integration as of 2024-2025) and docs (https://www.home-assistant.io/integr
   key that is neither a listed abbreviation nor a full key of the component is refused.
 - ``homeassistant/components/mqtt/discovery.py``: the discovery topic
   ``<prefix>/<component>/[<node_id>/]<object_id>/config`` (``TOPIC_MATCHER``, ids of
-  ``[a-zA-Z0-9_-]``); the ``device`` component carries ``dev``, ``o`` and ``cmps``, each
-  component naming its ``platform`` (``p``); an empty retained payload removes what it named.
-- ``homeassistant/components/mqtt/schemas.py`` (``MQTT_ENTITY_DEVICE_INFO_SCHEMA``: a device
-  needs ``identifiers`` or ``connections``; ``MQTT_ORIGIN_INFO_SCHEMA``: an origin needs a
-  ``name``, ``support_url`` is a URL; ``MQTT_AVAILABILITY_SCHEMA``: ``availability_topic`` and
+  ``[a-zA-Z0-9_-]``, subscribed as ``<prefix>/device/+/config`` for devices);
+  ``_replace_all_abbreviations`` expands the root, ``device``, ``origin``, each component and
+  each availability entry; ``_parse_device_payload``: an empty payload removes every component
+  of the device; ``_merge_common_device_options``: ``SHARED_OPTIONS`` at the root are inherited
+  by components that do not set them.
+- ``homeassistant/components/mqtt/schemas.py``: ``DEVICE_DISCOVERY_SCHEMA`` (``device``,
+  ``components`` and ``origin`` required; ``_COMPONENT_CONFIG_SCHEMA``: each component names a
+  supported ``platform``; ``check_unique_id``: an entity platform's component needs a
+  ``unique_id``), ``MQTT_ENTITY_DEVICE_INFO_SCHEMA`` (a device needs ``identifiers`` or
+  ``connections``), ``MQTT_ORIGIN_INFO_SCHEMA`` (an origin needs a ``name``, ``support_url`` is
+  a URL), ``MQTT_AVAILABILITY_SCHEMA`` (``availability_topic`` and
   ``availability`` exclude each other, each entry has a ``topic``, ``availability_mode`` is
-  ``all``, ``any`` or ``latest``) and ``mqtt/const.py`` (``payload_available`` defaults to
+  ``all``, ``any`` or ``latest``); ``mqtt/const.py`` (``payload_available`` defaults to
   ``online``, ``payload_not_available`` to ``offline``; a template that renders ``None``
   (``PAYLOAD_NONE``) leaves the state unknown).
 - ``homeassistant/components/mqtt/sensor.py``: ``validate_sensor_state_and_device_class_config``
@@ -29,11 +35,13 @@ MQTT integration as of 2024-2025) and docs (https://www.home-assistant.io/integr
 - ``homeassistant/components/mqtt/tag.py`` (a tag scanner: ``topic`` required,
   ``value_template`` optional, it is not an entity and has no ``unique_id``).
 - ``homeassistant/const.py`` ``EntityCategory`` (``config``, ``diagnostic``); a sensor or
-  binary_sensor cannot be a ``config`` entity (``mqtt/entity.py``).
+  binary_sensor cannot be a ``config`` entity (``sensor/__init__.py`` and
+  ``binary_sensor/__init__.py`` refuse it when the entity is added).
 
 Stricter than Home Assistant where that costs the bridge nothing: at the root of a device config
-only ``dev``, ``o``, ``cmps`` and ``qos``/``state_topic``/``encoding`` are accepted (HA shares a
-few more options from the root into the components; the bridge puts them in each component).
+only ``dev``, ``o``, ``cmps`` and ``qos``/``state_topic``/``encoding`` are accepted (HA also
+takes the availability options and ``command_topic`` there and shares them into the components;
+the bridge puts availability in each component instead, so this check needs no merging).
 
 Templates: HA renders Jinja2, which is not installed here, so this validator evaluates the few
 forms the bridge uses and refuses any other (``{{ value_json.KEY }}``, ``{{ value_json.KEY |
