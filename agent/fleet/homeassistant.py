@@ -165,8 +165,10 @@ class HomeAssistantBridge:
 
     def _sample(self, name: str, sample: Sample) -> None:
         dev = self.devices.get(name)
-        if dev is not None and not dev.readings:
-            return  # a private household without its owner's key: nothing kept, nothing shown
+        if self.devices and (dev is None or not dev.readings):
+            # Another shard's device, or a private household without its owner's key: nothing
+            # kept, nothing shown. (Before the devices are known, everything is kept.)
+            return
         r = self.readings.get(name)
         if r is None:
             r = self.readings[name] = Readings()
