@@ -11,7 +11,7 @@ import asyncio
 import copy
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from agent.cli.haopts import bridge_running
 from agent.cli.main import main
 from agent.config.devices import load_fleet
 from agent.fleet import ha_discovery as hd
+from agent.fleet import keystore
 from agent.fleet import runner as runner_module
 from agent.fleet.datadir import DataDir
 from agent.fleet.homeassistant import (
@@ -30,12 +31,13 @@ from agent.fleet.homeassistant import (
     throttle_note,
 )
 from agent.fleet.provision import provision
-from agent.fleet.view import DeviceRow
+from agent.fleet.view import DeviceRow, FleetSnapshot
 from agent.transport.brokers import MosquittoBroker
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import TransportError
 from agent.transport.mqtt import MqttClient
 from firmware_sim.samples import Sample
+from ledger.sealbox import public_key_of
 from tests.agent.ha_fixtures import GOLDEN_BRIDGE, GOLDEN_DEVICES, GOLDEN_HUB, VERSION
 from tests.agent.ha_rules import validate
 from tests.agent.runner_helpers import write_fleet
@@ -454,10 +456,14 @@ class _Recorder:
         return out
 
 
-def _bridge(tmp_path: Path, speed: float | None = None) -> tuple[HomeAssistantBridge, _Recorder]:
+def _bridge(
+    tmp_path: Path, speed: float | None = None, owner_keys: Iterable[bytes] = ()
+) -> tuple[HomeAssistantBridge, _Recorder]:
     cfg = load_fleet(write_fleet(tmp_path, HA_FLEET))
     provision(cfg, DataDir(tmp_path / "data"), cfg.start_ms)
-    bridge = HomeAssistantBridge(cfg, tmp_path / "data", topics=T, speed=speed)
+    bridge = HomeAssistantBridge(
+        cfg, tmp_path / "data", topics=T, speed=speed, owner_keys=owner_keys
+    )
     bridge.load_devices(d.name for d in cfg.devices)
     recorder = _Recorder()
     bridge._client = recorder  # type: ignore[assignment]
@@ -576,3 +582,39 @@ def test_a_bridge_that_fails_stops_the_fleet_and_says_why(
     with pytest.raises(TransportError, match="mqtt://ha:1883"):
         asyncio.run(main())
     assert "Home Assistant bridge failed: cannot connect" in capsys.readouterr().err
+
+
+def test_tag_reads_from_the_tap_become_tag_scans_and_states_are_sent_on_change(
+    tmp_path: Path,
+) -> None:
+    bridge, client = _bridge(tmp_path / "a")
+    owner = keystore.read_owner_secret(tmp_path / "a" / "data" / "owners" / "family-1.key")
+    readable, client = _bridge(tmp_path / "a", owner_keys=[public_key_of(owner)])
+    fridge = readable.devices["fridge-1"]
+    assert fridge.private and fridge.readings and not bridge.devices["fridge-1"].readings
+
+    class Source:
+        now_ms = 0
+
+        def targets(self, until_ms: int) -> Iterator[int]:
+            yield until_ms
+
+        def step(self, until_ms: int) -> list[tuple[str, Sample]]:
+            return [
+                ("fridge-1", Sample(until_ms, "fridge.temp_mc", 4_250)),
+                ("fridge-1", Sample(until_ms, "rfid.in", 1, "urn:epc:id:sgtin:9.8.7", "milk")),
+                ("freezer-station", Sample(until_ms, "cabinet.temp_mc", -30_000)),
+            ]
+
+    source = readable.tap(lambda cfg, step: Source())(readable.cfg, 1_000)
+    source.step(60_000)
+    row = DeviceRow("fridge-1", "refrigerator", "home-1", 0, 1, 2, (), (), 0, 1, 0)
+    snap = FleetSnapshot(60_000, 0.0, 0.0, (row,))
+    asyncio.run(readable.publish_once(snap))
+    sent = client.take()
+    tags = [(p, r) for t, p, r in sent if t == T.tag(fridge.device_id)]
+    assert tags == [(b'{"epc": "urn:epc:id:sgtin:9.8.7", "event": "in", "item": "milk"}', False)]
+    state = [json.loads(p) for t, p, r in sent if t == T.state(fridge.device_id) and r]
+    assert state[0]["fridge_temp"] == 4.25
+    asyncio.run(readable.publish_once(snap))
+    assert client.take() == [], "nothing changed: nothing sent, no tag read twice"
