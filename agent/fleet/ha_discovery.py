@@ -33,6 +33,8 @@ from firmware_sim.sensors.fabric import PROGRAMMES
 
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 ORIGIN_NAME = "edgefleet"
+# The origin's support_url (a URL is required there): where this repository's docs/HOMEASSISTANT.md
+# is published. The repository names no public home yet; this is the one the docs assume.
 DOCS_URL = "https://github.com/edgefleet/edgefleet/blob/main/docs/HOMEASSISTANT.md"
 MANUFACTURER = "edgefleet (simulated appliance)"
 NO_PROGRAMME = "none"  # the programme sensor's state before the first wash
