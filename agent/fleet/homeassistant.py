@@ -164,8 +164,7 @@ class HomeAssistantBridge:
         return factory
 
     def _sample(self, name: str, sample: Sample) -> None:
-        dev = self.devices.get(name)
-        if self.devices and (dev is None or not dev.readings):
+        if self.devices and not self._readable(name):
             # Another shard's device, or a private household without its owner's key: nothing
             # kept, nothing shown. (Before the devices are known, everything is kept.)
             return
@@ -201,6 +200,12 @@ class HomeAssistantBridge:
                 readings=not private or c.owner_x25519 in self.owner_keys,
             )
         self._by_id = {d.device_id: d for d in self.devices.values()}
+        for name in [n for n in self.readings if not self._readable(n)]:
+            del self.readings[name]  # kept while the devices were not known yet
+
+    def _readable(self, name: str) -> bool:
+        dev = self.devices.get(name)
+        return dev is not None and dev.readings
 
     def config_payload(self, dev: HaDevice) -> bytes:
         cfg = discovery_config(

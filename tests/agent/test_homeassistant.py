@@ -618,3 +618,18 @@ def test_tag_reads_from_the_tap_become_tag_scans_and_states_are_sent_on_change(
     assert state[0]["fridge_temp"] == 4.25
     asyncio.run(readable.publish_once(snap))
     assert client.take() == [], "nothing changed: nothing sent, no tag read twice"
+
+
+def test_readings_kept_before_the_devices_were_known_are_dropped_where_private(
+    tmp_path: Path,
+) -> None:
+    cfg = load_fleet(write_fleet(tmp_path, HA_FLEET))
+    provision(cfg, DataDir(tmp_path / "data"), cfg.start_ms)
+    bridge = HomeAssistantBridge(cfg, tmp_path / "data", topics=T, speed=None)
+    bridge._sample("fridge-1", Sample(1, "fridge.temp_mc", 4_000))  # a resume's fast-forward
+    bridge._sample("freezer-station", Sample(1, "cabinet.temp_mc", -30_000))
+    bridge.load_devices(["fridge-1", "freezer-station"])
+    assert set(bridge.readings) == {"freezer-station"}
+    bridge._sample("fridge-1", Sample(2, "fridge.temp_mc", 4_000))
+    bridge._sample("washer-1", Sample(2, "water.temp_mc", 20_000))  # another shard's device
+    assert set(bridge.readings) == {"freezer-station"}
