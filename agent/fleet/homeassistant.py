@@ -200,6 +200,9 @@ class HomeAssistantBridge:
                 readings=not private or c.owner_x25519 in self.owner_keys,
             )
         self._by_id = {d.device_id: d for d in self.devices.values()}
+        owners = {c.owner_x25519 for c in certs.values()}
+        for key in sorted(self.owner_keys - owners):
+            log.warning("owner key %s opens no device of this fleet", key.hex())
         for name in [n for n in self.readings if not self._readable(n)]:
             del self.readings[name]  # kept while the devices were not known yet
 
