@@ -26,6 +26,7 @@ from agent.cli.fleetopts import (
     parse_settle,
     parse_speed,
 )
+from agent.cli.haopts import add_homeassistant, bridge_running, homeassistant_bridge
 from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
 from agent.device.sealing import SealPolicy
 from agent.fleet import keystore
@@ -71,6 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_settle(p, "wall seconds to wait at the end for gossip to converge")
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
     add_metrics(p)
+    add_homeassistant(p)
     p.set_defaults(func=_run)
 
 
@@ -149,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     _check_devices(cfg, opts.only, args.devices)
     _check_passphrase_source(args)
+    bridge = homeassistant_bridge(args, cfg, opts)
     make_data_dir(args.data)
     runner = FleetRunner(cfg, opts)
 
@@ -158,7 +161,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"metrics at {metrics.url}", file=sys.stderr)
         remove = install_signal_handlers(runner)
         try:
-            result = await runner.run()
+            async with bridge_running(bridge, runner):
+                result = await runner.run()
         finally:
             remove()
             if metrics is not None:

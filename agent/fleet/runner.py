@@ -57,7 +57,8 @@ from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.gossip import actions as A
 from agent.gossip.tuning import GossipConfig
 from agent.transport.base import Transport
-from agent.transport.brokers import Broker, broker_from_spec
+from agent.transport.brokers import Broker, BrokerError, broker_from_spec
+from agent.transport.endpoint import Endpoint
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
 from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
@@ -178,6 +179,19 @@ class FleetRunner:
         self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
         self._wall0 = time.monotonic()
         self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The MQTT broker the fleet runs on (None unless it is up, and on the in-memory net)."""
+        try:
+            return None if self._broker is None else self._broker.endpoint
+        except BrokerError:  # created, not started yet (or stopped)
+            return None
+
+    @property
+    def ready(self) -> bool:
+        """Every local device is built and the data clock runs (``snapshot`` shows them all)."""
+        return self.data_clock is not None and len(self.agents) >= len(self.local)
 
     @property
     def group_sync(self) -> GroupSync | None:
