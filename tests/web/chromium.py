@@ -125,7 +125,8 @@ class Chromium:
             if reply.get("id") == msg["id"]:
                 if "error" in reply:
                     raise ChromiumError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
+                result: dict[str, Any] = reply.get("result", {})
+                return result
             self.events.append(reply)
 
     def _receive(self, deadline: float, waiting_for: str) -> dict[str, Any]:
