@@ -38,7 +38,7 @@ FLAGS = (
     "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
     "--window-size=1200,900",
 )
-TIMEOUT_S = 60.0
+TIMEOUT_S = 30.0
 
 
 class ChromiumError(Exception):

@@ -532,7 +532,11 @@ def root_file(path: Path, public: bytes) -> Path:
 
 def pick(page: Page, bundle: Path, root: Path | None = None) -> dict[str, Any]:
     """Choose the files as a user would, wait for the verdict, return what the page shows."""
-    page.evaluate("document.body.dataset.state = 'picking'")
+    # Cleared first: choosing the file an input already holds fires no change event.
+    page.evaluate(
+        "document.body.dataset.state = 'picking'; "
+        "for (const i of document.querySelectorAll('input[type=file]')) i.value = ''"
+    )
     if root is not None:
         page.set_files("#root-input", root)
         page.wait_for("document.body.dataset.state === 'done'")
@@ -602,6 +606,13 @@ def test_a_user_picks_the_files_and_reads_the_verdict_and_timeline(
     shown = pick(page, bundle, rogue)
     expected = python_verdict(data, [key("rogue-authority").public.raw])
     assert shown["verdict"] == f"bundle carton.bundle does NOT verify: {expected['error']}"
+
+    # A root file that is not one: said so, as the CLI says of a malformed --root-key.
+    broken = tmp_path / "broken-root.json"
+    broken.write_text('{"format": "edgefleet-root/1", "public": "abc"}')
+    shown = pick(page, bundle, broken)
+    assert shown["verdict"].startswith("broken-root.json: not a fleet root file (")
+    assert shown["cls"] == "bad"
 
 
 def test_missing_chromium_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
