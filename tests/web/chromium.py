@@ -4,7 +4,8 @@
 commands on its fd 3 and writes replies and events on its fd 4. ``Page`` is one tab attached in
 flat mode (its commands carry a ``sessionId``). Only what the page tests need: open a URL,
 evaluate JavaScript (awaiting promises, values returned as JSON), put files into an
-``<input type=file>``, wait for a condition, and take a full-page screenshot.
+``<input type=file>`` or drop them on the page, wait for a condition, and take a full-page
+screenshot.
 
 ``find_chromium`` returns the executable or None; ``require_chromium`` skips the test without it,
 except under ``CI`` (set), where a missing browser fails the test: CI must run the browser tests.
@@ -129,6 +130,18 @@ class Chromium:
                 return result
             self.events.append(reply)
 
+    def wait_event(self, method: str, session: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+        """The next event ``method`` of ``session`` (events that came with replies first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, event in enumerate(self.events):
+                if event.get("method") == method and event.get("sessionId") == session:
+                    del self.events[: i + 1]
+                    params: dict[str, Any] = event.get("params", {})
+                    return params
+            self.events.clear()
+            self.events.append(self._receive(deadline, method))
+
     def _receive(self, deadline: float, waiting_for: str) -> dict[str, Any]:
         while b"\0" not in self._buf:
             left = deadline - time.monotonic()
@@ -158,8 +171,10 @@ class Page:
         return self._browser.send(method, params, self._session)
 
     def goto(self, url: str) -> None:
+        self.send("Page.enable")
+        self._browser.events.clear()
         self.send("Page.navigate", {"url": url})
-        self.wait_for("document.readyState === 'complete' && window.edgefleet !== undefined")
+        self._browser.wait_event("Page.loadEventFired", self._session)
 
     def evaluate(self, expression: str) -> Any:
         """The JSON value of ``expression`` (a promise is awaited); a page exception raises."""
@@ -178,16 +193,31 @@ class Page:
         return self.evaluate(f"({function})(...{json.dumps(list(args))})")
 
     def wait_for(self, condition: str, timeout: float = TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.evaluate(f"!!({condition})"):
-            if time.monotonic() > deadline:
-                raise ChromiumError(f"timed out waiting for {condition}")
-            time.sleep(0.05)  # polling a real browser: there is no event to wait on
+        """Until ``condition`` holds in the page: checked there on each animation frame (or
+        timer), so nothing here sleeps."""
+        self.evaluate(
+            f"""new Promise((resolve, reject) => {{
+              const start = performance.now();
+              const check = () => {{
+                if ({condition}) resolve(true);
+                else if (performance.now() - start > {timeout * 1000}) {{
+                  reject(new Error("timed out waiting for " + {json.dumps(condition)}));
+                }} else setTimeout(check, 10);
+              }};
+              check();
+            }})"""
+        )
 
     def set_files(self, selector: str, *paths: Path) -> None:
         root = self.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
         node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
         self.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(p) for p in paths]})
+
+    def drop(self, *paths: Path, x: int = 300, y: int = 130) -> None:
+        """Drag ``paths`` from the desktop and drop them at (x, y), as a user would."""
+        data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+        for kind in ("dragEnter", "dragOver", "drop"):
+            self.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
 
     def screenshot(self, path: Path) -> None:
         size = self.send("Page.getLayoutMetrics")["cssContentSize"]

@@ -658,3 +658,23 @@ def test_fields_of_every_kind_and_type_fail_as_the_reference_does(
         codes.add(expected["code"])
     assert len(cases) > 1000
     assert {"decode", "bad-signature", "bad-certificate"} <= codes
+
+
+@pytest.mark.browser
+def test_the_bundle_and_its_root_dropped_together(
+    browser: Chromium,
+    fleet: Fleet,  # noqa: F811
+    data: bytes,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    page = browser.open(PAGE.as_uri())
+    bundle = tmp_path / "carton.bundle"
+    bundle.write_bytes(data)
+    root = root_file(tmp_path / "fleet-root.json", fleet.authority.public.raw)
+    page.drop(bundle, root)
+    page.wait_for("document.body.dataset.state === 'done'")
+    shown = page.evaluate(
+        "[document.getElementById('verdict').textContent, "
+        "document.getElementById('root-pin').textContent]"
+    )
+    assert shown == ["OK, the bundle verifies", "pinned by fleet-root.json"]
