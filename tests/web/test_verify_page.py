@@ -44,7 +44,7 @@ from ledger.certs import FleetRoots, sign_revocation
 from ledger.chain import ChainWriter
 from ledger.identity import PublicKey
 from ledger.store import Store
-from tests.ledger.conftest import NOW_MS
+from tests.ledger.conftest import NOW_MS, sample_readings, seal_chain_impl
 from tests.ledger.test_bundle import (
     CREATED_MS,
     DIGEST_DOMAIN,
@@ -678,3 +678,29 @@ def test_the_bundle_and_its_root_dropped_together(
         "document.getElementById('root-pin').textContent]"
     )
     assert shown == ["OK, the bundle verifies", "pinned by fleet-root.json"]
+
+
+@pytest.mark.browser
+def test_a_block_of_many_readings_and_the_progress_it_reports(page: Page) -> None:
+    """600 readings of one block (proofs of 10 hashes) and the head's: the same verdict, and
+    the page tells its progress every 512 readings."""
+    authority, dk = key("authority"), key("busy-device")
+    did = dk.public.device_id
+    chain = seal_chain_impl(dk, sample_readings(did, (600, 1)))
+    b = BundleBuilder(FleetRoots.of(authority.public), subject=SUBJECT, created_ms=CREATED_MS)
+    b.add_device(did, [certify(authority, dk, 1).wire], chain[1].header, [chain[0].header.hash])
+    for block in chain:
+        for i in range(len(block.readings)):
+            b.add_reading(did, block, i)
+    bundle = b.build()
+    res, seen = page.call(
+        f"""async (d) => {{
+          const seen = [];
+          const r = await edgefleet.verifyBundle(({UNB64})(d), null, (n) => seen.push(n));
+          return [r, seen];
+        }}""",
+        b64(bundle),
+    )
+    assert page_shape(res) == python_verdict(bundle)
+    assert len(res["readings"]) == 601
+    assert seen == [512]
