@@ -244,6 +244,12 @@ def named_tampering(fleet: Fleet, data: bytes) -> Iterator[tuple[str, bytes, lis
     bad_subject = explode(data)
     bad_subject[2] = "carton\u2028"
     yield "subject not printable", implode(bad_subject), None
+    # Subjects that are not UTF-8, each error as Python's decoder names it (digest made right).
+    start = data.index(SUBJECT.encode())
+    for bad in (b"\xff", b"\xc3(", b"\xe2\x82(", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"):
+        raw = data[:start] + SUBJECT.encode()[: -len(bad)] + bad + data[start + len(SUBJECT) :]
+        resealed = raw[:-34] + enc(hashlib.sha256(DIGEST_DOMAIN + raw[:-34]).digest())
+        yield f"subject ending {bad!r}", resealed, None
     # U+1FAE8 was assigned in Unicode 15.0: unassigned (Cn) to Python 3.11, a symbol to the
     # browser; the page judges by Python's table (docs/BUNDLE.md "Printable").
     newer = explode(data)
@@ -704,3 +710,18 @@ def test_a_block_of_many_readings_and_the_progress_it_reports(page: Page) -> Non
     assert page_shape(res) == python_verdict(bundle)
     assert len(res["readings"]) == 601
     assert seen == [512]
+
+
+@pytest.mark.browser
+def test_a_browser_without_ed25519_is_told_so_not_shown_forgeries(
+    browser: Chromium,
+    data: bytes,  # noqa: F811
+) -> None:
+    page = browser.open(PAGE.as_uri())
+    page.evaluate(
+        "crypto.subtle.importKey = async () => { throw new DOMException('', 'NotSupportedError') }"
+    )
+    res = page.call(VERIFY_ALL, [[b64(data), None]])[0]
+    assert (res["ok"], res["code"]) == (False, "page-error")
+    assert res["error"].startswith("this browser cannot verify Ed25519 signatures")
+    assert res["error"].endswith("or use edgefleet verify-bundle")
