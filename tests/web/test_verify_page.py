@@ -42,7 +42,7 @@ from ledger.bundle import (
 )
 from ledger.certs import FleetRoots, sign_revocation
 from ledger.chain import ChainWriter
-from ledger.identity import PublicKey
+from ledger.identity import PublicKey, key_id_for
 from ledger.store import Store
 from tests.ledger.conftest import NOW_MS, sample_readings, seal_chain_impl
 from tests.ledger.test_bundle import (
@@ -725,3 +725,37 @@ def test_a_browser_without_ed25519_is_told_so_not_shown_forgeries(
     assert (res["ok"], res["code"]) == (False, "page-error")
     assert res["error"].startswith("this browser cannot verify Ed25519 signatures")
     assert res["error"].endswith("or use edgefleet verify-bundle")
+
+
+L25519 = 2**252 + 27742317777372353535851937790883648493
+
+
+@pytest.mark.browser
+def test_signatures_libsodium_refuses_are_refused(
+    page: Page,
+    fleet: Fleet,  # noqa: F811
+    data: bytes,  # noqa: F811
+) -> None:
+    """Ed25519 edge cases where a cofactorless verifier without libsodium's checks would accept:
+    the page refuses them as PyNaCl does."""
+    # A fleet root at the identity point "signs" anything with R = identity, S = 0.
+    identity = b"\x01" + bytes(31)
+    top = explode(data)
+    dev = top[5][0]
+    body = dec(dev[0])[0]
+    fields = dec(body)
+    fields[10] = key_id_for(identity)
+    dev[0] = enc([enc(fields), identity + bytes(32)])
+    top[4] = identity
+    forged_root = implode(top)
+    # A header signature with S + L in place of S: the same point, a non-canonical scalar.
+    header = fleet.stored.chain[0].header
+    sig = header.signature
+    s_plus_l = (int.from_bytes(sig[32:], "little") + L25519).to_bytes(32, "little")
+    malleated = data.replace(header.wire, enc([header.body, sig[:32] + s_plus_l]))
+    cases = [forged_root, malleated]
+    got = page.call(VERIFY_ALL, [[b64(b), None] for b in cases])
+    for bundle, res in zip(cases, got, strict=True):
+        expected = python_verdict(bundle)
+        assert expected["code"] == "bad-signature", expected
+        assert page_shape(res) == expected
