@@ -157,15 +157,19 @@ class Chromium:
     def open(self, url: str) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})
-        page = Page(self, session["sessionId"])
+        page = Page(self, session["sessionId"], target)
         page.goto(url)
         return page
 
 
 class Page:
-    def __init__(self, browser: Chromium, session: str) -> None:
+    def __init__(self, browser: Chromium, session: str, target: str) -> None:
         self._browser = browser
         self._session = session
+        self._target = target
+
+    def close(self) -> None:
+        self._browser.send("Target.closeTarget", {"targetId": self._target})
 
     def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._browser.send(method, params, self._session)

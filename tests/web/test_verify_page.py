@@ -424,8 +424,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
 
 
 @pytest.fixture
-def page(browser: Chromium) -> Page:
-    return browser.open(PAGE.as_uri())
+def page(browser: Chromium) -> Iterator[Page]:
+    tab = browser.open(PAGE.as_uri())
+    yield tab
+    tab.close()
 
 
 @pytest.mark.browser
@@ -668,12 +670,11 @@ def test_fields_of_every_kind_and_type_fail_as_the_reference_does(
 
 @pytest.mark.browser
 def test_the_bundle_and_its_root_dropped_together(
-    browser: Chromium,
+    page: Page,
     fleet: Fleet,  # noqa: F811
     data: bytes,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    page = browser.open(PAGE.as_uri())
     bundle = tmp_path / "carton.bundle"
     bundle.write_bytes(data)
     root = root_file(tmp_path / "fleet-root.json", fleet.authority.public.raw)
@@ -714,10 +715,9 @@ def test_a_block_of_many_readings_and_the_progress_it_reports(page: Page) -> Non
 
 @pytest.mark.browser
 def test_a_browser_without_ed25519_is_told_so_not_shown_forgeries(
-    browser: Chromium,
+    page: Page,
     data: bytes,  # noqa: F811
 ) -> None:
-    page = browser.open(PAGE.as_uri())
     page.evaluate(
         "crypto.subtle.importKey = async () => { throw new DOMException('', 'NotSupportedError') }"
     )
