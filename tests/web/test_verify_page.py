@@ -65,6 +65,7 @@ from . import chromium
 from .chromium import Chromium, Page, b64, require_chromium
 
 PAGE = Path(__file__).resolve().parents[2] / "web" / "verify.html"
+L25519 = 2**252 + 27742317777372353535851937790883648493  # the order of Ed25519's base point
 UNKNOWN = re.compile(
     r"^this bundle has sections this page does not know \(.+\): use edgefleet verify-bundle$"
 )
@@ -410,6 +411,16 @@ def test_printable_table_is_pythons() -> None:
     assert m.group(1) == nonprintable_ranges(), "regenerate the table in web/verify.html"
 
 
+def test_missing_chromium_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chromium.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
+        require_chromium()
+
+
 # --- in the browser -----------------------------------------------------------------------------
 
 
@@ -623,16 +634,6 @@ def test_a_user_picks_the_files_and_reads_the_verdict_and_timeline(
     assert shown["cls"] == "bad"
 
 
-def test_missing_chromium_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chromium.shutil, "which", lambda name: None)
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception):
-        require_chromium()
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
-        require_chromium()
-
-
 @pytest.mark.browser
 def test_every_bit_flip_and_truncation_of_the_document_vector(page: Page) -> None:
     """docs/BUNDLE.md's vector, exhaustively: each byte with one bit flipped (the bit varies
@@ -725,9 +726,6 @@ def test_a_browser_without_ed25519_is_told_so_not_shown_forgeries(
     assert (res["ok"], res["code"]) == (False, "page-error")
     assert res["error"].startswith("this browser cannot verify Ed25519 signatures")
     assert res["error"].endswith("or use edgefleet verify-bundle")
-
-
-L25519 = 2**252 + 27742317777372353535851937790883648493
 
 
 @pytest.mark.browser
