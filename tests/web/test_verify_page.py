@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -549,6 +551,16 @@ def root_file(path: Path, public: bytes) -> Path:
     return path
 
 
+def keep(page: Page, tmp_path: Path, name: str) -> None:
+    """A screenshot of the page in the test's ``tmp_path``, and in ``$EDGEFLEET_ARTEFACTS`` when
+    set (a CI job can upload that directory)."""
+    page.screenshot(tmp_path / name)
+    if os.environ.get("EDGEFLEET_ARTEFACTS"):
+        out = Path(os.environ["EDGEFLEET_ARTEFACTS"])
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / name, out / name)
+
+
 def pick(page: Page, bundle: Path, root: Path | None = None) -> dict[str, Any]:
     """Choose the files as a user would, wait for the verdict, return what the page shows."""
     # Cleared first: choosing the file an input already holds fires no change event.
@@ -588,7 +600,7 @@ def test_a_user_picks_the_files_and_reads_the_verdict_and_timeline(
     bundle.write_bytes(data)
     root = root_file(tmp_path / "fleet-root.json", fleet.authority.public.raw)
     shown = pick(page, bundle, root)
-    page.screenshot(tmp_path / "verify-ok.png")
+    keep(page, tmp_path, "verify-ok.png")
     assert (shown["verdict"], shown["cls"]) == ("OK, the bundle verifies", "ok")
     assert shown["pin"] == "pinned by fleet-root.json"
     assert shown["subject"] == SUBJECT
@@ -606,7 +618,7 @@ def test_a_user_picks_the_files_and_reads_the_verdict_and_timeline(
     reading = fleet.small.chain[1].readings[0].wire
     tampered.write_bytes(flip_inside(data, reading, -1))
     shown = pick(page, tampered)
-    page.screenshot(tmp_path / "verify-failed.png")
+    keep(page, tmp_path, "verify-failed.png")
     expected = python_verdict(tampered.read_bytes(), [fleet.authority.public.raw])
     assert shown["verdict"] == f"bundle tampered.bundle does NOT verify: {expected['error']}"
     assert shown["cls"] == "bad"
