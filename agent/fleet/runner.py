@@ -51,6 +51,7 @@ from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.auth import KeySigner
 from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
@@ -467,6 +468,7 @@ class FleetRunner:
                 config=gcfg,
                 now_ms=self.net_clock.now_ms(),
                 trust=trust,
+                signer=KeySigner(enrolled.key),
             )
             replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov, trust)
             transport = await self._transport(dev_id, dev.domains)

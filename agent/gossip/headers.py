@@ -312,7 +312,7 @@ class Headers:
         if not chosen:
             return
         wires = tuple(sh.wire for sh in headers[-wire.MAX_ANNOUNCE_HEADERS :])
-        payload = wire.encode(wire.Announce(ctx.device_id, wires))
+        payload = ctx.seal(wire.Announce(ctx.device_id, wires))
         for p in chosen:
             ctx.out.append(Send(p, payload))
         ctx.counters["announces_sent"] += len(chosen)
@@ -323,7 +323,7 @@ class Headers:
         domains = ctx.cover_domains()
         if not domains:
             return
-        payload = wire.encode(wire.Announce(ctx.device_id, (sh.wire,)))
+        payload = ctx.seal(wire.Announce(ctx.device_id, (sh.wire,)))
         for domain in domains:
             ctx.out.append(Broadcast(domain, payload))
         ctx.counters["announces_broadcast"] += len(domains)

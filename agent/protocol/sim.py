@@ -4,14 +4,19 @@ database, no core. Both ``agent.gossip.sim`` and ``agent.replication.sim`` build
 - ``Authority``: a fleet authority with a seeded key; enrolls, countersigns rotations, revokes.
 - ``SimDevice``: an enrolled device that seals real signed one-reading blocks (Ed25519,
   ``ledger`` headers, readings and blocks) into a chain, rotates its key, forks on demand, is
-  wiped and restored, and signs the epoch records a core asks for.
+  wiped and restored, and signs the epoch records a core asks for. It is the ``auth.Signer`` of
+  the cores that run for it (its ``key`` is always the current one).
+- ``sealed(body)``: a message body authenticated by the sim device its sender field names, as
+  that device would send it (tests and scripted peers, who craft messages by hand).
 """
 
 from __future__ import annotations
 
 import random
+import weakref
 from typing import Protocol
 
+from agent.protocol import auth
 from ledger.block import Block, build_header, sign_header
 from ledger.certs import (
     FleetRoots,
@@ -86,6 +91,7 @@ class SimDevice:
         self.blocks: list[Block] = []
         self._hashes: list[bytes] = []
         self._seq = 0
+        _DEVICES[self.device_id] = self
 
     def _history(self, height: int) -> bytes:
         tree = CompactRange()
@@ -151,3 +157,13 @@ class SimDevice:
 
     def header_wires(self) -> list[bytes]:
         return [b.header.wire for b in self.blocks]
+
+
+# Every sim device alive, by device id (weak: a test's devices go with it).
+_DEVICES: weakref.WeakValueDictionary[str, SimDevice] = weakref.WeakValueDictionary()
+
+
+def sealed(body: bytes) -> bytes:
+    """``body`` (a version-2 envelope) authenticated with the current key of the sim device its
+    sender field names. Raises KeyError when no sim device has that id."""
+    return auth.seal(body, _DEVICES[body[4:30].decode("ascii")])

@@ -18,6 +18,7 @@ from typing import cast
 from agent.device.runtime import DeviceAgent
 from agent.device.sealing import SealPolicy
 from agent.gossip.node import GossipNode
+from agent.protocol.auth import KeySigner
 from agent.protocol.sim import START_MS, Authority
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock, SimClock
@@ -45,7 +46,14 @@ def test_a_seal_the_timer_found_due_is_checked_again_when_its_job_runs(tmp_path:
     agent = DeviceAgent(
         name="fridge-1",
         writer=ChainWriter(store, key, dev),
-        node=GossipNode(dev, {"home": {dev}}, authority.roots, random.Random(1), now_ms=START_MS),
+        node=GossipNode(
+            dev,
+            {"home": {dev}},
+            authority.roots,
+            random.Random(1),
+            now_ms=START_MS,
+            signer=KeySigner(key),
+        ),
         transport=cast(Transport, Recording()),
         data_clock=clock,
         net_clock=RealClock(),

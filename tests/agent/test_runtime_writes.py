@@ -24,7 +24,8 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip import wire
 from agent.gossip.node import GossipNode
-from agent.protocol.sim import START_MS, Authority, SimDevice
+from agent.protocol.auth import KeySigner, body_of
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock
 from firmware_sim.samples import Sample
@@ -74,6 +75,7 @@ class Setup:
             authority.roots,
             random.Random(1),
             now_ms=START_MS,
+            signer=KeySigner(key),
         )
         self.agent = DeviceAgent(
             name="fridge-1",
@@ -96,7 +98,7 @@ class Setup:
     async def announce(self, count: int) -> list[bytes]:
         """The sealer seals ``count`` blocks and broadcasts their headers; returns them."""
         wires = [self.sealer.seal(START_MS + 1000 * i).header.wire for i in range(count)]
-        msg = wire.encode(wire.Announce(self.sealer.device_id, tuple(wires)))
+        msg = sealed(wire.encode(wire.Announce(self.sealer.device_id, tuple(wires))))
         await self.agent._handle(I.MessageReceived(None, msg, broadcast=True))
         return wires
 
@@ -166,7 +168,7 @@ def test_a_pull_served_right_after_acceptance_includes_the_headers_not_yet_writt
     async def scenario(s: Setup) -> None:
         wires = await s.announce(4)
         request = wire.Request(s.sealer.device_id, 7, s.sealer.device_id, 0, 3, 0)
-        await s.agent._handle(I.MessageReceived(None, wire.encode(request)))
+        await s.agent._handle(I.MessageReceived(None, sealed(wire.encode(request))))
         deadline = time.monotonic() + 5
         responses: list[wire.Response] = []
         while not responses and time.monotonic() < deadline:
@@ -174,7 +176,7 @@ def test_a_pull_served_right_after_acceptance_includes_the_headers_not_yet_writt
             responses = [
                 m
                 for _, p in s.transport.sent
-                if isinstance(m := wire.decode(p), wire.Response) and m.request_id == 7
+                if isinstance(m := wire.decode(body_of(p)), wire.Response) and m.request_id == 7
             ]
         assert [r.headers for r in responses] == [tuple(wires)]
 
