@@ -25,9 +25,10 @@ from agent.protocol.budget import AnswerBudget
 from agent.protocol.inputs import check_domain
 from agent.protocol.lru import Lru
 from agent.protocol.trust import TrustStore
-from ledger.block import SignedHeader
+from ledger.block import SignedHeader, decode_header
 from ledger.certs import FleetRoots
 from ledger.epoch import SignedEpoch
+from ledger.errors import UsageError
 
 
 class Context:
@@ -144,6 +145,13 @@ class Context:
     def seal(self, msg: wire.Message) -> bytes:
         """The bytes of ``msg`` as they leave this device: encoded and authenticated."""
         return auth.seal(wire.encode(msg), self.signer)
+
+    def seal_own_announce(self, msg: wire.Announce) -> bytes:
+        """An ANNOUNCE of this device's own headers leaves with an empty authenticator: the
+        headers' signatures prove who sent it (docs/PROTOCOL.md 12.1.5)."""
+        if any(decode_header(w).header.device_id != self.device_id for w in msg.headers):
+            raise UsageError("only an ANNOUNCE of the device's own headers goes unsigned")
+        return auth.seal_unsigned(wire.encode(msg))
 
     def send(self, peer: str, msg: wire.Message) -> None:
         self.out.append(Send(peer, self.seal(msg)))

@@ -24,6 +24,8 @@ shared ``context.Context`` (docs/PROTOCOL.md section 12 has the full description
 
 Every message enters through ``agent.protocol.auth.open_envelope``: only a message whose sender
 is proven (wire version 2, docs/PROTOCOL.md 12.1.5) is looked at, answered or charged to anyone.
+An ANNOUNCE of the sender's own headers may come unsigned: its headers prove it, and it charges
+nobody.
 The rest is counted (``unattributable``, ``old_version``) and dropped; a message from a device
 whose credentials are missing marks them wanted (``need_creds``), and a CERTS message carrying
 them (fleet-root-signed, so proven by its content) is learned from, charging nobody.
@@ -74,6 +76,10 @@ from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import is_device_id
 
 __all__ = ["GossipNode", "Verdict"]
+
+# Types that may come with an empty authenticator: an ANNOUNCE of the sender's own headers,
+# whose signatures prove it (docs/PROTOCOL.md 12.1.5; chosen on bench/auth.py's figures).
+_SELF_PROVING: frozenset[int] = frozenset({wire.ANNOUNCE})
 
 
 class GossipNode:
@@ -283,7 +289,14 @@ class GossipNode:
                 ctx.counters["dropped_muted"] += 1
                 return
         opened, verdict = auth.open_envelope(
-            claimed, ev.payload, wire.decode, ctx.trust, ctx.counters, self._blame, ctx.charged
+            claimed,
+            ev.payload,
+            wire.decode,
+            ctx.trust,
+            ctx.counters,
+            self._blame,
+            ctx.charged,
+            _SELF_PROVING,
         )
         if opened is None:
             if verdict.unknown and self._on_unknown(verdict.unknown, ev.payload) and retry:
@@ -291,6 +304,10 @@ class GossipNode:
             return
         peer, msg = opened.peer, opened.msg
         rec = ctx.peers.get(peer)
+        if rec is None and not opened.signed:  # nothing proves the name of a non-member
+            ctx.counters["unattributable"] += 1
+            ctx.counters["unattributable_unsigned_foreign"] += 1
+            return
         if rec is None:
             ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
             return
@@ -300,6 +317,15 @@ class GossipNode:
             return
         rec.messages += 1
         ctx.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
+        if not opened.signed:  # a self-proving ANNOUNCE: its headers prove it, or nothing does
+            assert isinstance(msg, wire.Announce)  # the only self-proving type
+            try:
+                self._headers.on_announce(peer, msg, broadcast=ev.broadcast, signed=False)
+            except (DecodeError, VerificationError):
+                ctx.counters["unattributable"] += 1
+                ctx.counters["unattributable_unsigned_invalid"] += 1
+            ctx.flush()
+            return
         charges = rec.malformed + rec.invalid
         try:
             self._dispatch(peer, msg, broadcast=ev.broadcast)

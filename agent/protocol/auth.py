@@ -18,6 +18,12 @@ verifies. Only then is there a sender to charge: a message that fails here, for 
   revoked key, an unknown sender or key: ``unknown`` then names the device whose credentials
   to ask for).
 
+One exception, chosen on measurements (bench/auth.py, docs/PROTOCOL.md 12.1.5): a type the core
+names **self-proving** (gossip's ANNOUNCE of the sender's own headers) may carry an empty
+authenticator (``c4 00``); it is passed on with ``signed=False``, and the core accepts it only
+if its content proves the sender (each header signed by the sender's key) and never charges
+anyone for it.
+
 ``open_envelope`` is the one door of both cores: authenticate, then decode, then name the peer.
 """
 
@@ -38,6 +44,7 @@ MESSAGE: Final = b"edgefleet/v2/message\x00"  # domain of the authenticator's si
 AUTH_SIZE: Final = KEY_ID_SIZE + SIGNATURE_SIZE
 _FRAME: Final = bytes((0xC4, AUTH_SIZE))  # bin8 of 72 bytes
 TRAILER: Final = len(_FRAME) + AUTH_SIZE  # bytes the authenticator adds after the body
+EMPTY: Final = b"\xc4\x00"  # an empty authenticator: bin8 of 0 bytes
 _SENDER: Final = slice(4, 30)  # 9N VV TT ba <26 bytes of device id>
 _MIN_SEALED: Final = 30 + TRAILER
 
@@ -64,7 +71,9 @@ class Verdict:
     """``sender``: the proven sender ('' when refused); ``body``: the signed envelope;
     ``tag``: the signature (names one signed message, for charge-once); ``refused``: '' or
     ``OLD_VERSION`` / ``UNATTRIBUTABLE``; ``reason``: why, for the counters; ``unknown``: a
-    device whose credentials are missing (ask for them, charge nobody)."""
+    device whose credentials are missing (ask for them, charge nobody); ``signed``: False for
+    a self-proving message with an empty authenticator (its sender is only what its content
+    proves: the core checks it, and charges nobody for it)."""
 
     sender: str
     body: bytes
@@ -72,6 +81,7 @@ class Verdict:
     refused: str = ""
     reason: str = ""
     unknown: str = ""
+    signed: bool = True
 
 
 def seal(body: bytes, signer: Signer) -> bytes:
@@ -79,6 +89,12 @@ def seal(body: bytes, signer: Signer) -> bytes:
     key = signer.key
     signature = key.sign(MESSAGE, body)
     return bytes((body[0] + 1,)) + body[1:] + _FRAME + key.key_id + signature
+
+
+def seal_unsigned(body: bytes) -> bytes:
+    """``body`` with an empty authenticator: only for a type whose content proves its sender
+    (an ANNOUNCE of the sender's own signed headers, 12.1.5)."""
+    return bytes((body[0] + 1,)) + body[1:] + EMPTY
 
 
 def body_of(sealed: bytes) -> bytes:
@@ -90,18 +106,21 @@ def _refuse(refused: str, reason: str, unknown: str = "") -> Verdict:
     return Verdict("", b"", b"", refused, reason, unknown)
 
 
-def authenticate(payload: bytes, trust: TrustStore) -> Verdict:
-    """Prove who sent ``payload``, from its bytes and the trust store alone. Never raises."""
+def authenticate(
+    payload: bytes, trust: TrustStore, self_proving: frozenset[int] = frozenset()
+) -> Verdict:
+    """Prove who sent ``payload``, from its bytes and the trust store alone. Never raises.
+    ``self_proving``: the types that may come with an empty authenticator (their content
+    proves it, and the core checks that: the verdict then says ``signed=False``)."""
     if not isinstance(payload, bytes) or len(payload) < 3 or payload[0] & 0xF0 != 0x90:
         return _refuse(UNATTRIBUTABLE, "not_envelope")
     if payload[1] in envelope.OLD_VERSIONS:
         return _refuse(OLD_VERSION, OLD_VERSION)
     if (
         payload[1] != envelope.VERSION
-        or len(payload) < _MIN_SEALED
+        or len(payload) < 30 + len(EMPTY)
         or payload[0] < 0x95  # the body has at least 4 fields
         or payload[3] != 0xBA
-        or payload[-TRAILER:-AUTH_SIZE] != _FRAME
     ):
         return _refuse(UNATTRIBUTABLE, "not_envelope")
     try:
@@ -109,6 +128,18 @@ def authenticate(payload: bytes, trust: TrustStore) -> Verdict:
     except UnicodeDecodeError:
         return _refuse(UNATTRIBUTABLE, "not_envelope")
     if not is_device_id(sender):
+        return _refuse(UNATTRIBUTABLE, "not_envelope")
+    verdict = _verify(payload, sender, trust)
+    if verdict.refused and payload[2] in self_proving and payload[-len(EMPTY) :] == EMPTY:
+        # An empty authenticator (a signed message's can never verify as one: its last field
+        # is 72 bytes; an unsigned one whose last 74 bytes happen to look signed lands here).
+        body = bytes((payload[0] - 1,)) + payload[1 : -len(EMPTY)]
+        return Verdict(sender, body, b"", signed=False)
+    return verdict
+
+
+def _verify(payload: bytes, sender: str, trust: TrustStore) -> Verdict:
+    if len(payload) < _MIN_SEALED or payload[-TRAILER:-AUTH_SIZE] != _FRAME:
         return _refuse(UNATTRIBUTABLE, "not_envelope")
     keys = trust.keys(sender)
     if keys is None:
@@ -139,11 +170,14 @@ M = TypeVar("M", bound=Message)
 @dataclass(frozen=True, slots=True)
 class Opened(Generic[M]):
     """A message whose sender is proven. ``tag``: its signature, naming this one signed
-    message (a replayed copy has the same tag, so a core charges a message once)."""
+    message (a replayed copy has the same tag, so a core charges a message once). ``signed``
+    False: a self-proving message (``Verdict.signed``): the core must check its content names
+    ``peer`` and must charge nobody for it."""
 
     peer: str
     msg: M
     tag: bytes
+    signed: bool = True
 
 
 def open_envelope(
@@ -154,6 +188,7 @@ def open_envelope(
     counters: Counter[str],
     blame: Callable[[str, str], None],
     charged: Lru[bytes, bool],
+    self_proving: frozenset[int] = frozenset(),
 ) -> tuple[Opened[M] | None, Verdict]:
     """Authenticate untrusted ``payload``, then decode it: the opened message, or None when it
     is dropped, with the authentication verdict (whose ``unknown`` names a device whose
@@ -164,8 +199,9 @@ def open_envelope(
     ``sender_mismatch``, charging nobody. ``blame(peer, "malformed")``: the proven sender sent
     bytes that do not decode; the core decides what it costs. ``charged``: the tags of messages
     that already cost their sender (the core adds those its content checks charge): a replayed
-    copy of one is dropped as ``replayed_charged``, so one signed message is charged once."""
-    verdict = authenticate(payload, trust)
+    copy of one is dropped as ``replayed_charged``, so one signed message is charged once.
+    ``self_proving``: the types that may come unsigned (``Opened.signed`` False)."""
+    verdict = authenticate(payload, trust, self_proving)
     if verdict.refused:
         counters[verdict.refused] += 1
         if verdict.refused == UNATTRIBUTABLE:
@@ -175,15 +211,19 @@ def open_envelope(
     if claimed is not None and claimed != peer:
         counters["sender_mismatch"] += 1
         return None, verdict
-    if verdict.tag in charged:
+    if verdict.signed and verdict.tag in charged:
         counters["replayed_charged"] += 1
         return None, verdict
     try:
         msg = decode(verdict.body)
     except DecodeError:
+        if not verdict.signed:  # nothing proves who sent garbage without a signature
+            counters[UNATTRIBUTABLE] += 1
+            counters["unattributable_malformed"] += 1
+            return None, verdict
         charged.put(verdict.tag, True)
         blame(peer, "malformed")
         return None, verdict
     if msg.sender != peer:  # the decoder read the same bytes: a bug, never a peer's doing
         raise UsageError(f"decoded sender {msg.sender} is not the proven sender {peer}")
-    return Opened(peer, msg, verdict.tag), verdict
+    return Opened(peer, msg, verdict.tag, verdict.signed), verdict

@@ -35,8 +35,8 @@ from agent.gossip.inputs import (
 from agent.gossip.node import GossipNode
 from agent.gossip.summaries import greeting_score
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.auth import body_of
-from agent.protocol.sim import START_MS, Authority, SimDevice, sealed
+from agent.protocol.auth import seal_unsigned
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger.block import Block, decode_block
 from ledger.errors import UsageError
 
@@ -90,7 +90,7 @@ def msg_from(sender: str, msg: wire.Message) -> MessageReceived:
 
 
 def sent(actions: list[Action]) -> list[tuple[str, wire.Message]]:
-    return [(a.peer_id, wire.decode(body_of(a.payload))) for a in actions if isinstance(a, Send)]
+    return [(a.peer_id, wire.decode(unseal(a.payload))) for a in actions if isinstance(a, Send)]
 
 
 def of_type(actions: list[Action], kind: type) -> list[Action]:
@@ -115,7 +115,8 @@ def test_own_block_is_broadcast_once_on_the_fewest_covering_domains(world: World
         node.handle(CertificateKnown(d.certificate), T0)
     own = world.devices[0]
     out = node.handle(OwnBlockSealed(own.seal(T0)), T0)
-    announce = sealed(wire.encode(wire.Announce(ids[0], (own.blocks[0].header.wire,))))
+    # Its own headers prove who sent it: the ANNOUNCE goes with an empty authenticator.
+    announce = seal_unsigned(wire.encode(wire.Announce(ids[0], (own.blocks[0].header.wire,))))
     assert of_type(out, Broadcast) == [Broadcast("chain", announce), Broadcast("street", announce)]
     assert not sent(out)  # no peer is up, and broadcasts do not depend on presence anyway
     assert node.counters["announces_broadcast"] == 2
@@ -447,7 +448,7 @@ def test_a_served_response_never_exceeds_the_message_limit(world: World) -> None
     big = tuple(bytes([k]) * 150_000 for k in range(12))  # the runtime's bytes, as stored
     (send,) = node.handle(PullLoaded(peer, 9, tuple(b.header_wires()), big), T0 + 1)
     assert isinstance(send, Send) and len(send.payload) <= wire.MAX_MESSAGE_BYTES
-    resp = wire.decode(body_of(send.payload))
+    resp = wire.decode(unseal(send.payload))
     assert isinstance(resp, wire.Response)
     assert len(resp.headers) == 12 and resp.blocks == big[: len(resp.blocks)]
     assert 5 <= len(resp.blocks) < 12, "as many bodies as fit; the peer asks again for the rest"

@@ -32,8 +32,7 @@ from agent.gossip.inputs import (
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.auth import body_of
-from agent.protocol.sim import START_MS, Authority, SimDevice, sealed
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger.evidence import decode_evidence, make_evidence, verify_evidence
 
 T0 = START_MS
@@ -85,7 +84,7 @@ def _forwarded(actions: list[Action]) -> list[wire.Announce]:
     out: list[wire.Announce] = []
     for a in actions:
         if isinstance(a, Send):
-            m = wire.decode(body_of(a.payload))
+            m = wire.decode(unseal(a.payload))
             if isinstance(m, wire.Announce):
                 out.append(m)
     return out
@@ -138,7 +137,7 @@ def test_every_single_bit_flip_of_a_block_body_is_never_stored() -> None:
         out = [*out, *node.handle(MessageReceived(b.device_id, summary), T0 + bit)]
         (req,) = [
             m
-            for m in map(wire.decode, [body_of(a.payload) for a in out if isinstance(a, Send)])
+            for m in map(wire.decode, [unseal(a.payload) for a in out if isinstance(a, Send)])
             if isinstance(m, wire.Request)
         ]
         assert isinstance(req, wire.Request) and req.bodies
@@ -410,7 +409,7 @@ def test_fuzz_handle_never_raises_and_the_node_keeps_working() -> None:
     authority, devices = _world()
     node = _node(authority, devices, GossipConfig(mute_threshold=10**9))
     traffic = _captured_traffic(21)
-    kinds = {wire.decode(body_of(p)).__class__ for p in traffic}
+    kinds = {wire.decode(unseal(p)).__class__ for p in traffic}
     assert len(kinds) >= 4, kinds
     rng = random.Random(31)
     senders = [d.device_id for d in devices[1:]]

@@ -21,8 +21,7 @@ from agent.gossip.actions import Action, Send, StoreHeaders
 from agent.gossip.inputs import CertificateKnown, MessageReceived, PeerUp
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.auth import body_of
-from agent.protocol.sim import START_MS, Authority, SimDevice, sealed
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger.block import decode_header
 
 CHAIN = 10
@@ -81,7 +80,7 @@ class NodeAgainstModel(RuleBasedStateMachine):
                     self.head[a.device_id] = h
                     self.stored.add((a.device_id, h))
             elif isinstance(a, Send):
-                m = wire.decode(body_of(a.payload))
+                m = wire.decode(unseal(a.payload))
                 if isinstance(m, wire.Request):
                     deadline = self.now + self.config.request_timeout_ms
                     self.requests[m.request_id] = (a.peer_id, m, deadline)
@@ -108,8 +107,7 @@ class NodeAgainstModel(RuleBasedStateMachine):
             targets = [
                 a.peer_id
                 for a in out
-                if isinstance(a, Send)
-                and isinstance(wire.decode(body_of(a.payload)), wire.Announce)
+                if isinstance(a, Send) and isinstance(wire.decode(unseal(a.payload)), wire.Announce)
             ]
             assert len(targets) <= self.config.fanout
             assert self.ids[sender] not in targets and device_id not in targets

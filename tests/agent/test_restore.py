@@ -47,8 +47,7 @@ from agent.gossip.inputs import (
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import SimNet
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.auth import body_of
-from agent.protocol.sim import START_MS, Authority, SimDevice, sealed
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.transport.brokers import MosquittoBroker
 from ledger.block import Block, build_header, decode_header, sign_header
 from ledger.epoch import EpochRecord, sign_epoch
@@ -76,7 +75,7 @@ def of_type(actions: list[Action], kind: type) -> list[Action]:
 
 
 def sent(actions: list[Action]) -> list[tuple[str, wire.Message]]:
-    return [(a.peer_id, wire.decode(body_of(a.payload))) for a in actions if isinstance(a, Send)]
+    return [(a.peer_id, wire.decode(unseal(a.payload))) for a in actions if isinstance(a, Send)]
 
 
 # ---------------------------------------------------------------- one core, input by input

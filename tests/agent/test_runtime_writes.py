@@ -24,8 +24,8 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip import wire
 from agent.gossip.node import GossipNode
-from agent.protocol.auth import KeySigner, body_of
-from agent.protocol.sim import START_MS, Authority, SimDevice, sealed
+from agent.protocol.auth import KeySigner
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.transport.base import Transport
 from firmware_sim.clock import RealClock
 from firmware_sim.samples import Sample
@@ -176,7 +176,7 @@ def test_a_pull_served_right_after_acceptance_includes_the_headers_not_yet_writt
             responses = [
                 m
                 for _, p in s.transport.sent
-                if isinstance(m := wire.decode(body_of(p)), wire.Response) and m.request_id == 7
+                if isinstance(m := wire.decode(unseal(p)), wire.Response) and m.request_id == 7
             ]
         assert [r.headers for r in responses] == [tuple(wires)]
 

@@ -577,6 +577,12 @@ def test_sealed_messages_of_every_type_verify_under_their_senders_keys() -> None
         assert fields[:2] == [2, REPLICATION_TYPES[name]], name
         owner_side = name in ("store", "challenge", "release")
         assert sender == (dev if owner_side else holder), name
+    own = bytes.fromhex(sealed["announce_own"])
+    body = bytes.fromhex(V["gossip"]["announce"])
+    assert own == bytes([body[0] + 1]) + body[1:] + b"\xc4\x00"  # an empty authenticator
+    fields = unpack(own)
+    headers = [unpack(unpack(h)[0]) for h in fields[3]]
+    assert fields[4] == b"" and all(h[1] == fields[2] for h in headers)  # only its own headers
     store = unpack(bytes.fromhex(sealed["replication"]["store"]))
     assert store[4] == bytes.fromhex(V["block0"]["block_wire"]) and store[5] is None
     receipt = unpack(bytes.fromhex(sealed["replication"]["receipt"]))

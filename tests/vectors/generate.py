@@ -287,7 +287,8 @@ def build() -> dict[str, Any]:
 def _sealed(v: dict[str, Any], device: SigningKey) -> dict[str, Any]:
     """Wire version 2 on the wire (section 12.1.5): every gossip message above, and one
     replication message of each type, sealed with the authenticator of its sender (the device,
-    or the holder of the receipt vector). The replication messages: the device stores block 0
+    or the holder of the receipt vector); and the ANNOUNCE of the device's own header as it goes
+    out, with an empty authenticator. The replication messages: the device stores block 0
     with the holder, which answers with the receipt vector; refuses a store (full, 4096 bytes
     free); the device challenges the holder over block 0 with the audit vector's nonce, the
     holder proves it with the audit answer; the device releases block 0; the holder advertises
@@ -313,6 +314,8 @@ def _sealed(v: dict[str, Any], device: SigningKey) -> dict[str, Any]:
     return {
         "domain": auth.MESSAGE.hex(),
         "gossip": {name: seal(bytes.fromhex(body)) for name, body in v["gossip"].items()},
+        # The device's ANNOUNCE of its own header 0 as it sends it: an empty authenticator.
+        "announce_own": auth.seal_unsigned(bytes.fromhex(v["gossip"]["announce"])).hex(),
         "replication": {name: seal(rwire.encode(m)) for name, m in replication.items()},
     }
 

@@ -7,8 +7,7 @@ import random
 from dataclasses import dataclass, replace
 from functools import cache
 
-from agent.protocol.auth import body_of
-from agent.protocol.sim import START_MS, Authority, SimDevice, sealed
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.replication import wire
 from agent.replication.actions import Action, Send
 from agent.replication.inputs import CredentialKnown, MessageReceived, PeerUp
@@ -88,7 +87,7 @@ def msg_from(sender: str, msg: wire.Message) -> MessageReceived:
 
 
 def sent(actions: list[Action]) -> list[tuple[str, wire.Message]]:
-    return [(a.peer_id, wire.decode(body_of(a.payload))) for a in actions if isinstance(a, Send)]
+    return [(a.peer_id, wire.decode(unseal(a.payload))) for a in actions if isinstance(a, Send)]
 
 
 def sent_of(actions: list[Action], kind: type) -> list[tuple[str, wire.Message]]:

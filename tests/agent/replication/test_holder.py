@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.protocol.auth import body_of
-from agent.protocol.sim import SimDevice, sealed
+from agent.protocol.sim import SimDevice, sealed, unseal
 from agent.replication import wire
 from agent.replication.actions import (
     Action,
@@ -292,7 +291,7 @@ def test_space_is_sent_on_peer_up_and_broadcast_when_it_moves() -> None:
     out = store_and_commit(node, w, 1, 0)  # free moved by exactly quota/8
     [b] = of_type(out, Broadcast)
     assert isinstance(b, Broadcast)
-    assert wire.decode(body_of(b.payload)) == wire.Space(w.id(0), 8 * SIZE, 7 * SIZE)
+    assert wire.decode(unseal(b.payload)) == wire.Space(w.id(0), 8 * SIZE, 7 * SIZE)
     # and periodically
     deadline = node.next_deadline()
     assert deadline <= T0 + node.config.advert_interval_ms + 1
