@@ -7,11 +7,11 @@ DEVICES ?= devices.yaml
 DATA   ?= .edgefleet
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check bench clean venv
+.PHONY: help run test test-fast check bench clean venv
 
 help:  ## list the targets
 	@echo "edgefleet make targets:"
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,11 @@ venv: $(STAMP)  ## create .venv and install the project with its dev tools
 run: $(STAMP)  ## start a fleet from devices.yaml with a live view (Ctrl-C stops it)
 	$(BIN)/edgefleet run --devices $(DEVICES) --data $(DATA) --realtime --block-age 30s
 
-test: $(STAMP)  ## run the whole test suite
+test: $(STAMP)  ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## the quick loop: every test not marked slow (no fleets, brokers, processes)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 check: $(STAMP)  ## ruff, mypy (strict on ledger/) and the import-direction check
 	$(BIN)/ruff check .

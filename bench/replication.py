@@ -32,7 +32,7 @@ domain, ``replication: copies 3``, default audits every 10 min, repair after 10 
 storage each) run on the in-memory network in simulated time (``--quick``: 40 min, then 25 min
 after the leave; full: 2 h, then 40 min). Every replication message (routed by
 ``wire.is_replication_message``) is counted where a device's replication core receives it (the
-wrapped ``Replicator.handle``: every copy the network delivered, a SPACE broadcast once per
+wrapped ``ReplicationDriver.handle``: every copy the network delivered, a SPACE broadcast once per
 receiver, the sender's own echo included, as MQTT delivers it) and where it is published (the
 wrapped ``Transport.send`` / ``broadcast``); payload bytes, MQTT framing and topics not counted.
 ``replication_bytes_per_block`` = bytes delivered, all seven types, from the start to the leave,
@@ -208,8 +208,9 @@ class Tally:
 
 class WireMeter:
     """Counts replication messages of a running fleet: published (wrapped ``send`` and
-    ``broadcast`` of each device's transport) and delivered (wrapped ``Replicator.handle``, which
-    receives every copy the network hands the device). ``phase`` names the current window."""
+    ``broadcast`` of each device's transport) and delivered (wrapped ``handle`` of the device's
+    replication driver, which receives every copy the network hands the device). ``phase``
+    names the current window."""
 
     def __init__(self) -> None:
         self.phase = "steady"
@@ -218,7 +219,7 @@ class WireMeter:
         self._wrapped: set[str] = set()
 
     def attach(self, agent: DeviceAgent) -> None:
-        rep = agent.device.replicator
+        rep = agent.replicator
         if rep is None or agent.name in self._wrapped:
             return
         self._wrapped.add(agent.name)
@@ -568,7 +569,7 @@ def tracked_blocks(agents: Mapping[str, DeviceAgent], leaver_id: str) -> set[tup
     """(owner name, height) of every other owner's block the leaver signed a receipt for."""
     out = set()
     for name, agent in agents.items():
-        rep = agent.device.replicator
+        rep = agent.replicator
         if rep is None or agent.device_id == leaver_id:
             continue
         for h in rep.node.own_heights():
@@ -581,7 +582,7 @@ def placed_blocks(agents: Mapping[str, DeviceAgent]) -> set[tuple[str, int]]:
     """(owner name, height) of every block with R receipts (R holders said: stored)."""
     out: set[tuple[str, int]] = set()
     for name, agent in agents.items():
-        rep = agent.device.replicator
+        rep = agent.replicator
         if rep is None:
             continue
         node = rep.node

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from firmware_sim.appliances import Appliance, make_appliance
+from firmware_sim.appliances import APPLIANCE_TYPES, Appliance, make_appliance
 from firmware_sim.clock import Clock
 from firmware_sim.samples import Sample
 from firmware_sim.sensors.faults import FaultSpec
@@ -66,6 +66,12 @@ class SerialSpec:
 
 
 OUTAGE_METHODS = {"power": "fail_power", "compressor": "fail_compressor"}
+
+
+def outage_kinds(appliance_kind: str) -> tuple[str, ...]:
+    """The outage kinds an appliance of ``appliance_kind`` supports (those whose method it has)."""
+    model = APPLIANCE_TYPES[appliance_kind]
+    return tuple(k for k, m in OUTAGE_METHODS.items() if callable(getattr(model, m, None)))
 
 
 @dataclass(frozen=True, slots=True)

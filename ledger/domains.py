@@ -21,6 +21,7 @@ PLACEMENT = b"edgefleet/v1/placement\x00"
 BUNDLE_DIGEST = b"edgefleet/v1/bundle-digest\x00"
 SEAL_EPHEMERAL = b"edgefleet/v1/seal-ephemeral\x00"
 EPOCH = b"edgefleet/v1/epoch\x00"
+ENROLL_REQUEST = b"edgefleet/v1/enroll-request\x00"
 
 ALL = (
     READING,
@@ -38,4 +39,5 @@ ALL = (
     BUNDLE_DIGEST,
     SEAL_EPHEMERAL,
     EPOCH,
+    ENROLL_REQUEST,
 )

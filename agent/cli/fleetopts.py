@@ -1,4 +1,10 @@
-"""What `edgefleet run` and `edgefleet replay` share: broker and speed options, the fleet log."""
+"""What `edgefleet run`, `replay` and `restore` share: the broker, speed, settle and seed options,
+the data dir and the fleet log.
+
+Every option is checked before anything is created on disk, and every refusal is a CliError of
+one line naming the option, what was expected and what was found: numbers must be finite and in
+their range (``float("nan")`` compares false with everything, so a plain ``< 0`` lets it through).
+"""
 
 from __future__ import annotations
 
@@ -35,11 +41,55 @@ def parse_speed(text: str) -> float | None:
     return speed
 
 
+MAX_SETTLE_S = 24 * 3600.0
+SEED_RANGE = (-(2**63), 2**63 - 1)  # as devices.yaml's seed
+
+
+def add_settle(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--settle", default="10", help=f"{help} (default 10)")
+
+
+def parse_settle(text: str) -> float:
+    """Wall seconds to wait for gossip at the end: a finite number in 0..MAX_SETTLE_S."""
+    try:
+        settle = float(text)
+    except ValueError:
+        raise CliError(f"--settle: expected a number of seconds, found {text!r}") from None
+    if not (math.isfinite(settle) and 0 <= settle <= MAX_SETTLE_S):
+        raise CliError(
+            f"--settle: expected seconds from 0 to {MAX_SETTLE_S:.0f} (a day), found {text!r}"
+        )
+    return settle
+
+
+def check_seed(seed: int | None) -> int | None:
+    """``--seed``: None (the file's) or a signed 64-bit integer."""
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise CliError(f"--seed: expected a signed 64-bit integer, found {seed}")
+    return seed
+
+
+def make_data_dir(path: Path) -> None:
+    """Create the data dir ``path`` (and its parents) or say in one line why it cannot be."""
+    if path.exists() and not path.is_dir():
+        raise CliError(f"--data {path}: expected a directory, found a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(
+            f"--data {path}: cannot create the data dir: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else "")
+        ) from None
+
+
 @contextmanager
 def fleet_log(path: Path) -> Iterator[None]:
     """Log the fleet at INFO into ``path`` (every line names its device, '-' if none) while
     the block runs; the terminal stays for the live view."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{path}: cannot write the fleet log: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter(LOG_FORMAT, defaults={"device": "-"}))
     root = logging.getLogger()
     level = root.level

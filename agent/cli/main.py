@@ -11,13 +11,17 @@ this module) and printed as one line without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
+from typing import Any
 
 from agent.cli import bundle, keys, record, replay, restore, run, sensor, show, trace, verify
 from agent.cli.errors import CliError
+from agent.errors import AgentError
+from ledger.errors import LedgerError
 
 COMMANDS: tuple[ModuleType, ...] = (
     keys,
@@ -40,8 +44,19 @@ def _version() -> str:
         return "0+unknown"
 
 
+class Parser(argparse.ArgumentParser):
+    """Every parser of the CLI, subcommands' included (``add_subparsers`` makes its parsers of
+    the class of the parser it is called on): options are never abbreviated. With abbreviations,
+    ``run --device NAME`` was silently read as ``--devices NAME``; a prefix of an option is now
+    an unrecognized argument."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edgefleet",
         description="Simulate and run fleets of smart appliances with signed, gossiped records.",
     )
@@ -60,12 +75,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(func(args) or 0)
+        status = int(func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at interpreter exit
+        return status
     except CliError as exc:
+        print(f"edgefleet: error: {exc}", file=sys.stderr)
+        return 2
+    except (AgentError, LedgerError) as exc:
+        # A typed error a command did not translate (a key that will not open under `restore`,
+        # say): its message already names what was wrong and where; never a traceback.
         print(f"edgefleet: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """Whoever read our output (``edgefleet verify --json | head``) has closed the pipe: stop
+    quietly, as Python's documentation of SIGPIPE recommends: point stdout at devnull, so that
+    the interpreter's last flush of what is still buffered does not fail again, and exit 1."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured in a test)
+        pass
+    return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cli.errors import CliError
-from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
+from agent.cli.fleetopts import (
+    add_broker,
+    add_settle,
+    fleet_log,
+    make_data_dir,
+    parse_settle,
+    parse_speed,
+)
 from agent.config.devices import ConfigError, FleetConfig, load_fleet
 from agent.fleet.datadir import DataDir
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
@@ -52,12 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="max",
         help="simulated seconds per wall second (1 = the recorded pace), or max (default)",
     )
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=10.0,
-        help="wall seconds to wait at the end for gossip to converge",
-    )
+    add_settle(p, "wall seconds to wait at the end for gossip to converge")
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
     p.set_defaults(func=_replay)
 
@@ -121,6 +123,7 @@ def check_fresh(data: DataDir, cfg: FleetConfig) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     speed = parse_speed(args.speed)
+    settle = parse_settle(args.settle)
     trace: Path = args.trace
     try:
         cfg = load_fleet(args.devices)
@@ -140,12 +143,12 @@ def _replay(args: argparse.Namespace) -> int:
         broker=args.broker,
         for_ms=summary.span_ms,
         speed=speed,
-        settle_s=args.settle,
+        settle_s=settle,
         view=not args.no_view,
         source=lambda c, step: TraceSource(str(trace), c, step),
         resume=False,
     )
-    args.data.mkdir(parents=True, exist_ok=True)
+    make_data_dir(args.data)
     runner = FleetRunner(cfg, opts)
 
     async def main() -> int:

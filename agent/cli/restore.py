@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from agent.cli.errors import CliError
-from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
+from agent.cli.fleetopts import add_broker, add_settle, fleet_log, parse_settle, parse_speed
 from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
 from agent.device.runtime import RestoreError
 from agent.fleet.datadir import DataDir
@@ -41,11 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="simulated time to run on after the restore, e.g. 1h (default: stop when restored)",
     )
     p.add_argument("--speed", default="max", help="simulated seconds per wall second, or max")
-    p.add_argument("--settle", type=float, default=10.0, help="wall seconds to converge at the end")
+    add_settle(p, "wall seconds to converge at the end")
     p.set_defaults(func=_restore)
 
 
 def _restore(args: argparse.Namespace) -> int:
+    speed, settle = parse_speed(args.speed), parse_settle(args.settle)
     try:
         cfg = load_fleet(args.devices)
         for_ms = parse_duration_ms(args.duration)
@@ -62,8 +63,8 @@ def _restore(args: argparse.Namespace) -> int:
         data=args.data,
         broker=args.broker,
         for_ms=for_ms,
-        speed=parse_speed(args.speed),
-        settle_s=args.settle,
+        speed=speed,
+        settle_s=settle,
         view=False,
     )
 

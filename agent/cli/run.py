@@ -1,16 +1,35 @@
-"""`edgefleet run`: a fleet from devices.yaml, with a live view."""
+"""`edgefleet run`: a fleet from devices.yaml, or some of its devices, with a live view.
+
+``--device NAME`` (repeatable) runs only the named devices: a machine that holds some devices'
+keys (a data dir of pre-enrolled devices, docs/DEPLOY.md) runs those. It cannot be combined with
+``--shard``: the names already say exactly which devices this process runs. The keys of such a
+data dir are unlocked with ``--passphrase-file``, ``$EDGEFLEET_PASSPHRASE`` or a prompt at a
+terminal; a simulated fleet's own data dir keeps its generated passphrase file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import sys
 from pathlib import Path
 
 from agent.cli.errors import CliError
-from agent.cli.fleetopts import add_broker, fleet_log, parse_speed
-from agent.config.devices import ConfigError, load_fleet, parse_duration_ms
+from agent.cli.fleetopts import (
+    add_broker,
+    add_settle,
+    check_seed,
+    fleet_log,
+    make_data_dir,
+    parse_settle,
+    parse_speed,
+)
+from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
 from agent.device.sealing import SealPolicy
+from agent.fleet import keystore
+from agent.fleet.datadir import DataDir
+from agent.fleet.provision import pre_enrolled
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
 from agent.transport.brokers import BrokerError
 from agent.transport.errors import TransportError
@@ -33,15 +52,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="run on the wall clock: readings carry the real time (implies --speed 1)",
     )
-    p.add_argument("--shard", default="0/1", help="run shard I of N (devices i %% N == I)")
+    p.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this device of --devices (repeat for more; not with --shard)",
+    )
+    p.add_argument(
+        "--passphrase-file",
+        help="passphrase of pre-enrolled device keys (else $EDGEFLEET_PASSPHRASE or a prompt)",
+    )
+    p.add_argument("--shard", help="run shard I of N (devices i %% N == I; default 0/1)")
     p.add_argument("--block-readings", type=int, default=64, help="seal at this many readings")
     p.add_argument("--block-age", default="10m", help="seal when the oldest reading is this old")
-    p.add_argument(
-        "--settle",
-        type=float,
-        default=10.0,
-        help="wall seconds to wait at the end for gossip to converge",
-    )
+    add_settle(p, "wall seconds to wait at the end for gossip to converge")
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
     p.set_defaults(func=_run)
 
@@ -53,28 +78,64 @@ def _parse(args: argparse.Namespace) -> RunOptions:
     except ValueError as exc:  # ConfigError is a ValueError too
         raise CliError(f"--for/--block-age: {exc}") from None
     speed = parse_speed(args.speed)
-    try:
-        i, n = (int(x) for x in args.shard.split("/"))
-    except ValueError:
-        raise CliError(f"--shard: expected I/N, found {args.shard!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise CliError(f"--shard {args.shard}: need 0 <= I < N")
+    i, n = _parse_shard(args.shard, args.device)
     try:
         seal = SealPolicy(max_readings=args.block_readings, max_age_ms=age_ms)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(f"--block-readings/--block-age: {exc}") from None
     return RunOptions(
         data=args.data,
         broker=args.broker,
         for_ms=for_ms,
         speed=speed,
-        seed=args.seed,
+        seed=check_seed(args.seed),
         shard=(i, n),
         seal=seal,
-        settle_s=args.settle,
+        settle_s=parse_settle(args.settle),
         view=not args.no_view,
         realtime=args.realtime,
+        only=tuple(dict.fromkeys(args.device)),
+        passphrase=lambda: keystore.passphrase(args.passphrase_file),
     )
+
+
+def _parse_shard(text: str | None, devices: list[str]) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    if devices:
+        raise CliError(
+            f"--device and --shard {text}: give one of them (--device names exactly the "
+            "devices this process runs)"
+        )
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise CliError(f"--shard: expected I/N, found {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise CliError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def _check_devices(cfg: FleetConfig, names: tuple[str, ...], source: Path) -> None:
+    """Every ``--device`` names a device of the file, or one line with the closest names."""
+    known = [d.name for d in cfg.devices]
+    for name in names:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"it has {len(known)} devices"
+        raise CliError(f"--device {name}: no device of that name in {source} ({hint})")
+
+
+def _check_passphrase_source(args: argparse.Namespace) -> None:
+    """A passphrase file is for keys enrolled elsewhere: a simulated fleet's data dir unlocks
+    its keys with its own generated passphrase file, and would ignore it."""
+    if args.passphrase_file is not None and not pre_enrolled(DataDir(args.data)):
+        raise CliError(
+            f"--passphrase-file: {args.data} is a simulated fleet's data dir (its authority key "
+            "is there, or it is new): its keys are unlocked by its own passphrase file; "
+            "--passphrase-file is for a data dir of pre-enrolled devices (docs/DEPLOY.md)"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -83,7 +144,9 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_fleet(args.devices)
     except (ConfigError, OSError) as exc:
         raise CliError(str(exc)) from None
-    args.data.mkdir(parents=True, exist_ok=True)
+    _check_devices(cfg, opts.only, args.devices)
+    _check_passphrase_source(args)
+    make_data_dir(args.data)
     runner = FleetRunner(cfg, opts)
 
     async def main() -> int:
@@ -107,5 +170,5 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with fleet_log(args.data / "fleet.log"):
             return asyncio.run(main())
-    except (BrokerError, TransportError) as exc:
+    except (BrokerError, TransportError, keystore.KeystoreError) as exc:
         raise CliError(str(exc)) from None

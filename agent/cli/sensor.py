@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -71,8 +72,10 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
         if args.driver == "ds18b20":
             raise CliError("--baud does not apply to ds18b20 (1-Wire through the kernel)")
         options["baud"] = args.baud
-    if args.interval < 0 or (args.timeout is not None and args.timeout < 0):
-        raise CliError("--interval and --timeout must be >= 0")
+    for flag, value in (("--interval", args.interval), ("--timeout", args.timeout)):
+        # not "value < 0": NaN compares false with everything and would pass
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise CliError(f"{flag}: expected a finite number of seconds >= 0, found {value}")
     return options
 
 

@@ -10,7 +10,7 @@ loop only if the list was empty, and the loop then settles every future of the l
 Under load, one wake-up settles tens of jobs.
 
 Jobs run in no particular order across threads; callers that need an order (one device's store
-is used by one thread at a time) serialize their own jobs (``DeviceAgent._locked``).
+is used by one thread at a time) serialize their own jobs (``DeviceContext.run_store``).
 
 Group commit (``group``: a ``ledger.groupsync.GroupSync`` the stores were opened with). A job
 whose store made a durable commit (``GroupSync.take_noted`` on its worker thread) is not handed

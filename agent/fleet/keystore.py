@@ -8,6 +8,10 @@ docs/PROTOCOL.md section 11):
     AUTH_DIR/issued.json        the last certificate serial issued
     DEV_DIR/device.key          a device's Ed25519 key (encrypted)
     DEV_DIR/device.cert         its enrollment certificate (ledger.certs wire bytes)
+    DEV_DIR/enroll.req          its enrollment request (ledger.enroll), made by `init_device`
+    DEV_DIR/fleet-root.json     a copy of the fleet root, put there by `install_certificate`
+                                (with DATA/authority/fleet-root.json when DEV_DIR is
+                                DATA/devices/NAME: docs/DEPLOY.md)
     OWNER.key / OWNER.pub       an owner's X25519 key pair (for private households): the secret
                                 encrypted like a device key (role "owner"), the public in hex
 
@@ -38,7 +42,8 @@ from ledger.certs import (
     issue_certificate,
     verify_certificate,
 )
-from ledger.errors import KeyFileError
+from ledger.enroll import EnrollRequest, sign_request, verify_request
+from ledger.errors import DecodeError, KeyFileError, LedgerError, SignatureError
 from ledger.identity import PublicKey, SigningKey
 
 AUTHORITY_KEY = "authority.key"
@@ -83,6 +88,14 @@ def _write_private(path: Path, data: bytes) -> None:
 def init_authority(
     directory: Path, pw: bytes, cost: tuple[int, int] = keyfile.INTERACTIVE
 ) -> PublicKey:
+    if (directory / FLEET_ROOT).exists() and not (directory / AUTHORITY_KEY).exists():
+        # A pre-enrolled device's data dir (docs/DEPLOY.md): the root is another machine's
+        # authority; a new authority here would silently start a second fleet.
+        raise KeystoreError(
+            f"{directory / FLEET_ROOT}: holds a fleet root but no {AUTHORITY_KEY}: its authority "
+            "lives elsewhere; enroll devices with `edgefleet keys init-device`, `keys enroll "
+            "--request` on the authority's machine and `keys install-cert` (docs/DEPLOY.md)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
     try:
@@ -116,20 +129,58 @@ def load_roots(path: Path) -> FleetRoots:
     return FleetRoots.of(key)
 
 
+def _root_json(key: PublicKey) -> bytes:
+    doc = {"format": "edgefleet-root/1", "public": key.hex(), "key_id": key.key_id.hex()}
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def _replace_public(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file renamed into place): a crash
+    leaves the old bytes or the new ones, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise KeystoreError(f"{path}: cannot write ({exc.strerror})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _next_serial(directory: Path) -> int:
     path = directory / ISSUED
     last = json.loads(path.read_text())["last_serial"] if path.exists() else 0
-    path.write_text(json.dumps({"last_serial": last + 1}) + "\n")
+    _replace_public(path, (json.dumps({"last_serial": last + 1}) + "\n").encode())
     return int(last) + 1
 
 
 # --- devices -----------------------------------------------------------------------------------
+#
+# Two ways to enroll. A simulated fleet (and `keys enroll --out DEVDIR`) creates the key and the
+# certificate together on the authority's machine (``enroll_device``). A real device creates its
+# key itself and sends only a signed request (``init_device``); the authority certifies the key
+# the request names (``issue_from_request``) and the device installs the certificate with a copy
+# of the fleet root (``install_certificate``). The second way never moves a secret.
+
+ENROLL_REQUEST = "enroll.req"
 
 
 @dataclass(frozen=True)
 class Enrolled:
     key: SigningKey
     certificate: Certificate
+
+
+def _validity(now_ms: int | None, valid_days: int) -> tuple[int, int]:
+    if valid_days < 1:
+        raise KeystoreError(f"--valid-days {valid_days}: a certificate is valid for 1 day or more")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    # A day of slack before now: a device whose clock runs a little behind still accepts it.
+    return max(0, now - DAY_MS), now + valid_days * DAY_MS
 
 
 def enroll_device(
@@ -149,7 +200,8 @@ def enroll_device(
     device_dir.mkdir(parents=True, exist_ok=True)
     if (device_dir / DEVICE_KEY).exists():
         raise KeystoreError(f"{device_dir}: already holds a device key")
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    _refuse_cert_without_key(device_dir)
+    not_before, not_after = _validity(now_ms, valid_days)
     key = SigningKey.generate()
     cert = issue_certificate(
         authority,
@@ -158,8 +210,8 @@ def enroll_device(
         model=model,
         site=site,
         owner_x25519=owner_x25519,
-        not_before_ms=max(0, now - DAY_MS),
-        not_after_ms=now + valid_days * DAY_MS,
+        not_before_ms=not_before,
+        not_after_ms=not_after,
         serial=_next_serial(authority_dir),
     )
     keyfile.write(device_dir / DEVICE_KEY, key, pw, "device", cost)
@@ -167,13 +219,217 @@ def enroll_device(
     return Enrolled(key, cert)
 
 
-def load_device(device_dir: Path, pw: bytes, roots: FleetRoots | None = None) -> Enrolled:
+def _refuse_cert_without_key(device_dir: Path) -> None:
+    if (device_dir / DEVICE_CERT).exists() and not (device_dir / DEVICE_KEY).exists():
+        raise KeystoreError(
+            f"{device_dir}: holds {DEVICE_CERT} but no {DEVICE_KEY}: restore the key from its "
+            f"backup, or remove {DEVICE_CERT} and enroll the device afresh "
+            "(edgefleet keys init-device)"
+        )
+
+
+def init_device(
+    device_dir: Path,
+    pw: bytes,
+    *,
+    kind: str,
+    model: str,
+    site: str,
+    owner_x25519: bytes | None = None,
+    now_ms: int | None = None,
+    cost: tuple[int, int] = keyfile.INTERACTIVE,
+) -> EnrollRequest:
+    """Create ``DEVDIR/device.key`` and ``DEVDIR/enroll.req`` (the request for the authority).
+
+    Never overwrites a key. The attributes are checked before anything is written, and the
+    request is removed again if the key cannot be written (and the key if the request cannot)."""
+    if (device_dir / DEVICE_KEY).exists():
+        raise KeystoreError(
+            f"{device_dir / DEVICE_KEY}: already exists and is never overwritten: choose "
+            "another --dir, or send the enroll.req made with it"
+        )
+    _refuse_cert_without_key(device_dir)
+    key = SigningKey.generate()
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    try:
+        request = sign_request(
+            key, kind=kind, model=model, site=site, owner_x25519=owner_x25519, time_ms=now
+        )
+    except DecodeError as exc:
+        raise KeystoreError(f"{device_dir}: {exc}") from None
+    device_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        keyfile.write(device_dir / DEVICE_KEY, key, pw, "device", cost)
+    except KeyFileError as exc:
+        raise KeystoreError(str(exc)) from None
+    try:
+        _replace_public(device_dir / ENROLL_REQUEST, request.wire)
+    except KeystoreError:
+        # The key is ours, seconds old: without its request it would only be in the way.
+        (device_dir / DEVICE_KEY).unlink(missing_ok=True)
+        raise
+    return request
+
+
+def read_request(path: Path) -> EnrollRequest:
+    """A device's enrollment request, its proof of possession checked."""
+    try:
+        wire = path.read_bytes()
+    except OSError as exc:
+        raise KeystoreError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return verify_request(wire)
+    except SignatureError:
+        raise KeystoreError(
+            f"{path}: the request is not signed by the key it names (altered, or signed by "
+            "another key): ask the device for a new one (edgefleet keys init-device)"
+        ) from None
+    except LedgerError as exc:
+        raise KeystoreError(
+            f"{path}: not a valid enrollment request ({exc}): ask the device for a new one"
+        ) from None
+
+
+def issue_from_request(
+    authority_dir: Path,
+    authority: SigningKey,
+    request: EnrollRequest,
+    out: Path,
+    *,
+    valid_days: int = 3650,
+    now_ms: int | None = None,
+) -> Certificate:
+    """Certify the key ``request`` names with the attributes it asks for, under the authority's
+    next serial, and write the certificate to ``out`` (a new file, written atomically)."""
+    if out.exists():
+        raise KeystoreError(f"{out}: already exists; remove it or choose another --out")
+    not_before, not_after = _validity(now_ms, valid_days)
+    cert = issue_certificate(
+        authority,
+        request.device_key,
+        kind=request.kind,
+        model=request.model,
+        site=request.site,
+        owner_x25519=request.owner_x25519,
+        not_before_ms=not_before,
+        not_after_ms=not_after,
+        serial=_next_serial(authority_dir),
+    )
+    _write_private(out, cert.wire)
+    return cert
+
+
+@dataclass(frozen=True)
+class Installed:
+    certificate: Certificate
+    roots_written: tuple[Path, ...]  # where the fleet root was copied to
+
+
+def data_dir_root_path(device_dir: Path) -> Path | None:
+    """Where a runner reads the fleet root when ``device_dir`` is ``DATA/devices/NAME``:
+    ``DATA/authority/fleet-root.json`` (agent/fleet/datadir.py); None for a device dir elsewhere."""
+    parent = device_dir.resolve().parent
+    data = DataDir(parent.parent)
+    return data.authority / FLEET_ROOT if data.devices == parent else None
+
+
+def install_certificate(
+    device_dir: Path, cert_path: Path, root_path: Path, pw: bytes, *, now_ms: int | None = None
+) -> Installed:
+    """Check that the certificate at ``cert_path`` is for the key in ``device_dir`` (unlocked with
+    ``pw``) and is signed by the fleet root at ``root_path``, then install it as
+    ``DEVDIR/device.cert`` with the fleet root beside it (``DEVDIR/fleet-root.json``) and, for a
+    device dir inside a data dir, where the runner reads it (``data_dir_root_path``).
+
+    Everything is checked before anything is written; each file is replaced atomically, the
+    certificate last, so an interrupted install leaves no certificate without its root."""
+    _refuse_cert_without_key(device_dir)
+    if not (device_dir / DEVICE_KEY).exists():
+        raise KeystoreError(
+            f"{device_dir}: no {DEVICE_KEY}: install the certificate in the directory where "
+            "`edgefleet keys init-device` created the key"
+        )
+    roots = load_roots(root_path)
+    (root,) = roots.keys.values()
+    try:
+        wire = cert_path.read_bytes()
+    except OSError as exc:
+        raise KeystoreError(f"{cert_path}: cannot read ({exc.strerror})") from None
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    try:
+        cert = decode_certificate(wire)
+        if cert.authority_key_id not in roots.keys:
+            raise KeystoreError(
+                f"{cert_path}: issued by another fleet (authority key id "
+                f"{cert.authority_key_id.hex()}), not by the fleet root in {root_path} "
+                f"({root.key_id.hex()}): install the certificate with the fleet root of the "
+                "authority that issued it"
+            )
+        cert = verify_certificate(wire, roots, now)
+    except LedgerError as exc:
+        raise KeystoreError(
+            f"{cert_path}: {exc}: ask the authority to issue it again from {ENROLL_REQUEST}"
+        ) from None
+    key = _unlock_device(device_dir, pw)
+    if cert.device_key != key.public:
+        raise KeystoreError(
+            f"{cert_path}: certificate is for device {cert.device_id}, but "
+            f"{device_dir / DEVICE_KEY} is device {key.public.device_id}: install the "
+            f"certificate issued from this device's {ENROLL_REQUEST}"
+        )
+    targets = [device_dir / FLEET_ROOT]
+    runner_root = data_dir_root_path(device_dir)
+    if runner_root is not None:
+        targets.append(runner_root)
+    to_write = [t for t in targets if not _same_root(t, root, cert_path)]
+    for target in to_write:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _replace_public(target, _root_json(root))
+    if (device_dir / DEVICE_CERT).exists():
+        # A renewal (or a corrected attribute): the new certificate is for the key in this
+        # directory and chains to the fleet root, so it may replace whatever was there.
+        try:
+            keyfile.replace_private(device_dir / DEVICE_CERT, wire)
+        except OSError as exc:
+            raise KeystoreError(
+                f"{device_dir / DEVICE_CERT}: cannot write ({exc.strerror})"
+            ) from None
+    else:
+        _write_private(device_dir / DEVICE_CERT, wire)
+    return Installed(cert, tuple(to_write))
+
+
+def _same_root(path: Path, root: PublicKey, cert_path: Path) -> bool:
+    """True when ``path`` already holds ``root``; refuse (KeystoreError) another fleet's root."""
+    if not path.exists():
+        return False
+    held = load_roots(path)
+    if root.key_id in held.keys:
+        return True
+    other = ", ".join(k.hex() for k in held.keys)
+    raise KeystoreError(
+        f"{path}: holds the root of another fleet (key id {other}), not the one that issued "
+        f"{cert_path} ({root.key_id.hex()}): install into a device dir of this fleet"
+    )
+
+
+def _unlock_device(device_dir: Path, pw: bytes) -> SigningKey:
+    _refuse_cert_without_key(device_dir)
     try:
         key, role = keyfile.read(device_dir / DEVICE_KEY, pw)
     except KeyFileError as exc:
-        raise KeystoreError(str(exc)) from None
+        hint = ""
+        if "wrong passphrase" in str(exc):
+            hint = ": give the passphrase the key was created with (--passphrase-file or "
+            hint += "$EDGEFLEET_PASSPHRASE)"
+        raise KeystoreError(f"{exc}{hint}") from None
     if role != "device":
         raise KeystoreError(f"{device_dir / DEVICE_KEY}: holds a {role} key, not a device key")
+    return key
+
+
+def load_device(device_dir: Path, pw: bytes, roots: FleetRoots | None = None) -> Enrolled:
+    key = _unlock_device(device_dir, pw)
     try:
         wire = (device_dir / DEVICE_CERT).read_bytes()
     except OSError as exc:

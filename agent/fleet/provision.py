@@ -1,22 +1,33 @@
-"""Automatic enrollment of a simulated fleet on first start.
+"""The keys a fleet runner starts with: a simulated fleet's automatic enrollment, or the keys of
+devices enrolled elsewhere.
 
-The first process to start a fleet in a data dir creates the fleet authority, a random passphrase
-file (``DIR/passphrase``, 0600: 64 hex characters and a newline, which readers strip), an X25519
-key pair per owner of a private site (``DIR/owners/NAME.key``, encrypted like the device keys, and
-``NAME.key.pub``), and a key and certificate for every device of devices.yaml. It holds an
-exclusive lock on ``DIR/.lock`` while it does, so shards started together enroll each device
-exactly once. Later starts only load.
+Two kinds of data dir (``pre_enrolled`` tells them apart):
+
+- A simulated fleet's own (its authority key is here, or the data dir is new): enrolled
+  automatically, as below.
+- A pre-enrolled device's (docs/DEPLOY.md section 2: a fleet root and device keys, no authority
+  key): nothing is created. The selected devices' keys are unlocked with the passphrase the
+  caller obtains (``--passphrase-file``, ``$EDGEFLEET_PASSPHRASE`` or a prompt); a selected device
+  without its key and certificate is refused with the commands that enroll it.
+
+In a simulated fleet's data dir, the first process to start the fleet creates the fleet
+authority, a random passphrase file (``DIR/passphrase``, 0600: 64 hex characters and a newline,
+which readers strip), an X25519 key pair per owner of a private site (``DIR/owners/NAME.key``,
+encrypted like the device keys, and ``NAME.key.pub``), and a key and certificate for every device
+of devices.yaml. It holds an exclusive lock on ``DIR/.lock`` while it does, so shards started
+together enroll each device exactly once. Later starts only load.
 
 Simulated fleets unlock their keys from the passphrase file beside them, so their argon2id cost
-is the library minimum (the file, not the KDF, is the protection there). Real devices are
-enrolled with ``edgefleet keys enroll`` at the interactive cost.
+is the library minimum (the file, not the KDF, is the protection there). Real devices create
+their keys with ``edgefleet keys init-device`` at the interactive cost.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator
+import shlex
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +36,7 @@ from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from ledger import keyfile, sealbox
 from ledger.certs import FleetRoots
+from ledger.errors import LedgerError
 
 SIM_COST = keyfile.FAST
 FLEET_FILE = "fleet.json"
@@ -51,8 +63,35 @@ def _locked(data: DataDir) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def provision(cfg: FleetConfig, data: DataDir, now_ms: int) -> Provisioned:
-    """Enroll what is missing, then load every device of ``cfg`` (all shards' devices)."""
+def pre_enrolled(data: DataDir) -> bool:
+    """True for a data dir of devices enrolled elsewhere: it holds a fleet root or a device key
+    but no authority key. A simulated fleet's data dir holds its authority key, or nothing yet."""
+    if (data.authority / keystore.AUTHORITY_KEY).exists():
+        return False
+    if (data.authority / keystore.FLEET_ROOT).exists():
+        return True
+    return data.devices.is_dir() and any(
+        (d / keystore.DEVICE_KEY).exists() for d in data.devices.iterdir()
+    )
+
+
+def provision(
+    cfg: FleetConfig,
+    data: DataDir,
+    now_ms: int,
+    *,
+    local: Sequence[str] | None = None,
+    passphrase: Callable[[], bytes] | None = None,
+) -> Provisioned:
+    """The keys to run with.
+
+    A simulated fleet's data dir: enroll what is missing, then load every device of ``cfg`` (all
+    shards' devices; ``local`` and ``passphrase`` are not used). A pre-enrolled data dir: load
+    the ``local`` devices (default: all of ``cfg``) with the passphrase ``passphrase()`` returns
+    (called once, and only when there is a key to unlock), creating nothing."""
+    if pre_enrolled(data):
+        names = [d.name for d in cfg.devices] if local is None else list(local)
+        return load_enrolled(cfg, data, names, passphrase)
     with _locked(data):
         pw = data.fleet_passphrase(create=True)
         assert pw is not None
@@ -79,6 +118,138 @@ def provision(cfg: FleetConfig, data: DataDir, now_ms: int) -> Provisioned:
             devices[dev.name] = keystore.load_device(ddir, pw)
         _write_fleet_file(cfg, data, devices)
     return Provisioned(keystore.load_roots(data.authority), devices, owners)
+
+
+def load_enrolled(
+    cfg: FleetConfig,
+    data: DataDir,
+    names: Sequence[str],
+    passphrase: Callable[[], bytes] | None,
+) -> Provisioned:
+    """Unlock the keys of the devices ``names`` in a pre-enrolled data dir; nothing is written
+    but fleet.json (the runner's own record). Every refusal is a KeystoreError saying what is
+    missing and what to do."""
+    missing = [n for n in names if not _enrolled_here(data, n)]
+    if missing:
+        raise keystore.KeystoreError(enroll_instructions(cfg, data, missing, names))
+    root_path = data.authority / keystore.FLEET_ROOT
+    if not root_path.exists():
+        raise keystore.KeystoreError(
+            f"{root_path}: missing: the data dir of pre-enrolled devices reads its fleet root "
+            "there (`edgefleet keys install-cert` writes it; or copy a device dir's "
+            f"{keystore.FLEET_ROOT} there)"
+        )
+    roots = keystore.load_roots(root_path)
+    if not names:
+        return Provisioned(roots, {}, {})
+    if passphrase is None:
+        raise keystore.KeystoreError(
+            f"{data.device(names[0]) / keystore.DEVICE_KEY}: no passphrase given to unlock it"
+        )
+    try:
+        pw = passphrase()
+    except keystore.KeystoreError as exc:
+        key = data.device(names[0]) / keystore.DEVICE_KEY
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        raise keystore.KeystoreError(f"{key}{more}: cannot unlock it: {exc}") from None
+    devices = {}
+    for name in names:
+        devices[name] = _load_enrolled_device(cfg.device(name), data, pw, roots, cfg.source)
+    with _locked(data):
+        _write_fleet_file(cfg, data, devices, merge=True)
+    return Provisioned(roots, devices, {})
+
+
+def _enrolled_here(data: DataDir, name: str) -> bool:
+    ddir = data.device(name)
+    return (ddir / keystore.DEVICE_KEY).exists() and (ddir / keystore.DEVICE_CERT).exists()
+
+
+def _load_enrolled_device(
+    dev: Device, data: DataDir, pw: bytes, roots: FleetRoots, source: str
+) -> keystore.Enrolled:
+    ddir = data.device(dev.name)
+    try:
+        enrolled = keystore.load_device(ddir, pw, roots)
+    except LedgerError as exc:  # the certificate does not verify against the fleet root
+        raise keystore.KeystoreError(
+            f"{ddir / keystore.DEVICE_CERT}: {exc}: install a certificate of this fleet "
+            "(edgefleet keys install-cert)"
+        ) from None
+    cert = enrolled.certificate
+    # The simulation and the gossip domains follow devices.yaml, the signatures the certificate:
+    # a device certified as something else would sign readings under the wrong identity.
+    if (cert.kind, cert.site) != (dev.kind, dev.site):
+        raise keystore.KeystoreError(
+            f"{ddir / keystore.DEVICE_CERT}: certifies a {cert.kind} at site {cert.site}, but "
+            f"{source} has {dev.name} as a {dev.kind} at site {dev.site}: correct the file, or "
+            "enroll the device with its attributes"
+        )
+    return enrolled
+
+
+MAX_INSTRUCTED = 5  # devices whose enrollment commands a refusal spells out
+
+
+def enroll_instructions(
+    cfg: FleetConfig, data: DataDir, missing: Sequence[str], selected: Sequence[str]
+) -> str:
+    """What is missing for each device of ``missing`` in a pre-enrolled data dir, and the exact
+    commands that enroll it (docs/DEPLOY.md section 1)."""
+    present = [n for n in selected if n not in missing]
+    lines = [
+        f"{data.root}: holds no enrolled key for {_names(missing)} "
+        f"(a data dir of pre-enrolled devices: its authority is elsewhere, docs/DEPLOY.md)"
+    ]
+    if present:
+        flags = " ".join(f"--device {shlex.quote(n)}" for n in present[:MAX_INSTRUCTED])
+        more = " ..." if len(present) > MAX_INSTRUCTED else ""
+        lines.append(f"  it holds {_names(present)}: `{flags}{more}` runs only those")
+    for name in missing[:MAX_INSTRUCTED]:
+        lines += _device_instructions(cfg, data, name)
+    if len(missing) > MAX_INSTRUCTED:
+        lines.append(f"  ... and {len(missing) - MAX_INSTRUCTED} more devices, enrolled alike")
+    return "\n".join(lines)
+
+
+def _device_instructions(cfg: FleetConfig, data: DataDir, name: str) -> list[str]:
+    dev = cfg.device(name)
+    ddir = data.device(name)
+    key, cert = ddir / keystore.DEVICE_KEY, ddir / keystore.DEVICE_CERT
+    if cert.exists() and not key.exists():
+        return [
+            f"  {name}: {cert} but no {keystore.DEVICE_KEY}: restore the key from its backup, "
+            f"or remove {keystore.DEVICE_CERT} and enroll the device afresh"
+        ]
+    q = shlex.quote
+    req = ddir / keystore.ENROLL_REQUEST
+    out = f"{name}.cert"
+    site = cfg.site(dev.site)
+    owner = f" --owner {q(site.owner + '.key.pub')}" if site.private and site.owner else ""
+    init = (
+        f"edgefleet keys init-device --dir {q(str(ddir))} --kind {q(dev.kind)} "
+        f"--model {q(dev.model)} --site {q(dev.site)}{owner}"
+    )
+    enroll = (
+        f"edgefleet keys enroll --authority AUTHORITY_DIR --request {q(str(req))} --out {q(out)}"
+    )
+    install = f"edgefleet keys install-cert --dir {q(str(ddir))} {q(out)} --root fleet-root.json"
+    if key.exists():
+        head = f"  {name}: {key} has no certificate yet; send {req} to the fleet authority:"
+        steps = [("on the authority's machine", enroll), ("back here", install)]
+    else:
+        head = f"  {name} ({dev.kind}, model {dev.model}, site {dev.site}): no key; enroll it:"
+        steps = [
+            ("here", init),
+            ("on the authority's machine", enroll),
+            ("back here", install),
+        ]
+    return [head, *(f"    {where + ':':<28} {cmd}" for where, cmd in steps)]
+
+
+def _names(names: Sequence[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _owners(cfg: FleetConfig, data: DataDir, pw: bytes) -> dict[str, bytes]:
@@ -110,18 +281,19 @@ def _owner_key(cfg: FleetConfig, dev: Device, owners: dict[str, bytes]) -> bytes
 
 
 def _write_fleet_file(
-    cfg: FleetConfig, data: DataDir, devices: dict[str, keystore.Enrolled]
+    cfg: FleetConfig,
+    data: DataDir,
+    devices: dict[str, keystore.Enrolled],
+    *,
+    merge: bool = False,
 ) -> None:
+    """Record the fleet and its devices' ids in fleet.json. ``merge``: keep the devices other
+    runs recorded (a pre-enrolled data dir's devices may run in separate processes)."""
     path = data.root / FLEET_FILE
     doc = json.loads(path.read_text()) if path.exists() else {}
-    doc.update(
-        {
-            "fleet": cfg.name,
-            "seed": cfg.seed,
-            "source": cfg.source,
-            "devices": {n: e.certificate.device_id for n, e in devices.items()},
-        }
-    )
+    ids = dict(doc.get("devices") or {}) if merge else {}
+    ids.update({n: e.certificate.device_id for n, e in devices.items()})
+    doc.update({"fleet": cfg.name, "seed": cfg.seed, "source": cfg.source, "devices": ids})
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 

@@ -1,15 +1,21 @@
 """The fleet runner: every device of a devices.yaml in one process (or one shard of it).
 
 It provisions the data dir, starts the broker (embedded by default), connects one transport per
-device, builds a ``DeviceAgent`` per device, and drives the simulation: the world and appliance
-models step through simulated time, each step's samples go to their devices, and the runner waits
-until every device has made them durable before the next step (backpressure), so simulated time
-never runs ahead of the fleet. ``speed`` paces simulated time against the wall clock (``None``:
-as fast as the fleet keeps up).
+device, builds each device (``agent.fleet.build.build_device``), and drives the simulation: the
+world and appliance models step through simulated time, each step's samples go to their devices,
+and the runner waits until every device has made them durable before the next step
+(backpressure), so simulated time never runs ahead of the fleet. ``speed`` paces simulated time
+against the wall clock (``None``: as fast as the fleet keeps up).
 
 Two clocks: the *data* clock is the simulation's (readings' times, sealing by age); the *network*
-clock is real time (gossip timers and timeouts measure the network). A run resumes where the
-previous run of the data dir stopped: the models are fast-forwarded silently to that time.
+clock is real time on the monotonic clock (gossip timers and timeouts measure the network; setting
+the wall clock moves no timer). A run resumes where the fleet as a whole stands (the clean stop
+recorded in fleet.json, or the latest durable reading of any device after a kill): the models are
+fast-forwarded to that time, and each device is handed the samples after its own last durable
+reading on the way (none, unless it was stopped behind the others), so nothing is signed twice
+and nothing is skipped. A realtime run resumes at the wall clock's time, the models skipping the
+time the fleet was off, but never before where the fleet stands: a wall clock behind it, or one
+set while running, is a jump that every device signs (``clock.jump_ms``, docs/TRACES.md).
 
 Stopping (end of ``--for``, Ctrl-C) is clean: samples already handed to devices are signed and
 durable, transports say goodbye (presence offline), and a broker the runner started is stopped.
@@ -31,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.config.devices import Device, FleetConfig
+from agent.config.devices import FleetConfig
 from agent.device.runtime import DeviceAgent, RestoreError
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
+from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
 from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
@@ -45,25 +52,17 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
-from agent.fleet.sources import SampleSource, simulation
+from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
 from agent.gossip import actions as A
-from agent.gossip import inputs as I
-from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.auth import KeySigner
-from agent.protocol.trust import TrustStore
-from agent.replication.node import ReplicationNode
-from agent.replication.tuning import ReplicationConfig
 from agent.transport.base import Transport
 from agent.transport.brokers import Broker, broker_from_spec
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
-from firmware_sim.clock import Clock, RealClock, SimClock
+from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
-from ledger.chain import ChainWriter
 from ledger.groupsync import GroupSync
-from ledger.identity import SigningKey
 from ledger.store import Store
 
 log = logging.getLogger("edgefleet.runner")
@@ -110,8 +109,8 @@ class RunOptions:
     # timers on the simulation clock, settle measured in simulated seconds. No wall clock.
     simulated_network: bool = False
     resume: bool = True  # continue where the data dir's previous run stopped
-    # Restore (agent/fleet/restore_device.py): run only these devices of the shard (empty: all),
-    # and restore
+    # Run only these devices of the shard (empty: all): `run --device`, and restore
+    # (agent/fleet/restore_device.py), which also restores
     # these from their peers before anything runs (their stores must be empty). Devices whose
     # store is missing or empty in a fleet that ran before are restored without being named.
     only: tuple[str, ...] = ()
@@ -119,6 +118,12 @@ class RunOptions:
     # Real time: readings carry the wall clock. The fleet's start is the first real-time run's
     # start (kept in fleet.json); a later run fast-forwards the models over the time it was off.
     realtime: bool = False
+    # The passphrase of pre-enrolled device keys (a data dir without its authority key,
+    # docs/DEPLOY.md): called once, only if such a key is to be unlocked (agent/fleet/provision.py).
+    passphrase: Callable[[], bytes] | None = None
+    # Real time (the network clock of live runs, the wall clock realtime runs start from); tests
+    # inject one whose wall clock jumps. None: firmware_sim.clock.RealClock().
+    clock: RealClock | None = None
 
 
 @dataclass
@@ -151,7 +156,10 @@ class FleetRunner:
             self.local = [n for n in self.local if n in opts.only]
         self._restoring: set[str] = set()
         self.data_clock: SimClock | None = None
-        self.net_clock: Clock = RealClock()
+        self.real_clock = opts.clock or RealClock()
+        self.net_clock: Clock = self.real_clock
+        # Realtime runs watch the wall clock being set: each jump is signed by every device.
+        self._jumps = WallJumps(self.real_clock) if opts.realtime else None
         self.agents: dict[str, DeviceAgent] = {}
         self.network: MemoryNetwork | None = None
         self._stop = asyncio.Event()
@@ -166,6 +174,8 @@ class FleetRunner:
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+        self._backlog: list[tuple[str, Sample]] = []  # samples a resume still owes devices
+        self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
 
     @property
     def group_sync(self) -> GroupSync | None:
@@ -179,29 +189,24 @@ class FleetRunner:
     async def run(self) -> RunResult:
         raise_fd_limit()
         if self.opts.realtime:
-            now = RealClock().now_ms()
-            origin = read_origin(self.data, now)
+            origin = read_origin(self.data, self.real_clock.wall_ms())
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
         cfg = self.cfg
         self._restoring = self._restore_candidates()
-        prov = provision(cfg, self.data, cfg.start_ms)
+        prov = provision(
+            cfg, self.data, cfg.start_ms, local=self.local, passphrase=self.opts.passphrase
+        )
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
-        resume = read_sim_time(self.data) if self.opts.resume else None
-        if self.opts.realtime and resume is not None:
-            resume = RealClock().now_ms()  # the models skip the time the fleet was off
-        elif self.opts.resume:
-            # fleet.json is written at a clean stop only: after a kill, the devices' stores know
-            # better. Each step's samples are committed per device in one transaction, so a
-            # device holds every sample up to its last durable reading's time and none after.
-            self._done_until = self._last_durable_times()
-            if self._done_until:
-                floor = min(self._done_until.values())
-                resume = floor if resume is None else max(resume, floor)
+        resume = recorded = self._recorded_time()
+        if self.opts.realtime and recorded is not None:
+            resume = self._realtime_resume(recorded)
         if resume is not None and resume >= fleet.now_ms:
-            for target in fleet.targets(resume):  # fast-forward, silently
-                fleet.step(target)
+            # A device's samples after its own last durable reading, up to where the fleet as
+            # a whole stood, are still to sign; the rest is skipped (realtime: time off).
+            owed = -1 if recorded is None else recorded
+            self._backlog = fast_forward(fleet, resume, self._done_until, owed)
         start = fleet.now_ms
         end = None if self.opts.for_ms is None else start + self.opts.for_ms
         self.data_clock = SimClock(start)
@@ -277,14 +282,17 @@ class FleetRunner:
     async def _simulate(self, fleet: SampleSource, end: int | None) -> int:
         assert self.data_clock is not None
         speed = self.opts.speed
-        sim0, wall0 = fleet.now_ms, time.monotonic()
+        # Paced on the loop's clock: monotonic in a live run (setting the wall clock changes
+        # nothing), simulated under a SimEventLoop (a paced run then costs no wall time).
+        loop = asyncio.get_running_loop()
+        sim0, wall0 = fleet.now_ms, loop.time()
         total = 0
         horizon = end if end is not None else (1 << 62)
         for target in fleet.targets(horizon):
             if self._stop.is_set():
                 break
             if speed is not None:
-                wait = wall0 + (target - sim0) / 1000 / speed - time.monotonic()
+                wait = wall0 + (target - sim0) / 1000 / speed - loop.time()
                 if wait > 0:
                     try:
                         await asyncio.wait_for(self._stop.wait(), wait)
@@ -292,6 +300,12 @@ class FleetRunner:
                     except TimeoutError:
                         pass
             batch = fleet.step(target)
+            jump = None if self._jumps is None else self._jumps.check()
+            if jump is not None:
+                self._flags.append((jump, "wall clock set " + ("back" if jump < 0 else "forward")))
+            if self._backlog or self._flags:  # ahead of the step's own samples, flags after
+                batch = [*self._backlog, *batch, *self._flag_samples(target)]
+                self._backlog = []
             self.data_clock.advance_to(target)
             per_device: dict[str, list[Sample]] = defaultdict(list)
             done = self._done_until
@@ -317,6 +331,41 @@ class FleetRunner:
             if self.network.deliver_all() == 0:
                 return
             await _yield_all()
+
+    def _recorded_time(self) -> int | None:
+        """Where the fleet as a whole stands (None: it never ran, or ``resume`` is off): the
+        later of the clean stop's time in fleet.json and the last durable reading of any local
+        device. Also notes each device's own last durable reading: a device resumes from there.
+
+        fleet.json is written at a clean stop only: after a kill the stores know better. Each
+        step's samples are committed per device in one transaction, so a device holds every
+        sample up to its last durable reading's time and none after; a device that had nothing
+        to say for hours (a washer between cycles) does not hold the fleet back."""
+        if not self.opts.resume:
+            return None
+        self._done_until = self._last_durable_times()
+        times = [t for t in (read_sim_time(self.data), *self._done_until.values()) if t is not None]
+        return max(times, default=None)
+
+    def _realtime_resume(self, recorded: int) -> int:
+        """Where a realtime run resumes: now on the wall clock, the models skipping the time the
+        fleet was off; but never before where the fleet stands, which would sign its recorded
+        time slots again: a wall clock behind that is a jump, signed by every device."""
+        wall = self.real_clock.wall_ms()
+        if wall < recorded - JUMP_BACK_MS:
+            self._flags.append((wall - recorded, "wall clock behind the last reading"))
+        return max(wall, recorded)
+
+    def _flag_samples(self, t_ms: int) -> list[tuple[str, Sample]]:
+        """The noted clock jumps as samples of every local device at ``t_ms``, each logged as a
+        warning naming the device; the notes are cleared."""
+        out = []
+        for jump, why in self._flags:
+            for name, sample in jump_samples(self.agents, t_ms, jump, why):
+                log.warning("%s: clock jump of %+d ms (%s): signed at %d", name, jump, why, t_ms)
+                out.append((name, sample))
+        self._flags = []
+        return out
 
     def _last_durable_times(self) -> dict[str, int]:
         """Time of each local device's last durable reading (devices with none are left out)."""
@@ -428,6 +477,8 @@ class FleetRunner:
         cfg = self.cfg
         members: dict[str, set[str]] = defaultdict(set)
         for dev in cfg.devices:
+            if dev.name not in prov.devices:
+                continue  # enrolled on another machine: its id is not known here
             for dom in dev.domains:
                 members[dom].add(prov.device_id(dev.name))
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
@@ -438,10 +489,6 @@ class FleetRunner:
             dev_id = enrolled.certificate.device_id
             store = Store(self.data.store_path(name), group=self._group)
             stores.append(store)
-            # Devices at private sites seal every reading to the owner named in their certificate.
-            writer = ChainWriter(
-                store, enrolled.key, dev_id, owner_x25519=enrolled.certificate.owner_x25519
-            )
             domains = {d: members[d] for d in dev.domains}
             # The device keeps the certificates it verifies its peers with: its data dir then
             # verifies offline on its own (edgefleet verify).
@@ -452,47 +499,33 @@ class FleetRunner:
             ]
             if missing:
                 store.put_certificates(missing)
-            # One trust store per device, shared by its cores: a credential is verified once.
-            gcfg = self.opts.gossip
-            trust = TrustStore(
-                prov.roots,
-                max_devices=gcfg.max_devices,
-                max_pending=gcfg.max_pending_rotations,
-                max_revocations=gcfg.max_revocations,
-            )
-            node = GossipNode(
-                dev_id,
-                domains,
-                prov.roots,
-                random.Random(f"{cfg.seed}/gossip/{name}"),
-                config=gcfg,
-                now_ms=self.net_clock.now_ms(),
-                trust=trust,
-                signer=KeySigner(enrolled.key),
-            )
-            replication = self._replication_node(dev, enrolled.key, dev_id, domains, prov, trust)
             transport = await self._transport(dev_id, dev.domains)
             self._transports.append(transport)
-            peers = sorted(set().union(*domains.values()) - {dev_id}) if domains else []
-            agent = DeviceAgent(
+            agent = build_device(
                 name=name,
                 kind=dev.kind,
                 site=dev.site,
-                writer=writer,
-                node=node,
+                key=enrolled.key,
+                # Devices at private sites seal every reading to the owner their certificate
+                # names.
+                owner_x25519=enrolled.certificate.owner_x25519,
+                store=store,
+                domains=domains,
+                roots=prov.roots,
                 transport=transport,
                 data_clock=self.data_clock,
                 net_clock=self.net_clock,
+                seed=cfg.seed,
                 policy=self.opts.seal,
+                gossip=self.opts.gossip,
+                replication=replication_config(cfg.replication, dev.spare_storage_mb),
                 executor=None if self.opts.simulated_network else self._executor,
-                peer_ids=peers,
-                replication=replication,
             )
             # Only the certificates this device tracks (its domains' members): fleet-wide
             # lists would cost every device a verification per device of the fleet.
             tracked = sorted(set().union(*domains.values()) | {dev_id})
             await agent.start(
-                _boot_inputs(store, [by_id[p] for p in tracked], dev_id),
+                boot_inputs(store, [by_id[p] for p in tracked], dev_id),
                 restore=name in self._restoring,
             )
             self.agents[name] = agent
@@ -500,36 +533,6 @@ class FleetRunner:
             await asyncio.to_thread(self._group.sync)
             self._group.take_noted()
         return stores
-
-    def _replication_node(
-        self,
-        dev: Device,
-        key: SigningKey,
-        dev_id: str,
-        domains: dict[str, set[str]],
-        prov: Provisioned,
-        trust: TrustStore,
-    ) -> ReplicationNode | None:
-        """The device's replication core (docs/REPLICATION.md), or None when it is off."""
-        spec = self.cfg.replication
-        if spec.copies == 0 or not domains:
-            return None
-        config = ReplicationConfig(
-            replicas=spec.copies,
-            quota_bytes=dev.spare_storage_mb << 20,
-            audit_interval_ms=spec.audit_every_ms,
-            repair_delay_ms=spec.repair_after_ms,
-            rng=random.Random(f"{self.cfg.seed}/replication/{dev.name}"),
-        )
-        return ReplicationNode(
-            dev_id,
-            key,
-            domains,
-            prov.roots,
-            config=config,
-            now_ms=self.net_clock.now_ms(),
-            trust=trust,
-        )
 
     # --- restore (agent/fleet/restore_device.py) ---------------------------------------------
     def _restore_candidates(self) -> set[str]:
@@ -678,28 +681,6 @@ def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     }
 
 
-def _boot_inputs(store: Store, certs: list[bytes], self_id: str) -> list[I.Input]:
-    events: list[I.Input] = [I.CertificateKnown(w) for w in certs]
-    for _, w in store.credentials("certificate"):
-        events.append(I.CertificateKnown(w))
-    for _, w in store.credentials("rotation"):
-        events.append(I.RotationKnown(w))
-    for _, w in store.credentials("revocation"):
-        events.append(I.RevocationKnown(w))
-    for w in store.evidence():
-        events.append(I.EvidenceKnown(w))
-    for w in store.epoch_wires():  # before the chains: a chain may cross an epoch change
-        events.append(I.EpochKnown(w))
-    own = store.own_header_wires()
-    if own:
-        events.append(I.ChainLoaded(self_id, tuple(own)))
-    for dev in store.peer_devices():
-        wires = store.peer_header_wires(dev)
-        if wires:
-            events.append(I.ChainLoaded(dev, tuple(_contiguous(wires))))
-    return events
-
-
 def _store_empty(data: DataDir, name: str) -> bool:
     """No store file, or a store holding no block and no reading (opened only if it exists)."""
     path = data.store_path(name)
@@ -707,18 +688,6 @@ def _store_empty(data: DataDir, name: str) -> bool:
         return True
     with Store(path) as store:
         return store.block_count() == 0 and store.last_seq() is None
-
-
-def _contiguous(wires: list[bytes]) -> list[bytes]:
-    """Peer headers from height 0 up to the first gap (ChainLoaded wants a contiguous run)."""
-    from ledger.block import decode_header
-
-    out = []
-    for i, w in enumerate(wires):
-        if decode_header(w).header.height != i:
-            break
-        out.append(w)
-    return out
 
 
 def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:

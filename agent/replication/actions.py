@@ -7,7 +7,9 @@ What the runtime does with each, in the order the core emitted them:
   repair what is lost.
 - ``Broadcast(domain, payload)``: publish to every member of ``domain`` (SPACE adverts).
 - ``LoadOwnBlock(height)``: read the own block wire at ``height`` and the own header wire at
-  ``height - 1`` off the event loop; answer ``OwnBlockLoaded`` (block None if not held).
+  ``height - 1`` off the event loop; answer ``OwnBlockLoaded`` (block None if not held). Only
+  for blocks the core no longer keeps (sealed before this start, or older than its few fresh
+  ones): a block it was just handed (``OwnBlockSealed``) is never asked for.
 - ``StoreReplica(owner_id, height, epoch, block_hash, block)``: persist a verified replica durably
   (its size is ``len(block)``), then answer ``ReplicaStored(ok=True)``; on failure
   ``ReplicaStored(ok=False)``. Must always answer.

@@ -40,9 +40,12 @@ class HeadersKnown:
 
 @dataclass(frozen=True, slots=True)
 class OwnBlockSealed:
-    """The device sealed ``block`` and it is durable: place it on R holders."""
+    """The device sealed ``block`` and it is durable: place it on R holders. ``prev_header``:
+    the own header wire at height-1 (None at height 0, or not given): a holder needs it to
+    check the chain link, and with it the block is placed without being loaded back."""
 
     block: Block
+    prev_header: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,7 @@ class ReplicationNode:
         elif isinstance(event, HeadersKnown):
             self._trusted("headers_known", self.holder.on_headers, event.device_id, event.headers)
         elif isinstance(event, OwnBlockSealed):
-            self.owner.on_sealed(event.block)
+            self.owner.on_sealed(event.block, event.prev_header)
         elif isinstance(event, OwnChainLoaded):
             self.owner.on_chain_loaded(event.blocks)
         elif isinstance(event, ReceiptKnown):

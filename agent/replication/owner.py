@@ -190,13 +190,14 @@ class OwnerSide:
 
     # --- own blocks -----------------------------------------------------------------------------
 
-    def on_sealed(self, block: Block) -> None:
+    def on_sealed(self, block: Block, prev_header: bytes | None = None) -> None:
         sh = block.header
         h = sh.header.height
         body = block.encode()
-        prev: bytes | None = None
-        if h > 0 and self._last_header is not None and self._last_header[0] == h - 1:
-            prev = self._last_header[1]
+        prev = prev_header if h > 0 else None
+        last = self._last_header
+        if prev is None and h > 0 and last is not None and last[0] == h - 1:
+            prev = last[1]
         self._last_header = (h, sh.wire)
         if not self._track(OwnBlockInfo(h, sh.header.epoch, sh.hash, len(body))):
             return

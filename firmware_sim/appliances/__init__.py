@@ -1,14 +1,16 @@
 """Appliance models: refrigerator, washing machine, medical freezer, and their factory.
 
 ``make_appliance(kind, name, params, rng, start_ms)`` builds a model from a plain mapping of
-parameter overrides (validated into the kind's frozen params dataclass); ``PARAMS_TYPES`` maps each
-kind to that dataclass so configuration can list valid keys and defaults.
+parameter overrides (validated into the kind's frozen params dataclass). ``APPLIANCE_TYPES`` is the
+one registry of appliance kinds: each kind's model class; ``PARAMS_TYPES`` maps each kind to its
+params dataclass so configuration can list valid keys and defaults.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from typing import Any
 
 from firmware_sim.appliances.base import Appliance, ApplianceError
 from firmware_sim.appliances.medical_freezer import MedicalFreezer
@@ -24,9 +26,17 @@ from firmware_sim.appliances.params import (
 from firmware_sim.appliances.refrigerator import Refrigerator
 from firmware_sim.appliances.washing_machine import WashingMachine
 
+# The one registry of appliance kinds: each kind's model class (its params dataclass is
+# PARAMS_TYPES[kind]).
+APPLIANCE_TYPES: dict[str, type[Appliance]] = {
+    "refrigerator": Refrigerator,
+    "washing_machine": WashingMachine,
+    "medical_freezer": MedicalFreezer,
+}
 KINDS = tuple(PARAMS_TYPES)
 
 __all__ = [
+    "APPLIANCE_TYPES",
     "KINDS",
     "PARAMS_TYPES",
     "Appliance",
@@ -56,8 +66,6 @@ def make_appliance(
     Raises ParamsError (a ValueError) for an unknown kind or a bad parameter override.
     """
     built = build_params(kind, params)
-    if kind == "refrigerator":
-        return Refrigerator(name, rng, start_ms, built)
-    if kind == "washing_machine":
-        return WashingMachine(name, rng, start_ms, built)
-    return MedicalFreezer(name, rng, start_ms, built)
+    model: Any = APPLIANCE_TYPES[kind]  # each class takes its own kind's params dataclass
+    appliance: Appliance = model(name, rng, start_ms, built)
+    return appliance

@@ -27,6 +27,8 @@ class ApplianceError(ValueError):
 
 class Appliance(ABC):
     kind: str = ""
+    # What a simulated appliance of this kind calls its model (a device certificate's default).
+    model_name: str = ""
 
     def __init__(self, name: str, rng: random.Random, start_ms: int) -> None:
         self.name = name

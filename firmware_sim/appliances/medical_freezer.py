@@ -48,6 +48,7 @@ def _c(mc: float) -> str:
 
 class MedicalFreezer(EventLoopAppliance):
     kind = "medical_freezer"
+    model_name = "edgefleet sim plasma freezer"
 
     def __init__(
         self,

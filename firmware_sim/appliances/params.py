@@ -289,6 +289,18 @@ def param_defaults(kind: str) -> dict[str, object]:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(cls: type[Any]) -> dict[str, Any]:
+    # Resolving the string annotations costs about a millisecond per call: once per params
+    # class, not once per device (a 100,000-device group spent 70 s here).
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def _params_type(kind: str) -> type[Any]:
     try:
         return PARAMS_TYPES[kind]
@@ -324,7 +336,7 @@ def build_params(kind: str, overrides: Mapping[str, object] | None) -> Any:
     Raises ParamsError (a ValueError) naming the offending key and the kind.
     """
     cls = _params_type(kind)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     valid = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, object] = {}
     for key, value in (overrides or {}).items():

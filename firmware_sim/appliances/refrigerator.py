@@ -41,6 +41,7 @@ def _c(mc: float) -> str:
 
 class Refrigerator(EventLoopAppliance):
     kind = "refrigerator"
+    model_name = "edgefleet sim fridge-freezer"
 
     def __init__(
         self,

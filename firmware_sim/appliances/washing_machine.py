@@ -53,6 +53,7 @@ HEAT_TIMEOUT_MS = 3 * 3_600_000
 
 class WashingMachine(EventLoopAppliance):
     kind = "washing_machine"
+    model_name = "edgefleet sim washer"
 
     def __init__(
         self,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
+import time
+import tracemalloc
 import typing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.cli.main import build_parser, main
 from agent.config.devices import (
     DEVICE_KINDS,
     ConfigError,
@@ -20,7 +24,13 @@ from agent.config.devices import (
     parse_duration_ms,
     parse_fleet,
 )
-from firmware_sim.appliances import PARAMS_TYPES, RefrigeratorParams, WashingMachineParams
+from agent.config.yamlload import MAX_NODES, read_yaml
+from firmware_sim.appliances import (
+    APPLIANCE_TYPES,
+    PARAMS_TYPES,
+    RefrigeratorParams,
+    WashingMachineParams,
+)
 from firmware_sim.fleet import Outage
 from firmware_sim.sensors.faults import FaultSpec
 from firmware_sim.world import DAY_MS, HOUR_MS, SITE_KINDS
@@ -94,7 +104,17 @@ def test_the_sample_devices_yaml_loads() -> None:
     assert cfg.world.shopping.at_min == 17 * 60 + 30
     assert cfg.world.laundry.weekdays == (2, 5)
     assert cfg.world.blood.transit_ms == 3 * HOUR_MS
-    assert [d.name for d in cfg.fleet_spec().devices] == [d.name for d in cfg.devices]
+    spec = cfg.fleet_spec()  # firmware_sim's own specs, handed over as they are, not copied
+    assert spec.devices == tuple(d.spec for d in cfg.devices)
+    assert spec.sites == tuple(s.spec for s in cfg.sites)
+
+
+def test_the_kinds_and_default_models_are_firmware_sims() -> None:
+    cfg = parse_fleet(BASE, "x.yaml")
+    assert {d.kind for d in cfg.devices} == set(APPLIANCE_TYPES) == set(DEVICE_KINDS)
+    for d in cfg.devices:
+        assert d.model == APPLIANCE_TYPES[d.kind].model_name != ""
+    assert cfg.device("fridge-1").model == "edgefleet sim fridge-freezer"  # in certificates
 
 
 def test_defaults_fill_everything_not_given() -> None:
@@ -335,6 +355,15 @@ BAD_FILES: dict[str, tuple[dict[str, Any], str]] = {
         f"{F}: site 'h1' (sites[0] i=1): field 'owner': only the placeholder",
     ),
     "no-devices": (doc(devices=[]), f"{F}: field 'devices': List should have at least 1 item"),
+    "too-many-devices": (
+        doc(
+            devices=[
+                {"name": f"f{k}-{{i}}", "count": 60_000, "kind": "refrigerator", "site": "home-1"}
+                for k in range(1000)
+            ]
+        ),
+        f"{F}: field 'devices': expected at most 100,000 devices in all, found 60,000,000",
+    ),
     "seed-not-int": (doc(seed="42"), f"{F}: field 'seed': Input should be a valid integer"),
 }
 
@@ -363,21 +392,28 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "'params.fridge_setpoint_mc'",
         "'site'",
     ]
-    assert all(p.startswith(f"{path}: device ") for p in info.value.problems)
+    lines = path.read_text().splitlines()
+    keys = ("fridge_setpoint_mc", "site")
+    for problem, key in zip(sorted(info.value.problems), keys, strict=True):
+        # each problem names the file and the line of its field, then the device
+        n = int(problem.removeprefix(f"{path}: line ").split(":")[0])
+        assert problem.startswith(f"{path}: line {n}: device "), problem
+        assert lines[n - 1].strip().startswith(f"{key}:"), (problem, lines[n - 1])
 
 
 def test_files_that_are_not_yaml_mappings(tmp_path: Path) -> None:
     cases = {"missing.yaml": None, "broken.yaml": "devices: [unclosed", "list.yaml": "- 1\n"}
     expected = {
         "missing.yaml": "cannot read",
-        "broken.yaml": "not valid YAML",
+        "broken.yaml": r"line 2, column 1: not valid YAML: did not find expected ',' or ']' "
+        r"\(while parsing a flow sequence at line 1\)$",
         "list.yaml": "expected a mapping at the top level, found list",
     }
     for name, text in cases.items():
         path = tmp_path / name
         if text is not None:
             path.write_text(text)
-        with pytest.raises(ConfigError, match=f"^{path}: {expected[name]}"):
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {expected[name]}"):
             load_fleet(path)
 
 
@@ -409,3 +445,159 @@ def test_durations(text: str, ms: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration like '90s'"):
         parse_duration_ms(text)
+
+
+# ------------------------------------------------------------------ input edges, through the CLI
+# Each hostile or mistaken devices.yaml is refused by `edgefleet run` with exit 2 and one line
+# on stderr naming the file, the line and what was expected, before anything is created.
+
+FLEET_HEAD = """\
+fleet: t
+start: 2025-01-06T00:00:00Z
+sites:
+  - {id: home-1, kind: household}
+"""
+FRIDGE = "  - {name: fridge-1, kind: refrigerator, site: home-1}\n"
+
+
+def run_refused(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI on ``text`` as devices.yaml; return its one line of error (without prefix)."""
+    path = tmp_path / "devices.yaml"
+    path.write_text(text)
+    data = tmp_path / "data"
+    args = ["run", "--devices", str(path), "--data", str(data), "--for", "1m", "--no-view"]
+    status = main([*args, "--broker", "memory"])
+    err = capsys.readouterr().err
+    assert (status, err.count("\n")) == (2, 1), f"exit {status}, stderr {err[:2000]!r}"
+    assert err.startswith(f"edgefleet: error: {path}: "), err
+    assert not data.exists(), "a refused devices.yaml created the data dir"
+    return err.removeprefix(f"edgefleet: error: {path}: ").rstrip("\n")
+
+
+def test_an_alias_bomb_is_refused_fast_and_small(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nine levels of nine aliases: 9**9 (387 million) strings from 700 bytes of YAML.
+    bomb = 'lol0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f"lol{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]\n" for k in range(1, 9)
+    )
+    text = FLEET_HEAD + "devices:\n" + FRIDGE + bomb
+    build_parser()  # import every command first: what is measured is the refusal alone
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        err = run_refused(tmp_path, text, capsys)
+        took = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # line 12 (lol5, 9**6 strings) is the first to expand past the budget
+    assert err == (
+        f"line 12: the document expands to more than {MAX_NODES:,} nodes, each alias counted "
+        "as a copy of what it names; a devices.yaml needs far fewer (an alias bomb?)"
+    )
+    assert took < 1.0, f"refusing the bomb took {took:.2f} s"
+    assert peak < 20 << 20, f"refusing the bomb peaked at {peak >> 20} MiB"
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_refused(tmp_path, FLEET_HEAD + "devices:\n" + FRIDGE + "loop: &x [*x]\n", capsys)
+    assert err == "line 7: an alias contains itself (a recursive alias); remove it"
+
+
+def test_a_document_within_the_node_budget_still_loads(tmp_path: Path) -> None:
+    # Aliases are fine while their expansion stays under the budget (here 9**4 = 6,561 nodes).
+    ok = 'x0: &a0 ["a","a","a","a","a","a","a","a","a"]\n' + "".join(
+        f"x{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]\n" for k in range(1, 4)
+    )
+    path = tmp_path / "devices.yaml"
+    path.write_text(ok)
+    data, _ = read_yaml(path)
+    assert isinstance(data, dict) and len(data["x3"][8][8][8]) == 9
+
+
+@pytest.mark.parametrize("width", ["99999999", "999999999", "64"])
+def test_a_huge_width_in_a_name_template_is_one_short_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], width: str
+) -> None:
+    text = (
+        FLEET_HEAD
+        + "devices:\n"
+        + f"  - {{name: 'f-{{i:>{width}}}', count: 2, kind: refrigerator, site: home-1}}\n"
+    )
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        f"line 6: device 'f-{{i:>{width}}}' (devices[0] i=1): field 'name': bad pattern "
+        f"'f-{{i:>{width}}}': width or precision {int(width)} is above 63 (the longest name)"
+    )
+
+
+def test_a_long_name_pattern_is_refused_without_echoing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = "f{i}" + "x" * 100_000
+    text = FLEET_HEAD + "devices:\n" + f"  - {{name: '{name}', count: 300, kind: refrigerator, "
+    err = run_refused(tmp_path, text + "site: home-1}\n", capsys)
+    assert "field 'name': expected at most 200 characters, found 100,004" in err, err
+    assert len(err) < 400, err
+
+
+def test_an_impossible_date_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = FLEET_HEAD.replace("2025-01-06T00:00:00Z", "2025-13-45") + "devices:\n" + FRIDGE
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        "line 2, column 8: not valid YAML: cannot read '2025-13-45' as timestamp: "
+        "month must be in 1..12"
+    )
+
+
+def test_a_duplicate_key_names_the_key_and_both_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = FLEET_HEAD + "devices:\n  - name: fridge-1\n    kind: refrigerator\n"
+    text += "    site: home-1\n    kind: washing_machine\n"
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        "line 9: duplicate key 'kind' (first at line 7): YAML would keep only the last; remove one"
+    )
+
+
+def test_a_syntax_error_names_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run_refused(tmp_path, FLEET_HEAD + "devices:\n  - {name: f, kind: [\n", capsys)
+    assert err.startswith("line 7, column 1: not valid YAML: "), err
+    assert "<unicode string>" not in err
+
+
+def test_a_wrong_site_pattern_in_a_group_of_300_is_one_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = FLEET_HEAD + "devices:\n" + FRIDGE
+    text += "  - name: fridge-{i:03d}\n    count: 300\n    kind: refrigerator\n"
+    text += "    site: home-{i:03d}\n"
+    err = run_refused(tmp_path, text, capsys)
+    assert err == (
+        "line 10: 300 devices of group 'fridge-{i:03d}' (devices[1] i=1..300; the first "
+        "shown): field 'site': no site 'home-001'; sites are ['home-1']"
+    )
+
+
+def test_a_start_outside_the_supported_years_is_refused() -> None:
+    with pytest.raises(ConfigError, match="field 'start': expected a start from 1970 to 2999"):
+        parse_fleet(doc(start=datetime(1969, 12, 31, tzinfo=UTC)), F)
+
+
+def test_a_bad_param_in_a_group_is_one_problem_and_a_good_one_is_shared() -> None:
+    group = {"name": "f-{i}", "count": 300, "kind": "refrigerator", "site": "home-1"}
+    with pytest.raises(ConfigError) as info:
+        parse_fleet(doc(devices=[{**group, "params": {"fridge_setpoint_mc": "cold"}}]), F)
+    assert info.value.problems == (
+        f"{F}: 300 devices of group 'f-{{i}}' (devices[0] i=1..300; the first shown): field "
+        "'params.fridge_setpoint_mc': parameter 'fridge_setpoint_mc' expects int, found str "
+        "'cold'",
+    )
+    cfg = parse_fleet(doc(devices=[{**group, "params": {"fridge_setpoint_mc": 4500}}]), F)
+    assert {d.params for d in cfg.devices} == {RefrigeratorParams(fridge_setpoint_mc=4500)}

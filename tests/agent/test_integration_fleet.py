@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import shutil
 import sqlite3
+import time
 from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
@@ -43,7 +44,9 @@ from tests.agent.runner_helpers import (
     verify,
     write_fleet,
 )
-from tests.agent.test_reliability import RESTART_SPEED, _duplicates, _ride_out
+from tests.agent.test_reliability import _duplicates, until
+
+pytestmark = pytest.mark.slow  # whole fleets, real brokers and processes: minutes in all
 
 SEED = 11
 MIN_MS = 60_000
@@ -242,6 +245,55 @@ def assert_fleet_whole(cfg: FleetConfig, data: Path, result: RunResult, what: st
 
 
 # --------------------------------------------------------------------------- real brokers
+
+RESTART_SPEED = 1_800.0  # simulated seconds per wall second: 2 h take about 4 s
+
+
+@dataclasses.dataclass(frozen=True)
+class Outage:
+    result: RunResult
+    sealed_while_down: int
+    down_sim_ms: int
+    drain_s: float
+
+
+async def _ride_out(runner: FleetRunner, broker: MosquittoBroker, n: int) -> Outage:
+    task = asyncio.create_task(runner.run())
+    agents = runner.agents
+
+    def sim() -> int:
+        return 0 if runner.data_clock is None else runner.data_clock.now_ms()
+
+    def heights() -> dict[str, int]:
+        out = {}
+        for a in agents.values():
+            head = a.store.head()
+            out[a.device_id] = -1 if head is None else head.header.height
+        return out
+
+    start = runner.cfg.start_ms
+    await until(lambda: len(agents) == n and sim() >= start + HOUR_MS // 2, "30 min", task, runner)
+    await asyncio.to_thread(broker.kill)
+    await until(
+        lambda: not any(a.transport.connected for a in agents.values()), "all offline", task, runner
+    )
+    down_at, before = sim(), sum(heights().values())
+    await until(lambda: sim() >= down_at + HOUR_MS // 3, "20 min offline", task, runner)
+    sealed = sum(heights().values()) - before
+    await asyncio.to_thread(broker.start_sync)  # same port, an empty broker
+    restarted, down_ms, target = time.monotonic(), sim() - down_at, heights()
+
+    def drained() -> bool:
+        for a in agents.values():
+            for peer in a.peer_ids:
+                held = a.node.head(peer)
+                if (-1 if held is None else held.header.height) < target[peer]:
+                    return False
+        return True
+
+    await until(drained, "every peer to hold what was sealed before the restart", task, runner)
+    drain_s = time.monotonic() - restarted
+    return Outage(await task, sealed, down_ms, drain_s)
 
 
 def run_twenty(cfg: FleetConfig, data: Path, broker: str) -> RunResult:

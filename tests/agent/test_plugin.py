@@ -168,6 +168,7 @@ def test_verify_passes_then_names_a_tampered_reading(mini: FleetReplay) -> None:
         mini.verify()
 
 
+@pytest.mark.slow
 def test_without_a_trace_the_fleet_is_simulated_for_a_duration(
     tmp_path: Path, edgefleet_replay: Replayer
 ) -> None:

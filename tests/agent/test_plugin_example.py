@@ -39,6 +39,7 @@ def first_day(
     return edgefleet_replay(trace, devices=devices)
 
 
+@pytest.mark.slow
 def test_first_day_of_the_blood_chain(first_day: FleetReplay) -> None:
     fleet = first_day
     assert fleet.converged

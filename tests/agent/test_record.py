@@ -98,8 +98,9 @@ def test_a_bad_devices_file_is_one_clear_error(
     out = tmp_path / "t.jsonl"
     assert main(["record", "--devices", str(bad), "--for", "1h", "--out", str(out)]) == 2
     err = capsys.readouterr().err
+    line = 1 + next(n for n, text in enumerate(bad.read_text().splitlines()) if "colour" in text)
     assert err.startswith(
-        f"edgefleet: error: {bad}: device 'freezer-station' (devices[2]): "
+        f"edgefleet: error: {bad}: line {line}: device 'freezer-station' (devices[2]): "
         "field 'params.colour': unknown parameter 'colour'"
     )
     assert not out.exists()

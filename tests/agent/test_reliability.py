@@ -1,7 +1,10 @@
-"""Faults against whole runs (the reliability matrix): agent SIGKILL, broker SIGKILL, shards.
+"""Faults against whole runs (the reliability matrix): agent SIGKILL, SIGTERM, shards. The broker
+SIGKILL runs on the 20-device fleet, in test_integration_fleet.py, with the stronger checks.
 
-Every test reports its figure with its seed. Waiting is polling with an upper bound (stores read
-through read-only SQLite connections, or the runner's own state in process), never a fixed sleep.
+Every test reports its figure with its seed. Waiting is polling a condition (stores read through
+read-only SQLite connections, or the runner's own state in process, checked on the run's
+simulated clock: ``until``), never a fixed sleep; wall-clock limits only turn a hang into a
+failure.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.config.devices import FleetConfig, load_fleet
-from agent.fleet.runner import FleetRunner, RunOptions, RunResult
+from agent.fleet.runner import FleetRunner, RunResult
 from agent.transport.brokers import MosquittoBroker
 from tests.agent.conftest import require_mosquitto
 from tests.agent.runner_helpers import (
-    FAST_GOSSIP,
     HOUR_MS,
     SAMPLE_FLEET,
     ChainView,
@@ -42,7 +45,9 @@ from tests.agent.runner_helpers import (
     write_fleet,
 )
 
-WAIT_S = 60.0  # upper bound for one awaited event; normally well under a second
+pytestmark = pytest.mark.slow  # whole fleets, real brokers and processes: minutes in all
+
+WAIT_S = 300.0  # hang guard for one awaited event of a subprocess; normally well under a second
 
 
 def agent_cmd(fleet: Path, data: Path, *extra: str) -> list[str]:
@@ -277,110 +282,43 @@ def test_sigterm_stops_cleanly_and_the_next_run_continues_where_it_stopped(
     assert verify(data).ok
 
 
-# --------------------------------------------------------------------------- broker SIGKILL
+# --------------------------------------------------------------------------- waiting on a run
 
-RESTART_SPEED = 1_800.0  # simulated seconds per wall second: 2 h take about 4 s
+SAFETY_S = 900.0  # a hang guard for one awaited condition, never a budget: see until()
 
 
 async def until(
-    condition: Callable[[], bool], what: str, task: asyncio.Task[RunResult] | None = None
+    condition: Callable[[], bool],
+    what: str,
+    task: asyncio.Task[RunResult] | None = None,
+    runner: FleetRunner | None = None,
+    step_ms: int = 1_000,
 ) -> None:
-    deadline = time.monotonic() + WAIT_S
+    """Wait until ``condition()`` holds while a fleet runs (``task``: its ``run()``).
+
+    With ``runner``, the condition is checked after every ``step_ms`` of the run's simulated
+    time: a loaded machine slows the run and the checks alike, so no wall-clock budget can be
+    missed. The limit that counts is the run's own end (``task`` done with the condition still
+    false fails, with the run's own error if it raised). Before the run has made its clock, and
+    without ``runner``, the condition is checked on every 10 ms turn of the loop. ``SAFETY_S``
+    of wall time only turns a hang into a failure."""
+    hang = time.monotonic() + SAFETY_S
     while not condition():
         if task is not None and task.done():
             task.result()  # raise the run's own error
+            if condition():
+                return
             raise AssertionError(f"the run ended while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@dataclasses.dataclass(frozen=True)
-class Outage:
-    result: RunResult
-    sealed_while_down: int
-    down_sim_ms: int
-    drain_s: float
-
-
-async def _ride_out(runner: FleetRunner, broker: MosquittoBroker, n: int) -> Outage:
-    task = asyncio.create_task(runner.run())
-    agents = runner.agents
-
-    def sim() -> int:
-        return 0 if runner.data_clock is None else runner.data_clock.now_ms()
-
-    def heights() -> dict[str, int]:
-        out = {}
-        for a in agents.values():
-            head = a.store.head()
-            out[a.device_id] = -1 if head is None else head.header.height
-        return out
-
-    start = runner.cfg.start_ms
-    await until(lambda: len(agents) == n and sim() >= start + HOUR_MS // 2, "30 min", task)
-    await asyncio.to_thread(broker.kill)
-    await until(
-        lambda: not any(a.transport.connected for a in agents.values()), "all offline", task
-    )
-    down_at, before = sim(), sum(heights().values())
-    await until(lambda: sim() >= down_at + HOUR_MS // 3, "20 min offline", task)
-    sealed = sum(heights().values()) - before
-    await asyncio.to_thread(broker.start_sync)  # same port, an empty broker
-    restarted, down_ms, target = time.monotonic(), sim() - down_at, heights()
-
-    def drained() -> bool:
-        for a in agents.values():
-            for peer in a.peer_ids:
-                held = a.node.head(peer)
-                if (-1 if held is None else held.header.height) < target[peer]:
-                    return False
-        return True
-
-    await until(drained, "every peer to hold what was sealed before the restart", task)
-    drain_s = time.monotonic() - restarted
-    return Outage(await task, sealed, down_ms, drain_s)
-
-
-@pytest.mark.mosquitto
-def test_a_run_rides_out_a_mosquitto_sigkill_and_restart(
-    mosquitto: MosquittoBroker, tmp_path: Path
-) -> None:
-    cfg = load_fleet(write_fleet(tmp_path))
-    data = tmp_path / "data"
-    runner = FleetRunner(
-        cfg,
-        RunOptions(
-            data=data,
-            broker=mosquitto.endpoint.url,
-            for_ms=2 * HOUR_MS,
-            speed=RESTART_SPEED,
-            view=False,
-            gossip=FAST_GOSSIP,
-            settle_s=30.0,
-        ),
-    )
-    out = asyncio.run(_ride_out(runner, mosquitto, len(cfg.devices)))
-    result = out.result
-    assert out.sealed_while_down > 0, "no block sealed while the broker was down: no outage"
-    reconnects = [a.transport.stats().reconnects for a in result.devices.values()]
-    assert all(r >= 1 for r in reconnects), f"reconnects per device: {reconnects}"
-    assert result.sim_end_ms - result.sim_start_ms == 2 * HOUR_MS
-    report = verify(data)
-    lost = result.samples - report.readings
-    figure = (
-        f"lost = {lost} of {result.samples} readings over 1 restart (SIGKILL, "
-        f"{out.down_sim_ms // 60_000} simulated min down, {out.sealed_while_down} blocks sealed "
-        f"meanwhile); time to drain {out.drain_s:.2f} s"
-    )
-    assert result.converged, f"not converged after the restart; {figure}"
-    assert report.ok, f"{figure}; verify: {report.failures()}"
-    assert lost == 0, figure
-    missing = missing_heads(cfg, data)
-    assert missing == [], f"{figure}; missing heads: {missing}"
-    evidence = sum(v.evidence for v in read_fleet(data).values())
-    assert evidence == 0, f"{figure}; redelivery produced {evidence} fork evidence"
-    print(figure)  # the figure for the issue note (pytest -s)
+        if time.monotonic() > hang:
+            raise AssertionError(f"hung: {SAFETY_S} s of wall time waiting for {what}")
+        clock = None if runner is None else runner.data_clock
+        tick = asyncio.ensure_future(
+            asyncio.sleep(0.01) if clock is None else clock.sleep_until(clock.now_ms() + step_ms)
+        )
+        waits: set[asyncio.Future[Any]] = {tick} if task is None else {tick, task}
+        # Simulated time stops when the run does: the hang guard still bounds the tick.
+        await asyncio.wait(waits, timeout=SAFETY_S, return_when=asyncio.FIRST_COMPLETED)
+        tick.cancel()
 
 
 # --------------------------------------------------------------------------- shards

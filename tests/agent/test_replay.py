@@ -53,6 +53,7 @@ def replay(trace: Path, data: Path, *extra: str, devices: Path = DEVICES) -> int
     return main(["replay", str(trace), "--devices", str(devices), "--data", str(data), *extra])
 
 
+@pytest.mark.slow
 def test_replayed_chains_hold_exactly_the_recorded_samples(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -187,6 +187,7 @@ def churn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Churn, FleetConfig,
     return asyncio.run(_churn(runner)), cfg, data
 
 
+@pytest.mark.slow
 def test_repair_brings_every_block_back_to_r_live_copies_after_a_holder_leaves_and_another_drops(
     churn: tuple[Churn, FleetConfig, Path],
 ) -> None:
@@ -214,6 +215,7 @@ def test_repair_brings_every_block_back_to_r_live_copies_after_a_holder_leaves_a
     assert verify(data).ok
 
 
+@pytest.mark.slow
 def test_no_holder_can_read_a_household_reading_it_stores(
     churn: tuple[Churn, FleetConfig, Path],
 ) -> None:

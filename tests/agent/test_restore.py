@@ -390,6 +390,7 @@ def _self_forks(data: Path, published: list[bytes]) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_a_wiped_device_restores_100_percent_and_continues_its_chain_in_the_same_epoch(
     ran: Ran, tmp_path: Path
 ) -> None:
@@ -418,6 +419,7 @@ def test_a_wiped_device_restores_100_percent_and_continues_its_chain_in_the_same
     print(f"{figure}; next block at height {n} links to the old head, no fork")
 
 
+@pytest.mark.slow
 def test_a_wiped_device_whose_newest_bodies_are_nowhere_opens_a_new_epoch(
     ran: Ran, tmp_path: Path
 ) -> None:
@@ -463,6 +465,7 @@ def test_a_wiped_device_whose_newest_bodies_are_nowhere_opens_a_new_epoch(
     assert _self_forks(data, ran.published) == []
 
 
+@pytest.mark.slow
 def test_restore_refuses_a_store_that_is_not_empty(ran: Ran, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(ran.data, data)

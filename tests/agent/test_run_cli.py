@@ -6,7 +6,11 @@ anything is created on disk.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import pytest
 from agent.cli.main import main
 from tests.agent.runner_helpers import write_fleet
 
+ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(
     r"^sim \d{4}-\d\d-\d\d \d\d:\d\d x[\d,]+ devices (\d+) blocks (\d+) readings (\d+) "
     r"alarms \d+ lag \d+ sent/s [\d,]+ invalid (\d+)$"
@@ -100,7 +105,14 @@ def test_a_bad_devices_file_exits_2_naming_the_file(
         ("--for", "an hour", "found 'an hour'"),
         ("--for", "90", "found '90'"),
         ("--block-age", "5", "found '5'"),
-        ("--block-readings", "0", "max_readings must be in 1..4096, found 0"),
+        ("--block-readings", "0", "--block-readings/--block-age: max_readings must be in 1..4096"),
+        ("--settle", "-1", "--settle: expected seconds from 0 to 86400 (a day), found '-1'"),
+        ("--settle", "nan", "--settle: expected seconds from 0 to 86400 (a day), found 'nan'"),
+        ("--settle", "inf", "--settle: expected seconds from 0 to 86400 (a day), found 'inf'"),
+        ("--settle", "soon", "--settle: expected a number of seconds, found 'soon'"),
+        ("--seed", str(2**64), f"--seed: expected a signed 64-bit integer, found {2**64}"),
+        ("--for", "99999999999w", "expected a duration of at most 100 years"),
+        ("--device", "fridge-2", "--device fridge-2: no device of that name in "),
     ],
 )
 def test_a_bad_flag_exits_2_with_one_clear_line_and_touches_nothing(
@@ -123,3 +135,44 @@ def test_a_bad_flag_exits_2_with_one_clear_line_and_touches_nothing(
     assert (status, err.count("\n")) == (2, 1), f"{flag}={value}: exit {status}, stderr {err!r}"
     assert err.startswith("edgefleet: error: ") and expected in err, err
     assert not data.exists(), f"{flag}={value}: the refused run created {data}"
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_a_data_dir_that_cannot_be_one_exits_2_with_one_line(
+    fleet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory\n")
+    data = tmp_path / where
+    args = ["run", "--devices", str(fleet), "--data", str(data), "--for", "1m", "--no-view"]
+    status = main([*args, "--broker", "memory"])
+    err = capsys.readouterr().err
+    assert (status, err.count("\n")) == (2, 1), f"exit {status}, stderr {err!r}"
+    expected = {
+        "a-file": f"--data {data}: expected a directory, found a file",
+        "a-file/below": f"--data {data}: cannot create the data dir: Not a directory",
+    }[where]
+    assert err.startswith(f"edgefleet: error: {expected}"), err
+    assert (tmp_path / "a-file").read_text() == "not a directory\n"
+
+
+@pytest.mark.subprocess
+def test_json_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`edgefleet ... --json | head`: the reader is gone before we write; no traceback."""
+    root = tmp_path / "fleet-root.json"
+    root.write_text(
+        json.dumps({"format": "edgefleet-root/1", "public": "ab" * 32, "key_id": "cd" * 8})
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone: every write to the pipe fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.cli.main", "keys", "show", str(root), "--json"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, b"")

@@ -95,6 +95,7 @@ def six_hours(
     return simulate(cfg, data, 6), data
 
 
+@pytest.mark.slow
 def test_six_simulated_hours_of_the_sample_fleet_converge_verify_and_lose_nothing(
     cfg: FleetConfig, six_hours: tuple[RunResult, Path]
 ) -> None:
@@ -115,6 +116,7 @@ def test_six_simulated_hours_of_the_sample_fleet_converge_verify_and_lose_nothin
     assert forks == 0, f"fork evidence = {forks} in an honest run, seed {SEED}"
 
 
+@pytest.mark.slow
 def test_the_same_seed_and_keys_give_identical_heads_and_another_seed_differs(
     cfg: FleetConfig,
     keys: Path,
@@ -142,6 +144,7 @@ def test_the_same_seed_and_keys_give_identical_heads_and_another_seed_differs(
     )
 
 
+@pytest.mark.slow
 def test_a_fresh_data_dir_with_the_same_seed_records_the_same_readings(
     cfg: FleetConfig, six_hours: tuple[RunResult, Path], tmp_path: Path
 ) -> None:
@@ -158,6 +161,7 @@ def test_a_fresh_data_dir_with_the_same_seed_records_the_same_readings(
 # --------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_a_second_run_resumes_the_chains_and_the_simulated_time(
     cfg: FleetConfig, keys: Path, tmp_path: Path
 ) -> None:
@@ -237,6 +241,7 @@ def assert_converged_over_mqtt(cfg: FleetConfig, data: Path, result: RunResult, 
     assert_nothing_lost(result, data, what)
 
 
+@pytest.mark.slow
 def test_two_hours_over_the_embedded_broker_converge_and_verify(
     cfg: FleetConfig, tmp_path: Path
 ) -> None:

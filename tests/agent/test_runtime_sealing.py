@@ -1,103 +1,73 @@
-"""When the runtime seals: the decision is taken inside the store job, under the device's store
-lock, from what the chain writer holds then, not from what the event loop believed when it
-queued the job.
+"""When the runtime seals: the decision is taken inside the store job, from what the chain
+writer holds when the job runs, not from what the event loop believed when it queued the job.
 
-A real DeviceAgent with a real gossip core, a real SQLite store and real executor threads; the
-data clock is a SimClock the test moves.
+A real DeviceAgent with a real gossip core and a real SQLite store, driven through its public
+methods on a simulated clock. The store jobs go through an executor the test can hold
+(``InlineExecutor``), as a busy store thread would: jobs queued meanwhile run later, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
-from agent.device.runtime import DeviceAgent
 from agent.device.sealing import SealPolicy
-from agent.gossip.node import GossipNode
-from agent.protocol.auth import KeySigner
 from agent.protocol.sim import START_MS, Authority
-from agent.transport.base import Transport
-from firmware_sim.clock import RealClock, SimClock
+from firmware_sim.clock import SimClock
 from firmware_sim.samples import Sample
-from ledger.chain import ChainWriter
 from ledger.identity import SigningKey
 from ledger.store import Store
 
-from .test_runtime_writes import Recording
+from .test_runtime_writes import InlineExecutor, make_agent, run_agent
 
 AGE_MS = 10_000
 
 
 def test_a_seal_the_timer_found_due_is_checked_again_when_its_job_runs(tmp_path: Path) -> None:
-    """The seal timer wakes with a seal due and queues its job; another job of the device gets
-    the lock first, seals, and makes the next reading durable. The timer's job then finds no
-    seal due (its one pending reading is brand new) and seals nothing: no one-reading block."""
+    """The seal timer wakes with a seal due and queues its job, behind two jobs of the device
+    still waiting for the store: a seal (``seal_now``) and a batch with a new reading. When the
+    timer's job runs, its one pending reading is brand new: it seals nothing (no one-reading
+    block), and seals that reading once it is due."""
     rng = random.Random(5)
     authority = Authority(rng)
     key = SigningKey(rng.randbytes(32))
-    dev = key.public.device_id
     store = Store(tmp_path / "store.sqlite")
-    executor = ThreadPoolExecutor(2)
     clock = SimClock(START_MS)
-    agent = DeviceAgent(
-        name="fridge-1",
-        writer=ChainWriter(store, key, dev),
-        node=GossipNode(
-            dev,
-            {"home": {dev}},
-            authority.roots,
-            random.Random(1),
-            now_ms=START_MS,
-            signer=KeySigner(key),
-        ),
-        transport=cast(Transport, Recording()),
-        data_clock=clock,
-        net_clock=RealClock(),
-        policy=SealPolicy(max_readings=64, max_age_ms=AGE_MS),
+    executor = InlineExecutor()
+    agent, _ = make_agent(
+        store,
+        key,
+        authority,
+        clock=clock,
         executor=executor,
-        peer_ids=[],
+        policy=SealPolicy(max_readings=64, max_age_ms=AGE_MS),
     )
+    due = START_MS + AGE_MS
 
-    def sample(at: int) -> Sample:
-        return Sample(at, "temp_mc", 4_000 + at % 1_000)
+    def shape() -> tuple[list[int], int]:
+        return [len(b.readings) for b in store.blocks()], store.pending_count()
 
-    async def main() -> None:
-        await agent.start([])
-        run = asyncio.create_task(agent.run())
-        try:
-            await agent.submit([sample(START_MS)])
-            await agent.drained()
-            assert (store.block_count(), store.pending_count()) == (0, 1)
-            due = START_MS + AGE_MS
-            async with agent._store_lock:  # as a store job of the device holds it
-                clock.advance_to(due)  # the timer wakes, finds a seal due, queues its job
-                await asyncio.sleep(0.05)
-                # The job that holds the lock: a batch that seals, then the next batch.
-                sealed = agent._sign_and_store([sample(due)], due)
-                assert len(sealed) == 1
-                assert agent._sign_and_store([sample(due + 500)], due + 500) == []
-            await agent._locked(store.block_count)  # queued after the timer's job
-            await agent._announce(sealed)  # as the batch's ingest does after its job
-            assert (store.block_count(), store.pending_count()) == (1, 1)
-            # The timer sleeps again, until the new reading is due, and seals it then.
-            clock.advance_to(due + 500 + AGE_MS)
-            for _ in range(100):
-                if store.block_count() == 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert [len(b.readings) for b in store.blocks()] == [2, 1]
-        finally:
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
-        await agent.shutdown()
+    async def scenario() -> None:
+        await agent.submit([Sample(START_MS, "temp_mc", 4_000)])
+        await agent.drained()
+        assert shape() == ([], 1)
+        executor.hold()  # the store is busy from here on
+        sealing = asyncio.create_task(agent.seal_now())
+        await agent.submit([Sample(due - 1, "temp_mc", 4_001)])
+        # The seal timer wakes at `due` and finds its seal due: the reading of START_MS is
+        # still pending as far as anyone can tell. Its job queues behind the other two.
+        await clock.sleep_until(due)
+        assert shape() == ([], 1) and len(executor.held) == 1  # only seal_now's job started
+        executor.release()
+        await sealing
+        await agent.drained()
+        await clock.sleep_until(due + 1)  # every job queued by then has run
+        assert shape() == ([1], 1), "the timer's job sealed a reading that was not due"
+        await clock.sleep_until(due - 1 + AGE_MS + 1)  # the new reading's own deadline
+        assert shape() == ([1, 1], 0)
 
     try:
-        asyncio.run(main())
+        run_agent(clock, agent, [], scenario)
     finally:
-        executor.shutdown()
         store.close()

@@ -1,9 +1,14 @@
-"""How the runtime writes accepted peer headers: with the device's next store work (one commit
-and one trip to the executor instead of one each), or on their own shortly after when no store
-work comes; and never out of sight of a pull served from the store.
+"""How the runtime writes accepted peer headers: with the device's next store work (one trip to
+the executor, one commit), or on their own ``HEADER_WRITE_S`` after they were accepted when no
+store work comes; and never out of sight of a pull served from the store.
 
-A real DeviceAgent with a real gossip core, a real SQLite store and a real executor; the
-transport only records what the agent sends (these tests feed the messages themselves).
+A real DeviceAgent with a real gossip core and a real SQLite store, driven through its public
+methods (``start``, ``run``, ``submit``, ``drained``, ``shutdown``) and its transport: the test
+delivers messages into a fake transport and reads what the agent sent back. Time is simulated:
+the event loop runs on a ``SimClock`` (data and network clocks alike), so "not yet written
+after 0.9 s" and "written by 1.1 s" are exact statements about simulated time, whatever the
+machine's load. Store jobs go through an executor that runs them at once on the loop's thread
+and counts them (``InlineExecutor``): no thread can fall behind the simulated clock.
 """
 
 from __future__ import annotations
@@ -11,34 +16,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-import pytest
-
-import agent.device.runtime as runtime
+from agent.device.context import HEADER_WRITE_MS
 from agent.device.runtime import DeviceAgent
 from agent.device.sealing import SealPolicy
+from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
-from agent.gossip.node import GossipNode
-from agent.protocol.auth import KeySigner
 from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
-from agent.transport.base import Transport
-from firmware_sim.clock import RealClock
+from agent.transport.base import Delivery, Transport
+from firmware_sim.clock import Clock, SimClock
 from firmware_sim.samples import Sample
-from ledger.chain import ChainWriter
 from ledger.identity import SigningKey
 from ledger.store import Store
 
+T = TypeVar("T")
+WRITE_MS = HEADER_WRITE_MS
+
 
 class Recording:
-    """Stands in for the transport: keeps what the agent sends."""
+    """Stands in for the transport: keeps what the agent sends, and hands it what the test
+    ``deliver``s (through the agent's own receive loop)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.online: set[str] = set()
+        self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
 
     async def send(self, peer: str, payload: bytes) -> None:
         self.sent.append((peer, payload))
@@ -46,14 +53,111 @@ class Recording:
     async def broadcast(self, domain: str, payload: bytes) -> None:
         self.sent.append((domain, payload))
 
+    async def publish_evidence(self, device_id: str, payload: bytes) -> None:
+        self.sent.append((device_id, payload))
+
     async def watch_presence(self, peer: str) -> None:
         return None
+
+    def presence(self, peer: str) -> bool | None:
+        return peer in self.online
+
+    def deliver(self, delivery: Delivery) -> None:
+        self._inbox.put_nowait(delivery)
 
     def __aiter__(self) -> Recording:
         return self
 
-    async def __anext__(self) -> None:
-        await asyncio.Event().wait()  # nothing arrives: the tests feed the core themselves
+    async def __anext__(self) -> Delivery:
+        return await self._inbox.get()
+
+
+class InlineExecutor(Executor):
+    """Runs each store job at once, on the caller's thread, and counts them. ``hold()`` keeps
+    the next jobs queued (as a busy store thread would) until ``release()`` runs them in order
+    and goes back to running jobs at once."""
+
+    def __init__(self) -> None:
+        self.jobs = 0  # store jobs run: trips to the executor
+        self.held: list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
+        self._holding = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        fut: Future[T] = Future()
+        if self._holding:
+            self.held.append((fut, fn, args))
+        else:
+            self._run(fut, fn, args)
+        return fut
+
+    def hold(self) -> None:
+        self._holding = True
+
+    def release(self) -> None:
+        self._holding = False
+        held, self.held = self.held, []
+        for fut, fn, args in held:
+            self._run(fut, fn, args)
+
+    def _run(self, fut: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.jobs += 1
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # handed to the awaiting task, as a real executor does
+            fut.set_exception(exc)
+
+
+def make_agent(
+    store: Store,
+    key: SigningKey,
+    authority: Authority,
+    *,
+    clock: Clock,
+    executor: Executor,
+    policy: SealPolicy,
+    peers: tuple[str, ...] = (),
+) -> tuple[DeviceAgent, Recording]:
+    """A device built as the fleet builds it (``agent.fleet.build.build_device``), with a fake
+    transport and one clock for data and network."""
+    dev = key.public.device_id
+    transport = Recording()
+    agent = build_device(
+        name="fridge-1",
+        key=key,
+        store=store,
+        domains={"home": {dev, *peers}},
+        roots=authority.roots,
+        transport=cast(Transport, transport),
+        data_clock=clock,
+        net_clock=clock,
+        seed=1,
+        policy=policy,
+        executor=executor,
+    )
+    return agent, transport
+
+
+def run_agent(
+    clock: SimClock,
+    agent: DeviceAgent,
+    boot: list[I.Input],
+    scenario: Callable[[], Awaitable[None]],
+) -> None:
+    """Start the agent and run it on ``clock``'s event loop while ``scenario`` plays; then stop
+    it as the fleet runner does (cancel ``run``, then ``shutdown``)."""
+
+    async def main() -> None:
+        await agent.start(boot)
+        run = asyncio.create_task(agent.run())
+        try:
+            await scenario()
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+        await agent.shutdown()
+
+    clock.run(main())
 
 
 class Setup:
@@ -62,131 +166,117 @@ class Setup:
         authority = Authority(rng)
         self.sealer = SimDevice(authority, rng)
         key = SigningKey(rng.randbytes(32))
-        self.id = key.public.device_id
         self.cert = authority.enroll(key)
         self.store = Store(tmp / "store.sqlite")
-        self.transport = Recording()
-        self.executor = ThreadPoolExecutor(2)
-        self.statements: list[str] = []
-        self.store._db.set_trace_callback(self.statements.append)
-        node = GossipNode(
-            self.id,
-            {"home": {self.id, self.sealer.device_id}},
-            authority.roots,
-            random.Random(1),
-            now_ms=START_MS,
-            signer=KeySigner(key),
-        )
-        self.agent = DeviceAgent(
-            name="fridge-1",
-            writer=ChainWriter(self.store, key, self.id),
-            node=node,
-            transport=cast(Transport, self.transport),
-            data_clock=RealClock(),
-            net_clock=RealClock(),
-            policy=SealPolicy(max_readings=64, max_age_ms=3_600_000),
+        self.clock = SimClock(START_MS)
+        self.executor = InlineExecutor()
+        self.agent, self.transport = make_agent(
+            self.store,
+            key,
+            authority,
+            clock=self.clock,
             executor=self.executor,
-            peer_ids=[self.sealer.device_id],
+            policy=SealPolicy(max_readings=64, max_age_ms=3_600_000),
+            peers=(self.sealer.device_id,),
         )
 
-    async def start(self) -> None:
-        await self.agent.start(
-            [I.CertificateKnown(self.cert), I.CertificateKnown(self.sealer.certificate)]
-        )
-        await self.agent._handle(I.PeerUp(self.sealer.device_id))
+    def run(self, scenario: Callable[[Setup], Awaitable[None]]) -> None:
+        boot: list[I.Input] = [
+            I.CertificateKnown(self.cert),
+            I.CertificateKnown(self.sealer.certificate),
+        ]
+        try:
+            run_agent(self.clock, self.agent, boot, lambda: self._online_then(scenario))
+        finally:
+            self.store.close()
+
+    async def _online_then(self, scenario: Callable[[Setup], Awaitable[None]]) -> None:
+        peer = self.sealer.device_id
+        self.transport.online.add(peer)
+        self.transport.deliver(Delivery("presence", "presence", peer, b"online"))
+        await self.settle()
+        await scenario(self)
+
+    async def settle(self, ms: int = 1) -> None:
+        """Let ``ms`` simulated milliseconds pass: the agent handles everything delivered."""
+        await self.clock.sleep(ms)
 
     async def announce(self, count: int) -> list[bytes]:
-        """The sealer seals ``count`` blocks and broadcasts their headers; returns them."""
+        """The sealer seals ``count`` blocks and broadcasts their headers; returns them once
+        the agent's gossip core accepted them."""
         wires = [self.sealer.seal(START_MS + 1000 * i).header.wire for i in range(count)]
         msg = sealed(wire.encode(wire.Announce(self.sealer.device_id, tuple(wires))))
-        await self.agent._handle(I.MessageReceived(None, msg, broadcast=True))
+        self.transport.deliver(Delivery("domain", "domain", None, msg, "home"))
+        await self.settle()
+        assert self.agent.node.counters["header_accepted"] == count
         return wires
 
     def stored(self) -> list[bytes]:
         return [h.wire for h in self.store.peer_headers(self.sealer.device_id)]
 
-    def commits(self) -> int:
-        return sum(1 for s in self.statements if s == "COMMIT")
+    def responses(self, request_id: int) -> list[wire.Response]:
+        return [
+            m
+            for _, p in self.transport.sent
+            if isinstance(m := wire.decode(unseal(p)), wire.Response) and m.request_id == request_id
+        ]
 
 
-def _run(tmp: Path, scenario: Any) -> None:
-    setup = Setup(tmp)
-
-    async def main() -> None:
-        await setup.start()
-        run = asyncio.create_task(setup.agent.run())
-        try:
-            await scenario(setup)
-        finally:
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
-        await setup.agent.shutdown()
-
-    try:
-        asyncio.run(main())
-    finally:
-        setup.executor.shutdown()
-        setup.store.close()
-
-
-def test_accepted_headers_join_the_commit_of_the_next_readings(tmp_path: Path) -> None:
+def test_accepted_headers_join_the_store_job_of_the_next_readings(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         wires = await s.announce(3)
-        assert s.agent.node.counters["header_accepted"] == 3
-        commits = s.commits()
-        await s.agent.submit([Sample(RealClock().now_ms(), "temp_mc", 4000)])
+        jobs = s.executor.jobs
+        await s.agent.submit([Sample(s.clock.now_ms(), "temp_mc", 4000)])
         await s.agent.drained()
-        # Within the 1 s write delay, the readings' commit carried them: one commit in all.
+        # Well within the write delay, the readings' store job carried them: one job in all.
+        assert s.clock.now_ms() - START_MS < WRITE_MS
         assert s.stored() == wires
-        assert s.commits() == commits + 1
+        assert s.executor.jobs == jobs + 1
         assert s.store.last_seq() == 0
 
-    _run(tmp_path, scenario)
+    Setup(tmp_path).run(scenario)
 
 
 def test_accepted_headers_are_written_on_their_own_when_no_store_work_comes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(runtime, "HEADER_WRITE_S", 0.05)
-
     async def scenario(s: Setup) -> None:
+        accepted = s.clock.now_ms()
         wires = await s.announce(2)
-        for _ in range(500):  # 5 s at most
-            if s.stored() == wires:
-                break
-            await asyncio.sleep(0.01)
-        assert s.stored() == wires
+        jobs = s.executor.jobs
+        await s.clock.sleep_until(accepted + WRITE_MS - 100)
+        assert s.stored() == [] and s.executor.jobs == jobs  # still waiting for store work
+        await s.clock.sleep_until(accepted + WRITE_MS + 100)
+        assert s.stored() == wires and s.executor.jobs == jobs + 1
         assert s.store.last_seq() is None  # nothing else was written
 
-    _run(tmp_path, scenario)
+    Setup(tmp_path).run(scenario)
 
 
 def test_a_pull_served_right_after_acceptance_includes_the_headers_not_yet_written(
     tmp_path: Path,
 ) -> None:
     async def scenario(s: Setup) -> None:
+        accepted = s.clock.now_ms()
         wires = await s.announce(4)
-        request = wire.Request(s.sealer.device_id, 7, s.sealer.device_id, 0, 3, 0)
-        await s.agent._handle(I.MessageReceived(None, sealed(wire.encode(request))))
-        deadline = time.monotonic() + 5
-        responses: list[wire.Response] = []
-        while not responses and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            responses = [
-                m
-                for _, p in s.transport.sent
-                if isinstance(m := wire.decode(unseal(p)), wire.Response) and m.request_id == 7
-            ]
-        assert [r.headers for r in responses] == [tuple(wires)]
+        assert s.stored() == []
+        # Asking for bodies too: the core serves such a pull from the store, not from memory.
+        request = wire.Request(s.sealer.device_id, 7, s.sealer.device_id, 0, 3, wire.FLAG_BODIES)
+        jobs = s.executor.jobs
+        s.transport.deliver(Delivery("inbox", "inbox", None, sealed(wire.encode(request))))
+        await s.settle()
+        assert s.clock.now_ms() < accepted + WRITE_MS  # the write delay has not passed
+        assert [(r.headers, r.blocks) for r in s.responses(7)] == [(tuple(wires), ())]
+        assert s.stored() == wires and s.executor.jobs == jobs + 1  # the pull's job wrote them
 
-    _run(tmp_path, scenario)
+    Setup(tmp_path).run(scenario)
 
 
 def test_headers_still_queued_at_shutdown_are_written(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         wires = await s.announce(2)
+        assert s.stored() == []
         await s.agent.shutdown()
         assert s.stored() == wires
 
-    _run(tmp_path, scenario)
+    Setup(tmp_path).run(scenario)

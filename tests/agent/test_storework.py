@@ -1,14 +1,22 @@
 """StoreThreads: jobs run off the loop, results and exceptions come back to the awaiting tasks,
 and a burst of jobs wakes the loop far fewer times than once per job. With a group sync, a job
-that made a durable commit comes back only after a sync (real SQLite stores, real syncs)."""
+that made a durable commit comes back only after a sync (real SQLite stores, real syncs).
+
+These tests need real threads, so they cannot run on simulated time (a SimClock loop would jump
+past any timeout while a thread works). They never sleep: they wait on events, barriers and the
+pool's futures, with ``SAFETY_S`` as a hang guard only, never a budget a test must beat.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +26,21 @@ from ledger.groupsync import GroupSync
 from ledger.identity import SigningKey
 from ledger.reading import Reading, SignedReading, sign_reading
 from ledger.store import Store
+
+T = TypeVar("T")
+SAFETY_S = 120.0  # turns a hang into a failure; every wait here normally takes milliseconds
+
+
+async def within(aw: Awaitable[T]) -> T:
+    return await asyncio.wait_for(aw, SAFETY_S)
+
+
+async def workers_idle(pool: StoreThreads, threads: int) -> None:
+    """Return once each of the pool's ``threads`` workers has finished the jobs it took before
+    this call, and the loop has settled what they handed back: one job per worker, held at a
+    barrier until all have arrived (so each worker takes exactly one), comes back last."""
+    barrier = threading.Barrier(threads, timeout=SAFETY_S)
+    await within(asyncio.gather(*(pool.run(barrier.wait) for _ in range(threads))))
 
 
 def test_results_and_exceptions_reach_the_awaiting_tasks_from_worker_threads() -> None:
@@ -46,7 +69,11 @@ def test_results_and_exceptions_reach_the_awaiting_tasks_from_worker_threads() -
 
 
 def test_a_burst_of_jobs_is_settled_with_few_wake_ups() -> None:
-    pool = StoreThreads(2)
+    """The loop is busy (blocked here, as under load) while the workers finish 400 jobs: the
+    first hand-back wakes it, the others join the same batch. Only a worker's last job, handed
+    back after the loop settled, can cost one more wake-up."""
+    threads = 2
+    pool = StoreThreads(threads)
     wakeups = 0
 
     async def main() -> None:
@@ -61,22 +88,26 @@ def test_a_burst_of_jobs_is_settled_with_few_wake_ups() -> None:
 
         loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
         gate = threading.Event()
+        finished = threading.Event()
+        count = itertools.count(1)  # next() on it is atomic under the GIL
 
         def job(i: int) -> int:
-            gate.wait(5)
+            assert gate.wait(SAFETY_S)
+            if next(count) == 400:
+                finished.set()
             return i
 
         futures = [pool.run(job, i) for i in range(400)]
-        await asyncio.sleep(0.05)
         gate.set()
-        assert await asyncio.gather(*futures) == list(range(400))
+        assert finished.wait(SAFETY_S)  # the loop busy while the workers finish
+        assert await within(asyncio.gather(*futures)) == list(range(400))
 
     try:
         asyncio.run(main())
     finally:
         pool.shutdown()
-    # Each wake-up settles every job finished by then: far fewer than 400.
-    assert 1 <= wakeups < 200, wakeups
+    # Each wake-up settles every job finished by then: not one per job.
+    assert 1 <= wakeups <= 1 + threads, wakeups
 
 
 def test_a_cancelled_waiter_does_not_break_the_others_and_shutdown_refuses_new_jobs() -> None:
@@ -84,14 +115,14 @@ def test_a_cancelled_waiter_does_not_break_the_others_and_shutdown_refuses_new_j
     gate = threading.Event()
 
     async def main() -> None:
-        first = pool.run(gate.wait, 5)
+        first = pool.run(gate.wait, SAFETY_S)
         second = pool.run(lambda: "done")
         first.cancel()
         gate.set()
-        assert await second == "done"
+        assert await within(second) == "done"
 
     asyncio.run(main())
-    assert pool.submit(lambda: 42).result(timeout=5) == 42
+    assert pool.submit(lambda: 42).result(timeout=SAFETY_S) == 42
     pool.shutdown()
 
     async def late() -> None:
@@ -115,7 +146,7 @@ class GatedSync(GroupSync):
 
     def sync(self) -> None:
         self.entered.set()
-        assert self.gate.wait(10), "the test never opened the gate"
+        assert self.gate.wait(SAFETY_S), "the test never opened the gate"
         before = self.synced_stores
         super().sync()
         self.covered.append(self.synced_stores - before)
@@ -133,17 +164,19 @@ def test_a_durable_commit_is_handed_back_only_after_a_group_sync(tmp_path: Path)
     stores = [Store(tmp_path / f"d{i}.sqlite", group=group) for i in range(6)]
     group.take_noted()  # the stores' creation, on this thread: not the pool's business
     key = SigningKey(bytes(32))
-    pool = StoreThreads(3, group=group)
+    threads = 3
+    pool = StoreThreads(threads, group=group)
 
     async def main() -> None:
         commits = [pool.run(s.append_pending, _readings(key, range(3))) for s in stores]
         reads = [pool.run(s.block_count) for s in stores]  # no commit: no sync to wait for
-        assert await asyncio.wait_for(asyncio.gather(*reads), 10) == [0] * 6
-        assert group.entered.wait(10)
-        await asyncio.sleep(0.05)
+        assert await within(asyncio.gather(*reads)) == [0] * 6
+        assert group.entered.wait(SAFETY_S)  # a sync has begun, held at the gate
+        # Every commit job has run and anything handed back was settled: none came back.
+        await workers_idle(pool, threads)
         assert not any(f.done() for f in commits)  # committed, not yet synced
         group.gate.set()
-        await asyncio.wait_for(asyncio.gather(*commits), 10)
+        await within(asyncio.gather(*commits))
 
     try:
         asyncio.run(main())
@@ -174,8 +207,8 @@ def test_a_failed_group_sync_fails_every_job_it_covered(
 
     async def main() -> None:
         with pytest.raises(StoreError, match="group sync failed"):
-            await asyncio.wait_for(pool.run(store.append_pending, _readings(key, range(2))), 10)
-        assert await pool.run(store.block_count) == 0  # a job with no commit is unaffected
+            await within(pool.run(store.append_pending, _readings(key, range(2))))
+        assert await within(pool.run(store.block_count)) == 0  # a job with no commit is unaffected
 
     try:
         asyncio.run(main())
@@ -193,7 +226,7 @@ def test_submit_and_shutdown_sync_what_their_jobs_committed(tmp_path: Path) -> N
     group.take_noted()
     key = SigningKey(bytes(32))
     pool = StoreThreads(1, group=group)
-    pool.submit(store.append_pending, _readings(key, range(2))).result(timeout=10)
+    pool.submit(store.append_pending, _readings(key, range(2))).result(timeout=SAFETY_S)
     assert group.syncs == 2  # the plain executor path synced before it returned
 
     async def main() -> None:

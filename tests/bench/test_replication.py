@@ -102,9 +102,9 @@ def test_the_meter_counts_replication_bytes_published_and_delivered_by_phase() -
     async def deliver() -> None:
         net.deliver_all()
         for agent in agents.values():
-            assert agent.device.replicator is not None
+            assert agent.replicator is not None
             for d in cast(Any, agent.transport).drain():
-                await agent.device.replicator.handle(MessageReceived(None, d.payload))
+                await agent.replicator.handle(MessageReceived(None, d.payload))
 
     async def exchange() -> None:
         a = agents["a"]

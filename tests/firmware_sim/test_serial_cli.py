@@ -47,7 +47,9 @@ def test_permission_denied_is_one_clear_line(
     [
         (["--driver", "rdm6300", "--address", "2"], "--address and --profile apply to xymd02"),
         (["--driver", "ds18b20", "--baud", "9600"], "--baud does not apply to ds18b20"),
-        (["--driver", "bridge", "--interval", "-1"], "--interval and --timeout must be >= 0"),
+        (["--driver", "bridge", "--interval", "-1"], "--interval: expected a finite number"),
+        (["--driver", "bridge", "--interval", "nan"], "--interval: expected a finite number"),
+        (["--driver", "bridge", "--timeout", "inf"], "--timeout: expected a finite number"),
         (["--driver", "xymd02", "--address", "0"], "Modbus address must be 1..247, found 0"),
     ],
 )

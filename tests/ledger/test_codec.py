@@ -135,6 +135,7 @@ def test_domain_tags_are_pinned_distinct_and_prefix_free() -> None:
         b"edgefleet/v1/bundle-digest\x00",
         b"edgefleet/v1/seal-ephemeral\x00",
         b"edgefleet/v1/epoch\x00",
+        b"edgefleet/v1/enroll-request\x00",
     )
     for a in domains.ALL:
         assert a.isascii() and a.endswith(b"\x00") and a.count(b"\x00") == 1

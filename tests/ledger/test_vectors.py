@@ -49,6 +49,7 @@ def dom(name: str) -> bytes:
         "BUNDLE_DIGEST": b"edgefleet/v1/bundle-digest",
         "SEAL_EPHEMERAL": b"edgefleet/v1/seal-ephemeral",
         "EPOCH": b"edgefleet/v1/epoch",
+        "ENROLL_REQUEST": b"edgefleet/v1/enroll-request",
     }[name] + b"\x00"
 
 
@@ -91,7 +92,7 @@ def test_names() -> None:
     pub = bytes.fromhex(V["device"]["public"])
     assert device_id(pub) == V["device"]["device_id"]
     assert sha(dom("KEY_ID") + pub)[:8].hex() == V["device"]["key_id"]
-    assert len(V["domains"]) == 15  # every tag of docs/PROTOCOL.md section 2
+    assert len(V["domains"]) == 16  # every tag of docs/PROTOCOL.md section 2
     for name, hexed in V["domains"].items():
         assert bytes.fromhex(hexed) == dom(name)
 

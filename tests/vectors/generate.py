@@ -67,6 +67,7 @@ DOMAIN_NAMES = (
     "BUNDLE_DIGEST",
     "SEAL_EPHEMERAL",
     "EPOCH",
+    "ENROLL_REQUEST",
 )
 PASSPHRASE = b"edgefleet test vector passphrase"
 

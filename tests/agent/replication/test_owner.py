@@ -323,6 +323,22 @@ def test_blocks_from_the_store_are_loaded_then_sent_with_their_link() -> None:
     assert node.counters["own_block_corrupt"] == 1
 
 
+def test_a_block_sealed_with_its_previous_header_is_placed_without_a_load() -> None:
+    """The first seal after a restart (the core never saw height 1): with the header it chains
+    to, the block goes out at once; without it, the core must load it back from the store."""
+    w = world()
+    block, prev = w.devices[0].blocks[2], w.devices[0].blocks[1].header.wire
+    node = owner(w)
+    out = node.handle(OwnBlockSealed(block, prev), T0)
+    assert not of_type(out, LoadOwnBlock)
+    placed = stores(out)
+    assert len(placed) == 3
+    assert all(m.block == block.encode() and m.prev_header == prev for m in placed.values())
+    out = owner(w).handle(OwnBlockSealed(block), T0)
+    assert of_type(out, LoadOwnBlock) == [LoadOwnBlock(2)]
+    assert not stores(out)
+
+
 def test_the_seeded_rng_reproduces_audit_choices() -> None:
     def run(seed: int) -> list[tuple[str, int, bytes]]:
         w = world()
