@@ -300,6 +300,10 @@ class GossipNode:
         )
         if opened is None:
             if verdict.unknown and self._on_unknown(verdict.unknown, ev.payload) and retry:
+                # The credentials it carried may prove it after all: not counted unattributable
+                # unless the second attempt fails too.
+                ctx.counters[auth.UNATTRIBUTABLE] -= 1
+                ctx.counters[f"unattributable_{verdict.reason}"] -= 1
                 self._on_message(ev, retry=False)
             return
         peer, msg = opened.peer, opened.msg

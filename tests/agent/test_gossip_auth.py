@@ -247,3 +247,23 @@ def test_a_replayed_message_that_cost_its_sender_costs_it_once() -> None:
     stats = node.peer_stats(bad.device_id)
     assert stats is not None and stats.malformed == 1 and stats.mutes == 0
     assert node.counters["replayed_charged"] == 19
+
+
+def test_a_hello_from_a_member_whose_certificate_is_unknown_teaches_it_and_is_greeted_back() -> (
+    None
+):
+    authority, devices = _world()
+    newcomer = devices[4]
+    node = _node(authority, devices, known=[d for d in devices if d is not newcomer])
+    hello = wire.Certs(newcomer.device_id, (newcomer.certificate,), (), ())
+    out = node.handle(MessageReceived(None, sealed(wire.encode(hello))), T0)
+    assert node.counters["unattributable"] == 0  # proven by the credentials it carried
+    assert node.counters["certificate_new"] == len(devices)  # the newcomer's, learned now
+    greeted = [wire.decode(unseal(s.payload)) for s in _sends(out)]
+    assert greeted == [wire.Certs(devices[0].device_id, (devices[0].certificate,), (), ())]
+    # From now on its messages are proven; a forged one still is not.
+    summary = wire.encode(wire.Summary(newcomer.device_id, False, ()))
+    node.handle(MessageReceived(None, sealed(summary)), T0 + 1)
+    node.handle(MessageReceived(None, forged(summary, newcomer, random.Random(1))), T0 + 2)
+    assert node.counters["received_summary"] == 1
+    assert node.counters["unattributable_bad_signature"] == 1
