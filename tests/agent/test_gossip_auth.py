@@ -267,3 +267,19 @@ def test_a_hello_from_a_member_whose_certificate_is_unknown_teaches_it_and_is_gr
     node.handle(MessageReceived(None, forged(summary, newcomer, random.Random(1))), T0 + 2)
     assert node.counters["received_summary"] == 1
     assert node.counters["unattributable_bad_signature"] == 1
+
+
+def test_after_a_rotation_its_messages_are_unproven_until_its_hello_brings_the_rotation() -> None:
+    authority, devices = _world()
+    node = _node(authority, devices)
+    rotating = devices[1]
+    rotation = rotating.rotate(authority, random.Random(6), T0)
+    summary = wire.encode(wire.Summary(rotating.device_id, False, ()))
+    node.handle(MessageReceived(None, sealed(summary)), T0 + 1)  # signed with the new key
+    assert node.counters["unattributable_unknown_key"] == 1
+    hello = wire.Certs(rotating.device_id, (rotating.certificate,), (rotation,), ())
+    node.handle(MessageReceived(None, sealed(wire.encode(hello))), T0 + 2)
+    assert node.counters["rotation_new"] == 1 and node.counters["received_certs"] == 1
+    node.handle(MessageReceived(None, sealed(summary)), T0 + 3)
+    assert node.counters["received_summary"] == 1
+    assert node.counters["unattributable"] == 1  # the first SUMMARY only
