@@ -825,7 +825,7 @@ def _with_seed(cfg: FleetConfig, seed: int) -> FleetConfig:
 
 
 def _with_start(cfg: FleetConfig, start_ms: int) -> FleetConfig:
-    return dataclasses.replace(cfg, start_ms=start_ms)
+    return cfg.starting_at(start_ms)
 
 
 async def _quietly(op: Awaitable[object]) -> None:
