@@ -121,19 +121,23 @@ def render(snap: FleetSnapshot, *, width: int = WIDTH, height: int = HEIGHT) -> 
         *_replication_line(snap),
         "",
     ]
-    body = _per_device(snap, width) if n <= PER_DEVICE_LIMIT else _per_kind(snap)
+    per_device = n <= PER_DEVICE_LIMIT
+    body = _per_device(snap, width) if per_device else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
-    return _fit(head, body, ["", *tail] if tail else [], width, height)
+    rows = "devices" if per_device else "kinds"
+    return _fit(head, body, ["", *tail] if tail else [], rows, width, height)
 
 
-def _fit(head: list[str], body: list[str], tail: list[str], width: int, height: int) -> list[str]:
+def _fit(
+    head: list[str], body: list[str], tail: list[str], rows: str, width: int, height: int
+) -> list[str]:
     """The screen: the head whole, then the table's header line and as many rows as the height
     leaves (``… N more devices`` for the rest), then the notes; every line cut to ``width``."""
     room = height - len(head) - len(tail)
     if len(body) > room:
         shown = max(0, room - 2)  # the table's header line and the "more" line
         more = len(body) - 1 - shown
-        body = [*body[: 1 + shown], f"{ELLIPSIS} {more} more devices"] if room >= 2 else []
+        body = [*body[: 1 + shown], f"{ELLIPSIS} {more} more {rows}"] if room >= 2 else []
     lines = head + body + tail
     return [_cut(line, width) for line in lines[:height]]
 

@@ -226,6 +226,10 @@ def test_on_an_80_by_24_terminal_the_header_stays_and_rows_are_cut_with_a_count(
     ]
     assert lines[6].endswith("-123.4…")
 
+    # Kinds are rows too: 30 kinds (no replication line: a 4-line head) leave 24 - 4 - 2 rows.
+    many = render(snap([row(i, kind=f"kind-{i:02}") for i in range(30)]), height=24)
+    assert len(many) == 24 and many[-1] == f"… {30 - (24 - 4 - 2)} more kinds"
+
     # A tiny terminal keeps the title, the totals and the alarms first.
     assert render(wide_snap(rows), width=80, height=2) == [
         "edgefleet  sim 2025-01-06 01:00  x1,234,567  wall 9,876,543s",
