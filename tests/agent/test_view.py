@@ -283,3 +283,11 @@ def test_readings_are_counted_across_restarts_like_blocks(tmp_path: Path) -> Non
             f"{stored['readings']} + {stored['pending']} pending, this run signed {this_run}"
         )
         assert d.height == stored["blocks"] - 1, d.name
+
+
+def test_a_terminal_whose_size_cannot_be_read_gets_80_by_24() -> None:
+    out = Tty()  # isatty, but no file descriptor to ask for the size
+    LiveView(out).show(wide_snap([long_row(i) for i in range(20)]))
+    screen = out.getvalue().removeprefix("\x1b[2J\x1b[H")
+    assert screen.count("\n") == 23
+    assert max(len(line) for line in screen.splitlines()) <= 80
