@@ -162,6 +162,10 @@ class ReplicationNode:
     def own_heights(self) -> list[int]:
         return list(self.owner.blocks)
 
+    def members(self) -> frozenset[str]:
+        """Every replication domain peer (self excluded): the holders there can ever be."""
+        return self._ctx.members
+
     def score(self, holder_id: str) -> int | None:
         view = self.owner.views.get(holder_id)
         return None if view is None else view.score
