@@ -13,7 +13,7 @@ import pytest
 from agent.config.devices import load_fleet
 from agent.config.model import MAX_NAME
 from agent.device.sealing import SealPolicy
-from agent.fleet.view import NAME_WIDTH, DeviceRow, FleetSnapshot, LiveView, render
+from agent.fleet.view import NAME_WIDTH, DeviceRow, FleetSnapshot, LiveView, render, summary_line
 from tests.agent.runner_helpers import HOUR_MS, run_fleet, verify, write_fleet
 
 T0 = 1_736_121_600_000  # 2025-01-06 00:00 UTC
@@ -291,3 +291,13 @@ def test_a_terminal_whose_size_cannot_be_read_gets_80_by_24() -> None:
     screen = out.getvalue().removeprefix("\x1b[2J\x1b[H")
     assert screen.count("\n") == 23
     assert max(len(line) for line in screen.splitlines()) <= 80
+
+
+def test_invalid_and_unproven_messages_are_shown_apart() -> None:
+    """Invalid: proven senders that sent something wrong (charged to them). Unproven: messages
+    nobody could be proven to have sent (forged, bit-flipped, older wire): counted, charged to
+    nobody. Both are on the gossip line of the view and in the plain summary."""
+    s = dataclasses.replace(snap([row(1)]), invalid=2, unproven=3000)
+    gossip = render(s)[2]
+    assert "invalid 2" in gossip and "unproven 3000" in gossip
+    assert summary_line(s).endswith("invalid 2 unproven 3000")
