@@ -21,7 +21,10 @@ could not run one either.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -152,3 +155,24 @@ def serve(fd: FleetData, host: str, port: int) -> None:
     """Serve until interrupted (Ctrl-C); uvicorn logs each request at info level."""
     config = uvicorn.Config(create_app(fd), host=host, port=port, log_level="info")
     uvicorn.Server(config).run()
+
+
+@contextmanager
+def running(fd: FleetData, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve in a thread for the duration of the block; yields the base URL (``port`` 0: any
+    free port, the one bound is in the URL). For tests and for embedding next to other work."""
+    config = uvicorn.Config(create_app(fd), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="edgefleet-web", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise WebError(f"the web server did not start on {host}:{port}")
+            time.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

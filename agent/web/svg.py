@@ -96,7 +96,7 @@ def _value_range(plot: Plot) -> tuple[float, float]:
     span = max(hi - lo, 1.0)
     # A limit close to the data is drawn; one far away (a plasma freezer's -80 C floor under
     # readings at -30 C) would flatten the curve, so it is left out of the range.
-    reach = span * 0.75 + 2.0
+    reach = span + 5.0
     for b in plot.bands:
         for limit in (b.low, b.high):
             if limit is not None and lo - reach <= limit <= hi + reach:

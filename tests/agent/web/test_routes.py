@@ -1,0 +1,278 @@
+"""Each route of the web app over HTTP (the real server on 127.0.0.1, stdlib's client) against a
+data dir made by a simulated run, with what each page shows checked against the stores, the
+audit (``edgefleet status``) and the tracer."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from email.message import Message
+from html.parser import HTMLParser
+from urllib.parse import quote
+
+import pytest
+
+from agent.cli.main import main
+from agent.fleet import keystore
+from agent.provenance import render
+from agent.provenance.opening import Opening
+from agent.web import pages
+from agent.web.app import running
+from agent.web.data import BLOCKS_SHOWN, FleetData
+from ledger.bundle import verify_bundle
+from ledger.store import Store
+from tests.agent.web.conftest import PLASMA, WebFleet
+
+
+def _get(url: str) -> tuple[int, Message, bytes]:
+    """Status, headers (case-insensitive) and body."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def _page(url: str) -> str:
+    status, headers, body = _get(url)
+    assert status == 200, body[:500]
+    assert headers["Content-Type"].startswith("text/html")
+    assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' holds
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    return body.decode()
+
+
+class _Rows(HTMLParser):
+    """The text of each row of the tables with a given class."""
+
+    def __init__(self, cls: str) -> None:
+        super().__init__()
+        self.cls, self.depth, self.rows = cls, 0, []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.depth += 1 if (dict(attrs).get("class") == self.cls or self.depth) else 0
+        elif self.depth and tag == "tr":
+            self._row = []
+        elif self.depth and tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table" and self.depth:
+            self.depth -= 1
+        elif tag == "td" and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row:
+            self.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def rows(html: str, cls: str) -> list[list[str]]:
+    p = _Rows(cls)
+    p.feed(html)
+    return p.rows
+
+
+def _svg(html: str) -> ET.Element:
+    start, end = html.index("<svg"), html.index("</svg>") + len("</svg>")
+    return ET.fromstring(html[start:end])
+
+
+NS = {"s": "http://www.w3.org/2000/svg"}
+
+
+@pytest.fixture(scope="module")
+def owner_url(web_fleet: WebFleet) -> Iterator[str]:
+    secret = keystore.read_owner_secret(web_fleet.owner_key)
+    with running(FleetData.open(web_fleet.data, Opening.owner(secret))) as url:
+        yield url
+
+
+def test_fleet_page_lists_every_device_by_site_with_the_audit_figures(
+    base_url: str, web_fleet: WebFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    html = _page(base_url + "/")
+    assert main(["status", "--data", str(web_fleet.data), "--json"]) == 0
+    status = {d["name"]: d for d in json.loads(capsys.readouterr().out)["devices"]}
+    table = {r[0].split()[0]: r for r in rows(html, "fleet")}
+    assert sorted(table) == sorted(status)
+    for name, d in status.items():
+        row = table[name]
+        assert row[1] == d["kind"]
+        assert (row[3], row[4], row[6]) == (str(d["height"]), str(d["readings"]), str(d["peers"]))
+        assert row[-1] == "ok"
+    for site in ("blood-station-north", "blood-van-1", "city-hospital", "home-1"):
+        assert f'<span class="site">{site}</span>' in html
+    assert table["freezer-van"][2] == "blood-chain"  # domains from the devices.yaml it ran
+    assert "private" in table["fridge-1"][0] and "withheld" in table["fridge-1"][10]
+    assert "converged" in html
+
+
+def test_device_page_shows_its_chain_holders_plot_and_limits(
+    base_url: str, web_fleet: WebFleet, fleet_data: FleetData
+) -> None:
+    html = _page(base_url + "/device/freezer-van")
+    chain = rows(html, "chain")
+    with Store(web_fleet.data / "devices" / "freezer-van" / "store.sqlite") as store:
+        head = store.head()
+        assert head is not None
+        top = head.header.height
+        assert len(chain) == min(BLOCKS_SHOWN, top + 1)
+        assert chain[0][0] == str(top)
+        sh = store.header_at(top)
+        assert sh is not None
+        assert chain[0][3] == str(sh.header.count)
+        assert sh.hash.hex().startswith(chain[0][2].rstrip("…"))
+        holders = {fleet_data.names[h] for _, h, _ in store.receipts(top)}
+    assert set(chain[0][6].split(", ")) == holders and holders
+    root = _svg(html)
+    (band,) = root.iterfind(".//s:g[@class='band']", NS)
+    assert (band.attrib["data-low"], band.attrib["data-high"]) == ("-80", "-25")
+    (line,) = root.iterfind(".//s:polyline", NS)
+    assert line.attrib["data-name"] == "cabinet.temp"
+    assert int(line.attrib["data-points"]) > 1000
+    # the van's power cut (15:50..17:50 of the first day) raised alarms, then cleared them
+    alarms = rows(html, "alarms")
+    assert {"alarm.power", "alarm.temp_high"} <= {r[1] for r in alarms}
+    assert "replicas" in html and rows(html, "replicas")
+
+
+def test_a_private_household_is_withheld_without_the_owner_key(
+    base_url: str, owner_url: str
+) -> None:
+    html = _page(base_url + "/device/fridge-1")
+    assert "private reading(s) withheld" in html
+    assert "<polyline" not in html
+    opened = _page(owner_url + "/device/fridge-1")
+    assert "withheld" not in opened
+    root = _svg(opened)
+    names = {p.attrib["data-name"] for p in root.iterfind(".//s:polyline", NS)}
+    assert names == {"fridge.temp", "freezer.temp"}
+    highs = {
+        b.attrib["data-label"]: b.attrib["data-high"]
+        for b in root.iterfind(".//s:g", NS)
+        if b.attrib.get("class") == "band"
+    }
+    assert highs == {"fridge alarm": "8", "freezer alarm": "-12"}
+
+
+def test_device_svg_route_serves_the_plot_alone(base_url: str) -> None:
+    status, headers, body = _get(base_url + "/device/freezer-station/temperatures.svg")
+    assert status == 200 and headers["Content-Type"].startswith("image/svg+xml")
+    assert ET.fromstring(body).find(".//s:polyline", NS) is not None
+
+
+def test_items_page_lists_the_tags_and_names_the_sealed_devices(
+    base_url: str, owner_url: str
+) -> None:
+    html = _page(base_url + "/items")
+    tags = [r[0] for r in rows(html, "items")]
+    assert PLASMA in tags
+    assert f'href="/item?epc={quote(PLASMA, safe="")}"' in html
+    assert "fridge-1" in html and "--owner-key" in html
+    assert "fridge-1" not in _page(owner_url + "/items").split("<table")[0]
+
+
+def test_item_page_shows_verdict_custody_and_the_excursion_shaded(
+    base_url: str, fleet_data: FleetData
+) -> None:
+    html = _page(base_url + "/item?epc=" + quote(PLASMA))
+    with fleet_data.session() as session:
+        doc = render.as_json(session.trace(PLASMA))
+    assert doc["verdict"]["word"] == "NOT OK" and doc["excursions"]
+    assert 'id="verdict"' in html and "NOT OK" in html
+    stays = rows(html, "stays")
+    assert [r[0] for r in stays] == [s["device"] for s in doc["stays"]]
+    root = _svg(html)
+    spans = [g for g in root.iterfind(".//s:g", NS) if g.attrib.get("class") == "span"]
+    assert [int(g.attrib["data-start"]) for g in spans] == [
+        x["start_ms"] for x in doc["excursions"]
+    ]
+    (band,) = [g for g in root.iterfind(".//s:g", NS) if g.attrib.get("class") == "band"]
+    assert band.attrib["data-high"] == "-25"
+    assert len(rows(html, "timeline")) == len(doc["timeline"])
+    for path in ("/item/trace.json", "/item/epcis.json", "/item/bundle"):
+        assert f'href="{path}?epc={quote(PLASMA, safe="")}"' in html
+
+
+def test_downloads_are_the_trace_the_epcis_document_and_a_bundle_that_verifies(
+    base_url: str, fleet_data: FleetData
+) -> None:
+    q = "?epc=" + quote(PLASMA)
+    status, headers, body = _get(base_url + "/item/trace.json" + q)
+    assert status == 200 and "attachment" in headers["Content-Disposition"]
+    doc = json.loads(body)
+    with fleet_data.session() as session:
+        assert doc == render.as_json(session.trace(PLASMA))
+    status, headers, body = _get(base_url + "/item/epcis.json" + q)
+    epcis = json.loads(body)
+    assert status == 200 and epcis["type"] == "EPCISDocument"
+    assert any(PLASMA in e.get("epcList", []) for e in epcis["epcisBody"]["eventList"])
+    status, headers, body = _get(base_url + "/item/bundle" + q)
+    assert status == 200 and headers["Content-Disposition"].endswith('.bundle"')
+    verified = verify_bundle(body, roots=fleet_data.roots)
+    assert verified.subject == PLASMA and len(verified.readings) == doc["evidence"]
+
+
+def test_unknown_pages_say_so(base_url: str) -> None:
+    for path, code in (
+        ("/device/no-such", 404),
+        ("/item?epc=urn:epc:id:giai:1.2", 404),
+        ("/item", 400),
+        ("/item/bundle?epc=urn:epc:id:giai:1.2", 404),
+        ("/nowhere", 404),
+    ):
+        status, headers, body = _get(base_url + path)
+        assert status == code, path
+        assert headers["Content-Type"].startswith("text/html")
+        assert b"<h1>" in body
+
+
+def test_user_data_is_escaped_on_every_page(fleet_data: FleetData) -> None:
+    evil = '<script>alert(1)</script>"&'
+    with fleet_data.session() as session:
+        doc = render.as_json(session.trace(PLASMA))
+    doc["epc"], doc["name"] = evil, evil
+    for ev in doc["timeline"]:
+        ev["device"], ev["text"] = evil, evil
+    for s in doc["stays"]:
+        s["device"] = evil
+    html = pages.trace(doc)
+    assert "<script" not in html
+    assert html.count("&lt;script&gt;") >= len(doc["timeline"])
+    page = fleet_data.fleet()
+    assert "<script" not in pages.items(
+        [
+            {
+                "tag": evil,
+                "name": evil,
+                "kind": None,
+                "readings": 1,
+                "devices": [evil],
+                "last_ms": 0,
+                "last_event": evil,
+                "last_device": evil,
+            }
+        ],
+        [evil],
+    )
+    assert "<script" not in pages.fleet(page)
+
+
+def test_cli_refuses_a_bad_port_and_a_missing_data_dir(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["web", "--data", "/nonexistent", "--port", "70000"]) == 2
+    assert "--port 70000" in capsys.readouterr().err
+    assert main(["web", "--data", "/nonexistent", "--port", "0"]) == 2
+    assert "not a fleet data dir" in capsys.readouterr().err
