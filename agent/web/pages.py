@@ -273,10 +273,7 @@ def items(rows: list[dict[str, Any]], sealed: list[str]) -> str:
 
 def trace_plot(doc: dict[str, Any]) -> svg.Plot | None:
     series = [
-        svg.Series(
-            f"{s['device']} {s['temp_sensor'] or ''}".strip(),
-            [(t, v / 1000) for t, v in s["temps"]],
-        )
+        svg.Series(s["device"], [(t, v / 1000) for t, v in s["temps"]])
         for s in doc["stays"]
         if s["temps"]
     ]

@@ -10,7 +10,6 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from email.message import Message
-from html.parser import HTMLParser
 from urllib.parse import quote
 
 import pytest
@@ -25,6 +24,7 @@ from agent.web.data import BLOCKS_SHOWN, FleetData
 from ledger.bundle import verify_bundle
 from ledger.store import Store
 from tests.agent.web.conftest import PLASMA, WebFleet
+from tests.agent.web.tables import rows
 
 
 def _get(url: str) -> tuple[int, Message, bytes]:
@@ -43,44 +43,6 @@ def _page(url: str) -> str:
     assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' holds
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     return body.decode()
-
-
-class _Rows(HTMLParser):
-    """The text of each row of the tables with a given class."""
-
-    def __init__(self, cls: str) -> None:
-        super().__init__()
-        self.cls, self.depth, self.rows = cls, 0, []
-        self._row: list[str] | None = None
-        self._cell: list[str] | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "table":
-            self.depth += 1 if (dict(attrs).get("class") == self.cls or self.depth) else 0
-        elif self.depth and tag == "tr":
-            self._row = []
-        elif self.depth and tag == "td":
-            self._cell = []
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "table" and self.depth:
-            self.depth -= 1
-        elif tag == "td" and self._cell is not None and self._row is not None:
-            self._row.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "tr" and self._row:
-            self.rows.append(self._row)
-            self._row = None
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-
-
-def rows(html: str, cls: str) -> list[list[str]]:
-    p = _Rows(cls)
-    p.feed(html)
-    return p.rows
 
 
 def _svg(html: str) -> ET.Element:
