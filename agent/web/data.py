@@ -46,6 +46,10 @@ class NotFound(WebError, code="web-not-found"):
     """A page names a device or item the data dir does not hold."""
 
 
+class NotReady(WebError, code="web-not-ready"):
+    """A live fleet's data dir is not provisioned yet (its fleet root is still to be made)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Alarm limits of one temperature sensor, in m°C (None: no limit on that side)."""
@@ -124,7 +128,11 @@ class FleetData:
     names: dict[str, str] = field(default_factory=dict)  # device id -> name
 
     @classmethod
-    def open(cls, root: Path, opening: Opening | None = None) -> FleetData:
+    def open(
+        cls, root: Path, opening: Opening | None = None, config: Path | None = None
+    ) -> FleetData:
+        """``config``: the devices.yaml to take domains and alarm limits from (default: the
+        one fleet.json names)."""
         data = DataDir(root)
         if not data.devices.is_dir():
             raise WebError(f"{root}: not a fleet data dir (no devices/ directory)")
@@ -134,8 +142,18 @@ class FleetData:
             raise WebError(str(exc)) from None
         fd = cls(data, roots, opening or Opening(None))
         fd._read_fleet_file()
+        if config is not None:
+            fd.config = load_fleet(config)
+            fd.fleet_name = fd.config.name
         fd.names = {c.device_id: n for n, c in fd._certificates()}
         return fd
+
+    @classmethod
+    def open_when_ready(cls, root: Path, config: Path | None = None) -> FleetData:
+        """``open`` for a fleet that is starting: NotReady until its fleet root exists."""
+        if not default_root(DataDir(root)).exists():
+            raise NotReady("the fleet is starting: its data dir is not provisioned yet")
+        return cls.open(root, None, config)
 
     def _read_fleet_file(self) -> None:
         """fleet.json names the fleet and the devices.yaml it ran from: where the alarm limits

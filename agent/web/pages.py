@@ -71,11 +71,14 @@ def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _td(text: object, num: bool = False) -> str:
-    return f'<td class="num">{escape(str(text))}</td>' if num else f"<td>{escape(str(text))}</td>"
+def _td(text: object, num: bool = False, cls: str = "") -> str:
+    classes = " ".join(c for c in ("num" if num else "", cls) if c)
+    attr = f' class="{classes}"' if classes else ""
+    return f"<td{attr}>{escape(str(text))}</td>"
 
 
-def fleet(page: FleetPage) -> str:
+def fleet(page: FleetPage, live: bool = False) -> str:
+    """``live``: the page of a running fleet; live.js updates it from /events."""
     reps = [r.report for r in page.rows]
     failed = sum(not r.ok for r in reps)
     conv = (
@@ -89,6 +92,11 @@ def fleet(page: FleetPage) -> str:
         f"{sum(r.readings for r in reps)} sealed readings, {sum(r.pending for r in reps)} "
         f"pending; {failed} failed. {conv}.</p>",
     ]
+    if live:
+        body.append(
+            '<p id="live" class="muted">live: waiting for the running fleet\'s first update '
+            "(the table below is the data dir as the page loaded)</p>"
+        )
     if not page.config_found:
         body.append(
             '<p class="muted">devices.yaml (named in fleet.json) not found: gossip domains and '
@@ -112,19 +120,19 @@ def fleet(page: FleetPage) -> str:
                 state += ' <span class="bad">FORKED</span>'
             table.append(
                 [
-                    f'<td class="device">{_device_link(r.name)}'
+                    f'<td class="device" data-device="{escape(r.name)}">{_device_link(r.name)}'
                     + (' <span class="muted">private</span>' if row.private else "")
                     + "</td>",
                     _td(r.kind),
                     _td(", ".join(row.domains) or "-"),
-                    _td("-" if r.height is None else r.height, num=True),
+                    _td("-" if r.height is None else r.height, num=True, cls="height"),
                     _td(r.readings, num=True),
-                    _td(r.pending, num=True),
+                    _td(r.pending, num=True, cls="pending"),
                     _td(r.peers, num=True),
-                    _td(r.lag, num=True),
+                    _td(r.lag, num=True, cls="lag"),
                     _td(r.replicas, num=True),
                     _td("-" if r.min_copies is None else r.min_copies, num=True),
-                    f"<td>{alarms}</td>",
+                    f'<td class="alarms">{alarms}</td>',
                     f"<td>{state}</td>",
                 ]
             )
@@ -132,6 +140,8 @@ def fleet(page: FleetPage) -> str:
     errors = [f"<li>{escape(r.name)}: {escape(e)}</li>" for r in reps for e in r.errors]
     if errors:
         body.append("<h2>Errors</h2><ul>" + "".join(errors) + "</ul>")
+    if live:
+        body.append('<script src="/live.js"></script>')
     return _page(f"Fleet {page.name}", "".join(body))
 
 
