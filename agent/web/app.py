@@ -279,10 +279,16 @@ def serve(fd: FleetData, host: str, port: int) -> None:
 
 
 @contextmanager
-def running(fd: FleetData, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running(
+    fd: FleetData,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    snapshot: Callable[[], FleetSnapshot] | None = None,
+) -> Iterator[str]:
     """Serve in a thread for the duration of the block; yields the base URL (``port`` 0: any
     free port, the one bound is in the URL). For tests and for embedding next to other work."""
-    config = uvicorn.Config(create_app(fd), host=host, port=port, log_level="warning")
+    app = create_app(fd, snapshot)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="edgefleet-web", daemon=True)
     thread.start()

@@ -51,9 +51,11 @@ def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def dump_dom(url: str, profile: Path) -> str:
-    """The page's DOM, serialised after the load event."""
-    return _run(["--dump-dom", url], profile).stdout
+def dump_dom(url: str, profile: Path, virtual_time_ms: int | None = None) -> str:
+    """The page's DOM, serialised after the load event; with ``virtual_time_ms``, after that
+    much of the page's (virtual, fast-forwarded) time has run its scripts and timers too."""
+    budget = [] if virtual_time_ms is None else [f"--virtual-time-budget={virtual_time_ms}"]
+    return _run([*budget, "--dump-dom", url], profile).stdout
 
 
 def screenshot(url: str, path: Path, profile: Path, size: tuple[int, int] = (1280, 900)) -> Path:

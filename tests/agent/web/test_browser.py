@@ -8,6 +8,7 @@ test's tmp dir (pytest keeps the last three runs' dirs) as artefacts to look at.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.agent.web import browser
-from tests.agent.web.conftest import PLASMA, WebFleet
+from tests.agent.web.conftest import HOUSEHOLD, PLASMA, WebFleet
 from tests.agent.web.tables import rows
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -111,3 +112,49 @@ def test_items_and_the_trace_page(served: str, tmp_path: Path) -> None:
     excursions = rows(dom, "excursions")
     assert excursions and excursions[0][0] == "freezer-van"
     assert 'class="span"' in dom and "proof bundle" in dom
+
+
+@pytest.mark.subprocess
+def test_a_running_fleet_updates_the_fleet_page_live(tmp_path: Path) -> None:
+    """``run ... --web PORT``: the page is served while the fleet runs, and live.js fills it
+    from /events (the browser's virtual time runs on between the one-event connections)."""
+    browser.chromium()
+    (tmp_path / "devices.yaml").write_text(HOUSEHOLD)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "agent", "run", "--devices", str(tmp_path / "devices.yaml")]
+    cmd += ["--data", str(tmp_path / "data"), "--for", "2h", "--speed", "200", "--no-view"]
+    cmd += ["--web", str(port)]
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for(url, proc)  # 503 while the fleet is provisioned, then the page
+        browser.screenshot(url, tmp_path / "live.png", tmp_path / "profile-shot")
+        dom = browser.dump_dom(url, tmp_path / "profile-dom", virtual_time_ms=2500)
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the run stops, and the web server with it
+        out, _ = proc.communicate(timeout=60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert f"web pages at http://127.0.0.1:{port}/" in text and "stopped at simulated" in text
+    live = dom.split('<p id="live"', 1)[1].split("</p>", 1)[0]
+    assert "4 running device(s) updated" in live, live
+    assert "simulated time 2025-01-06" in live
+    devices = [r[0].split()[0] for r in rows(dom, "fleet")]
+    assert sorted(devices) == ["freezer-hospital", "freezer-station", "freezer-van", "fridge-1"]
+
+
+def _wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:  # refused while starting; HTTPError 503 while provisioning
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"run --web did not serve {url} (exit {proc.poll()})")
+            time.sleep(0.1)

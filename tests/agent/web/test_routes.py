@@ -16,6 +16,7 @@ import pytest
 
 from agent.cli.main import main
 from agent.fleet import keystore
+from agent.fleet.view import DeviceRow, FleetSnapshot
 from agent.provenance import render
 from agent.provenance.opening import Opening
 from agent.web import pages
@@ -36,11 +37,12 @@ def _get(url: str) -> tuple[int, Message, bytes]:
         return exc.code, exc.headers, exc.read()
 
 
-def _page(url: str) -> str:
+def _page(url: str, live: bool = False) -> str:
     status, headers, body = _get(url)
     assert status == 200, body[:500]
     assert headers["Content-Type"].startswith("text/html")
-    assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' holds
+    # default-src 'none' holds; only the live pages may run their own live.js
+    assert ("script-src 'self'" in headers["Content-Security-Policy"]) == live
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     return body.decode()
 
@@ -238,3 +240,62 @@ def test_cli_refuses_a_bad_port_and_a_missing_data_dir(
     assert "--port 70000" in capsys.readouterr().err
     assert main(["web", "--data", "/nonexistent", "--port", "0"]) == 2
     assert "not a fleet data dir" in capsys.readouterr().err
+
+
+def _snapshot() -> FleetSnapshot:
+    row = DeviceRow(
+        name="freezer-van",
+        kind="medical_freezer",
+        site="blood-van-1",
+        height=7,
+        pending=3,
+        readings=100,
+        temps_mc=(("cabinet.temp_mc", -24_000),),
+        alarms=("alarm.power",),
+        peers_online=2,
+        peers_total=2,
+        lag=1,
+    )
+    home = DeviceRow(
+        name="fridge-1",
+        kind="refrigerator",
+        site="home-1",
+        height=2,
+        pending=1,
+        readings=10,
+        temps_mc=(("fridge.temp_mc", 9_000),),
+        alarms=("alarm.fridge_warm",),
+        peers_online=0,
+        peers_total=0,
+        lag=0,
+        private=True,
+    )
+    return FleetSnapshot(sim_ms=1_736_150_400_000, wall_s=1.0, speed=60.0, devices=(row, home))
+
+
+def test_live_routes_send_the_snapshot_and_the_script(fleet_data: FleetData) -> None:
+    with running(fleet_data, snapshot=_snapshot) as url:
+        html = _page(url + "/", live=True)
+        status, headers, body = _get(url + "/events")
+        _, js_headers, js = _get(url + "/live.js")
+    assert '<script src="/live.js"></script>' in html and 'id="live"' in html
+    assert 'data-device="freezer-van"' in html
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    policy = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy
+    text = body.decode()
+    assert text.startswith("retry: 1000\ndata: ") and text.endswith("\n\n")
+    event = json.loads(text.split("data: ", 1)[1])
+    assert event["sim"] == "2025-01-06 08:00:00"
+    van, home = event["devices"]
+    assert (van["name"], van["height"], van["pending"], van["lag"]) == ("freezer-van", 7, 3, 1)
+    assert van["alarms"] == ["alarm.power"]
+    assert home["alarms"] is None  # a private household's alarms are its owner's
+    assert "temps" not in van and "fridge" not in text.replace('"fridge-1"', "")
+    assert js_headers["Content-Type"].startswith("text/javascript") and b"EventSource" in js
+
+
+def test_the_offline_app_has_no_live_routes(base_url: str) -> None:
+    assert _get(base_url + "/events")[0] == 404
+    assert _get(base_url + "/live.js")[0] == 404
+    assert "<script" not in _page(base_url + "/")
