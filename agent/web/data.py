@@ -13,8 +13,9 @@ writing it: SQLite's readers see the last committed state).
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,13 @@ class DevicePage:
 
 
 @dataclass
+class _AlarmScan:
+    key: tuple[int, int] | None  # (epoch, height) of the last block read
+    last: dict[str, int]  # alarm sensor -> its last value in the blocks read
+    withheld: int  # private readings of those blocks that did not open
+
+
+@dataclass
 class FleetData:
     """A data dir, its fleet root, an optional owner key, and devices.yaml if it is still there."""
 
@@ -126,6 +134,8 @@ class FleetData:
     config: FleetConfig | None = None
     fleet_name: str = "fleet"
     names: dict[str, str] = field(default_factory=dict)  # device id -> name
+    _scanned: dict[str, _AlarmScan] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(
@@ -205,18 +215,46 @@ class FleetData:
 
     def _alarms(self, name: str, cert: Certificate | None) -> tuple[tuple[str, ...], int]:
         """The alarm sensors whose last reading raised them (value 1), and how many private
-        readings could not be opened to tell."""
+        readings could not be opened to tell. Sealed blocks never change: what was read of
+        them is kept (``_scanned``) and only newer blocks and the pending readings are read
+        on the next call, so a live fleet's page does not re-read whole chains each second."""
         if cert is None:
             return (), 0
-        last: dict[str, int] = {}
-        withheld = 0
-        for sr in self._own_readings(name):
-            opened = self.opening.open(sr).reading if sr.private else sr.reading
-            if opened is None:
-                withheld += 1
-            elif opened.sensor.startswith("alarm."):
-                last[opened.sensor] = opened.value
+        path = self.data.store_path(name)
+        if not path.exists():
+            return (), 0
+        try:
+            # Pages are served from a thread pool: one scan of a device's chain at a time.
+            with self._lock, Store(path) as store:
+                head = store.head()
+                key = None if head is None else (head.header.epoch, head.header.height)
+                scan = self._scanned.get(name)
+                if scan is None or key is None or scan.key is None or scan.key[0] != key[0]:
+                    scan = _AlarmScan(None, {}, 0)  # new, or a restored chain: from the start
+                if key is not None and scan.key != key:
+                    start = 0 if scan.key is None else scan.key[1] + 1
+                    for block in store.blocks(start):
+                        scan.withheld += self._note(block.readings, scan.last)
+                    scan.key = key
+                self._scanned[name] = scan
+                last = dict(scan.last)
+                withheld = scan.withheld + self._note(store.pending(), last)
+        # SQLite's own errors come through the store's read paths ("database disk image is
+        # malformed"); a damaged store is the fleet table's FAILED (audit says why), not a 500.
+        except Exception:
+            return (), 0
         return tuple(sorted(s for s, v in last.items() if v)), withheld
+
+    def _note(self, readings: Iterable[SignedReading], last: dict[str, int]) -> int:
+        """Record the alarm readings of ``readings`` in ``last``; return how many were sealed."""
+        withheld = 0
+        for sr in readings:
+            r = self.opening.open(sr).reading
+            if r is None:
+                withheld += 1
+            elif r.sensor.startswith("alarm."):
+                last[r.sensor] = r.value
+        return withheld
 
     def _own_readings(self, name: str) -> Iterator[SignedReading]:
         path = self.data.store_path(name)
@@ -227,8 +265,7 @@ class FleetData:
                 for block in store.blocks():
                     yield from block.readings
                 yield from store.pending()
-        # SQLite's own errors come through the store's read paths ("database disk image is
-        # malformed"); a damaged store is the fleet table's FAILED (audit says why), not a 500.
+        # As in ``_alarms``: a damaged store shows as FAILED on the fleet page, not as a 500.
         except Exception:
             return
 

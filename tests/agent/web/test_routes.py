@@ -299,3 +299,25 @@ def test_the_offline_app_has_no_live_routes(base_url: str) -> None:
     assert _get(base_url + "/events")[0] == 404
     assert _get(base_url + "/live.js")[0] == 404
     assert "<script" not in _page(base_url + "/")
+
+
+def test_fleet_alarms_agree_with_a_full_read_of_each_chain(web_fleet: WebFleet) -> None:
+    """The fleet page keeps what it read of sealed blocks; read again, and read afresh, it
+    agrees with the last value of each alarm sensor over every reading of the store."""
+    secret = keystore.read_owner_secret(web_fleet.owner_key)
+    fd = FleetData.open(web_fleet.data, Opening.owner(secret))
+    first, again = fd.fleet(), fd.fleet()
+    for page in (first, again):
+        for row in page.rows:
+            last: dict[str, int] = {}
+            path = web_fleet.data / "devices" / row.report.name / "store.sqlite"
+            with Store(path) as store:
+                readings = [sr for b in store.blocks() for sr in b.readings]
+                readings += store.pending()
+            for sr in readings:
+                r = fd.opening.open(sr).reading
+                assert r is not None
+                if r.sensor.startswith("alarm."):
+                    last[r.sensor] = r.value
+            assert row.alarms == tuple(sorted(s for s, v in last.items() if v)), row.report.name
+            assert row.withheld == 0
