@@ -16,8 +16,11 @@ from pathlib import Path
 
 from agent.cli.errors import CliError
 from agent.cli.show import read_x25519_secret
+from agent.errors import AgentError
 from agent.fleet.runner import FleetRunner
 from agent.provenance.opening import Opening
+from ledger.errors import LedgerError
+from ledger.private import open_grant
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +35,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         help="owner X25519 secret key file: show that household's readings",
     )
+    p.add_argument(
+        "--grant", type=Path, help="grant file (with --grantee-key): show what it covers"
+    )
+    p.add_argument("--grantee-key", type=Path, help="grantee X25519 secret key file")
     p.set_defaults(func=_web)
 
 
@@ -93,7 +100,7 @@ def _web(args: argparse.Namespace) -> int:
     from agent.web.app import serve  # the framework only now: an optional extra
     from agent.web.data import FleetData, WebError
 
-    opening = Opening.owner(read_x25519_secret(args.owner_key)) if args.owner_key else None
+    opening = _opening(args)
     try:
         fd = FleetData.open(args.data, opening)
     except WebError as exc:
@@ -101,3 +108,23 @@ def _web(args: argparse.Namespace) -> int:
     print(f"edgefleet web: serving {args.data} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     serve(fd, args.host, args.port)
     return 0
+
+
+def _opening(args: argparse.Namespace) -> Opening | None:
+    """What private readings the pages may open: an owner's, a grant's, or none (as ``trace``)."""
+    if args.owner_key and (args.grant or args.grantee_key):
+        raise CliError("give either --owner-key or --grant with --grantee-key, not both")
+    if args.owner_key:
+        return Opening.owner(read_x25519_secret(args.owner_key))
+    if bool(args.grant) != bool(args.grantee_key):
+        raise CliError("--grant and --grantee-key go together")
+    if not args.grant:
+        return None
+    try:
+        blob = args.grant.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{args.grant}: cannot read ({exc.strerror})") from None
+    try:
+        return Opening.granted(open_grant(read_x25519_secret(args.grantee_key), blob))
+    except (AgentError, LedgerError) as exc:
+        raise CliError(f"{args.grant}: {exc}") from None

@@ -10,6 +10,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from email.message import Message
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -23,6 +24,7 @@ from agent.web import pages
 from agent.web.app import running
 from agent.web.data import BLOCKS_SHOWN, FleetData
 from ledger.bundle import verify_bundle
+from ledger.private import open_grant
 from ledger.store import Store
 from tests.agent.web.conftest import PLASMA, WebFleet
 from tests.agent.web.tables import rows
@@ -321,3 +323,27 @@ def test_fleet_alarms_agree_with_a_full_read_of_each_chain(web_fleet: WebFleet) 
                     last[r.sensor] = r.value
             assert row.alarms == tuple(sorted(s for s, v in last.items() if v)), row.report.name
             assert row.withheld == 0
+
+
+def test_a_grant_opens_its_device_and_time_range_only(
+    web_fleet: WebFleet,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("EDGEFLEET_PASSPHRASE", "grantee passphrase")
+    vet = tmp_path / "vet.key"
+    assert main(["keys", "init-owner", "--out", str(vet)]) == 0
+    data = str(web_fleet.data)
+    grant = tmp_path / "vet.grant"
+    args = ["grant", "--data", data, "--device", "fridge-1", "--owner-key"]
+    args += [str(web_fleet.owner_key), "--to-key", f"{vet}.pub", "--out", str(grant)]
+    assert main([*args, "--from", "2025-01-06T00:00Z", "--until", "2025-01-06T12:00Z"]) == 0
+    capsys.readouterr()
+    opening = Opening.granted(open_grant(keystore.read_owner_secret(vet), grant.read_bytes()))
+    page = FleetData.open(web_fleet.data, opening).device("fridge-1")
+    times = [t for pts in page.temps.values() for t, _ in pts]
+    assert times and max(times) <= 1_736_164_800_000  # 2025-01-06T12:00Z
+    assert page.withheld == {"outside the grant's time range": sum(page.withheld.values())}
+    assert main(["web", "--data", data, "--grant", str(grant)]) == 2
+    assert "--grant and --grantee-key go together" in capsys.readouterr().err
