@@ -189,7 +189,8 @@ def device(page: DevicePage) -> str:
         body.append(
             f'<p class="withheld"><strong>{n_withheld} private reading(s) withheld</strong> '
             f"({escape(why)}): they are sealed to the household's owner; start "
-            "<code>edgefleet web</code> with <code>--owner-key FILE</code> to show them.</p>"
+            "<code>edgefleet web</code> with <code>--owner-key FILE</code> (or a "
+            "<code>--grant</code>) to show them.</p>"
         )
     body.append(f"<h2>Readings over time</h2><p>{page.shown} reading(s) shown.")
     plot = device_plot(page)
