@@ -60,6 +60,10 @@ _LIVE_HEADERS = dict(_HEADERS)
 _LIVE_HEADERS["Content-Security-Policy"] = _POLICY + "; script-src 'self'; connect-src 'self'"
 EVENT_PERIOD_S = 1.0
 _LIVE_JS = Path(__file__).with_name("live.js")
+# The zero-install bundle verifier (docs/BUNDLE.md section 7): it carries its own, stricter
+# Content-Security-Policy (inline script only, no fetch at all), which a header here would only
+# intersect with, so it is served with the other headers alone.
+_VERIFY_HTML = Path(__file__).with_name("verify.html")
 
 
 def _html(text: str, status: int = 200, live: bool = False) -> HTMLResponse:
@@ -188,6 +192,10 @@ def create_app(
         headers["Cache-Control"] = "no-store"
         return Response(body, media_type="text/event-stream", headers=headers)
 
+    def verify_page(request: Request) -> Response:
+        headers = {k: v for k, v in _HEADERS.items() if k != "Content-Security-Policy"}
+        return HTMLResponse(_VERIFY_HTML.read_bytes(), headers=headers)
+
     def live_js(request: Request) -> Response:
         return Response(_LIVE_JS.read_bytes(), media_type="text/javascript", headers=_LIVE_HEADERS)
 
@@ -213,6 +221,7 @@ def create_app(
         Route("/item/trace.json", item_json),
         Route("/item/epcis.json", item_epcis),
         Route("/item/bundle", item_bundle),
+        Route("/verify", verify_page),
     ]
     if live:
         routes += [Route("/events", events), Route("/live.js", live_js)]

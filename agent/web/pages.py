@@ -339,8 +339,8 @@ def trace(doc: dict[str, Any]) -> str:
         f'<a href="/item/trace.json?epc={q}" download>trace (JSON)</a> · '
         f'<a href="/item/epcis.json?epc={q}" download>EPCIS 2.0 document</a> · '
         f'<a href="/item/bundle?epc={q}" download>proof bundle</a> '
-        '<span class="muted">(check it offline with <code>edgefleet verify-bundle</code>)'
-        "</span></p>"
+        '<span class="muted">(check it offline with <code>edgefleet verify-bundle</code>, or in a '
+        'browser with nothing installed: <a href="/verify">the bundle verifier</a>)</span></p>'
     )
     plot = trace_plot(doc)
     if plot is not None:

@@ -1,4 +1,4 @@
-"""web/verify.html, the zero-install verifier, against ledger/bundle.py in headless Chromium.
+"""agent/web/verify.html, the zero-install verifier, against ledger/bundle.py in headless Chromium.
 
 The page must reach ``verify_bundle``'s verdict on every bundle: the same result, the same failure
 code and the same message (what `edgefleet verify-bundle` prints), the same subject, devices and
@@ -66,7 +66,7 @@ from tests.ledger.test_bundle import (
 from . import chromium
 from .chromium import Chromium, Page, b64, require_chromium
 
-PAGE = Path(__file__).resolve().parents[2] / "web" / "verify.html"
+PAGE = Path(__file__).resolve().parents[2] / "agent" / "web" / "verify.html"
 L25519 = 2**252 + 27742317777372353535851937790883648493  # the order of Ed25519's base point
 UNKNOWN = re.compile(
     r"^this bundle has sections this page does not know \(.+\): use edgefleet verify-bundle$"
@@ -415,7 +415,7 @@ def test_printable_table_is_pythons() -> None:
     html = PAGE.read_text()
     m = re.search(r'/\* nonprintable:begin \*/\nconst NONPRINTABLE_RANGES = "([^"]*)";', html)
     assert m is not None
-    assert m.group(1) == nonprintable_ranges(), "regenerate the table in web/verify.html"
+    assert m.group(1) == nonprintable_ranges(), "regenerate the table in agent/web/verify.html"
 
 
 def test_missing_chromium_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:

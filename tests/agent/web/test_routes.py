@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
+import agent.web
 from agent.cli.main import main
 from agent.fleet import keystore
 from agent.fleet.view import DeviceRow, FleetSnapshot
@@ -136,6 +137,17 @@ def test_device_svg_route_serves_the_plot_alone(base_url: str) -> None:
     status, headers, body = _get(base_url + "/device/freezer-station/temperatures.svg")
     assert status == 200 and headers["Content-Type"].startswith("image/svg+xml")
     assert ET.fromstring(body).find(".//s:polyline", NS) is not None
+
+
+def test_the_zero_install_bundle_verifier_is_served_with_its_own_policy(base_url: str) -> None:
+    """The page of docs/BUNDLE.md section 7, byte for byte, without a header policy that would
+    intersect with (and break) its own: it keeps its meta Content-Security-Policy."""
+    status, headers, body = _get(base_url + "/verify")
+    page = Path(agent.web.__file__).with_name("verify.html").read_bytes()
+    assert status == 200 and body == page
+    assert headers["Content-Type"].startswith("text/html")
+    assert "Content-Security-Policy" not in headers
+    assert b'http-equiv="Content-Security-Policy"' in body
 
 
 def test_items_page_lists_the_tags_and_names_the_sealed_devices(
