@@ -31,6 +31,7 @@ from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from agent.fleet.provision import pre_enrolled
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
+from agent.fleet.serial_source import SerialSetupError
 from agent.transport.brokers import BrokerError
 from agent.transport.errors import TransportError
 
@@ -170,5 +171,5 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with fleet_log(args.data / "fleet.log"):
             return asyncio.run(main())
-    except (BrokerError, TransportError, keystore.KeystoreError) as exc:
+    except (BrokerError, TransportError, keystore.KeystoreError, SerialSetupError) as exc:
         raise CliError(str(exc)) from None

@@ -26,9 +26,10 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TextIO
 
 from agent.config.devices import FleetConfig
@@ -46,6 +47,7 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
+from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
 from agent.fleet.sources import SampleSource, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
 from agent.gossip import actions as A
@@ -162,6 +164,7 @@ class FleetRunner:
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+        self._serial: SerialFeed | None = None  # the local devices' real serial sensors
 
     @property
     def group_sync(self) -> GroupSync | None:
@@ -174,6 +177,21 @@ class FleetRunner:
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
         raise_fd_limit()
+        self._serial = self._serial_feed()
+        if self._serial is None:
+            return await self._run()
+        # Options a driver refuses fail here, before anything is written; a missing port is
+        # the sensor's first outage and the run goes on.
+        await asyncio.to_thread(self._serial.start)
+        try:
+            return await self._run()
+        finally:
+            await asyncio.to_thread(self._serial.close)
+
+    async def _run(self) -> RunResult:
+        if self._serial is not None and not self.opts.realtime:
+            log.info("real time: serial sensors of %s", self._serial.describe())
+            self.opts.realtime = True
         if self.opts.realtime:
             now = RealClock().now_ms()
             origin = read_origin(self.data, now)
@@ -220,6 +238,8 @@ class FleetRunner:
         gc_thresholds = gc.get_threshold()
         switch_interval = sys.getswitchinterval()
         try:
+            if self._serial is not None:
+                fleet = LiveSource(fleet, self._serial)
             await self._connect(prov)
             stores = await self._build_agents(prov)
             # Keys, certificates, stores and cores live as long as the run: move them out of
@@ -264,6 +284,21 @@ class FleetRunner:
                 s.close()  # syncs a store the group has not synced yet
             if self._group is not None:
                 self._group.close()
+
+    def _serial_feed(self) -> SerialFeed | None:
+        """The serial sensors of the local devices when samples come from the simulation (a
+        replayed trace already holds what they read); None when there are none."""
+        if self.opts.source is not None or self.opts.simulated_network:
+            return None
+        devices = serial_devices(self.cfg, self.local)
+        return SerialFeed(self.cfg, devices) if devices else None
+
+    def _live_notes(self) -> tuple[str, ...]:
+        """The view's notes: the broker's, and the serial sensors' state."""
+        if self._serial is None:
+            return self._notes
+        down = [o.note() for o in self._serial.down().values()]
+        return (*self._notes, f"real time: serial sensors of {self._serial.describe()}", *down)
 
     def _step_ms(self) -> int:
         speed = self.opts.speed
@@ -586,7 +621,8 @@ class FleetRunner:
                 self._speed(wall0),
                 self._broker_note,
                 last,
-                self._notes,
+                self._live_notes(),
+                {} if self._serial is None else self._serial.down(),
             )
             view.show(snap)
             await asyncio.sleep(VIEW_PERIOD_S)
@@ -663,6 +699,7 @@ def _snapshot(
     broker: str,
     last: dict[str, tuple[float, int, int]],
     notes: tuple[str, ...] = (),
+    serial_down: Mapping[str, object] = MappingProxyType({}),
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = 0
@@ -688,6 +725,7 @@ def _snapshot(
                 peers_total=len(a.peer_ids),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
+                serial_down=name in serial_down,
                 **_replication_row(a),
             )
         )

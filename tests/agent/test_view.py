@@ -3,10 +3,11 @@ summary lines when the output is not a terminal."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from agent.device.sealing import SealPolicy
-from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, render
+from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, render, summary_line
 
 T0 = 1_736_121_600_000  # 2025-01-06 00:00 UTC
 
@@ -99,3 +100,12 @@ def test_replication_shows_copies_and_lent_storage_when_on() -> None:
     off = render(snap([row(1)]))
     assert not any(line.startswith("replication") for line in off)
     assert off[4].split()[7:9] == ["-", "-"]
+
+
+def test_a_lost_serial_sensor_is_marked_on_its_device() -> None:
+    down = dataclasses.replace(row(2), serial_down=True)
+    table = render(snap([row(1), down]))[3:]
+    assert table[1].split()[0] == "dev-1"
+    assert table[2].split()[:2] == ["dev-2", "SERIAL-DOWN"]
+    assert summary_line(snap([row(1), down])).endswith(" serial-down dev-2")
+    assert "serial-down" not in summary_line(snap([row(1)]))

@@ -1,0 +1,303 @@
+"""`run` with real serial sensors on pseudo-terminals, in real time.
+
+Two devices of one fleet: ``door`` reads an RDM6300 (repeating frames, line noise, frames with a
+bad checksum), ``probe`` polls an XY-MD02 over Modbus RTU. Each sensor's port is a udev-like
+name (a symlink) to a pty: unplugging closes the pty and removes the name, plugging back makes a
+new pty under the same name. Every wait is for a reading to be durable in the device's store
+(read-only connections), with a generous guard against a hang, never a time budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import tty
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config.devices import load_fleet
+from agent.fleet.datadir import DataDir
+from agent.fleet.runner import FleetRunner, RunOptions, RunResult
+from agent.fleet.serial_source import up_sensor
+from firmware_sim.serial.rfid import encode_rdm6300
+from firmware_sim.serial.sim import XyMd02Sim
+from tests.agent.runner_helpers import Content, device_ids, read_view, verify
+
+pytestmark = pytest.mark.pty
+
+HANG_GUARD_S = 90.0
+CARD = bytes.fromhex("62E3086CED")
+TAG = "em4100:62E3086CED"
+CARD2 = bytes.fromhex("67003B51C6")
+TAG2 = "em4100:67003B51C6"
+BAD_FRAME = b"\x02" + b"68003B51C6CB" + b"\x03"  # the reference checksum mismatch
+BAD_TAG = "em4100:68003B51C6"
+NOISE = b"\xff\x00\x13garbage\x03\x02zz"
+
+FLEET = """\
+fleet: serial
+seed: 3
+sites: [{{id: shop, kind: household}}]
+devices:
+  - name: door
+    kind: refrigerator
+    site: shop
+    serial: {{driver: rdm6300, port: "{rfid}", sensors: [rfid.in, rfid.out]}}
+  - name: probe
+    kind: refrigerator
+    site: shop
+    sampling_period: 1s
+    serial:
+      driver: xymd02
+      port: "{modbus}"
+      options: {{prefix: fridge}}
+      sensors: [fridge.temp_mc, fridge.humidity_pm]
+world: {{shopping: {{enabled: false}}, meals: {{enabled: false}}}}
+"""
+
+
+class Adapter:
+    """A USB serial adapter under a stable name: a pty pair whose slave is reached through a
+    symlink. ``unplug`` closes the pty and removes the name, as udev does."""
+
+    def __init__(self, name: Path) -> None:
+        self.name = name
+        self.master = -1
+        self._slave = -1
+
+    def plug(self) -> int:
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.name.symlink_to(os.ttyname(self._slave))
+        return self.master
+
+    def unplug(self) -> None:
+        if self.master < 0:
+            return
+        self.name.unlink()
+        os.close(self.master)
+        os.close(self._slave)
+        self.master = self._slave = -1
+
+
+class Rdm6300:
+    """A reader with a card in its field: the card's frame every 50 ms, with line noise and
+    frames of another card with a bad checksum in between (often enough that a parser that
+    accepted them would confirm that card)."""
+
+    def __init__(self, master: int, card: bytes) -> None:
+        self.master = master
+        self.frame = encode_rdm6300(card)
+        self.frames = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(0.05):
+                out = self.frame
+                if self.frames % 4 == 1:
+                    out = NOISE + BAD_FRAME + BAD_FRAME + out
+                os.write(self.master, out)
+                self.frames += 1
+        except BaseException as exc:  # reported by remove()
+            self.error = exc
+
+    def remove(self) -> None:
+        """The card leaves the field: frames stop."""
+        self._stop.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+class Responder:
+    """An XY-MD02 answering the bus from the master side of the pty, until it is unplugged."""
+
+    def __init__(self, master: int, sim: XyMd02Sim) -> None:
+        self.master = master
+        self.sim = sim
+        self.error: BaseException | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        try:
+            while True:
+                ready, _, _ = select.select([self.master, self._stop_r], [], [])
+                if self._stop_r in ready:
+                    return
+                answer = self.sim.respond(os.read(self.master, 256))
+                if answer:
+                    os.write(self.master, answer)
+        except BaseException as exc:  # reported by close()
+            self.error = exc
+
+    def close(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join(10)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        assert not self._thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+class Run:
+    """A ``FleetRunner`` on its own thread and event loop, stopped from the test's thread."""
+
+    def __init__(self, runner: FleetRunner) -> None:
+        self.runner = runner
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._thread.start()
+        assert self._started.wait(HANG_GUARD_S)
+
+    def _main(self) -> None:
+        async def go() -> RunResult:
+            self._loop = asyncio.get_running_loop()
+            self._started.set()
+            return await self.runner.run()
+
+        try:
+            self.result = asyncio.run(go())
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+            self._started.set()
+
+    def alive(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        return True
+
+    def stop(self) -> RunResult:
+        if self._loop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.runner.request_stop)
+        self._thread.join(HANG_GUARD_S)
+        assert not self._thread.is_alive(), "the runner did not stop"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def chain(data: Path, device: str) -> list[Content]:
+    """The device's signed readings, durable in its store, in sequence order."""
+    path = DataDir(data).store_path(device)
+    if not path.exists():
+        return []
+    return read_view(path, device_ids(data)[device]).contents()
+
+
+def wait_for(
+    run: Run, data: Path, device: str, found: Callable[[list[Content]], bool], what: str
+) -> list[Content]:
+    """Block until the device's durable readings satisfy ``found`` (the guard only stops a
+    hang: a healthy run gets there in a second or two)."""
+    done = threading.Event()
+    waited = 0.0
+    while run.alive():
+        try:
+            readings = chain(data, device)
+        except Exception:  # the store is being created: not readable yet
+            readings = []
+        if found(readings):
+            return readings
+        assert waited < HANG_GUARD_S, f"{device}: no {what} after {HANG_GUARD_S} s"
+        done.wait(0.05)
+        waited += 0.05
+    raise AssertionError("unreachable")
+
+
+def count(
+    readings: list[Content], sensor: str, value: int | None = None, tag: str | None = None
+) -> int:
+    return sum(
+        1
+        for r in readings
+        if r.sensor == sensor
+        and (value is None or r.value == value)
+        and (tag is None or r.tag == tag)
+    )
+
+
+def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgefleet.serial")
+    rfid, modbus = Adapter(tmp_path / "ttyRFID"), Adapter(tmp_path / "ttyRS485")
+    sim = XyMd02Sim(temp_mc=21_300, humidity_pm=455)
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(FLEET.format(rfid=rfid.name, modbus=modbus.name))
+    data = tmp_path / "data"
+    runner = FleetRunner(
+        load_fleet(devices), RunOptions(data=data, broker="memory", view=False, settle_s=5)
+    )
+    reader = Rdm6300(rfid.plug(), CARD)
+    responder = Responder(modbus.plug(), sim)
+    run = Run(runner)
+    up = up_sensor("rdm6300")
+    try:
+        # The card is read (repeating frames make one arrival), then leaves.
+        wait_for(run, data, "door", lambda r: count(r, "rfid.in", 1, TAG) == 1, "tag read")
+        reader.remove()
+        wait_for(run, data, "door", lambda r: count(r, "rfid.out", 0, TAG) == 1, "tag gone")
+        # The probe's temperature follows the sensor's.
+        wait_for(run, data, "probe", lambda r: count(r, "fridge.temp_mc", 21_300) > 0, "21.3 C")
+        sim.temp_mc = -7_300
+        wait_for(run, data, "probe", lambda r: count(r, "fridge.temp_mc", -7_300) > 0, "-7.3 C")
+
+        # Unplugged: the device keeps running and signs the outage.
+        rfid.unplug()
+        wait_for(run, data, "door", lambda r: count(r, up, 0) == 1, "outage reading")
+        assert run.runner._serial is not None
+        assert set(run.runner._serial.down()) == {"door"}
+        # Plugged back under the same name: reopened, the recovery signed, reading again.
+        reader = Rdm6300(rfid.plug(), CARD2)
+        wait_for(run, data, "door", lambda r: count(r, up, 1) == 2, "recovery reading")
+        wait_for(run, data, "door", lambda r: count(r, "rfid.in", 1, TAG2) == 1, "second tag")
+        assert run.runner._serial.down() == {}
+        reader.remove()
+        wait_for(run, data, "door", lambda r: count(r, "rfid.out", 0, TAG2) == 1, "tag gone")
+    finally:
+        reader.remove()
+        try:
+            result = run.stop()
+        finally:
+            responder.close()
+            rfid.unplug()
+            modbus.unplug()
+
+    assert result.samples > 0
+    door, probe = chain(data, "door"), chain(data, "probe")
+    ups = [(r.value, r.time_ms) for r in door if r.sensor == up]
+    assert [v for v, _ in ups] == [1, 0, 1]
+    assert ups == sorted(ups, key=lambda x: x[1])
+    assert not any(r.tag == BAD_TAG for r in door)  # bad checksums never make a reading
+    assert [r.tag for r in door if r.sensor.startswith("rfid.")] == [TAG, TAG, TAG2, TAG2]
+    # Every temperature of the probe is the real one: the simulated sensor is replaced.
+    temps = {r.value for r in probe if r.sensor == "fridge.temp_mc"}
+    assert temps == {21_300, -7_300}
+    assert {r.value for r in probe if r.sensor == "fridge.humidity_pm"} == {455}
+    assert any(r.sensor == "freezer.temp_mc" for r in probe)  # still simulated
+    checked = verify(data)
+    assert checked.ok, checked.failures()
+    # One warning for the outage, naming the device and the port; the recovery is logged.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert getattr(warnings[0], "device", None) == "door"
+    assert str(rfid.name) in warnings[0].getMessage()
+    assert any("is back" in r.getMessage() for r in caplog.records)
