@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.main import main
 from agent.config.devices import load_fleet
 from agent.fleet.datadir import DataDir
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from agent.fleet.serial_source import up_sensor
 from firmware_sim.serial.rfid import encode_rdm6300
 from firmware_sim.serial.sim import XyMd02Sim
-from tests.agent.runner_helpers import Content, device_ids, read_view, verify
+from ledger.reading import Reading, decode_reading
+from tests.agent.runner_helpers import device_ids, plain, read_view, verify
 
 pytestmark = pytest.mark.pty
 
@@ -194,17 +196,18 @@ class Run:
         return self.result
 
 
-def chain(data: Path, device: str) -> list[Content]:
+def chain(data: Path, device: str) -> list[Reading]:
     """The device's signed readings, durable in its store, in sequence order."""
     path = DataDir(data).store_path(device)
     if not path.exists():
         return []
-    return read_view(path, device_ids(data)[device]).contents()
+    view = read_view(path, device_ids(data)[device])
+    return [plain(decode_reading(view.readings[seq]), ()) for seq in sorted(view.readings)]
 
 
 def wait_for(
-    run: Run, data: Path, device: str, found: Callable[[list[Content]], bool], what: str
-) -> list[Content]:
+    run: Run, data: Path, device: str, found: Callable[[list[Reading]], bool], what: str
+) -> list[Reading]:
     """Block until the device's durable readings satisfy ``found`` (the guard only stops a
     hang: a healthy run gets there in a second or two)."""
     done = threading.Event()
@@ -223,7 +226,7 @@ def wait_for(
 
 
 def count(
-    readings: list[Content], sensor: str, value: int | None = None, tag: str | None = None
+    readings: list[Reading], sensor: str, value: int | None = None, tag: str | None = None
 ) -> int:
     return sum(
         1
@@ -301,3 +304,68 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
     assert getattr(warnings[0], "device", None) == "door"
     assert str(rfid.name) in warnings[0].getMessage()
     assert any("is back" in r.getMessage() for r in caplog.records)
+
+
+PROBE_ONLY = """\
+fleet: probe
+seed: 4
+sites: [{{id: lab, kind: blood_station}}]
+devices:
+  - name: probe
+    kind: medical_freezer
+    site: lab
+    sampling_period: 1s
+    serial:
+      driver: xymd02
+      port: "{modbus}"
+      options: {{prefix: cabinet{extra}}}
+      sensors: [cabinet.temp_mc]
+world: {{blood: {{enabled: false}}}}
+"""
+
+
+def test_a_port_missing_at_start_is_an_outage_not_an_error(tmp_path: Path) -> None:
+    """The adapter is plugged in after the device started; a Modbus probe unplugged mid-poll
+    (the write fails) is an outage too."""
+    modbus = Adapter(tmp_path / "ttyRS485")
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(PROBE_ONLY.format(modbus=modbus.name, extra=""))
+    data = tmp_path / "data"
+    up = up_sensor("xymd02")
+    run = Run(FleetRunner(load_fleet(devices), RunOptions(data=data, broker="memory", view=False)))
+    responder = None
+    try:
+        first = wait_for(run, data, "probe", lambda r: count(r, up) == 1, "outage reading")
+        assert [(r.value, r.text) for r in first if r.sensor == up] == [(0, "port-not-found")]
+        responder = Responder(modbus.plug(), XyMd02Sim(temp_mc=-30_500))
+        wait_for(run, data, "probe", lambda r: count(r, "cabinet.temp_mc", -30_500) > 0, "temp")
+        responder.close()
+        responder = None
+        modbus.unplug()
+        wait_for(run, data, "probe", lambda r: count(r, up) == 3, "second outage")
+    finally:
+        if responder is not None:
+            responder.close()
+        run.stop()
+        modbus.unplug()
+    ups = [(r.value, r.text) for r in chain(data, "probe") if r.sensor == up]
+    assert [v for v, _ in ups] == [0, 1, 0]
+    assert ups[2][1] is not None and ups[2][1].startswith("port-")
+    readings = chain(data, "probe")
+    temps = {r.value for r in readings if r.sensor == "cabinet.temp_mc"}
+    assert temps == {-30_500}  # the simulated cabinet temperature is replaced
+    assert any(r.sensor == "compressor.on" for r in readings)  # the rest is still simulated
+
+
+def test_options_the_driver_refuses_stop_run_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(PROBE_ONLY.format(modbus=tmp_path / "nothing", extra=", address: 300"))
+    data = tmp_path / "data"
+    code = main(["run", "--devices", str(devices), "--data", str(data), "--no-view"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert str(devices) in err and "'probe'" in err and "1..247" in err
+    assert [p.name for p in data.iterdir()] == ["fleet.log"]  # no key, no store, no fleet.json
