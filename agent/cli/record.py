@@ -225,7 +225,7 @@ async def _record_live(
         raise CliError(str(exc)) from None
     sink: collections.deque[tuple[str, Sample]] = collections.deque()
     stop = threading.Event()
-    readers = [SerialReader(name, s, sink, stop) for name, s in sensors.items()]
+    readers = [SerialReader(name, s, sink, stop) for name, s in sensors]
     for r in readers:
         r.start()
     buffer: list[tuple[str, Sample]] = []
@@ -260,5 +260,5 @@ async def _record_live(
         stop.set()
         for r in readers:
             r.join(timeout=2)
-        for s in sensors.values():
+        for _, s in sensors:
             s.close()

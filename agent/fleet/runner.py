@@ -26,10 +26,9 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TextIO
 
 from agent.config.devices import FleetConfig
@@ -297,7 +296,7 @@ class FleetRunner:
         """The view's notes: the broker's, and the serial sensors' state."""
         if self._serial is None:
             return self._notes
-        down = [o.note() for o in self._serial.down().values()]
+        down = [o.note() for o in self._serial.down()]
         return (*self._notes, f"real time: serial sensors of {self._serial.describe()}", *down)
 
     def _step_ms(self) -> int:
@@ -622,7 +621,7 @@ class FleetRunner:
                 self._broker_note,
                 last,
                 self._live_notes(),
-                {} if self._serial is None else self._serial.down(),
+                set() if self._serial is None else {o.device for o in self._serial.down()},
             )
             view.show(snap)
             await asyncio.sleep(VIEW_PERIOD_S)
@@ -699,7 +698,7 @@ def _snapshot(
     broker: str,
     last: dict[str, tuple[float, int, int]],
     notes: tuple[str, ...] = (),
-    serial_down: Mapping[str, object] = MappingProxyType({}),
+    serial_down: Collection[str] = frozenset(),
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = 0

@@ -8,10 +8,10 @@ time. Two users:
   ``SerialReader``; the first failure stops the recording (a trace with a hole would lie).
 - ``edgefleet run`` uses a ``SerialFeed``: a sensor that is missing or unplugged is reopened
   with exponential backoff (``BACKOFF_FIRST_S`` doubling up to ``BACKOFF_MAX_S``) while its device
-  keeps running, and each change of state is a sample of ``serial.<driver>.up`` (1: reading, 0:
-  down, text the ``PortError`` code) so that the outage and the recovery are signed in the
-  device's chain. ``LiveSource`` merges the feed into the simulation's steps: a real sample goes
-  to its device in the first step whose time reaches the sample's, through the same
+  keeps running, and each change of state is a sample of ``serial.<prefix or driver>.up`` (1:
+  reading, 0: down, text the ``PortError`` code) so that the outage and the recovery are signed
+  in the device's chain. ``LiveSource`` merges the feed into the simulation's steps: a real
+  sample goes to its device in the first step whose time reaches the sample's, through the same
   ``DeviceAgent.submit`` as simulated samples.
 
 The threads only block on the serial line (pyserial, firmware_sim/serial/port.py) and append to a
@@ -24,11 +24,11 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config.devices import Device, FleetConfig
+from agent.config.devices import Device, FleetConfig, serial_up_sensor
 from agent.fleet.sources import SampleSource
 from firmware_sim.clock import RealClock
 from firmware_sim.samples import Sample
@@ -56,11 +56,6 @@ class SerialSetupError(ValueError):
     one line naming the devices file, the device and the problem."""
 
 
-def up_sensor(driver: str) -> str:
-    """The sensor that records whether a device's serial sensor is reading: 1 up, 0 down."""
-    return f"serial.{driver}.up"
-
-
 def serial_devices(config: FleetConfig, names: list[str]) -> list[Device]:
     """The devices among ``names`` that have a serial sensor, in devices.yaml order."""
     wanted = set(names)
@@ -68,12 +63,16 @@ def serial_devices(config: FleetConfig, names: list[str]) -> list[Device]:
 
 
 def open_device_sensor(
-    config: FleetConfig, device: Device, open_sensor: OpenSensor | None, clock: RealClock
+    config: FleetConfig,
+    device: Device,
+    index: int,
+    open_sensor: OpenSensor | None,
+    clock: RealClock,
 ) -> SerialSensor:
-    """Open ``device``'s serial sensor. ``PortError`` (the OS refused or lost the port) passes
-    through; options the driver refuses are a ``SerialSetupError``."""
-    spec = device.serial
-    assert spec is not None
+    """Open serial sensor ``index`` of ``device``. ``PortError`` (the OS refused or lost the
+    port) passes through; options the driver refuses are a ``SerialSetupError``."""
+    assert device.serial is not None
+    spec = device.serial[index]
     if open_sensor is None:
         from firmware_sim.serial.factory import open_sensor as factory_open
 
@@ -84,34 +83,36 @@ def open_device_sensor(
     try:
         return open_sensor(spec.driver, spec.port, clock=clock.now_ms, **options)
     except SensorConfigError as exc:
-        raise _setup_error(config, device, exc) from None
+        raise _setup_error(config, device, index, exc) from None
 
 
-def _setup_error(config: FleetConfig, device: Device, exc: Exception) -> SerialSetupError:
+def _setup_error(
+    config: FleetConfig, device: Device, index: int, exc: Exception
+) -> SerialSetupError:
+    field = "serial" if device.serial is None or len(device.serial) == 1 else f"serial[{index}]"
     return SerialSetupError(
-        f"{config.source}: device {device.name!r} ({device.where}): field 'serial': {exc}"
+        f"{config.source}: device {device.name!r} ({device.where}): field '{field}': {exc}"
     )
 
 
 def open_sensors(
     config: FleetConfig, open_sensor: OpenSensor | None, clock: RealClock
-) -> dict[str, SerialSensor]:
-    """Open the serial sensor of every device that has one, or none of them: any failure
-    (a refused option, a port that cannot be opened) closes those already open and raises
+) -> list[tuple[str, SerialSensor]]:
+    """(device, sensor) for every serial sensor of the fleet, or none of them: any failure (a
+    refused option, a port that cannot be opened) closes those already open and raises
     ``SerialSetupError``."""
-    opened: dict[str, SerialSensor] = {}
+    opened: list[tuple[str, SerialSensor]] = []
     try:
         for d in config.devices:
-            if d.serial is None:
-                continue
-            try:
-                opened[d.name] = open_device_sensor(config, d, open_sensor, clock)
-            except (OSError, ValueError) as exc:
-                if isinstance(exc, SerialSetupError):
-                    raise
-                raise _setup_error(config, d, exc) from None
+            for i in range(len(d.serial or ())):
+                try:
+                    opened.append((d.name, open_device_sensor(config, d, i, open_sensor, clock)))
+                except (OSError, ValueError) as exc:
+                    if isinstance(exc, SerialSetupError):
+                        raise
+                    raise _setup_error(config, d, i, exc) from None
     except BaseException:
-        for sensor in opened.values():
+        for _, sensor in opened:
             sensor.close()
         raise
     return opened
@@ -159,15 +160,19 @@ class Outage:
 
 
 class _Keeper(threading.Thread):
-    """Keeps one device's sensor reading: reopens it with backoff whenever it is lost."""
+    """Keeps one serial sensor of a device reading: reopens it with backoff whenever it is
+    lost."""
 
-    def __init__(self, feed: SerialFeed, device: Device) -> None:
-        super().__init__(name=f"serial-{device.name}", daemon=True)
+    def __init__(self, feed: SerialFeed, device: Device, index: int) -> None:
         assert device.serial is not None
+        spec = device.serial[index]
+        self.up_sensor = serial_up_sensor(spec)
+        super().__init__(name=f"{device.name}:{self.up_sensor}", daemon=True)
         self.feed = feed
         self.device = device
-        self.driver = device.serial.driver
-        self.port = device.serial.port
+        self.index = index
+        self.driver = spec.driver
+        self.port = spec.port
         self.sensor: SerialSensor | None = None
         self.period_s = device.sample_period_ms / 1000 if self.driver in POLLED else 0.0
         self.reopens = 0  # successful reopens after an outage
@@ -176,9 +181,7 @@ class _Keeper(threading.Thread):
         """The first attempt, on the caller's thread: refused options raise; a port that cannot
         be opened is the first outage."""
         try:
-            self.sensor = open_device_sensor(
-                self.feed.config, self.device, self.feed.open_sensor, self.feed.clock
-            )
+            self.sensor = self._open()
         except PortError as exc:
             self._went_down(exc)
         else:
@@ -213,14 +216,12 @@ class _Keeper(threading.Thread):
 
     def _reopen(self) -> None:
         try:
-            self.sensor = open_device_sensor(
-                self.feed.config, self.device, self.feed.open_sensor, self.feed.clock
-            )
+            self.sensor = self._open()
         except (OSError, ValueError) as exc:  # still gone: stay down, say nothing new
             log.debug("%s still down: %s", self.port, exc, extra={"device": self.device.name})
             return
         self.reopens += 1
-        self.feed.outages.pop(self.device.name, None)
+        self.feed.outages.pop(self.name, None)
         log.info(
             "serial %s on %s is back: reading again",
             self.driver,
@@ -228,6 +229,12 @@ class _Keeper(threading.Thread):
             extra={"device": self.device.name},
         )
         self._emit(1, None)
+
+    def _open(self) -> SerialSensor:
+        feed = self.feed
+        return open_device_sensor(
+            feed.config, self.device, self.index, feed.open_sensor, feed.clock
+        )
 
     def _lose(self, exc: Exception) -> None:
         sensor, self.sensor = self.sensor, None
@@ -246,9 +253,7 @@ class _Keeper(threading.Thread):
     def _went_down(self, exc: Exception) -> None:
         code = exc.code if isinstance(exc, PortError) else "driver-error"
         now = self.feed.clock.now_ms()
-        self.feed.outages[self.device.name] = Outage(
-            self.device.name, self.driver, self.port, now, code
-        )
+        self.feed.outages[self.name] = Outage(self.device.name, self.driver, self.port, now, code)
         log.warning(
             "serial %s on %s is down (%s); the device keeps running, reopening with backoff "
             "(%.1f s doubling to %.0f s)",
@@ -263,7 +268,7 @@ class _Keeper(threading.Thread):
 
     def _emit(self, value: int, text: str | None, now: int | None = None) -> None:
         t = self.feed.clock.now_ms() if now is None else now
-        self.feed.put(self.device.name, Sample(t, up_sensor(self.driver), value, text=text))
+        self.feed.put(self.device.name, Sample(t, self.up_sensor, value, text=text))
 
     def _close_quietly(self, sensor: SerialSensor) -> None:
         try:
@@ -292,15 +297,11 @@ class SerialFeed:
         self.open_sensor = open_sensor
         self.clock = clock or RealClock()
         self.stop = threading.Event()
-        self.outages: dict[str, Outage] = {}  # device -> current outage (written by threads)
+        self.outages: dict[str, Outage] = {}  # sensor's thread -> its outage (set by threads)
         self.dropped = 0  # samples dropped because MAX_QUEUED were waiting
         self._queue: collections.deque[tuple[str, Sample]] = collections.deque()
         self._held: list[tuple[str, Sample]] = []  # taken from the queue, not yet due
-        self._keepers = [_Keeper(self, d) for d in devices]
-
-    @property
-    def devices(self) -> list[str]:
-        return [k.device.name for k in self._keepers]
+        self._keepers = [_Keeper(self, d, i) for d in devices for i in range(len(d.serial or ()))]
 
     def describe(self) -> str:
         """``fridge-1 (rdm6300 /dev/ttyUSB0), ...`` for the log and the live view."""
@@ -336,8 +337,9 @@ class SerialFeed:
         due.sort(key=lambda x: x[1].time_ms)
         return due
 
-    def down(self) -> Mapping[str, Outage]:
-        return dict(self.outages)
+    def down(self) -> list[Outage]:
+        """The sensors down now."""
+        return list(self.outages.values())
 
     def close(self) -> None:
         self.stop.set()

@@ -1,10 +1,11 @@
 """`run` with real serial sensors on pseudo-terminals, in real time.
 
-Two devices of one fleet: ``door`` reads an RDM6300 (repeating frames, line noise, frames with a
-bad checksum), ``probe`` polls an XY-MD02 over Modbus RTU. Each sensor's port is a udev-like
-name (a symlink) to a pty: unplugging closes the pty and removes the name, plugging back makes a
-new pty under the same name. Every wait is for a reading to be durable in the device's store
-(read-only connections), with a generous guard against a hang, never a time budget.
+One device, ``pi``, reads an RDM6300 (repeating frames, line noise, frames with a bad checksum)
+and polls an XY-MD02 over Modbus RTU; its other sensors stay simulated. Each sensor's port is a
+udev-like name (a symlink) to a pty: unplugging closes the pty and removes the name, plugging
+back makes a new pty under the same name. Every wait is for a reading to be durable in the
+device's store (read-only connections), with a generous guard against a hang, never a time
+budget.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from agent.cli.main import main
 from agent.config.devices import load_fleet
 from agent.fleet.datadir import DataDir
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
-from agent.fleet.serial_source import up_sensor
 from firmware_sim.serial.rfid import encode_rdm6300
 from firmware_sim.serial.sim import XyMd02Sim
 from ledger.reading import Reading, decode_reading
@@ -45,19 +45,19 @@ fleet: serial
 seed: 3
 sites: [{{id: shop, kind: household}}]
 devices:
-  - name: door
-    kind: refrigerator
-    site: shop
-    serial: {{driver: rdm6300, port: "{rfid}", sensors: [rfid.in, rfid.out]}}
-  - name: probe
+  - name: pi
     kind: refrigerator
     site: shop
     sampling_period: 1s
     serial:
-      driver: xymd02
-      port: "{modbus}"
-      options: {{prefix: fridge}}
-      sensors: [fridge.temp_mc, fridge.humidity_pm]
+      - {{driver: rdm6300, port: "{rfid}", sensors: [rfid.in, rfid.out]}}
+      - driver: xymd02
+        port: "{modbus}"
+        options: {{prefix: fridge}}
+        sensors: [fridge.temp_mc, fridge.humidity_pm]
+  - name: other
+    kind: refrigerator
+    site: shop
 world: {{shopping: {{enabled: false}}, meals: {{enabled: false}}}}
 """
 
@@ -252,29 +252,31 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
     reader = Rdm6300(rfid.plug(), CARD)
     responder = Responder(modbus.plug(), sim)
     run = Run(runner)
-    up = up_sensor("rdm6300")
+    up = "serial.rdm6300.up"
     try:
         # The card is read (repeating frames make one arrival), then leaves.
-        wait_for(run, data, "door", lambda r: count(r, "rfid.in", 1, TAG) == 1, "tag read")
+        wait_for(run, data, "pi", lambda r: count(r, "rfid.in", 1, TAG) == 1, "tag read")
         reader.remove()
-        wait_for(run, data, "door", lambda r: count(r, "rfid.out", 0, TAG) == 1, "tag gone")
+        wait_for(run, data, "pi", lambda r: count(r, "rfid.out", 0, TAG) == 1, "tag gone")
         # The probe's temperature follows the sensor's.
-        wait_for(run, data, "probe", lambda r: count(r, "fridge.temp_mc", 21_300) > 0, "21.3 C")
+        wait_for(run, data, "pi", lambda r: count(r, "fridge.temp_mc", 21_300) > 0, "21.3 C")
         sim.temp_mc = -7_300
-        wait_for(run, data, "probe", lambda r: count(r, "fridge.temp_mc", -7_300) > 0, "-7.3 C")
+        wait_for(run, data, "pi", lambda r: count(r, "fridge.temp_mc", -7_300) > 0, "-7.3 C")
 
-        # Unplugged: the device keeps running and signs the outage.
+        # The RFID reader unplugged: the device keeps running and signs the outage.
         rfid.unplug()
-        wait_for(run, data, "door", lambda r: count(r, up, 0) == 1, "outage reading")
+        wait_for(run, data, "pi", lambda r: count(r, up, 0) == 1, "outage reading")
         assert run.runner._serial is not None
-        assert set(run.runner._serial.down()) == {"door"}
+        assert [(o.device, o.port) for o in run.runner._serial.down()] == [("pi", str(rfid.name))]
+        sim.temp_mc = 5_000  # the probe reads on meanwhile
+        wait_for(run, data, "pi", lambda r: count(r, "fridge.temp_mc", 5_000) > 0, "5.0 C")
         # Plugged back under the same name: reopened, the recovery signed, reading again.
         reader = Rdm6300(rfid.plug(), CARD2)
-        wait_for(run, data, "door", lambda r: count(r, up, 1) == 2, "recovery reading")
-        wait_for(run, data, "door", lambda r: count(r, "rfid.in", 1, TAG2) == 1, "second tag")
-        assert run.runner._serial.down() == {}
+        wait_for(run, data, "pi", lambda r: count(r, up, 1) == 2, "recovery reading")
+        wait_for(run, data, "pi", lambda r: count(r, "rfid.in", 1, TAG2) == 1, "second tag")
+        assert run.runner._serial.down() == []
         reader.remove()
-        wait_for(run, data, "door", lambda r: count(r, "rfid.out", 0, TAG2) == 1, "tag gone")
+        wait_for(run, data, "pi", lambda r: count(r, "rfid.out", 0, TAG2) == 1, "tag gone")
     finally:
         reader.remove()
         try:
@@ -285,23 +287,25 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
             modbus.unplug()
 
     assert result.samples > 0
-    door, probe = chain(data, "door"), chain(data, "probe")
-    ups = [(r.value, r.time_ms) for r in door if r.sensor == up]
-    assert [v for v, _ in ups] == [1, 0, 1]
-    assert ups == sorted(ups, key=lambda x: x[1])
-    assert not any(r.tag == BAD_TAG for r in door)  # bad checksums never make a reading
-    assert [r.tag for r in door if r.sensor.startswith("rfid.")] == [TAG, TAG, TAG2, TAG2]
+    pi = chain(data, "pi")
+    ups = [(r.value, r.text, r.time_ms) for r in pi if r.sensor == up]
+    assert [(v, t) for v, t, _ in ups] == [(1, None), (0, "port-io"), (1, None)]
+    assert ups == sorted(ups, key=lambda x: x[2])
+    assert [(r.value, r.text) for r in pi if r.sensor == "serial.fridge.up"] == [(1, None)]
+    assert not any(r.tag == BAD_TAG for r in pi)  # bad checksums never make a reading
+    assert [r.tag for r in pi if r.sensor.startswith("rfid.")] == [TAG, TAG, TAG2, TAG2]
     # Every temperature of the probe is the real one: the simulated sensor is replaced.
-    temps = {r.value for r in probe if r.sensor == "fridge.temp_mc"}
-    assert temps == {21_300, -7_300}
-    assert {r.value for r in probe if r.sensor == "fridge.humidity_pm"} == {455}
-    assert any(r.sensor == "freezer.temp_mc" for r in probe)  # still simulated
+    temps = {r.value for r in pi if r.sensor == "fridge.temp_mc"}
+    assert temps == {21_300, -7_300, 5_000}
+    assert {r.value for r in pi if r.sensor == "fridge.humidity_pm"} == {455}
+    assert any(r.sensor == "freezer.temp_mc" for r in pi)  # still simulated
+    assert not any(r.sensor.startswith("serial.") for r in chain(data, "other"))
     checked = verify(data)
     assert checked.ok, checked.failures()
     # One warning for the outage, naming the device and the port; the recovery is logged.
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert getattr(warnings[0], "device", None) == "door"
+    assert getattr(warnings[0], "device", None) == "pi"
     assert str(rfid.name) in warnings[0].getMessage()
     assert any("is back" in r.getMessage() for r in caplog.records)
 
@@ -331,7 +335,7 @@ def test_a_port_missing_at_start_is_an_outage_not_an_error(tmp_path: Path) -> No
     devices = tmp_path / "devices.yaml"
     devices.write_text(PROBE_ONLY.format(modbus=modbus.name, extra=""))
     data = tmp_path / "data"
-    up = up_sensor("xymd02")
+    up = "serial.cabinet.up"
     run = Run(FleetRunner(load_fleet(devices), RunOptions(data=data, broker="memory", view=False)))
     responder = None
     try:
