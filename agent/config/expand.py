@@ -463,7 +463,14 @@ class _Expander:
                     )
             spec = SerialSpec(s.driver, s.port, s.baud, dict(s.options), tuple(s.sensors))
             up = serial_up_sensor(spec)
-            if not SENSOR_RE.fullmatch(up):
+            if spec.prefix and not SENSOR_RE.fullmatch(spec.prefix + ".x"):
+                self.problem(
+                    where,
+                    f"{at}.options.prefix",
+                    f"expected a sensor name prefix ({SENSOR_RE.pattern}), "
+                    f"found {clip(spec.prefix)}",
+                )
+            elif not SENSOR_RE.fullmatch(up):
                 self.problem(where, f"{at}.options.prefix", f"too long for the sensor {clip(up)}")
             elif up in seen:
                 self.problem(

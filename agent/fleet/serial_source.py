@@ -21,6 +21,7 @@ bounded deque; the event loop never waits for a port.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -175,7 +176,7 @@ class _Keeper(threading.Thread):
         self.port = spec.port
         self.sensor: SerialSensor | None = None
         self.period_s = device.sample_period_ms / 1000 if self.driver in POLLED else 0.0
-        self.reopens = 0  # successful reopens after an outage
+        self.retry = True  # False once the driver refused the options: reopening cannot help
 
     def open_first(self) -> None:
         """The first attempt, on the caller's thread: refused options raise; a port that cannot
@@ -191,7 +192,7 @@ class _Keeper(threading.Thread):
         stop = self.feed.stop
         delay = BACKOFF_FIRST_S
         next_poll = time.monotonic()
-        while not stop.is_set():
+        while not stop.is_set() and self.retry:
             sensor = self.sensor
             if sensor is None:
                 if stop.wait(delay):
@@ -217,10 +218,16 @@ class _Keeper(threading.Thread):
     def _reopen(self) -> None:
         try:
             self.sensor = self._open()
-        except (OSError, ValueError) as exc:  # still gone: stay down, say nothing new
+        except SerialSetupError as exc:  # first seen now (the port was missing at start)
+            log.error("%s; it stays down", exc, extra={"device": self.device.name})
+            self.feed.outages[self.name] = dataclasses.replace(
+                self.feed.outages[self.name], code="config"
+            )
+            self.retry = False
+            return
+        except OSError as exc:  # still gone: stay down, say nothing new
             log.debug("%s still down: %s", self.port, exc, extra={"device": self.device.name})
             return
-        self.reopens += 1
         self.feed.outages.pop(self.name, None)
         log.info(
             "serial %s on %s is back: reading again",
@@ -307,9 +314,6 @@ class SerialFeed:
         """``fridge-1 (rdm6300 /dev/ttyUSB0), ...`` for the log and the live view."""
         return ", ".join(f"{k.device.name} ({k.driver} {k.port})" for k in self._keepers)
 
-    def reopens(self, device: str) -> int:
-        return sum(k.reopens for k in self._keepers if k.device.name == device)
-
     def start(self) -> None:
         try:
             for k in self._keepers:
@@ -323,6 +327,13 @@ class SerialFeed:
     def put(self, device: str, sample: Sample) -> None:
         if len(self._queue) >= MAX_QUEUED:
             self.dropped += 1
+            if self.dropped == 1:
+                log.warning(
+                    "%d serial samples wait for the fleet: dropping the newest (is the loop "
+                    "stalled?)",
+                    MAX_QUEUED,
+                    extra={"device": device},
+                )
             return
         self._queue.append((device, sample))
 

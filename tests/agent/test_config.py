@@ -374,6 +374,11 @@ BAD_FILES: dict[str, tuple[dict[str, Any], str]] = {
         f"{F}: device 'fridge-1' (devices[0]): field 'serial.options.prefix': too long for the "
         "sensor 'serial.aaaaaaaaaaaaaaaaaaaaaaa.up'",
     ),
+    "serial-prefix-not-a-sensor-name": (
+        with_device(0, serial={"driver": "bridge", "port": "/dev/x", "options": {"prefix": "_a"}}),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial.options.prefix': expected a sensor "
+        "name prefix",
+    ),
     "route-to-a-fridge": (
         doc(
             world={
