@@ -241,6 +241,7 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgefleet.serial")
+    caplog.set_level(logging.INFO, logger="edgefleet.runner")
     rfid, modbus = Adapter(tmp_path / "ttyRFID"), Adapter(tmp_path / "ttyRS485")
     sim = XyMd02Sim(temp_mc=21_300, humidity_pm=455)
     devices = tmp_path / "devices.yaml"
@@ -268,6 +269,8 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
         wait_for(run, data, "pi", lambda r: count(r, up, 0) == 1, "outage reading")
         assert run.runner._serial is not None
         assert [(o.device, o.port) for o in run.runner._serial.down()] == [("pi", str(rfid.name))]
+        notes = run.runner._live_notes()  # what the live view shows under the table
+        assert any(f"pi: serial rdm6300 on {rfid.name} down (port-io)" in n for n in notes)
         sim.temp_mc = 5_000  # the probe reads on meanwhile
         wait_for(run, data, "pi", lambda r: count(r, "fridge.temp_mc", 5_000) > 0, "5.0 C")
         # Plugged back under the same name: reopened, the recovery signed, reading again.
@@ -275,6 +278,7 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
         wait_for(run, data, "pi", lambda r: count(r, up, 1) == 2, "recovery reading")
         wait_for(run, data, "pi", lambda r: count(r, "rfid.in", 1, TAG2) == 1, "second tag")
         assert run.runner._serial.down() == []
+        assert not any("down" in n for n in run.runner._live_notes())
         reader.remove()
         wait_for(run, data, "pi", lambda r: count(r, "rfid.out", 0, TAG2) == 1, "tag gone")
     finally:
@@ -308,6 +312,8 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
     assert getattr(warnings[0], "device", None) == "pi"
     assert str(rfid.name) in warnings[0].getMessage()
     assert any("is back" in r.getMessage() for r in caplog.records)
+    forced = f"real time: serial sensors of pi (rdm6300 {rfid.name}), pi (xymd02 {modbus.name})"
+    assert any(r.getMessage() == forced for r in caplog.records)
 
 
 PROBE_ONLY = """\
