@@ -10,9 +10,9 @@ time. Two users:
   with exponential backoff (``BACKOFF_FIRST_S`` doubling up to ``BACKOFF_MAX_S``) while its device
   keeps running, and each change of state is a sample of ``serial.<prefix or driver>.up`` (1:
   reading, 0: down, text the ``PortError`` code) so that the outage and the recovery are signed
-  in the device's chain. ``LiveSource`` merges the feed into the simulation's steps: a real
-  sample goes to its device in the first step whose time reaches the sample's, through the same
-  ``DeviceAgent.submit`` as simulated samples.
+  in the device's chain. ``LiveSource`` merges the feed into the simulation's steps, both held
+  ``LIVE_LAG_MS`` behind the step's time: a real sample goes to its device through the same
+  ``DeviceAgent.submit`` as simulated samples, in time order with them.
 
 The threads only block on the serial line (pyserial, firmware_sim/serial/port.py) and append to a
 bounded deque; the event loop never waits for a port.
@@ -47,6 +47,10 @@ BACKOFF_MAX_S = 30.0
 # Samples read but not yet taken by the runner. The runner takes them every step (1 s in real
 # time); only a stalled loop fills this, and then the newest samples are dropped and counted.
 MAX_QUEUED = 10_000
+# A device never signs a time before its last reading (ledger/chain.py), and a reader thread
+# stamps a sample a moment before the runner can take it: each step hands over what is at least
+# this old, real and simulated alike, so that no real sample arrives behind a signed one.
+LIVE_LAG_MS = 1_000
 # Sensors that answer when asked: `run` asks once per the device's `sample_period_ms` (the period
 # of the simulated sensor they replace); the others (RFID readers, bridges) speak on their own.
 POLLED = frozenset({"xymd02", "ds18b20"})
@@ -363,13 +367,16 @@ class SerialFeed:
 
 
 class LiveSource:
-    """A ``SampleSource`` whose steps carry the simulation's samples and, merged in time order,
-    the real samples of a ``SerialFeed`` (the simulation already leaves out the sensors a
-    serial one replaces: firmware_sim.fleet)."""
+    """A ``SampleSource`` whose step to ``t`` carries the simulation's samples and, merged in
+    time order, the real samples of a ``SerialFeed``, both up to ``t - lag_ms`` (the simulation
+    already leaves out the sensors a serial one replaces: firmware_sim.fleet). ``now_ms`` is
+    where the simulation stands, ``lag_ms`` behind: a run that stops leaves that last stretch
+    unsigned, and the next run resumes there."""
 
-    def __init__(self, inner: SampleSource, feed: SerialFeed) -> None:
+    def __init__(self, inner: SampleSource, feed: SerialFeed, lag_ms: int = LIVE_LAG_MS) -> None:
         self.inner = inner
         self.feed = feed
+        self.lag_ms = lag_ms
 
     @property
     def now_ms(self) -> int:
@@ -383,6 +390,8 @@ class LiveSource:
         return self.inner.targets(until_ms)
 
     def step(self, until_ms: int) -> list[tuple[str, Sample]]:
-        batch = self.inner.step(until_ms) + self.feed.take(until_ms)
+        cut = until_ms - self.lag_ms
+        batch = self.inner.step(cut) if cut >= self.inner.now_ms else []
+        batch += self.feed.take(cut)
         batch.sort(key=lambda x: x[1].time_ms)  # stable: the simulation's order breaks ties
         return batch
