@@ -291,6 +291,7 @@ def test_run_signs_live_serial_readings_and_survives_an_unplugged_port(
             modbus.unplug()
 
     assert result.samples > 0
+    assert result.devices["pi"].stats.counters["time-refused"] == 0  # nothing came too late
     pi = chain(data, "pi")
     ups = [(r.value, r.text, r.time_ms) for r in pi if r.sensor == up]
     assert [(v, t) for v, t, _ in ups] == [(1, None), (0, "port-io"), (1, None)]
