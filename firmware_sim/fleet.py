@@ -98,6 +98,10 @@ class Outage:
         if self.duration_ms <= 0:
             raise FleetError(f"outage duration_ms must be > 0, found {self.duration_ms}")
 
+    def moved(self, delta_ms: int) -> Outage:
+        """The same outage ``delta_ms`` later (a fleet started elsewhen)."""
+        return dataclasses.replace(self, start_ms=self.start_ms + delta_ms)
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
@@ -109,6 +113,14 @@ class DeviceSpec:
     serial: tuple[SerialSpec, ...] | None = None  # real sensors (one or more); None: none
     outages: tuple[Outage, ...] = ()
 
+    def moved(self, delta_ms: int) -> DeviceSpec:
+        """The same device with its faults and outages ``delta_ms`` later."""
+        return dataclasses.replace(
+            self,
+            faults=tuple(f.moved(delta_ms) for f in self.faults),
+            outages=tuple(o.moved(delta_ms) for o in self.outages),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class FleetSpec:
@@ -118,6 +130,16 @@ class FleetSpec:
     sites: tuple[SiteSpec, ...]
     devices: tuple[DeviceSpec, ...]
     world: WorldSpec = field(default_factory=WorldSpec)
+
+    def starting_at(self, start_ms: int) -> FleetSpec:
+        """This fleet started at ``start_ms`` instead: every fault and outage keeps its offset
+        from the start. Their times are absolute (the devices file's ``2d`` became the file's
+        start + 2 days), so a fleet moved to another start without them, such as a realtime
+        run starting now, would find every window in the past: an outage already due fires at
+        once (the sample van began a realtime run with its power alarm)."""
+        delta = start_ms - self.start_ms
+        devices = tuple(d.moved(delta) for d in self.devices)
+        return dataclasses.replace(self, start_ms=start_ms, devices=devices)
 
     def trace_header(self) -> TraceHeader:
         return TraceHeader(

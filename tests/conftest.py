@@ -1,8 +1,9 @@
 """The suite's marker rule: what `make test-fast` (``pytest -m "not slow"``) leaves out.
 
 A test is ``slow`` when it is marked so (long in-process fleet runs, measured with
-``--durations``) or when it needs a real Mosquitto, real child processes or a real
-pseudo-terminal, or is a benchmark test (tests/bench): those start and wait on real components.
+``--durations``) or when it needs a real Mosquitto, real child processes, a real
+pseudo-terminal or a real browser, or is a benchmark test (tests/bench): those start and wait on
+real components.
 `make test` runs them all, as CI does.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SLOW_KINDS = ("mosquitto", "subprocess", "pty")
+SLOW_KINDS = ("mosquitto", "subprocess", "pty", "browser")
 BENCH = Path(__file__).parent / "bench"
 
 

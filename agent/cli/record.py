@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, *, open_sensor: OpenSensor | None = None) -> i
         spec = dataclasses.replace(spec, seed=args.seed)
     live = any(d.serial is not None for d in config.devices)
     if live:
-        spec = dataclasses.replace(spec, start_ms=RealClock().now_ms() // 1000 * 1000)
+        spec = spec.starting_at(RealClock().now_ms() // 1000 * 1000)
     fleet = Fleet(spec, step_ms=args.step_ms or (LIVE_STEP_MS if live else DEFAULT_STEP_MS))
     end_ms = spec.start_ms + args.duration_ms
     rec = _Recording(args.out, spec, Progress(sys.stderr, spec.start_ms, args.duration_ms))

@@ -9,6 +9,7 @@ as they are, so no field is copied from one side to the other.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,13 @@ class FleetConfig:
             if s.id == site_id:
                 return s
         raise KeyError(f"no site {site_id!r} in {self.source}")
+
+    def starting_at(self, start_ms: int) -> FleetConfig:
+        """This fleet started at ``start_ms`` (a realtime run's origin): every device's faults
+        and outages keep their offset from the start (``FleetSpec.starting_at``)."""
+        delta = start_ms - self.start_ms
+        devices = tuple(dataclasses.replace(d, spec=d.spec.moved(delta)) for d in self.devices)
+        return dataclasses.replace(self, start_ms=start_ms, devices=devices)
 
     def fleet_spec(self) -> FleetSpec:
         """The firmware_sim view of this fleet (what ``firmware_sim.fleet.Fleet`` runs)."""

@@ -21,6 +21,7 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.auth import KeySigner
 from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
 from agent.replication.tuning import ReplicationConfig
@@ -70,6 +71,8 @@ def build_device(
         max_pending=gcfg.max_pending_rotations,
         max_revocations=gcfg.max_revocations,
     )
+    # One signer too: both cores authenticate what they send with the device's key.
+    signer = KeySigner(key)
     node = GossipNode(
         device_id,
         domains,
@@ -78,12 +81,13 @@ def build_device(
         config=gcfg,
         now_ms=now,
         trust=trust,
+        signer=signer,
     )
     rep_node = None
     if replication is not None and domains:
         config = dataclasses.replace(replication, rng=random.Random(f"{seed}/replication/{name}"))
         rep_node = ReplicationNode(
-            device_id, key, domains, roots, config=config, now_ms=now, trust=trust
+            device_id, key, domains, roots, config=config, now_ms=now, trust=trust, signer=signer
         )
     peers = sorted({p for m in domains.values() for p in m} - {device_id})
     return DeviceAgent(

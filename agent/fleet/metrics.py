@@ -121,7 +121,8 @@ FAMILIES = (
     Family(
         "edgefleet_replication_blocks_full_copies",
         "gauge",
-        "Own blocks with the full number of healthy copies",
+        "Own blocks with their full healthy copies (the copies wanted, or every domain peer when "
+        "fewer)",
         DEVICE,
     ),
     Family("edgefleet_replication_held_bytes", "gauge", "Bytes of peers' blocks held", DEVICE),

@@ -749,9 +749,15 @@ def _replication_row(a: DeviceAgent) -> dict[str, Any]:
         return {}
     node = rep.node
     heights = node.own_heights()
-    full = sum(1 for h in heights if len(node.healthy_holders(h)) >= node.config.replicas)
+    # A device with fewer domain peers than the copies wanted can at best have every peer hold
+    # a copy: that is its target (the live view says so), not a standing shortfall.
+    wanted = node.config.replicas
+    target = min(wanted, len(node.members()))
+    full = sum(1 for h in heights if len(node.healthy_holders(h)) >= target)
     return {
         "replicated": (full, len(heights)),
+        "copies_wanted": wanted,
+        "copies_target": target,
         "held_bytes": node.used_bytes(),
         "quota_bytes": node.config.quota_bytes,
     }
@@ -826,7 +832,9 @@ def _snapshot(
                 site=_site(a),
                 height=height,
                 pending=a.writer.pending_count(),
-                readings=a.stats.readings,
+                # Every reading the chain holds, like the height: what the store held when this
+                # run began plus what the run signed (the writer's next sequence number).
+                readings=a.writer.next_seq,
                 temps_mc=a.temperatures(),
                 alarms=tuple(sorted(a.stats.alarms)),
                 peers_online=online,
@@ -877,7 +885,7 @@ def _with_seed(cfg: FleetConfig, seed: int) -> FleetConfig:
 
 
 def _with_start(cfg: FleetConfig, start_ms: int) -> FleetConfig:
-    return dataclasses.replace(cfg, start_ms=start_ms)
+    return cfg.starting_at(start_ms)
 
 
 async def _quietly(op: Awaitable[object]) -> None:

@@ -4,18 +4,40 @@
 is small, aggregated per kind when it is large. ``LiveView`` repaints it a few times per second on
 a terminal (one screen, redrawn in place), or prints a one-line summary every few seconds when the
 output is not a terminal (logs, CI).
+
+The screen fits the terminal (80 x 24 unless told otherwise): no line is wider than ``width``
+(a longer value ends in an ellipsis, nothing wraps) and there are at most ``height`` lines. The
+header comes first and always stays: the title, the totals with the alarms, the gossip and the
+replication lines. A per-device table too wide drops its least needed columns first (site, then
+kind, then held) and names longer than ``NAME_WIDTH`` are cut; rows that do not fit the height
+end in ``… N more devices``.
+
+Figures: ``readings`` and ``height`` are the chain's, across restarts (not this run's); ``pend``
+is readings signed and not sealed yet. ``copies`` is own blocks at full copies over own blocks
+tracked, where full is the copies wanted (``replication.copies``), or every domain peer when a
+device has fewer peers than that, and then the cell names its peers: ``19/19 (2 peers)`` is a
+freezer of a three-freezer blood chain whose every block is on both other freezers, not a
+shortfall of one copy. ``temps`` are the latest values of the device's probes, its first probe
+first (a fridge: the fridge, then the freezer compartment). Per kind, ranges are lo/med/hi (min,
+median, max) and the temperature is each device's first probe.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
 
 PER_DEVICE_LIMIT = 24
+WIDTH, HEIGHT = 80, 24  # the terminal render() fits when not told its size
+NAME_WIDTH = 20  # device names are cut to this (config allows 63: agent.config.model.MAX_NAME)
+ELLIPSIS = "…"
+# Per-device columns a narrow screen goes without, least needed first.
+OPTIONAL_COLUMNS = ("site", "kind", "held")
 KIND_SHORT = {"refrigerator": "fridge", "washing_machine": "washer", "medical_freezer": "freezer"}
 
 
@@ -34,11 +56,14 @@ class DeviceRow:
     lag: int  # own height minus the lowest height a domain peer holds of this chain
     forked: bool = False
     serial_down: bool = False  # a real serial sensor of the device is lost (being reopened)
-    # Edge replication (None: off): own blocks with the full number of healthy copies, of the
-    # own blocks tracked; bytes of peers' blocks this device holds, and its quota.
+    # Edge replication (None: off): own blocks with their full healthy copies, of the own
+    # blocks tracked; bytes of peers' blocks this device holds, and its quota. Full is
+    # ``copies_target``: the copies wanted, or every domain peer when the device has fewer.
     replicated: tuple[int, int] | None = None
     held_bytes: int = 0
     quota_bytes: int = 0
+    copies_wanted: int = 0
+    copies_target: int = 0
     # Sealed for its owner (a private household): its readings' values are the owner's.
     private: bool = False
     # Event counters since this process started, by source: ``device.`` (runtime),
@@ -69,34 +94,53 @@ class FleetSnapshot:
     group_sync: SyncTotals | None = None  # None: every commit synced by itself (simulated runs)
 
 
-def _temp(mc: int) -> str:
-    return f"{mc / 1000:6.1f}°C"
-
-
 def _clock(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _temps(row: DeviceRow) -> str:
-    return " ".join(f"{s.split('.')[0]} {_temp(v).strip()}" for s, v in row.temps_mc) or "-"
+    if not row.temps_mc:
+        return "-"
+    return " ".join(f"{v / 1000:.1f}" for _, v in row.temps_mc) + "°C"
 
 
-def render(snap: FleetSnapshot) -> list[str]:
+def _cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= width else text[: max(0, width - 1)] + ELLIPSIS
+
+
+def render(snap: FleetSnapshot, *, width: int = WIDTH, height: int = HEIGHT) -> list[str]:
     n = len(snap.devices)
     sealed = sum(0 if d.height is None else d.height + 1 for d in snap.devices)
     readings = sum(d.readings for d in snap.devices)
     alarms = sum(len(d.alarms) for d in snap.devices)
     head = [
-        f"edgefleet  sim {_clock(snap.sim_ms)}  x{snap.speed:,.0f}  wall {snap.wall_s:,.0f}s  "
+        f"edgefleet  sim {_clock(snap.sim_ms)}  x{snap.speed:,.0f}  wall {snap.wall_s:,.0f}s",
         f"devices {n}  blocks {sealed:,}  readings {readings:,}  alarms {alarms}",
         f"gossip  sent {snap.sent_per_s:,.0f}/s  received {snap.received_per_s:,.0f}/s  "
         f"invalid {snap.invalid}  broker {snap.broker}",
         *_replication_line(snap),
         "",
     ]
-    body = _per_device(snap) if n <= PER_DEVICE_LIMIT else _per_kind(snap)
+    per_device = n <= PER_DEVICE_LIMIT
+    body = _per_device(snap, width) if per_device else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
-    return head + body + (["", *tail] if tail else [])
+    rows = "devices" if per_device else "kinds"
+    return _fit(head, body, ["", *tail] if tail else [], rows, width, height)
+
+
+def _fit(
+    head: list[str], body: list[str], tail: list[str], rows: str, width: int, height: int
+) -> list[str]:
+    """The screen: the head whole, then the table's header line and as many rows as the height
+    leaves (``… N more devices`` for the rest), then the notes; every line cut to ``width``."""
+    room = height - len(head) - len(tail)
+    if len(body) > room:
+        shown = max(0, room - 2)  # the table's header line and the "more" line
+        more = len(body) - 1 - shown
+        body = [*body[: 1 + shown], f"{ELLIPSIS} {more} more {rows}"] if room >= 2 else []
+    lines = head + body + tail
+    return [_cut(line, width) for line in lines[:height]]
 
 
 def _replication_line(snap: FleetSnapshot) -> list[str]:
@@ -114,61 +158,68 @@ def _replication_line(snap: FleetSnapshot) -> list[str]:
 
 
 def _size(n: int) -> str:
-    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+    for unit, scale in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return f"{n}B"
 
 
 def _copies(d: DeviceRow) -> str:
-    return "-" if d.replicated is None else f"{d.replicated[0]}/{d.replicated[1]}"
+    if d.replicated is None:
+        return "-"
+    cell = f"{d.replicated[0]}/{d.replicated[1]}"
+    if d.copies_target < d.copies_wanted:  # fewer peers than copies wanted: say the target
+        cell += f" ({d.copies_target} peer{'' if d.copies_target == 1 else 's'})"
+    return cell
 
 
-def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
+def _table(cols: list[str], rows: list[list[str]], width: int | None = None) -> list[str]:
+    """Aligned columns; with ``width``, the ``OPTIONAL_COLUMNS`` are left out, least needed
+    first, while the table is wider than that (what is still too wide is cut by ``_fit``)."""
+    keep = list(range(len(cols)))
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    for name in OPTIONAL_COLUMNS:
+        if width is None or sum(widths[i] + 2 for i in keep) - 2 <= width:
+            break
+        if name in cols:
+            keep.remove(cols.index(name))
 
     def fmt(r: list[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+        return "  ".join(r[i].ljust(widths[i]) for i in keep).rstrip()
 
     return [fmt(cols)] + [fmt(r) for r in rows]
 
 
-def _per_device(snap: FleetSnapshot) -> list[str]:
-    cols = ["device", "kind", "site", "height", "pending", "peers", "lag", "copies", "held"]
-    cols += ["temperatures", "alarms"]
+def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
+    cols = ["device", "kind", "site", "height", "pend", "peers", "lag", "copies", "held"]
+    cols += ["alarms", "temps"]
     rows = []
     for d in snap.devices:
         rows.append(
             [
-                d.name
+                _cut(d.name, NAME_WIDTH)
                 + (" FORKED" if d.forked else "")
                 + (" SERIAL-DOWN" if d.serial_down else ""),
                 KIND_SHORT.get(d.kind, d.kind),
-                d.site,
+                _cut(d.site, NAME_WIDTH),
                 "-" if d.height is None else str(d.height),
                 str(d.pending),
                 f"{d.peers_online}/{d.peers_total}",
                 str(d.lag),
                 _copies(d),
                 "-" if d.replicated is None else _size(d.held_bytes),
-                _temps(d),
                 ",".join(a.removeprefix("alarm.") for a in d.alarms) or "-",
+                _temps(d),
             ]
         )
-    return _table(cols, rows)
+    return _table(cols, rows, width)
 
 
 def _per_kind(snap: FleetSnapshot) -> list[str]:
-    cols = [
-        "kind",
-        "devices",
-        "height min/med/max",
-        "pending",
-        "lag max",
-        "temp min/med/max",
-        "alarms",
-        "forked",
-    ]
+    # Ranges are min/median/max; the columns that need the least room come first, so that on a
+    # narrow screen only the end of the temperatures is cut.
+    cols = ["kind", "count", "alarms", "forked", "pending", "lag", "height lo/med/hi"]
+    cols += ["°C lo/med/hi"]
     rows = []
     kinds = sorted({d.kind for d in snap.devices})
     for kind in kinds:
@@ -179,20 +230,19 @@ def _per_kind(snap: FleetSnapshot) -> list[str]:
             [
                 KIND_SHORT.get(kind, kind),
                 str(len(ds)),
-                f"{min(heights)}/{int(statistics.median(heights))}/{max(heights)}",
-                str(sum(d.pending for d in ds)),
-                str(max(d.lag for d in ds)),
-                (
-                    f"{_temp(min(temps)).strip()}/{_temp(int(statistics.median(temps))).strip()}/"
-                    f"{_temp(max(temps)).strip()}"
-                )
-                if temps
-                else "-",
                 str(sum(len(d.alarms) for d in ds)),
                 str(sum(d.forked for d in ds)),
+                str(sum(d.pending for d in ds)),
+                str(max(d.lag for d in ds)),
+                f"{min(heights)}/{int(statistics.median(heights))}/{max(heights)}",
+                "/".join(f"{mc / 1000:.1f}" for mc in _spread(temps)) if temps else "-",
             ]
         )
     return _table(cols, rows)
+
+
+def _spread(values: list[int]) -> tuple[int, int, int]:
+    return min(values), int(statistics.median(values)), max(values)
 
 
 def summary_line(snap: FleetSnapshot) -> str:
@@ -212,18 +262,38 @@ def _serial_down(snap: FleetSnapshot) -> str:
 
 
 class LiveView:
-    """Repaint on a terminal; print a summary line every ``plain_every_s`` otherwise."""
+    """Repaint on a terminal; print a summary line every ``plain_every_s`` otherwise.
 
-    def __init__(self, out: TextIO | None = None, *, plain_every_s: float = 5.0) -> None:
+    On a terminal the screen is rendered to its size, read at every repaint (a resized window
+    gets a fitting screen); ``size`` overrides that (columns, lines), for tests."""
+
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        *,
+        plain_every_s: float = 5.0,
+        size: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
         self.plain_every_s = plain_every_s
+        self._size = size or self._terminal_size
         self._last_plain = -1e9
         self._painted = False
 
+    def _terminal_size(self) -> tuple[int, int]:
+        try:
+            size = os.get_terminal_size(self.out.fileno())
+        except (OSError, ValueError):  # not a real terminal after all: the default screen
+            return WIDTH, HEIGHT
+        return size.columns or WIDTH, size.lines or HEIGHT
+
     def show(self, snap: FleetSnapshot, *, final: bool = False) -> None:
         if self.tty:
-            text = "\n".join(render(snap))
+            columns, lines = self._size()
+            # One line fewer than the screen: the newline after the last one must not scroll
+            # the title away.
+            text = "\n".join(render(snap, width=columns, height=max(1, lines - 1)))
             # Home the cursor and clear to the end of the screen: one redraw, no scrolling.
             self.out.write(("\x1b[H\x1b[J" if self._painted else "\x1b[2J\x1b[H") + text + "\n")
             self._painted = True

@@ -20,12 +20,15 @@ from agent.gossip.chains import ChainState
 from agent.gossip.peers import Offence, Peers
 from agent.gossip.requests import Pending, Serve, Table
 from agent.gossip.tuning import GossipConfig
+from agent.protocol import auth
+from agent.protocol.budget import AnswerBudget
 from agent.protocol.inputs import check_domain
 from agent.protocol.lru import Lru
 from agent.protocol.trust import TrustStore
-from ledger.block import SignedHeader
+from ledger.block import SignedHeader, decode_header
 from ledger.certs import FleetRoots
 from ledger.epoch import SignedEpoch
+from ledger.errors import UsageError
 
 
 class Context:
@@ -37,9 +40,11 @@ class Context:
         rng: random.Random,
         config: GossipConfig,
         trust: TrustStore,
+        signer: auth.Signer,
         now_ms: int,
     ) -> None:
         self.device_id = device_id
+        self.signer = signer
         self.config = config
         self.rng = rng
         self.roots = roots
@@ -63,6 +68,10 @@ class Context:
         self.serves: Table[Serve] = Table(config.max_serves, config.max_serves_per_peer)
         self.epochs: dict[str, dict[int, SignedEpoch]] = {}  # device -> new_epoch -> record
         self.batch: dict[str, tuple[str, list[SignedHeader]]] = {}  # accepted, not yet stored
+        self.budget = AnswerBudget(
+            config.answer_budget_bytes, config.answer_interval_ms, config.max_devices
+        )
+        self.charged: Lru[bytes, bool] = Lru(config.charged_tags)  # tags of charged messages
 
     # --- membership ---------------------------------------------------------------------------
 
@@ -133,8 +142,29 @@ class Context:
 
     # --- output -------------------------------------------------------------------------------
 
+    def seal(self, msg: wire.Message) -> bytes:
+        """The bytes of ``msg`` as they leave this device: encoded and authenticated."""
+        return auth.seal(wire.encode(msg), self.signer)
+
+    def seal_own_announce(self, msg: wire.Announce) -> bytes:
+        """An ANNOUNCE of this device's own headers leaves with an empty authenticator: the
+        headers' signatures prove who sent it (docs/PROTOCOL.md 12.1.5)."""
+        if any(decode_header(w).header.device_id != self.device_id for w in msg.headers):
+            raise UsageError("only an ANNOUNCE of the device's own headers goes unsigned")
+        return auth.seal_unsigned(wire.encode(msg))
+
     def send(self, peer: str, msg: wire.Message) -> None:
-        self.out.append(Send(peer, wire.encode(msg)))
+        self.out.append(Send(peer, self.seal(msg)))
+
+    def answer(self, peer: str, msg: wire.Message) -> bool:
+        """Send an answer that ``peer`` (proven: it asked) drew, within its budget; False (and
+        counted) when it does not fit: nothing is sent, the asker times out and asks again."""
+        payload = self.seal(msg)
+        if not self.budget.allow(peer, len(payload), self.now):
+            self.counters["answers_over_budget"] += 1
+            return False
+        self.out.append(Send(peer, payload))
+        return True
 
     def penalize(self, peer: str, offence: Offence) -> None:
         self.counters[f"penalty_{offence}"] += 1

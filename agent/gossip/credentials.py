@@ -20,49 +20,77 @@ from ledger.errors import DecodeError, UsageError
 class CredentialExchange:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._hello_size = wire.CERT_WIRE_MAX
 
     def on_peer_up(self, peer: str) -> None:
-        """Tell a peer that comes up every revocation held (they are few, and they matter)."""
+        """Tell a peer that comes up who we are (``hello``) and every revocation held (they are
+        few, and they matter)."""
         ctx = self.ctx
+        self.hello(peer)
         revocations = ctx.trust.revocations()
         for i in range(0, len(revocations), wire.MAX_CERTS_ITEMS):
             chunk = tuple(revocations[i : i + wire.MAX_CERTS_ITEMS])
             ctx.send(peer, wire.Certs(ctx.device_id, (), (), chunk))
 
+    def hello(self, peer: str) -> int:
+        """Send ``peer`` this device's own certificate and rotations, so it can authenticate
+        what we send (it learns them from the content: their fleet signatures prove them).
+        Returns the bytes sent."""
+        ctx = self.ctx
+        certs, rotations, _ = ctx.trust.bundle(ctx.device_id)
+        if not certs:
+            return 0
+        payload = ctx.seal(wire.Certs(ctx.device_id, certs, rotations[-wire.MAX_CERTS_ITEMS :], ()))
+        ctx.out.append(Send(peer, payload))
+        ctx.counters["hellos_sent"] += 1
+        self._hello_size = len(payload)
+        return len(payload)
+
+    def hello_size(self) -> int:
+        """Bytes of a hello (the last one sent, or a certificate's worth before any)."""
+        return self._hello_size
+
     def learn_all(
         self,
-        peer: str,
+        peer: str | None,
         certs: tuple[bytes, ...],
         rotations: tuple[bytes, ...],
         revocations: tuple[bytes, ...],
     ) -> bool:
-        """Learn what a peer sent, in order. False at the first invalid one (penalized)."""
+        """Learn what a peer sent, in order. False at the first invalid one (penalized).
+        ``peer`` None: from a message whose sender is not proven (nobody is penalized)."""
         for w in certs:
-            if not self.learn("certificate", w, peer):
+            if not self.learn("certificate", w, peer, remote=True):
                 return False
         for w in rotations:
-            if not self.learn("rotation", w, peer):
+            if not self.learn("rotation", w, peer, remote=True):
                 return False
-        return all(self.learn("revocation", w, peer) for w in revocations)
+        return all(self.learn("revocation", w, peer, remote=True) for w in revocations)
 
-    def learn(self, kind: CredentialKind, credential: bytes, source: str | None) -> bool:
+    def learn(
+        self, kind: CredentialKind, credential: bytes, source: str | None, *, remote: bool = False
+    ) -> bool:
         """Verify and remember one credential. False: it is invalid (the source is penalized).
-        ``source`` None: from the runtime's store or config."""
+        ``source`` None: from the runtime's store or config, or (``remote``) from a message
+        whose sender is not proven: stored like a peer's, charged to nobody."""
         ctx = self.ctx
+        remote = remote or source is not None
         digest = hashlib.sha256(kind.encode() + credential).digest()
         if digest in ctx.seen_other:
             return True
         try:
             result = ctx.trust.learn(kind, credential, ctx.now)
         except DecodeError as exc:
-            if source is None:
+            if not remote:
                 raise UsageError(f"known {kind} does not decode: {exc}") from None
+            if source is None:
+                return False
             raise
         ctx.counters[f"{kind}_{result.outcome.value}"] += 1
         if result.outcome is Outcome.INVALID:
             if source is not None:
                 ctx.penalize(source, "invalid")
-            return source is None
+            return not remote
         if result.outcome is Outcome.FULL:
             return True
         ctx.seen_other.put(digest, True)
@@ -71,7 +99,7 @@ class CredentialExchange:
             return True
         if kind != "rotation" or result.outcome is Outcome.NEW:
             ctx.need_creds.discard(dev)
-        if source is not None:
+        if remote:
             ctx.out.append(StoreCredential(dev, kind, credential))
         if result.revocation is not None:
             rev = result.revocation
@@ -80,8 +108,8 @@ class CredentialExchange:
             return True
         rots = (credential,) if kind == "rotation" else ()
         revs = (credential,) if kind == "revocation" else ()
-        message = wire.encode(wire.Certs(ctx.device_id, (), rots, revs))
-        if kind == "revocation" and source is None:
+        message = ctx.seal(wire.Certs(ctx.device_id, (), rots, revs))
+        if kind == "revocation" and not remote:
             # A revocation enters the fleet here (an operator, or our store after a restart):
             # tell every member of the device's domains at once; they forward it once.
             for domain in ctx.domains_of(dev):

@@ -78,7 +78,7 @@ class Epochs:
         if source is not None:
             ctx.out.append(StoreEpoch(dev, record))
             if not broadcast:
-                payload = wire.encode(wire.Epochs(ctx.device_id, (record,)))
+                payload = ctx.seal(wire.Epochs(ctx.device_id, (record,)))
                 for p in ctx.fanout(dev, {source, dev}):
                     ctx.out.append(Send(p, payload))
         ctx.out.append(EpochAccepted(dev, r.new_epoch, r.prev_epoch, r.last_height, source))

@@ -118,6 +118,6 @@ class Evidence:
         if origin == "detected":
             ctx.out.append(PublishEvidence(dev, evidence))
         elif origin == "message":
-            payload = wire.encode(wire.EvidenceMessage(ctx.device_id, evidence))
+            payload = ctx.seal(wire.EvidenceMessage(ctx.device_id, evidence))
             for p in ctx.fanout(dev, {peer} if peer is not None else set()):
                 ctx.out.append(Send(p, payload))

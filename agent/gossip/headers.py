@@ -64,10 +64,20 @@ class Headers:
 
     # --- from peers ---------------------------------------------------------------------------
 
-    def on_announce(self, peer: str, msg: wire.Announce, *, broadcast: bool) -> None:
-        """``broadcast``: the ANNOUNCE came on a domain topic (every member has it already)."""
+    def on_announce(
+        self, peer: str, msg: wire.Announce, *, broadcast: bool, signed: bool = True
+    ) -> None:
+        """``broadcast``: the ANNOUNCE came on a domain topic (every member has it already).
+        ``signed`` False: it came with an empty authenticator, so only its headers can prove
+        who sent it: each must be ``peer``'s own, and a bad one charges nobody."""
         ctx = self.ctx
         headers = [decode_header(w) for w in msg.headers]
+        if not signed:
+            unproven = self._unproven(peer, headers)
+            if unproven:
+                ctx.counters["unattributable"] += 1
+                ctx.counters[f"unattributable_unsigned_{unproven}"] += 1
+                return
         fresh: dict[str, list[SignedHeader]] = {}
         for sh in headers:
             dev = sh.header.device_id
@@ -75,7 +85,11 @@ class Headers:
             if verdict is Verdict.ACCEPTED:
                 fresh.setdefault(dev, []).append(sh)
             elif verdict is Verdict.INVALID:
-                ctx.penalize(peer, "invalid")
+                if signed:
+                    ctx.penalize(peer, "invalid")
+                else:  # a header that does not verify proves nothing about who sent it
+                    ctx.counters["unattributable"] += 1
+                    ctx.counters["unattributable_unsigned_invalid"] += 1
                 break
             elif verdict in _PULL:
                 self.pulls.pull(peer, dev, sh.header.height)
@@ -86,6 +100,20 @@ class Headers:
             chain = ctx.chains[dev]
             if peer == dev and chain.missing:
                 self.pulls.pull_bodies(peer, dev, shs[-1].header.height)
+
+    def _unproven(self, peer: str, headers: list[SignedHeader]) -> str:
+        """Why an unsigned ANNOUNCE does not prove ``peer`` sent it ('' when it does): each
+        header must be ``peer``'s own and its signature must verify under its key (a copy with
+        a flipped signature bit has the same hash as the real header, so the hash proves
+        nothing). Verification is memoized by (key, wire), so an exact copy costs a lookup and
+        the header is not verified again when it is offered."""
+        for sh in headers:
+            if sh.header.device_id != peer:
+                return "foreign"
+            bad = self._check_signature(sh)
+            if bad is not None:
+                return bad.value
+        return ""
 
     def on_pulled(
         self, peer: str, req: Pending, headers: list[SignedHeader], blocks: tuple[bytes, ...]
@@ -312,7 +340,9 @@ class Headers:
         if not chosen:
             return
         wires = tuple(sh.wire for sh in headers[-wire.MAX_ANNOUNCE_HEADERS :])
-        payload = wire.encode(wire.Announce(ctx.device_id, wires))
+        announce = wire.Announce(ctx.device_id, wires)
+        own = dev == ctx.device_id
+        payload = ctx.seal_own_announce(announce) if own else ctx.seal(announce)
         for p in chosen:
             ctx.out.append(Send(p, payload))
         ctx.counters["announces_sent"] += len(chosen)
@@ -323,7 +353,7 @@ class Headers:
         domains = ctx.cover_domains()
         if not domains:
             return
-        payload = wire.encode(wire.Announce(ctx.device_id, (sh.wire,)))
+        payload = ctx.seal_own_announce(wire.Announce(ctx.device_id, (sh.wire,)))
         for domain in domains:
             ctx.out.append(Broadcast(domain, payload))
         ctx.counters["announces_broadcast"] += len(domains)

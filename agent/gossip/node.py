@@ -21,6 +21,14 @@ shared ``context.Context`` (docs/PROTOCOL.md section 12 has the full description
   verifies its chain, and signs nothing until ``RestoreFinished``.
 - **Peers** (``peers``): per-peer scores mute peers that send malformed or invalid messages or
   break promises. Malformed input never raises out of ``handle``.
+
+Every message enters through ``agent.protocol.auth.open_envelope``: only a message whose sender
+is proven (wire version 2, docs/PROTOCOL.md 12.1.5) is looked at, answered or charged to anyone.
+An ANNOUNCE of the sender's own headers may come unsigned: its headers prove it, and it charges
+nobody.
+The rest is counted (``unattributable``, ``old_version``) and dropped; a message from a device
+whose credentials are missing marks them wanted (``need_creds``), and a CERTS message carrying
+them (fleet-root-signed, so proven by its content) is learned from, charging nobody.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from agent.gossip.pulls import Pulls
 from agent.gossip.restore import Phase, Restore, Restorer
 from agent.gossip.summaries import AntiEntropy
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.envelope import open_envelope
+from agent.protocol import auth
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
 from ledger.certs import FleetRoots
@@ -68,6 +76,10 @@ from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import is_device_id
 
 __all__ = ["GossipNode", "Verdict"]
+
+# Types that may come with an empty authenticator: an ANNOUNCE of the sender's own headers,
+# whose signatures prove it (docs/PROTOCOL.md 12.1.5; chosen on bench/auth.py's figures).
+_SELF_PROVING: frozenset[int] = frozenset({wire.ANNOUNCE})
 
 
 class GossipNode:
@@ -83,9 +95,11 @@ class GossipNode:
         config: GossipConfig | None = None,
         now_ms: int = 0,
         trust: TrustStore | None = None,
+        signer: auth.Signer,
     ) -> None:
         """``trust``: the device's one trust store, shared with its replication core (a
-        credential is then verified once per device); None: a store of this node's own."""
+        credential is then verified once per device); None: a store of this node's own.
+        ``signer``: holds the device's current key, which authenticates every message sent."""
         if not is_device_id(device_id):
             raise UsageError(
                 f"gossip node: expected a device id (ef + 24 base32), found {device_id!r}"
@@ -100,7 +114,7 @@ class GossipNode:
                 max_revocations=cfg.max_revocations,
             )
         members = {name: frozenset(m) for name, m in domains.items()}
-        self._ctx = ctx = Context(device_id, members, roots, rng, cfg, trust, now_ms)
+        self._ctx = ctx = Context(device_id, members, roots, rng, cfg, trust, signer, now_ms)
         self.counters: Counter[str] = ctx.counters
         # Built in this order: the request ids and then the first round draw from ``rng``.
         self._credentials = CredentialExchange(ctx)
@@ -110,6 +124,10 @@ class GossipNode:
         self._headers = Headers(ctx, self._pulls, self._epochs, self._evidence)
         self._summaries = AntiEntropy(ctx, self._pulls, self._epochs, self._evidence)
         self._restore = Restorer(ctx, self._pulls, self._summaries, self._epochs)
+        # Unproven bytes received per unknown sender, and when it was last sent a hello (both
+        # bounded by the tracked members: only they are asked).
+        self._ask_credit: dict[str, int] = {}
+        self._asked: dict[str, int] = {}
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -256,23 +274,44 @@ class GossipNode:
 
     # --- messages -----------------------------------------------------------------------------
 
-    def _on_message(self, ev: MessageReceived) -> None:
+    def _on_message(self, ev: MessageReceived, *, retry: bool = True) -> None:
         ctx = self._ctx
         claimed = ev.peer_id
         if claimed is not None:
+            # A hint only (the transport does not prove it), used to drop cheaply what would be
+            # dropped anyway: a muted peer's messages or an outsider's.
             known = ctx.peers.get(claimed)
             if known is None:
                 ctx.counters["dropped_foreign"] += 1
                 return
-            if known.muted_until is not None:  # dropped before decoding: muting is cheap
+            if known.muted_until is not None:
                 known.dropped_muted += 1
                 ctx.counters["dropped_muted"] += 1
                 return
-        opened = open_envelope(claimed, ev.payload, wire.decode, ctx.counters, self._blame)
+        opened, verdict = auth.open_envelope(
+            claimed,
+            ev.payload,
+            wire.decode,
+            ctx.trust,
+            ctx.counters,
+            self._blame,
+            ctx.charged,
+            _SELF_PROVING,
+        )
         if opened is None:
+            if verdict.unknown and self._on_unknown(verdict.unknown, ev.payload) and retry:
+                # The credentials it carried may prove it after all: not counted unattributable
+                # unless the second attempt fails too.
+                ctx.counters[auth.UNATTRIBUTABLE] -= 1
+                ctx.counters[f"unattributable_{verdict.reason}"] -= 1
+                self._on_message(ev, retry=False)
             return
-        peer, msg = opened
+        peer, msg = opened.peer, opened.msg
         rec = ctx.peers.get(peer)
+        if rec is None and not opened.signed:  # nothing proves the name of a non-member
+            ctx.counters["unattributable"] += 1
+            ctx.counters["unattributable_unsigned_foreign"] += 1
+            return
         if rec is None:
             ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
             return
@@ -282,17 +321,63 @@ class GossipNode:
             return
         rec.messages += 1
         ctx.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
+        if not opened.signed:  # a self-proving ANNOUNCE: its headers prove it, or nothing does
+            assert isinstance(msg, wire.Announce)  # the only self-proving type
+            try:
+                self._headers.on_announce(peer, msg, broadcast=ev.broadcast, signed=False)
+            except (DecodeError, VerificationError):
+                ctx.counters["unattributable"] += 1
+                ctx.counters["unattributable_unsigned_invalid"] += 1
+            ctx.flush()
+            return
+        charges = rec.malformed + rec.invalid
         try:
             self._dispatch(peer, msg, broadcast=ev.broadcast)
         except DecodeError:
             ctx.penalize(peer, "malformed")
         except VerificationError:
             ctx.penalize(peer, "invalid")
+        if rec.malformed + rec.invalid != charges:
+            ctx.charged.put(opened.tag, True)
         ctx.flush()
 
+    def _on_unknown(self, dev: str, payload: bytes) -> bool:
+        """A message from ``dev`` whose key is not known: want its credentials. A CERTS message
+        carrying them is learned from (their fleet signatures prove them, not the unproven
+        sender, who is charged nothing) and greeted back once, so ``dev`` learns us too. Any
+        other message earns ``dev`` credit: once the unattributable bytes received in its name
+        cover a ``hello`` (and at most once per ``anti_entropy_ms``), it is sent one, so it
+        greets back: never more bytes than received. True: its key is known now (retry)."""
+        ctx = self._ctx
+        if dev not in ctx.tracked or dev == self.device_id:
+            return False
+        ctx.need_creds.add(dev)
+        if payload[2] == wire.CERTS:
+            known = ctx.trust.keys(dev) is not None
+            try:
+                msg = wire.decode(auth.body_of(payload))
+            except DecodeError:
+                msg = None
+            if isinstance(msg, wire.Certs):
+                version = ctx.trust.version
+                ctx.counters["credentials_unattributed"] += 1
+                self._credentials.learn_all(None, msg.certificates[:1], msg.rotations, ())
+                if ctx.trust.version != version:
+                    if not known and ctx.trust.keys(dev) is not None:
+                        self._credentials.hello(dev)
+                    return True
+        credit = self._ask_credit.get(dev, 0) + len(payload)
+        last = self._asked.get(dev)
+        if last is None or ctx.now - last >= ctx.config.anti_entropy_ms:
+            cost = self._credentials.hello_size()
+            if credit >= cost:
+                self._credentials.hello(dev)
+                self._asked[dev] = ctx.now
+                credit -= cost
+        self._ask_credit[dev] = credit
+        return False
+
     def _blame(self, peer: str, offence: str) -> None:
-        if offence == "sender_mismatch":
-            self._ctx.counters["sender_mismatch"] += 1
         self._ctx.penalize(peer, "malformed")
 
     def _dispatch(self, peer: str, msg: wire.Message, *, broadcast: bool) -> None:

@@ -145,7 +145,7 @@ class Pulls:
         recs = ctx.epochs.get(dev)
         if recs and msg.to_height > min(se.record.last_height for se in recs.values()):
             records = ctx.epoch_wires(dev)[-wire.MAX_EPOCH_RECORDS :]
-            ctx.send(peer, wire.Epochs(ctx.device_id, records))
+            ctx.answer(peer, wire.Epochs(ctx.device_id, records))
         chain = ctx.chains.get(dev)
         head = None if chain is None else chain.head
         if chain is None or head is None or msg.from_height > head.header.height:
@@ -220,7 +220,7 @@ class Pulls:
         blocks: tuple[bytes, ...],
     ) -> None:
         certs, rots, revs = creds
-        self.ctx.send(
+        self.ctx.answer(
             peer,
             wire.Response(
                 self.ctx.device_id,

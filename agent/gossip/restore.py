@@ -427,7 +427,7 @@ class Restorer:
             ctx.device_id, {}
         ):
             raise UsageError("epoch signed: the record does not verify under the device key")
-        payload = wire.encode(wire.Epochs(ctx.device_id, (record,)))
+        payload = ctx.seal(wire.Epochs(ctx.device_id, (record,)))
         for domain in ctx.cover_domains():
             ctx.out.append(Broadcast(domain, payload))
         self._finish(rec.new_epoch, rec.last_height, new_epoch=True)

@@ -211,6 +211,7 @@ class SimNet:
             random.Random(seed),
             config=peer.config,
             now_ms=self.now,
+            signer=peer.device,
         )
         peer.node = node
         peer.online = True

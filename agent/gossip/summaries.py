@@ -159,4 +159,8 @@ class AntiEntropy:
             entries = sorted(
                 ctx.rng.sample(entries, wire.MAX_SUMMARY_ENTRIES), key=lambda e: e.device_id
             )
-        ctx.send(peer, wire.Summary(ctx.device_id, reply, tuple(entries)))
+        msg = wire.Summary(ctx.device_id, reply, tuple(entries))
+        if answering is None:
+            ctx.send(peer, msg)
+        else:  # drawn by the peer's SUMMARY: an answer, within its budget
+            ctx.answer(peer, msg)

@@ -60,6 +60,12 @@ class GossipConfig:
     restore_ahead: int = 1_024
     restore_inflight: int = 4
     max_epoch_records: int = 16  # per device, newest kept
+    # Answers (RESPONSEs, summary replies, and the EPOCHS/EVIDENCE a REQUEST draws) a proven
+    # peer may draw: bytes per interval (agent.protocol.budget). A whole window of 256 headers
+    # with 16 bodies is ~300 KB; a restore asks for a few of those a second.
+    answer_budget_bytes: int = 8 << 20
+    answer_interval_ms: int = 10_000
+    charged_tags: int = 1_024  # LRU of messages that cost their sender (a replay costs nothing)
     want_bodies: Callable[[str, int], bool] = field(default=_never, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,8 +1,10 @@
 """Gossip wire format: the seven message types, their canonical encoding and their hard limits.
 
-Every message is one canonical MessagePack array (ledger.codec rules: arrays, uints, strings and
-byte strings only; shortest forms; nothing trailing), the **envelope**
-``[version=1, type, sender_device_id, ...payload fields]``. Type numbers are append-only:
+Every message body is one canonical MessagePack array (ledger.codec rules: arrays, uints, strings
+and byte strings only; shortest forms; nothing trailing), the **envelope**
+``[version=2, type, sender_device_id, ...payload fields]``; on the wire it carries one more field,
+the authenticator (``agent.protocol.auth``), which is checked and removed before ``decode`` sees
+the body. Type numbers are append-only:
 
 =====  =========  ================================================================================
 type   name       payload fields after the sender
@@ -34,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.protocol import envelope
+from agent.protocol import auth, envelope
 from ledger import codec
 from ledger.block import MAX_BLOCK_BYTES
 from ledger.errors import DecodeError, UsageError
@@ -85,7 +87,8 @@ MAX_EPOCH_RECORDS: Final = 16  # per EPOCHS message
 ANNOUNCE_MAX_BYTES: Final = 8192
 SUMMARY_MAX_BYTES: Final = 98_304
 REQUEST_MAX_BYTES: Final = 128
-RESPONSE_MAX_BYTES: Final = MAX_MESSAGE_BYTES
+# Room for the authenticator (agent.protocol.auth) a message carries on the wire.
+RESPONSE_MAX_BYTES: Final = MAX_MESSAGE_BYTES - auth.TRAILER
 EVIDENCE_MAX_BYTES: Final = EVIDENCE_WIRE_MAX + 64
 CERTS_MAX_BYTES: Final = 65_536
 EPOCHS_MAX_BYTES: Final = 4_096

@@ -1,24 +1,26 @@
 """The envelope every protocol message shares (docs/PROTOCOL.md 12.1.1), and the checks every
 core makes before it believes one.
 
-A message is one canonical MessagePack array ``[version=1, type, sender_device_id, ...payload]``.
+A message body is one canonical MessagePack array ``[version=2, type, sender_device_id,
+...payload]``; on the wire it carries one more field, the authenticator (``auth``, 12.1.5).
 Gossip owns the type numbers 1..31, replication 32..63 (append-only), so a runtime routes a
 payload by its third byte. This module owns the preamble (the first three bytes, read before any
-decoding so a decoder picks the type's limits first), the sender field, and the attribution of a
-decoded message to a peer (``open_envelope``). Each core's ``wire`` module owns its types.
+decoding so a decoder picks the type's limits first), and the sender field; ``auth`` owns the
+authenticator and the one way a core turns network bytes into a message with a proven sender
+(``auth.open_envelope``). Each core's ``wire`` module owns its types.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Final, Protocol, TypeVar
+from collections.abc import Mapping
+from typing import Final
 
 from ledger import codec
 from ledger.errors import DecodeError
 from ledger.identity import is_device_id
 
-VERSION: Final = 1
+VERSION: Final = 2
+OLD_VERSIONS: Final = frozenset({1})  # refused with the counted reason ``old_version``
 _ARRAY: Final = 0x90  # a fixarray of n fields is the byte 0x90 + n
 
 
@@ -48,8 +50,13 @@ def preamble(
 
 def type_of(payload: bytes) -> int | None:
     """The type byte of what looks like an envelope (judged from its first three bytes only), or
-    None: enough to route a payload to its core, which still decodes it strictly."""
-    if len(payload) >= 3 and _ARRAY + 4 <= payload[0] <= _ARRAY + 15 and payload[1] == VERSION:
+    None: enough to route a payload to its core, which still authenticates and decodes it
+    strictly. Old versions route too, so the core that owns the type counts them refused."""
+    if (
+        len(payload) >= 3
+        and _ARRAY + 4 <= payload[0] <= _ARRAY + 15
+        and (payload[1] == VERSION or payload[1] in OLD_VERSIONS)
+    ):
         return payload[2]
     return None
 
@@ -57,39 +64,3 @@ def type_of(payload: bytes) -> int | None:
 def sender(value: object, what: str) -> str:
     """The sender field: a device id."""
     return codec.text(value, what, "sender", 26, is_device_id)
-
-
-class Message(Protocol):
-    @property
-    def sender(self) -> str: ...
-
-
-M = TypeVar("M", bound=Message)
-
-
-def open_envelope(
-    claimed: str | None,
-    payload: bytes,
-    decode: Callable[[bytes], M],
-    counters: Counter[str],
-    blame: Callable[[str, str], None],
-) -> tuple[str, M] | None:
-    """Decode untrusted ``payload`` and name the peer who answers for it, or None when it is
-    dropped. ``claimed``: the sender as the transport knows it (None: only the message's own
-    sender field names it, and then a message that does not decode blames nobody: it is counted
-    as ``malformed_unattributed``). ``blame(peer, offence)`` is called with ``"malformed"`` (the
-    bytes do not decode) or ``"sender_mismatch"`` (the sender field is not the transport's
-    sender); the core decides what each costs."""
-    try:
-        msg = decode(payload)
-    except DecodeError:
-        if claimed is None:
-            counters["malformed_unattributed"] += 1
-        else:
-            blame(claimed, "malformed")
-        return None
-    peer = msg.sender if claimed is None else claimed
-    if msg.sender != peer:
-        blame(peer, "sender_mismatch")
-        return None
-    return peer, msg

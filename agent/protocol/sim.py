@@ -4,14 +4,21 @@ database, no core. Both ``agent.gossip.sim`` and ``agent.replication.sim`` build
 - ``Authority``: a fleet authority with a seeded key; enrolls, countersigns rotations, revokes.
 - ``SimDevice``: an enrolled device that seals real signed one-reading blocks (Ed25519,
   ``ledger`` headers, readings and blocks) into a chain, rotates its key, forks on demand, is
-  wiped and restored, and signs the epoch records a core asks for.
+  wiped and restored, and signs the epoch records a core asks for. It is the ``auth.Signer`` of
+  the cores that run for it (its ``key`` is always the current one).
+- ``sealed(body)``: a message body authenticated by the sim device its sender field names, as
+  that device would send it (tests and scripted peers, who craft messages by hand);
+  ``unseal(payload)``: the body of what a core sent, signed or not.
 """
 
 from __future__ import annotations
 
 import random
+import weakref
 from typing import Protocol
 
+from agent.protocol import auth
+from ledger import codec
 from ledger.block import Block, build_header, sign_header
 from ledger.certs import (
     FleetRoots,
@@ -21,6 +28,7 @@ from ledger.certs import (
     sign_rotation,
 )
 from ledger.epoch import EpochRecord, sign_epoch
+from ledger.errors import DecodeError
 from ledger.history import CompactRange
 from ledger.identity import SigningKey
 from ledger.reading import Reading, sign_reading
@@ -86,6 +94,7 @@ class SimDevice:
         self.blocks: list[Block] = []
         self._hashes: list[bytes] = []
         self._seq = 0
+        _DEVICES[self.device_id] = self
 
     def _history(self, height: int) -> bytes:
         tree = CompactRange()
@@ -151,3 +160,30 @@ class SimDevice:
 
     def header_wires(self) -> list[bytes]:
         return [b.header.wire for b in self.blocks]
+
+
+# Every sim device alive, by device id (weak: a test's devices go with it).
+_DEVICES: weakref.WeakValueDictionary[str, SimDevice] = weakref.WeakValueDictionary()
+
+
+def sealed(body: bytes) -> bytes:
+    """``body`` (a version-2 envelope) authenticated with the current key of the sim device its
+    sender field names. Raises KeyError when no sim device has that id."""
+    return auth.seal(body, _DEVICES[body[4:30].decode("ascii")])
+
+
+def unseal(payload: bytes) -> bytes:
+    """The body of a message a core sent, signed or with an empty authenticator (tests read
+    what went out; a receiver authenticates instead)."""
+    if payload[-len(auth.EMPTY) :] == auth.EMPTY:
+        body = bytes((payload[0] - 1,)) + payload[1 : -len(auth.EMPTY)]
+        try:
+            codec.decode(body, _ANY, "body")
+        except DecodeError:
+            pass
+        else:
+            return body
+    return auth.body_of(payload)
+
+
+_ANY = codec.Limits(1 << 21, 1 << 16, 1 << 16, 1 << 21, shape=(16, 1 << 16, 16))

@@ -1,5 +1,6 @@
 """What the owner side and the holder side of one node share: identity, config, the clock value of
-the input being handled, membership, presence, credentials, counters and the action list.
+the input being handled, membership, presence, credentials, counters and the action list; the
+device's signer (every message leaves sealed, ``seal``) and the answer budget (``answer``).
 
 One ``Context`` per ``ReplicationNode``; the node updates ``now`` before it calls either side,
 and collects ``out`` after.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from agent.protocol import auth
+from agent.protocol.budget import AnswerBudget
 from agent.protocol.trust import TrustStore
 from agent.replication import wire
 from agent.replication.actions import Action, Broadcast, Send
@@ -23,10 +26,13 @@ class Context:
         key: SigningKey,
         config: ReplicationConfig,
         creds: TrustStore,
+        signer: auth.Signer,
         now_ms: int,
     ) -> None:
         self.device_id = device_id
         self.key = key
+        self.signer = signer
+        self.budget = AnswerBudget(config.answer_budget_bytes, config.answer_interval_ms)
         self.config = config
         self.rng = config.rng
         self.creds = creds
@@ -37,12 +43,26 @@ class Context:
         self.members: frozenset[str] = frozenset()  # every domain peer, self excluded
         self.up: set[str] = set()
 
+    def seal(self, msg: wire.Message) -> bytes:
+        """The bytes of ``msg`` as they leave this device: encoded and authenticated."""
+        return auth.seal(wire.encode(msg), self.signer)
+
     def send(self, peer_id: str, msg: wire.Message) -> None:
-        self.out.append(Send(peer_id, wire.encode(msg)))
+        self.out.append(Send(peer_id, self.seal(msg)))
+        self.counters[f"sent_{wire.NAMES[_type(msg)].lower()}"] += 1
+
+    def answer(self, peer_id: str, msg: wire.Message) -> None:
+        """Send an answer ``peer_id`` (proven: it asked) drew, within its budget; counted and
+        not sent when it does not fit (the asker times out, as after a loss)."""
+        payload = self.seal(msg)
+        if not self.budget.allow(peer_id, len(payload), self.now):
+            self.counters["answers_over_budget"] += 1
+            return
+        self.out.append(Send(peer_id, payload))
         self.counters[f"sent_{wire.NAMES[_type(msg)].lower()}"] += 1
 
     def broadcast(self, msg: wire.Message) -> None:
-        payload = wire.encode(msg)
+        payload = self.seal(msg)
         for domain in sorted(self.domains):
             if len(self.domains[domain]) > 1:
                 self.out.append(Broadcast(domain, payload))

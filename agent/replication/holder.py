@@ -216,11 +216,11 @@ class HolderSide:
             ctx.device_id, owner, rep.epoch, height, rep.block_hash, rep.size, ctx.now
         )
         signed = sign_receipt(receipt, ctx.key)
-        ctx.send(owner, wire.ReceiptMsg(ctx.device_id, rid, signed.wire))
+        ctx.answer(owner, wire.ReceiptMsg(ctx.device_id, rid, signed.wire))
 
     def _refuse(self, peer: str, rid: int, reason: int) -> None:
         self.ctx.counters[f"refused_{wire.REASONS[reason]}"] += 1
-        self.ctx.send(peer, wire.Refuse(self.ctx.device_id, rid, reason, self.free()))
+        self.ctx.answer(peer, wire.Refuse(self.ctx.device_id, rid, reason, self.free()))
 
     # --- RELEASE and CHALLENGE ------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class HolderSide:
         rep = self.replicas.get(key)
         if rep is None or rep.block_hash != msg.block_hash:
             ctx.counters["challenge_not_held"] += 1
-            ctx.send(peer, wire.Proof(ctx.device_id, msg.challenge_id, b""))
+            ctx.answer(peer, wire.Proof(ctx.device_id, msg.challenge_id, b""))
             return
         cfg = ctx.config
         total = sum(len(s) for s in self.serves.values())
@@ -259,7 +259,7 @@ class HolderSide:
         waiting = self.serves.pop((ev.owner_id, ev.height), [])
         for s in waiting:
             answer = b"" if ev.block is None else wire.audit_answer(s.nonce, ev.block)
-            ctx.send(s.peer_id, wire.Proof(ctx.device_id, s.challenge_id, answer))
+            ctx.answer(s.peer_id, wire.Proof(ctx.device_id, s.challenge_id, answer))
         if waiting:
             ctx.counters["challenges_answered"] += len(waiting)
 

@@ -11,7 +11,10 @@ audits, repair, holder scores) and a **holder** (``holder.HolderSide``: verify, 
 quota, receipts, audit answers, SPACE adverts). This module owns what they share: membership,
 presence, credentials, and the decoding of every message. Remote bytes never raise out of
 ``handle``: malformed messages (``DecodeError``) and invalid content (``VerificationError``) are
-counted and cost the sender ``penalty_invalid`` points. docs/REPLICATION.md is the reference.
+counted and cost the sender ``penalty_invalid`` points. Every message enters through
+``agent.protocol.auth.open_envelope``: a message whose sender is not proven (wire version 2,
+docs/PROTOCOL.md 12.1.5) is counted (``unattributable``, ``old_version``) and dropped, and
+nobody's score, exclusion or answer ever follows from it. docs/REPLICATION.md is the reference.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
-from agent.protocol.envelope import open_envelope
+from agent.protocol import auth
 from agent.protocol.inputs import check_domain
+from agent.protocol.lru import Lru
 from agent.protocol.trust import TrustStore
 from agent.replication import wire
 from agent.replication.actions import Action
@@ -49,6 +53,7 @@ from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import SigningKey, is_device_id
 
 _MAX_DEVICES = 4_096  # devices with credentials (as gossip)
+_CHARGED_TAGS = 1_024  # as gossip's charged_tags
 
 
 class ReplicationNode:
@@ -64,17 +69,22 @@ class ReplicationNode:
         config: ReplicationConfig | None = None,
         now_ms: int = 0,
         trust: TrustStore | None = None,
+        signer: auth.Signer | None = None,
     ) -> None:
         """``trust``: the device's one trust store, shared with its gossip core (a credential is
-        then verified once per device); None: a store of this node's own over ``roots``."""
+        then verified once per device); None: a store of this node's own over ``roots``.
+        ``signer``: holds the device's current key, which authenticates every message sent
+        (shared with the gossip core; None: ``key``)."""
         if not is_device_id(device_id):
             raise UsageError(f"replication node: expected a device id, found {device_id!r}")
         cfg = config if config is not None else ReplicationConfig()
         creds = trust if trust is not None else TrustStore(roots, max_devices=_MAX_DEVICES)
         self._trust_version = creds.version  # what the owner side was last kicked for
-        self._ctx = ctx = Context(device_id, key, cfg, creds, now_ms)
+        signer = signer if signer is not None else auth.KeySigner(key)
+        self._ctx = ctx = Context(device_id, key, cfg, creds, signer, now_ms)
         self.device_id = device_id
         self.config = cfg
+        self._charged: Lru[bytes, bool] = Lru(_CHARGED_TAGS)  # messages that cost their sender
         self.owner = OwnerSide(ctx)
         self.holder = HolderSide(ctx)
         for name, members in domains.items():
@@ -152,6 +162,10 @@ class ReplicationNode:
     def own_heights(self) -> list[int]:
         return list(self.owner.blocks)
 
+    def members(self) -> frozenset[str]:
+        """Every replication domain peer (self excluded): the holders there can ever be."""
+        return self._ctx.members
+
     def score(self, holder_id: str) -> int | None:
         view = self.owner.views.get(holder_id)
         return None if view is None else view.score
@@ -226,10 +240,12 @@ class ReplicationNode:
         if claimed is not None and claimed not in ctx.members:
             ctx.counters["dropped_foreign"] += 1
             return
-        opened = open_envelope(claimed, ev.payload, wire.decode, ctx.counters, self._offence)
+        opened, _ = auth.open_envelope(
+            claimed, ev.payload, wire.decode, ctx.creds, ctx.counters, self._offence, self._charged
+        )
         if opened is None:
             return
-        peer, msg = opened
+        peer, msg = opened.peer, opened.msg
         if peer not in ctx.members:
             ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
             return
@@ -237,8 +253,10 @@ class ReplicationNode:
         try:
             self._dispatch(peer, msg)
         except DecodeError:
+            self._charged.put(opened.tag, True)
             self._offence(peer, "malformed")
         except VerificationError:
+            self._charged.put(opened.tag, True)
             self._offence(peer, "invalid")
 
     def _offence(self, peer: str, what: str) -> None:
@@ -253,7 +271,7 @@ class ReplicationNode:
                 refuse = wire.Refuse(
                     self.device_id, msg.request_id, wire.INVALID, self.holder.free()
                 )
-                self._ctx.send(peer, refuse)
+                self._ctx.answer(peer, refuse)
                 raise
         elif isinstance(msg, wire.Challenge):
             self.holder.on_challenge(peer, msg)

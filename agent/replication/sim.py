@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from agent.protocol import auth
 from agent.protocol.sim import DAY_MS, START_MS, Authority, SimDevice
 from agent.replication import wire
 from agent.replication.actions import (
@@ -143,6 +144,7 @@ class ReplicationNet:
             self.authority.roots,
             config=cfg,
             now_ms=self.now,
+            signer=device,
         )
 
     # --- driving --------------------------------------------------------------------------------
@@ -285,11 +287,12 @@ class ReplicationNet:
     def _lie(self, src: SimHolder, payload: bytes) -> bytes:
         if src.behaviour is Behaviour.HONEST:
             return payload
-        msg = wire.decode(payload)
+        msg = wire.decode(auth.body_of(payload))  # its own message: it lies under its own key
         if src.behaviour is Behaviour.CLAIMS_SPACE and isinstance(msg, wire.Space):
-            return wire.encode(wire.Space(msg.sender, 1 << 30, 1 << 30))
+            return auth.seal(wire.encode(wire.Space(msg.sender, 1 << 30, 1 << 30)), src.device)
         if src.behaviour is Behaviour.WRONG_ANSWERS and isinstance(msg, wire.Proof):
-            return wire.encode(wire.Proof(msg.sender, msg.challenge_id, self.rng.randbytes(32)))
+            lie = wire.Proof(msg.sender, msg.challenge_id, self.rng.randbytes(32))
+            return auth.seal(wire.encode(lie), src.device)
         return payload
 
     # --- ground truth ---------------------------------------------------------------------------

@@ -43,6 +43,10 @@ class ReplicationConfig:
     penalty_refused: int = 5  # REFUSE full after advertising room for the block
     penalty_invalid: int = 20  # a malformed message or a bad receipt
     recover_ms: int = 60_000  # one point given back per interval, up to score_initial
+    # Answers (RECEIPT, REFUSE, PROOF) a proven peer may draw: bytes per interval
+    # (agent.protocol.budget); each answer is smaller than what asked for it.
+    answer_budget_bytes: int = 1 << 20
+    answer_interval_ms: int = 10_000
     rng: random.Random = field(default_factory=random.SystemRandom, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """Replication wire format: the seven message types, canonical encoding and hard limits.
 
-Same envelope as gossip (docs/PROTOCOL.md 12.1.1): one canonical MessagePack array
-``[version=1, type, sender_device_id, ...payload fields]``. Replication owns the type numbers
+Same envelope as gossip (docs/PROTOCOL.md 12.1.1): the body is one canonical MessagePack array
+``[version=2, type, sender_device_id, ...payload fields]``, sealed on the wire with the
+authenticator of ``agent.protocol.auth`` (12.1.5). Replication owns the type numbers
 32..63 (append-only), so a runtime routes a payload by its third byte (``is_replication_message``)
 and the gossip decoder never sees these:
 
@@ -28,7 +29,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.protocol import envelope
+from agent.protocol import auth, envelope
 from ledger import codec, domains
 from ledger.block import HASH_SIZE, MAX_BLOCK_BYTES
 from ledger.errors import DecodeError, UsageError
@@ -71,7 +72,7 @@ HEADER_WIRE_MAX: Final = 272  # as gossip: header body <= 200 bytes + envelope f
 MAX_MESSAGE_BYTES: Final = 1 << 20  # the transports' payload limit
 BLOCK_WIRE_MAX: Final = min(MAX_BLOCK_BYTES, MAX_MESSAGE_BYTES - 4096)
 
-STORE_MAX_BYTES: Final = MAX_MESSAGE_BYTES
+STORE_MAX_BYTES: Final = MAX_MESSAGE_BYTES - auth.TRAILER  # room for the authenticator
 RECEIPT_MAX_BYTES: Final = 256
 SMALL_MAX_BYTES: Final = 128  # REFUSE, CHALLENGE, PROOF, RELEASE, SPACE
 

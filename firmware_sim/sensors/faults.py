@@ -76,6 +76,11 @@ class FaultSpec:
     def active(self, time_ms: int) -> bool:
         return self.start_ms <= time_ms and (self.end_ms is None or time_ms < self.end_ms)
 
+    def moved(self, delta_ms: int) -> FaultSpec:
+        """The same fault with its window ``delta_ms`` later (a fleet started elsewhen)."""
+        end = None if self.end_ms is None else self.end_ms + delta_ms
+        return replace(self, start_ms=self.start_ms + delta_ms, end_ms=end)
+
 
 class _ActiveFault:
     __slots__ = ("held", "rng", "spec")

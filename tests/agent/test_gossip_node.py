@@ -35,7 +35,8 @@ from agent.gossip.inputs import (
 from agent.gossip.node import GossipNode
 from agent.gossip.summaries import greeting_score
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.sim import START_MS, Authority, SimDevice
+from agent.protocol.auth import seal_unsigned
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger.block import Block, decode_block
 from ledger.errors import UsageError
 
@@ -64,6 +65,7 @@ class World:
             random.Random(5),
             config=config,
             now_ms=T0,
+            signer=self.devices[0],
         )
         for d in self.devices:
             node.handle(CertificateKnown(d.certificate), T0)
@@ -84,11 +86,11 @@ def world() -> World:
 
 
 def msg_from(sender: str, msg: wire.Message) -> MessageReceived:
-    return MessageReceived(sender, wire.encode(msg))
+    return MessageReceived(sender, sealed(wire.encode(msg)))
 
 
 def sent(actions: list[Action]) -> list[tuple[str, wire.Message]]:
-    return [(a.peer_id, wire.decode(a.payload)) for a in actions if isinstance(a, Send)]
+    return [(a.peer_id, wire.decode(unseal(a.payload))) for a in actions if isinstance(a, Send)]
 
 
 def of_type(actions: list[Action], kind: type) -> list[Action]:
@@ -107,12 +109,14 @@ def test_own_block_is_broadcast_once_on_the_fewest_covering_domains(world: World
         world.authority.roots,
         random.Random(5),
         now_ms=T0,
+        signer=world.devices[0],
     )
     for d in world.devices:
         node.handle(CertificateKnown(d.certificate), T0)
     own = world.devices[0]
     out = node.handle(OwnBlockSealed(own.seal(T0)), T0)
-    announce = wire.encode(wire.Announce(ids[0], (own.blocks[0].header.wire,)))
+    # Its own headers prove who sent it: the ANNOUNCE goes with an empty authenticator.
+    announce = seal_unsigned(wire.encode(wire.Announce(ids[0], (own.blocks[0].header.wire,))))
     assert of_type(out, Broadcast) == [Broadcast("chain", announce), Broadcast("street", announce)]
     assert not sent(out)  # no peer is up, and broadcasts do not depend on presence anyway
     assert node.counters["announces_broadcast"] == 2
@@ -121,7 +125,7 @@ def test_own_block_is_broadcast_once_on_the_fewest_covering_domains(world: World
 def test_header_received_by_broadcast_is_stored_but_not_forwarded(world: World) -> None:
     node = world.node(up=(1, 2, 3))
     b0 = world.devices[1].blocks[0].header.wire
-    announce = wire.encode(wire.Announce(world.id(1), (b0,)))
+    announce = sealed(wire.encode(wire.Announce(world.id(1), (b0,))))
     out = node.handle(MessageReceived(None, announce, broadcast=True), T0)
     assert of_type(out, StoreHeaders) == [StoreHeaders(world.id(1), (b0,))]
     assert len(of_type(out, HeadersAccepted)) == 1
@@ -268,10 +272,18 @@ def test_a_peer_that_comes_up_is_greeted_at_once_by_exactly_its_greeters(greeter
         for me in ids:
             if me == target:
                 continue
-            node = GossipNode(me, {"d": ids}, authority.roots, random.Random(1), config=cfg)
+            signer = devices[ids.index(me)]
+            node = GossipNode(
+                me, {"d": ids}, authority.roots, random.Random(1), config=cfg, signer=signer
+            )
             for d in devices:
                 node.handle(CertificateKnown(d.certificate), T0)
             out = sent(node.handle(PeerUp(target), T0))
+            # Every node says who it is to a peer that comes up (its own certificate, which
+            # the peer authenticates its messages with); only greeters add a SUMMARY.
+            hello = wire.Certs(me, (signer.certificate,), (), ())
+            assert out[0] == (target, hello)
+            out = out[1:]
             if out:
                 assert out == [(target, wire.Summary(me, True, ()))]
                 greeted_by.append(me)
@@ -324,7 +336,7 @@ def test_a_summary_pulls_what_is_missing_and_is_answered(world: World) -> None:
 def test_domains_bound_who_we_talk_to_and_what_we_track(world: World) -> None:
     node = world.node(members=(0, 1, 2), up=(1, 2))
     outsider = world.id(3)  # enrolled, but in none of our domains
-    payload = wire.encode(wire.Announce(outsider, (world.devices[3].header_wires()[0],)))
+    payload = sealed(wire.encode(wire.Announce(outsider, (world.devices[3].header_wires()[0],))))
     assert node.handle(MessageReceived(outsider, payload), T0) == []
     assert node.handle(MessageReceived(None, payload), T0) == []
     assert node.counters["dropped_foreign"] == 2
@@ -417,7 +429,13 @@ def test_config_is_validated(bad: dict[str, object]) -> None:
 
 def test_node_refuses_a_domain_without_itself(world: World) -> None:
     with pytest.raises(UsageError, match="must list this device"):
-        GossipNode(world.id(0), {"d": [world.id(1)]}, world.authority.roots, random.Random(1))
+        GossipNode(
+            world.id(0),
+            {"d": [world.id(1)]},
+            world.authority.roots,
+            random.Random(1),
+            signer=world.devices[0],
+        )
 
 
 def test_a_served_response_never_exceeds_the_message_limit(world: World) -> None:
@@ -430,7 +448,7 @@ def test_a_served_response_never_exceeds_the_message_limit(world: World) -> None
     big = tuple(bytes([k]) * 150_000 for k in range(12))  # the runtime's bytes, as stored
     (send,) = node.handle(PullLoaded(peer, 9, tuple(b.header_wires()), big), T0 + 1)
     assert isinstance(send, Send) and len(send.payload) <= wire.MAX_MESSAGE_BYTES
-    resp = wire.decode(send.payload)
+    resp = wire.decode(unseal(send.payload))
     assert isinstance(resp, wire.Response)
     assert len(resp.headers) == 12 and resp.blocks == big[: len(resp.blocks)]
     assert 5 <= len(resp.blocks) < 12, "as many bodies as fit; the peer asks again for the rest"

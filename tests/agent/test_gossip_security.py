@@ -32,7 +32,7 @@ from agent.gossip.inputs import (
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger.evidence import decode_evidence, make_evidence, verify_evidence
 
 T0 = START_MS
@@ -63,6 +63,7 @@ def _node(
         random.Random(9),
         config=config,
         now_ms=T0,
+        signer=devices[0],
     )
     for d in devices:
         node.handle(CertificateKnown(d.certificate), T0)
@@ -72,7 +73,7 @@ def _node(
 
 
 def _announce(sender: str, *wires: bytes) -> MessageReceived:
-    return MessageReceived(sender, wire.encode(wire.Announce(sender, tuple(wires))))
+    return MessageReceived(sender, sealed(wire.encode(wire.Announce(sender, tuple(wires)))))
 
 
 def _stored(actions: list[Action]) -> list[Action]:
@@ -83,7 +84,7 @@ def _forwarded(actions: list[Action]) -> list[wire.Announce]:
     out: list[wire.Announce] = []
     for a in actions:
         if isinstance(a, Send):
-            m = wire.decode(a.payload)
+            m = wire.decode(unseal(a.payload))
             if isinstance(m, wire.Announce):
                 out.append(m)
     return out
@@ -120,9 +121,11 @@ def test_every_single_bit_flip_of_a_block_body_is_never_stored() -> None:
     node = _node(authority, devices, config)
     node.handle(ChainLoaded(b.device_id, (b.header_wires()[0],), missing_bodies=(0,)), T0)
     genuine = b.blocks[0].encode()
-    summary = wire.encode(
-        wire.Summary(
-            b.device_id, False, (wire.SummaryEntry(b.device_id, 0, 0, b.blocks[0].header.hash),)
+    summary = sealed(
+        wire.encode(
+            wire.Summary(
+                b.device_id, False, (wire.SummaryEntry(b.device_id, 0, 0, b.blocks[0].header.hash),)
+            )
         )
     )
     stored = 0
@@ -134,14 +137,14 @@ def test_every_single_bit_flip_of_a_block_body_is_never_stored() -> None:
         out = [*out, *node.handle(MessageReceived(b.device_id, summary), T0 + bit)]
         (req,) = [
             m
-            for m in map(wire.decode, [a.payload for a in out if isinstance(a, Send)])
+            for m in map(wire.decode, [unseal(a.payload) for a in out if isinstance(a, Send)])
             if isinstance(m, wire.Request)
         ]
         assert isinstance(req, wire.Request) and req.bodies
         resp = wire.Response(
             b.device_id, req.request_id, b.device_id, (), (), (), (), (_flip(genuine, bit),)
         )
-        out = node.handle(MessageReceived(b.device_id, wire.encode(resp)), T0 + bit)
+        out = node.handle(MessageReceived(b.device_id, sealed(wire.encode(resp))), T0 + bit)
         stored += len(_stored(out))
     assert stored == 0, f"stored = {stored} of {n // 3} flipped bodies"
     assert node.missing_bodies(b.device_id) == (0,)
@@ -157,24 +160,16 @@ def test_unenrolled_and_forged_devices_are_ignored_not_stored_not_forwarded() ->
     relay = devices[2].device_id
     out = node.handle(_announce(rogue.device_id, rogue.header_wires()[0]), T0)
     assert not _stored(out) and not _forwarded(out)
-    (req_send,) = [a for a in out if isinstance(a, Send)]
-    req = wire.decode(req_send.payload)
-    assert isinstance(req, wire.Request) and req.credentials  # it asks for the certificate
-    resp = wire.Response(
-        rogue.device_id,
-        req.request_id,
-        rogue.device_id,
-        (rogue.certificate,),
-        (),
-        (),
-        tuple(rogue.header_wires()),
-        (),
-    )
-    out = node.handle(MessageReceived(rogue.device_id, wire.encode(resp)), T0 + 5)
+    # Its key is unknown: nothing it sends is proven, so nothing is answered or charged.
+    assert node.counters["unattributable_unknown_sender"] == 1
+    hello = wire.Certs(rogue.device_id, (rogue.certificate,), (), ())
+    out = node.handle(MessageReceived(rogue.device_id, sealed(wire.encode(hello))), T0 + 5)
     assert not _stored(out) and not _forwarded(out)
-    assert node.counters["certificate_invalid"] == 1
+    assert node.counters["certificate_invalid"] == 1  # learned from the content: not ours
+    assert node.counters["unattributable_unknown_sender"] == 2
+    assert node.counters["penalty_invalid"] == 0
     certs = wire.Certs(relay, (rogue.certificate,), (), ())
-    out = node.handle(MessageReceived(relay, wire.encode(certs)), T0 + 6)
+    out = node.handle(MessageReceived(relay, sealed(wire.encode(certs))), T0 + 6)
     out += node.handle(_announce(relay, rogue.header_wires()[0]), T0 + 7)
     assert not _stored(out) and not _forwarded(out)
     stats = node.peer_stats(relay)
@@ -246,7 +241,9 @@ def _fork_setup(
     for i in ids:
         net.inject(
             i,
-            wire.encode(wire.Announce(traitor.device_id, tuple(traitor.device.header_wires()))),
+            sealed(
+                wire.encode(wire.Announce(traitor.device_id, tuple(traitor.device.header_wires())))
+            ),
             src=traitor.device_id,
         )
     net.run_for(100)
@@ -259,10 +256,14 @@ def test_equivocation_is_detected_within_one_anti_entropy_round() -> None:
     one = traitor.seal(net.now)
     two = traitor.equivocate(3, net.now)
     net.inject(
-        p, wire.encode(wire.Announce(traitor.device_id, (one.header.wire,))), src=traitor.device_id
+        p,
+        sealed(wire.encode(wire.Announce(traitor.device_id, (one.header.wire,)))),
+        src=traitor.device_id,
     )
     net.inject(
-        q, wire.encode(wire.Announce(traitor.device_id, (two.header.wire,))), src=traitor.device_id
+        q,
+        sealed(wire.encode(wire.Announce(traitor.device_id, (two.header.wire,)))),
+        src=traitor.device_id,
     )
     start = net.now
 
@@ -280,7 +281,9 @@ def test_equivocation_is_detected_within_one_anti_entropy_round() -> None:
     # Nothing further is accepted from the forked device.
     nxt = traitor.seal(net.now)
     net.inject(
-        p, wire.encode(wire.Announce(traitor.device_id, (nxt.header.wire,))), src=traitor.device_id
+        p,
+        sealed(wire.encode(wire.Announce(traitor.device_id, (nxt.header.wire,)))),
+        src=traitor.device_id,
     )
     net.run_for(3_000)
     assert 4 not in net.peers[p].store.headers[traitor.device_id]
@@ -297,12 +300,12 @@ def test_equivocation_reaches_every_honest_node_with_no_false_positive(
     one, two = traitor.seal(net.now), traitor.equivocate(3, net.now)
     net.inject(
         ids[0],
-        wire.encode(wire.Announce(traitor.device_id, (one.header.wire,))),
+        sealed(wire.encode(wire.Announce(traitor.device_id, (one.header.wire,)))),
         src=traitor.device_id,
     )
     net.inject(
         ids[5],
-        wire.encode(wire.Announce(traitor.device_id, (two.header.wire,))),
+        sealed(wire.encode(wire.Announce(traitor.device_id, (two.header.wire,)))),
         src=traitor.device_id,
     )
     start = net.now
@@ -332,13 +335,15 @@ def test_forged_evidence_is_rejected_and_its_sender_penalized() -> None:
     for bit in range(0, len(real) * 8, 97):
         forged = _flip(real, bit)
         out = node.handle(
-            MessageReceived(sender, wire.encode(wire.EvidenceMessage(sender, forged))), T0
+            MessageReceived(sender, sealed(wire.encode(wire.EvidenceMessage(sender, forged)))), T0
         )
         assert not any(isinstance(a, ForkDetected) for a in out)
     assert node.forked() == frozenset()
     stats = node.peer_stats(sender)
     assert stats is not None and stats.invalid + stats.malformed == len(range(0, len(real) * 8, 97))
-    out = node.handle(MessageReceived(sender, wire.encode(wire.EvidenceMessage(sender, real))), T0)
+    out = node.handle(
+        MessageReceived(sender, sealed(wire.encode(wire.EvidenceMessage(sender, real)))), T0
+    )
     assert [a.device_id for a in out if isinstance(a, ForkDetected)] == [b.device_id]
     assert decode_evidence(real).device_id == b.device_id
 
@@ -349,9 +354,15 @@ def test_a_peer_that_sends_garbage_is_muted_then_forgiven() -> None:
     node = _node(authority, devices, cfg)
     bad = devices[2].device_id
     rng = random.Random(4)
+    # Random bytes in its name prove nothing: counted, charged to nobody.
+    for _ in range(8):
+        assert node.handle(MessageReceived(bad, rng.randbytes(40)), T0) == []
+    assert node.counters["unattributable"] == 8
+    assert node.peer_stats(bad) == node.peer_stats(devices[1].device_id)
     muted_at = None
-    for k in range(8):
-        out = node.handle(MessageReceived(bad, rng.randbytes(40)), T0)
+    for k in range(8):  # garbage it signed itself: a SUMMARY of 4 fields
+        garbage = sealed(msgpack.packb([2, wire.SUMMARY, bad, rng.randbytes(8)]))
+        out = node.handle(MessageReceived(bad, garbage), T0)
         if any(isinstance(a, PeerMuted) for a in out):
             muted_at = k
     assert muted_at == 4, "muted at the 5th malformed message (5 x 10 points = threshold 50)"
@@ -363,11 +374,13 @@ def test_a_peer_that_sends_garbage_is_muted_then_forgiven() -> None:
     out = node.handle_timer(T0 + 4 + 30_000)
     assert PeerUnmuted(bad) in out
     assert _stored(node.handle(valid, T0 + 30_010))
-    # A message whose sender field differs from who sent it counts against the sender.
-    spoof = MessageReceived(bad, wire.encode(wire.Summary(devices[3].device_id, False, ())))
+    # A proven message of device 3 arriving as if from ``bad``: a replay, charging nobody.
+    spoof = MessageReceived(bad, sealed(wire.encode(wire.Summary(devices[3].device_id, False, ()))))
     node.handle(spoof, T0 + 30_020)
-    stats = node.peer_stats(bad)
-    assert stats is not None and stats.malformed == 6
+    assert node.counters["sender_mismatch"] == 1
+    for d in (bad, devices[3].device_id):
+        stats = node.peer_stats(d)
+        assert stats is not None and stats.malformed == (5 if d == bad else 0)
 
 
 def _captured_traffic(seed: int) -> list[bytes]:
@@ -396,7 +409,7 @@ def test_fuzz_handle_never_raises_and_the_node_keeps_working() -> None:
     authority, devices = _world()
     node = _node(authority, devices, GossipConfig(mute_threshold=10**9))
     traffic = _captured_traffic(21)
-    kinds = {wire.decode(p).__class__ for p in traffic}
+    kinds = {wire.decode(unseal(p)).__class__ for p in traffic}
     assert len(kinds) >= 4, kinds
     rng = random.Random(31)
     senders = [d.device_id for d in devices[1:]]
@@ -415,9 +428,8 @@ def test_fuzz_handle_never_raises_and_the_node_keeps_working() -> None:
                 rng.choice([0, 1, 2**40, b"", rng.randbytes(32), "x", [], [b"\x92"]])
                 for _ in range(rng.randrange(1, 8))
             ]
-            data = msgpack.packb(
-                [1, rng.randrange(1, 7), rng.choice(senders), *body], use_bin_type=True
-            )
+            envelope = [2, rng.randrange(1, 7), rng.choice(senders), *body]
+            data = sealed(msgpack.packb(envelope, use_bin_type=True))  # proven garbage
         else:  # a real message re-sent with another sender
             m = bytearray(rng.choice(traffic))
             data = bytes(m[:3]) + b"\xba" + rng.choice(senders).encode() + bytes(m[30:])
@@ -428,7 +440,7 @@ def test_fuzz_handle_never_raises_and_the_node_keeps_working() -> None:
         inputs += 1
         if i % 500 == 0:
             node.handle_timer(T0 + i)
-    malformed = node.counters["penalty_malformed"] + node.counters["malformed_unattributed"]
+    malformed = node.counters["penalty_malformed"] + node.counters["unattributable"]
     assert malformed > inputs // 3, f"crashes = 0 over {inputs} inputs; {malformed} malformed"
     fresh = devices[3].header_wires()[0]
     if node.head(devices[3].device_id) is None:

@@ -21,7 +21,7 @@ from agent.gossip.actions import Action, Send, StoreHeaders
 from agent.gossip.inputs import CertificateKnown, MessageReceived, PeerUp
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger.block import decode_header
 
 CHAIN = 10
@@ -55,6 +55,7 @@ class NodeAgainstModel(RuleBasedStateMachine):
             random.Random(1),
             config=self.config,
             now_ms=self.now,
+            signer=devices[0],
         )
         for d in devices:
             self.node.handle(CertificateKnown(d.certificate), self.now)
@@ -79,7 +80,7 @@ class NodeAgainstModel(RuleBasedStateMachine):
                     self.head[a.device_id] = h
                     self.stored.add((a.device_id, h))
             elif isinstance(a, Send):
-                m = wire.decode(a.payload)
+                m = wire.decode(unseal(a.payload))
                 if isinstance(m, wire.Request):
                     deadline = self.now + self.config.request_timeout_ms
                     self.requests[m.request_id] = (a.peer_id, m, deadline)
@@ -97,14 +98,16 @@ class NodeAgainstModel(RuleBasedStateMachine):
         before = self.head[device_id]
         w = self.devices[dev].header_wires()[height]
         out = self._run(
-            MessageReceived(self.ids[sender], wire.encode(wire.Announce(self.ids[sender], (w,))))
+            MessageReceived(
+                self.ids[sender], sealed(wire.encode(wire.Announce(self.ids[sender], (w,))))
+            )
         )
         if height == before + 1:
             assert self.head[device_id] == height
             targets = [
                 a.peer_id
                 for a in out
-                if isinstance(a, Send) and isinstance(wire.decode(a.payload), wire.Announce)
+                if isinstance(a, Send) and isinstance(wire.decode(unseal(a.payload)), wire.Announce)
             ]
             assert len(targets) <= self.config.fanout
             assert self.ids[sender] not in targets and device_id not in targets
@@ -120,7 +123,9 @@ class NodeAgainstModel(RuleBasedStateMachine):
         w[bit // 8] ^= 1 << (bit % 8)
         before = dict(self.head)
         self._run(
-            MessageReceived(self.ids[3], wire.encode(wire.Announce(self.ids[3], (bytes(w),))))
+            MessageReceived(
+                self.ids[3], sealed(wire.encode(wire.Announce(self.ids[3], (bytes(w),))))
+            )
         )
         assert self.head == before
 
@@ -135,7 +140,10 @@ class NodeAgainstModel(RuleBasedStateMachine):
         before = self.head.get(req.device_id, -1)
         self._run(
             MessageReceived(
-                peer, wire.encode(wire.Response(peer, rid, req.device_id, (), (), (), headers, ()))
+                peer,
+                sealed(
+                    wire.encode(wire.Response(peer, rid, req.device_id, (), (), (), headers, ()))
+                ),
             )
         )
         if req.device_id in self.head and headers and req.from_height <= before + 1:

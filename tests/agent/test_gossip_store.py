@@ -27,6 +27,7 @@ from agent.gossip.inputs import (
 )
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.auth import KeySigner
 from agent.protocol.sim import START_MS, Authority
 from ledger.block import decode_block, decode_header
 from ledger.certs import FleetRoots
@@ -88,7 +89,13 @@ def _start(
 ) -> None:
     """Boot (or restart) a node from what the device's store holds, as the runtime will."""
     dev.node = GossipNode(
-        dev.id, {"home": [dev.id, peer.id]}, roots, random.Random(seed), config=config, now_ms=now
+        dev.id,
+        {"home": [dev.id, peer.id]},
+        roots,
+        random.Random(seed),
+        config=config,
+        now_ms=now,
+        signer=KeySigner(dev.key),
     )
     for cert in (dev.cert, peer.cert):
         dev.execute(dev.node.handle(CertificateKnown(cert), now))

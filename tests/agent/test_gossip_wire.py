@@ -42,15 +42,15 @@ def _examples() -> list[wire.Message]:
 
 
 def test_request_known_answer() -> None:
-    # [1, 3, A, 7, B, 0, 9, 3]: fixarray(8), then each value in its shortest form.
-    expected = b"\x98\x01\x03\xba" + A.encode() + b"\x07\xba" + B.encode() + b"\x00\x09\x03"
+    # [2, 3, A, 7, B, 0, 9, 3]: fixarray(8), then each value in its shortest form.
+    expected = b"\x98\x02\x03\xba" + A.encode() + b"\x07\xba" + B.encode() + b"\x00\x09\x03"
     assert wire.encode(wire.Request(A, 7, B, 0, 9, 3)) == expected
 
 
 def test_summary_known_answer() -> None:
-    # [1, 2, A, 1, [[B, 0, 300, H]]]: 300 is uint16 (cd 01 2c), the hash is bin8 (c4 20).
+    # [2, 2, A, 1, [[B, 0, 300, H]]]: 300 is uint16 (cd 01 2c), the hash is bin8 (c4 20).
     expected = (
-        b"\x95\x01\x02\xba"
+        b"\x95\x02\x02\xba"
         + A.encode()
         + b"\x01\x91\x94\xba"
         + B.encode()
@@ -100,31 +100,32 @@ def _raw(*fields: object) -> bytes:
 
 
 _MUTATIONS = [
-    ("version-2", _raw(2, 3, A, 1, B, 0, 0, 0), "version"),
-    ("type-8", _raw(1, 8, A, 1, B, 0, 0, 0), "type"),
-    ("type-0", _raw(1, 0, A, 1, B, 0, 0, 0), "type"),
-    ("sender-not-a-device-id", _raw(1, 3, "ef+#", 1, B, 0, 0, 0), "sender"),
-    ("request-from-after-to", _raw(1, 3, A, 1, B, 5, 4, 0), "from_height"),
-    ("request-257-heights", _raw(1, 3, A, 1, B, 0, 256, 0), "from_height"),
-    ("request-unknown-flag", _raw(1, 3, A, 1, B, 0, 0, 4), "flags"),
-    ("request-id-over-32-bits", _raw(1, 3, A, 2**32, B, 0, 0, 0), "request_id"),
-    ("request-extra-field", _raw(1, 3, A, 1, B, 0, 0, 0, 0), "max_array_len"),
-    ("response-missing-field", _raw(1, 4, A, 1, B, [], [], [], []), "fields"),
-    ("summary-reply-2", _raw(1, 2, A, 2, []), "reply"),
-    ("summary-unsorted", _raw(1, 2, A, 0, [[C, 0, 1, H], [B, 0, 1, H]]), "ascending"),
-    ("summary-duplicate", _raw(1, 2, A, 0, [[B, 0, 1, H], [B, 0, 2, H]]), "ascending"),
-    ("summary-short-hash", _raw(1, 2, A, 0, [[B, 0, 1, H[:31]]]), "head_hash"),
-    ("summary-epoch-over-32-bits", _raw(1, 2, A, 0, [[B, 2**32, 1, H]]), "epoch"),
-    ("announce-empty", _raw(1, 1, A, []), "none"),
-    ("announce-17-headers", _raw(1, 1, A, [b"x"] * 17), "exceeds|at most"),
-    ("announce-oversized-header", _raw(1, 1, A, [bytes(273)]), "exceeds"),
-    ("announce-string-not-bin", _raw(1, 1, A, ["x"]), "bytes"),
-    ("response-two-certificates", _raw(1, 4, A, 1, B, [b"c", b"c"], [], [], [], []), "at most"),
-    ("certs-map", b"\x96\x01\x06\xba" + A.encode() + b"\x80\x90\x90", "dict"),
-    ("float", _raw(1, 3, A, 1.0, B, 0, 0, 0), "float"),
+    ("version-1", _raw(1, 3, A, 1, B, 0, 0, 0), "version"),
+    ("version-3", _raw(3, 3, A, 1, B, 0, 0, 0), "version"),
+    ("type-8", _raw(2, 8, A, 1, B, 0, 0, 0), "type"),
+    ("type-0", _raw(2, 0, A, 1, B, 0, 0, 0), "type"),
+    ("sender-not-a-device-id", _raw(2, 3, "ef+#", 1, B, 0, 0, 0), "sender"),
+    ("request-from-after-to", _raw(2, 3, A, 1, B, 5, 4, 0), "from_height"),
+    ("request-257-heights", _raw(2, 3, A, 1, B, 0, 256, 0), "from_height"),
+    ("request-unknown-flag", _raw(2, 3, A, 1, B, 0, 0, 4), "flags"),
+    ("request-id-over-32-bits", _raw(2, 3, A, 2**32, B, 0, 0, 0), "request_id"),
+    ("request-extra-field", _raw(2, 3, A, 1, B, 0, 0, 0, 0), "max_array_len"),
+    ("response-missing-field", _raw(2, 4, A, 1, B, [], [], [], []), "fields"),
+    ("summary-reply-2", _raw(2, 2, A, 2, []), "reply"),
+    ("summary-unsorted", _raw(2, 2, A, 0, [[C, 0, 1, H], [B, 0, 1, H]]), "ascending"),
+    ("summary-duplicate", _raw(2, 2, A, 0, [[B, 0, 1, H], [B, 0, 2, H]]), "ascending"),
+    ("summary-short-hash", _raw(2, 2, A, 0, [[B, 0, 1, H[:31]]]), "head_hash"),
+    ("summary-epoch-over-32-bits", _raw(2, 2, A, 0, [[B, 2**32, 1, H]]), "epoch"),
+    ("announce-empty", _raw(2, 1, A, []), "none"),
+    ("announce-17-headers", _raw(2, 1, A, [b"x"] * 17), "exceeds|at most"),
+    ("announce-oversized-header", _raw(2, 1, A, [bytes(273)]), "exceeds"),
+    ("announce-string-not-bin", _raw(2, 1, A, ["x"]), "bytes"),
+    ("response-two-certificates", _raw(2, 4, A, 1, B, [b"c", b"c"], [], [], [], []), "at most"),
+    ("certs-map", b"\x96\x02\x06\xba" + A.encode() + b"\x80\x90\x90", "dict"),
+    ("float", _raw(2, 3, A, 1.0, B, 0, 0, 0), "float"),
     (
         "non-canonical-uint",
-        b"\x98\x01\x03\xba" + A.encode() + b"\xcc\x07\xba" + B.encode() + b"\x00\x09\x03",
+        b"\x98\x02\x03\xba" + A.encode() + b"\xcc\x07\xba" + B.encode() + b"\x00\x09\x03",
         "non-canonical",
     ),
     ("not-an-array", b"\x01\x01\x03", "envelope"),
@@ -142,19 +143,19 @@ def test_named_mutations_are_rejected(payload: bytes, reason: str) -> None:
 
 def test_oversized_message_is_rejected_before_decoding() -> None:
     # A SUMMARY declaring a huge array: refused by size, not after allocating it.
-    bomb = b"\x95\x01\x02\xba" + A.encode() + b"\x00\xdd\xff\xff\xff\xff" + bytes(200_000)
+    bomb = b"\x95\x02\x02\xba" + A.encode() + b"\x00\xdd\xff\xff\xff\xff" + bytes(200_000)
     with pytest.raises(DecodeError, match="exceeds the limit"):
         wire.decode(bomb)
-    declared = b"\x95\x01\x02\xba" + A.encode() + b"\x00\xdd\x00\x01\x00\x00"
+    declared = b"\x95\x02\x02\xba" + A.encode() + b"\x00\xdd\x00\x01\x00\x00"
     with pytest.raises(DecodeError):
         wire.decode(declared)
 
 
 def test_nesting_beyond_the_schema_is_refused_before_decoding() -> None:
-    deep = _raw(1, 1, A, [[bytes(200)], [bytes(200)], [bytes(200)]])
+    deep = _raw(2, 1, A, [[bytes(200)], [bytes(200)], [bytes(200)]])
     with pytest.raises(DecodeError, match="nesting deeper"):
         wire.decode(deep)
-    wide = _raw(1, 6, A, [bytes(20)] * 33, [], [])
+    wide = _raw(2, 6, A, [bytes(20)] * 33, [], [])
     with pytest.raises(DecodeError, match="exceeds"):
         wire.decode(wide)
 
@@ -187,7 +188,7 @@ def test_fuzz_random_bytes_raise_decode_error_only() -> None:
         if i % 3 == 0:
             data = rng.randbytes(rng.randrange(0, 64))
         elif i % 3 == 1:  # a plausible envelope prefix, then noise
-            data = bytes([0x94 + rng.randrange(7), 1, rng.randrange(1, 7)]) + rng.randbytes(
+            data = bytes([0x94 + rng.randrange(7), 2, rng.randrange(1, 7)]) + rng.randbytes(
                 rng.randrange(0, 300)
             )
         else:  # a valid message with a few random bytes changed
@@ -245,7 +246,7 @@ def test_summary_entries_decode_exactly_as_the_full_checks_say(
 ) -> None:
     if sort:  # mostly valid, ascending lists too, not only rejects
         entries = sorted(entries, key=lambda e: str(e[0]) if isinstance(e, list) and e else "")
-    payload = msgpack.packb([1, wire.SUMMARY, A, 1, entries], use_bin_type=True)
+    payload = msgpack.packb([2, wire.SUMMARY, A, 1, entries], use_bin_type=True)
     try:
         expected: tuple[wire.SummaryEntry, ...] | None = _entries_by_the_full_checks(entries)
     except DecodeError:

@@ -20,7 +20,7 @@ import pytest
 from agent.config.devices import FleetConfig, load_fleet
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from firmware_sim.clock import JUMP_SENSOR, RealClock, SimClock
-from tests.agent.runner_helpers import Content, read_fleet, write_fleet
+from tests.agent.runner_helpers import SAMPLE_FLEET, Content, read_fleet, write_fleet
 
 WALL0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR_MS = 3_600_000
@@ -140,3 +140,20 @@ def test_a_wall_clock_set_back_while_running_is_signed_and_timers_keep_running(
         assert later and min(later) > WALL0_MS + MINUTE_MS
     warned = {r.args[0] for r in caplog.records if "clock jump" in r.getMessage()}  # type: ignore[index]
     assert warned == set(found)
+
+
+def test_the_sample_van_starts_a_realtime_run_without_its_scheduled_power_failure(
+    tmp_path: Path,
+) -> None:
+    # The van's mains failure is scheduled at 4d15h: from the file's start in simulated runs,
+    # from the fleet's origin (the first realtime run's "now") in realtime ones; the file's start
+    # is long past by then, and an outage already due fired at once.
+    cfg = load_fleet(SAMPLE_FLEET)
+    loop = SimClock(WALL0_MS)
+    result = run_realtime(cfg, tmp_path / "data", loop, SetWall(loop, WALL0_MS))
+    assert result.sim_start_ms == WALL0_MS
+    van = contents(tmp_path / "data")["freezer-van"]
+    assert van and min(c.time_ms for c in van) == WALL0_MS
+    assert [c for c in van if c.sensor.startswith("alarm.") and c.value] == []
+    assert {c.value for c in van if c.sensor == "power.on"} <= {1}
+    assert result.devices["freezer-van"].stats.alarms == set()

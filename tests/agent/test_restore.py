@@ -47,7 +47,7 @@ from agent.gossip.inputs import (
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import SimNet
 from agent.gossip.tuning import GossipConfig
-from agent.protocol.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.transport.brokers import MosquittoBroker
 from ledger.block import Block, build_header, decode_header, sign_header
 from ledger.epoch import EpochRecord, sign_epoch
@@ -75,7 +75,7 @@ def of_type(actions: list[Action], kind: type) -> list[Action]:
 
 
 def sent(actions: list[Action]) -> list[tuple[str, wire.Message]]:
-    return [(a.peer_id, wire.decode(a.payload)) for a in actions if isinstance(a, Send)]
+    return [(a.peer_id, wire.decode(unseal(a.payload))) for a in actions if isinstance(a, Send)]
 
 
 # ---------------------------------------------------------------- one core, input by input
@@ -96,6 +96,7 @@ class World:
             self.authority.roots,
             random.Random(3),
             now_ms=T0,
+            signer=self.devices[me],
         )
         for d in self.devices:
             node.handle(CertificateKnown(d.certificate), T0)
@@ -114,7 +115,7 @@ def world() -> World:
 
 def summary(world: World, sender: int, entries: tuple[wire.SummaryEntry, ...]) -> MessageReceived:
     return MessageReceived(
-        world.id(sender), wire.encode(wire.Summary(world.id(sender), False, entries))
+        world.id(sender), sealed(wire.encode(wire.Summary(world.id(sender), False, entries)))
     )
 
 
@@ -140,7 +141,7 @@ def test_discovery_learns_the_published_head_before_anything_is_signed(
     assert node.restoring
     for i in (0, 2):
         up = node.handle(PeerUp(world.id(i)), T0)
-        assert [type(m) for _, m in sent(up)] == [wire.Summary]
+        assert [type(m) for _, m in sent(up)] == [wire.Certs, wire.Summary]  # hello, then ask
     out: list[Action] = []
     for sender, height in zip((0, 2), claims, strict=True):
         entries: tuple[wire.SummaryEntry, ...] = ()
@@ -226,7 +227,7 @@ def test_epochs_message_at_a_peer(
     elif case == "unrelated-hash":
         rec = EpochRecord(dev.device_id, 1, 0, 5, bytes(32), T0)
         record = sign_epoch(rec, dev.key).wire
-    msg = MessageReceived(world.id(2), wire.encode(wire.Epochs(world.id(2), (record,))))
+    msg = MessageReceived(world.id(2), sealed(wire.encode(wire.Epochs(world.id(2), (record,)))))
     out = node.handle(msg, T0)
     assert bool(of_type(out, StoreEpoch)) == stored
     assert bool(of_type(out, EpochAccepted)) == stored
@@ -244,10 +245,12 @@ def test_after_a_rewind_the_new_epoch_links_and_superseded_headers_are_not_forks
     node.handle(PeerUp(world.id(1)), T0)
     node.handle(PeerUp(world.id(2)), T0)
     record = _record(dev, 5)
-    node.handle(MessageReceived(world.id(1), wire.encode(wire.Epochs(world.id(1), (record,)))), T0)
+    node.handle(
+        MessageReceived(world.id(1), sealed(wire.encode(wire.Epochs(world.id(1), (record,))))), T0
+    )
     first = _new_epoch_block(dev, 5, 1, T0 + 100)
     announce = MessageReceived(
-        world.id(1), wire.encode(wire.Announce(world.id(1), (first.header.wire,)))
+        world.id(1), sealed(wire.encode(wire.Announce(world.id(1), (first.header.wire,))))
     )
     assert not of_type(node.handle(announce, T0), StoreHeaders)  # still rewinding
     node.handle(ChainRewound(dev.device_id, tuple(dev.header_wires()[:6])), T0)
@@ -257,7 +260,7 @@ def test_after_a_rewind_the_new_epoch_links_and_superseded_headers_are_not_forks
     assert of_type(out, StoreHeaders) == [StoreHeaders(dev.device_id, (first.header.wire,))]
     # device 2 still offers the old epoch's height 7: valid history, superseded, not a fork
     old = MessageReceived(
-        world.id(2), wire.encode(wire.Announce(world.id(2), (dev.blocks[7].header.wire,)))
+        world.id(2), sealed(wire.encode(wire.Announce(world.id(2), (dev.blocks[7].header.wire,))))
     )
     out = node.handle(old, T0 + 2)
     assert node.counters["header_superseded"] == 1 and not node.forked()

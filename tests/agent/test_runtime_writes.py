@@ -27,7 +27,7 @@ from agent.device.sealing import SealPolicy
 from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
-from agent.protocol.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.transport.base import Delivery, Transport
 from firmware_sim.clock import Clock, SimClock
 from firmware_sim.samples import Sample
@@ -205,7 +205,7 @@ class Setup:
         """The sealer seals ``count`` blocks and broadcasts their headers; returns them once
         the agent's gossip core accepted them."""
         wires = [self.sealer.seal(START_MS + 1000 * i).header.wire for i in range(count)]
-        msg = wire.encode(wire.Announce(self.sealer.device_id, tuple(wires)))
+        msg = sealed(wire.encode(wire.Announce(self.sealer.device_id, tuple(wires))))
         self.transport.deliver(Delivery("domain", "domain", None, msg, "home"))
         await self.settle()
         assert self.agent.node.counters["header_accepted"] == count
@@ -218,7 +218,7 @@ class Setup:
         return [
             m
             for _, p in self.transport.sent
-            if isinstance(m := wire.decode(p), wire.Response) and m.request_id == request_id
+            if isinstance(m := wire.decode(unseal(p)), wire.Response) and m.request_id == request_id
         ]
 
 
@@ -263,7 +263,7 @@ def test_a_pull_served_right_after_acceptance_includes_the_headers_not_yet_writt
         # Asking for bodies too: the core serves such a pull from the store, not from memory.
         request = wire.Request(s.sealer.device_id, 7, s.sealer.device_id, 0, 3, wire.FLAG_BODIES)
         jobs = s.executor.jobs
-        s.transport.deliver(Delivery("inbox", "inbox", None, wire.encode(request)))
+        s.transport.deliver(Delivery("inbox", "inbox", None, sealed(wire.encode(request))))
         await s.settle()
         assert s.clock.now_ms() < accepted + WRITE_MS  # the write delay has not passed
         assert [(r.headers, r.blocks) for r in s.responses(7)] == [(tuple(wires), ())]

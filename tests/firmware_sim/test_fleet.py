@@ -110,6 +110,43 @@ def test_sensor_faults_and_power_outages_reach_the_stream() -> None:
     assert (START + 2 * HOUR_MS, 0) in power and (START + 3 * HOUR_MS, 1) in power
 
 
+def test_a_fleet_started_later_keeps_its_faults_and_outages_relative_to_the_start() -> None:
+    # The sample van's schedule: the probe drifts on day 2, mains fails at 4d15h for an hour.
+    drift = FaultSpec("cabinet.temp_mc", "drift", START + 2 * DAY_MS, START + 3 * DAY_MS, 200)
+    outage = Outage("power", START + 4 * DAY_MS + 15 * HOUR_MS, HOUR_MS)
+    van = dataclasses.replace(FREEZER, faults=(drift,), outages=(outage,))
+    later = START + 700 * DAY_MS + 12_345_000  # a realtime run's origin: "now"
+    moved = spec(van).starting_at(later)
+    assert moved.start_ms == later
+    assert moved.devices[0].faults[0].start_ms == later + 2 * DAY_MS
+    assert moved.devices[0].faults[0].end_ms == later + 3 * DAY_MS
+    assert moved.devices[0].outages == (
+        Outage("power", later + 4 * DAY_MS + 15 * HOUR_MS, HOUR_MS),
+    )
+
+    # The first hour is the healthy model's: no power alarm at the start (the bug: an outage
+    # scheduled for the file's start was already due, and fired at once).
+    healthy = list(Fleet(spec(FREEZER).starting_at(later)).run_until(later + HOUR_MS))
+    fleet = Fleet(moved)
+    assert list(fleet.run_until(later + HOUR_MS)) == healthy
+    assert not [s for _, s in healthy if s.sensor.startswith("alarm.") and s.value]
+    # Fast-forwarded through the schedule, each fault comes at its offset from the new start.
+    out = list(fleet.run_until(later + 5 * DAY_MS))
+    power = [(s.time_ms - later, s.value) for _, s in out if s.sensor == "power.on"]
+    assert power == [(4 * DAY_MS + 15 * HOUR_MS, 0), (4 * DAY_MS + 16 * HOUR_MS, 1)]
+    cabinet = {s.time_ms: s.value for _, s in out if s.sensor == "cabinet.temp_mc"}
+    ref = Fleet(spec(FREEZER).starting_at(later))
+    base = {
+        s.time_ms: s.value
+        for _, s in ref.run_until(later + 3 * DAY_MS)
+        if s.sensor == "cabinet.temp_mc"
+    }
+    end_of_drift = max(t for t in cabinet if t < later + 3 * DAY_MS)
+    assert cabinet[end_of_drift] - base[end_of_drift] > 4000  # ~200 m°C/h for ~24 h
+    before = max(t for t in cabinet if t < later + 2 * DAY_MS)
+    assert cabinet[before] == base[before]
+
+
 def test_an_outage_the_appliance_cannot_have_is_refused() -> None:
     bad = dataclasses.replace(FRIDGE, outages=(Outage("compressor", START, 1000),))
     with pytest.raises(FleetError, match="a refrigerator has no compressor outage"):

@@ -497,11 +497,11 @@ def test_gossip_messages_carry_the_structures_as_section_12_lays_them_out() -> N
         bytes.fromhex(V[x]["wire"]) for x in ("certificate", "rotation", "revocation")
     )
     expected: dict[str, list[Any]] = {
-        "announce": [1, 1, dev, [bytes.fromhex(wires[0])]],
-        "summary": [1, 2, peer, 1, [[dev, 0, 2, bytes.fromhex(V["chain"]["header_hashes"][2])]]],
-        "request": [1, 3, peer, 7, dev, 2, 4, 3],
+        "announce": [2, 1, dev, [bytes.fromhex(wires[0])]],
+        "summary": [2, 2, peer, 1, [[dev, 0, 2, bytes.fromhex(V["chain"]["header_hashes"][2])]]],
+        "request": [2, 3, peer, 7, dev, 2, 4, 3],
         "response": [
-            1,
+            2,
             4,
             dev,
             7,
@@ -512,15 +512,97 @@ def test_gossip_messages_carry_the_structures_as_section_12_lays_them_out() -> N
             [bytes.fromhex(w) for w in wires[2:]],
             [bytes.fromhex(b) for b in V["chain"]["block_wires"][1:]],
         ],
-        "evidence": [1, 5, peer, bytes.fromhex(V["fork_evidence"]["wire"])],
-        "certs": [1, 6, peer, [cert], [rot], [rev]],
-        "epochs": [1, 7, dev, [bytes.fromhex(V["epoch_record"]["wire"])]],
+        "evidence": [2, 5, peer, bytes.fromhex(V["fork_evidence"]["wire"])],
+        "certs": [2, 6, peer, [cert], [rot], [rev]],
+        "epochs": [2, 7, dev, [bytes.fromhex(V["epoch_record"]["wire"])]],
     }
-    limits = {"announce": 8192, "summary": 98_304, "request": 128, "response": 1 << 20}
+    limits = {"announce": 8192, "summary": 98_304, "request": 128, "response": (1 << 20) - 74}
     limits |= {"evidence": 4160, "certs": 65_536, "epochs": 4096}
     for name, fields in expected.items():
         data = bytes.fromhex(g[name])
         assert unpack(data) == fields, name
-        # 9N 01 TT ba: fixarray of the field count, version, type, then the 26-byte sender.
-        assert data[:4] == bytes([0x90 + len(fields), 1, fields[1], 0xBA]), name
+        # 9N 02 TT ba: fixarray of the field count, version, type, then the 26-byte sender.
+        assert data[:4] == bytes([0x90 + len(fields), 2, fields[1], 0xBA]), name
         assert len(data) <= limits[name], name
+
+
+MESSAGE = b"edgefleet/v2/message\x00"
+REPLICATION_TYPES = {
+    "store": 32,
+    "receipt": 33,
+    "refuse": 34,
+    "challenge": 35,
+    "proof": 36,
+    "release": 37,
+    "space": 38,
+}
+
+
+def open_sealed(data: bytes, keys: dict[str, bytes]) -> tuple[str, bytes, list[Any]]:
+    """Section 12.1.5, read from the document alone: the sealed message is the body with one
+    more field, ``bin(72) = key_id || Ed25519(MESSAGE || body)``, the body being the same
+    array without it (its fixarray byte one lower). Returns (sender, body, body fields)."""
+    fields = unpack(data)
+    *body_fields, authenticator = fields
+    assert isinstance(authenticator, bytes) and len(authenticator) == 72
+    assert data[-74:-72] == b"\xc4\x48"
+    body = bytes([data[0] - 1]) + data[1:-74]
+    assert unpack(body) == body_fields
+    sender = body_fields[2]
+    assert data[4:30] == sender.encode()
+    pub = keys[sender]
+    assert authenticator[:8] == sha(dom("KEY_ID") + pub)[:8]
+    ed_verify(pub, authenticator[8:], MESSAGE + body)
+    return sender, body, body_fields
+
+
+def _vector_keys() -> dict[str, bytes]:
+    return {
+        V["device"]["device_id"]: bytes.fromhex(V["device"]["public"]),
+        V["storage_receipt"]["holder_id"]: bytes.fromhex(V["storage_receipt"]["holder_public"]),
+    }
+
+
+def test_sealed_messages_of_every_type_verify_under_their_senders_keys() -> None:
+    sealed = V["sealed"]
+    assert bytes.fromhex(sealed["domain"]) == MESSAGE
+    keys = _vector_keys()
+    for name, data_hex in sealed["gossip"].items():
+        _, body, fields = open_sealed(bytes.fromhex(data_hex), keys)
+        assert body == bytes.fromhex(V["gossip"][name]), name  # the body is the 12.1 vector
+        assert fields[0] == 2
+    assert set(sealed["replication"]) == set(REPLICATION_TYPES)
+    dev, holder = V["device"]["device_id"], V["storage_receipt"]["holder_id"]
+    for name, data_hex in sealed["replication"].items():
+        sender, _, fields = open_sealed(bytes.fromhex(data_hex), keys)
+        assert fields[:2] == [2, REPLICATION_TYPES[name]], name
+        owner_side = name in ("store", "challenge", "release")
+        assert sender == (dev if owner_side else holder), name
+    own = bytes.fromhex(sealed["announce_own"])
+    body = bytes.fromhex(V["gossip"]["announce"])
+    assert own == bytes([body[0] + 1]) + body[1:] + b"\xc4\x00"  # an empty authenticator
+    fields = unpack(own)
+    headers = [unpack(unpack(h)[0]) for h in fields[3]]
+    assert fields[4] == b"" and all(h[1] == fields[2] for h in headers)  # only its own headers
+    store = unpack(bytes.fromhex(sealed["replication"]["store"]))
+    assert store[4] == bytes.fromhex(V["block0"]["block_wire"]) and store[5] is None
+    receipt = unpack(bytes.fromhex(sealed["replication"]["receipt"]))
+    assert receipt[4] == bytes.fromhex(V["storage_receipt"]["wire"])
+    proof = unpack(bytes.fromhex(sealed["replication"]["proof"]))
+    assert proof[4] == bytes.fromhex(V["audit"]["answer"])
+
+
+@pytest.mark.parametrize("name", ["request", "announce", "epochs"])
+def test_a_flipped_bit_anywhere_in_a_sealed_message_fails_the_independent_check(
+    name: str,
+) -> None:
+    data = bytes.fromhex(V["sealed"]["gossip"][name])
+    keys = _vector_keys()
+    for bit in range(0, len(data) * 8, 7):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        try:
+            open_sealed(bytes(flipped), keys)
+        except Exception:  # refused, whichever check caught it
+            continue
+        pytest.fail(f"{name} with bit {bit} flipped still verifies")

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.gossip import wire
+from agent.protocol import auth
 from agent.replication import placement
+from agent.replication import wire as rwire
 from ledger import codec, domains, keyfile, sealbox
 from ledger.block import Block, SignedHeader, build_header, encode_block, sign_header
 from ledger.bundle import BundleBuilder
@@ -279,7 +281,44 @@ def build() -> dict[str, Any]:
     v["key_files"] = _key_files(device)
     v["bundle"] = _bundle(authority, cert.wire, headers, hashes, block0)
     v["gossip"] = _gossip(v, headers)
+    v["sealed"] = _sealed(v, device)
     return v
+
+
+def _sealed(v: dict[str, Any], device: SigningKey) -> dict[str, Any]:
+    """Wire version 2 on the wire (section 12.1.5): every gossip message above, and one
+    replication message of each type, sealed with the authenticator of its sender (the device,
+    or the holder of the receipt vector); and the ANNOUNCE of the device's own header as it goes
+    out, with an empty authenticator. The replication messages: the device stores block 0
+    with the holder, which answers with the receipt vector; refuses a store (full, 4096 bytes
+    free); the device challenges the holder over block 0 with the audit vector's nonce, the
+    holder proves it with the audit answer; the device releases block 0; the holder advertises
+    64 MiB of which 1 MiB free."""
+    holder = SigningKey(seed("holder"))
+    keys = {device.public.device_id: device, holder.public.device_id: holder}
+    dev, peer = device.public.device_id, holder.public.device_id
+    block0 = bytes.fromhex(v["block0"]["block_wire"])
+    block0_hash = bytes.fromhex(v["block0"]["header_hash"])
+    replication: dict[str, rwire.Message] = {
+        "store": rwire.Store(dev, 1, block0, None),
+        "receipt": rwire.ReceiptMsg(peer, 1, bytes.fromhex(v["storage_receipt"]["wire"])),
+        "refuse": rwire.Refuse(peer, 2, rwire.FULL, 4096),
+        "challenge": rwire.Challenge(dev, 3, 0, block0_hash, bytes.fromhex(v["audit"]["nonce"])),
+        "proof": rwire.Proof(peer, 3, bytes.fromhex(v["audit"]["answer"])),
+        "release": rwire.Release(dev, 0, block0_hash),
+        "space": rwire.Space(peer, 64 << 20, 1 << 20),
+    }
+
+    def seal(body: bytes) -> str:
+        return auth.seal(body, auth.KeySigner(keys[body[4:30].decode()])).hex()
+
+    return {
+        "domain": auth.MESSAGE.hex(),
+        "gossip": {name: seal(bytes.fromhex(body)) for name, body in v["gossip"].items()},
+        # The device's ANNOUNCE of its own header 0 as it sends it: an empty authenticator.
+        "announce_own": auth.seal_unsigned(bytes.fromhex(v["gossip"]["announce"])).hex(),
+        "replication": {name: seal(rwire.encode(m)) for name, m in replication.items()},
+    }
 
 
 def _gossip(v: dict[str, Any], headers: list[SignedHeader]) -> dict[str, str]:

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, replace
 from functools import cache
 
-from agent.protocol.sim import START_MS, Authority, SimDevice
+from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.replication import wire
 from agent.replication.actions import Action, Send
 from agent.replication.inputs import CredentialKnown, MessageReceived, PeerUp
@@ -83,11 +83,11 @@ def config(**changes: object) -> ReplicationConfig:
 
 
 def msg_from(sender: str, msg: wire.Message) -> MessageReceived:
-    return MessageReceived(sender, wire.encode(msg))
+    return MessageReceived(sender, sealed(wire.encode(msg)))
 
 
 def sent(actions: list[Action]) -> list[tuple[str, wire.Message]]:
-    return [(a.peer_id, wire.decode(a.payload)) for a in actions if isinstance(a, Send)]
+    return [(a.peer_id, wire.decode(unseal(a.payload))) for a in actions if isinstance(a, Send)]
 
 
 def sent_of(actions: list[Action], kind: type) -> list[tuple[str, wire.Message]]:

@@ -2,7 +2,9 @@
 
 Random payloads, valid messages with bytes flipped, cut or appended, and envelopes with random
 fields, from a domain peer, from a stranger and unattributed. The node must not raise, must not
-store, delete or load anything for garbage, and must count every rejected payload.
+store, delete or load anything for garbage, and must count every rejected payload. A mutated
+copy of a peer's real message fails authentication: it is counted unattributable and charges
+nobody (every holder's score stays what it was).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.protocol.sim import sealed
 from agent.replication import wire
 from agent.replication.actions import DeleteReplica, LoadReplica, MarkSurplus, StoreReplica
 from agent.replication.inputs import MessageReceived, OwnBlockSealed
@@ -20,8 +23,9 @@ from ledger import codec
 from tests.agent.replication.helpers import T0, config, msg_from, world
 
 _ERRORS = (
+    "unattributable",
+    "old_version",
     "malformed",
-    "malformed_unattributed",
     "invalid",
     "sender_mismatch",
     "dropped_foreign",
@@ -44,13 +48,13 @@ def seeds() -> list[bytes]:
     s = w.store(1, 2)
     h = w.devices[1].blocks[2].header.hash
     return [
-        wire.encode(s),
-        wire.encode(wire.ReceiptMsg(w.id(1), 1, bytes(100))),
-        wire.encode(wire.Refuse(w.id(1), 1, wire.FULL, 5)),
-        wire.encode(wire.Challenge(w.id(1), 1, 2, h, bytes(16))),
-        wire.encode(wire.Proof(w.id(1), 1, bytes(32))),
-        wire.encode(wire.Release(w.id(1), 2, h)),
-        wire.encode(wire.Space(w.id(1), 10, 5)),
+        sealed(wire.encode(s)),
+        sealed(wire.encode(wire.ReceiptMsg(w.id(1), 1, bytes(100)))),
+        sealed(wire.encode(wire.Refuse(w.id(1), 1, wire.FULL, 5))),
+        sealed(wire.encode(wire.Challenge(w.id(1), 1, 2, h, bytes(16)))),
+        sealed(wire.encode(wire.Proof(w.id(1), 1, bytes(32)))),
+        sealed(wire.encode(wire.Release(w.id(1), 2, h))),
+        sealed(wire.encode(wire.Space(w.id(1), 10, 5))),
     ]
 
 
@@ -58,17 +62,20 @@ def errors(node: ReplicationNode) -> int:
     return sum(node.counters[k] for k in _ERRORS)
 
 
-def feed_garbage(node: ReplicationNode, peer: str | None, payload: bytes) -> None:
+def feed_garbage(
+    node: ReplicationNode, peer: str | None, payload: bytes, original: bytes | None = None
+) -> None:
     before = errors(node)
+    w = world()
+    scores = [node.score(w.id(i)) for i in (1, 2, 3, 4)]
     out = node.handle(MessageReceived(peer, payload), T0 + 1)
+    if payload == original:
+        return  # the mutation undid itself: a real message
     harmful = (StoreReplica, DeleteReplica, MarkSurplus, LoadReplica)
-    try:
-        wire.decode(payload)
-    except Exception:  # garbage: the decoder refuses it, so the node must only count it
-        assert not [a for a in out if isinstance(a, harmful)]
-        assert errors(node) == before + 1
-        return
-    # it happens to decode: whatever the node does, it did not raise
+    assert not [a for a in out if isinstance(a, harmful)]
+    assert errors(node) == before + 1
+    assert node.counters["unattributable"] + node.counters["dropped_foreign"] >= 1
+    assert [node.score(w.id(i)) for i in (1, 2, 3, 4)] == scores  # nobody is charged
 
 
 @settings(max_examples=300, deadline=None)
@@ -91,7 +98,8 @@ def test_mutated_messages_never_escape(
     which: int, cuts: list[tuple[int, int]], mode: str, attributed: bool
 ) -> None:
     node = busy_node()
-    data = bytearray(seeds()[which])
+    original = seeds()[which]
+    data = bytearray(original)
     for pos, val in cuts:
         if mode == "flip":
             data[pos % len(data)] ^= val or 1
@@ -101,7 +109,7 @@ def test_mutated_messages_never_escape(
                 break
         else:
             data.append(val)
-    feed_garbage(node, world().id(1) if attributed else None, bytes(data))
+    feed_garbage(node, world().id(1) if attributed else None, bytes(data), original)
 
 
 @settings(max_examples=300, deadline=None)
@@ -121,7 +129,7 @@ def test_mutated_messages_never_escape(
 def test_envelopes_with_random_fields_never_escape(mtype: int, fields: list[codec.Value]) -> None:
     node = busy_node()
     w = world()
-    payload = codec.encode([1, mtype, w.id(2), *fields])
+    payload = sealed(codec.encode([2, mtype, w.id(2), *fields]))  # proven, and garbage
     node.handle(MessageReceived(w.id(2), payload), T0 + 1)
     node.handle(MessageReceived(None, payload), T0 + 1)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
 
+from agent.protocol.sim import SimDevice, sealed, unseal
 from agent.replication import wire
 from agent.replication.actions import (
     Action,
@@ -16,6 +18,7 @@ from agent.replication.actions import (
     StoreReplica,
 )
 from agent.replication.inputs import (
+    CredentialKnown,
     HeadersKnown,
     MessageReceived,
     PeerUp,
@@ -142,15 +145,14 @@ def test_what_does_not_verify_is_refused_and_penalized(
     assert node.free_bytes() == 100_000
 
 
-def test_unknown_owner_is_refused_without_penalty() -> None:
+def test_a_store_from_an_owner_whose_key_is_unknown_is_unattributable_and_unanswered() -> None:
     w = world()
     node = ReplicationNode(
         w.id(0), w.devices[0].key, {"d": [w.id(0), w.id(1)]}, w.authority.roots, config=config()
     )
     out = node.handle(msg_from(w.id(1), w.store(1, 0)), T0)
-    [(_, msg)] = sent(out)
-    assert isinstance(msg, wire.Refuse)
-    assert msg.reason == wire.UNKNOWN
+    assert sent(out) == []  # nothing is answered to a sender that is not proven
+    assert node.counters["unattributable_unknown_sender"] == 1
     assert node.score(w.id(1)) == 100
 
 
@@ -289,7 +291,7 @@ def test_space_is_sent_on_peer_up_and_broadcast_when_it_moves() -> None:
     out = store_and_commit(node, w, 1, 0)  # free moved by exactly quota/8
     [b] = of_type(out, Broadcast)
     assert isinstance(b, Broadcast)
-    assert wire.decode(b.payload) == wire.Space(w.id(0), 8 * SIZE, 7 * SIZE)
+    assert wire.decode(unseal(b.payload)) == wire.Space(w.id(0), 8 * SIZE, 7 * SIZE)
     # and periodically
     deadline = node.next_deadline()
     assert deadline <= T0 + node.config.advert_interval_ms + 1
@@ -312,8 +314,8 @@ def test_restart_with_a_smaller_quota_evicts_surplus_then_oldest() -> None:
 @pytest.mark.parametrize(
     ("peer_id", "sender", "counter"),
     [
-        (None, "ef" + "z" * 24, "dropped_foreign"),
-        ("ef" + "z" * 24, "ef" + "z" * 24, "dropped_foreign"),
+        (None, "outsider", "dropped_foreign"),
+        ("outsider", "outsider", "dropped_foreign"),
         (None, "self", "dropped_own"),
         (1, 2, "sender_mismatch"),
     ],
@@ -323,15 +325,20 @@ def test_messages_from_outside_the_domain_are_dropped(
 ) -> None:
     w = world()
     node = w.node()
+    # Enrolled, known to the node (its messages are proven), but in none of its domains.
+    outsider = SimDevice(w.authority, random.Random(3))
+    node.handle(CredentialKnown("certificate", outsider.certificate), T0)
 
     def name(x: object) -> str | None:
+        if x == "outsider":
+            return outsider.device_id
         if x is None or isinstance(x, str):
             return w.id(0) if x == "self" else x
         assert isinstance(x, int)
         return w.id(x)
 
     s = w.store(1, 0)
-    payload = wire.encode(wire.Store(name(sender) or "", 1, s.block, s.prev_header))
+    payload = sealed(wire.encode(wire.Store(name(sender) or "", 1, s.block, s.prev_header)))
     out = node.handle(MessageReceived(name(peer_id), payload), T0)
     assert not of_type(out, StoreReplica)
     assert node.counters[counter] == 1

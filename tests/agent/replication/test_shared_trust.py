@@ -21,7 +21,13 @@ from tests.agent.replication.helpers import T0, World, config, msg_from, sent_of
 def _device(w: World, store: TrustStore) -> tuple[GossipNode, ReplicationNode]:
     members = {"d": [d.device_id for d in w.devices]}
     gossip = GossipNode(
-        w.id(0), members, w.authority.roots, random.Random(1), now_ms=T0, trust=store
+        w.id(0),
+        members,
+        w.authority.roots,
+        random.Random(1),
+        now_ms=T0,
+        trust=store,
+        signer=w.devices[0],
     )
     replication = ReplicationNode(
         w.id(0),
@@ -57,12 +63,17 @@ def test_a_certificate_is_verified_once_per_device(monkeypatch: pytest.MonkeyPat
 def test_replication_places_a_stalled_block_once_gossip_learned_the_holders() -> None:
     w = world()
     gossip, replication = _device(w, TrustStore(w.authority.roots))
-    for i in (1, 2, 3, 4):
+    adverts = [msg_from(w.id(i), wire.Space(w.id(i), 10_000, 10_000)) for i in (1, 2, 3, 4)]
+    for i, advert in zip((1, 2, 3, 4), adverts, strict=True):
         replication.handle(PeerUp(w.id(i)), T0)
-        replication.handle(msg_from(w.id(i), wire.Space(w.id(i), 10_000, 10_000)), T0)
+        replication.handle(advert, T0)
     out = replication.handle(OwnBlockSealed(w.devices[0].blocks[0]), T0)
-    assert sent_of(out, wire.Store) == []  # no holder's site or key is known yet
+    assert sent_of(out, wire.Store) == []  # no holder's key is known: no advert is proven
+    assert replication.counters["unattributable_unknown_sender"] == 4
     for c in w.certificates:
         gossip.handle(CertificateKnown(c), T0)
-    out = replication.handle(CredentialKnown("certificate", w.certificates[1]), T0)
+    out = []
+    for advert in adverts:  # the adverts come again (each holder re-advertises), proven now
+        out += replication.handle(advert, T0 + 1)
+    out += replication.handle(CredentialKnown("certificate", w.certificates[1]), T0 + 1)
     assert len(sent_of(out, wire.Store)) == replication.config.replicas

@@ -74,12 +74,13 @@ def test_gossip_messages_are_not_routed_here() -> None:
     ("payload", "routed"),
     [
         (b"", False),
-        (b"\x95\x01", False),
-        (b"\x95\x01\x20", True),
-        (b"\x95\x01\x3f", True),  # reserved for replication: routed, then refused
-        (b"\x95\x01\x40", False),
-        (b"\x95\x02\x20", False),
-        (b"\x85\x01\x20", False),
+        (b"\x95\x02", False),
+        (b"\x95\x02\x20", True),
+        (b"\x95\x02\x3f", True),  # reserved for replication: routed, then refused
+        (b"\x95\x02\x40", False),
+        (b"\x95\x01\x20", True),  # version 1: routed, so its core counts it refused
+        (b"\x95\x03\x20", False),
+        (b"\x85\x02\x20", False),
     ],
 )
 def test_is_replication_message_judges_three_bytes(payload: bytes, routed: bool) -> None:
@@ -93,32 +94,32 @@ def enc(fields: list[codec.Value]) -> bytes:
 MALFORMED = [
     ("empty", b"", "envelope"),
     ("not an array", b"\x01\x02\x03", "envelope"),
-    ("version 2", enc([2, 38, A, 1, 1]), "version"),
-    ("unknown type 39", enc([1, 39, A, 1, 1]), "type"),
-    ("gossip type", enc([1, 3, A, 1, 1]), "type"),
-    ("too few fields", enc([1, 38, A, 1]), "array of 5"),
-    ("too many fields", enc([1, 38, A, 1, 1, 1]), "max_array_len"),
-    ("bad sender", enc([1, 38, "efA", 1, 1]), "sender"),
-    ("sender with wildcard", enc([1, 38, "ef+" + "a" * 23, 1, 1]), "sender"),
-    ("space free above quota", enc([1, 38, A, 1, 2]), "free"),
-    ("space negative", enc([1, 38, A, -1, 0]), "quota"),
-    ("store empty block", enc([1, 32, A, 1, b"", None]), "block"),
-    ("store prev not bin", enc([1, 32, A, 1, b"x", "x"]), "prev_header"),
-    ("store prev too big", enc([1, 32, A, 1, b"x", bytes(273)]), "prev_header"),
-    ("store id above uint32", enc([1, 32, A, 1 << 32, b"x", None]), "request_id"),
-    ("refuse reason 0", enc([1, 34, A, 1, 0, 0]), "reason"),
-    ("refuse reason 6", enc([1, 34, A, 1, 6, 0]), "reason"),
-    ("challenge short hash", enc([1, 35, A, 1, 0, H[:31], N]), "block_hash"),
-    ("challenge short nonce", enc([1, 35, A, 1, 0, H, N[:15]]), "nonce"),
-    ("proof 31 bytes", enc([1, 36, A, 1, H[:31]]), "answer"),
-    ("proof 33 bytes", enc([1, 36, A, 1, H + b"\x00"]), "bin"),
-    ("release height as str", enc([1, 37, A, "1", H]), "height"),
-    ("receipt too big", enc([1, 33, A, 1, bytes(198)]), "bin"),
+    ("version 1", enc([1, 38, A, 1, 1]), "version"),
+    ("unknown type 39", enc([2, 39, A, 1, 1]), "type"),
+    ("gossip type", enc([2, 3, A, 1, 1]), "type"),
+    ("too few fields", enc([2, 38, A, 1]), "array of 5"),
+    ("too many fields", enc([2, 38, A, 1, 1, 1]), "max_array_len"),
+    ("bad sender", enc([2, 38, "efA", 1, 1]), "sender"),
+    ("sender with wildcard", enc([2, 38, "ef+" + "a" * 23, 1, 1]), "sender"),
+    ("space free above quota", enc([2, 38, A, 1, 2]), "free"),
+    ("space negative", enc([2, 38, A, -1, 0]), "quota"),
+    ("store empty block", enc([2, 32, A, 1, b"", None]), "block"),
+    ("store prev not bin", enc([2, 32, A, 1, b"x", "x"]), "prev_header"),
+    ("store prev too big", enc([2, 32, A, 1, b"x", bytes(273)]), "prev_header"),
+    ("store id above uint32", enc([2, 32, A, 1 << 32, b"x", None]), "request_id"),
+    ("refuse reason 0", enc([2, 34, A, 1, 0, 0]), "reason"),
+    ("refuse reason 6", enc([2, 34, A, 1, 6, 0]), "reason"),
+    ("challenge short hash", enc([2, 35, A, 1, 0, H[:31], N]), "block_hash"),
+    ("challenge short nonce", enc([2, 35, A, 1, 0, H, N[:15]]), "nonce"),
+    ("proof 31 bytes", enc([2, 36, A, 1, H[:31]]), "answer"),
+    ("proof 33 bytes", enc([2, 36, A, 1, H + b"\x00"]), "bin"),
+    ("release height as str", enc([2, 37, A, "1", H]), "height"),
+    ("receipt too big", enc([2, 33, A, 1, bytes(198)]), "bin"),
     ("trailing byte", wire.encode(MESSAGES[7]) + b"\x00", "canonical|MessagePack"),
-    ("non-canonical int", bytes.fromhex("950126ba") + A.encode() + b"\xcd\x00\x01\x01", "canon"),
-    ("map", bytes.fromhex("950126ba") + A.encode() + b"\x80\x01", "no form for dict"),
-    ("float", bytes.fromhex("950126ba") + A.encode() + b"\xcb" + bytes(8) + b"\x00", "float"),
-    ("nested", enc([1, 38, A, [1], 1]), "quota|nesting"),
+    ("non-canonical int", bytes.fromhex("950226ba") + A.encode() + b"\xcd\x00\x01\x01", "canon"),
+    ("map", bytes.fromhex("950226ba") + A.encode() + b"\x80\x01", "no form for dict"),
+    ("float", bytes.fromhex("950226ba") + A.encode() + b"\xcb" + bytes(8) + b"\x00", "float"),
+    ("nested", enc([2, 38, A, [1], 1]), "quota|nesting"),
 ]
 
 
@@ -129,10 +130,10 @@ def test_malformed_is_refused(name: str, payload: bytes, match: str) -> None:
 
 
 def test_limits_apply_before_decoding() -> None:
-    over = b"\x96\x01\x20" + bytes(wire.STORE_MAX_BYTES)
+    over = b"\x96\x02\x20" + bytes(wire.STORE_MAX_BYTES)
     with pytest.raises(DecodeError, match="exceeds the limit"):
         wire.decode(over)
-    small = b"\x95\x01\x26" + bytes(200)  # SPACE never exceeds 128 bytes
+    small = b"\x95\x02\x26" + bytes(200)  # SPACE never exceeds 128 bytes
     with pytest.raises(DecodeError, match="exceeds the limit of 128"):
         wire.decode(small)
 
