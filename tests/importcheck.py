@@ -14,7 +14,8 @@ Walks every module's AST, imports inside functions included, and holds four kind
 4. **One adapter per foreign library**: aiomqtt and paho only in ``agent/transport/mqtt.py``,
    amqtt only in ``agent/transport/brokers.py``, sqlite3 only in ``ledger/store.py`` (or a
    ``ledger/store/`` package), pyserial only in ``firmware_sim/serial/port.py``,
-   prometheus_client only in ``agent/fleet/metrics.py``.
+   prometheus_client only in ``agent/fleet/metrics.py``, starlette and uvicorn only in
+   ``agent/web/app.py``.
 
 And no import cycle between agent's modules, static or through ``importlib``.
 """
@@ -45,6 +46,7 @@ FORBIDDEN_ROOMS = {
         "agent.config",
         "agent.provenance",
         "agent.cli",
+        "agent.web",
     ),
     "agent.replication": (
         "agent.gossip",
@@ -54,12 +56,20 @@ FORBIDDEN_ROOMS = {
         "agent.config",
         "agent.provenance",
         "agent.cli",
+        "agent.web",
     ),
-    "agent.transport": ("agent.device", "agent.fleet", "agent.cli", "agent.provenance"),
-    "agent.device": ("agent.fleet", "agent.cli", "agent.provenance"),
-    "agent.config": ("agent.device", "agent.fleet", "agent.cli", "agent.transport"),
-    "agent.provenance": ("agent.cli", "agent.device", "agent.transport"),
-    "agent.fleet": ("agent.cli",),
+    "agent.transport": (
+        "agent.device",
+        "agent.fleet",
+        "agent.cli",
+        "agent.provenance",
+        "agent.web",
+    ),
+    "agent.device": ("agent.fleet", "agent.cli", "agent.provenance", "agent.web"),
+    "agent.config": ("agent.device", "agent.fleet", "agent.cli", "agent.transport", "agent.web"),
+    "agent.provenance": ("agent.cli", "agent.device", "agent.transport", "agent.web"),
+    "agent.fleet": ("agent.cli", "agent.web"),
+    "agent.web": ("agent.cli", "agent.device", "agent.transport"),
 }
 IO_MODULES = {
     "asyncio",
@@ -83,6 +93,8 @@ ADAPTERS = {
     "sqlite3": ("ledger/store.py", "ledger/store/"),
     "serial": ("firmware_sim/serial/port.py",),
     "prometheus_client": ("agent/fleet/metrics.py",),
+    "starlette": ("agent/web/app.py",),
+    "uvicorn": ("agent/web/app.py",),
 }
 
 

@@ -18,7 +18,19 @@ from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 from typing import Any
 
-from agent.cli import bundle, keys, record, replay, restore, run, sensor, show, trace, verify
+from agent.cli import (
+    bundle,
+    keys,
+    record,
+    replay,
+    restore,
+    run,
+    sensor,
+    show,
+    trace,
+    verify,
+    web,
+)
 from agent.cli.errors import CliError
 from agent.errors import AgentError
 from ledger.errors import LedgerError
@@ -34,6 +46,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     bundle,
     restore,
     trace,
+    web,
 )
 
 

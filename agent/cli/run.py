@@ -30,6 +30,7 @@ from agent.cli.fleetopts import (
     parse_speed,
 )
 from agent.cli.haopts import add_homeassistant, bridge_running, homeassistant_bridge
+from agent.cli.web import add_live_web, live_web
 from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
 from agent.device.sealing import SealPolicy
 from agent.fleet import keystore
@@ -78,6 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
     add_metrics(p)
     add_homeassistant(p)
+    add_live_web(p)
     p.set_defaults(func=_run)
 
 
@@ -166,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"metrics at {metrics.url}", file=sys.stderr)
         remove = install_signal_handlers(runner)
         try:
-            async with bridge_running(bridge, runner):
+            async with bridge_running(bridge, runner), live_web(args, runner):
                 result = await runner.run()
         finally:
             remove()

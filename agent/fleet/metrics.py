@@ -155,6 +155,10 @@ GOSSIP_DROPS = {
     "gossip.dropped_foreign": "foreign",  # not a peer of this device
     "gossip.dropped_muted": "muted",
     "gossip.dropped_own": "own",  # claims to be this device
+    "gossip.unattributable": "unproven",  # no proof of its sender: forged, flipped, unknown key
+    "gossip.old_version": "old_version",  # wire version 1
+    "replication.unattributable": "unproven_replication",
+    "replication.old_version": "old_version_replication",
 }
 OFFENCES = {f"gossip.penalty_{o}": o for o in ("invalid", "malformed", "promise")}
 FORKS = {"gossip.forks_detected": "detected", "gossip.forks_learned": "learned"}

@@ -811,7 +811,7 @@ def _snapshot(
     serial_down: Collection[str] = frozenset(),
 ) -> FleetSnapshot:
     rows = []
-    sent = received = invalid = 0
+    sent = received = invalid = unproven = 0
     # device id -> the local devices that track it (once per snapshot: a scrape of a street of
     # hundreds of devices must not cost N^2 lookups in peer tuples per device)
     trackers: dict[str, list[DeviceAgent]] = defaultdict(list)
@@ -852,6 +852,8 @@ def _snapshot(
         invalid += a.node.counters.get("penalty_invalid", 0) + a.node.counters.get(
             "penalty_malformed", 0
         )
+        cores = [a.node.counters] + ([a.replicator.node.counters] if a.replicator else [])
+        unproven += sum(c.get("unattributable", 0) + c.get("old_version", 0) for c in cores)
     now = time.monotonic()
     prev = last.get("rates")
     sent_rate = recv_rate = 0.0
@@ -867,6 +869,7 @@ def _snapshot(
         sent_per_s=sent_rate,
         received_per_s=recv_rate,
         invalid=invalid,
+        unproven=unproven,
         broker=broker,
         notes=notes,
     )

@@ -89,6 +89,9 @@ class FleetSnapshot:
     sent_per_s: float = 0.0
     received_per_s: float = 0.0
     invalid: int = 0
+    # messages dropped because nobody could be proven to have sent them (forged, bit-flipped,
+    # unknown sender, an older wire version): counted, charged to nobody (PROTOCOL 12.1.5)
+    unproven: int = 0
     broker: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     group_sync: SyncTotals | None = None  # None: every commit synced by itself (simulated runs)
@@ -118,7 +121,7 @@ def render(snap: FleetSnapshot, *, width: int = WIDTH, height: int = HEIGHT) -> 
         f"edgefleet  sim {_clock(snap.sim_ms)}  x{snap.speed:,.0f}  wall {snap.wall_s:,.0f}s",
         f"devices {n}  blocks {sealed:,}  readings {readings:,}  alarms {alarms}",
         f"gossip  sent {snap.sent_per_s:,.0f}/s  received {snap.received_per_s:,.0f}/s  "
-        f"invalid {snap.invalid}  broker {snap.broker}",
+        f"invalid {snap.invalid}  unproven {snap.unproven}  broker {snap.broker}",
         *_replication_line(snap),
         "",
     ]
@@ -252,7 +255,8 @@ def summary_line(snap: FleetSnapshot) -> str:
     return (
         f"sim {_clock(snap.sim_ms)} x{snap.speed:,.0f} devices {len(snap.devices)} "
         f"blocks {sealed} readings {sum(d.readings for d in snap.devices)} alarms {alarms} "
-        f"lag {lag} sent/s {snap.sent_per_s:,.0f} invalid {snap.invalid}{_serial_down(snap)}"
+        f"lag {lag} sent/s {snap.sent_per_s:,.0f} invalid {snap.invalid} unproven {snap.unproven}"
+        f"{_serial_down(snap)}"
     )
 
 

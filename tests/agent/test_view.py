@@ -293,6 +293,16 @@ def test_a_terminal_whose_size_cannot_be_read_gets_80_by_24() -> None:
     assert max(len(line) for line in screen.splitlines()) <= 80
 
 
+def test_invalid_and_unproven_messages_are_shown_apart() -> None:
+    """Invalid: proven senders that sent something wrong (charged to them). Unproven: messages
+    nobody could be proven to have sent (forged, bit-flipped, older wire): counted, charged to
+    nobody. Both are on the gossip line of the view and in the plain summary."""
+    s = dataclasses.replace(snap([row(1)]), invalid=2, unproven=3000)
+    gossip = render(s)[2]
+    assert "invalid 2" in gossip and "unproven 3000" in gossip
+    assert summary_line(s).endswith("invalid 2 unproven 3000")
+
+
 def test_a_lost_serial_sensor_is_marked_on_its_device() -> None:
     down = dataclasses.replace(row(2), serial_down=True)
     table = render(snap([row(1), down]))[4:]
