@@ -5,6 +5,9 @@ keys (a data dir of pre-enrolled devices, docs/DEPLOY.md) runs those. It cannot 
 ``--shard``: the names already say exactly which devices this process runs. The keys of such a
 data dir are unlocked with ``--passphrase-file``, ``$EDGEFLEET_PASSPHRASE`` or a prompt at a
 terminal; a simulated fleet's own data dir keeps its generated passphrase file.
+
+The ``serial:`` sensors of the devices this process runs are read live and imply ``--realtime``
+(agent/fleet/serial_source.py; docs/DEVICES.md says what a lost port does).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from agent.fleet.datadir import DataDir
 from agent.fleet.metrics import MetricsError, serve_metrics
 from agent.fleet.provision import pre_enrolled
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
+from agent.fleet.serial_source import SerialSetupError
 from agent.transport.brokers import BrokerError
 from agent.transport.errors import TransportError
 
@@ -54,7 +58,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--realtime",
         action="store_true",
-        help="run on the wall clock: readings carry the real time (implies --speed 1)",
+        help="run on the wall clock: readings carry the real time (implies --speed 1; "
+        "implied by serial sensors)",
     )
     p.add_argument(
         "--device",
@@ -184,5 +189,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with fleet_log(args.data / "fleet.log"):
             return asyncio.run(main())
-    except (BrokerError, TransportError, keystore.KeystoreError, MetricsError) as exc:
+    except (
+        BrokerError,
+        TransportError,
+        keystore.KeystoreError,
+        MetricsError,
+        SerialSetupError,
+    ) as exc:
         raise CliError(str(exc)) from None

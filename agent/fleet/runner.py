@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -52,6 +52,7 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
+from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
 from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.gossip import actions as A
@@ -159,6 +160,11 @@ class FleetRunner:
         self.data_clock: SimClock | None = None
         self.real_clock = opts.clock or RealClock()
         self.net_clock: Clock = self.real_clock
+        # The local devices' real serial sensors (agent/fleet/serial_source.py): they imply
+        # real time.
+        self._serial = self._serial_feed()
+        if self._serial is not None:
+            opts.realtime = True
         # Realtime runs watch the wall clock being set: each jump is signed by every device.
         self._jumps = WallJumps(self.real_clock) if opts.realtime else None
         self.agents: dict[str, DeviceAgent] = {}
@@ -206,7 +212,16 @@ class FleetRunner:
         now = self.data_clock.now_ms() if self.data_clock else self.cfg.start_ms
         wall = time.monotonic() - self._wall0
         speed = self._speed(self._wall0) if self.data_clock else 0.0
-        snap = _snapshot(self.agents, now, wall, speed, self._broker_note, self._rates, self._notes)
+        snap = _snapshot(
+            self.agents,
+            now,
+            wall,
+            speed,
+            self._broker_note,
+            self._rates,
+            self._live_notes(),
+            self._serial_down(),
+        )
         group = self._group
         sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
         return dataclasses.replace(snap, group_sync=sync)
@@ -214,6 +229,19 @@ class FleetRunner:
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
         raise_fd_limit()
+        if self._serial is None:
+            return await self._run()
+        # Options a driver refuses fail here, before anything is written; a missing port is
+        # the sensor's first outage and the run goes on.
+        await asyncio.to_thread(self._serial.start)
+        try:
+            return await self._run()
+        finally:
+            await asyncio.to_thread(self._serial.close)
+
+    async def _run(self) -> RunResult:
+        if self._serial is not None:
+            log.info("real time: serial sensors of %s", self._serial.describe())
         if self.opts.realtime:
             origin = read_origin(self.data, self.real_clock.wall_ms())
             self.cfg = _with_start(self.cfg, origin)
@@ -253,6 +281,8 @@ class FleetRunner:
         gc_thresholds = gc.get_threshold()
         switch_interval = sys.getswitchinterval()
         try:
+            if self._serial is not None:
+                fleet = LiveSource(fleet, self._serial)
             await self._connect(prov)
             stores = await self._build_agents(prov)
             # Keys, certificates, stores and cores live as long as the run: move them out of
@@ -297,6 +327,25 @@ class FleetRunner:
                 s.close()  # syncs a store the group has not synced yet
             if self._group is not None:
                 self._group.close()
+
+    def _serial_feed(self) -> SerialFeed | None:
+        """The serial sensors of the local devices when samples come from the simulation (a
+        replayed trace already holds what they read); None when there are none."""
+        if self.opts.source is not None or self.opts.simulated_network:
+            return None
+        devices = serial_devices(self.cfg, self.local)
+        return SerialFeed(self.cfg, devices, clock=self.real_clock) if devices else None
+
+    def _live_notes(self) -> tuple[str, ...]:
+        """The view's notes: the broker's, and the serial sensors' state."""
+        if self._serial is None:
+            return self._notes
+        down = [o.note() for o in self._serial.down()]
+        return (*self._notes, f"real time: serial sensors of {self._serial.describe()}", *down)
+
+    def _serial_down(self) -> set[str]:
+        """The local devices with a serial sensor down now."""
+        return set() if self._serial is None else {o.device for o in self._serial.down()}
 
     def _step_ms(self) -> int:
         speed = self.opts.speed
@@ -663,7 +712,8 @@ class FleetRunner:
                 self._speed(wall0),
                 self._broker_note,
                 last,
-                self._notes,
+                self._live_notes(),
+                self._serial_down(),
             )
             view.show(snap)
             await asyncio.sleep(VIEW_PERIOD_S)
@@ -758,6 +808,7 @@ def _snapshot(
     broker: str,
     last: dict[str, tuple[float, int, int]],
     notes: tuple[str, ...] = (),
+    serial_down: Collection[str] = frozenset(),
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = unproven = 0
@@ -790,6 +841,7 @@ def _snapshot(
                 peers_total=len(a.peer_ids),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
+                serial_down=name in serial_down,
                 **_replication_row(a),
                 private=a.writer.owner_x25519 is not None,
                 counters=_counters(a),

@@ -55,6 +55,7 @@ class DeviceRow:
     peers_total: int
     lag: int  # own height minus the lowest height a domain peer holds of this chain
     forked: bool = False
+    serial_down: bool = False  # a real serial sensor of the device is lost (being reopened)
     # Edge replication (None: off): own blocks with their full healthy copies, of the own
     # blocks tracked; bytes of peers' blocks this device holds, and its quota. Full is
     # ``copies_target``: the copies wanted, or every domain peer when the device has fewer.
@@ -199,7 +200,9 @@ def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
     for d in snap.devices:
         rows.append(
             [
-                _cut(d.name, NAME_WIDTH) + (" FORKED" if d.forked else ""),
+                _cut(d.name, NAME_WIDTH)
+                + (" FORKED" if d.forked else "")
+                + (" SERIAL-DOWN" if d.serial_down else ""),
                 KIND_SHORT.get(d.kind, d.kind),
                 _cut(d.site, NAME_WIDTH),
                 "-" if d.height is None else str(d.height),
@@ -253,7 +256,13 @@ def summary_line(snap: FleetSnapshot) -> str:
         f"sim {_clock(snap.sim_ms)} x{snap.speed:,.0f} devices {len(snap.devices)} "
         f"blocks {sealed} readings {sum(d.readings for d in snap.devices)} alarms {alarms} "
         f"lag {lag} sent/s {snap.sent_per_s:,.0f} invalid {snap.invalid} unproven {snap.unproven}"
+        f"{_serial_down(snap)}"
     )
+
+
+def _serial_down(snap: FleetSnapshot) -> str:
+    down = [d.name for d in snap.devices if d.serial_down]
+    return f" serial-down {','.join(down)}" if down else ""
 
 
 class LiveView:
