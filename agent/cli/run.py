@@ -165,6 +165,14 @@ def _run(args: argparse.Namespace) -> int:
             f"data in {args.data}",
             file=sys.stderr,
         )
+        if result.failed:  # the others ran on; the run's status says that some did not
+            print(
+                f"{len(result.failed)} device(s) failed: {', '.join(sorted(result.failed))}",
+                file=sys.stderr,
+            )
+            for line in result.failed.values():
+                print(f"  {line}", file=sys.stderr)
+            return 1
         return 0
 
     try:

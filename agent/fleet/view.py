@@ -37,6 +37,8 @@ class DeviceRow:
     replicated: tuple[int, int] | None = None
     held_bytes: int = 0
     quota_bytes: int = 0
+    # The device failed alone (agent/device/faults.py): the line naming the file and the fix.
+    failure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ def render(snap: FleetSnapshot) -> list[str]:
     ]
     body = _per_device(snap) if n <= PER_DEVICE_LIMIT else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
+    tail += [f"! FAILED {d.failure}" for d in snap.devices if d.failure]
     return head + body + (["", *tail] if tail else [])
 
 
@@ -123,7 +126,7 @@ def _per_device(snap: FleetSnapshot) -> list[str]:
     for d in snap.devices:
         rows.append(
             [
-                d.name + (" FORKED" if d.forked else ""),
+                d.name + (" FORKED" if d.forked else "") + (" FAILED" if d.failure else ""),
                 KIND_SHORT.get(d.kind, d.kind),
                 d.site,
                 "-" if d.height is None else str(d.height),
@@ -149,6 +152,7 @@ def _per_kind(snap: FleetSnapshot) -> list[str]:
         "temp min/med/max",
         "alarms",
         "forked",
+        "failed",
     ]
     rows = []
     kinds = sorted({d.kind for d in snap.devices})
@@ -171,6 +175,7 @@ def _per_kind(snap: FleetSnapshot) -> list[str]:
                 else "-",
                 str(sum(len(d.alarms) for d in ds)),
                 str(sum(d.forked for d in ds)),
+                str(sum(d.failure is not None for d in ds)),
             ]
         )
     return _table(cols, rows)
@@ -180,10 +185,12 @@ def summary_line(snap: FleetSnapshot) -> str:
     sealed = sum(0 if d.height is None else d.height + 1 for d in snap.devices)
     alarms = sum(len(d.alarms) for d in snap.devices)
     lag = max((d.lag for d in snap.devices), default=0)
+    failed = [d.name for d in snap.devices if d.failure]
     return (
         f"sim {_clock(snap.sim_ms)} x{snap.speed:,.0f} devices {len(snap.devices)} "
         f"blocks {sealed} readings {sum(d.readings for d in snap.devices)} alarms {alarms} "
         f"lag {lag} sent/s {snap.sent_per_s:,.0f} invalid {snap.invalid}"
+        + (f" FAILED {len(failed)}: {', '.join(failed)}" if failed else "")
     )
 
 
