@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
+import signal
 import sqlite3
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -32,7 +37,7 @@ from agent.fleet.view import render
 from ledger import keyfile
 from ledger.chain import ChainWriter
 from ledger.store import Store
-from tests.agent.runner_helpers import HOUR_MS, SAMPLE_FLEET, verify
+from tests.agent.runner_helpers import HOUR_MS, REPO, SAMPLE_FLEET, verify
 
 VICTIM = "fridge-2"
 STORE_VICTIM = "washer-1"
@@ -301,3 +306,141 @@ def test_a_device_damaged_while_running_fails_alone(
     )
     assert lost == 0, (clean, after)
     assert bad == [RUNNING_VICTIM], report.failures()
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+def mount_tmpfs(directory: Path, size: str) -> bool:
+    """A size-limited tmpfs at ``directory`` (root only; False where it cannot be mounted)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+    )
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs: room for the sample fleet's keys and a few hundred readings."""
+    where = tmp_path / "disk"
+    if not mount_tmpfs(where, "3m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_stops_the_writing_devices_and_loses_nothing_committed(
+    cfg: FleetConfig, small_disk: Path
+) -> None:
+    """The sample fleet on a 3 MB tmpfs, on the real-time path (store threads, group sync),
+    until the disk is full: each device stops at its first failed write with one line naming
+    its store and the full disk, the run ends by itself, and every reading a device
+    acknowledged (durable) is in its store, every committed block intact (verify)."""
+    data = small_disk / "data"
+    result = asyncio.run(
+        FleetRunner(
+            cfg,
+            RunOptions(data=data, broker="memory", for_ms=7 * 24 * HOUR_MS, settle_s=0, view=False),
+        ).run()
+    )
+    assert result.failed, "the disk never filled"
+    for name, line in result.failed.items():
+        store = str(DataDir(data).store_path(name))
+        assert line.startswith(f"{name}: disk full: {store}") and "free space" in line, line
+    stored = readings(data)
+    acked = {n: a.stats.readings for n, a in result.devices.items()}
+    lost = sum(max(0, acked[n] - stored[n]) for n in acked)
+    report = verify(data)
+    print(
+        f"disk full (3 MB tmpfs): {len(result.failed)} of {len(acked)} devices stopped at their "
+        f"first failed write after {result.sim_end_ms - result.sim_start_ms} simulated ms; "
+        f"lost = {lost} of {sum(acked.values())} acknowledged readings over "
+        f"{len(result.failed)} faults; {sum(stored.values())} stored, verify "
+        f"{'ok' if report.ok else 'FAILED'}"
+    )
+    assert lost == 0, (acked, stored)
+    assert sum(acked.values()) > 0
+    assert report.ok, report.failures()
+
+
+def run_cli(data: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent.cli.main", "run", "--devices", str(SAMPLE_FLEET)),
+            *("--data", str(data), "--broker", "memory", "--no-view", *args),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def finish(proc: subprocess.Popen[str], by_itself_s: float, after_term_s: float) -> float:
+    """Wait for the process to end by itself; else SIGTERM it and wait again. Returns the
+    seconds it took after SIGTERM (0: it ended by itself); fails if it outlives both."""
+    try:
+        proc.wait(by_itself_s)
+        return 0.0
+    except subprocess.TimeoutExpired:
+        pass
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(after_term_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"still running {after_term_s} s after SIGTERM")
+    return time.monotonic() - t0
+
+
+@pytest.mark.subprocess
+def test_a_full_disk_ends_the_run_with_one_line_per_device(small_disk: Path) -> None:
+    """`edgefleet run` (no --for) on a full disk: it ends by itself (or on SIGTERM, within a
+    few seconds), exit status 1, one line per device naming its store, no traceback, no
+    "Task exception was never retrieved", no "cannot rollback"; verify finds every committed
+    block intact."""
+    data = small_disk / "data"
+    proc = run_cli(data, "--settle", "1")
+    after_term = finish(proc, by_itself_s=60, after_term_s=10)
+    _, err = proc.communicate()
+    assert proc.returncode == 1, err
+    for bad in ("Traceback", "never retrieved", "cannot rollback", "Logging error"):
+        assert bad not in err, err
+    failed = [line for line in err.splitlines() if ": disk full: " in line]
+    assert failed and all(str(data) in line for line in failed), err
+    report = verify(data)
+    how = "by itself" if not after_term else f"{after_term:.1f} s after SIGTERM"
+    print(
+        f"run on a full disk: ended {how}, exit 1, {len(failed)} devices stopped with one "
+        f"line each; verify: {report.readings} stored readings, every committed block "
+        f"{'intact' if report.ok else 'NOT intact'}"
+    )
+    assert report.ok, report.failures()
+
+
+@pytest.mark.subprocess
+def test_sigterm_stops_a_running_fleet_within_seconds(tmp_path: Path) -> None:
+    """A fleet running with no end (--speed max, no --for): SIGTERM stops it cleanly within a
+    few seconds, exit status 0, and what it committed verifies."""
+    data = tmp_path / "data"
+    proc = run_cli(data)
+    log = data / "fleet.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # a real process: poll its log
+        if log.exists() and log.read_text().count(" started as ") >= 9:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    after_term = finish(proc, by_itself_s=0.5, after_term_s=10)
+    _, err = proc.communicate()
+    print(f"SIGTERM: a running 9-device fleet stopped {after_term:.1f} s after it")
+    assert proc.returncode == 0 and 0 < after_term < 10, err
+    assert verify(data).ok
