@@ -172,8 +172,16 @@ def _run(args: argparse.Namespace) -> int:
             )
             for line in result.failed.values():
                 print(f"  {line}", file=sys.stderr)
-            return 1
-        return 0
+        damaged = {n: lines for n, lines in result.damaged.items() if n not in result.failed}
+        if damaged:  # ran on, but hold blocks they cannot serve
+            print(
+                f"{len(damaged)} device(s) hold damaged blocks: {', '.join(sorted(damaged))}",
+                file=sys.stderr,
+            )
+            for lines in damaged.values():
+                for line in lines:
+                    print(f"  {line}", file=sys.stderr)
+        return 1 if result.failed or damaged else 0
 
     try:
         with fleet_log(args.data / "fleet.log"):

@@ -143,6 +143,12 @@ class RunResult:
     # Those of them that never started (no agent): name -> (kind, site, line), for the view.
     failed_at_start: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
+    @property
+    def damaged(self) -> dict[str, list[str]]:
+        """Devices that found stored blocks damaged when reading them to send (withheld, the
+        device ran on): name -> one line per block."""
+        return {n: list(a.ctx.damaged.values()) for n, a in self.devices.items() if a.ctx.damaged}
+
     def snapshot(self) -> FleetSnapshot:
         return _snapshot(
             self.devices,
@@ -822,6 +828,7 @@ def _snapshot(
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
                 failure=a.failure,
+                damaged=tuple(a.ctx.damaged.values()),
                 **_replication_row(a),
             )
         )

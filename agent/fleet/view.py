@@ -39,6 +39,8 @@ class DeviceRow:
     quota_bytes: int = 0
     # The device failed alone (agent/device/faults.py): the line naming the file and the fix.
     failure: str | None = None
+    # Stored blocks found damaged when read for sending (withheld; the device runs on).
+    damaged: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ def render(snap: FleetSnapshot) -> list[str]:
     body = _per_device(snap) if n <= PER_DEVICE_LIMIT else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
     tail += [f"! FAILED {d.failure}" for d in snap.devices if d.failure]
+    tail += [f"! DAMAGED {line}" for d in snap.devices for line in d.damaged]
     return head + body + (["", *tail] if tail else [])
 
 
@@ -126,7 +129,9 @@ def _per_device(snap: FleetSnapshot) -> list[str]:
     for d in snap.devices:
         rows.append(
             [
-                d.name + (" FORKED" if d.forked else "") + (" FAILED" if d.failure else ""),
+                d.name
+                + (" FORKED" if d.forked else "")
+                + (" FAILED" if d.failure else " DAMAGED" if d.damaged else ""),
                 KIND_SHORT.get(d.kind, d.kind),
                 d.site,
                 "-" if d.height is None else str(d.height),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import signal
@@ -444,3 +445,124 @@ def test_sigterm_stops_a_running_fleet_within_seconds(tmp_path: Path) -> None:
     print(f"SIGTERM: a running 9-device fleet stopped {after_term:.1f} s after it")
     assert proc.returncode == 0 and 0 < after_term < 10, err
     assert verify(data).ok
+
+
+# --- corruption at run time ----------------------------------------------------------------------
+class OnStep:
+    """A sample source that calls ``before(target)`` before each simulation step (the runner's
+    devices exist by then)."""
+
+    def __init__(self, before: Callable[[int], None]) -> None:
+        self.before = before
+
+    def source(self, cfg: FleetConfig, step_ms: int) -> SampleSource:
+        inner = simulation(cfg, step_ms)
+        before = self.before
+
+        class Source:
+            def __getattr__(self, name: str) -> object:
+                return getattr(inner, name)
+
+            def step(self, target: int) -> object:
+                before(target)
+                return inner.step(target)
+
+        return Source()  # type: ignore[return-value]
+
+
+def flip_sealed_reading(store: Path, height: int) -> None:
+    """One bit of the first reading of own block ``height``, through a second connection."""
+    db = sqlite3.connect(store)
+    try:
+        (seq,) = db.execute("SELECT first_seq FROM blocks WHERE height=?", (height,)).fetchone()
+        (wire,) = db.execute("SELECT wire FROM readings WHERE seq=?", (seq,)).fetchone()
+        bad = bytearray(wire)
+        bad[len(bad) // 2] ^= 0x01
+        db.execute("UPDATE readings SET wire=? WHERE seq=?", (bytes(bad), seq))
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_a_sealed_block_damaged_on_disk_is_reported_and_never_served(
+    cfg: FleetConfig, ran: Path, tmp_path: Path
+) -> None:
+    """A bit of a sealed reading flipped in a running device's SQLite file (a second
+    connection) right after the block is sealed, while its domain peers want its bodies: the
+    peers' pull of that block gets no body (the device checks each body against its header
+    before sending), the damage is reported once (device, height, file), the device never
+    signs a block over it (its next seal fails it), and no peer holds a damaged copy."""
+    from agent.device.bodies import body_damage
+    from agent.gossip import inputs as I
+    from agent.gossip.tuning import GossipConfig
+    from ledger.block import decode_block
+
+    data = shutil.copytree(ran, tmp_path / "data")
+    victim = "fridge-1"
+    store_path = DataDir(data).store_path(victim)
+    flipped: list[int] = []
+
+    def on_sealed(agent: object, event: object, now: int) -> None:
+        if isinstance(event, I.OwnBlockSealed) and not flipped:
+            height = event.block.header.header.height
+            flip_sealed_reading(store_path, height)
+            flipped.append(height)
+
+    runner_box: list[FleetRunner] = []
+
+    def attach(target: int) -> None:
+        agent = runner_box[0].agents.get(victim)  # None while the models fast-forward
+        if agent is not None and on_sealed not in agent.observers:
+            agent.observers.append(on_sealed)
+
+    victim_id = {"id": ""}
+    gossip = GossipConfig(want_bodies=lambda dev, h: dev == victim_id["id"])
+    runner = FleetRunner(
+        cfg,
+        RunOptions(
+            data=data,
+            for_ms=HOUR_MS,
+            simulated_network=True,
+            view=False,
+            gossip=gossip,
+            source=OnStep(attach).source,
+        ),
+    )
+    runner_box.append(runner)
+    victim_id["id"] = json.loads((data / "fleet.json").read_text())["devices"][victim]
+    result = asyncio.run(runner.run())
+    assert flipped, "the victim sealed nothing"
+    height = flipped[0]
+    agent = result.devices[victim]
+    damaged = agent.ctx.damaged
+    assert list(damaged) == [(victim_id["id"], height)], damaged
+    line = damaged[(victim_id["id"], height)]
+    assert line.startswith(f"{victim}: block {height} of ") and str(store_path) in line, line
+    assert f"! DAMAGED {line}" in "\n".join(render(result.snapshot()))
+    # Never signed over: the next seal found the block damaged and failed the device.
+    assert victim in result.failed and "refusing to extend the chain" in result.failed[victim]
+    with Store(store_path) as store:
+        head = store.head()
+        assert head is not None and head.header.height == height
+    # No peer holds a damaged body of it (pulled bodies and replicas alike).
+    held = damaged_held = 0
+    for name in DataDir(data).device_names():
+        if name == victim:
+            continue
+        with Store(DataDir(data).store_path(name)) as store:
+            wire = store.replica_wire(victim_id["id"], height)
+        if wire is not None:
+            held += 1
+            block = decode_block(wire)
+            damaged_held += body_damage(block.header, [r.wire for r in block.readings]) is not None
+    report = verify(data)
+    others_bad = [r["name"] for r in report.doc["reports"] if r["errors"] and r["name"] != victim]
+    served = agent.stats.counters["damaged_blocks"]
+    print(
+        f"sealed reading flipped on disk at height {height}: reported {served} time(s), "
+        f"withheld from the pull, signed over 0 times; {held} peers hold an intact copy, "
+        f"damaged copies held = {damaged_held}; verify flags {victim} only"
+    )
+    assert damaged_held == 0 and served == 1
+    assert not others_bad, report.failures()
+    assert report.report(victim)["errors"], "verify must still find the damage"
