@@ -218,6 +218,7 @@ class DeviceAgent:
         self._log.error("%s", self.failure)
         self._log.debug("failure of %s", self.name, exc_info=cause)
         self._discard_queued()
+        self.restore_settled.set()  # a restore that waited for this device waits no more
         task = self._run_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
