@@ -208,6 +208,12 @@ class DeviceAgent:
             self.fail(exc)
         finally:
             self._run_task = None
+        # Failed: leave the network, so that peers see it offline (presence) and repair the
+        # replicas it held elsewhere, rather than wait on a device that will not answer.
+        try:
+            await self.transport.close()
+        except Exception as exc:
+            self._log.debug("closing the transport of a failed device: %s", exc)
 
     def fail(self, exc: BaseException) -> None:
         """Fail this device (once): report it, drop the samples queued for it, stop its tasks."""
