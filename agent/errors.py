@@ -39,6 +39,7 @@ code                   class                     raised when
 ``chain-unavailable``  ``ChainUnavailable``      no verifiable chain of a device in a data dir
 ``block-rejected``     ``BlockRejected``         a stored block does not verify (remote)
 ``fleet``              ``FleetError``            no device of a run could start
+``metrics``            ``MetricsError``          /metrics cannot start, or a scrape timed out
 =====================  ========================  ================================================
 
 This module imports nothing of ours, so that every room may import it.

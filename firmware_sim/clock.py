@@ -1,7 +1,8 @@
 """Clocks: one interface, a real-time clock and a simulated clock that jumps to the next deadline.
 
 Everything that waits does so through a ``Clock``: ``now_ms()`` (Unix milliseconds, an int) and
-``await sleep_until(t_ms)``. ``RealClock`` follows the wall clock. ``SimClock`` keeps an integer
+``await sleep_until(t_ms)``. ``RealClock`` is real time on the monotonic clock (``WallJumps``
+notices the wall clock being set). ``SimClock`` keeps an integer
 simulated time that only moves when every task of its event loop is waiting: it then jumps
 straight to the earliest deadline, so a simulated week runs as fast as the CPU allows and a seed
 reproduces a run.
@@ -22,7 +23,7 @@ import heapq
 import math
 import selectors
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -52,11 +53,44 @@ class Clock(Protocol):
         ...
 
 
+# A wall clock set back by more than this, or forward by more than JUMP_FORWARD_MS, between two
+# looks is a jump (``WallJumps``): NTP slews by far less, a forward step of a few seconds harms
+# nothing (times still move on), and a step back is what could make a device sign the past.
+JUMP_BACK_MS = 1_000
+JUMP_FORWARD_MS = 60_000
+# The sensor a device signs a jump with (docs/TRACES.md): value = the jump, ms, negative = back.
+JUMP_SENSOR = "clock.jump_ms"
+
+
 class RealClock:
-    """Wall-clock time; sleeping uses the running asyncio loop."""
+    """Real time as Unix milliseconds that advance with the monotonic clock: anchored to the wall
+    clock once, when created, so that setting the wall clock (by hand, NTP stepping it) never
+    stops or fires a timer early; ``wall_skew_ms`` says how far the wall clock has moved away
+    since. Sleeping uses the running asyncio loop (whose clock is monotonic too).
+
+    ``wall_ns`` and ``mono_ns`` stand for ``time.time_ns`` and ``time.monotonic_ns``: tests
+    inject clocks that jump."""
+
+    def __init__(
+        self,
+        *,
+        wall_ns: Callable[[], int] = time.time_ns,
+        mono_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self._wall_ns = wall_ns
+        self._mono_ns = mono_ns
+        self._anchor_ns = wall_ns() - mono_ns()
 
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return (self._anchor_ns + self._mono_ns()) // 1_000_000
+
+    def wall_ms(self) -> int:
+        """The wall clock now, as it reads (it may have been set since this clock was made)."""
+        return self._wall_ns() // 1_000_000
+
+    def wall_skew_ms(self) -> int:
+        """How far the wall clock has been set away from ``now_ms`` (negative: behind)."""
+        return self.wall_ms() - self.now_ms()
 
     async def sleep_until(self, t_ms: int) -> None:
         while True:
@@ -81,6 +115,26 @@ class RealClock:
 
         handle.append(loop.call_later(max(t_ms - self.now_ms(), 0) / 1000, fire))
         fut.add_done_callback(lambda _: handle[0].cancel())  # settled early: drop the timer
+
+
+class WallJumps:
+    """Notices the wall clock being set under a ``RealClock``: ``check()`` returns the jump (ms,
+    negative: set back) once, when the wall clock moved by more than ``back_ms`` back or
+    ``forward_ms`` forward against monotonic time since the previous check; None otherwise.
+    Drift within the bounds is followed, so slow corrections never add up to a jump."""
+
+    def __init__(
+        self, clock: RealClock, back_ms: int = JUMP_BACK_MS, forward_ms: int = JUMP_FORWARD_MS
+    ) -> None:
+        self._clock = clock
+        self._back_ms = back_ms
+        self._forward_ms = forward_ms
+        self._skew = clock.wall_skew_ms()
+
+    def check(self) -> int | None:
+        skew = self._clock.wall_skew_ms()
+        jump, self._skew = skew - self._skew, skew
+        return jump if jump < -self._back_ms or jump > self._forward_ms else None
 
 
 class SimClock:

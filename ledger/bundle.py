@@ -9,10 +9,11 @@ root's public key travels with it, so ``verify_bundle`` needs no store, no fleet
 
 Layout (canonical MessagePack, docs/BUNDLE.md is the byte-exact reference)::
 
-    bundle = [magic "edgefleet-bundle", format 1, subject: str, created_ms: uint,
+    bundle = [magic "edgefleet-bundle", format 1 | 2, subject: str, created_ms: uint,
               root_public: bin(32), devices: [bin...], digest: bin(32)]
     device = [certificate: bin, rotations: [bin...], revocations: [bin...], head: bin,
-              blocks: [bin...]]                    # encoded, then carried as bin
+              blocks: [bin...]                     # encoded, then carried as bin
+              (format 2 only:) , forks: [bin...]]  # fork evidence wires, sorted
     block  = [header: bin | nil, history_proof: [bin(32)...],
               readings: [[index: uint, wire: bin, proof: [bin(32)...]]...]]  # carried as bin
 
@@ -32,6 +33,17 @@ fail verification, but it authenticates nothing; the signatures rooted at the fl
 
 Certificate validity windows are not applied (as in gossip and fork evidence: a bundle is
 evidence about the past); revocations are honoured.
+
+**Format 2** (docs/BUNDLE.md section 6) appends one field to each device entry: the fork
+evidence (``ledger.evidence``) against the device. In format 2 a header signed by a forked key,
+by a revoked key at or above its revocation height, or by a key the device rotated away from at
+or above the rotation's height still verifies (its signature is checked under the key it names)
+but is **flagged**: ``VerifiedBundle.flags`` names each ``KeyFlag`` that covers a bundled reading,
+with the evidence that proves it. Format 1 refuses such headers, as before. The builder writes
+format 1 whenever nothing is flagged, so every bundle a format-1 verifier can read stays format 1.
+A verifier knows only the evidence a bundle carries: a fork or revocation left out (or stripped)
+cannot be seen offline, so an unflagged bundle says "nothing flagged in this bundle", never
+"this key was never forked or revoked".
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -69,6 +82,7 @@ from ledger.errors import (
     UsageError,
     VerificationError,
 )
+from ledger.evidence import ForkEvidence, decode_evidence, verify_evidence
 from ledger.history import CompactRange
 from ledger.identity import PUBLIC_KEY_SIZE, PublicKey
 from ledger.merkle import HASH_SIZE, node_hash, verify_inclusion
@@ -76,7 +90,9 @@ from ledger.reading import SignedReading, decode_reading
 from ledger.verify import verify_link
 
 MAGIC = "edgefleet-bundle"
-FORMAT = 1
+FORMAT = 1  # docs/BUNDLE.md sections 1-4
+FORMAT_FLAGS = 2  # section 6: fork evidence, flagged headers verify and are reported
+FORMATS = (FORMAT, FORMAT_FLAGS)
 # Domain tag of the trailing digest (docs/PROTOCOL.md section 2 style: ASCII + NUL). Not a
 # signature domain; kept here until ledger/domains.py takes it.
 BUNDLE_DIGEST = domains.BUNDLE_DIGEST
@@ -88,6 +104,8 @@ MAX_BLOCKS = 65_536  # block entries per device
 MAX_TOTAL_READINGS = 65_536  # proved readings per bundle (~4 s of signature checks)
 MAX_ROTATIONS = 64  # per device
 MAX_REVOCATIONS = 64  # per device
+MAX_FORKS = 8  # fork evidence per device (format 2)
+MAX_FORK_EVIDENCE = 4096  # bytes of one fork evidence wire (ledger.evidence's own limit)
 MAX_SUBJECT = 256  # UTF-8 bytes
 MAX_CREDENTIAL = 512  # certificate, rotation, revocation or header wire
 MAX_HISTORY_PROOF = 64  # heights are below 2^63, so at most 63 hashes
@@ -113,7 +131,7 @@ _DEVICE_LIMITS = codec.Limits(
     max_array=MAX_BLOCKS,
     max_str=0,
     max_bin=MAX_BLOCK_ENTRY,
-    shape=(5, MAX_BLOCKS),
+    shape=(6, MAX_BLOCKS),
 )
 _BLOCK_LIMITS = codec.Limits(
     max_bytes=MAX_BLOCK_ENTRY,
@@ -136,10 +154,117 @@ class BundleError(VerificationError):
         self.cause = cause
 
 
+# --- key flags (format 2) -------------------------------------------------------------------
+
+FORKED = "forked"
+REVOKED = "revoked"
+ROTATED_AWAY = "rotated-away"
+_FLAG_ORDER = {FORKED: 0, REVOKED: 1, ROTATED_AWAY: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFlag:
+    """A key of a device whose signatures prove less than they seem, and the signed evidence.
+
+    - ``forked``: the key signed two headers at one (epoch, height): ``height`` and ``hashes``
+      (the two header hashes, smaller first). Every header the key signed is covered, at any
+      height: a key that signed two histories may have signed either, before the fork as after.
+    - ``revoked``: the fleet authority revoked ``key_id`` (None: every key of the device) from
+      ``height`` for ``reason``; headers at that height and above signed by it are covered.
+    - ``rotated-away``: the device rotated away from ``key_id`` at ``height`` (the rotation's
+      effective height); headers at that height and above still signed by it are covered.
+
+    ``wire`` is what proves it: the fork evidence, the revocation or the rotation.
+    """
+
+    kind: str
+    device_id: str
+    key_id: bytes | None
+    height: int
+    hashes: tuple[bytes, ...]
+    reason: str
+    wire: bytes
+
+    def covers(self, device_id: str, key_id: bytes, height: int) -> bool:
+        """A header of ``device_id`` at ``height`` signed by ``key_id`` is flagged by this."""
+        if device_id != self.device_id or (self.key_id is not None and key_id != self.key_id):
+            return False
+        return self.kind == FORKED or height >= self.height
+
+    def covers_header(self, sh: SignedHeader) -> bool:
+        h = sh.header
+        return self.covers(h.device_id, h.key_id, h.height)
+
+    def describe(self) -> str:
+        """One line naming the evidence (device, height, hashes; reason)."""
+        key = "every key" if self.key_id is None else f"key {self.key_id.hex()}"
+        if self.kind == FORKED:
+            a, b = (x.hex() for x in self.hashes)
+            return (
+                f"device {self.device_id} forked: {key} signed two headers at height "
+                f"{self.height} ({a} and {b})"
+            )
+        if self.kind == REVOKED:
+            return (
+                f"device {self.device_id}: {key} revoked from height {self.height} "
+                f"(reason: {self.reason})"
+            )
+        return f"device {self.device_id}: {key} rotated away at height {self.height}"
+
+
+def device_flags(
+    keys: DeviceKeys,
+    rotations: Sequence[Rotation] = (),
+    revocations: Sequence[Revocation] = (),
+    forks: Sequence[ForkEvidence] = (),
+) -> tuple[KeyFlag, ...]:
+    """Every flag the given (verified) credentials and fork evidence raise against a device."""
+    dev = keys.device_id
+    flags = [
+        KeyFlag(
+            FORKED,
+            dev,
+            ev.a.header.key_id,
+            ev.a.header.height,
+            (ev.a.hash, ev.b.hash),
+            "",
+            ev.encode(),
+        )
+        for ev in forks
+        if ev.device_id == dev
+    ]
+    flags += [
+        KeyFlag(REVOKED, dev, r.key_id, r.from_height, (), r.reason, r.wire)
+        for r in revocations
+        if r.device_id == dev
+    ]
+    flags += [
+        KeyFlag(ROTATED_AWAY, dev, r.old_key_id, r.effective_height, (), "", r.wire)
+        for r in rotations
+        if r.device_id == dev
+    ]
+    return tuple(sorted(flags, key=lambda f: (_FLAG_ORDER[f.kind], f.height, f.wire)))
+
+
+def signing_key(keys: DeviceKeys, key_id: bytes, height: int) -> PublicKey:
+    """The key a header at ``height`` naming ``key_id`` is checked with when flagged headers are
+    accepted (format 2, and traces): the key in force there by rotations, revocations ignored;
+    or a key of the device rotated away at or below ``height`` (a flag covers that header).
+    Raises ``VerificationError`` for any other key, including one not yet in force."""
+    try:
+        return keys.key_for(key_id, height, honour_revocations=False)
+    except VerificationError:
+        for span in keys.spans:
+            if span.key.key_id == key_id and span.until_height <= height:
+                return span.key
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedDevice:
     certificate: Certificate
     head: SignedHeader
+    flags: tuple[KeyFlag, ...] = ()  # every flag its credentials and fork evidence raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +286,12 @@ class VerifiedBundle:
     root_public: bytes
     devices: Mapping[str, VerifiedDevice]
     readings: tuple[BundledReading, ...]  # in bundle order: device id, height, index
+    format: int = FORMAT
+    flags: tuple[KeyFlag, ...] = ()  # the flags that cover at least one bundled reading
+
+    def flags_of(self, r: BundledReading) -> tuple[KeyFlag, ...]:
+        """The flags covering one bundled reading (through the header that signed it)."""
+        return tuple(f for f in self.flags if f.covers_header(r.header))
 
 
 # --- building -------------------------------------------------------------------------------
@@ -173,6 +304,7 @@ class _DeviceInput:
     revocations: tuple[Revocation, ...]
     head: SignedHeader
     header_hashes: tuple[bytes, ...]
+    forks: tuple[ForkEvidence, ...]
 
 
 class BundleBuilder:
@@ -180,8 +312,10 @@ class BundleBuilder:
 
     Rotations above the head and revocations that bear on no bundled height (another device,
     an unknown key, a height above the head) are left out; devices without readings are left
-    out. ``build`` verifies what it wrote with ``verify_bundle`` and raises its ``BundleError``
-    rather than hand out a bundle a verifier would refuse (a revoked head, a broken proof...).
+    out, and so is fork evidence against a key that signed no bundled header. ``build`` writes
+    format 2 when a bundled header is flagged (forked, revoked or rotated-away key) and format 1
+    otherwise, then verifies what it wrote with ``verify_bundle`` and raises its ``BundleError``
+    rather than hand out a bundle a verifier would refuse (a broken proof...).
     Misuse (a reading of an unknown device, a block above the head, a header that is not the one
     ``header_hashes`` names) raises ``UsageError``.
     """
@@ -205,9 +339,12 @@ class BundleBuilder:
         credentials: Sequence[bytes],
         head: SignedHeader,
         header_hashes: Sequence[bytes],
+        forks: Sequence[bytes] = (),
     ) -> None:
         """``credentials``: the certificate wire, then any rotation and revocation wires.
         ``header_hashes[i]``: hash of the device's header at height i, for every i < head height.
+        ``forks``: fork evidence wires (``ledger.evidence``); those about other devices are left
+        out.
         """
         if not credentials:
             raise UsageError(f"device {device_id}: credentials must start with the certificate")
@@ -254,7 +391,9 @@ class BundleBuilder:
             for w in sorted(revocations)
             if _revocation_used(revocations[w], device_id, key_ids, height)
         )
-        self._devices[device_id] = _DeviceInput(cert, rots, revs, head, hashes)
+        evidence = {w: decode_evidence(w) for w in forks}
+        kept = tuple(evidence[w] for w in sorted(evidence) if evidence[w].device_id == device_id)
+        self._devices[device_id] = _DeviceInput(cert, rots, revs, head, hashes, kept)
         self._blocks.setdefault(device_id, {})
         self._picked.setdefault(device_id, {})
 
@@ -297,8 +436,10 @@ class BundleBuilder:
                 f"bundle too large: {len(devices)} devices (max {MAX_DEVICES}), "
                 f"{total} readings (max {MAX_TOTAL_READINGS})"
             )
-        entries = [self._device_entry(d) for d in devices]
-        data = _seal([MAGIC, FORMAT, self._subject, self._created_ms, root.raw, entries])
+        flagged = {d: self._flagged(d) for d in devices}
+        fmt = FORMAT_FLAGS if any(f for f, _ in flagged.values()) else FORMAT
+        entries = [self._device_entry(d, fmt, flagged[d][1]) for d in devices]
+        data = _seal([MAGIC, fmt, self._subject, self._created_ms, root.raw, entries])
         if len(data) > MAX_BUNDLE_BYTES:
             raise UsageError(f"bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
         verify_bundle(data, roots=FleetRoots.of(root))
@@ -313,7 +454,31 @@ class BundleBuilder:
             )
         return self._roots.get(kids.pop(), "bundle")
 
-    def _device_entry(self, device_id: str) -> bytes:
+    def _bundled_headers(self, device_id: str) -> list[SignedHeader]:
+        dev = self._devices[device_id]
+        return [dev.head] + [self._blocks[device_id][h].header for h in self._picked[device_id]]
+
+    def _flagged(self, device_id: str) -> tuple[bool, tuple[ForkEvidence, ...]]:
+        """(whether a bundled header is flagged, the fork evidence that flags one)."""
+        dev = self._devices[device_id]
+        headers = self._bundled_headers(device_id)
+        forks = tuple(
+            ev for ev in dev.forks if any(sh.header.key_id == ev.a.header.key_id for sh in headers)
+        )
+        try:
+            keys = DeviceKeys.build(
+                dev.certificate.wire,
+                self._roots,
+                now_ms=None,
+                rotations=[r.wire for r in dev.rotations],
+                revocations=[r.wire for r in dev.revocations],
+            )
+        except LedgerError:
+            return False, forks  # build's own verification says why
+        flags = device_flags(keys, dev.rotations, dev.revocations, forks)
+        return any(f.covers_header(sh) for f in flags for sh in headers), forks
+
+    def _device_entry(self, device_id: str, fmt: int, forks: tuple[ForkEvidence, ...]) -> bytes:
         dev = self._devices[device_id]
         head_height = dev.head.header.height
         levels = _Levels(dev.header_hashes) if dev.header_hashes else None
@@ -333,15 +498,16 @@ class BundleBuilder:
                 header = block.header.wire
                 hproof = list(levels.path(h))
             blocks.append(codec.encode([header, hproof, readings]))
-        return codec.encode(
-            [
-                dev.certificate.wire,
-                [r.wire for r in dev.rotations],
-                [r.wire for r in dev.revocations],
-                dev.head.wire,
-                list(blocks),
-            ]
-        )
+        fields: list[codec.Value] = [
+            dev.certificate.wire,
+            [r.wire for r in dev.rotations],
+            [r.wire for r in dev.revocations],
+            dev.head.wire,
+            list(blocks),
+        ]
+        if fmt == FORMAT_FLAGS:
+            fields.append(sorted(ev.encode() for ev in forks))
+        return codec.encode(fields)
 
 
 def _seal(fields: list[Any]) -> bytes:
@@ -433,8 +599,7 @@ def verify_bundle(data: bytes, *, roots: FleetRoots | None = None) -> VerifiedBu
     With ``roots`` the bundle's fleet root must be one of them; without, the bundle's own root is
     used and reported (``root_key_id``), and the caller must compare it with the root it trusts.
     """
-    top = _decode_top(data)
-    subject, created_ms, root_raw, device_raws, digest = top
+    fmt, subject, created_ms, root_raw, device_raws, digest = _decode_top(data)
     with _Where("bundle fleet root"):
         root = PublicKey(root_raw)
     if roots is not None:
@@ -448,11 +613,15 @@ def verify_bundle(data: bytes, *, roots: FleetRoots | None = None) -> VerifiedBu
     own = FleetRoots.of(root)
     devices: dict[str, VerifiedDevice] = {}
     readings: list[BundledReading] = []
+    flags: list[KeyFlag] = []
     previous: str | None = None
     for pos, raw in enumerate(device_raws):
-        dev, proved = _verify_device(pos, raw, own, previous, MAX_TOTAL_READINGS - len(readings))
+        dev, proved = _verify_device(
+            pos, raw, own, previous, MAX_TOTAL_READINGS - len(readings), fmt
+        )
         devices[dev.certificate.device_id] = dev
         readings.extend(proved)
+        flags += [f for f in dev.flags if any(f.covers_header(r.header) for r in proved)]
         previous = dev.certificate.device_id
     expected = _digest(data[:-_DIGEST_TAIL])
     if digest != expected:
@@ -468,10 +637,12 @@ def verify_bundle(data: bytes, *, roots: FleetRoots | None = None) -> VerifiedBu
         root.raw,
         MappingProxyType(devices),
         tuple(readings),
+        fmt,
+        tuple(flags),
     )
 
 
-def _decode_top(data: bytes) -> tuple[str, int, bytes, list[bytes], bytes]:
+def _decode_top(data: bytes) -> tuple[int, str, int, bytes, list[bytes], bytes]:
     if not isinstance(data, bytes):
         raise BundleError(f"bundle: expected bytes, found {type(data).__name__}", "decode")
     if len(data) > MAX_BUNDLE_BYTES:
@@ -485,9 +656,11 @@ def _decode_top(data: bytes) -> tuple[str, int, bytes, list[bytes], bytes]:
             f"found {data[1:magic_end].hex() or '(nothing)'}",
             "decode",
         )
-    if data[magic_end : magic_end + 1] != bytes([FORMAT]):
+    fmt_byte = data[magic_end : magic_end + 1]
+    if fmt_byte not in (bytes([f]) for f in FORMATS):
         raise BundleError(
-            f"bundle format: this verifier reads format {FORMAT}, found byte "
+            f"bundle format: this verifier reads formats {' and '.join(map(str, FORMATS))}, "
+            "found byte "
             f"{data[magic_end : magic_end + 1].hex() or '(nothing)'} at {magic_end}",
             "decode",
         )
@@ -501,7 +674,7 @@ def _decode_top(data: bytes) -> tuple[str, int, bytes, list[bytes], bytes]:
         digest = codec.bin_(f[6], w, "digest", HASH_SIZE)
         if not device_raws:
             raise DecodeError(w, "field devices: a bundle proves at least one reading, found none")
-    return subject, created_ms, root_raw, device_raws, digest
+    return fmt_byte[0], subject, created_ms, root_raw, device_raws, digest
 
 
 def _bins(obj: Any, what: str, field: str, most: int, size: int) -> list[bytes]:
@@ -520,6 +693,9 @@ def _hashes(obj: Any, what: str, field: str, most: int) -> list[bytes]:
     return [codec.bin_(x, what, f"{field}[{i}]", HASH_SIZE) for i, x in enumerate(obj)]
 
 
+_Resolve = Callable[[bytes, int], PublicKey]  # (key id, height) -> the key to check with
+
+
 @dataclass(frozen=True, slots=True)
 class _Device:
     certificate_wire: bytes
@@ -528,27 +704,29 @@ class _Device:
     revocation_wires: list[bytes]
     head: SignedHeader
     block_raws: list[bytes]
+    fork_wires: list[bytes]
 
 
-def _decode_device(pos: int, raw: bytes) -> _Device:
+def _decode_device(pos: int, raw: bytes, fmt: int) -> _Device:
     w = "device entry"
     with _Where(f"device {pos} of the bundle"):
-        f = codec.array(codec.decode(raw, _DEVICE_LIMITS, w), 5, w)
+        f = codec.array(codec.decode(raw, _DEVICE_LIMITS, w), 5 if fmt == FORMAT else 6, w)
         cert_wire = codec.bin_(f[0], w, "certificate", maximum=MAX_CREDENTIAL)
         rotations = _bins(f[1], w, "rotations", MAX_ROTATIONS, MAX_CREDENTIAL)
         revocations = _bins(f[2], w, "revocations", MAX_REVOCATIONS, MAX_CREDENTIAL)
         head = codec.bin_(f[3], w, "head", maximum=MAX_CREDENTIAL)
         blocks = _bins(f[4], w, "blocks", MAX_BLOCKS, MAX_BLOCK_ENTRY)
+        forks = [] if fmt == FORMAT else _bins(f[5], w, "forks", MAX_FORKS, MAX_FORK_EVIDENCE)
         cert = decode_certificate(cert_wire)
     with _Where(f"device {cert.device_id}: head"):
         sh = decode_header(head)
-    return _Device(cert_wire, cert, rotations, revocations, sh, blocks)
+    return _Device(cert_wire, cert, rotations, revocations, sh, blocks, forks)
 
 
 def _verify_device(
-    pos: int, raw: bytes, roots: FleetRoots, previous: str | None, budget: int
+    pos: int, raw: bytes, roots: FleetRoots, previous: str | None, budget: int, fmt: int
 ) -> tuple[VerifiedDevice, list[BundledReading]]:
-    d = _decode_device(pos, raw)
+    d = _decode_device(pos, raw, fmt)
     dev = d.certificate.device_id
     if previous is not None and dev <= previous:
         raise BundleError(
@@ -562,21 +740,64 @@ def _verify_device(
             f"device {dev}: head belongs to device {head.header.device_id}", ChainError.code
         )
     keys = _device_keys(d, roots, height)
+    # Format 1 refuses flagged headers; format 2 checks each under the key it names and flags it.
+    resolve = keys.key_for if fmt == FORMAT else partial(signing_key, keys)
+    forks = _forks(d, roots, keys)
     with _Where(f"device {dev}: head at height {height}"):
-        head.verify(keys.key_for(head.header.key_id, height))
+        head.verify(resolve(head.header.key_id, height))
     if not d.block_raws:
         raise BundleError(f"device {dev}: no block entries (a device entry must prove a reading)")
     readings: list[BundledReading] = []
     prev: SignedHeader | None = None
     last_seq: int | None = None
+    headers = [head]
     for j, braw in enumerate(d.block_raws):
-        sh, block_readings = _verify_block(dev, j, braw, keys, head, prev, last_seq)
+        sh, block_readings = _verify_block(dev, j, braw, resolve, head, prev, last_seq)
+        headers.append(sh)
         if len(readings) + len(block_readings) > budget:
             raise BundleError(f"bundle: more than {MAX_TOTAL_READINGS} readings")
         readings.extend(block_readings)
         last_seq = block_readings[-1].reading.reading.seq
         prev = sh
-    return VerifiedDevice(d.certificate, head), readings
+    return VerifiedDevice(d.certificate, head, _flags(d, keys, forks, headers)), readings
+
+
+def _flags(
+    d: _Device, keys: DeviceKeys, forks: list[ForkEvidence], headers: list[SignedHeader]
+) -> tuple[KeyFlag, ...]:
+    """The device's flags, once every fork evidence is known to be used by a bundled header."""
+    for ev in forks:
+        if not any(sh.header.key_id == ev.a.header.key_id for sh in headers):
+            raise BundleError(
+                f"device {d.certificate.device_id}: fork evidence at height "
+                f"{ev.a.header.height} is unused (its key {ev.a.header.key_id.hex()} signed no "
+                "bundled header)"
+            )
+    rotations = [decode_rotation(w) for w in d.rotation_wires]  # decoded once already
+    revocations = [decode_revocation(w) for w in d.revocation_wires]
+    return device_flags(keys, rotations, revocations, forks)
+
+
+def _forks(d: _Device, roots: FleetRoots, keys: DeviceKeys) -> list[ForkEvidence]:
+    dev = d.certificate.device_id
+    key_ids = {s.key.key_id for s in keys.spans}
+    out = []
+    for i, wire in enumerate(d.fork_wires):
+        if i and wire <= d.fork_wires[i - 1]:
+            raise BundleError(
+                f"device {dev}: fork evidence {i} is out of order or repeated "
+                "(fork evidence is sorted by its bytes, each once)"
+            )
+        with _Where(f"device {dev}: fork evidence {i}"):
+            ev = verify_evidence(wire, roots)
+        if ev.device_id != dev or ev.a.header.key_id not in key_ids:
+            raise BundleError(
+                f"device {dev}: fork evidence {i} is against device {ev.device_id}, key "
+                f"{ev.a.header.key_id.hex()}: not one of this device's keys",
+                ChainError.code,
+            )
+        out.append(ev)
+    return out
 
 
 def _device_keys(d: _Device, roots: FleetRoots, height: int) -> DeviceKeys:
@@ -617,7 +838,7 @@ def _verify_block(
     dev: str,
     j: int,
     raw: bytes,
-    keys: DeviceKeys,
+    resolve: _Resolve,
     head: SignedHeader,
     prev: SignedHeader | None,
     last_seq: int | None,
@@ -642,12 +863,12 @@ def _verify_block(
         if hproof:
             raise BundleError(f"{where}: the head's own block carries no history proof")
     else:
-        _check_header(where, sh, keys, head, hproof)
+        _check_header(where, sh, resolve, head, hproof)
     if prev is not None and prev.header.height + 1 == h:
         with _Where(where):
             verify_link(prev, sh)
     with _Where(where):
-        key = keys.key_for(sh.header.key_id, h)  # already checked with the header's signature
+        key = resolve(sh.header.key_id, h)  # already checked with the header's signature
     out: list[BundledReading] = []
     prev_index = -1
     for k, entry in enumerate(entries):
@@ -659,7 +880,7 @@ def _verify_block(
 
 
 def _check_header(
-    where: str, sh: SignedHeader, keys: DeviceKeys, head: SignedHeader, proof: list[bytes]
+    where: str, sh: SignedHeader, resolve: _Resolve, head: SignedHeader, proof: list[bytes]
 ) -> None:
     hd, top = sh.header, head.header
     if hd.height >= top.height:
@@ -676,7 +897,7 @@ def _check_header(
             ChainError.code,
         )
     with _Where(where):
-        sh.verify(keys.key_for(hd.key_id, hd.height))
+        sh.verify(resolve(hd.key_id, hd.height))
         if hd.height + 1 == top.height:
             verify_link(sh, head)
     try:

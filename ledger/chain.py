@@ -17,6 +17,18 @@ certificate names) seals the content of every reading it records to that key bef
 (reading format 2, docs/PRIVATE.md); the pending/seal path only needs seq, time and the wire
 bytes, so it is the same for both formats.
 
+Time only moves forward (docs/PROTOCOL.md section 5): ``record`` refuses, with
+``TimeOrderError`` and nothing signed, a reading whose time is before the last signed reading's,
+and one in a time slot already recorded. A *time slot* is one sensor at one instant, (sensor,
+time_ms); a model emits a burst of several readings of one sensor at one instant (one
+``load.fibre_pct`` per fibre, one ``rfid.in`` per item stocked together), always in one step and
+one batch, so a slot stays open while this writer signs its burst and is closed to it once the
+time moves on. At open the writer reads the last signed time back from the store and takes
+every slot of that instant already stored as recorded (for sealed readings, whose sensors it
+cannot read, the whole instant): a restart never signs the past again, and a caller that replays
+samples from an earlier point is refused reading by reading. The caller decides what a refusal
+means (the device runtime skips the sample and logs it).
+
 A restart resumes at the stored head and sequence high-water mark. A header signed by a seal
 that crashed before its commit was never durable and never published, so the different header
 signed at that height after the restart is not a fork: nobody ever saw the first.
@@ -28,7 +40,7 @@ import hashlib
 
 from ledger import domains
 from ledger.block import Block, SignedHeader, build_header, sign_header
-from ledger.errors import IntegrityError, SignatureError
+from ledger.errors import IntegrityError, SignatureError, TimeOrderError
 from ledger.identity import SigningKey
 from ledger.merkle import leaf_hash, root_from_leaf_hashes
 from ledger.reading import Reading, SignedReading, seal_reading, sign_reading
@@ -57,6 +69,7 @@ class ChainWriter:
         last = store.last_seq()
         self._next_seq = 0 if last is None else last + 1
         self._buffer: list[SignedReading] = []
+        self._load_time_slot()
         # Durable pending readings, as signed: what the stored bytes must still equal.
         self._pending: list[SignedReading] = store.pending()
         for sr in self._pending:
@@ -78,6 +91,25 @@ class ChainWriter:
         last = self.store.last_seq()
         self._next_seq = 0 if last is None else last + 1
         self.epoch = epoch
+        self._load_time_slot()
+
+    def _load_time_slot(self) -> None:
+        """The last signed time and the slots of that instant already stored (see the module
+        docstring): None for ``_recorded`` means every slot of it, sensors unknown."""
+        slot = self.store.last_time_slot()
+        self._last_time: int | None = None
+        self._recorded: frozenset[str] | None = frozenset()
+        if slot is not None:
+            self._last_time, readings = slot
+            if any(sr.private for sr in readings):
+                self._recorded = None
+            else:
+                self._recorded = frozenset(sr.reading.sensor for sr in readings)
+
+    @property
+    def last_time(self) -> int | None:
+        """time_ms of the last signed reading (stored or signed by this writer); None: none."""
+        return self._last_time
 
     @property
     def next_seq(self) -> int:
@@ -87,7 +119,21 @@ class ChainWriter:
         self, time_ms: int, sensor: str, value: int, tag: str | None = None, text: str | None = None
     ) -> SignedReading:
         """Sign one reading, sealed to the owner when the writer has one (not yet durable: call
-        ``flush`` or ``seal``)."""
+        ``flush`` or ``seal``). Raises ``TimeOrderError``, signing nothing, for a time before
+        the last signed reading's or a time slot already recorded (module docstring)."""
+        last = self._last_time
+        if last is not None and time_ms <= last:
+            if time_ms < last:
+                raise TimeOrderError(
+                    f"{self.store.path}: reading {sensor} at {time_ms} ms is {last - time_ms} ms "
+                    f"before the last signed reading's time {last} ms; not signed"
+                )
+            recorded = self._recorded
+            if recorded is None or sensor in recorded:
+                raise TimeOrderError(
+                    f"{self.store.path}: time slot {sensor} at {time_ms} ms is already "
+                    "recorded; not signed again"
+                )
         reading = Reading(
             self.device_id, self.epoch, self._next_seq, time_ms, sensor, value, tag, text
         )
@@ -99,6 +145,8 @@ class ChainWriter:
             signed = sign_reading(seal_reading(reading, owner, ephemeral_secret=esk), self.key)
         self._buffer.append(signed)
         self._next_seq += 1
+        if last is None or time_ms > last:
+            self._last_time, self._recorded = time_ms, frozenset()
         return signed
 
     def flush(self) -> int:

@@ -18,7 +18,8 @@ Body (canonical array of 7, at most 128 bytes), signed with domain EPOCH:
   evidence needs two headers at the same (epoch, height).
 - ``time_ms``: the device clock when it opened the epoch (informative, never used to order).
 
-Wire: the signed envelope ``[body: bin, signature: bin(64)]`` (docs/RESTORE.md, byte-exact).
+Wire: the signed envelope ``[body: bin, signature: bin(64)]`` (docs/PROTOCOL.md section 6.5,
+byte-exact).
 """
 
 from __future__ import annotations

@@ -97,6 +97,13 @@ class UsageError(LedgerError):
     code = "usage"
 
 
+class TimeOrderError(UsageError):
+    """A device was asked to sign a reading before its last one, or in a time slot it already
+    recorded (``ledger.chain.ChainWriter.record``): nothing was signed."""
+
+    code = "time-order"
+
+
 class KeyFileError(LedgerError):
     """A key file could not be opened: wrong passphrase, corrupt file, bad permissions."""
 

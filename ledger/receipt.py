@@ -1,7 +1,7 @@
 """Signed storage receipts: a holder's promise that it keeps one block body of another device.
 
 Receipt body (canonical array of 8), carried in the signed envelope ``[body, signature]`` and
-signed by the holder's current key with domain ``RECEIPT``:
+signed by the holder's current key with domain ``STORAGE_RECEIPT`` (docs/PROTOCOL.md section 2):
 ``[format=1, holder_id, owner_id, epoch, height, block_hash, size, time_ms]``.
 
 - ``holder_id``: the device that stores the body (and signs the receipt).
@@ -10,8 +10,8 @@ signed by the holder's current key with domain ``RECEIPT``:
 - ``size``: the length of the block wire the holder stored, in bytes.
 - ``time_ms``: the holder's clock when it stored the body (informative, never used to order).
 
-The domain tag lives here until ``ledger/domains.py`` lists it (tags are append-only; this one is
-new). A receipt proves a promise, not possession: audits (agent/replication) check possession.
+``RECEIPT`` below is only a local alias of ``domains.STORAGE_RECEIPT``. A receipt proves a
+promise, not possession: audits (agent/replication) check possession.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Walks every module's AST, imports inside functions included, and holds four kind
    (time is an argument, randomness an injected ``random.Random``).
 4. **One adapter per foreign library**: aiomqtt and paho only in ``agent/transport/mqtt.py``,
    amqtt only in ``agent/transport/brokers.py``, sqlite3 only in ``ledger/store.py`` (or a
-   ``ledger/store/`` package), pyserial only in ``firmware_sim/serial/port.py``.
+   ``ledger/store/`` package), pyserial only in ``firmware_sim/serial/port.py``,
+   prometheus_client only in ``agent/fleet/metrics.py``.
 
 And no import cycle between agent's modules, static or through ``importlib``.
 """
@@ -81,6 +82,7 @@ ADAPTERS = {
     "amqtt": ("agent/transport/brokers.py",),
     "sqlite3": ("ledger/store.py", "ledger/store/"),
     "serial": ("firmware_sim/serial/port.py",),
+    "prometheus_client": ("agent/fleet/metrics.py",),
 }
 
 

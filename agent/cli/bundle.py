@@ -1,8 +1,13 @@
 """`edgefleet verify-bundle`: check an offline proof bundle with nothing but the file.
 
-Exit 0 only when the bundle verifies (docs/BUNDLE.md); 1 with the reason when it does not; 2 when
-the file cannot be read or ``--root-key`` is malformed. Without ``--root-key`` the bundle's own
-fleet root is used, and its key id is printed for the user to compare with the root they trust.
+Exit 0 only when the bundle verifies (docs/BUNDLE.md) and none of its readings is under a
+flagged key; 1 with the reason when it does not verify, and 1 with the verdict (``FORKED``,
+``REVOKED``, ``ROTATED-AWAY``, the words ``edgefleet trace`` uses) and the evidence when it
+verifies but proves readings signed under a forked, revoked or rotated-away key; 2 when the file
+cannot be read or ``--root-key`` is malformed. Without ``--root-key`` the bundle's own fleet root
+is used, and its key id is printed for the user to compare with the root they trust. A verdict
+of OK says what the bundle shows, no more: fork evidence or a revocation it does not carry
+cannot be seen offline.
 """
 
 from __future__ import annotations
@@ -15,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.errors import CliError
-from ledger.bundle import MAX_BUNDLE_BYTES, BundleError, VerifiedBundle, verify_bundle
+from agent.provenance.analysis import WORDS
+from ledger.bundle import (
+    FORKED,
+    MAX_BUNDLE_BYTES,
+    REVOKED,
+    BundleError,
+    VerifiedBundle,
+    verify_bundle,
+)
 from ledger.certs import FleetRoots
 from ledger.errors import UsageError
 from ledger.identity import PUBLIC_KEY_SIZE, PublicKey
@@ -69,8 +82,28 @@ def _when(ms: int) -> str:
 
 def _summary(vb: VerifiedBundle, pinned: bool) -> dict[str, Any]:
     per_device = Counter(r.device_id for r in vb.readings)
+    carried = Counter(f.kind for d in vb.devices.values() for f in d.flags)
+    flagged = Counter(f for r in vb.readings for f in vb.flags_of(r))
     return {
         "ok": True,
+        "format": vb.format,
+        "verdict": WORDS[vb.flags[0].kind] if vb.flags else "OK",
+        "flags": [
+            {
+                "word": WORDS[f.kind],
+                "kind": f.kind,
+                "device_id": f.device_id,
+                "key_id": None if f.key_id is None else f.key_id.hex(),
+                "height": f.height,
+                "header_hashes": [h.hex() for h in f.hashes],
+                "reason": f.reason if f.kind == REVOKED else None,
+                "text": f.describe(),
+                "readings": flagged[f],
+            }
+            for f in vb.flags
+        ],
+        "fork_evidence": carried[FORKED],
+        "revocations": carried[REVOKED],
         "subject": vb.subject,
         "created_ms": vb.created_ms,
         "root_key_id": vb.root_key_id.hex(),
@@ -111,6 +144,17 @@ def _print_text(path: Path, s: dict[str, Any]) -> None:
         )
     print(f"readings:    {s['readings']} proved")
     print("result:      OK, the bundle verifies")
+    if s["flags"]:
+        print(f"verdict:     {s['verdict']}")
+        for f in s["flags"]:
+            print(f"  {f['word']}: {f['text']}; {f['readings']} proved reading(s) under it")
+        return
+    forks = s["fork_evidence"] or "no"
+    print(
+        f"verdict:     OK (no proved reading is under a flagged key; this bundle carries {forks} "
+        f"fork evidence and {s['revocations']} revocation(s), and cannot show that no other "
+        "fork or revocation exists: ask the fleet for the newest)"
+    )
 
 
 def _verify_bundle(args: argparse.Namespace) -> int:
@@ -129,4 +173,4 @@ def _verify_bundle(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         _print_text(args.file, summary)
-    return 0
+    return 1 if vb.flags else 0

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.cli.errors import CliError
+from agent.fleet.metrics import Listen
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(device)s %(message)s"
 BROKER_HELP = (
@@ -28,6 +29,23 @@ BROKER_HELP = (
 
 def add_broker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default="embedded", help=BROKER_HELP)
+
+
+def add_metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics",
+        type=_listen,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at /metrics (host 127.0.0.1 unless named; "
+        "shard I of N listens on PORT+I)",
+    )
+
+
+def _listen(text: str) -> Listen:
+    try:
+        return Listen.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_speed(text: str) -> float | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from agent.cli.errors import CliError
 from agent.cli.fleetopts import (
     add_broker,
+    add_metrics,
     add_settle,
     check_seed,
     fleet_log,
@@ -25,10 +26,12 @@ from agent.cli.fleetopts import (
     parse_settle,
     parse_speed,
 )
+from agent.cli.haopts import add_homeassistant, bridge_running, homeassistant_bridge
 from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
 from agent.device.sealing import SealPolicy
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
+from agent.fleet.metrics import MetricsError, serve_metrics
 from agent.fleet.provision import pre_enrolled
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
 from agent.transport.brokers import BrokerError
@@ -68,6 +71,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--block-age", default="10m", help="seal when the oldest reading is this old")
     add_settle(p, "wall seconds to wait at the end for gossip to converge")
     p.add_argument("--no-view", action="store_true", help="no live view (summary at the end)")
+    add_metrics(p)
+    add_homeassistant(p)
     p.set_defaults(func=_run)
 
 
@@ -146,15 +151,22 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     _check_devices(cfg, opts.only, args.devices)
     _check_passphrase_source(args)
+    bridge = homeassistant_bridge(args, cfg, opts)
     make_data_dir(args.data)
     runner = FleetRunner(cfg, opts)
 
     async def main() -> int:
+        metrics = await serve_metrics(args.metrics, runner.snapshot, opts.shard)
+        if metrics is not None:
+            print(f"metrics at {metrics.url}", file=sys.stderr)
         remove = install_signal_handlers(runner)
         try:
-            result = await runner.run()
+            async with bridge_running(bridge, runner):
+                result = await runner.run()
         finally:
             remove()
+            if metrics is not None:
+                await metrics.stop()
         if result.interrupted:
             state = "interrupted before it converged" if not result.converged else "converged"
         else:
@@ -186,5 +198,5 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with fleet_log(args.data / "fleet.log"):
             return asyncio.run(main())
-    except (BrokerError, TransportError, keystore.KeystoreError) as exc:
+    except (BrokerError, TransportError, keystore.KeystoreError, MetricsError) as exc:
         raise CliError(str(exc)) from None

@@ -5,7 +5,9 @@ its timeline and verdict (``--format text|json|epcis``), optionally writing an o
 bundle (``--bundle FILE``). ``trace --from-bundle FILE`` verifies such a bundle and recomputes the
 same trace from it alone. ``tags --data DIR`` lists the items the data dir's tag indexes know.
 Private readings are read only with ``--owner-key`` or ``--grant`` + ``--grantee-key``.
-Exit status of ``trace``: 0 when the verdict is OK, 1 when it is not, 2 on a usage error.
+Exit status of ``trace``: 0 when the verdict is OK, 1 when it is not (FORKED, REVOKED,
+ROTATED-AWAY or NOT OK), 2 on a usage error. ``tags --kind`` keeps the items whose kind
+(``gather.item_kind``: the kind most of the devices that saw it share) is that one.
 """
 
 from __future__ import annotations
@@ -189,7 +191,6 @@ def _tags(args: argparse.Namespace) -> int:
     with _session(args) as session:
         rows = session.tags()
         names = {d: i.name for d, i in session.devices.items()}
-        kinds = {d: i.kind for d, i in session.devices.items()}
         keyless = not (args.owner_key or args.grant)
         # Without a key the tags of private devices are sealed: an empty or short list must say
         # so, or "no tagged readings" reads as "no items" (a household's food is all private).
@@ -199,7 +200,7 @@ def _tags(args: argparse.Namespace) -> int:
             if keyless and i.private and (not args.kind or i.kind == _KINDS[args.kind])
         )
     if args.kind:
-        rows = [r for r in rows if kinds.get(r.devices[0]) == _KINDS[args.kind]]
+        rows = [r for r in rows if r.kind == _KINDS[args.kind]]
     if args.json:
         print(
             json.dumps({"tags": render.tags_json(rows, names), "sealed_devices": sealed}, indent=2)

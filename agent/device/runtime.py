@@ -48,6 +48,7 @@ from firmware_sim.clock import Clock, Wakeup
 from firmware_sim.samples import Sample
 from ledger.block import Block
 from ledger.chain import ChainWriter
+from ledger.errors import TimeOrderError
 from ledger.store import Store
 
 log = logging.getLogger("edgefleet.agent")
@@ -293,8 +294,9 @@ class DeviceAgent:
         if self._oldest_pending_ms is None:
             self._oldest_pending_ms = batch[0].time_ms
         now = self.data_clock.now_ms()
+        refused = self.stats.counters["time-refused"]
         sealed = await self.ctx.run_store(self._sign_and_store, batch, now, carry=True)
-        self.stats.readings += len(batch)
+        self.stats.readings += len(batch) - (self.stats.counters["time-refused"] - refused)
         await self._announce(sealed)
         deadline = self.policy.deadline(self._oldest_pending_ms)
         sleeping = self._seal_sleeps_until
@@ -303,8 +305,15 @@ class DeviceAgent:
 
     def _sign_and_store(self, batch: list[Sample], now: int) -> Sealed:
         w = self.writer
+        refused: list[TimeOrderError] = []
         for s in batch:
-            w.record(s.time_ms, s.sensor, s.value, s.tag, s.text)
+            try:
+                w.record(s.time_ms, s.sensor, s.value, s.tag, s.text)
+            except TimeOrderError as exc:  # the past is never signed (ledger/chain.py)
+                refused.append(exc)
+        if refused:  # one line per batch: a replayed day must not flood the log
+            self.stats.counters["time-refused"] += len(refused)
+            self._log.warning("%s: %d samples not signed: %s", self.name, len(refused), refused[0])
         sealed = self._seal_if_due(now)
         if not sealed.blocks:
             w.flush()

@@ -8,8 +8,14 @@ and the runner waits until every device has made them durable before the next st
 against the wall clock (``None``: as fast as the fleet keeps up).
 
 Two clocks: the *data* clock is the simulation's (readings' times, sealing by age); the *network*
-clock is real time (gossip timers and timeouts measure the network). A run resumes where the
-previous run of the data dir stopped: the models are fast-forwarded silently to that time.
+clock is real time on the monotonic clock (gossip timers and timeouts measure the network; setting
+the wall clock moves no timer). A run resumes where the fleet as a whole stands (the clean stop
+recorded in fleet.json, or the latest durable reading of any device after a kill): the models are
+fast-forwarded to that time, and each device is handed the samples after its own last durable
+reading on the way (none, unless it was stopped behind the others), so nothing is signed twice
+and nothing is skipped. A realtime run resumes at the wall clock's time, the models skipping the
+time the fleet was off, but never before where the fleet stands: a wall clock behind it, or one
+set while running, is a jump that every device signs (``clock.jump_ms``, docs/TRACES.md).
 
 Stopping (end of ``--for``, Ctrl-C) is clean: samples already handed to devices are signed and
 durable, transports say goodbye (presence offline), and a broker the runner started is stopped.
@@ -48,16 +54,17 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
-from agent.fleet.sources import SampleSource, simulation
-from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView
+from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
+from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.gossip import actions as A
 from agent.gossip.tuning import GossipConfig
 from agent.transport.base import Transport
-from agent.transport.brokers import Broker, broker_from_spec
+from agent.transport.brokers import Broker, BrokerError, broker_from_spec
+from agent.transport.endpoint import Endpoint
 from agent.transport.errors import TransportError
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
-from firmware_sim.clock import Clock, RealClock, SimClock
+from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
 from ledger.errors import StoreError
 from ledger.groupsync import GroupSync
@@ -126,6 +133,9 @@ class RunOptions:
     # The passphrase of pre-enrolled device keys (a data dir without its authority key,
     # docs/DEPLOY.md): called once, only if such a key is to be unlocked (agent/fleet/provision.py).
     passphrase: Callable[[], bytes] | None = None
+    # Real time (the network clock of live runs, the wall clock realtime runs start from); tests
+    # inject one whose wall clock jumps. None: firmware_sim.clock.RealClock().
+    clock: RealClock | None = None
 
 
 @dataclass
@@ -177,7 +187,10 @@ class FleetRunner:
             self.local = [n for n in self.local if n in opts.only]
         self._restoring: set[str] = set()
         self.data_clock: SimClock | None = None
-        self.net_clock: Clock = RealClock()
+        self.real_clock = opts.clock or RealClock()
+        self.net_clock: Clock = self.real_clock
+        # Realtime runs watch the wall clock being set: each jump is signed by every device.
+        self._jumps = WallJumps(self.real_clock) if opts.realtime else None
         self.agents: dict[str, DeviceAgent] = {}
         self.network: MemoryNetwork | None = None
         self._stop = asyncio.Event()
@@ -192,6 +205,10 @@ class FleetRunner:
         self._broker_note = ""
         self._notes: tuple[str, ...] = ()
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
+        self._backlog: list[tuple[str, Sample]] = []  # samples a resume still owes devices
+        self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
+        self._wall0 = time.monotonic()
+        self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
         # Devices that failed before they could run (key, store): name -> (kind, site, line).
         self._failed_at_start: dict[str, tuple[str, str, str]] = {}
         self._main: asyncio.Task[Any] | None = None
@@ -216,6 +233,20 @@ class FleetRunner:
         log.debug("failure of %s", name, exc_info=exc)
 
     @property
+    def endpoint(self) -> Endpoint | None:
+        """The MQTT broker the fleet runs on (None unless it is up, and on the in-memory net)."""
+        try:
+            return None if self._broker is None else self._broker.endpoint
+        except BrokerError:  # created, not started yet (or stopped)
+            return None
+
+    @property
+    def ready(self) -> bool:
+        """Every local device is built and the data clock runs (``snapshot`` shows them all)."""
+        built = len(self.agents) + len(self._failed_at_start)  # failed ones are built too
+        return self.data_clock is not None and built >= len(self.local)
+
+    @property
     def group_sync(self) -> GroupSync | None:
         """The group sync of the stores' durable commits (None in simulated runs)."""
         return self._group
@@ -229,6 +260,25 @@ class FleetRunner:
         if self._main is not None and not self._main.done():
             self.forced = True
             self._main.cancel()
+
+    def snapshot(self) -> FleetSnapshot:
+        """The fleet now, as the live view sees it (call it on the event loop's thread)."""
+        now = self.data_clock.now_ms() if self.data_clock else self.cfg.start_ms
+        wall = time.monotonic() - self._wall0
+        speed = self._speed(self._wall0) if self.data_clock else 0.0
+        snap = _snapshot(
+            self.agents,
+            now,
+            wall,
+            speed,
+            self._broker_note,
+            self._rates,
+            self._notes,
+            failed_at_start=self._failed_at_start,
+        )
+        group = self._group
+        sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
+        return dataclasses.replace(snap, group_sync=sync)
 
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -249,8 +299,7 @@ class FleetRunner:
     async def _run(self) -> RunResult:
         raise_fd_limit()
         if self.opts.realtime:
-            now = RealClock().now_ms()
-            origin = read_origin(self.data, now)
+            origin = read_origin(self.data, self.real_clock.wall_ms())
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
         cfg = self.cfg
@@ -265,26 +314,20 @@ class FleetRunner:
             self._device_failed(name, prov.failed[name])
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
-        resume = read_sim_time(self.data) if self.opts.resume else None
-        if self.opts.realtime and resume is not None:
-            resume = RealClock().now_ms()  # the models skip the time the fleet was off
-        elif self.opts.resume:
-            # fleet.json is written at a clean stop only: after a kill, the devices' stores know
-            # better. Each step's samples are committed per device in one transaction, so a
-            # device holds every sample up to its last durable reading's time and none after.
-            self._done_until = self._last_durable_times()
-            if self._done_until:
-                floor = min(self._done_until.values())
-                resume = floor if resume is None else max(resume, floor)
+        resume = recorded = self._recorded_time()
+        if self.opts.realtime and recorded is not None:
+            resume = self._realtime_resume(recorded)
         if resume is not None and resume >= fleet.now_ms:
-            for target in fleet.targets(resume):  # fast-forward, silently
-                fleet.step(target)
+            # A device's samples after its own last durable reading, up to where the fleet as
+            # a whole stood, are still to sign; the rest is skipped (realtime: time off).
+            owed = -1 if recorded is None else recorded
+            self._backlog = fast_forward(fleet, resume, self._done_until, owed)
         start = fleet.now_ms
         end = None if self.opts.for_ms is None else start + self.opts.for_ms
         self.data_clock = SimClock(start)
         if self.opts.simulated_network:
             self.net_clock = self.data_clock
-        wall0 = time.monotonic()
+        wall0 = self._wall0 = time.monotonic()
         samples = 0
         log.info(
             "fleet %s: %d local devices of %d (shard %d/%d), simulated start %d, until %s",
@@ -361,14 +404,17 @@ class FleetRunner:
     async def _simulate(self, fleet: SampleSource, end: int | None) -> int:
         assert self.data_clock is not None
         speed = self.opts.speed
-        sim0, wall0 = fleet.now_ms, time.monotonic()
+        # Paced on the loop's clock: monotonic in a live run (setting the wall clock changes
+        # nothing), simulated under a SimEventLoop (a paced run then costs no wall time).
+        loop = asyncio.get_running_loop()
+        sim0, wall0 = fleet.now_ms, loop.time()
         total = 0
         horizon = end if end is not None else (1 << 62)
         for target in fleet.targets(horizon):
             if self._stop.is_set():
                 break
             if speed is not None:
-                wait = wall0 + (target - sim0) / 1000 / speed - time.monotonic()
+                wait = wall0 + (target - sim0) / 1000 / speed - loop.time()
                 if wait > 0:
                     try:
                         await asyncio.wait_for(self._stop.wait(), wait)
@@ -376,6 +422,12 @@ class FleetRunner:
                     except TimeoutError:
                         pass
             batch = fleet.step(target)
+            jump = None if self._jumps is None else self._jumps.check()
+            if jump is not None:
+                self._flags.append((jump, "wall clock set " + ("back" if jump < 0 else "forward")))
+            if self._backlog or self._flags:  # ahead of the step's own samples, flags after
+                batch = [*self._backlog, *batch, *self._flag_samples(target)]
+                self._backlog = []
             self.data_clock.advance_to(target)
             per_device: dict[str, list[Sample]] = defaultdict(list)
             done = self._done_until
@@ -406,6 +458,41 @@ class FleetRunner:
             if self.network.deliver_all() == 0:
                 return
             await _yield_all()
+
+    def _recorded_time(self) -> int | None:
+        """Where the fleet as a whole stands (None: it never ran, or ``resume`` is off): the
+        later of the clean stop's time in fleet.json and the last durable reading of any local
+        device. Also notes each device's own last durable reading: a device resumes from there.
+
+        fleet.json is written at a clean stop only: after a kill the stores know better. Each
+        step's samples are committed per device in one transaction, so a device holds every
+        sample up to its last durable reading's time and none after; a device that had nothing
+        to say for hours (a washer between cycles) does not hold the fleet back."""
+        if not self.opts.resume:
+            return None
+        self._done_until = self._last_durable_times()
+        times = [t for t in (read_sim_time(self.data), *self._done_until.values()) if t is not None]
+        return max(times, default=None)
+
+    def _realtime_resume(self, recorded: int) -> int:
+        """Where a realtime run resumes: now on the wall clock, the models skipping the time the
+        fleet was off; but never before where the fleet stands, which would sign its recorded
+        time slots again: a wall clock behind that is a jump, signed by every device."""
+        wall = self.real_clock.wall_ms()
+        if wall < recorded - JUMP_BACK_MS:
+            self._flags.append((wall - recorded, "wall clock behind the last reading"))
+        return max(wall, recorded)
+
+    def _flag_samples(self, t_ms: int) -> list[tuple[str, Sample]]:
+        """The noted clock jumps as samples of every local device at ``t_ms``, each logged as a
+        warning naming the device; the notes are cleared."""
+        out = []
+        for jump, why in self._flags:
+            for name, sample in jump_samples(self.agents, t_ms, jump, why):
+                log.warning("%s: clock jump of %+d ms (%s): signed at %d", name, jump, why, t_ms)
+                out.append((name, sample))
+        self._flags = []
+        return out
 
     def _last_durable_times(self) -> dict[str, int]:
         """Time of each local device's last durable reading (devices with none are left out)."""
@@ -764,6 +851,18 @@ def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     }
 
 
+def _counters(a: DeviceAgent) -> dict[str, int]:
+    """The device's event counters by source (DeviceRow.counters)."""
+    s = a.stats
+    out = {"device.blocks": s.blocks, "device.send_failures": s.send_failures}
+    out.update((f"device.{k}", v) for k, v in s.counters.items())
+    out.update((f"gossip.{k}", v) for k, v in a.node.counters.items())
+    out.update((f"transport.{k}", v) for k, v in dataclasses.asdict(a.transport.stats()).items())
+    if a.replicator is not None:
+        out.update((f"replication.{k}", v) for k, v in a.replicator.node.counters.items())
+    return out
+
+
 def _store_empty(data: DataDir, name: str) -> bool:
     """No store file, or a store holding no block and no reading (opened only if it exists)."""
     path = data.store_path(name)
@@ -805,11 +904,16 @@ def _snapshot(
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = 0
-    by_id = {a.device_id: a for a in agents.values()}
+    # device id -> the local devices that track it (once per snapshot: a scrape of a street of
+    # hundreds of devices must not cost N^2 lookups in peer tuples per device)
+    trackers: dict[str, list[DeviceAgent]] = defaultdict(list)
+    for p in agents.values():
+        for peer in p.peer_ids:
+            trackers[peer].append(p)
     for name, a in agents.items():
         head = a.writer.store.head()
         height = None if head is None else head.header.height
-        lows = [p.node.head(a.device_id) for p in by_id.values() if a.device_id in p.peer_ids]
+        lows = [p.node.head(a.device_id) for p in trackers[a.device_id]]
         lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
         online = sum(1 for p in a.peer_ids if a.transport.presence(p))
         cert = a.node.device_id
@@ -830,11 +934,15 @@ def _snapshot(
                 failure=a.failure,
                 damaged=tuple(a.ctx.damaged.values()),
                 **_replication_row(a),
+                private=a.writer.owner_x25519 is not None,
+                counters=_counters(a),
             )
         )
         sent += a.stats.sent
         received += a.stats.received
-        invalid += a.node.counters.get("invalid", 0) + a.node.counters.get("malformed", 0)
+        invalid += a.node.counters.get("penalty_invalid", 0) + a.node.counters.get(
+            "penalty_malformed", 0
+        )
     now = time.monotonic()
     prev = last.get("rates")
     sent_rate = recv_rate = 0.0

@@ -3,14 +3,18 @@
 A ``SampleSource`` steps through time like ``firmware_sim.fleet.Fleet``: ``now_ms`` is how far it
 has got, ``targets(until)`` the step times up to ``until``, and ``step(t)`` the samples of
 (now, t], in time order. The fleet runner drives any source the same way.
+
+Also what a resume owes each device (``fast_forward``) and the samples a clock jump adds to every
+device's chain (``jump_samples``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from agent.config.devices import FleetConfig
+from firmware_sim.clock import JUMP_SENSOR
 from firmware_sim.fleet import Fleet
 from firmware_sim.samples import Sample
 from firmware_sim.trace import TraceReader
@@ -26,6 +30,30 @@ class SampleSource(Protocol):
 
 def simulation(cfg: FleetConfig, step_ms: int) -> Fleet:
     return Fleet(cfg.fleet_spec(), step_ms=step_ms)
+
+
+def fast_forward(
+    source: SampleSource, until_ms: int, done: dict[str, int], owed_until: int
+) -> list[tuple[str, Sample]]:
+    """Step ``source`` to ``until_ms`` and return, in order, the samples still owed: those of a
+    device in ``done`` (device -> time of its last durable reading) after that time and at or
+    before ``owed_until`` (where the fleet as a whole stood). A device stopped behind the others
+    catches up; one that had nothing to say (a washer between cycles) is owed nothing; a device
+    not in ``done`` (no reading yet) and the time past ``owed_until`` (a realtime fleet's time
+    off) are skipped."""
+    owed = []
+    for target in source.targets(until_ms):
+        for name, sample in source.step(target):
+            if done.get(name, sample.time_ms) < sample.time_ms <= owed_until:
+                owed.append((name, sample))
+    return owed
+
+
+def jump_samples(
+    names: Iterable[str], t_ms: int, jump_ms: int, why: str
+) -> list[tuple[str, Sample]]:
+    """A clock jump as one ``clock.jump_ms`` sample per device at ``t_ms`` (docs/TRACES.md)."""
+    return [(name, Sample(t_ms, JUMP_SENSOR, jump_ms, text=why)) for name in names]
 
 
 class TraceSource:

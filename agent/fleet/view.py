@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
@@ -41,6 +42,20 @@ class DeviceRow:
     failure: str | None = None
     # Stored blocks found damaged when read for sending (withheld; the device runs on).
     damaged: tuple[str, ...] = ()
+    # Sealed for its owner (a private household): its readings' values are the owner's.
+    private: bool = False
+    # Event counters since this process started, by source: ``device.`` (runtime),
+    # ``gossip.`` and ``replication.`` (the cores), ``transport.`` (the device's transport).
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTotals:
+    """The stores' group commit since the run started (ledger/groupsync.py)."""
+
+    syncs: int  # syncs that had something to sync
+    stores: int  # stores they covered, summed over syncs
+    seconds: float  # wall time spent syncing
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +69,7 @@ class FleetSnapshot:
     invalid: int = 0
     broker: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    group_sync: SyncTotals | None = None  # None: every commit synced by itself (simulated runs)
 
 
 def _temp(mc: int) -> str:

@@ -19,8 +19,14 @@ dir and one recomputed from an offline bundle agree. The rules, in order (docs/P
 4. **Washes.** Each ``wash.garment`` reading is a wash: programme and temperature, the detergent
    dosed in that cycle, the hottest water measured, and any ``wash.conflict`` for this garment
    in the cycle; one naming the care label means the wash exceeded it.
-5. **Verdict.** OK when custody is continuous (no break, nothing withheld during a stay), no gap
-   exceeds its limit, no excursion happened and no wash exceeded the care label.
+5. **Key flags.** A reading the trace uses whose block header was signed by a forked key, by a
+   revoked key at or above its revocation height, or by a key rotated away at or below its
+   height (``ledger.bundle.KeyFlag``) turns the verdict: its word is ``FORKED``, ``REVOKED`` or
+   ``ROTATED-AWAY`` (in that order when several apply), and each flag is a problem naming its
+   evidence and the readings it covers.
+6. **Verdict.** OK when custody is continuous (no break, nothing withheld during a stay), no gap
+   exceeds its limit, no excursion happened, no wash exceeded the care label and no reading is
+   under a flagged key. Its ``word`` is ``OK``, a flag's word, or ``NOT OK``.
 """
 
 from __future__ import annotations
@@ -32,12 +38,16 @@ from dataclasses import dataclass, field
 
 from agent.provenance import rules
 from agent.provenance.evidence import DeviceInfo, Evidence, Unverified, Withheld
+from ledger.bundle import FORKED, REVOKED, ROTATED_AWAY, KeyFlag
 
 CONTINUOUS = "continuous"
 BROKEN = "broken"
 INCOMPLETE = "incomplete"
 UNKNOWN = "unknown"
 _MOVES = {"rfid.in": 1, "rfid.out": 0}  # a departure sorts before an arrival at the same ms
+OK = "OK"
+NOT_OK = "NOT OK"
+WORDS = {FORKED: "FORKED", REVOKED: "REVOKED", ROTATED_AWAY: "ROTATED-AWAY"}  # by precedence
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +157,18 @@ class TimelineEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Flagged:
+    """A key flag that covers readings the trace uses (rule 5), with those readings."""
+
+    flag: KeyFlag
+    readings: tuple[Evidence, ...]  # by device and chain position
+
+    @property
+    def word(self) -> str:
+        return WORDS[self.flag.kind]
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     ok: bool
     custody: str  # continuous | broken | incomplete | unknown
@@ -154,6 +176,7 @@ class Verdict:
     out_of_cold_ms: int
     problems: tuple[str, ...]
     notes: tuple[str, ...]
+    word: str  # OK | FORKED | REVOKED | ROTATED-AWAY | NOT OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +194,11 @@ class Trace:
     withheld: tuple[Withheld, ...]
     unverified: tuple[Unverified, ...]
     verdict: Verdict
+    flagged: tuple[Flagged, ...]  # key flags covering readings of ``evidence``
     evidence: tuple[Evidence, ...] = field(repr=False)  # every reading the verdict used
+
+    def flags_of(self, e: Evidence) -> tuple[KeyFlag, ...]:
+        return tuple(f.flag for f in self.flagged if f.flag.covers(e.device_id, e.key_id, e.height))
 
     def device_name(self, device_id: str) -> str:
         info = self.devices.get(device_id)
@@ -452,8 +479,11 @@ def analyse(
     withheld: Sequence[Withheld] = (),
     unverified: Sequence[Unverified] = (),
     product: str | None = None,
+    flags: Sequence[KeyFlag] = (),
 ) -> Trace:
-    """The whole trace of ``epc`` from verified readings (the item's and its devices')."""
+    """The whole trace of ``epc`` from verified readings (the item's and its devices'), and the
+    key flags against their devices (those covering a reading the trace uses turn the verdict).
+    """
     unique = {(r.device_id, r.height, r.index): r for r in readings}
     by_device: dict[str, list[Evidence]] = {}
     for r in sorted(unique.values(), key=lambda r: (r.device_id, r.position)):
@@ -494,6 +524,8 @@ def analyse(
     found_gaps = gaps(stays, rule.max_gap_ms)
     timeline.sort(key=lambda t: (t.time_ms, t.evidence.device_id, t.evidence.position))
     trace_withheld = tuple(withheld)
+    evidence = tuple(sorted(used.values(), key=lambda r: (r.device_id, r.position)))
+    flagged = flagged_by(flags, evidence)
     verdict = _verdict(
         devices,
         rule,
@@ -505,6 +537,7 @@ def analyse(
         found_wash,
         trace_withheld,
         unverified,
+        flagged,
     )
     return Trace(
         epc,
@@ -520,8 +553,20 @@ def analyse(
         trace_withheld,
         tuple(unverified),
         verdict,
-        tuple(sorted(used.values(), key=lambda r: (r.device_id, r.position))),
+        flagged,
+        evidence,
     )
+
+
+def flagged_by(flags: Iterable[KeyFlag], evidence: Sequence[Evidence]) -> tuple[Flagged, ...]:
+    """The flags that cover at least one of ``evidence`` (rule 5), most serious first."""
+    out = []
+    for f in dict.fromkeys(flags):
+        covered = tuple(e for e in evidence if f.covers(e.device_id, e.key_id, e.height))
+        if covered:
+            out.append(Flagged(f, covered))
+    order = list(WORDS)
+    return tuple(sorted(out, key=lambda x: (order.index(x.flag.kind), x.flag.device_id)))
 
 
 def _stay_readings(stay: Stay, device_readings: list[Evidence]) -> list[Evidence]:
@@ -544,12 +589,20 @@ def _verdict(
     found_wash: Sequence[Wash],
     withheld: Sequence[Withheld],
     unverified: Sequence[Unverified],
+    flagged: Sequence[Flagged],
 ) -> Verdict:
     def name(device_id: str) -> str:
         info = devices.get(device_id)
         return device_id if info is None else info.name
 
-    problems = [f"custody break at {rules.iso(b.time_ms)}: {b.text}" for b in breaks]
+    problems = []
+    for fl in flagged:
+        heights = [e.height for e in fl.readings]
+        problems.append(
+            f"{fl.word}: {name(fl.flag.device_id)}: {fl.flag.describe()}; {len(fl.readings)} "
+            f"reading(s) this trace uses are under it (heights {min(heights)}..{max(heights)})"
+        )
+    problems += [f"custody break at {rules.iso(b.time_ms)}: {b.text}" for b in breaks]
     for w in (w for w in withheld if w.in_custody):
         problems.append(
             f"{w.count} private reading(s) of {name(w.device_id)} during the item's stay were "
@@ -612,4 +665,5 @@ def _verdict(
         else:
             final = f"last recorded at {name(last.device_id)}"
     out_of_cold = sum(g.duration_ms for g in found_gaps) if rule.cold_chain else 0
-    return Verdict(not problems, status, final, out_of_cold, tuple(problems), tuple(notes))
+    word = flagged[0].word if flagged else OK if not problems else NOT_OK
+    return Verdict(not problems, status, final, out_of_cold, tuple(problems), tuple(notes), word)

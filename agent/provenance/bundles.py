@@ -5,17 +5,21 @@ readings during its stays) into a bundle with each device's certificate, head an
 so anyone holding the fleet root can verify it with ``edgefleet verify-bundle`` and recompute the
 same timeline and verdict with ``edgefleet trace --from-bundle`` (``from_bundle``), offline.
 Private readings travel sealed, as signed: a reader needs the owner's key or a grant to open them.
+The fork evidence and revocations behind a trace's key flags travel too (bundle format 2), so
+the bundle's verdict is the trace's: FORKED, REVOKED or ROTATED-AWAY included.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections import Counter
 
 from agent.provenance import analysis
 from agent.provenance.evidence import DeviceInfo, Evidence, Withheld
 from agent.provenance.gather import TraceSession
 from agent.provenance.opening import Opening
-from ledger.bundle import BundleBuilder, VerifiedBundle
+from ledger.bundle import FORKED, REVOKED, BundleBuilder, BundledReading, VerifiedBundle
 from ledger.certs import FleetRoots
-from ledger.reading import SignedReading
 
 
 def write_bundle(session: TraceSession, trace: analysis.Trace, *, created_ms: int) -> bytes:
@@ -24,7 +28,7 @@ def write_bundle(session: TraceSession, trace: analysis.Trace, *, created_ms: in
     devices = sorted({e.device_id for e in trace.evidence})
     for device_id in devices:
         chain = session.chain(device_id)
-        builder.add_device(device_id, chain.credentials, chain.head, chain.hashes)
+        builder.add_device(device_id, chain.credentials, chain.head, chain.hashes, chain.forks)
     for e in trace.evidence:
         builder.add_reading(e.device_id, session.block(e.device_id, e.height), e.index)
     return builder.build()
@@ -69,11 +73,12 @@ def from_bundle(
                     True,
                     br.reading.leaf_hash,
                     "inclusion",
+                    br.header.header.key_id,
                 )
             )
             why.setdefault(br.device_id, set()).add(result.reason)
             continue
-        readings.append(_evidence(br.reading, result.reading, br.height, br.index))
+        readings.append(_evidence(br, result.reading))
     stays, _ = analysis.custody([e for e in readings if e.tag == subject], devices)
     groups: dict[tuple[str, bool], list[int]] = {}
     for e in sealed:
@@ -91,18 +96,30 @@ def trace_bundle(
     opening: Opening | None = None,
     product: str | None = None,
 ) -> analysis.Trace:
+    """The trace a verified bundle holds. Its key flags are those the bundle proves; a note says
+    that a fork or revocation the bundle does not carry cannot be seen offline
+    (docs/BUNDLE.md section 6.3), so an OK from a bundle claims no more than the bundle shows."""
     epc, devices, readings, withheld = from_bundle(bundle, opening)
-    return analysis.analyse(epc, devices, readings, withheld, product=product)
+    trace = analysis.analyse(epc, devices, readings, withheld, product=product, flags=bundle.flags)
+    carried = Counter(f.kind for d in bundle.devices.values() for f in d.flags)
+    note = (
+        f"key flags as far as this bundle shows: it carries {carried[FORKED]} fork evidence and "
+        f"{carried[REVOKED]} revocation(s); a fork or revocation it does not carry cannot be "
+        "seen offline"
+    )
+    verdict = dataclasses.replace(trace.verdict, notes=(*trace.verdict.notes, note))
+    return dataclasses.replace(trace, verdict=verdict)
 
 
-def _evidence(sr: SignedReading, r: object, height: int, index: int) -> Evidence:
+def _evidence(br: BundledReading, r: object) -> Evidence:
     from ledger.reading import Reading
 
     assert isinstance(r, Reading)
+    sr = br.reading
     return Evidence(
         r.device_id,
-        height,
-        index,
+        br.height,
+        br.index,
         r.epoch,
         r.seq,
         r.time_ms,
@@ -113,6 +130,7 @@ def _evidence(sr: SignedReading, r: object, height: int, index: int) -> Evidence
         sr.private,
         sr.leaf_hash,
         "inclusion",
+        br.header.header.key_id,
     )
 
 

@@ -8,6 +8,11 @@ stands for: ``eventID`` names the reading (``urn:edgefleet:reading:<device>:<epo
 the extension ``edgefleet:leafHash`` is the reading's Merkle leaf hash, the value its inclusion
 proof and a bundle (docs/BUNDLE.md) prove; each temperature sensor element carries its
 reading's leaf hash the same way.
+
+The trace's verdict travels with the document: ``edgefleet:verdict`` (``OK``, ``FORKED``,
+``REVOKED``, ``ROTATED-AWAY`` or ``NOT OK``) and ``edgefleet:problems`` at the top, and
+``edgefleet:keyFlags`` on each event whose reading, or a storing event whose temperatures, a
+flagged key signed.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.provenance import rules
-from agent.provenance.analysis import StayReport, Trace
+from agent.provenance.analysis import WORDS, StayReport, Trace
 from agent.provenance.evidence import Evidence
 
 CONTEXT_URL = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
@@ -76,7 +81,14 @@ def _base(t: Trace, e: Evidence, step: str, disposition: str | None) -> dict[str
     ev[f"{PREFIX}:value"] = e.value
     if e.text is not None:
         ev[f"{PREFIX}:text"] = e.text
+    _flags(t, ev, [e])
     return ev
+
+
+def _flags(t: Trace, ev: dict[str, Any], readings: list[Evidence]) -> None:
+    words = {WORDS[f.kind] for e in readings for f in t.flags_of(e)}
+    if words:
+        ev[f"{PREFIX}:keyFlags"] = [w for w in WORDS.values() if w in words]
 
 
 def _temperature(t: Trace, e: Evidence) -> dict[str, Any]:
@@ -166,6 +178,7 @@ def _storing_event(t: Trace, s: StayReport) -> dict[str, Any] | None:
         "sensorElementList": [_temperature(t, e) for e in temps],
         f"{PREFIX}:arrivalLeafHash": stay.arrived.leaf_hash.hex(),
     }
+    _flags(t, ev, [stay.arrived, *temps])
     return ev
 
 
@@ -185,5 +198,7 @@ def document(t: Trace, *, created_ms: int) -> dict[str, Any]:
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
         "creationDate": _time(created_ms),
+        f"{PREFIX}:verdict": t.verdict.word,
+        f"{PREFIX}:problems": list(t.verdict.problems),
         "epcisBody": {"eventList": [e for _, _, e in events]},
     }

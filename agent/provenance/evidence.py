@@ -28,7 +28,9 @@ class Evidence:
 
     ``proof`` says how it was checked: ``"inclusion"`` (its own signature and an RFC 9162
     inclusion proof against the block's signed header) or ``"block"`` (the whole block's Merkle
-    root recomputed against the signed header, which covers the reading's signed bytes)."""
+    root recomputed against the signed header, which covers the reading's signed bytes).
+    ``key_id`` names the key its block header was checked with, so a ``KeyFlag`` (a forked,
+    revoked or rotated-away key, ``ledger.bundle``) can say whether it covers the reading."""
 
     device_id: str
     height: int
@@ -43,6 +45,7 @@ class Evidence:
     private: bool
     leaf_hash: bytes
     proof: str
+    key_id: bytes = b""  # the key that signed its block's header (what key flags match on)
 
     @property
     def position(self) -> tuple[int, int]:

@@ -15,13 +15,17 @@ chains, peer headers, replicas) and trusts nothing in them but what verifies to 
    head) are checked and their readings added as context.
 4. Private readings that could not be opened are reported as withheld: inside a stay, as a hole
    in custody; elsewhere, as private devices whose sealed tags may or may not mention the item.
+5. Every chain carries the key flags against its device (``ledger.bundle.KeyFlag``): the fork
+   evidence any store holds against it (each verified to the fleet root), its revocations and
+   its rotations. Readings under a flagged key are kept and the flags travel with them to the
+   verdict (``analysis``) and to the bundle (``bundles``).
 
 Peers of a running fleet are not asked over the network: the session reads the data dir only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -32,9 +36,18 @@ from agent.provenance import analysis
 from agent.provenance.evidence import DeviceInfo, Evidence, Unverified, Withheld
 from agent.provenance.opening import Opening, OpenResult
 from agent.provenance.verified_chains import BlockRejected, Chain, ChainUnavailable
-from ledger.block import Block
-from ledger.certs import Certificate, DeviceKeys, FleetRoots, decode_certificate
+from ledger.block import Block, SignedHeader
+from ledger.bundle import KeyFlag, device_flags
+from ledger.certs import (
+    Certificate,
+    DeviceKeys,
+    FleetRoots,
+    decode_certificate,
+    decode_revocation,
+    decode_rotation,
+)
 from ledger.errors import LedgerError
+from ledger.evidence import ForkEvidence, is_fork, make_evidence, verify_evidence
 from ledger.reading import Reading, SignedReading
 from ledger.store import Store, TagHit
 
@@ -52,6 +65,21 @@ class _PrivateScan:
 
 
 @dataclass(frozen=True, slots=True)
+class _Credentials:
+    """A device's certificate, rotations (by height) and revocations, and the keys they give."""
+
+    certificate: bytes
+    rotations: tuple[bytes, ...]
+    revocations: tuple[bytes, ...]
+    keys: DeviceKeys
+
+    @property
+    def wires(self) -> tuple[bytes, ...]:
+        """Certificate, rotations, revocations: what a ``Chain`` and a bundle carry."""
+        return (self.certificate, *self.rotations, *self.revocations)
+
+
+@dataclass(frozen=True, slots=True)
 class Gathered:
     """What a session verified about one tag: the input of ``analysis.analyse``."""
 
@@ -60,6 +88,7 @@ class Gathered:
     readings: tuple[Evidence, ...]
     withheld: tuple[Withheld, ...]
     unverified: tuple[Unverified, ...]
+    flags: tuple[KeyFlag, ...] = ()  # against the devices of the readings (analysis picks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +97,13 @@ class TagSummary:
 
     tag: str
     readings: int
-    devices: tuple[str, ...]  # device ids, in order of first appearance
+    devices: tuple[str, ...]  # device ids, in order of first appearance (ties: device name)
     first_ms: int
     last_ms: int
     last_sensor: str | None
     last_device: str
     name: str | None
+    kind: str | None = None  # ``item_kind``: the device kind the item belongs to
 
 
 class TraceSession:
@@ -136,7 +166,7 @@ class TraceSession:
             raise got
         return got
 
-    def _credentials(self, device_id: str) -> tuple[Certificate, tuple[bytes, ...], DeviceKeys]:
+    def _credentials(self, device_id: str) -> _Credentials:
         cert = self._certs.get(device_id)
         wire = cert.wire if cert is not None else None
         rotations: list[bytes] = []
@@ -162,28 +192,91 @@ class TraceSession:
             raise ChainUnavailable(f"{device_id}: credentials: {exc}") from None
         if device_id not in self.devices:
             self.devices[device_id] = _info(keys.certificate, device_id)
-        return keys.certificate, (wire, *_by_height(rotations), *revocations), keys
+        return _Credentials(wire, tuple(_by_height(rotations)), tuple(revocations), keys)
 
     def _build_chain(self, device_id: str) -> Chain:
-        _, creds, keys = self._credentials(device_id)
+        got = self._credentials(device_id)
+        keys, creds = got.keys, got.wires
         own = self._own.get(device_id)
         if own is not None and own.head() is not None:
             head = own.head()
             assert head is not None
             hashes = own.own_header_hashes()[: head.header.height]
-            return Chain.verify(device_id, keys, head, hashes, creds, "its own store")
-        best: tuple[int, str, Store] | None = None
-        for name, store in self.stores.items():
-            held = store.peer_header_hashes(device_id)
-            contiguous = bool(held) and [h for h, _ in held] == list(range(len(held)))
-            if contiguous and (best is None or len(held) - 1 > best[0]):
-                best = (len(held) - 1, name, store)
-        if best is None:
-            raise ChainUnavailable(f"{device_id}: no store holds its headers from height 0")
-        height, name, store = best
-        head = store.peer_headers(device_id, height, height)[0]
-        hashes = [h for _, h in store.peer_header_hashes(device_id)][:height]
-        return Chain.verify(device_id, keys, head, hashes, creds, f"{name}'s peer headers")
+            chain = Chain.verify(device_id, keys, head, hashes, creds, "its own store")
+        else:
+            best: tuple[int, str, Store] | None = None
+            for name, store in self.stores.items():
+                held = store.peer_header_hashes(device_id)
+                contiguous = bool(held) and [h for h, _ in held] == list(range(len(held)))
+                if contiguous and (best is None or len(held) - 1 > best[0]):
+                    best = (len(held) - 1, name, store)
+            if best is None:
+                raise ChainUnavailable(f"{device_id}: no store holds its headers from height 0")
+            height, name, store = best
+            head = store.peer_headers(device_id, height, height)[0]
+            hashes = [h for _, h in store.peer_header_hashes(device_id)][:height]
+            chain = Chain.verify(device_id, keys, head, hashes, creds, f"{name}'s peer headers")
+        forks = self._forks(chain, got)
+        chain.forks = tuple(sorted(forks))
+        chain.flags = device_flags(
+            keys,
+            [decode_rotation(w) for w in got.rotations],
+            [decode_revocation(w) for w in got.revocations],
+            [forks[w] for w in chain.forks],
+        )
+        return chain
+
+    def _forks(self, chain: Chain, creds: _Credentials) -> dict[bytes, ForkEvidence]:
+        """Fork evidence against the device, verified to this session's roots: what any store
+        keeps (gossip keeps what it verified), and what the stores show without saying so: a
+        peer header of the device's epoch at a height of the chain with another hash. One per
+        forked key (a flag covers the whole key); evidence naming a key the device's known
+        credentials do not give it is passed by."""
+        device_id = chain.device_id
+        key_ids = {s.key.key_id for s in creds.keys.spans}
+        wires = [w for store in self.stores.values() for w in store.evidence(device_id)]
+        wires += self._unreported_forks(chain, creds)
+        by_key: dict[bytes, tuple[bytes, ForkEvidence]] = {}
+        for wire in sorted(set(wires)):
+            try:
+                ev = verify_evidence(wire, self.roots)
+            except LedgerError:
+                continue
+            key_id = ev.a.header.key_id
+            if ev.device_id == device_id and key_id in key_ids and key_id not in by_key:
+                by_key[key_id] = (wire, ev)
+        return dict(by_key.values())
+
+    def _unreported_forks(self, chain: Chain, creds: _Credentials) -> list[bytes]:
+        out = []
+        for store in self.stores.values():
+            for height, digest in store.peer_header_hashes(chain.device_id):
+                expected = chain.hash_at(height)
+                if expected is None or digest == expected:
+                    continue
+                try:
+                    ours = self._header(chain, height)
+                    (theirs,) = store.peer_headers(chain.device_id, height, height)
+                except LedgerError:  # a damaged row: `edgefleet verify` reports it
+                    continue
+                if ours is not None and is_fork(ours, theirs):
+                    evidence = make_evidence(creds.certificate, creds.rotations, ours, theirs)
+                    out.append(evidence.encode())
+        return out
+
+    def _header(self, chain: Chain, height: int) -> SignedHeader | None:
+        """The chain's own header at ``height`` (its hash is the one the head commits to)."""
+        if height == chain.height:
+            return chain.head
+        own = self._own.get(chain.device_id)
+        sh = None if own is None else own.header_at(height)
+        if sh is not None and sh.hash == chain.hash_at(height):
+            return sh
+        for store in self.stores.values():
+            for sh in store.peer_headers(chain.device_id, height, height):
+                if sh.hash == chain.hash_at(height):
+                    return sh
+        return None
 
     def block(self, device_id: str, height: int) -> Block:
         """The device's block at ``height``, checked against its chain (cached)."""
@@ -247,7 +340,7 @@ class TraceSession:
                 unverified.append(Unverified(hit.device_id, hit.height, hit.idx, str(exc)))
                 continue
             assert isinstance(sr.reading, Reading)
-            events[at] = _evidence(sr, sr.reading, hit.height, hit.idx, False, "inclusion")
+            events[at] = _evidence(sr, sr.reading, block, hit.idx, False, "inclusion")
         for device_id in self._openable():
             scan = self._scan(device_id)
             for pos, ev in scan.opened.items():
@@ -261,18 +354,23 @@ class TraceSession:
             if held is not None:
                 withheld.append(held)
         withheld += self._withheld_elsewhere()
+        readings = tuple(events.values()) + tuple(context.values())
+        flags: list[KeyFlag] = []
+        for device_id in sorted({e.device_id for e in readings}):
+            flags += self.chain(device_id).flags  # verified: its readings were checked on it
         return Gathered(
             epc,
             dict(self.devices),
-            tuple(events.values()) + tuple(context.values()),
+            readings,
             tuple(withheld),
             tuple(unverified),
+            tuple(flags),
         )
 
     def trace(self, epc: str, product: str | None = None) -> analysis.Trace:
         g = self.gather(epc)
         return analysis.analyse(
-            epc, g.devices, g.readings, g.withheld, g.unverified, product=product
+            epc, g.devices, g.readings, g.withheld, g.unverified, product=product, flags=g.flags
         )
 
     def _hits(self, epc: str) -> Iterator[TagHit]:
@@ -315,13 +413,13 @@ class TraceSession:
                     continue
                 if not sr.private:
                     assert isinstance(sr.reading, Reading)
-                    out[(dev, height, idx)] = _evidence(sr, sr.reading, height, idx, False, "block")
+                    out[(dev, height, idx)] = _evidence(sr, sr.reading, block, idx, False, "block")
                     continue
                 opened = None if scan is None else scan.opened.get((height, idx))
                 if opened is None:
                     result = self.opening.open(sr)
                     if result.reading is not None:
-                        opened = _evidence(sr, result.reading, height, idx, True, "block")
+                        opened = _evidence(sr, result.reading, block, idx, True, "block")
                     else:
                         count += 1
                         t = sr.reading.time_ms
@@ -368,7 +466,7 @@ class TraceSession:
                 result = self.opening.open(sr)
                 if result.reading is not None:
                     scan.opened[(height, idx)] = _evidence(
-                        sr, result.reading, height, idx, True, "block"
+                        sr, result.reading, block, idx, True, "block"
                     )
                 else:
                     scan.failed[(height, idx)] = (sr.reading.time_ms, result.reason)
@@ -419,16 +517,30 @@ class TraceSession:
         for tag in sorted(set(rows) | set(private)):
             points = [(h.time_ms, h.device_id, h.height, h.idx) for h in rows.get(tag, {}).values()]
             points += [(e.time_ms, e.device_id, e.height, e.index) for e in private.get(tag, [])]
-            points.sort()
-            devices = tuple(dict.fromkeys(p[1] for p in points))
+            points.sort(key=lambda p: (p[0], self._name(p[1]), p[1], p[2], p[3]))
+            first_seen: dict[str, int] = {}
+            for p in points:
+                first_seen.setdefault(p[1], p[0])
             last = points[-1]
             last_sensor, name = self._peek(tag, last, private.get(tag, []), points)
             out.append(
                 TagSummary(
-                    tag, len(points), devices, points[0][0], last[0], last_sensor, last[1], name
+                    tag,
+                    len(points),
+                    tuple(first_seen),
+                    points[0][0],
+                    last[0],
+                    last_sensor,
+                    last[1],
+                    name,
+                    item_kind(first_seen, self.devices),
                 )
             )
         return out
+
+    def _name(self, device_id: str) -> str:
+        info = self.devices.get(device_id)
+        return device_id if info is None else info.name
 
     def _peek(
         self,
@@ -456,6 +568,21 @@ class TraceSession:
         return (None if tail is None else tail[0]), name
 
 
+def item_kind(first_seen: Mapping[str, int], devices: Mapping[str, DeviceInfo]) -> str | None:
+    """The device kind an item belongs to (``tags --kind``): the kind of the most devices that
+    saw it; on a tie, the kind of the device that saw it first, then of the first by name.
+    ``first_seen``: device id -> the time it first saw the item. Devices whose certificate the
+    data dir lacks have no kind and do not count; None when no device has one."""
+    by_kind: dict[str, list[tuple[int, str]]] = {}
+    for device_id, time_ms in first_seen.items():
+        info = devices.get(device_id)
+        if info is not None:
+            by_kind.setdefault(info.kind, []).append((time_ms, info.name))
+    if not by_kind:
+        return None
+    return min(by_kind, key=lambda k: (-len(by_kind[k]), min(by_kind[k]), k))
+
+
 def _by_height(rotations: list[bytes]) -> list[bytes]:
     from ledger.certs import decode_rotation
 
@@ -469,11 +596,12 @@ def _info(cert: Certificate, name: str) -> DeviceInfo:
 
 
 def _evidence(
-    sr: SignedReading, r: Reading, height: int, idx: int, private: bool, proof: str
+    sr: SignedReading, r: Reading, block: Block, idx: int, private: bool, proof: str
 ) -> Evidence:
+    h = block.header.header
     return Evidence(
         r.device_id,
-        height,
+        h.height,
         idx,
         r.epoch,
         r.seq,
@@ -485,6 +613,7 @@ def _evidence(
         private,
         sr.leaf_hash,
         proof,
+        h.key_id,
     )
 
 

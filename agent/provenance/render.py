@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from agent.provenance import rules
-from agent.provenance.analysis import Trace
+from agent.provenance.analysis import WORDS, Flagged, Trace
 from agent.provenance.evidence import Evidence
 from agent.provenance.gather import TagSummary
 
 JSON_FORMAT = "edgefleet-trace/1"
 
 
-def _ref(e: Evidence) -> dict[str, Any]:
+def _ref(t: Trace, e: Evidence) -> dict[str, Any]:
     return {
         "device_id": e.device_id,
         "height": e.height,
@@ -25,6 +25,27 @@ def _ref(e: Evidence) -> dict[str, Any]:
         "leaf_hash": e.leaf_hash.hex(),
         "proof": e.proof,
         "private": e.private,
+        "key_id": e.key_id.hex(),
+        "flags": [WORDS[f.kind] for f in t.flags_of(e)],
+    }
+
+
+def flag_json(t: Trace, fl: Flagged) -> dict[str, Any]:
+    """One key flag: what it is, the signed evidence (hex) and the readings it covers."""
+    f = fl.flag
+    return {
+        "word": fl.word,
+        "kind": f.kind,
+        "device": t.device_name(f.device_id),
+        "device_id": f.device_id,
+        "key_id": None if f.key_id is None else f.key_id.hex(),
+        "height": f.height,
+        "header_hashes": [h.hex() for h in f.hashes],
+        "reason": f.reason if f.kind == "revoked" else None,
+        "text": f.describe(),
+        "readings": len(fl.readings),
+        "heights": [min(e.height for e in fl.readings), max(e.height for e in fl.readings)],
+        "evidence": f.wire.hex(),
     }
 
 
@@ -44,6 +65,8 @@ def as_json(t: Trace) -> dict[str, Any]:
         },
         "verdict": {
             "ok": v.ok,
+            "word": v.word,
+            "flags": [flag_json(t, fl) for fl in t.flagged],
             "custody": v.custody,
             "final": v.final,
             "out_of_cold_ms": v.out_of_cold_ms,
@@ -70,7 +93,7 @@ def as_json(t: Trace) -> dict[str, Any]:
                 "value": ev.evidence.value,
                 "text": ev.evidence.text,
                 "about_item": ev.about_item,
-                "reading": _ref(ev.evidence),
+                "reading": _ref(t, ev.evidence),
             }
             for ev in t.timeline
         ],
@@ -193,7 +216,7 @@ def as_text(t: Trace) -> str:
                 "?" if info is None else info.kind,
                 "?" if info is None else info.site,
                 ev.event if ev.about_item else "alarm (device)",
-                _detail(t, ev),
+                _detail(t, ev) + "".join(f"  [{WORDS[f.kind]}]" for f in t.flags_of(ev.evidence)),
             ]
         )
     lines += _table(rows) if len(rows) > 1 else ["(no reading names this item)"]
@@ -252,7 +275,12 @@ def as_text(t: Trace) -> str:
                 f"  {t.device_name(wh.device_id)}: {wh.count} reading(s) {_when(wh.first_ms)} .. "
                 f"{_when(wh.last_ms)} ({where}; {wh.reason})"
             )
-    lines += ["", f"Verdict: {'OK' if v.ok else 'NOT OK'}"]
+    if t.flagged:
+        lines += ["", "Keys in doubt (signed evidence against the keys of readings used)"]
+        for fl in t.flagged:
+            lines.append(f"  {fl.word} {t.device_name(fl.flag.device_id)}: {fl.flag.describe()}")
+            lines.append(f"    covers {len(fl.readings)} reading(s) of this trace")
+    lines += ["", f"Verdict: {v.word}"]
     lines.append(f"  custody: {v.custody}; {v.final}")
     if t.product.cold_chain:
         lines.append(f"  out of cold storage between devices: {rules.fmt_ms(v.out_of_cold_ms)}")
@@ -274,6 +302,7 @@ def tags_json(rows: list[TagSummary], names: dict[str, str]) -> list[dict[str, A
             "last_ms": r.last_ms,
             "last_event": None if r.last_sensor is None else rules.event_of(r.last_sensor),
             "last_device": names.get(r.last_device, r.last_device),
+            "kind": r.kind,
         }
         for r in rows
     ]

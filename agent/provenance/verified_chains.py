@@ -10,6 +10,12 @@ device instead of re-verifying every link.
 
 ``Chain.check_block`` then recomputes the block's Merkle root over its readings and compares it
 with the signed header: every reading of a checked block is what the device signed over.
+
+Keys in trouble do not hide readings: a header signed by a forked key, by a revoked key at or
+above its revocation height, or by a key the device rotated away from at or above the rotation's
+height is checked under the key it names (``ledger.bundle.signing_key``, as a format-2 bundle
+does) and stays in the chain; ``Chain.flags`` says which of its headers such a ``KeyFlag``
+covers, and the verdict turns on it (``analysis``). Any other key is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 
 from agent.errors import AgentError, RemoteError
 from ledger.block import Block, SignedHeader
+from ledger.bundle import KeyFlag, signing_key
 from ledger.certs import DeviceKeys
 from ledger.errors import LedgerError
 from ledger.history import CompactRange
@@ -44,6 +51,9 @@ class Chain:
     hashes: tuple[bytes, ...]  # header hash at heights 0 .. head height - 1
     credentials: tuple[bytes, ...]  # certificate wire, then rotations and revocations
     source: str
+    # Set by whoever gathered the device's credentials and fork evidence (``gather``):
+    flags: tuple[KeyFlag, ...] = ()  # forks, revocations and rotations against the device
+    forks: tuple[bytes, ...] = ()  # the verified fork evidence wires behind the forked flags
     _checked: dict[int, bytes] = field(default_factory=dict)  # height -> header hash verified
 
     @classmethod
@@ -73,7 +83,7 @@ class Chain:
                 f"history_root at height {h.height}"
             )
         try:
-            head.verify(keys.key_for(h.key_id, h.height))
+            head.verify(signing_key(keys, h.key_id, h.height))
         except LedgerError as exc:
             raise ChainUnavailable(f"{device_id}: head at height {h.height}: {exc}") from None
         chain = cls(device_id, keys, head, tuple(hashes), credentials, source)
@@ -90,7 +100,11 @@ class Chain:
         return self.hashes[height] if 0 <= height < self.height else None
 
     def key_for(self, header: SignedHeader) -> PublicKey:
-        return self.keys.key_for(header.header.key_id, header.header.height)
+        return signing_key(self.keys, header.header.key_id, header.header.height)
+
+    def flags_of(self, header: SignedHeader) -> tuple[KeyFlag, ...]:
+        """The flags covering a header of this chain (none for a key in good standing)."""
+        return tuple(f for f in self.flags if f.covers_header(header))
 
     def check_header(self, sh: SignedHeader) -> None:
         height = sh.header.height

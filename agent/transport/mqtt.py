@@ -1,6 +1,6 @@
 """The MQTT adapter: the only module that imports aiomqtt (and, through it, paho-mqtt).
 
-Two ways to connect, one view type (``MqttTransport``, a ``base.Transport``):
+Three ways to connect, one view type for devices (``MqttTransport``, a ``base.Transport``):
 
 - ``MqttTransport(endpoint, device_id, domains)``: one connection per device, client id = device
   id, whose last-will marks the device offline. For real devices and small fleets.
@@ -8,6 +8,8 @@ Two ways to connect, one view type (``MqttTransport``, a ``base.Transport``):
   ``await hub.attach(device_id, domains)`` returns a device's view, which subscribes its own
   inbox. The hub's last-will marks the hub offline; each device announces ``online:<hub id>`` and
   watchers resolve it against the hub's presence (``presence.PresenceBook``).
+- ``MqttClient(endpoint, client_id, ...)``: a plain connection on topics of the caller's choosing,
+  for bridges to other systems (``agent.fleet.homeassistant``); not a ``Transport``.
 
 A ``_Link`` owns one aiomqtt client: it connects (MQTT 3.1.1, clean session), subscribes
 reference-counted topics (restored after every reconnect), routes every received message to the
@@ -100,6 +102,8 @@ class _Link:
         will_topic: str,
         rng: random.Random,
         sleep: Sleep,
+        raw: Callable[[str, bytes], None] | None = None,
+        on_up: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.options = options
@@ -126,6 +130,10 @@ class _Link:
         self._stopped = False
         self.reconnects = 0
         self.unroutable = 0
+        # An ``MqttClient``'s link: every message goes to ``raw`` unparsed, and ``on_up`` runs
+        # (in the background) after every connection, the first included.
+        self._raw = raw
+        self._on_up = on_up
 
     @property
     def connected(self) -> bool:
@@ -229,6 +237,8 @@ class _Link:
             self._client = client
         await self._announce()
         self._up.set()
+        if self._on_up is not None:
+            self._spawn(self._on_up())
 
     async def _announce(self) -> None:
         """Publish retained presence: the hub first, then every device on this connection."""
@@ -455,6 +465,9 @@ class _Link:
             log.exception("%s: routing a message on %r failed", self.client_id, topic)
 
     def _route(self, topic: str, payload: bytes) -> None:
+        if self._raw is not None:
+            self._raw(topic, payload)
+            return
         route = self.topics.parse(topic)
         if route is None:
             self.unroutable += 1
@@ -665,6 +678,82 @@ class MqttHub:
         await self._link.wait_up()
 
     async def close(self) -> None:
+        await self._link.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class MqttClient:
+    """A plain MQTT connection for bridges to other systems (Home Assistant): any topic.
+
+    It publishes (QoS 1, retained or not) and subscribes to topic filters of its own choosing;
+    every message received goes to ``on_message(topic, payload)`` unparsed (it must be quick and
+    must not raise: it runs in the receive loop). Its last-will publishes ``offline``, retained,
+    on ``will_topic``, and a clean ``close()`` does the same; ``on_connected`` runs after every
+    connection (the first and each reconnect), which is where a bridge announces itself online
+    and republishes what a broker restart may have lost. Reconnects, errors and the publish
+    contract are those of the device transports (``TransportError``, ``NotConnectedError``).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        client_id: str,
+        *,
+        will_topic: str,
+        on_message: Callable[[str, bytes], None],
+        on_connected: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        options: MqttOptions | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
+        self._link = _Link(
+            endpoint,
+            options or MqttOptions(),
+            client_id=client_id,
+            hub_id=None,
+            will_topic=will_topic,
+            rng=rng or random.Random(),
+            sleep=sleep or asyncio.sleep,
+            raw=on_message,
+            on_up=on_connected,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self._link.reconnects
+
+    async def start(self) -> None:
+        """Connect (TransportError if the broker cannot be reached); reconnect until closed."""
+        await self._link.start()
+
+    async def wait_connected(self) -> None:
+        await self._link.wait_up()
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """QoS 1; return once the broker acknowledged it (NotConnectedError while down)."""
+        await self._link.publish(topic, payload, retain=retain)
+
+    async def subscribe(self, filters: Iterable[str]) -> None:
+        """Subscribe (QoS 1); the subscriptions are restored after every reconnect."""
+        await self._link._ref(filters)
+
+    async def close(self) -> None:
+        """Publish ``offline`` on the will topic, disconnect, stop reconnecting."""
         await self._link.stop()
 
     async def __aenter__(self) -> Self:

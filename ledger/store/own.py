@@ -95,6 +95,30 @@ class OwnChain(StoreBase):
             return None
         return self._decode_stored(bytes(row[1]), f"reading seq {row[0]}").reading.time_ms
 
+    def last_time_slot(self, batch: int = 64) -> tuple[int, list[SignedReading]] | None:
+        """The time of the own reading with the highest seq and every reading of the unbroken
+        run of highest seqs that carry that time (in seq order); None: no readings. Read back
+        from the highest seq, ``batch`` rows at a time: no index on time is needed."""
+        top: int | None = None
+        out: list[SignedReading] = []
+        below = (1 << 63) - 1
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, wire FROM readings WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                (below, batch),
+            ).fetchall()
+            for seq, wire in rows:
+                sr = self._decode_stored(bytes(wire), f"reading seq {seq}")
+                t = sr.reading.time_ms
+                if top is None:
+                    top = t
+                elif t != top:
+                    return top, out[::-1]
+                out.append(sr)
+                below = int(seq)
+            if len(rows) < batch:
+                return None if top is None else (top, out[::-1])
+
     def pending_wires(self, limit: int | None = None) -> list[PendingRow]:
         """Pending readings as stored, in sequence order."""
         rows = self._db.execute(

@@ -14,6 +14,7 @@ from agent.config.devices import ConfigError
 from agent.device.runtime import RestoreError
 from agent.errors import AgentError, RemoteError, UsageError
 from agent.fleet.keystore import KeystoreError
+from agent.fleet.metrics import MetricsError
 from agent.provenance.gather import TraceError
 from agent.provenance.verified_chains import BlockRejected, ChainUnavailable
 from agent.transport.brokers import BrokerError
@@ -43,6 +44,7 @@ NAMED = (
     PayloadTooLargeError,
     RefusedError,
     TransportClosedError,
+    MetricsError,
 )
 
 

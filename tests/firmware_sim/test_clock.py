@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from firmware_sim.clock import Clock, ClockError, RealClock, SimClock, Wakeup
+from firmware_sim.clock import Clock, ClockError, RealClock, SimClock, Wakeup, WallJumps
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -22,7 +22,8 @@ def test_real_clock_reads_unix_milliseconds_and_past_deadlines_return_at_once() 
     clock = RealClock()
     before = time.time_ns() // 1_000_000
     now = clock.now_ms()
-    assert before <= now <= time.time_ns() // 1_000_000
+    # anchored to the wall clock once: the two readings that anchor it are microseconds apart
+    assert before - 1 <= now <= time.time_ns() // 1_000_000 + 1
     asyncio.run(clock.sleep_until(now - 1000))  # returns without waiting
     assert clock.now_ms() - now < 1000
 
@@ -265,3 +266,79 @@ def test_a_wakeup_on_the_real_clock_makes_no_task_and_leaves_no_timer() -> None:
         assert all(h.when() < loop.time() + 30 for h in live), live
 
     asyncio.run(main())
+
+
+class SettableTime:
+    """A wall clock someone can set, over a monotonic clock that only runs (nanoseconds)."""
+
+    def __init__(self, wall_ms: int) -> None:
+        self.mono = 5_000_000_000
+        self.offset = wall_ms * 1_000_000 - self.mono
+
+    def run(self, ms: int) -> None:
+        self.mono += ms * 1_000_000
+
+    def set_wall(self, by_ms: int) -> None:
+        self.offset += by_ms * 1_000_000
+
+    def clock(self) -> RealClock:
+        return RealClock(wall_ns=lambda: self.mono + self.offset, mono_ns=lambda: self.mono)
+
+
+def test_setting_the_wall_clock_moves_neither_the_real_clock_nor_its_deadlines() -> None:
+    t = SettableTime(1_736_121_600_000)
+    clock = t.clock()
+    assert clock.now_ms() == clock.wall_ms() == 1_736_121_600_000
+    t.run(2_000)
+    t.set_wall(-3_600_000)  # set back an hour
+    assert clock.now_ms() == 1_736_121_602_000, "real time followed the wall clock back"
+    assert clock.wall_skew_ms() == -3_600_000
+    t.set_wall(+7_200_000)
+    t.run(1)
+    assert (clock.now_ms(), clock.wall_skew_ms()) == (1_736_121_602_001, 3_600_000)
+
+
+def test_wall_jumps_reports_each_jump_once_and_follows_drift_within_its_bounds() -> None:
+    t = SettableTime(1_736_121_600_000)
+    jumps = WallJumps(t.clock(), back_ms=1_000, forward_ms=60_000)
+    seen = []
+    for run_ms, set_ms in [
+        (250, 0),
+        (250, -900),  # within the bound back: drift, followed
+        (250, -900),  # again: measured from the last look, still drift
+        (250, -3_600_000),  # an hour back
+        (250, 0),
+        (250, 59_000),  # forward within the bound
+        (250, 61_000),  # forward past it
+        (250, 0),
+    ]:
+        t.run(run_ms)
+        t.set_wall(set_ms)
+        seen.append(jumps.check())
+    assert seen == [None, None, None, -3_600_000, None, None, 61_000, None]
+
+
+def test_a_real_clock_timer_fires_on_time_when_the_wall_clock_is_set_back_meanwhile() -> None:
+    # The loop's clock stands in for the monotonic clock: the wait costs no wall time.
+    loop_clock = SimClock(1_736_121_600_000)
+    set_by_ms = [0]
+    clock = RealClock(
+        wall_ns=lambda: (loop_clock.now_ms() + set_by_ms[0]) * 1_000_000,
+        mono_ns=lambda: loop_clock.now_ms() * 1_000_000,
+    )
+    woke: dict[str, int] = {}
+
+    async def main() -> None:
+        start = loop_clock.now_ms()
+        fut = asyncio.get_running_loop().create_future()
+        clock.resolve_at(clock.now_ms() + 5_000, fut)
+        sleeper = asyncio.ensure_future(clock.sleep_until(clock.now_ms() + 7_000))
+        await asyncio.sleep(1)
+        set_by_ms[0] = -3_600_000  # an hour back, a second in: anti-entropy must not stop for it
+        await fut
+        woke["resolve_at"] = loop_clock.now_ms() - start
+        await sleeper
+        woke["sleep_until"] = loop_clock.now_ms() - start
+
+    loop_clock.run(main())
+    assert woke == {"resolve_at": 5_000, "sleep_until": 7_000}

@@ -11,6 +11,7 @@ test is the only thing that fails.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 from ledger import bundle as bundle_mod
 from ledger import sealbox
-from ledger.block import Block, SignedHeader
+from ledger.block import Block, SignedHeader, sign_header
 from ledger.bundle import BundleBuilder, BundleError, verify_bundle
 from ledger.certs import (
     Certificate,
@@ -38,6 +39,7 @@ from ledger.certs import (
 )
 from ledger.chain import ChainWriter
 from ledger.errors import LedgerError, SignatureError, UsageError
+from ledger.evidence import decode_evidence, make_evidence
 from ledger.identity import PublicKey, SigningKey
 from ledger.merkle import inclusion_proof
 from ledger.store import Store
@@ -83,7 +85,7 @@ def explode(data: bytes) -> list[Any]:
     """Top-level fields (digest dropped) with devices and their blocks decoded to lists."""
     top = dec(data)
     assert top[0] == "edgefleet-bundle"
-    assert top[1] == 1
+    assert top[1] in (1, 2)
     devices = []
     for raw in top[5]:
         d = dec(raw)
@@ -94,7 +96,7 @@ def explode(data: bytes) -> list[Any]:
 
 def implode(top: list[Any]) -> bytes:
     """Encode fields from ``explode`` (possibly altered) with a fresh, correct digest."""
-    devices = [enc([*d[:4], [enc(b) for b in d[4]]]) for d in top[5]]
+    devices = [enc([*d[:4], [enc(b) for b in d[4]], *d[5:]]) for d in top[5]]
     prefix = enc([*top[:5], devices, bytes(32)])[:-34]
     return prefix + enc(hashlib.sha256(DIGEST_DOMAIN + prefix).digest())
 
@@ -435,17 +437,29 @@ def test_root_swapped_inside_the_bundle_breaks_the_certificates(fleet: Fleet, da
     assert info.value.cause == "bad-certificate"
 
 
-def test_revoked_device_is_refused(fleet: Fleet, data: bytes) -> None:
+def test_revoked_device_is_refused_by_format_1_and_flagged_by_format_2(
+    fleet: Fleet, data: bytes
+) -> None:
     dev = fleet.small
     revocation = sign_revocation(fleet.authority, dev.device_id, None, 1, "stolen", NOW_MS)
     b = BundleBuilder(fleet.roots, subject=SUBJECT, created_ms=CREATED_MS)
     b.add_device(dev.device_id, [*dev.credentials, revocation], dev.head, dev.hashes())
     b.add_reading(dev.device_id, dev.chain[0], 0)
-    with pytest.raises(BundleError) as info:
-        b.build()  # the builder never hands out what a verifier refuses
-    assert info.value.cause == "revoked"
+    vb = verify_bundle(b.build())
+    # The head (height 1) is revoked, so format 2; the reading below the revocation is not.
+    assert vb.format == 2 and vb.flags == ()
+    (flag,) = vb.devices[dev.device_id].flags
+    assert (flag.kind, flag.key_id, flag.height, flag.reason) == ("revoked", None, 1, "stolen")
+    b.add_reading(dev.device_id, dev.chain[1], 0)
+    vb = verify_bundle(b.build())
+    assert vb.flags == (flag,)
+    assert [vb.flags_of(r) for r in vb.readings] == [(), (flag,)]
+    assert (
+        flag.describe()
+        == f"device {dev.device_id}: every key revoked from height 1 (reason: stolen)"
+    )
 
-    # The same revocation spliced into a valid bundle.
+    # The same revocation spliced into a valid format-1 bundle.
     top = explode(data)
     entry = next(d for d in top[5] if dev.device_id.encode() in d[0])
     entry[2] = [revocation]
@@ -464,16 +478,163 @@ def test_headers_signed_before_a_key_revocation_stay_valid(fleet: Fleet, data: b
     assert heights == {0, 1, 2, 3}
 
 
-def test_revoked_old_key_refuses_its_later_headers(fleet: Fleet) -> None:
+def test_revoked_old_key_refuses_its_later_headers(fleet: Fleet, data: bytes) -> None:
     """The rotating device's old key is revoked from height 3; it signed heights 0 and 1 only.
-    A revocation of the old key from height 1 makes the header at height 1 fail."""
+    A revocation of the old key from height 1 makes the header at height 1 fail in format 1,
+    and flagged in format 2 (height 0 stays unflagged; heights 2 and 3 are the new key's)."""
     dev = fleet.rotating
     early = sign_revocation(fleet.authority, dev.device_id, dev.key.key_id, 1, "x", NOW_MS)
+    top = explode(data)
+    entry = next(d for d in top[5] if dev.device_id.encode() in d[0])
+    entry[2] = sorted([*entry[2], early])
+    with pytest.raises(BundleError, match=r"block at height 1: .* revoked from height 1"):
+        verify_bundle(implode(top))
+
     b = BundleBuilder(fleet.roots, subject=SUBJECT, created_ms=CREATED_MS)
     b.add_device(dev.device_id, [*dev.credentials, early], dev.head, dev.hashes())
-    b.add_reading(dev.device_id, dev.chain[1], 0)
-    with pytest.raises(BundleError, match=r"block at height 1: .* revoked from height 1"):
-        b.build()
+    for height in range(4):
+        b.add_reading(dev.device_id, dev.chain[height], 0)
+    vb = verify_bundle(b.build())
+    assert vb.format == 2
+    assert [[f.wire for f in vb.flags_of(r)] for r in vb.readings] == [[], [early], [], []]
+
+
+# --- format 2: fork evidence and keys used after a rotation ------------------------------------
+
+
+def forge(sh: SignedHeader, key: SigningKey) -> SignedHeader:
+    """Another header at the same height signed by the same key: with ``sh``, a fork."""
+    other = dataclasses.replace(sh.header, merkle_root=hashlib.sha256(b"another block").digest())
+    return sign_header(other, key)
+
+
+@pytest.fixture(scope="module")
+def fork_wire(fleet: Fleet) -> bytes:
+    dev = fleet.small
+    return make_evidence(dev.credentials[0], (), dev.head, forge(dev.head, dev.key)).encode()
+
+
+@pytest.fixture(scope="module")
+def forked(fleet: Fleet, fork_wire: bytes) -> bytes:
+    """The realistic bundle, every device given the fork evidence against the small device."""
+    b = BundleBuilder(fleet.roots, subject=SUBJECT, created_ms=CREATED_MS)
+    for dev in fleet.devices:
+        b.add_device(dev.device_id, dev.credentials, dev.head, dev.hashes(), forks=[fork_wire])
+        for height, index in picks(dev):
+            b.add_reading(dev.device_id, dev.chain[height], index)
+    return b.build()
+
+
+def test_fork_evidence_flags_every_reading_the_forked_key_signed(
+    fleet: Fleet, fork_wire: bytes, forked: bytes
+) -> None:
+    vb = verify_bundle(forked, roots=fleet.roots)
+    small = fleet.small
+    ev = decode_evidence(fork_wire)
+    assert vb.format == 2
+    (flag,) = vb.flags
+    assert (flag.kind, flag.device_id, flag.key_id, flag.height, flag.hashes, flag.wire) == (
+        "forked",
+        small.device_id,
+        small.key.key_id,
+        1,
+        (ev.a.hash, ev.b.hash),
+        fork_wire,
+    )
+    assert flag.describe() == (
+        f"device {small.device_id} forked: key {small.key.key_id.hex()} signed two headers at "
+        f"height 1 ({ev.a.hash.hex()} and {ev.b.hash.hex()})"
+    )
+    # Below the fork height too: a key that signed two histories may have signed either.
+    flagged = {(r.device_id, r.height, r.index) for r in vb.readings if vb.flags_of(r)}
+    assert flagged == {(small.device_id, h, i) for h, i in picks(small)}
+    # Only the forked device's entry carries the evidence.
+    entries = explode(forked)[5]
+    assert [d[5] for d in entries] == [
+        [fork_wire] if d[3] == small.head.wire else [] for d in entries
+    ]
+
+
+def test_fork_evidence_with_any_byte_flipped_is_refused(forked: bytes, fork_wire: bytes) -> None:
+    """Each byte of the evidence flipped, and the digest recomputed as anyone can."""
+    start = forked.index(fork_wire)
+    causes: set[str] = set()
+    for pos in range(start, start + len(fork_wire)):
+        mutated = bytearray(forked[:-34])
+        mutated[pos] ^= 0x01
+        prefix = bytes(mutated)
+        with pytest.raises(BundleError, match="fork evidence") as info:
+            verify_bundle(prefix + enc(hashlib.sha256(DIGEST_DOMAIN + prefix).digest()))
+        causes.add(info.value.cause)
+    assert causes >= {"bad-signature", "decode"}, causes
+
+
+def test_stripped_fork_evidence_cannot_be_seen_offline(fleet: Fleet, forked: bytes) -> None:
+    """What docs/BUNDLE.md says a verifier cannot know: evidence left out leaves no trace."""
+    top = explode(forked)
+    for d in top[5]:
+        d[5] = []
+    vb = verify_bundle(implode(top), roots=fleet.roots)
+    assert (vb.format, vb.flags) == (2, ())
+
+
+def test_fork_evidence_must_be_about_the_device_once_and_used(
+    fleet: Fleet, forked: bytes, fork_wire: bytes
+) -> None:
+    def misplaced(top: Any) -> None:
+        for d in top[5]:
+            d[5] = [] if d[5] else [fork_wire]
+
+    def repeated(top: Any) -> None:
+        next(d for d in top[5] if d[5])[5] *= 2
+
+    mutate_and_expect(forked, misplaced, "fork evidence 0 is against device")
+    mutate_and_expect(forked, repeated, "fork evidence 1 is out of order or repeated")
+
+    # Evidence against the rotating device's old key, in a bundle of its new key's blocks only.
+    dev = fleet.rotating
+    old = dev.chain[1].header
+    stale = make_evidence(dev.credentials[0], (), old, forge(old, dev.key)).encode()
+    b = BundleBuilder(fleet.roots, subject=SUBJECT, created_ms=CREATED_MS)
+    b.add_device(dev.device_id, dev.credentials, dev.head, dev.hashes(), forks=[stale])
+    b.add_reading(dev.device_id, dev.chain[3], 0)
+    data = b.build()
+    assert verify_bundle(data).format == 1  # left out by the builder
+
+    def add_stale(top: Any) -> None:
+        top[1] = 2
+        top[5][0].append([stale])
+
+    mutate_and_expect(data, add_stale, "fork evidence at height 1 is unused")
+
+
+def test_a_key_used_after_its_rotation_is_flagged_rotated_away(fleet: Fleet) -> None:
+    """The rotating device's rotation says its new key signs from height 2: a chain whose
+    header at height 2 is still signed by the old key."""
+    dev = fleet.rotating
+    chain = seal_chain_impl(dev.key, sample_readings(dev.device_id, (2, 2, 2)))
+    b = BundleBuilder(fleet.roots, subject=SUBJECT, created_ms=CREATED_MS)
+    b.add_device(
+        dev.device_id, dev.credentials[:2], chain[2].header, [x.header.hash for x in chain[:2]]
+    )
+    for height in range(3):
+        b.add_reading(dev.device_id, chain[height], 0)
+    data = b.build()
+    vb = verify_bundle(data, roots=fleet.roots)
+    (flag,) = vb.flags
+    assert (vb.format, flag.kind, flag.key_id, flag.height) == (
+        2,
+        "rotated-away",
+        dev.key.key_id,
+        2,
+    )
+    assert [bool(vb.flags_of(r)) for r in vb.readings] == [False, False, True]
+
+    def as_format_1(top: Any) -> None:
+        top[1] = 1
+        del top[5][0][5]
+
+    mutate_and_expect(data, as_format_1, "wrong key for height 2")
 
 
 # --- heads, orders, duplicates, unused entries ---------------------------------------------------
@@ -589,7 +750,9 @@ def test_magic_format_and_canonical_form(data: bytes) -> None:
         verify_bundle(b"")
     with pytest.raises(BundleError, match="not an edgefleet bundle"):
         verify_bundle(data.replace(b"edgefleet-bundle", b"edgefleet-bundlf", 1))
-    with pytest.raises(BundleError, match="reads format 1, found byte 02"):
+    with pytest.raises(BundleError, match="reads formats 1 and 2, found byte 03"):
+        verify_bundle(data[:18] + b"\x03" + data[19:])
+    with pytest.raises(BundleError, match="expected an array of 6"):  # a format-1 body as 2
         verify_bundle(data[:18] + b"\x02" + data[19:])
     # The subject as str16 although it fits a str8: the same value, not the same bytes.
     subject = SUBJECT.encode()
@@ -662,14 +825,34 @@ def build_vector() -> bytes:
     return b.build()
 
 
-def doc_vector() -> dict[str, Any]:
+def build_vector_2() -> bytes:
+    """docs/BUNDLE.md's format-2 vector: the same chain and readings, and fork evidence: the
+    device also signed, at the head's height, the head's header with its merkle_root replaced
+    by SHA-256("edgefleet test vector fork")."""
+    authority, device = vector_seed("authority"), vector_seed("device")
+    cert = certify(authority, device, 1)
+    did = device.public.device_id
+    chain = seal_chain_impl(device, sample_readings(did, (2, 1, 1)))
+    head = chain[2].header
+    other = dataclasses.replace(
+        head.header, merkle_root=hashlib.sha256(b"edgefleet test vector fork").digest()
+    )
+    fork = make_evidence(cert.wire, (), head, sign_header(other, device)).encode()
+    b = BundleBuilder(FleetRoots.of(authority.public), subject=SUBJECT, created_ms=CREATED_MS)
+    b.add_device(did, [cert.wire], head, [x.header.hash for x in chain[:2]], forks=[fork])
+    b.add_reading(did, chain[0], 1)
+    b.add_reading(did, chain[2], 0)
+    return b.build()
+
+
+def doc_vector(marker: str = "bundle-vector") -> dict[str, Any]:
     for name in ("BUNDLE.md", "PROTOCOL.md"):
         path = DOCS / name
         text = path.read_text() if path.exists() else ""
-        m = re.search(r"<!-- bundle-vector:begin -->\s*```json\n(.*?)```", text, re.S)
+        m = re.search(rf"<!-- {marker}:begin -->\s*```json\n(.*?)```", text, re.S)
         if m:
             return json.loads(m.group(1))  # type: ignore[no-any-return]
-    raise AssertionError("no bundle vector in docs/BUNDLE.md or docs/PROTOCOL.md")
+    raise AssertionError(f"no {marker} in docs/BUNDLE.md or docs/PROTOCOL.md")
 
 
 def test_document_vector_is_what_the_code_builds_and_verifies() -> None:
@@ -709,3 +892,41 @@ def test_document_vector_by_the_document_alone() -> None:
     leaf = hashlib.sha256(b"\x00" + wire).digest()
     assert index == 1
     assert hashlib.sha256(b"\x01" + proof[0] + leaf).digest() == dec(hbody)[6]
+
+
+def test_document_vector_2_is_what_the_code_builds_and_verifies() -> None:
+    v = doc_vector("bundle-vector-2")
+    built = build_vector_2()
+    assert v["bundle"] == built.hex(), f"update vector 2 in docs/BUNDLE.md to:\n{built.hex()}"
+    vb = verify_bundle(bytes.fromhex(v["bundle"]))
+    assert vb.format == 2 and vb.root_key_id.hex() == v["root_key_id"]
+    (flag,) = vb.flags
+    assert (flag.kind, flag.device_id, flag.height) == ("forked", v["device_id"], 2)
+    assert [h.hex() for h in flag.hashes] == v["fork_hashes"]
+    assert all(vb.flags_of(r) == (flag,) for r in vb.readings)
+
+
+def test_document_vector_2_by_the_document_alone() -> None:
+    """Format 2 as docs/BUNDLE.md section 6 states it: vector 1 with byte 18 = 02 and a sixth
+    field in the device entry holding the fork evidence."""
+    v1 = dec(bytes.fromhex(doc_vector()["bundle"]))
+    v = doc_vector("bundle-vector-2")
+    data = bytes.fromhex(v["bundle"])
+    assert data[:19] == b"\x97\xb0edgefleet-bundle\x02"
+    assert data[-32:] == hashlib.sha256(DIGEST_DOMAIN + data[:-34]).digest()
+    top = dec(data)
+    assert enc(top) == data and top[2:5] == v1[2:5]
+    (device,) = top[5]
+    fields = dec(device)
+    assert fields[:5] == dec(v1[5][0])  # the same certificate, credentials, head and blocks
+    (evidence,) = fields[5]
+    fmt, cert, rotations, a, b = dec(evidence)
+    assert (fmt, cert, rotations) == (1, fields[0], [])
+    assert fields[3] in (a, b)  # the head is one of the two headers
+
+    def header_hash(wire: bytes) -> bytes:
+        return hashlib.sha256(b"edgefleet/v1/header-hash\x00" + dec(wire)[0]).digest()
+
+    assert [header_hash(a).hex(), header_hash(b).hex()] == v["fork_hashes"]
+    assert header_hash(a) < header_hash(b)
+    assert dec(dec(a)[0])[3] == dec(dec(b)[0])[3] == 2  # one height

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from ledger import chain as chain_module
-from ledger import domains
+from ledger import domains, sealbox
 from ledger.block import Header, SignedHeader, decode_header, sign_header
 from ledger.certs import Certificate, DeviceKeys, FleetRoots
 from ledger.chain import ChainWriter
-from ledger.errors import IntegrityError, VerificationError
+from ledger.errors import IntegrityError, TimeOrderError, VerificationError
 from ledger.identity import PublicKey, SigningKey
 from ledger.store import Store
 from ledger.verify import verify_chain
@@ -53,7 +53,7 @@ def _record(writer: ChainWriter, n: int) -> None:
     for _ in range(n):
         seq = writer.next_seq
         tag = f"urn:epc:id:sgtin:0614141.107346.{seq}" if seq % 4 == 0 else None
-        writer.record(NOW_MS + 500 * seq, "temp_mc", -18_000 - seq, tag)
+        writer.record(NOW_MS + 1000 * seq, "temp_mc", -18_000 - seq, tag)  # after the fixture
 
 
 def _verify(store: Store, cert: Certificate, roots: FleetRoots) -> int:
@@ -345,3 +345,134 @@ def test_the_oldest_pending_reading_is_known_without_the_store(
         assert reopened is not None and reopened.wire == oldest.wire
         assert _writer(again, device_key).seal() is not None
         assert _writer(again, device_key).oldest_pending() is None
+
+
+# --------------------------------------------------------------------------- time order
+
+
+def _times(store: Store) -> list[tuple[str, int]]:
+    return [(sr.reading.sensor, sr.reading.time_ms) for sr in store.pending()]
+
+
+def test_a_reading_before_the_last_signed_time_is_refused_and_nothing_is_signed(
+    tmp_path: Path, device_key: SigningKey
+) -> None:
+    with Store(tmp_path / "past.db") as store:
+        writer = _writer(store, device_key)
+        writer.record(NOW_MS, "temp_mc", 1)
+        writer.record(NOW_MS + 60_000, "temp_mc", 2)
+        with pytest.raises(TimeOrderError, match="60000 ms before the last signed"):
+            writer.record(NOW_MS, "door.open", 0)
+        assert (writer.next_seq, writer.last_time) == (2, NOW_MS + 60_000)
+        writer.flush()
+        assert _times(store) == [("temp_mc", NOW_MS), ("temp_mc", NOW_MS + 60_000)]
+
+
+def test_a_burst_of_one_instant_is_signed_whole_and_its_slots_close_once_time_moves_on(
+    tmp_path: Path, device_key: SigningKey
+) -> None:
+    with Store(tmp_path / "burst.db") as store:
+        writer = _writer(store, device_key)
+        t = NOW_MS
+        for value in (19, 35, 45):  # one load.fibre_pct per fibre, all at one instant
+            writer.record(t, "load.fibre_pct", value)
+        writer.record(t, "door.open", 0)
+        writer.record(t + 1, "temp_mc", 4)
+        with pytest.raises(TimeOrderError):
+            writer.record(t, "load.fibre_pct", 20)
+        assert writer.next_seq == 5
+
+
+def test_a_restarted_writer_never_re_signs_a_stored_slot_nor_the_past(
+    tmp_path: Path, device_key: SigningKey
+) -> None:
+    path = tmp_path / "restart-time.db"
+    t = NOW_MS + 120_000
+    with Store(path) as store:
+        writer = _writer(store, device_key)
+        writer.record(NOW_MS, "temp_mc", 1)
+        writer.record(t, "temp_mc", 2)
+        writer.record(t, "rfid.in", 1, "urn:epc:id:sgtin:0614141.107346.1")
+        assert writer.seal() is not None
+        writer.record(t, "rfid.in", 2, "urn:epc:id:sgtin:0614141.107346.2")
+        writer.flush()  # durable and pending: the slot is known from the store all the same
+    with Store(path) as store:
+        writer = _writer(store, device_key)
+        assert writer.last_time == t
+        refused = []
+        for time_ms, sensor in [(NOW_MS, "temp_mc"), (t - 1, "door.open"), (t, "temp_mc")]:
+            with pytest.raises(TimeOrderError) as err:
+                writer.record(time_ms, sensor, 9)
+            refused.append(str(err.value))
+        with pytest.raises(TimeOrderError, match=r"rfid\.in at \d+ ms is already recorded"):
+            writer.record(t, "rfid.in", 3)
+        assert len(refused) == 3 and "already recorded" in refused[2]
+        writer.record(t, "clock.jump_ms", -3_600_000)  # a slot of that instant not yet recorded
+        writer.record(t + 1, "temp_mc", 3)
+        writer.seal()
+        times = [
+            (sr.reading.sensor, sr.reading.time_ms) for b in store.blocks() for sr in b.readings
+        ]
+        assert times == [
+            ("temp_mc", NOW_MS),
+            ("temp_mc", t),
+            ("rfid.in", t),
+            ("rfid.in", t),
+            ("clock.jump_ms", t),
+            ("temp_mc", t + 1),
+        ]
+
+
+def test_a_private_writer_closes_the_whole_stored_instant_its_sensors_being_sealed(
+    tmp_path: Path, device_key: SigningKey
+) -> None:
+    path = tmp_path / "private-time.db"
+    owner = sealbox.public_key_of(bytes(range(32)))
+    with Store(path) as store:
+        writer = ChainWriter(store, device_key, device_key.public.device_id, owner_x25519=owner)
+        writer.record(NOW_MS, "temp_mc", 1)
+        writer.flush()
+    with Store(path) as store:
+        writer = ChainWriter(store, device_key, device_key.public.device_id, owner_x25519=owner)
+        with pytest.raises(TimeOrderError, match="already recorded"):
+            writer.record(NOW_MS, "door.open", 0)
+        writer.record(NOW_MS + 1, "door.open", 0)
+        assert writer.next_seq == 2
+
+
+def test_resume_after_a_restore_reads_the_restored_last_time(
+    tmp_path: Path, device_key: SigningKey
+) -> None:
+    with Store(tmp_path / "src.db") as src:
+        writer = _writer(src, device_key)
+        writer.record(NOW_MS + 5_000, "temp_mc", 1)
+        block = writer.seal()
+    assert block is not None
+    with Store(tmp_path / "restored.db") as store:
+        writer = _writer(store, device_key)
+        assert writer.last_time is None
+        store.commit_block(block)  # what a restore commits
+        writer.resume(0)
+        with pytest.raises(TimeOrderError):
+            writer.record(NOW_MS, "temp_mc", 2)
+        assert writer.last_time == NOW_MS + 5_000
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 64])
+def test_the_store_reads_back_the_last_instant_whole_whatever_its_batch(
+    tmp_path: Path, device_key: SigningKey, batch: int
+) -> None:
+    with Store(tmp_path / f"slot-{batch}.db") as store:
+        assert store.last_time_slot(batch) is None
+        writer = _writer(store, device_key)
+        writer.record(NOW_MS, "temp_mc", 1)
+        writer.seal()
+        for i in range(5):  # a burst: five items stocked at one instant, sealed and pending
+            writer.record(NOW_MS + 1, "rfid.in", i + 1)
+            if i == 2:
+                writer.seal()
+        writer.flush()
+        slot = store.last_time_slot(batch)
+        assert slot is not None
+        t, readings = slot
+        assert (t, [r.reading.seq for r in readings]) == (NOW_MS + 1, [1, 2, 3, 4, 5])

@@ -1027,8 +1027,11 @@ def test_random_chain_verifies_and_any_reading_bit_flip_fails(
 ) -> None:
     with Store(":memory:") as store:
         writer = ChainWriter(store, device_key, device_key.public.device_id)
+        time_ms = 0
         for batch in batches:
-            for time_ms, sensor, value, tag in batch:
+            for step_ms, sensor, value, tag in batch:
+                # drawn as steps: a writer never signs a time before its last one
+                time_ms += step_ms + 1
                 writer.record(time_ms, sensor, value, tag)
             writer.seal()
         keys = DeviceKeys.build(cert.wire, roots, now_ms=NOW_MS)
