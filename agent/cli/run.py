@@ -28,6 +28,7 @@ from agent.cli.fleetopts import (
 )
 from agent.cli.haopts import add_homeassistant, bridge_running, homeassistant_bridge
 from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
+from agent.device.faults import is_disk_full
 from agent.device.sealing import SealPolicy
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
@@ -200,3 +201,7 @@ def _run(args: argparse.Namespace) -> int:
             return asyncio.run(main())
     except (BrokerError, TransportError, keystore.KeystoreError, MetricsError) as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:  # a file of the data dir the fleet-wide start-up writes (keys, ...)
+        where = exc.filename or args.data
+        fix = " (free space on that filesystem, then run again)" if is_disk_full(exc) else ""
+        raise CliError(f"{where}: {exc.strerror or exc}{fix}") from None

@@ -95,6 +95,8 @@ RUN_SWITCH_INTERVAL_S = 0.0005
 # After a stop is asked for (Ctrl-C, SIGTERM), how long the clean stop may take before the run
 # is cancelled where it is: a stop must never wait on a device that cannot finish.
 STOP_GRACE_S = 5.0
+# How long stopping a broker the runner started may take before it is left behind.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class FleetError(AgentError, code="fleet"):
@@ -788,7 +790,9 @@ class FleetRunner:
         if self._hub is not None:
             await _quietly(self._hub.close())
         if self._broker is not None:
-            await _quietly(self._broker.stop())
+            # Bounded: amqtt's shutdown can wait forever on a client session that never
+            # finishes closing (seen after devices failed on a full disk); the process must end.
+            await _quietly(self._broker.stop(), timeout_s=CLOSE_TIMEOUT_S)
 
     # --- view ----------------------------------------------------------------------------------
     async def _view_loop(self, wall0: float) -> None:
@@ -981,9 +985,11 @@ def _with_start(cfg: FleetConfig, start_ms: int) -> FleetConfig:
     return dataclasses.replace(cfg, start_ms=start_ms)
 
 
-async def _quietly(op: Awaitable[object]) -> None:
+async def _quietly(op: Awaitable[object], *, timeout_s: float | None = None) -> None:
     try:
-        await op
+        await asyncio.wait_for(op, timeout_s)
+    except TimeoutError:
+        log.warning("closing did not finish within %.0f s: left behind", timeout_s)
     except Exception as exc:  # closing must never hide the run's own result
         log.debug("error while closing: %s", exc)
 

@@ -328,16 +328,42 @@ def mount_tmpfs(directory: Path, size: str) -> bool:
     return done.returncode == 0
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MB tmpfs: room for the sample fleet's keys and a few hundred readings."""
-    where = tmp_path / "disk"
-    if not mount_tmpfs(where, "3m"):
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    if not mount_tmpfs(where, size):
         pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
     try:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs: room for the sample fleet's keys and a few hundred readings."""
+    yield from tmpfs(tmp_path / "disk", "3m")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 100 kB tmpfs: not even room for the sample fleet's keys."""
+    yield from tmpfs(tmp_path / "disk", "100k")
+
+
+def test_a_disk_full_before_the_keys_are_written_is_one_line(tiny_disk: Path) -> None:
+    """Enrolling the fleet on a full disk: one line naming the data dir and the fix, exit 2."""
+    data = tiny_disk / "data"
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        status = main(
+            [
+                *("run", "--devices", str(SAMPLE_FLEET), "--data", str(data)),
+                *("--for", "1h", "--broker", "memory", "--no-view"),
+            ]
+        )
+    lines = err.getvalue().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert str(data) in lines[0] and "No space left on device" in lines[0], lines
+    assert "free space" in lines[0]
 
 
 def test_a_full_disk_stops_the_writing_devices_and_loses_nothing_committed(
@@ -374,12 +400,12 @@ def test_a_full_disk_stops_the_writing_devices_and_loses_nothing_committed(
     assert report.ok, report.failures()
 
 
-def run_cli(data: Path, *args: str) -> subprocess.Popen[str]:
+def run_cli(data: Path, *args: str, broker: str = "memory") -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "agent.cli.main", "run", "--devices", str(SAMPLE_FLEET)),
-            *("--data", str(data), "--broker", "memory", "--no-view", *args),
+            *("--data", str(data), "--broker", broker, "--no-view", *args),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -410,13 +436,13 @@ def finish(proc: subprocess.Popen[str], by_itself_s: float, after_term_s: float)
 
 @pytest.mark.subprocess
 def test_a_full_disk_ends_the_run_with_one_line_per_device(small_disk: Path) -> None:
-    """`edgefleet run` (no --for) on a full disk: it ends by itself (or on SIGTERM, within a
-    few seconds), exit status 1, one line per device naming its store, no traceback, no
-    "Task exception was never retrieved", no "cannot rollback"; verify finds every committed
-    block intact."""
+    """`edgefleet run` (no --for, the embedded broker, as in issue 15) on a full disk: it ends
+    by itself (or on SIGTERM, within a few seconds), exit status 1, one line per device naming
+    its store, no traceback, no "Task exception was never retrieved", no "cannot rollback";
+    verify finds every committed block intact."""
     data = small_disk / "data"
-    proc = run_cli(data, "--settle", "1")
-    after_term = finish(proc, by_itself_s=60, after_term_s=10)
+    proc = run_cli(data, "--settle", "1", broker="embedded")
+    after_term = finish(proc, by_itself_s=30, after_term_s=10)
     _, err = proc.communicate()
     assert proc.returncode == 1, err
     for bad in ("Traceback", "never retrieved", "cannot rollback", "Logging error"):
