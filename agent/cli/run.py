@@ -144,6 +144,16 @@ def _check_passphrase_source(args: argparse.Namespace) -> None:
         )
 
 
+SUMMARY_LINES = 20  # fault lines a run's summary prints; fleet.log holds them all
+
+
+def _print_some(lines: list[str]) -> None:
+    for line in lines[:SUMMARY_LINES]:
+        print(f"  {line}", file=sys.stderr)
+    if len(lines) > SUMMARY_LINES:
+        print(f"  ... and {len(lines) - SUMMARY_LINES} more (fleet.log)", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     opts = _parse(args)
     try:
@@ -183,17 +193,14 @@ def _run(args: argparse.Namespace) -> int:
                 f"{len(result.failed)} device(s) failed: {', '.join(sorted(result.failed))}",
                 file=sys.stderr,
             )
-            for line in result.failed.values():
-                print(f"  {line}", file=sys.stderr)
+            _print_some(list(result.failed.values()))
         damaged = {n: lines for n, lines in result.damaged.items() if n not in result.failed}
         if damaged:  # ran on, but hold blocks they cannot serve
             print(
                 f"{len(damaged)} device(s) hold damaged blocks: {', '.join(sorted(damaged))}",
                 file=sys.stderr,
             )
-            for lines in damaged.values():
-                for line in lines:
-                    print(f"  {line}", file=sys.stderr)
+            _print_some([line for lines in damaged.values() for line in lines])
         return 1 if result.failed or damaged else 0
 
     try:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 PER_DEVICE_LIMIT = 24
+FAULT_LINES = 8  # failed or damaged devices' lines shown under the table, at most
 KIND_SHORT = {"refrigerator": "fridge", "washing_machine": "washer", "medical_freezer": "freezer"}
 
 
@@ -99,8 +100,12 @@ def render(snap: FleetSnapshot) -> list[str]:
     ]
     body = _per_device(snap) if n <= PER_DEVICE_LIMIT else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
-    tail += [f"! FAILED {d.failure}" for d in snap.devices if d.failure]
-    tail += [f"! DAMAGED {line}" for d in snap.devices for line in d.damaged]
+    faults = [f"! FAILED {d.failure}" for d in snap.devices if d.failure]
+    faults += [f"! DAMAGED {line}" for d in snap.devices for line in d.damaged]
+    if len(faults) > FAULT_LINES:  # a full disk fails every device: the screen keeps its body
+        more = len(faults) - FAULT_LINES + 1
+        faults[FAULT_LINES - 1 :] = [f"! ... and {more} more (fleet.log has every one)"]
+    tail += faults
     return head + body + (["", *tail] if tail else [])
 
 

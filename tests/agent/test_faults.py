@@ -40,7 +40,7 @@ from agent.fleet.runner import (
     install_signal_handlers,
 )
 from agent.fleet.sources import SampleSource, simulation
-from agent.fleet.view import render
+from agent.fleet.view import FAULT_LINES, DeviceRow, FleetSnapshot, render
 from ledger import keyfile
 from ledger.chain import ChainWriter
 from ledger.store import Store
@@ -675,3 +675,31 @@ def test_a_second_sigterm_stops_the_fleet_at_once(tmp_path: Path) -> None:
     if proc.returncode == 1:
         assert "stopped without waiting for the devices" in err, err
     assert verify(data).ok
+
+
+def test_the_view_bounds_its_fault_lines() -> None:
+    """300 devices failed on one full disk: the view shows a FAILED count per kind and at most
+    FAULT_LINES lines under the table, the last saying how many more fleet.log holds."""
+    rows = tuple(
+        DeviceRow(
+            f"fridge-{i:03d}",
+            "refrigerator",
+            "home",
+            None,
+            0,
+            0,
+            (),
+            (),
+            0,
+            0,
+            0,
+            failure=f"fridge-{i:03d}: disk full: /data/devices/fridge-{i:03d}/store.sqlite",
+        )
+        for i in range(300)
+    )
+    lines = render(FleetSnapshot(0, 1.0, 1.0, rows))
+    faults = [line for line in lines if line.startswith("! ")]
+    assert len(faults) == FAULT_LINES, faults
+    assert faults[-1] == f"! ... and {300 - FAULT_LINES + 1} more (fleet.log has every one)"
+    table = next(line for line in lines if line.startswith("fridge "))
+    assert table.split()[-1] == "300", table  # the per-kind table's failed column
