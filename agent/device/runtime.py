@@ -208,13 +208,11 @@ class DeviceAgent:
         except Exception as exc:  # contained: the other devices of the fleet run on
             self.fail(exc)
         finally:
+            # A failed device keeps its transport until the runner closes them all, in order
+            # (transports, then the broker): closing an MQTT link here, where the runner's
+            # stop may cancel it halfway, left aiomqtt futures unretrieved and amqtt's
+            # shutdown waiting.
             self._run_task = None
-        # Failed: leave the network, so that peers see it offline (presence) and repair the
-        # replicas it held elsewhere, rather than wait on a device that will not answer.
-        try:
-            await self.transport.close()
-        except Exception as exc:
-            self._log.debug("closing the transport of a failed device: %s", exc)
 
     def fail(self, exc: BaseException) -> None:
         """Fail this device (once): report it, drop the samples queued for it, stop its tasks."""
