@@ -648,9 +648,11 @@ def test_a_stop_that_does_not_finish_in_time_is_forced(
 
 
 @pytest.mark.subprocess
-def test_a_second_sigterm_stops_the_fleet_at_once(tmp_path: Path) -> None:
-    """Two SIGTERMs in a row: the run is cancelled where it is (no waiting for a clean stop),
-    one line says so, exit status 1, and what was committed still verifies."""
+def test_two_sigterms_end_a_running_fleet_without_a_traceback(tmp_path: Path) -> None:
+    """Two SIGTERMs in a row: the fleet ends within seconds, without a traceback, and what
+    was committed verifies. (The kernel may merge the two: the clean stop then ends it, exit 0;
+    otherwise the second cancels the run where it is, one line, exit 1. The forced path itself
+    is shown in process by test_a_stop_that_does_not_finish_in_time_is_forced.)"""
     data = tmp_path / "data"
     proc = run_cli(data)
     log = data / "fleet.log"
