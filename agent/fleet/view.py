@@ -233,7 +233,7 @@ def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
 def _per_kind(snap: FleetSnapshot) -> list[str]:
     # Ranges are min/median/max; the columns that need the least room come first, so that on a
     # narrow screen only the end of the temperatures is cut.
-    cols = ["kind", "count", "alarms", "forked", "failed", "pending", "lag", "height lo/med/hi"]
+    cols = ["kind", "count", "alarms", "forked", "fail", "pend", "lag", "height lo/med/hi"]
     cols += ["°C lo/med/hi"]
     rows = []
     kinds = sorted({d.kind for d in snap.devices})

@@ -69,7 +69,8 @@ def test_large_fleet_is_aggregated_per_kind() -> None:
         "count",
         "alarms",
         "forked",
-        "pending",
+        "fail",
+        "pend",
         "lag",
         "height",
         "lo/med/hi",
@@ -77,7 +78,7 @@ def test_large_fleet_is_aggregated_per_kind() -> None:
         "lo/med/hi",
     ]
     fridge = table[2].split()
-    assert fridge == ["fridge", "40", "0", "0", "120", "1", "0/19/39", "4.0/6.0/7.9"]
+    assert fridge == ["fridge", "40", "0", "0", "0", "120", "1", "0/19/39", "4.0/6.0/7.9"]
     assert table[1].split()[:2] == ["freezer", "5"]
 
 
@@ -215,16 +216,17 @@ def test_on_an_80_by_24_terminal_the_header_stays_and_rows_are_cut_with_a_count(
     lines = render(wide_snap(forty), width=80, height=24)
     assert lines[1] == "devices 40  blocks 40,000,820  readings 3,950,617,280  alarms 80"
     assert [line.split()[0] for line in lines[5:8]] == ["kind", "freezer", "fridge"]
-    assert lines[6].split()[:7] == [
+    assert lines[6].split()[:8] == [
         "freezer",
         "20",
         "40",
         "7",
+        "0",
         "246900",
         "99999",
         "1000001/1000020/1000039",
     ]
-    assert lines[6].endswith("-123.4…")
+    assert lines[6].endswith(" -…") and len(lines[6]) == 80  # only the temperatures are cut
 
     # Kinds are rows too: 30 kinds (no replication line: a 4-line head) leave 24 - 4 - 2 rows.
     many = render(snap([row(i, kind=f"kind-{i:02}") for i in range(30)]), height=24)
