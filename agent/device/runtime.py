@@ -167,8 +167,7 @@ class DeviceAgent:
                 "restoring %s from its peers: nothing is signed until it finishes", self.device_id
             )
             await self.gossip.handle(I.RestoreRequested())
-        for peer in self.peer_ids:
-            await self.transport.watch_presence(peer)
+        await self.transport.watch_presences(self.peer_ids)
         head = self.store.head()
         self._log.info(
             "started as %s: height %s, %d pending, next seq %d, %d domain peers",

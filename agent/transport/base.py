@@ -183,6 +183,25 @@ class Transport(abc.ABC):
             self._watched.add(peer_id)
             await self._watch(peer_id)
 
+    async def watch_presences(self, peer_ids: Iterable[str]) -> None:
+        """Follow the presence of every peer in ``peer_ids`` at once.
+
+        The same as ``watch_presence`` for each, but an adapter subscribes them together: a
+        device of a domain of N follows N - 1 peers, and one subscribe round trip per peer made
+        the start of a 124-device street take N x (N - 1) = 15,252 sequential round trips
+        (96-142 s) before any gossip core ran.
+        """
+        new = [p for p in dict.fromkeys(validate_device_id(p) for p in peer_ids)]
+        new = [p for p in new if p not in self._watched]
+        if new:
+            self._watched.update(new)
+            await self._watch_many(new)
+
+    async def _watch_many(self, peer_ids: list[str]) -> None:
+        """Adapters that can subscribe many topics in one request override this."""
+        for peer_id in peer_ids:
+            await self._watch(peer_id)
+
     async def unwatch_presence(self, peer_id: str) -> None:
         validate_device_id(peer_id)
         if peer_id in self._watched:

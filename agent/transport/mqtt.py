@@ -427,14 +427,18 @@ class _Link:
             await self.unwatch(view, peer)
         await self._unref(self._view_topics(view))
 
-    async def watch(self, view: MqttTransport, peer_id: str) -> None:
-        self._watchers.setdefault(peer_id, set()).add(view)
-        known = self._book.effective(peer_id)
-        if known is not None:  # the retained message will not come again on this connection
-            view._accept(
-                Delivery(self.topics.presence(peer_id), "presence", peer_id, encode_presence(known))
-            )
-        await self._ref([self.topics.presence(peer_id)])
+    async def watch_many(self, view: MqttTransport, peer_ids: Sequence[str]) -> None:
+        """``watch`` for many peers: new topics go in SUBSCRIBE packets of ``subscribe_batch``."""
+        for peer_id in peer_ids:
+            self._watchers.setdefault(peer_id, set()).add(view)
+            known = self._book.effective(peer_id)
+            if known is not None:  # the retained message will not come again on this connection
+                view._accept(
+                    Delivery(
+                        self.topics.presence(peer_id), "presence", peer_id, encode_presence(known)
+                    )
+                )
+        await self._ref([self.topics.presence(p) for p in peer_ids])
 
     async def unwatch(self, view: MqttTransport, peer_id: str) -> None:
         watchers = self._watchers.get(peer_id)
@@ -593,7 +597,10 @@ class MqttTransport(Transport):
         await self._link.publish(self._link.topics.evidence(device_id), payload, retain=True)
 
     async def _watch(self, peer_id: str) -> None:
-        await self._link.watch(self, peer_id)
+        await self._link.watch_many(self, [peer_id])
+
+    async def _watch_many(self, peer_ids: list[str]) -> None:
+        await self._link.watch_many(self, peer_ids)
 
     async def _unwatch(self, peer_id: str) -> None:
         await self._link.unwatch(self, peer_id)

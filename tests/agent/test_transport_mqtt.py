@@ -521,3 +521,36 @@ def test_only_the_adapters_import_the_mqtt_libraries() -> None:
                 if top in owners and owners[top] != rel:
                     found.append(f"{rel} imports {name}")
     assert found == []
+
+
+def test_watching_a_domain_of_peers_takes_one_subscribe_per_batch(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device of a 251-device domain follows 250 presences: 3 SUBSCRIBE packets, not 250.
+
+    One round trip per watched peer made a 124-device street spend 96-142 s subscribing
+    (124 x 123 sequential round trips) before any gossip core ran.
+    """
+    import aiomqtt
+
+    packets: list[int] = []
+    original = aiomqtt.Client.subscribe
+
+    async def counting(self: aiomqtt.Client, topic: object, *args: object, **kw: object) -> object:
+        if isinstance(topic, list) and any("/presence" in t for t, _ in topic):
+            packets.append(len(topic))
+        return await original(self, topic, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aiomqtt.Client, "subscribe", counting)
+    peers = [dev(i) for i in range(5, 255)]
+
+    async def main() -> None:
+        async with serve() as ep, MqttTransport(ep, A) as a, MqttTransport(ep, B) as b:
+            await a.watch_presences([B, *peers, B])
+            assert packets == [100, 100, 51]
+            await presence_of(a, B, True)  # B's retained presence came with the batch
+            await b.close()
+            await presence_of(a, B, False)
+            assert a.presence(peers[0]) is None  # never online: nothing retained
+
+    asyncio.run(main())
