@@ -88,6 +88,7 @@ class DeviceAgent:
         self.device_id = writer.device_id
         self.node = node
         self.transport = transport
+        transport.label = name  # the transport's warnings name the device as the fleet does
         self.data_clock = data_clock
         self.net_clock = net_clock
         self.policy = policy

@@ -385,21 +385,28 @@ class MemoryTransport(Transport):
         if not self._link_up:
             raise NotConnectedError(f"{self.device_id} is disconnected: nothing was sent")
 
+    def _require_link_for(self, where: str) -> None:
+        try:
+            self._require_link()
+        except NotConnectedError as exc:
+            self._send_failed(where, exc)
+            raise
+
     def send_nowait(self, peer_id: str, payload: bytes) -> None:
         self._check_out(validate_device_id(peer_id), payload)
-        self._require_link()
+        self._require_link_for(f"inbox of {peer_id}")
         self._network._send_inbox(self.device_id, peer_id, payload)
         self._counters.sent += 1
 
     def broadcast_nowait(self, domain: str, payload: bytes) -> None:
         self._check_out(validate_domain(domain), payload)
-        self._require_link()
+        self._require_link_for(f"domain {domain}")
         self._network._send_domain(self.device_id, domain, payload)
         self._counters.sent += 1
 
     def publish_evidence_nowait(self, device_id: str, payload: bytes) -> None:
         self._check_out(validate_device_id(device_id), payload)
-        self._require_link()
+        self._require_link_for(f"evidence against {device_id}")
         self._network._send_evidence(self.device_id, device_id, payload)
         self._counters.sent += 1
 

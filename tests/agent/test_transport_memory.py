@@ -398,3 +398,40 @@ def test_async_interface_receives_in_order_and_iteration_ends_on_close() -> None
         return got
 
     assert asyncio.run(main()) == [b"one", b"two"]
+
+
+# --------------------------------------------------------------------------- never silent
+
+
+def test_failed_sends_are_counted_and_warned_with_the_device_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    net = MemoryNetwork(random.Random(1))
+    a = net.attach(A, ["street"])
+    net.attach(B)
+    a.label = "fridge-001"
+    net.disconnect(A)
+    caplog.set_level("WARNING", logger="edgefleet.transport")
+    for _ in range(12):
+        with pytest.raises(NotConnectedError):
+            a.send_nowait(B, b"x")
+    with pytest.raises(NotConnectedError):
+        asyncio.run(a.broadcast("street", b"y"))
+    stats = a.stats()
+    assert (stats.send_failures, stats.send_not_connected, stats.sent) == (13, 13, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings  # the 1st and the 10th: rate-limited, never silent
+    assert warnings[0].startswith(f"fridge-001: send to inbox of {B} failed (link down, 1 such")
+    assert "10 such of 10 failed sends" in warnings[1]
+
+
+def test_dropped_deliveries_are_warned(caplog: pytest.LogCaptureFixture) -> None:
+    net = MemoryNetwork(random.Random(1))
+    a, b = net.attach(A), net.attach(B, max_queued=2)
+    caplog.set_level("WARNING", logger="edgefleet.transport")
+    send_all(a, B, numbered(5))
+    net.deliver_all()
+    assert b.stats().dropped_overflow == 3
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"{B}: dropped a received inbox message" in warning
+    assert "(overflow: limit 2; 1 dropped so far)" in warning
