@@ -90,6 +90,7 @@ class DeviceAgent:
         self.device_id = writer.device_id
         self.node = node
         self.transport = transport
+        transport.label = name  # the transport's warnings name the device as the fleet does
         self.data_clock = data_clock
         self.net_clock = net_clock
         self.policy = policy
@@ -178,8 +179,7 @@ class DeviceAgent:
                 "restoring %s from its peers: nothing is signed until it finishes", self.device_id
             )
             await self.gossip.handle(I.RestoreRequested())
-        for peer in self.peer_ids:
-            await self.transport.watch_presence(peer)
+        await self.transport.watch_presences(self.peer_ids)
         head = self.store.head()
         self._log.info(
             "started as %s: height %s, %d pending, next seq %d, %d domain peers",

@@ -631,7 +631,7 @@ class FleetRunner:
             self.network = MemoryNetwork(random.Random(self.cfg.seed))
             self._broker_note = "in-memory network"
             return
-        self._broker = broker_from_spec(spec, workdir=self.data.root)
+        self._broker = broker_from_spec(spec, workdir=self.data.root, devices=len(self.cfg.devices))
         await self._broker.start()
         log.info("broker: %s %s", self._broker.kind, self._broker.endpoint.url)
         self._broker_note = f"{self._broker.kind} {self._broker.endpoint.url}"

@@ -28,7 +28,14 @@ from agent.transport.errors import (
     TransportClosedError,
     TransportError,
 )
-from agent.transport.memory import MemoryNetwork, MemoryTransport, NetworkStats
+from agent.transport.memory import (
+    MOSQUITTO_DEFAULTS,
+    UNLIMITED,
+    BrokerLimits,
+    MemoryNetwork,
+    MemoryTransport,
+    NetworkStats,
+)
 from agent.transport.reconnect import ReconnectPolicy
 from agent.transport.topics import DEFAULT_PREFIX, Topics, validate_device_id, validate_domain
 
@@ -36,7 +43,10 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_QUEUED",
     "DEFAULT_PREFIX",
+    "MOSQUITTO_DEFAULTS",
+    "UNLIMITED",
     "AttachError",
+    "BrokerLimits",
     "Delivery",
     "Endpoint",
     "InvalidNameError",

@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
 
-from agent.transport.errors import PayloadTooLargeError, TransportClosedError
+from agent.transport.errors import (
+    NotConnectedError,
+    PayloadTooLargeError,
+    TransportClosedError,
+    TransportError,
+)
 from agent.transport.presence import PRESENCE_ONLINE
 from agent.transport.topics import validate_device_id, validate_domain
 
 DEFAULT_MAX_PAYLOAD = 1 << 20  # 1 MiB: a received payload above this is dropped and counted
 DEFAULT_MAX_QUEUED = 10_000  # deliveries waiting for the runtime; beyond this they are dropped
+
+log = logging.getLogger("edgefleet.transport")
 
 Kind = Literal["inbox", "domain", "presence", "evidence"]
 
@@ -61,6 +69,10 @@ class TransportStats:
     dropped_overflow: int = 0
     dropped_malformed: int = 0
     reconnects: int = 0
+    # Sends that raised a TransportError: the link was down (``send_not_connected``) or the
+    # broker did not acknowledge in time or refused (``send_failures`` counts both).
+    send_failures: int = 0
+    send_not_connected: int = 0
 
 
 @dataclass(slots=True)
@@ -70,6 +82,15 @@ class _Counters:
     dropped_oversize: int = 0
     dropped_overflow: int = 0
     dropped_malformed: int = 0
+    send_failures: int = 0
+    send_not_connected: int = 0
+
+
+def _worth_a_warning(n: int) -> bool:
+    """The 1st, 10th, 100th, ... occurrence: loud at once, then rate-limited without a clock."""
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 class Transport(abc.ABC):
@@ -106,6 +127,8 @@ class Transport(abc.ABC):
         self._presence: dict[str, bool] = {}
         self._watched: set[str] = set()
         self._closed = False
+        # How warnings name the device (the runtime sets its fleet name); the id by default.
+        self.label = self.device_id
 
     # -- what an adapter implements
 
@@ -149,20 +172,57 @@ class Transport(abc.ABC):
     async def send(self, peer_id: str, payload: bytes) -> None:
         """Publish ``payload`` to ``peer_id``'s inbox (QoS 1); return once the broker has it."""
         self._check_out(validate_device_id(peer_id), payload)
-        await self._send_inbox(peer_id, payload)
+        try:
+            await self._send_inbox(peer_id, payload)
+        except TransportError as exc:
+            self._send_failed(f"inbox of {peer_id}", exc)
+            raise
         self._counters.sent += 1
 
     async def broadcast(self, domain: str, payload: bytes) -> None:
         """Publish to a domain (QoS 1). Members receive it, this device too if it is one."""
         self._check_out(validate_domain(domain), payload)
-        await self._send_domain(domain, payload)
+        try:
+            await self._send_domain(domain, payload)
+        except TransportError as exc:
+            self._send_failed(f"domain {domain}", exc)
+            raise
         self._counters.sent += 1
 
     async def publish_evidence(self, device_id: str, payload: bytes) -> None:
         """Publish fork evidence against ``device_id`` (retained, QoS 1)."""
         self._check_out(validate_device_id(device_id), payload)
-        await self._send_evidence(device_id, payload)
+        try:
+            await self._send_evidence(device_id, payload)
+        except TransportError as exc:
+            self._send_failed(f"evidence against {device_id}", exc)
+            raise
         self._counters.sent += 1
+
+    def _send_failed(self, where: str, exc: TransportError) -> None:
+        """Count a failed send and say so: a fleet that cannot send must not look healthy.
+
+        The caller still gets the error (the runtime treats sends as best effort); the warning
+        is rate-limited per device and reason (1st, 10th, 100th, ...), with the totals.
+        """
+        c = self._counters
+        c.send_failures += 1
+        if isinstance(exc, NotConnectedError):
+            c.send_not_connected += 1
+            n, reason = c.send_not_connected, "link down"
+        else:
+            n, reason = c.send_failures - c.send_not_connected, "not acknowledged"
+        if _worth_a_warning(n):
+            log.warning(
+                "%s: send to %s failed (%s, %d such of %d failed sends, %d sent): %s",
+                self.label,
+                where,
+                reason,
+                n,
+                c.send_failures,
+                c.sent,
+                exc,
+            )
 
     def _check_out(self, name: str, payload: bytes) -> None:
         if self._closed:
@@ -181,6 +241,25 @@ class Transport(abc.ABC):
         validate_device_id(peer_id)
         if peer_id not in self._watched:
             self._watched.add(peer_id)
+            await self._watch(peer_id)
+
+    async def watch_presences(self, peer_ids: Iterable[str]) -> None:
+        """Follow the presence of every peer in ``peer_ids`` at once.
+
+        The same as ``watch_presence`` for each, but an adapter subscribes them together: a
+        device of a domain of N follows N - 1 peers, and one subscribe round trip per peer made
+        the start of a 124-device street take N x (N - 1) = 15,252 sequential round trips
+        (96-142 s) before any gossip core ran.
+        """
+        new = [p for p in dict.fromkeys(validate_device_id(p) for p in peer_ids)]
+        new = [p for p in new if p not in self._watched]
+        if new:
+            self._watched.update(new)
+            await self._watch_many(new)
+
+    async def _watch_many(self, peer_ids: list[str]) -> None:
+        """Adapters that can subscribe many topics in one request override this."""
+        for peer_id in peer_ids:
             await self._watch(peer_id)
 
     async def unwatch_presence(self, peer_id: str) -> None:
@@ -205,9 +284,11 @@ class Transport(abc.ABC):
             return False
         if len(delivery.payload) > self.max_payload:
             self._counters.dropped_oversize += 1
+            self._dropped("oversize", self._counters.dropped_oversize, delivery)
             return False
         if len(self._queue) >= self.max_queued:
             self._counters.dropped_overflow += 1
+            self._dropped("overflow", self._counters.dropped_overflow, delivery)
             return False
         if delivery.kind == "presence" and delivery.peer_id is not None:
             if delivery.peer_id not in self._watched:
@@ -217,6 +298,19 @@ class Transport(abc.ABC):
         self._queue.append(delivery)
         self._ready.set()
         return True
+
+    def _dropped(self, why: str, n: int, delivery: Delivery) -> None:
+        if _worth_a_warning(n):
+            limit = self.max_payload if why == "oversize" else self.max_queued
+            log.warning(
+                "%s: dropped a received %s message on %s (%s: limit %d; %d dropped so far)",
+                self.label,
+                delivery.kind,
+                delivery.source_topic,
+                why,
+                limit,
+                n,
+            )
 
     def _count_malformed(self) -> None:
         self._counters.dropped_malformed += 1
@@ -267,6 +361,8 @@ class Transport(abc.ABC):
             c.dropped_overflow,
             c.dropped_malformed,
             self._reconnects(),
+            c.send_failures,
+            c.send_not_connected,
         )
 
     async def __aenter__(self) -> Self:

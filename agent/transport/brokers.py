@@ -5,7 +5,9 @@
   core) and matches every message against every filter: for small fleets.
 - ``MosquittoBroker``: the ``mosquitto`` binary as a child process, on a free loopback port (kept
   across restarts), with a generated config in a temporary (or given) directory; stopped with
-  SIGTERM, then SIGKILL after a timeout. Optional TLS listener with client certificates.
+  SIGTERM, then SIGKILL after a timeout. Optional TLS listener with client certificates. Its
+  per-client queue limits are sized to the fleet (``mosquitto_limits``), and the notice it logs
+  when it drops a client's messages becomes a warning here and a count (``dropping_clients``).
 - ``ExternalBroker``: any broker by URL: ``mqtt://[user:pass@]host[:1883]`` or
   ``mqtts://host[:8883]?ca=...&cert=...&key=...`` (or the same options passed explicitly).
 
@@ -203,6 +205,30 @@ class MosquittoTls:
     require_certificate: bool = True
 
 
+# Mosquitto 2.0 keeps at most max_inflight_messages (default 20) QoS 1 messages unacknowledged
+# per client and queues max_queued_messages (default 1000) more; beyond that it drops them, for
+# that client, with one notice in its log. A client of a domain of N can be sent a burst of
+# about N messages per kind at once (every member's ANNOUNCE of a new block, every member's
+# SUMMARY when it comes up), and a shared connection (MqttHub) carries the bursts of all of its
+# devices: the queue is sized per device behind the connection, never below Mosquitto's default.
+QUEUED_PER_DEVICE = 256
+MIN_QUEUED = 1000
+MAX_INFLIGHT = 100  # the client acknowledges on receipt: a wider window only saves round trips
+
+
+def mosquitto_limits(devices: int) -> list[str]:
+    """The generated config's per-client limits for a fleet of ``devices`` (docs/PROTOCOL.md
+    section 13.8): a queue of ``QUEUED_PER_DEVICE`` messages per device (Mosquitto's 1,000 at
+    least), ``MAX_INFLIGHT`` in flight, and no Nagle delay on small QoS 1 packets."""
+    if devices < 0:
+        raise BrokerError(f"mosquitto limits: expected a device count >= 0, found {devices}")
+    return [
+        f"max_queued_messages {max(MIN_QUEUED, QUEUED_PER_DEVICE * devices)}",
+        f"max_inflight_messages {MAX_INFLIGHT}",
+        "set_tcp_nodelay true",
+    ]
+
+
 class MosquittoBroker(Broker):
     """The ``mosquitto`` binary as a child process, with a generated config.
 
@@ -222,6 +248,7 @@ class MosquittoBroker(Broker):
         workdir: Path | None = None,
         tls: MosquittoTls | None = None,
         extra_config: Sequence[str] = (),
+        devices: int = 0,
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
     ) -> None:
@@ -237,6 +264,8 @@ class MosquittoBroker(Broker):
         self._own_dir = False
         self.tls = tls
         self.extra_config = tuple(extra_config)
+        self.limits = tuple(mosquitto_limits(devices))
+        self.dropping_clients = 0  # times Mosquitto said it drops a client's outgoing messages
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -310,6 +339,7 @@ class MosquittoBroker(Broker):
             "log_dest stderr",
             *(f"log_type {t}" for t in ("error", "warning", "notice", "information")),
             "connection_messages true",
+            *self.limits,
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to 'mosquitto' and loses our files
@@ -364,6 +394,16 @@ class MosquittoBroker(Broker):
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip()
             self._tail.append(line)
+            if "Outgoing messages are being dropped" in line:
+                self.dropping_clients += 1
+                log.warning(
+                    "mosquitto (pid %s) drops QoS 1 messages to a client that cannot keep up "
+                    "(%d times so far; its limits: %s): %s",
+                    self.pid,
+                    self.dropping_clients,
+                    ", ".join(self.limits[:2]),
+                    line,
+                )
             if line.endswith(" running"):  # "mosquitto version 2.0.11 running": listening
                 running.set()
                 settled.set()
@@ -509,12 +549,15 @@ def _client_tls(url: str, ca: Path | None, cert: Path | None, key: Path | None) 
     return context
 
 
-def broker_from_spec(spec: str, *, workdir: Path | None = None) -> Broker:
-    """``"embedded"``, ``"mosquitto"`` or a broker URL (see ``parse_broker_url``)."""
+def broker_from_spec(spec: str, *, workdir: Path | None = None, devices: int = 0) -> Broker:
+    """``"embedded"``, ``"mosquitto"`` or a broker URL (see ``parse_broker_url``).
+
+    ``devices``: the fleet's size, to which a started Mosquitto's queue limits are sized.
+    """
     if spec == "embedded":
         return EmbeddedBroker()
     if spec == "mosquitto":
-        return MosquittoBroker(workdir=workdir)
+        return MosquittoBroker(workdir=workdir, devices=devices)
     if spec.startswith(("mqtt://", "mqtts://")):
         return ExternalBroker(spec)
     raise BrokerError(

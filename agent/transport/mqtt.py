@@ -14,10 +14,17 @@ Three ways to connect, one view type for devices (``MqttTransport``, a ``base.Tr
 A ``_Link`` owns one aiomqtt client: it connects (MQTT 3.1.1, clean session), subscribes
 reference-counted topics (restored after every reconnect), routes every received message to the
 views by its topic, publishes at QoS 1, and reconnects with exponential backoff and full jitter
-(``ReconnectPolicy`` with an injected ``random.Random`` and sleep). A send while the link is down,
-or whose acknowledgement the link does not live to see, raises ``NotConnectedError``: nothing is
-queued behind the runtime's back. aiomqtt's ``MqttError`` and ``OSError`` become
-``TransportError`` here and nowhere else.
+(``ReconnectPolicy`` with an injected ``random.Random`` and sleep). A send while the link is down
+raises ``NotConnectedError``: nothing is queued behind the runtime's back.
+
+Inbox and domain sends are pipelined: they return once handed to the connection, at most
+``max_unacked`` per connection await their acknowledgement (a further send waits for a slot:
+backpressure, not failure), and one the broker does not acknowledge (the link died, or
+``publish_timeout_s``) is counted and warned on the sending view (``send_failures``). Retained
+publishes (presence, evidence) and every send with ``confirm_sends`` return only once
+acknowledged. Waiting for each PUBACK in the caller made a device's receive loop wait a round
+trip per send: 280-400 ms each in a 124-device street, where every peer coming up costs sends.
+aiomqtt's ``MqttError`` and ``OSError`` become ``TransportError`` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -75,9 +82,18 @@ class MqttOptions:
     subscribe_batch: int = 100  # topics per SUBSCRIBE packet when restoring subscriptions
     announce_concurrency: int = 64  # presence publishes in flight when a hub (re)connects
     max_inflight: int = 100  # paho's window of unacknowledged QoS 1 publishes
+    # Pipelined sends awaiting their PUBACK, per connection; beyond, a send waits (backpressure).
+    max_unacked: int = 1_000
+    confirm_sends: bool = False  # True: every send returns only once acknowledged
 
     def __post_init__(self) -> None:
-        for name in ("keepalive_s", "subscribe_batch", "announce_concurrency", "max_inflight"):
+        for name in (
+            "keepalive_s",
+            "subscribe_batch",
+            "announce_concurrency",
+            "max_inflight",
+            "max_unacked",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"MQTT options: expected {name} >= 1, found {getattr(self, name)}")
         if self.connect_timeout_s <= 0 or self.publish_timeout_s <= 0:
@@ -126,6 +142,7 @@ class _Link:
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
+        self._unacked = asyncio.Semaphore(options.max_unacked)
         self._started = False
         self._stopped = False
         self.reconnects = 0
@@ -297,6 +314,35 @@ class _Link:
 
     # -- publishing and subscribing
 
+    async def send(
+        self, topic: str, payload: bytes, failed: Callable[[TransportError], None]
+    ) -> None:
+        """QoS 1 publish, pipelined (see the module docstring): ``failed`` hears of a publish
+        the broker did not acknowledge after this returned."""
+        if self.options.confirm_sends:
+            await self.publish(topic, payload)
+            return
+        if self._client is None:
+            raise NotConnectedError(
+                f"not connected to {self.endpoint.url}: nothing published to {topic}"
+            )
+        await self._unacked.acquire()
+        try:
+            self._spawn(self._confirm(topic, payload, failed))
+        except BaseException:
+            self._unacked.release()
+            raise
+
+    async def _confirm(
+        self, topic: str, payload: bytes, failed: Callable[[TransportError], None]
+    ) -> None:
+        try:
+            await self.publish(topic, payload)
+        except TransportError as exc:
+            failed(exc)
+        finally:
+            self._unacked.release()
+
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """QoS 1 publish; return once the broker acknowledged it, else raise."""
         client, lost = self._client, self._lost
@@ -437,14 +483,18 @@ class _Link:
             await self.unwatch(view, peer)
         await self._unref(self._view_topics(view))
 
-    async def watch(self, view: MqttTransport, peer_id: str) -> None:
-        self._watchers.setdefault(peer_id, set()).add(view)
-        known = self._book.effective(peer_id)
-        if known is not None:  # the retained message will not come again on this connection
-            view._accept(
-                Delivery(self.topics.presence(peer_id), "presence", peer_id, encode_presence(known))
-            )
-        await self._ref([self.topics.presence(peer_id)])
+    async def watch_many(self, view: MqttTransport, peer_ids: Sequence[str]) -> None:
+        """``watch`` for many peers: new topics go in SUBSCRIBE packets of ``subscribe_batch``."""
+        for peer_id in peer_ids:
+            self._watchers.setdefault(peer_id, set()).add(view)
+            known = self._book.effective(peer_id)
+            if known is not None:  # the retained message will not come again on this connection
+                view._accept(
+                    Delivery(
+                        self.topics.presence(peer_id), "presence", peer_id, encode_presence(known)
+                    )
+                )
+        await self._ref([self.topics.presence(p) for p in peer_ids])
 
     async def unwatch(self, view: MqttTransport, peer_id: str) -> None:
         watchers = self._watchers.get(peer_id)
@@ -597,16 +647,25 @@ class MqttTransport(Transport):
         await self._link.wait_up()
 
     async def _send_inbox(self, peer_id: str, payload: bytes) -> None:
-        await self._link.publish(self._link.topics.inbox(peer_id), payload)
+        where = f"inbox of {peer_id}"
+        await self._link.send(
+            self._link.topics.inbox(peer_id), payload, lambda e: self._send_failed(where, e)
+        )
 
     async def _send_domain(self, domain: str, payload: bytes) -> None:
-        await self._link.publish(self._link.topics.domain(domain), payload)
+        where = f"domain {domain}"
+        await self._link.send(
+            self._link.topics.domain(domain), payload, lambda e: self._send_failed(where, e)
+        )
 
     async def _send_evidence(self, device_id: str, payload: bytes) -> None:
         await self._link.publish(self._link.topics.evidence(device_id), payload, retain=True)
 
     async def _watch(self, peer_id: str) -> None:
-        await self._link.watch(self, peer_id)
+        await self._link.watch_many(self, [peer_id])
+
+    async def _watch_many(self, peer_ids: list[str]) -> None:
+        await self._link.watch_many(self, peer_ids)
 
     async def _unwatch(self, peer_id: str) -> None:
         await self._link.unwatch(self, peer_id)

@@ -26,6 +26,7 @@ from agent.transport.brokers import (
     MosquittoBroker,
     MosquittoTls,
     broker_from_spec,
+    mosquitto_limits,
     parse_broker_url,
 )
 from agent.transport.errors import TransportError
@@ -368,5 +369,67 @@ def test_tls_with_client_certificates_against_mosquitto(tmp_path: Path) -> None:
                 await stranger.connect()
 
         asyncio.run(main())
+    finally:
+        broker.stop_sync()
+
+
+def test_the_generated_mosquitto_limits_grow_with_the_fleet() -> None:
+    assert (
+        mosquitto_limits(0)
+        == mosquitto_limits(3)
+        == [
+            "max_queued_messages 1000",  # Mosquitto's own default is the floor
+            "max_inflight_messages 100",
+            "set_tcp_nodelay true",
+        ]
+    )
+    assert mosquitto_limits(124)[0] == "max_queued_messages 31744"
+    assert mosquitto_limits(5000)[0] == "max_queued_messages 1280000"
+    with pytest.raises(BrokerError, match="device count"):
+        mosquitto_limits(-1)
+    broker = broker_from_spec("mosquitto", devices=124)
+    assert isinstance(broker, MosquittoBroker)
+    lines = broker._config(1883).splitlines()
+    assert all(line in lines for line in mosquitto_limits(124))
+
+
+@pytest.mark.mosquitto
+def test_mosquitto_dropping_a_slow_clients_messages_is_a_warning_and_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber that never acknowledges: 1 in flight, 5 queued, the rest dropped. Mosquitto
+    says so once in its log; the fleet's log must say so too, not only the broker's stderr."""
+    require_mosquitto()
+    caplog.set_level(logging.WARNING, logger="agent.transport.brokers")
+    broker = MosquittoBroker(
+        workdir=tmp_path / "mosquitto",
+        extra_config=["max_inflight_messages 1", "max_queued_messages 5"],
+    )
+    broker.start_sync()
+    try:
+        port = broker.port
+        assert port is not None
+        topic = b"slow/t"
+        subscribe = b"\x82" + bytes([2 + 2 + len(topic) + 1]) + b"\x00\x01"
+        subscribe += len(topic).to_bytes(2, "big") + topic + b"\x01"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            slow.sendall(CONNECT + subscribe)
+            assert slow.recv(4) == CONNACK_OK
+            assert slow.recv(5)[:1] == b"\x90"  # SUBACK; from now on this client reads nothing
+
+            async def publish() -> None:
+                async with MqttTransport(broker.endpoint, A) as a:
+                    for i in range(50):
+                        await a._link.publish("slow/t", i.to_bytes(2, "big"))
+
+            asyncio.run(publish())
+            for _ in range(100):  # the drainer thread reads mosquitto's log line by line
+                if broker.dropping_clients:
+                    break
+                asyncio.run(asyncio.sleep(0.05))
+        assert broker.dropping_clients >= 1
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("drops QoS 1 messages to a client that cannot keep up" in w for w in warned)
+        assert any("max_queued_messages" in w for w in warned)
     finally:
         broker.stop_sync()

@@ -59,6 +59,9 @@ class Recording:
     async def watch_presence(self, peer: str) -> None:
         return None
 
+    async def watch_presences(self, peers: object) -> None:
+        return None
+
     def presence(self, peer: str) -> bool | None:
         return peer in self.online
 

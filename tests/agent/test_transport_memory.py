@@ -11,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.transport import (
+    MOSQUITTO_DEFAULTS,
+    UNLIMITED,
     AttachError,
+    BrokerLimits,
     Delivery,
     InvalidNameError,
     MemoryNetwork,
@@ -398,3 +401,119 @@ def test_async_interface_receives_in_order_and_iteration_ends_on_close() -> None
         return got
 
     assert asyncio.run(main()) == [b"one", b"two"]
+
+
+# --------------------------------------------------------------------------- never silent
+
+
+def test_failed_sends_are_counted_and_warned_with_the_device_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    net = MemoryNetwork(random.Random(1))
+    a = net.attach(A, ["street"])
+    net.attach(B)
+    a.label = "fridge-001"
+    net.disconnect(A)
+    caplog.set_level("WARNING", logger="edgefleet.transport")
+    for _ in range(12):
+        with pytest.raises(NotConnectedError):
+            a.send_nowait(B, b"x")
+    with pytest.raises(NotConnectedError):
+        asyncio.run(a.broadcast("street", b"y"))
+    stats = a.stats()
+    assert (stats.send_failures, stats.send_not_connected, stats.sent) == (13, 13, 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings  # the 1st and the 10th: rate-limited, never silent
+    assert warnings[0].startswith(f"fridge-001: send to inbox of {B} failed (link down, 1 such")
+    assert "10 such of 10 failed sends" in warnings[1]
+
+
+def test_dropped_deliveries_are_warned(caplog: pytest.LogCaptureFixture) -> None:
+    net = MemoryNetwork(random.Random(1))
+    a, b = net.attach(A), net.attach(B, max_queued=2)
+    caplog.set_level("WARNING", logger="edgefleet.transport")
+    send_all(a, B, numbered(5))
+    net.deliver_all()
+    assert b.stats().dropped_overflow == 3
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"{B}: dropped a received inbox message" in warning
+    assert "(overflow: limit 2; 1 dropped so far)" in warning
+
+
+# --------------------------------------------------------------------------- broker limits
+
+
+def street(net: MemoryNetwork, n: int) -> list[MemoryTransport]:
+    return [net.attach(dev(i), ["street"]) for i in range(1, n + 1)]
+
+
+def test_a_start_burst_over_mosquittos_limits_is_dropped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """60 devices each broadcast 20 messages at once: 1,200 copies per subscriber arrive in one
+    instant; Mosquitto's defaults hand over 20, queue 1,000 and drop 180, for every member."""
+    caplog.set_level("WARNING", logger="edgefleet.transport")
+    for limits, kept in ((UNLIMITED, 1200), (MOSQUITTO_DEFAULTS, 1020)):
+        net = MemoryNetwork(random.Random(1))
+        net.set_limits(limits)
+        devices = street(net, 60)
+        for t in devices:
+            for m in numbered(20):
+                t.broadcast_nowait("street", m)
+        net.deliver_all()
+        assert [len(t.drain()) for t in devices] == [kept] * 60, limits
+        assert net.stats().dropped_queue_full == (1200 - kept) * 60
+        assert net.dropped_for(dev(7)) == 1200 - kept
+        assert net.in_flight() == 0
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(f"outgoing messages to {dev(1)} are being dropped" in w for w in warned)
+
+
+def test_the_window_paces_hand_overs_by_acknowledgements_in_arrival_order() -> None:
+    net = MemoryNetwork(random.Random(1))
+    net.set_limits(BrokerLimits(max_inflight=2, max_queued=10, ack_ms=10))
+    a, b = net.attach(A), net.attach(B)
+    send_all(a, B, numbered(5))
+    assert net.in_flight() == 5
+    arrivals = []
+    for t in range(0, 31, 5):
+        net.deliver_until(t)
+        arrivals.append((t, len(b.drain())))
+    assert arrivals == [(0, 2), (5, 0), (10, 2), (15, 0), (20, 1), (25, 0), (30, 0)]
+    assert net.in_flight() == 0 and net.stats().dropped_queue_full == 0
+
+
+def test_a_disconnect_forgets_the_queue_and_late_acknowledgements() -> None:
+    net = MemoryNetwork(random.Random(1))
+    net.set_limits(BrokerLimits(max_inflight=1, max_queued=5, ack_ms=10))
+    a, b = net.attach(A), net.attach(B)
+    send_all(a, B, numbered(3))
+    net.deliver_until(0)
+    net.disconnect(B)  # one in flight, two queued: a clean session forgets them
+    net.reconnect(B)
+    b.drain()
+    send_all(a, B, [b"new"])
+    net.deliver_all()
+    assert payloads(b.drain()) == [b"new"]
+    assert net.in_flight() == 0
+
+
+def test_a_dropped_presence_comes_again_on_reconnect() -> None:
+    net = MemoryNetwork(random.Random(1))
+    net.set_limits(BrokerLimits(max_inflight=1, max_queued=0, ack_ms=10))
+    a, b = net.attach(A), net.attach(B)
+    send_all(b, A, [b"busy"])
+    a.watch_presence_nowait(B)
+    net.deliver_all()
+    assert [d.kind for d in a.drain()] == ["inbox"]  # the presence found the window full
+    assert net.dropped_for(A) == 1 and a.presence(B) is None
+    net.disconnect(A)
+    net.reconnect(A)
+    net.deliver_all()
+    assert a.presence(B) is True
+
+
+def test_broker_limits_are_validated() -> None:
+    for bad in ({"max_inflight": 0}, {"max_queued": -1}, {"ack_ms": -1}):
+        with pytest.raises(ValueError, match="broker limits"):
+            BrokerLimits(**bad)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import os
 import random
 import signal
@@ -531,8 +532,9 @@ def test_clients_reconnect_and_resubscribe_after_mosquitto_is_killed_and_restart
             reconnect=ReconnectPolicy(base_ms=100, cap_ms=1_000), publish_timeout_s=60.0
         )
         ep = mosquitto.endpoint
+        confirming = dataclasses.replace(opts, confirm_sends=True)
         a = MqttTransport(ep, A, ["site"], options=opts, rng=random.Random(1), sleep=sleep)
-        b = MqttTransport(ep, B, ["site"], options=opts, rng=random.Random(2), sleep=sleep)
+        b = MqttTransport(ep, B, ["site"], options=confirming, rng=random.Random(2), sleep=sleep)
         hub = MqttHub(ep, options=opts, rng=random.Random(3), sleep=sleep)
         async with a, b, hub:
             c = await hub.attach(C, ["site"])
@@ -543,12 +545,19 @@ def test_clients_reconnect_and_resubscribe_after_mosquitto_is_killed_and_restart
 
             assert mosquitto.pid is not None
             os.kill(mosquitto.pid, signal.SIGSTOP)  # a publish now waits for a PUBACK in vain
-            unacked = asyncio.ensure_future(a.send(B, b"never acknowledged"))
+            unacked = asyncio.ensure_future(b.send(A, b"never acknowledged"))
             await asyncio.sleep(0)
-            assert not unacked.done()
+            assert not unacked.done()  # b confirms every send
+            await a.send(B, b"pipelined")  # a's returns once handed to the connection
+            assert a.stats().send_failures == 0
             await asyncio.to_thread(mosquitto.kill)
             with pytest.raises(NotConnectedError, match="lost before the broker acknowledged"):
                 await asyncio.wait_for(unacked, WAIT_S)  # not after the 60 s publish timeout
+            for _ in range(100):  # a's unacknowledged send is counted once the link is lost
+                if a.stats().send_failures:
+                    break
+                await asyncio.sleep(0.05)
+            assert (a.stats().send_failures, a.stats().send_not_connected) == (1, 1)
             await asyncio.wait_for(both_down.wait(), WAIT_S)
             assert not a.connected and not b.connected and not c.connected
             with pytest.raises(NotConnectedError):
@@ -616,3 +625,64 @@ def test_only_the_adapters_import_the_mqtt_libraries() -> None:
                 if top in owners and owners[top] != rel:
                     found.append(f"{rel} imports {name}")
     assert found == []
+
+
+def test_watching_a_domain_of_peers_takes_one_subscribe_per_batch(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device of a 251-device domain follows 250 presences: 3 SUBSCRIBE packets, not 250.
+
+    One round trip per watched peer made a 124-device street spend 96-142 s subscribing
+    (124 x 123 sequential round trips) before any gossip core ran.
+    """
+    import aiomqtt
+
+    packets: list[int] = []
+    original = aiomqtt.Client.subscribe
+
+    async def counting(self: aiomqtt.Client, topic: object, *args: object, **kw: object) -> object:
+        if isinstance(topic, list) and any("/presence" in t for t, _ in topic):
+            packets.append(len(topic))
+        return await original(self, topic, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aiomqtt.Client, "subscribe", counting)
+    peers = [dev(i) for i in range(5, 255)]
+
+    async def main() -> None:
+        async with serve() as ep, MqttTransport(ep, A) as a, MqttTransport(ep, B) as b:
+            await a.watch_presences([B, *peers, B])
+            assert packets == [100, 100, 51]
+            await presence_of(a, B, True)  # B's retained presence came with the batch
+            await b.close()
+            await presence_of(a, B, False)
+            assert a.presence(peers[0]) is None  # never online: nothing retained
+
+    asyncio.run(main())
+
+
+@pytest.mark.mosquitto
+def test_pipelined_sends_wait_for_a_slot_when_the_broker_stops_acknowledging(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """Backpressure, not failure: with 2 sends awaiting their PUBACK, a third waits for one."""
+
+    async def main() -> None:
+        opts = MqttOptions(max_unacked=2)
+        ep = mosquitto.endpoint
+        async with MqttTransport(ep, A, options=opts) as a, MqttTransport(ep, B) as b:
+            assert mosquitto.pid is not None
+            os.kill(mosquitto.pid, signal.SIGSTOP)
+            try:
+                await a.send(B, b"1")
+                await a.send(B, b"2")
+                third = asyncio.ensure_future(a.send(B, b"3"))
+                await asyncio.sleep(0.2)
+                assert not third.done()
+            finally:
+                os.kill(mosquitto.pid, signal.SIGCONT)
+            await asyncio.wait_for(third, WAIT_S)
+            got = [(await next_of(b, "inbox")).payload for _ in range(3)]
+            assert got == [b"1", b"2", b"3"]
+            assert a.stats().send_failures == 0 and a.stats().sent == 3
+
+    asyncio.run(main())

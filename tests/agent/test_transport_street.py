@@ -1,0 +1,62 @@
+"""A street of 124 fridges in one gossip domain over a real Mosquitto (issue 14).
+
+Before the transport subscribed a domain's presences in batches, each device followed its 123
+peers with 123 sequential SUBSCRIBE round trips: 15,252 in all, 96-142 s before any gossip core
+ran, while every device's deliveries piled up (56,000 waiting, up to 641 on one device) and the
+run ended with most or all devices holding no peer header (26 and then all 124 devices with 0
+peers, `--settle 10`). Every send then also waited for its PUBACK inside the device's receive
+loop: 280-400 ms each, about 16 s per device for the peers coming up. With batched presence and
+pipelined sends the same run converges in about 23 s. Simulated time, a 10-minute run, the
+CLI's default settle of 10 s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config.devices import parse_fleet
+from agent.transport.mqtt import MqttTransport
+from tests.agent.conftest import require_mosquitto
+from tests.agent.runner_helpers import domain_pairs, missing_heads, run_fleet
+
+STREET = 124
+
+
+def street(n: int) -> dict[str, object]:
+    return {
+        "fleet": f"street-{n}",
+        "seed": 7,
+        "start": "2025-01-06T00:00:00Z",
+        "sites": [{"id": "elm-street", "kind": "street"}],
+        "devices": [
+            {
+                "name": "fridge-{i:03d}",
+                "count": n,
+                "kind": "refrigerator",
+                "site": "elm-street",
+                "domains": ["elm-street"],
+                "sampling_period": "60s",
+            }
+        ],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.mosquitto
+def test_a_street_of_124_fridges_converges_over_mosquitto(tmp_path: Path) -> None:
+    require_mosquitto()
+    cfg = parse_fleet(street(STREET), "street.yaml")
+    data = tmp_path / "data"
+    result = run_fleet(
+        cfg, data=data, broker="mosquitto", for_ms=600_000, view=False, settle_s=10.0
+    )
+    agents = result.devices.values()
+    assert all(isinstance(a.transport, MqttTransport) for a in agents)
+    failures = sum(a.transport.stats().send_failures for a in agents)
+    assert result.converged, f"{STREET} fridges: not converged ({failures} failed sends)"
+    missing = missing_heads(cfg, data)
+    pairs = len(domain_pairs(cfg))
+    assert pairs == STREET * (STREET - 1)
+    assert missing == [], f"{len(missing)} of {pairs} (holder, peer) heads missing: {missing[:5]}"
