@@ -308,12 +308,15 @@ class GossipNode:
             return
         peer, msg = opened.peer, opened.msg
         rec = ctx.peers.get(peer)
+        if rec is None and peer == self.device_id:  # our own broadcast, echoed by the broker
+            ctx.counters["dropped_own"] += 1
+            return
         if rec is None and not opened.signed:  # nothing proves the name of a non-member
             ctx.counters["unattributable"] += 1
             ctx.counters["unattributable_unsigned_foreign"] += 1
             return
         if rec is None:
-            ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
+            ctx.counters["dropped_foreign"] += 1
             return
         if rec.muted_until is not None:
             rec.dropped_muted += 1

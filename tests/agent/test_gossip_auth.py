@@ -8,7 +8,9 @@ answers never exceed what the attacker sent (amplification <= 1) or a proven pee
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+from agent.config.devices import load_fleet
 from agent.gossip import wire
 from agent.gossip.actions import Action, Broadcast, PeerMuted, Send
 from agent.gossip.inputs import CertificateKnown, ChainLoaded, MessageReceived, PeerUp
@@ -18,6 +20,7 @@ from agent.gossip.tuning import GossipConfig
 from agent.protocol import auth
 from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger import codec
+from tests.agent.runner_helpers import HOUR_MS, REPO, run_fleet
 
 T0 = START_MS
 FAST = GossipConfig(anti_entropy_ms=1_000, jitter_ms=200, request_timeout_ms=1_000)
@@ -283,3 +286,17 @@ def test_after_a_rotation_its_messages_are_unproven_until_its_hello_brings_the_r
     node.handle(MessageReceived(None, sealed(summary)), T0 + 3)
     assert node.counters["received_summary"] == 1
     assert node.counters["unattributable"] == 1  # the first SUMMARY only
+
+
+def test_an_honest_fleet_counts_no_message_unproven(tmp_path: Path) -> None:
+    """The sample fleet, on simulated time: every message is proven. Its own broadcasts come
+    back from the broker (MQTT delivers a publish to its publisher's subscriptions too): they
+    are dropped as our own, not counted unproven, so the operator's figure stays 0 until
+    something is wrong."""
+    cfg = load_fleet(REPO / "devices.yaml")
+    result = run_fleet(
+        cfg, data=tmp_path / "data", for_ms=2 * HOUR_MS, view=False, simulated_network=True
+    )
+    assert result.snapshot().unproven == 0
+    echoed = sum(a.node.counters.get("dropped_own", 0) for a in result.devices.values())
+    assert echoed > 0, "no device saw its own broadcast come back: the case is not exercised"
