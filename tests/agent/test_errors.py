@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 import re
 from pathlib import Path
 
@@ -65,7 +67,17 @@ def test_every_agent_error_has_its_own_code() -> None:
     assert {code: names for code, names in by_code.items() if len(names) > 1} == {}
 
 
+def _import_every_agent_module() -> None:
+    """Error classes live in the rooms that raise them: a subclass exists only once its module
+    is imported, whatever else the test session happened to import first."""
+    import agent
+
+    for info in pkgutil.walk_packages(agent.__path__, "agent."):
+        importlib.import_module(info.name)
+
+
 def test_every_code_is_listed_in_the_module_docstring() -> None:
+    _import_every_agent_module()
     documented = dict(
         re.findall(r"^``([a-z0-9-]+)``\s+``(\w+)``", agent.errors.__doc__ or "", re.MULTILINE)
     )
