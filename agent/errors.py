@@ -40,6 +40,9 @@ code                   class                     raised when
 ``block-rejected``     ``BlockRejected``         a stored block does not verify (remote)
 ``fleet``              ``FleetError``            no device of a run could start
 ``metrics``            ``MetricsError``          /metrics cannot start, or a scrape timed out
+``web``                ``WebError``              the web pages cannot show a data dir, or a bad page
+``web-not-found``      ``NotFound``              a page names a device or item the data dir lacks
+``web-not-ready``      ``NotReady``              a live fleet's data dir is not provisioned yet
 =====================  ========================  ================================================
 
 This module imports nothing of ours, so that every room may import it.
