@@ -185,6 +185,7 @@ class RawDevice(_Strict):
     params: dict[StrictStr, Any] = Field(default_factory=dict)
     faults: list[RawFault] = Field(default_factory=list)
     serial: RawSerial | None = None
+    id: StrictStr | None = None
     count: Count | None = None
     first: StrictInt = 1
 
