@@ -38,6 +38,7 @@ code                   class                     raised when
 ``provenance``         ``TraceError``            a data dir cannot be traced at all
 ``chain-unavailable``  ``ChainUnavailable``      no verifiable chain of a device in a data dir
 ``block-rejected``     ``BlockRejected``         a stored block does not verify (remote)
+``fleet``              ``FleetError``            no device of a run could start
 ``metrics``            ``MetricsError``          /metrics cannot start, or a scrape timed out
 =====================  ========================  ================================================
 

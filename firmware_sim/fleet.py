@@ -22,8 +22,8 @@ tie first. (The 7-day demo fleet gives identical output for 1 s and 60 s steps, 
 ``run`` releases a step's samples when the clock reaches the step's end, so in real time a sample
 comes up to ``step_ms`` after its ``time_ms``.
 
-A device whose spec names a serial sensor has the replaced sensors' simulated samples dropped
-(all of its samples when the serial spec lists no sensors); the caller merges the real ones.
+A device whose spec names serial sensors has the replaced sensors' simulated samples dropped
+(all of its samples when a serial spec lists no sensors); the caller merges the real ones.
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ class SerialSpec:
     baud: int | None  # None: the driver's default
     options: Mapping[str, str | int | bool] = field(default_factory=dict)
     sensors: tuple[str, ...] = ()  # replaced simulated sensors; empty: all of them
+
+    @property
+    def prefix(self) -> str:
+        """The driver's sensor name prefix (``fridge`` for ``fridge.temp_mc``), "" without."""
+        prefix = self.options.get("prefix", "")
+        return prefix if isinstance(prefix, str) else ""
 
 
 OUTAGE_METHODS = {"power": "fail_power", "compressor": "fail_compressor"}
@@ -104,7 +110,7 @@ class DeviceSpec:
     site: str
     params: Any = None  # the kind's params dataclass; None: the model's defaults
     faults: tuple[FaultSpec, ...] = ()
-    serial: SerialSpec | None = None
+    serial: tuple[SerialSpec, ...] | None = None  # real sensors (one or more); None: none
     outages: tuple[Outage, ...] = ()
 
     def moved(self, delta_ms: int) -> DeviceSpec:
@@ -190,7 +196,8 @@ class Fleet:
                 self._outages.append((outage.start_ms, len(self._outages), d.name, outage))
             self.appliances[d.name] = app
             if d.serial is not None:
-                self._drop[d.name] = frozenset(d.serial.sensors) or None
+                replaced = [frozenset(s.sensors) for s in d.serial]
+                self._drop[d.name] = None if not all(replaced) else frozenset().union(*replaced)
             world_devices.append(WorldDevice(d.name, d.kind, d.site, site.kind))
         self.world = World(
             spec.world, world_devices, spec.seed, spec.start_ms, keep_movements=keep_movements

@@ -9,8 +9,10 @@ their range (``float("nan")`` compares false with everything, so a plain ``< 0``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,12 +102,30 @@ def make_data_dir(path: Path) -> None:
         ) from None
 
 
+class _FleetLogHandler(logging.FileHandler):
+    """A file handler that survives its disk: when the file cannot be written (a full disk),
+    one line on stderr says so, instead of a traceback for every record and at close."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            exc = sys.exc_info()[1]
+            why = getattr(exc, "strerror", None) or exc
+            print(f"{self.baseFilename}: cannot write the fleet log ({why})", file=sys.stderr)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # reported by handleError; closed all the same
+            super().close()
+
+
 @contextmanager
 def fleet_log(path: Path) -> Iterator[None]:
     """Log the fleet at INFO into ``path`` (every line names its device, '-' if none) while
     the block runs; the terminal stays for the live view."""
     try:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _FleetLogHandler(path, encoding="utf-8")
     except OSError as exc:
         raise CliError(f"{path}: cannot write the fleet log: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter(LOG_FORMAT, defaults={"device": "-"}))

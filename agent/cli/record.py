@@ -3,7 +3,8 @@
 Without serial sensors the whole fleet is simulated as fast as the CPU allows and the trace is a
 pure function of the file and the seed (record twice, get the same bytes). When devices.yaml
 names serial sensors, recording runs in real time from now: those sensors' samples come from the
-real devices (one reader thread each) and replace the simulated ones they stand for.
+real devices (one reader thread each, agent/fleet/serial_source.py) and replace the simulated
+ones they stand for; the first serial failure stops the recording.
 
 Progress (simulated time done / total) goes to stderr when it is a terminal; a summary of the
 samples per device kind is printed at the end. Ctrl-C stops early and keeps a valid trace of
@@ -19,12 +20,12 @@ import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from agent.cli.errors import CliError
 from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
+from agent.fleet.serial_source import OpenSensor, SerialReader, SerialSetupError, open_sensors
 from firmware_sim.clock import RealClock
 from firmware_sim.fleet import DEFAULT_STEP_MS, Fleet, FleetSpec
 from firmware_sim.samples import Sample
@@ -32,10 +33,7 @@ from firmware_sim.trace import TraceError, TraceWriter
 
 LIVE_STEP_MS = 1_000
 LIVE_LAG_MS = 2_000  # serial samples may reach us this late and still be written in order
-SERIAL_POLL_S = 0.2
 PROGRESS_EVERY_S = 0.2
-
-OpenSensor = Callable[..., Any]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -215,69 +213,19 @@ class Progress:
 # --------------------------------------------------------------------------- live recording
 
 
-class _SerialReader(threading.Thread):
-    """Reads one serial sensor until stopped, appending (device, Sample) to a shared deque."""
-
-    def __init__(
-        self,
-        device: str,
-        sensor: Any,
-        sink: collections.deque[tuple[str, Sample]],
-        stop: threading.Event,
-    ) -> None:
-        super().__init__(name=f"serial-{device}", daemon=True)
-        self.device, self.sensor, self.sink, self.stop = device, sensor, sink, stop
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                for sample in self.sensor.read(SERIAL_POLL_S):
-                    self.sink.append((self.device, sample))
-        except Exception as exc:  # reported by the main thread, which stops the recording
-            self.error = exc
-
-
-def _open_sensors(
-    config: FleetConfig, open_sensor: OpenSensor | None, clock: RealClock
-) -> dict[str, Any]:
-    if open_sensor is None:
-        from firmware_sim.serial.factory import open_sensor as factory_open
-
-        open_sensor = factory_open
-    opened: dict[str, Any] = {}
-    try:
-        for d in config.devices:
-            if d.serial is None:
-                continue
-            options: dict[str, Any] = dict(d.serial.options)
-            if d.serial.baud is not None:
-                options["baud"] = d.serial.baud
-            try:
-                opened[d.name] = open_sensor(
-                    d.serial.driver, d.serial.port, clock=clock.now_ms, **options
-                )
-            except (OSError, ValueError) as exc:
-                raise CliError(
-                    f"{config.source}: device {d.name!r} ({d.where}): field 'serial': {exc}"
-                ) from None
-    except BaseException:
-        for sensor in opened.values():
-            sensor.close()
-        raise
-    return opened
-
-
 async def _record_live(
     config: FleetConfig, fleet: Fleet, end_ms: int, open_sensor: OpenSensor | None, rec: _Recording
 ) -> None:
     """Real-time recording: the simulated part paced on the wall clock, merged in time order
     with the samples of the real serial sensors (held back ``LIVE_LAG_MS`` to sort them)."""
     clock = RealClock()
-    sensors = _open_sensors(config, open_sensor, clock)
+    try:
+        sensors = open_sensors(config, open_sensor, clock)
+    except SerialSetupError as exc:
+        raise CliError(str(exc)) from None
     sink: collections.deque[tuple[str, Sample]] = collections.deque()
     stop = threading.Event()
-    readers = [_SerialReader(name, s, sink, stop) for name, s in sensors.items()]
+    readers = [SerialReader(name, s, sink, stop) for name, s in sensors]
     for r in readers:
         r.start()
     buffer: list[tuple[str, Sample]] = []
@@ -312,5 +260,5 @@ async def _record_live(
         stop.set()
         for r in readers:
             r.join(timeout=2)
-        for s in sensors.values():
+        for _, s in sensors:
             s.close()

@@ -5,6 +5,9 @@ keys (a data dir of pre-enrolled devices, docs/DEPLOY.md) runs those. It cannot 
 ``--shard``: the names already say exactly which devices this process runs. The keys of such a
 data dir are unlocked with ``--passphrase-file``, ``$EDGEFLEET_PASSPHRASE`` or a prompt at a
 terminal; a simulated fleet's own data dir keeps its generated passphrase file.
+
+The ``serial:`` sensors of the devices this process runs are read live and imply ``--realtime``
+(agent/fleet/serial_source.py; docs/DEVICES.md says what a lost port does).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from agent.cli.fleetopts import (
 from agent.cli.haopts import add_homeassistant, bridge_running, homeassistant_bridge
 from agent.cli.web import add_live_web, live_web
 from agent.config.devices import ConfigError, FleetConfig, load_fleet, parse_duration_ms
+from agent.device.faults import is_disk_full
 from agent.device.sealing import SealPolicy
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
 from agent.fleet.metrics import MetricsError, serve_metrics
 from agent.fleet.provision import pre_enrolled
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
+from agent.fleet.serial_source import SerialSetupError
 from agent.transport.brokers import BrokerError
 from agent.transport.errors import TransportError
 
@@ -54,7 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--realtime",
         action="store_true",
-        help="run on the wall clock: readings carry the real time (implies --speed 1)",
+        help="run on the wall clock: readings carry the real time (implies --speed 1; "
+        "implied by serial sensors)",
     )
     p.add_argument(
         "--device",
@@ -145,6 +151,16 @@ def _check_passphrase_source(args: argparse.Namespace) -> None:
         )
 
 
+SUMMARY_LINES = 20  # fault lines a run's summary prints; fleet.log holds them all
+
+
+def _print_some(lines: list[str]) -> None:
+    for line in lines[:SUMMARY_LINES]:
+        print(f"  {line}", file=sys.stderr)
+    if len(lines) > SUMMARY_LINES:
+        print(f"  ... and {len(lines) - SUMMARY_LINES} more (fleet.log)", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     opts = _parse(args)
     try:
@@ -179,10 +195,33 @@ def _run(args: argparse.Namespace) -> int:
             f"data in {args.data}",
             file=sys.stderr,
         )
-        return 0
+        if result.failed:  # the others ran on; the run's status says that some did not
+            print(
+                f"{len(result.failed)} device(s) failed: {', '.join(sorted(result.failed))}",
+                file=sys.stderr,
+            )
+            _print_some(list(result.failed.values()))
+        damaged = {n: lines for n, lines in result.damaged.items() if n not in result.failed}
+        if damaged:  # ran on, but hold blocks they cannot serve
+            print(
+                f"{len(damaged)} device(s) hold damaged blocks: {', '.join(sorted(damaged))}",
+                file=sys.stderr,
+            )
+            _print_some([line for lines in damaged.values() for line in lines])
+        return 1 if result.failed or damaged else 0
 
     try:
         with fleet_log(args.data / "fleet.log"):
             return asyncio.run(main())
-    except (BrokerError, TransportError, keystore.KeystoreError, MetricsError) as exc:
+    except (
+        BrokerError,
+        TransportError,
+        keystore.KeystoreError,
+        MetricsError,
+        SerialSetupError,
+    ) as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:  # a file of the data dir the fleet-wide start-up writes (keys, ...)
+        where = exc.filename or args.data
+        fix = " (free space on that filesystem, then run again)" if is_disk_full(exc) else ""
+        raise CliError(f"{where}: {exc.strerror or exc}{fix}") from None

@@ -21,7 +21,15 @@ from pydantic import ValidationError
 
 from agent.config.errors import ConfigError
 from agent.config.expand import expand, expand_pattern
-from agent.config.model import NAME_RE, Device, FleetConfig, Replication, SerialSensor, Site
+from agent.config.model import (
+    NAME_RE,
+    Device,
+    FleetConfig,
+    Replication,
+    SerialSensor,
+    Site,
+    serial_up_sensor,
+)
 from agent.config.schema import (
     DEFAULT_START,
     DEVICE_KINDS,
@@ -56,6 +64,7 @@ __all__ = [
     "param_fields",
     "parse_duration_ms",
     "parse_fleet",
+    "serial_up_sensor",
 ]
 
 

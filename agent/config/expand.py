@@ -20,7 +20,15 @@ from datetime import timedelta
 from typing import Any
 
 from agent.config.errors import ConfigError, clip
-from agent.config.model import MAX_NAME, NAME_RE, Device, FleetConfig, Replication, Site
+from agent.config.model import (
+    MAX_NAME,
+    NAME_RE,
+    Device,
+    FleetConfig,
+    Replication,
+    Site,
+    serial_up_sensor,
+)
 from agent.config.schema import EPOCH, MAX_COUNT, RawDevice, RawFault, RawFleet
 from agent.config.yamlload import Lines
 from firmware_sim.appliances import APPLIANCE_TYPES, KINDS, build_params
@@ -32,6 +40,7 @@ from firmware_sim.fleet import (
     SiteSpec,
     outage_kinds,
 )
+from firmware_sim.samples import SENSOR_RE
 from firmware_sim.sensors.faults import FaultError, FaultSpec
 from firmware_sim.serial.factory import DRIVERS as SERIAL_DRIVERS
 from firmware_sim.world import (
@@ -454,24 +463,47 @@ class _Expander:
             return
         outages.append(Outage(f.kind, start_ms + f.start, f.end - f.start))
 
-    def _serial(self, rd: RawDevice, where: str) -> SerialSpec | None:
-        s = rd.serial
-        if s is None:
+    def _serial(self, rd: RawDevice, where: str) -> tuple[SerialSpec, ...] | None:
+        if rd.serial is None:
             return None
-        if s.driver not in SERIAL_DRIVERS:
-            self.problem(
-                where,
-                "serial.driver",
-                f"expected one of {list(SERIAL_DRIVERS)}, found {clip(s.driver)}",
-            )
-        for key in ("baud", "clock"):
-            if key in s.options:
+        specs = []
+        seen: dict[str, int] = {}
+        for i, s in enumerate(rd.serial):
+            at = "serial" if rd.serial_one else f"serial[{i}]"
+            if s.driver not in SERIAL_DRIVERS:
                 self.problem(
                     where,
-                    f"serial.options.{key}",
-                    "set by edgefleet" if key == "clock" else "use serial.baud",
+                    f"{at}.driver",
+                    f"expected one of {list(SERIAL_DRIVERS)}, found {clip(s.driver)}",
                 )
-        return SerialSpec(s.driver, s.port, s.baud, dict(s.options), tuple(s.sensors))
+            for key in ("baud", "clock"):
+                if key in s.options:
+                    self.problem(
+                        where,
+                        f"{at}.options.{key}",
+                        "set by edgefleet" if key == "clock" else f"use {at}.baud",
+                    )
+            spec = SerialSpec(s.driver, s.port, s.baud, dict(s.options), tuple(s.sensors))
+            up = serial_up_sensor(spec)
+            if spec.prefix and not SENSOR_RE.fullmatch(spec.prefix + ".x"):
+                self.problem(
+                    where,
+                    f"{at}.options.prefix",
+                    f"expected a sensor name prefix ({SENSOR_RE.pattern}), "
+                    f"found {clip(spec.prefix)}",
+                )
+            elif not SENSOR_RE.fullmatch(up):
+                self.problem(where, f"{at}.options.prefix", f"too long for the sensor {clip(up)}")
+            elif up in seen:
+                self.problem(
+                    where,
+                    f"{at}.options.prefix",
+                    f"serial[{seen[up]}] has the same {'prefix' if spec.prefix else 'driver'}: "
+                    "give each sensor of the device its own prefix",
+                )
+            seen.setdefault(up, i)
+            specs.append(spec)
+        return tuple(specs)
 
     def _world(self, devices: Sequence[Device]) -> WorldSpec:
         w = self.raw.world

@@ -2,7 +2,7 @@
 
 Each value composes firmware_sim's own spec with what only the agent needs: a ``Device`` holds
 the ``DeviceSpec`` that firmware_sim simulates (name, kind, site, params, faults, outages, serial
-sensor) plus its model, owner, gossip domains and spare storage; a ``Site`` holds its
+sensors) plus its model, owner, gossip domains and spare storage; a ``Site`` holds its
 ``SiteSpec`` plus privacy and owner. ``FleetConfig.fleet_spec()`` hands firmware_sim those specs
 as they are, so no field is copied from one side to the other.
 """
@@ -22,6 +22,12 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_NAME = 63  # what NAME_RE allows: device, site and domain names
 
 SerialSensor = SerialSpec  # a real sensor on a serial line (firmware_sim's spec, as it is)
+
+
+def serial_up_sensor(spec: SerialSpec) -> str:
+    """The sensor in which ``edgefleet run`` signs whether a real sensor is reading (1) or down
+    (0): ``serial.<prefix>.up``, or ``serial.<driver>.up`` without a prefix (docs/TRACES.md)."""
+    return f"serial.{spec.prefix or spec.driver}.up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +89,8 @@ class Device:
         return self.spec.outages
 
     @property
-    def serial(self) -> SerialSpec | None:
+    def serial(self) -> tuple[SerialSpec, ...] | None:
+        """The device's real sensors (one or more), None when it has none."""
         return self.spec.serial
 
 

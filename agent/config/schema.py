@@ -20,9 +20,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     StrictStr,
+    model_validator,
 )
 
 from agent.config.errors import clip
@@ -44,6 +47,7 @@ DEFAULT_START = datetime(2025, 1, 6, tzinfo=UTC)  # a Monday, so runs are reprod
 LAST_START = datetime(3000, 1, 1, tzinfo=UTC)  # exclusive; a start's time plus any duration fits
 DEVICE_KINDS = KINDS
 MAX_COUNT = 100_000
+MAX_SERIAL = 8  # real sensors of one device
 MAX_DURATION_MS = 100 * 365 * DAY_MS  # no simulation, fault or period is longer than a century
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit seed: any encoding of it fits
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -184,10 +188,27 @@ class RawDevice(_Strict):
     spare_storage_mb: Annotated[StrictInt, Field(ge=0)] = 64
     params: dict[StrictStr, Any] = Field(default_factory=dict)
     faults: list[RawFault] = Field(default_factory=list)
-    serial: RawSerial | None = None
+    serial: Annotated[list[RawSerial], Field(min_length=1, max_length=MAX_SERIAL)] | None = None
     id: StrictStr | None = None
     count: Count | None = None
     first: StrictInt = 1
+    # `serial:` written as one mapping rather than a list: problems name it `serial.<key>`.
+    _serial_one: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_serial(cls, data: Any, handler: ModelWrapValidatorHandler[RawDevice]) -> RawDevice:
+        """``serial:`` is one mapping or a list of them: one is validated as a list of one."""
+        one = isinstance(data, dict) and isinstance(data.get("serial"), dict)
+        if one:
+            data = {**data, "serial": [data["serial"]]}
+        device = handler(data)
+        device._serial_one = one
+        return device
+
+    @property
+    def serial_one(self) -> bool:
+        return self._serial_one
 
 
 class RawShopping(_Strict):
@@ -273,7 +294,7 @@ def describe_errors(
 
 
 def _describe(source: str, data: Mapping[str, Any], err: Any, lines: Lines) -> str:
-    loc: tuple[Any, ...] = tuple(err["loc"])
+    loc: tuple[Any, ...] = _one_serial_loc(data, tuple(err["loc"]))
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
@@ -299,6 +320,19 @@ def _describe(source: str, data: Mapping[str, Any], err: Any, lines: Lines) -> s
     if not rest:
         return f"{prefix}: {msg}"
     return f"{prefix}: field '{_dotted(rest)}': {msg}"
+
+
+def _one_serial_loc(data: Mapping[str, Any], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A device's ``serial:`` written as one mapping is validated as a list of one
+    (``RawDevice._one_serial``): its problems name the mapping, without the ``[0]``."""
+    if len(loc) < 4 or loc[0] != "devices" or loc[2] != "serial" or loc[3] != 0:
+        return loc
+    items = data.get("devices")
+    i = loc[1]
+    entry = items[i] if isinstance(items, list) and isinstance(i, int) and i < len(items) else None
+    if isinstance(entry, dict) and isinstance(entry.get("serial"), dict):
+        return loc[:3] + loc[4:]
+    return loc
 
 
 def _dotted(loc: Sequence[Any]) -> str:

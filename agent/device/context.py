@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
+from agent.device.bodies import Damage
 from agent.device.stats import DeviceStats
 from agent.device.storework import StoreThreads
 from agent.transport.base import Transport
@@ -67,6 +68,13 @@ class DeviceContext:
         self._unwritten: list[bytes] = []  # accepted peer headers not yet handed to the store
         self.headers_due: int | None = None  # when they are written on their own (net clock)
         self._background: deque[asyncio.Task[None]] = deque()
+        # The device's failure hook (DeviceAgent.fail): a background job that raised fails the
+        # device, as a failure of one of its tasks does (never "Task exception was never
+        # retrieved").
+        self.failed: Callable[[BaseException], None] | None = None
+        # Stored bodies found damaged when read for sending (agent/device/bodies.py), by
+        # (owner, height): each reported once; the device runs on and never sends them.
+        self.damaged: dict[tuple[str, int], str] = {}
 
     # --- the network ---------------------------------------------------------------------------
     async def send(self, peer_id: str, payload: bytes) -> None:
@@ -107,9 +115,28 @@ class DeviceContext:
 
     def spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``job`` in the background (serving a pull, writing headers), held until done."""
-        self._background.append(asyncio.create_task(job, name=f"{self.name}:{name}"))
+        task = asyncio.create_task(job, name=f"{self.name}:{name}")
+        task.add_done_callback(self._background_done)
+        self._background.append(task)
         while self._background and self._background[0].done():
             self._background.popleft()
+
+    def report_damage(self, damage: Damage) -> None:
+        key = (damage.owner_id, damage.height)
+        if key not in self.damaged:
+            self.damaged[key] = line = damage.line(self.name)
+            self.stats.counters["damaged_blocks"] += 1
+            self.log.error("%s", line)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            if self.failed is None:  # a context on its own (tests): report it
+                self.log.error("%s failed: %s", task.get_name(), exc)
+            else:
+                self.failed(exc)
 
     def carry_headers(self, wires: tuple[bytes, ...]) -> None:
         """Queue accepted peer headers for the store: they go with the next store job, or on

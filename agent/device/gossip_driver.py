@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from agent.device.bodies import Damage, own_block_wire, replica_damage
 from agent.device.context import DeviceContext
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
@@ -154,15 +155,22 @@ class GossipDriver:
 
     async def _serve(self, act: A.ServePull) -> None:
         try:
-            headers, blocks = await self.ctx.run_store(self._load_pull, act)
+            headers, blocks, damage = await self.ctx.run_store(self._load_pull, act)
         except LedgerError as exc:
             self.ctx.log.warning(
                 "cannot serve %s %d..%d: %s", act.device_id, act.from_height, act.to_height, exc
             )
             return
+        if damage is not None:
+            self.ctx.report_damage(damage)
         await self.handle(I.PullLoaded(act.peer_id, act.request_id, headers, blocks))
 
-    def _load_pull(self, act: A.ServePull) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    def _load_pull(
+        self, act: A.ServePull
+    ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], Damage | None]:
+        """The headers and bodies a pull asks for. Every body is checked against its header
+        before it is served (agent/device/bodies.py): the bodies stop before the first damaged
+        one, which is returned for the report (the headers, signed, are served whole)."""
         store = self.ctx.store
         lo, hi = act.from_height, act.to_height
         own = act.device_id == self.writer.device_id
@@ -172,17 +180,29 @@ class GossipDriver:
             else store.peer_header_wires(act.device_id, lo, hi)
         )
         blocks: list[bytes] = []
+        damage = None
         if act.bodies:
             size = 0
-            if own:
-                candidates: Iterable[bytes] = (
-                    w for h in range(lo, hi + 1) if (w := store.block_wire(h)) is not None
-                )
-            else:
-                candidates = store.replica_wires(act.device_id, lo, hi)
-            for wire in candidates:
+            for wire in self._bodies(act.device_id, lo, hi, own):
+                if isinstance(wire, Damage):
+                    damage = wire
+                    break
                 if len(blocks) >= act.max_blocks or size + len(wire) > act.max_bytes:
                     break
                 blocks.append(wire)
                 size += len(wire)
-        return tuple(headers), tuple(blocks)
+        return tuple(headers), tuple(blocks), damage
+
+    def _bodies(self, device_id: str, lo: int, hi: int, own: bool) -> Iterable[bytes | Damage]:
+        """Stored bodies from height ``lo`` up to ``hi``, each checked (own blocks: up to the
+        first gap; replicas: those held)."""
+        store = self.ctx.store
+        if own:
+            for h in range(lo, hi + 1):
+                wire = own_block_wire(store, h)
+                if wire is None:
+                    return
+                yield wire
+            return
+        for wire in store.replica_wires(device_id, lo, hi):
+            yield replica_damage(store, device_id, wire) or wire

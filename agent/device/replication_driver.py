@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from agent.device.bodies import Damage, own_block_wire, replica_damage
 from agent.device.context import DeviceContext
 from agent.gossip import actions as GA
 from agent.gossip import inputs as GI
@@ -104,6 +105,9 @@ class ReplicationDriver:
                     await ctx.broadcast(domain, payload)
                 case RA.LoadOwnBlock(height=h):
                     block, prev = await ctx.run_store(self._load_own, h)
+                    if isinstance(block, Damage):  # never placed: reported, treated as absent
+                        ctx.report_damage(block)
+                        block = None
                     await self.handle(RI.OwnBlockLoaded(h, block, prev))
                 case RA.StoreReplica(owner_id=owner, height=h, block_hash=digest, block=wire):
                     ok = await ctx.run_store(self._store_replica, wire)
@@ -113,7 +117,10 @@ class ReplicationDriver:
                 case RA.MarkSurplus(owner_id=owner, height=h):
                     await ctx.run_store(store.mark_surplus, owner, h)
                 case RA.LoadReplica(owner_id=owner, height=h):
-                    held = await ctx.run_store(store.replica_wire, owner, h)
+                    held = await ctx.run_store(self._load_replica, owner, h)
+                    if isinstance(held, Damage):  # never served: reported, treated as absent
+                        ctx.report_damage(held)
+                        held = None
                     await self.handle(RI.ReplicaLoaded(owner, h, held))
                 case RA.StoreReceipt(height=h, holder_id=holder, receipt=wire):
                     await ctx.run_store(store.put_receipt, h, holder, wire)
@@ -135,13 +142,20 @@ class ReplicationDriver:
                 ctx.notify(act)
 
     # --- store work (off the loop, under the device's lock) -----------------------------------
-    def _load_own(self, height: int) -> tuple[bytes | None, bytes | None]:
-        """An own block sealed before this start (or older than the core keeps): its wire and
-        the header wire before it."""
+    def _load_own(self, height: int) -> tuple[bytes | Damage | None, bytes | None]:
+        """An own block sealed before this start (or older than the core keeps): its wire,
+        checked against its header (agent/device/bodies.py), and the header wire before it."""
         store = self.ctx.store
-        block = store.block_wire(height)
+        block = own_block_wire(store, height)
         prev = store.header_at(height - 1) if height > 0 else None
         return block, None if prev is None else prev.wire
+
+    def _load_replica(self, owner: str, height: int) -> bytes | Damage | None:
+        """A held replica's wire, checked before it is served or proven."""
+        wire = self.ctx.store.replica_wire(owner, height)
+        if wire is None:
+            return None
+        return replica_damage(self.ctx.store, owner, wire) or wire
 
     def _store_replica(self, wire: bytes) -> bool:
         """Durable before the holder signs a receipt; False when the write failed."""

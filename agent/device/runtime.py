@@ -31,6 +31,7 @@ from concurrent.futures import Executor
 from typing import NamedTuple
 
 from agent.device.context import DeviceContext
+from agent.device.faults import describe, first_cause
 from agent.device.gossip_driver import GossipDriver
 from agent.device.replication_driver import ReplicationDriver
 from agent.device.sealing import SealPolicy
@@ -135,15 +136,24 @@ class DeviceAgent:
         self._restored.set()
         self.restore_settled = asyncio.Event()  # finished, or failed (the runner stops then)
         self.restore_result: A.RestoreFinished | A.RestoreFailed | None = None
+        # A failure of this device alone (agent/device/faults.py): the one line naming it, the
+        # file and the fix. The device then signs and sends nothing more; the fleet runs on.
+        self.failure: str | None = None
+        self.ctx.failed = self.fail
+        self._run_task: asyncio.Task[None] | None = None
 
     # --- what the fleet runner calls ----------------------------------------------------------
     async def submit(self, samples: list[Sample]) -> None:
-        """Queue a batch of samples (waits while the queue is full: backpressure)."""
-        if samples:
+        """Queue a batch of samples (waits while the queue is full: backpressure). A failed
+        device drops them: nothing would sign them."""
+        if samples and self.failure is None:
             await self._queue.put(samples)
+            if self.failure is not None:  # failed while this waited for room
+                self._discard_queued()
 
     async def drained(self) -> None:
-        """Wait until every submitted batch is signed and durable (and sealed when due)."""
+        """Wait until every submitted batch is signed and durable (and sealed when due), or
+        dropped by a failure."""
         await self._queue.join()
 
     async def start(self, boot_inputs: Sequence[I.Input], *, restore: bool = False) -> None:
@@ -181,23 +191,74 @@ class DeviceAgent:
         )
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._ingest_loop(), name=f"{self.name}:ingest")
-            tg.create_task(self._seal_timer(), name=f"{self.name}:seal-timer")
-            tg.create_task(self._net_timer(), name=f"{self.name}:net-timer")
-            tg.create_task(self._receive_loop(), name=f"{self.name}:receive")
+        """The device's tasks, until cancelled. A failure of any of them (or of a background
+        job) fails this device alone: ``failure`` says why, and run() returns."""
+        if self.failure is not None:
+            return
+        self._run_task = asyncio.current_task()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._ingest_loop(), name=f"{self.name}:ingest")
+                tg.create_task(self._seal_timer(), name=f"{self.name}:seal-timer")
+                tg.create_task(self._net_timer(), name=f"{self.name}:net-timer")
+                tg.create_task(self._receive_loop(), name=f"{self.name}:receive")
+        except asyncio.CancelledError:
+            if self.failure is None:
+                raise  # the runner stops the fleet
+        except Exception as exc:  # contained: the other devices of the fleet run on
+            self.fail(exc)
+        finally:
+            # A failed device keeps its transport until the runner closes them all, in order
+            # (transports, then the broker): closing an MQTT link here, where the runner's
+            # stop may cancel it halfway, left aiomqtt futures unretrieved and amqtt's
+            # shutdown waiting.
+            self._run_task = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail this device (once): report it, drop the samples queued for it, stop its tasks."""
+        if self.failure is not None:
+            return
+        cause = first_cause(exc)
+        self.failure = describe(self.name, cause)
+        self._log.error("%s", self.failure)
+        self._log.debug("failure of %s", self.name, exc_info=cause)
+        self._discard_queued()
+        self.restore_settled.set()  # a restore that waited for this device waits no more
+        task = self._run_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _discard_queued(self) -> None:
+        """Mark every queued batch done (``drained`` returns: nothing will sign them)."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            self._queue.task_done()
 
     async def seal_now(self) -> None:
         """Seal every pending reading now, whatever the policy (end of a run)."""
-        await self._announce(await self.ctx.run_store(self._seal_all, carry=True))
+        if self.failure is not None:
+            return
+        try:
+            await self._announce(await self.ctx.run_store(self._seal_all, carry=True))
+        except Exception as exc:
+            self.fail(exc)
 
     async def shutdown(self) -> None:
-        """Make every signed reading durable (called after run() is cancelled)."""
-        await self.ctx.flush(self.writer.flush)
+        """Make every signed reading durable (called after run() is cancelled). A failed
+        device writes nothing more: what it committed before the failure stays as it is."""
+        if self.failure is None:
+            try:
+                await self.ctx.flush(self.writer.flush)
+            except Exception as exc:
+                self.fail(exc)
         head = self.store.head()
         self._log.info(
-            "stopped: height %s, %d readings and %d blocks this run, sent %d, received %d, "
+            "stopped%s: height %s, %d readings and %d blocks this run, sent %d, received %d, "
             "send failures %d",
+            " after its failure" if self.failure else "",
             "-" if head is None else head.header.height,
             self.stats.readings,
             self.stats.blocks,
@@ -220,6 +281,9 @@ class DeviceAgent:
             batch = await self._queue.get()
             try:
                 await self._ingest(batch)
+            except Exception as exc:
+                self.fail(exc)  # before task_done: the runner's drained() sees the failure
+                raise
             finally:
                 self._queue.task_done()
 

@@ -29,7 +29,8 @@ import json
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from agent.config.devices import Device, FleetConfig
 from agent.fleet import keystore
@@ -47,6 +48,9 @@ class Provisioned:
     roots: FleetRoots
     devices: dict[str, keystore.Enrolled]  # by device name
     owners: dict[str, bytes]  # owner name -> X25519 public key
+    # Devices whose key or certificate would not load (mode too open, wrong passphrase,
+    # damaged): each fails alone, the others run (the runner decides what to do with them).
+    failed: dict[str, keystore.KeystoreError] = field(default_factory=dict)
 
     def device_id(self, name: str) -> str:
         return self.devices[name].certificate.device_id
@@ -100,6 +104,7 @@ def provision(
         authority = keystore.load_authority(data.authority, pw)
         owners = _owners(cfg, data, pw)
         devices = {}
+        failed = {}
         for dev in cfg.devices:
             ddir = data.device(dev.name)
             if not (ddir / keystore.DEVICE_KEY).exists():
@@ -115,9 +120,24 @@ def provision(
                     now_ms=now_ms,
                     cost=SIM_COST,
                 )
-            devices[dev.name] = keystore.load_device(ddir, pw)
-        _write_fleet_file(cfg, data, devices)
-    return Provisioned(keystore.load_roots(data.authority), devices, owners)
+            try:
+                devices[dev.name] = _load_device(ddir, pw)
+            except keystore.KeystoreError as exc:
+                failed[dev.name] = exc
+        _write_fleet_file(cfg, data, devices, merge=bool(failed))
+    return Provisioned(keystore.load_roots(data.authority), devices, owners, failed)
+
+
+def _load_device(ddir: Path, pw: bytes) -> keystore.Enrolled:
+    """A simulated fleet's device key and certificate (a certificate that no longer decodes
+    is the device's KeystoreError, like a key that does not open)."""
+    try:
+        return keystore.load_device(ddir, pw)
+    except LedgerError as exc:
+        raise keystore.KeystoreError(
+            f"{ddir / keystore.DEVICE_CERT}: {exc}: the certificate is damaged; restore the "
+            "file from a backup"
+        ) from None
 
 
 def load_enrolled(
@@ -153,11 +173,15 @@ def load_enrolled(
         more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
         raise keystore.KeystoreError(f"{key}{more}: cannot unlock it: {exc}") from None
     devices = {}
+    failed = {}
     for name in names:
-        devices[name] = _load_enrolled_device(cfg.device(name), data, pw, roots, cfg.source)
+        try:
+            devices[name] = _load_enrolled_device(cfg.device(name), data, pw, roots, cfg.source)
+        except keystore.KeystoreError as exc:
+            failed[name] = exc
     with _locked(data):
         _write_fleet_file(cfg, data, devices, merge=True)
-    return Provisioned(roots, devices, {})
+    return Provisioned(roots, devices, {}, failed)
 
 
 def _enrolled_here(data: DataDir, name: str) -> bool:

@@ -32,15 +32,17 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent.config.devices import FleetConfig
+from agent.device.faults import describe, first_cause
 from agent.device.runtime import DeviceAgent, RestoreError
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
+from agent.errors import AgentError
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
 from agent.fleet.process import raise_fd_limit
@@ -52,6 +54,7 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
+from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
 from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.gossip import actions as A
@@ -59,10 +62,12 @@ from agent.gossip.tuning import GossipConfig
 from agent.transport.base import Transport
 from agent.transport.brokers import Broker, BrokerError, broker_from_spec
 from agent.transport.endpoint import Endpoint
+from agent.transport.errors import TransportError
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
 from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
+from ledger.errors import StoreError
 from ledger.groupsync import GroupSync
 from ledger.store import Store
 
@@ -88,6 +93,15 @@ STORE_THREADS = 8
 # waits up to 5 ms whenever the event loop is busy, so a busy loop starves its own store work
 # (a 700-device shard fell 15 s behind at 60% loop load). 0.5 ms bounds that wait.
 RUN_SWITCH_INTERVAL_S = 0.0005
+# After a stop is asked for (Ctrl-C, SIGTERM), how long the clean stop may take before the run
+# is cancelled where it is: a stop must never wait on a device that cannot finish.
+STOP_GRACE_S = 5.0
+# How long stopping a broker the runner started may take before it is left behind.
+CLOSE_TIMEOUT_S = 5.0
+
+
+class FleetError(AgentError, code="fleet"):
+    """The fleet cannot run at all (every selected device failed to start)."""
 
 
 @dataclass
@@ -136,9 +150,28 @@ class RunResult:
     converged: bool
     samples: int
     interrupted: bool = False
+    # Devices that failed alone (at start or while running): name -> the one line saying
+    # what failed, in which file, and the fix (agent/device/faults.py).
+    failed: dict[str, str] = field(default_factory=dict)
+    # Those of them that never started (no agent): name -> (kind, site, line), for the view.
+    failed_at_start: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+
+    @property
+    def damaged(self) -> dict[str, list[str]]:
+        """Devices that found stored blocks damaged when reading them to send (withheld, the
+        device ran on): name -> one line per block."""
+        return {n: list(a.ctx.damaged.values()) for n, a in self.devices.items() if a.ctx.damaged}
 
     def snapshot(self) -> FleetSnapshot:
-        return _snapshot(self.devices, self.sim_end_ms, self.wall_s, 0.0, "", {})
+        return _snapshot(
+            self.devices,
+            self.sim_end_ms,
+            self.wall_s,
+            0.0,
+            "",
+            {},
+            failed_at_start=self.failed_at_start,
+        )
 
 
 class FleetRunner:
@@ -159,6 +192,11 @@ class FleetRunner:
         self.data_clock: SimClock | None = None
         self.real_clock = opts.clock or RealClock()
         self.net_clock: Clock = self.real_clock
+        # The local devices' real serial sensors (agent/fleet/serial_source.py): they imply
+        # real time.
+        self._serial = self._serial_feed()
+        if self._serial is not None:
+            opts.realtime = True
         # Realtime runs watch the wall clock being set: each jump is signed by every device.
         self._jumps = WallJumps(self.real_clock) if opts.realtime else None
         self.agents: dict[str, DeviceAgent] = {}
@@ -179,6 +217,28 @@ class FleetRunner:
         self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
         self._wall0 = time.monotonic()
         self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
+        # Devices that failed before they could run (key, store): name -> (kind, site, line).
+        self._failed_at_start: dict[str, tuple[str, str, str]] = {}
+        self._main: asyncio.Task[Any] | None = None
+        self.forced = False  # the run was cancelled: it did not stop within STOP_GRACE_S
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Every local device that failed alone, at start or while running: name -> line."""
+        out = {n: line for n, (_, _, line) in self._failed_at_start.items()}
+        out.update({n: a.failure for n, a in self.agents.items() if a.failure is not None})
+        return out
+
+    def _running(self) -> dict[str, DeviceAgent]:
+        return {n: a for n, a in self.agents.items() if a.failure is None}
+
+    def _device_failed(self, name: str, exc: BaseException) -> None:
+        """A device that cannot start: reported once, the others start."""
+        dev = self.cfg.device(name)
+        line = describe(name, first_cause(exc))
+        self._failed_at_start[name] = (dev.kind, dev.site, line)
+        log.error("%s", line, extra={"device": name})
+        log.debug("failure of %s", name, exc_info=exc)
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -191,7 +251,8 @@ class FleetRunner:
     @property
     def ready(self) -> bool:
         """Every local device is built and the data clock runs (``snapshot`` shows them all)."""
-        return self.data_clock is not None and len(self.agents) >= len(self.local)
+        built = len(self.agents) + len(self._failed_at_start)  # failed ones are built too
+        return self.data_clock is not None and built >= len(self.local)
 
     @property
     def group_sync(self) -> GroupSync | None:
@@ -201,19 +262,64 @@ class FleetRunner:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def force_stop(self) -> None:
+        """Cancel the run where it is (a stop that did not finish within STOP_GRACE_S, or a
+        second signal): what is committed stays; what was in flight is not waited for."""
+        if self._main is not None and not self._main.done():
+            self.forced = True
+            self._main.cancel()
+
     def snapshot(self) -> FleetSnapshot:
         """The fleet now, as the live view sees it (call it on the event loop's thread)."""
         now = self.data_clock.now_ms() if self.data_clock else self.cfg.start_ms
         wall = time.monotonic() - self._wall0
         speed = self._speed(self._wall0) if self.data_clock else 0.0
-        snap = _snapshot(self.agents, now, wall, speed, self._broker_note, self._rates, self._notes)
+        snap = _snapshot(
+            self.agents,
+            now,
+            wall,
+            speed,
+            self._broker_note,
+            self._rates,
+            self._live_notes(),
+            self._serial_down(),
+            failed_at_start=self._failed_at_start,
+        )
         group = self._group
         sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
         return dataclasses.replace(snap, group_sync=sync)
 
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
+        self._main = asyncio.current_task()
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            if not self.forced or self._main is None:
+                raise
+            self._main.uncancel()
+            failed = self.failed
+            raise FleetError(
+                f"stopped without waiting for the devices (the clean stop did not finish "
+                f"within {STOP_GRACE_S:.0f} s, or a second signal): what they committed is "
+                "kept" + (f"; failed: {'; '.join(failed.values())}" if failed else "")
+            ) from None
+
+    async def _run(self) -> RunResult:
         raise_fd_limit()
+        if self._serial is None:
+            return await self._run_fleet()
+        # Options a driver refuses fail here, before anything is written; a missing port is
+        # the sensor's first outage and the run goes on.
+        await asyncio.to_thread(self._serial.start)
+        try:
+            return await self._run_fleet()
+        finally:
+            await asyncio.to_thread(self._serial.close)
+
+    async def _run_fleet(self) -> RunResult:
+        if self._serial is not None:
+            log.info("real time: serial sensors of %s", self._serial.describe())
         if self.opts.realtime:
             origin = read_origin(self.data, self.real_clock.wall_ms())
             self.cfg = _with_start(self.cfg, origin)
@@ -223,6 +329,11 @@ class FleetRunner:
         prov = provision(
             cfg, self.data, cfg.start_ms, local=self.local, passphrase=self.opts.passphrase
         )
+        broken = [n for n in self.local if n in prov.failed]
+        if broken and len(broken) == len(self.local):
+            raise prov.failed[broken[0]]  # nothing could run: the run itself fails
+        for name in broken:
+            self._device_failed(name, prov.failed[name])
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
         resume = recorded = self._recorded_time()
@@ -253,6 +364,8 @@ class FleetRunner:
         gc_thresholds = gc.get_threshold()
         switch_interval = sys.getswitchinterval()
         try:
+            if self._serial is not None:
+                fleet = LiveSource(fleet, self._serial)
             await self._connect(prov)
             stores = await self._build_agents(prov)
             # Keys, certificates, stores and cores live as long as the run: move them out of
@@ -269,13 +382,18 @@ class FleetRunner:
                     samples = await self._simulate(fleet, end)
                     converged = await self._settle()
                 finally:
-                    for a in self.agents.values():
-                        await a.drained()
+                    task = asyncio.current_task()
+                    if task is None or not task.cancelling():  # a forced stop waits for nothing
+                        for a in self.agents.values():
+                            await a.drained()
                     for task in [*runs, view]:
                         task.cancel()
             for a in self.agents.values():
                 await a.shutdown()
-            write_sim_time(self.data, fleet.now_ms)
+            try:
+                write_sim_time(self.data, fleet.now_ms)
+            except OSError as exc:  # a full disk: the stores know where each device stopped
+                log.warning("cannot record the simulated time reached in fleet.json: %s", exc)
             result = RunResult(
                 start,
                 fleet.now_ms,
@@ -284,6 +402,8 @@ class FleetRunner:
                 converged,
                 samples,
                 self._stop.is_set(),
+                self.failed,
+                dict(self._failed_at_start),
             )
             self._final_view(result)
             return result
@@ -297,6 +417,25 @@ class FleetRunner:
                 s.close()  # syncs a store the group has not synced yet
             if self._group is not None:
                 self._group.close()
+
+    def _serial_feed(self) -> SerialFeed | None:
+        """The serial sensors of the local devices when samples come from the simulation (a
+        replayed trace already holds what they read); None when there are none."""
+        if self.opts.source is not None or self.opts.simulated_network:
+            return None
+        devices = serial_devices(self.cfg, self.local)
+        return SerialFeed(self.cfg, devices, clock=self.real_clock) if devices else None
+
+    def _live_notes(self) -> tuple[str, ...]:
+        """The view's notes: the broker's, and the serial sensors' state."""
+        if self._serial is None:
+            return self._notes
+        down = [o.note() for o in self._serial.down()]
+        return (*self._notes, f"real time: serial sensors of {self._serial.describe()}", *down)
+
+    def _serial_down(self) -> set[str]:
+        """The local devices with a serial sensor down now."""
+        return set() if self._serial is None else {o.device for o in self._serial.down()}
 
     def _step_ms(self) -> int:
         speed = self.opts.speed
@@ -338,12 +477,17 @@ class FleetRunner:
             for name, sample in batch:
                 if name in self.agents and sample.time_ms > done.get(name, -1):
                     per_device[name].append(sample)
+            running = self._running()
             for name, items in per_device.items():
-                await self.agents[name].submit(items)
-            total += sum(len(v) for v in per_device.values())
-            await asyncio.gather(*(a.drained() for a in self.agents.values()))
+                if name in running:
+                    await running[name].submit(items)
+                    total += len(items)
+            await asyncio.gather(*(a.drained() for a in running.values()))
             if self.network is not None:
                 await self._quiesce()
+            if not self._running():
+                log.error("every device of this run has failed: stopping")
+                break
         return total
 
     async def _quiesce(self, max_rounds: int = 50) -> None:
@@ -400,8 +544,11 @@ class FleetRunner:
             path = self.data.store_path(name)
             if not path.exists():
                 continue
-            with Store(path) as store:
-                t = store.last_reading_time()
+            try:
+                with Store(path) as store:
+                    t = store.last_reading_time()
+            except StoreError:
+                continue  # a damaged store: the device fails when it is built
             if t is not None:
                 out[name] = t
         return out
@@ -413,6 +560,8 @@ class FleetRunner:
                 await agent.seal_now()
             return await self._settle_simulated()
         await asyncio.gather(*(agent.seal_now() for agent in self.agents.values()))
+        if not self._running():
+            return False
         deadline = time.monotonic() + self.opts.settle_s
         count = self.opts.shard[1]
         key = f"end-{self.data_clock.now_ms() if self.data_clock else 0}"
@@ -424,7 +573,7 @@ class FleetRunner:
         while True:
             if self.network is not None:
                 self.network.deliver_all()
-            if _converged(self.agents, remote):
+            if _converged(self._running(), remote):
                 converged = True
                 break
             if time.monotonic() >= deadline or self._stop.is_set():
@@ -452,10 +601,13 @@ class FleetRunner:
         for dev in self.cfg.devices:
             if dev.name in self.agents or not self.data.store_path(dev.name).exists():
                 continue
-            with Store(self.data.store_path(dev.name)) as store:
-                head = store.head()
-                if head is not None:
-                    heads[head.header.device_id] = head.hash
+            try:
+                with Store(self.data.store_path(dev.name)) as store:
+                    head = store.head()
+            except StoreError:
+                continue  # a damaged store: its shard reports the device
+            if head is not None:
+                heads[head.header.device_id] = head.hash
         return heads
 
     async def _settle_simulated(self) -> bool:
@@ -466,7 +618,7 @@ class FleetRunner:
             for _ in range(3):
                 self.network.deliver_all()
                 await _yield_all()
-            if _converged(self.agents):
+            if _converged(self._running()):
                 return True
             if self.data_clock.now_ms() >= limit:
                 return False
@@ -514,13 +666,41 @@ class FleetRunner:
             for dom in dev.domains:
                 members[dom].add(member)
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
-        stores = []
+        stores: list[Store] = []
         for name in self.local:
-            dev = cfg.device(name)
-            enrolled = prov.devices[name]
-            dev_id = enrolled.certificate.device_id
-            store = Store(self.data.store_path(name), group=self._group)
-            stores.append(store)
+            if name in self._failed_at_start:
+                continue
+            try:
+                await self._build_agent(name, prov, members, by_id, stores)
+            except TransportError:
+                raise  # the broker, not the device: the fleet cannot run
+            except Exception as exc:  # contained: this device fails, the others start
+                self._device_failed(name, exc)
+        if self._group is not None:  # what start-up committed here, on the loop's thread
+            await asyncio.to_thread(self._group.sync)
+            self._group.take_noted()
+        if self._failed_at_start and not self.agents:
+            raise FleetError("no device could start: " + "; ".join(self.failed.values()))
+        return stores
+
+    async def _build_agent(
+        self,
+        name: str,
+        prov: Provisioned,
+        members: dict[str, set[str]],
+        by_id: dict[str, bytes],
+        stores: list[Store],
+    ) -> None:
+        """Open one device's store, connect it, build and start it (``self.agents[name]``).
+        On failure nothing of it is left open."""
+        assert self.data_clock is not None
+        cfg = self.cfg
+        dev = cfg.device(name)
+        enrolled = prov.devices[name]
+        dev_id = enrolled.certificate.device_id
+        store = Store(self.data.store_path(name), group=self._group)
+        transport: Transport | None = None
+        try:
             domains = {d: members[d] for d in dev.domains}
             # The device keeps the certificates it verifies its peers with: its data dir then
             # verifies offline on its own (edgefleet verify).
@@ -532,7 +712,6 @@ class FleetRunner:
             if missing:
                 store.put_certificates(missing)
             transport = await self._transport(dev_id, dev.domains)
-            self._transports.append(transport)
             agent = build_device(
                 name=name,
                 kind=dev.kind,
@@ -560,11 +739,17 @@ class FleetRunner:
                 boot_inputs(store, [by_id[p] for p in tracked if p in by_id], dev_id),
                 restore=name in self._restoring,
             )
-            self.agents[name] = agent
-        if self._group is not None:  # what start-up committed here, on the loop's thread
-            await asyncio.to_thread(self._group.sync)
-            self._group.take_noted()
-        return stores
+        except BaseException:
+            if transport is not None:
+                await _quietly(transport.close())
+            try:
+                store.close()
+            except StoreError as exc:
+                log.debug("closing the store of %s: %s", name, exc)
+            raise
+        stores.append(store)
+        self._transports.append(transport)
+        self.agents[name] = agent
 
     # --- restore (agent/fleet/restore_device.py) ---------------------------------------------
     def _restore_candidates(self) -> set[str]:
@@ -652,7 +837,9 @@ class FleetRunner:
         if self._hub is not None:
             await _quietly(self._hub.close())
         if self._broker is not None:
-            await _quietly(self._broker.stop())
+            # Bounded: amqtt's shutdown can wait forever on a client session that never
+            # finishes closing (seen after devices failed on a full disk); the process must end.
+            await _quietly(self._broker.stop(), timeout_s=CLOSE_TIMEOUT_S)
 
     # --- view ----------------------------------------------------------------------------------
     async def _view_loop(self, wall0: float) -> None:
@@ -669,7 +856,9 @@ class FleetRunner:
                 self._speed(wall0),
                 self._broker_note,
                 last,
-                self._notes,
+                self._live_notes(),
+                self._serial_down(),
+                failed_at_start=self._failed_at_start,
             )
             view.show(snap)
             await asyncio.sleep(VIEW_PERIOD_S)
@@ -689,6 +878,7 @@ class FleetRunner:
             (result.sim_end_ms - result.sim_start_ms) / 1000 / max(result.wall_s, 1e-9),
             self._broker_note,
             {},
+            failed_at_start=self._failed_at_start,
         )
         LiveView(self.opts.out).show(snap, final=True)
 
@@ -736,8 +926,11 @@ def _store_empty(data: DataDir, name: str) -> bool:
     path = data.store_path(name)
     if not path.exists():
         return True
-    with Store(path) as store:
-        return store.block_count() == 0 and store.last_seq() is None
+    try:
+        with Store(path) as store:
+            return store.block_count() == 0 and store.last_seq() is None
+    except StoreError:
+        return False  # there, but damaged: the device fails when it is built, never restored
 
 
 def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:
@@ -770,6 +963,9 @@ def _snapshot(
     broker: str,
     last: dict[str, tuple[float, int, int]],
     notes: tuple[str, ...] = (),
+    serial_down: Collection[str] = frozenset(),
+    *,
+    failed_at_start: dict[str, tuple[str, str, str]] | None = None,
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = unproven = 0
@@ -802,6 +998,9 @@ def _snapshot(
                 peers_total=len(a.peer_ids),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
+                serial_down=name in serial_down,
+                failure=a.failure,
+                damaged=tuple(a.ctx.damaged.values()),
                 **_replication_row(a),
                 private=a.writer.owner_x25519 is not None,
                 counters=_counters(a),
@@ -821,6 +1020,8 @@ def _snapshot(
         sent_rate = (sent - prev[1]) / (now - prev[0])
         recv_rate = (received - prev[2]) / (now - prev[0])
     last["rates"] = (now, sent, received)
+    for name, (kind, site, line) in (failed_at_start or {}).items():
+        rows.append(DeviceRow(name, kind, site, None, 0, 0, (), (), 0, 0, 0, failure=line))
     return FleetSnapshot(
         sim_ms=sim_ms,
         wall_s=wall_s,
@@ -851,15 +1052,21 @@ def _with_start(cfg: FleetConfig, start_ms: int) -> FleetConfig:
     return cfg.starting_at(start_ms)
 
 
-async def _quietly(op: Awaitable[object]) -> None:
+async def _quietly(op: Awaitable[object], *, timeout_s: float | None = None) -> None:
     try:
-        await op
+        await asyncio.wait_for(op, timeout_s)
+    except TimeoutError:
+        log.warning("closing did not finish within %.0f s: left behind", timeout_s)
     except Exception as exc:  # closing must never hide the run's own result
         log.debug("error while closing: %s", exc)
 
 
-def install_signal_handlers(runner: FleetRunner) -> Callable[[], None]:
-    """First Ctrl-C stops cleanly; a second one is a hard interrupt."""
+def install_signal_handlers(
+    runner: FleetRunner, grace_s: float = STOP_GRACE_S
+) -> Callable[[], None]:
+    """The first Ctrl-C or SIGTERM stops cleanly; a second one, or a clean stop that has not
+    finished ``grace_s`` later, cancels the run where it is (``FleetRunner.force_stop``). A
+    stop never waits on a device that cannot finish (a full disk, a store thread that hangs)."""
     loop = asyncio.get_running_loop()
     hits = {"n": 0}
 
@@ -867,12 +1074,12 @@ def install_signal_handlers(runner: FleetRunner) -> Callable[[], None]:
         hits["n"] += 1
         if hits["n"] == 1:
             runner.request_stop()
+            loop.call_later(grace_s, runner.force_stop)
         else:
-            loop.remove_signal_handler(signal.SIGINT)
-            raise KeyboardInterrupt
+            runner.force_stop()
 
     loop.add_signal_handler(signal.SIGINT, on_signal)
-    loop.add_signal_handler(signal.SIGTERM, runner.request_stop)
+    loop.add_signal_handler(signal.SIGTERM, on_signal)
 
     def remove() -> None:
         loop.remove_signal_handler(signal.SIGINT)

@@ -38,6 +38,7 @@ NAME_WIDTH = 20  # device names are cut to this (config allows 63: agent.config.
 ELLIPSIS = "…"
 # Per-device columns a narrow screen goes without, least needed first.
 OPTIONAL_COLUMNS = ("site", "kind", "held")
+FAULT_LINES = 8  # failed or damaged devices' lines shown under the table, at most
 KIND_SHORT = {"refrigerator": "fridge", "washing_machine": "washer", "medical_freezer": "freezer"}
 
 
@@ -55,6 +56,7 @@ class DeviceRow:
     peers_total: int
     lag: int  # own height minus the lowest height a domain peer holds of this chain
     forked: bool = False
+    serial_down: bool = False  # a real serial sensor of the device is lost (being reopened)
     # Edge replication (None: off): own blocks with their full healthy copies, of the own
     # blocks tracked; bytes of peers' blocks this device holds, and its quota. Full is
     # ``copies_target``: the copies wanted, or every domain peer when the device has fewer.
@@ -63,6 +65,10 @@ class DeviceRow:
     quota_bytes: int = 0
     copies_wanted: int = 0
     copies_target: int = 0
+    # The device failed alone (agent/device/faults.py): the line naming the file and the fix.
+    failure: str | None = None
+    # Stored blocks found damaged when read for sending (withheld; the device runs on).
+    damaged: tuple[str, ...] = ()
     # Sealed for its owner (a private household): its readings' values are the owner's.
     private: bool = False
     # Event counters since this process started, by source: ``device.`` (runtime),
@@ -127,6 +133,12 @@ def render(snap: FleetSnapshot, *, width: int = WIDTH, height: int = HEIGHT) -> 
     per_device = n <= PER_DEVICE_LIMIT
     body = _per_device(snap, width) if per_device else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
+    faults = [f"! FAILED {d.failure}" for d in snap.devices if d.failure]
+    faults += [f"! DAMAGED {line}" for d in snap.devices for line in d.damaged]
+    if len(faults) > FAULT_LINES:  # a full disk fails every device: the screen keeps its body
+        more = len(faults) - FAULT_LINES + 1
+        faults[FAULT_LINES - 1 :] = [f"! ... and {more} more (fleet.log has every one)"]
+    tail += faults
     rows = "devices" if per_device else "kinds"
     return _fit(head, body, ["", *tail] if tail else [], rows, width, height)
 
@@ -199,7 +211,10 @@ def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
     for d in snap.devices:
         rows.append(
             [
-                _cut(d.name, NAME_WIDTH) + (" FORKED" if d.forked else ""),
+                _cut(d.name, NAME_WIDTH)
+                + (" FORKED" if d.forked else "")
+                + (" SERIAL-DOWN" if d.serial_down else "")
+                + (" FAILED" if d.failure else " DAMAGED" if d.damaged else ""),
                 KIND_SHORT.get(d.kind, d.kind),
                 _cut(d.site, NAME_WIDTH),
                 "-" if d.height is None else str(d.height),
@@ -218,7 +233,7 @@ def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
 def _per_kind(snap: FleetSnapshot) -> list[str]:
     # Ranges are min/median/max; the columns that need the least room come first, so that on a
     # narrow screen only the end of the temperatures is cut.
-    cols = ["kind", "count", "alarms", "forked", "pending", "lag", "height lo/med/hi"]
+    cols = ["kind", "count", "alarms", "forked", "failed", "pending", "lag", "height lo/med/hi"]
     cols += ["°C lo/med/hi"]
     rows = []
     kinds = sorted({d.kind for d in snap.devices})
@@ -232,6 +247,7 @@ def _per_kind(snap: FleetSnapshot) -> list[str]:
                 str(len(ds)),
                 str(sum(len(d.alarms) for d in ds)),
                 str(sum(d.forked for d in ds)),
+                str(sum(d.failure is not None for d in ds)),
                 str(sum(d.pending for d in ds)),
                 str(max(d.lag for d in ds)),
                 f"{min(heights)}/{int(statistics.median(heights))}/{max(heights)}",
@@ -249,11 +265,18 @@ def summary_line(snap: FleetSnapshot) -> str:
     sealed = sum(0 if d.height is None else d.height + 1 for d in snap.devices)
     alarms = sum(len(d.alarms) for d in snap.devices)
     lag = max((d.lag for d in snap.devices), default=0)
+    failed = [d.name for d in snap.devices if d.failure]
     return (
         f"sim {_clock(snap.sim_ms)} x{snap.speed:,.0f} devices {len(snap.devices)} "
         f"blocks {sealed} readings {sum(d.readings for d in snap.devices)} alarms {alarms} "
         f"lag {lag} sent/s {snap.sent_per_s:,.0f} invalid {snap.invalid} unproven {snap.unproven}"
+        f"{_serial_down(snap)}" + (f" FAILED {len(failed)}: {', '.join(failed)}" if failed else "")
     )
+
+
+def _serial_down(snap: FleetSnapshot) -> str:
+    down = [d.name for d in snap.devices if d.serial_down]
+    return f" serial-down {','.join(down)}" if down else ""
 
 
 class LiveView:

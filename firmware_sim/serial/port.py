@@ -19,6 +19,16 @@ from firmware_sim.serial.errors import (
     SensorConfigError,
 )
 
+try:  # pyserial on POSIX lets termios.error (not an OSError) out of flushes of a lost device
+    from termios import error as _TermiosError
+except ImportError:  # Windows
+
+    class _TermiosError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+# What pyserial raises when the device fails under it (unplugged adapter, hung-up pty).
+_IO_ERRORS = (serial.SerialException, OSError, _TermiosError)
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
 
@@ -70,24 +80,24 @@ class SerialPort:
             more = min(self._ser.in_waiting, max_bytes - 1)
             rest: bytes = self._ser.read(more) if more > 0 else b""
             return first + rest
-        except (serial.SerialException, OSError) as exc:
+        except _IO_ERRORS as exc:
             raise PortError(self.name, f"read failed (device unplugged?): {exc}") from exc
 
     def write(self, data: bytes) -> None:
         try:
             self._ser.write(data)
             self._ser.flush()
-        except (serial.SerialException, OSError) as exc:
+        except _IO_ERRORS as exc:
             raise PortError(self.name, f"write failed (device unplugged?): {exc}") from exc
 
     def discard_input(self) -> None:
         try:
             self._ser.reset_input_buffer()
-        except (serial.SerialException, OSError) as exc:
+        except _IO_ERRORS as exc:
             raise PortError(self.name, f"could not flush input: {exc}") from exc
 
     def close(self) -> None:
         try:
             self._ser.close()
-        except (serial.SerialException, OSError) as exc:
+        except _IO_ERRORS as exc:
             raise PortError(self.name, f"close failed: {exc}") from exc

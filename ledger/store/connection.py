@@ -11,6 +11,7 @@ that no longer decode become ``IntegrityError`` (``_decode_stored``, ``_decode_h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -177,10 +178,18 @@ class _Tx:
                 self._store._tx_committed(self._durable)
                 return
             except sqlite3.Error as err:
-                self._db.execute("ROLLBACK")
-                self._store._tx_rolled_back()
+                self._rollback()
                 raise StoreError(f"{self._path}: commit failed ({err})") from None
-        self._db.execute("ROLLBACK")
-        self._store._tx_rolled_back()
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"{self._path}: {exc}") from None
+
+    def _rollback(self) -> None:
+        """Roll back what is still open. On some errors (a full disk, I/O) SQLite has already
+        rolled the transaction back itself: a ROLLBACK then fails with "cannot rollback" and
+        would hide the error that matters."""
+        if self._db.in_transaction:
+            # If even this fails, SQLite rolls the transaction back when the file reopens.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        self._store._tx_rolled_back()

@@ -23,6 +23,7 @@ from agent.config.devices import (
     load_fleet,
     parse_duration_ms,
     parse_fleet,
+    serial_up_sensor,
 )
 from agent.config.yamlload import MAX_NODES, read_yaml
 from firmware_sim.appliances import (
@@ -31,7 +32,7 @@ from firmware_sim.appliances import (
     RefrigeratorParams,
     WashingMachineParams,
 )
-from firmware_sim.fleet import Outage
+from firmware_sim.fleet import Fleet, Outage
 from firmware_sim.sensors.faults import FaultSpec
 from firmware_sim.world import DAY_MS, HOUR_MS, SITE_KINDS
 
@@ -107,6 +108,23 @@ def test_the_sample_devices_yaml_loads() -> None:
     spec = cfg.fleet_spec()  # firmware_sim's own specs, handed over as they are, not copied
     assert spec.devices == tuple(d.spec for d in cfg.devices)
     assert spec.sites == tuple(s.spec for s in cfg.sites)
+
+
+def test_serial_is_one_sensor_or_a_list_of_them() -> None:
+    rfid = {"driver": "rdm6300", "port": "/dev/ttyAMA0", "sensors": ["rfid.in", "rfid.out"]}
+    probe = {"driver": "xymd02", "port": "/dev/ttyUSB0", "options": {"prefix": "fridge"}}
+    one = parse_fleet(with_device(0, serial=rfid), "x.yaml").device("fridge-1")
+    two = parse_fleet(with_device(0, serial=[rfid, probe]), "x.yaml").device("fridge-1")
+    assert one.serial is not None and two.serial is not None
+    assert [s.driver for s in one.serial] == ["rdm6300"]
+    assert [(s.driver, s.prefix) for s in two.serial] == [("rdm6300", ""), ("xymd02", "fridge")]
+    assert [serial_up_sensor(s) for s in two.serial] == ["serial.rdm6300.up", "serial.fridge.up"]
+    # The simulation drops what the real sensors replace: all of it when one lists no sensor.
+    sim = Fleet(parse_fleet(with_device(0, serial=[rfid, probe]), "x.yaml").fleet_spec())
+    assert not any(d == "fridge-1" for d, _ in sim.step(sim.now_ms + HOUR_MS))
+    sim = Fleet(parse_fleet(with_device(0, serial=rfid), "x.yaml").fleet_spec())
+    sensors = {s.sensor for d, s in sim.step(sim.now_ms + HOUR_MS) if d == "fridge-1"}
+    assert "fridge.temp_mc" in sensors and not sensors & {"rfid.in", "rfid.out"}
 
 
 def test_the_kinds_and_default_models_are_firmware_sims() -> None:
@@ -319,6 +337,47 @@ BAD_FILES: dict[str, tuple[dict[str, Any], str]] = {
         f"{F}: device 'fridge-1' (devices[0]): field 'serial.speed': unknown "
         "key; expected one of ['baud', 'driver', 'options', 'port', "
         "'sensors']",
+    ),
+    "unknown-serial-driver-in-a-list": (
+        with_device(
+            0,
+            serial=[
+                {"driver": "bridge", "port": "/dev/ttyACM0"},
+                {"driver": "morse", "port": "/dev/ttyS0"},
+            ],
+        ),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial[1].driver': expected one of",
+    ),
+    "unknown-serial-key-in-a-list": (
+        with_device(0, serial=[{"driver": "bridge", "port": "/dev/ttyS0", "speed": 1}]),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial[0].speed': unknown key",
+    ),
+    "empty-serial-list": (
+        with_device(0, serial=[]),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial': List should have at least 1 item",
+    ),
+    "two-serial-sensors-of-one-name": (
+        with_device(
+            0,
+            serial=[
+                {"driver": "ds18b20", "port": "/sys/bus/w1/devices/28-1"},
+                {"driver": "ds18b20", "port": "/sys/bus/w1/devices/28-2"},
+            ],
+        ),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial[1].options.prefix': serial[0] has "
+        "the same driver: give each sensor of the device its own prefix",
+    ),
+    "serial-prefix-too-long-for-its-up-sensor": (
+        with_device(
+            0, serial={"driver": "bridge", "port": "/dev/x", "options": {"prefix": "a" * 23}}
+        ),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial.options.prefix': too long for the "
+        "sensor 'serial.aaaaaaaaaaaaaaaaaaaaaaa.up'",
+    ),
+    "serial-prefix-not-a-sensor-name": (
+        with_device(0, serial={"driver": "bridge", "port": "/dev/x", "options": {"prefix": "_a"}}),
+        f"{F}: device 'fridge-1' (devices[0]): field 'serial.options.prefix': expected a sensor "
+        "name prefix",
     ),
     "route-to-a-fridge": (
         doc(

@@ -70,11 +70,14 @@ def test_systemd_analyze_verifies_an_instance_of_the_unit(tmp_path: Path) -> Non
     assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
 
 
-def test_the_example_devices_yaml_loads_with_its_tag_reader() -> None:
+def test_the_example_devices_yaml_loads_with_its_tag_reader_and_probe() -> None:
     fleet = load_fleet(DEPLOY / "pi" / "devices.yaml")
     pi = fleet.device("pi-fridge")
-    assert pi.serial is not None and pi.serial.driver == "rdm6300"
-    assert pi.serial.sensors == ("rfid.in", "rfid.out")
+    assert pi.serial is not None
+    assert [(s.driver, s.sensors) for s in pi.serial] == [
+        ("rdm6300", ("rfid.in", "rfid.out")),
+        ("xymd02", ("fridge.temp_mc",)),
+    ]
     others = {d.name for d in fleet.devices if "cold-chain" in d.domains} - {"pi-fridge"}
     assert others == {"freezer-station", "freezer-hospital"}  # its domain peers, elsewhere
 

@@ -21,7 +21,7 @@ from tests.agent.runner_helpers import write_fleet
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(
     r"^sim \d{4}-\d\d-\d\d \d\d:\d\d x[\d,]+ devices (\d+) blocks (\d+) readings (\d+) "
-    r"alarms \d+ lag \d+ sent/s [\d,]+ invalid (\d+)$"
+    r"alarms \d+ lag \d+ sent/s [\d,]+ invalid (\d+) unproven \d+( serial-down \S+)?$"
 )
 STOPPED = re.compile(
     r"stopped at simulated (\d+) ms after [\d.]+ s: (\d+) samples, gossip (converged|[a-z ]+)"

@@ -301,3 +301,12 @@ def test_invalid_and_unproven_messages_are_shown_apart() -> None:
     gossip = render(s)[2]
     assert "invalid 2" in gossip and "unproven 3000" in gossip
     assert summary_line(s).endswith("invalid 2 unproven 3000")
+
+
+def test_a_lost_serial_sensor_is_marked_on_its_device() -> None:
+    down = dataclasses.replace(row(2), serial_down=True)
+    table = render(snap([row(1), down]))[4:]
+    assert table[1].split()[0] == "dev-1"
+    assert table[2].split()[:2] == ["dev-2", "SERIAL-DOWN"]
+    assert summary_line(snap([row(1), down])).endswith(" serial-down dev-2")
+    assert "serial-down" not in summary_line(snap([row(1)]))

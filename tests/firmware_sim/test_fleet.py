@@ -157,14 +157,26 @@ def test_an_outage_the_appliance_cannot_have_is_refused() -> None:
 
 def test_serial_sensors_replace_the_simulated_ones() -> None:
     some = dataclasses.replace(
-        FRIDGE, serial=SerialSpec("bridge", "/dev/null", None, {}, ("fridge.temp_mc",))
+        FRIDGE, serial=(SerialSpec("bridge", "/dev/null", None, {}, ("fridge.temp_mc",)),)
     )
     out = list(Fleet(spec(some)).run_until(START + HOUR_MS))
     sensors = {s.sensor for _, s in out}
     assert "fridge.temp_mc" not in sensors and "freezer.temp_mc" in sensors
-    everything = dataclasses.replace(FRIDGE, serial=SerialSpec("bridge", "/dev/null", None))
+    everything = dataclasses.replace(FRIDGE, serial=(SerialSpec("bridge", "/dev/null", None),))
     out = list(Fleet(spec(everything, FREEZER)).run_until(START + HOUR_MS))
     assert {d for d, _ in out} == {"freezer"}
+    # Several real sensors: each replaces its own; one that lists none replaces them all.
+    two = dataclasses.replace(
+        FRIDGE,
+        serial=(
+            SerialSpec("bridge", "/dev/a", None, {}, ("fridge.temp_mc",)),
+            SerialSpec("rdm6300", "/dev/b", None, {}, ("freezer.temp_mc",)),
+        ),
+    )
+    sensors = {s.sensor for _, s in Fleet(spec(two)).run_until(START + HOUR_MS)}
+    assert not sensors & {"fridge.temp_mc", "freezer.temp_mc"} and sensors
+    two = dataclasses.replace(two, serial=(*two.serial, SerialSpec("bridge", "/dev/c", None)))
+    assert list(Fleet(spec(two)).run_until(START + HOUR_MS)) == []
 
 
 def test_bad_specs_are_refused() -> None:
