@@ -15,10 +15,11 @@ every simulated hour) and a run is a few seconds. The freezers run two simulated
 than the Pi: they are still online when the Pi seals its last block, so they receive it, and the
 Pi's run ends on what it has received (docs/DEPLOY.md 6.2).
 
-Seam for real sensors: ``pi_device`` is the devices.yaml entry of the Pi's appliance. Today its
-sensors are simulated; an RDM6300 on a pty (tests/firmware_sim's pty helpers) plugs in by
-overriding that fixture with a ``serial:`` block naming the pty and adding ``--realtime`` in
-``pi_args`` (the live serial source of `run` is being added alongside this test).
+Real sensors: ``pi_device`` is the devices.yaml entry of the Pi's appliance and ``pi_args``
+its extra `run` options (fixtures: the seam). The topology tests keep its sensors simulated; the
+last test plugs an RDM6300 on a pty into it (tests/agent/test_run_serial.py's ``Adapter`` and
+``Rdm6300``: repeating frames, noise, a bad checksum), read live in real time, and traces the
+card from the other hosts. Unplugging and replugging a port is test_run_serial.py's.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from agent.transport.mqtt import MqttClient
 from ledger.store import Store
 from tests.agent.conftest import require_mosquitto
 from tests.agent.runner_helpers import verify
+from tests.agent.test_run_serial import BAD_TAG, CARD, TAG, Adapter, Rdm6300
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -239,10 +241,22 @@ def _wait_for_bridge(far: Endpoint) -> None:
     asyncio.run(wait())
 
 
+SIMULATED = (
+    ["--for", PI_FOR, "--speed", SPEED],
+    ["--for", OTHERS_FOR, "--speed", SPEED],
+)
+
+
 def run_hosts(
-    enrolled: Enrolled, urls: tuple[str, str], pi_device: str, pi_args: list[str], tmp: Path
+    enrolled: Enrolled,
+    urls: tuple[str, str],
+    pi_device: str,
+    pi_args: list[str],
+    tmp: Path,
+    timing: tuple[list[str], list[str]] = SIMULATED,
 ) -> Fleet:
-    """Copy the enrolled data dirs, write the shared devices.yaml, run the three processes."""
+    """Copy the enrolled data dirs, write the shared devices.yaml, run the three processes
+    (``timing``: the Pi's and the freezers' duration options)."""
     base = tmp / "run"
     for dev in DEVICES:
         src = enrolled.data(dev.host)
@@ -260,7 +274,7 @@ def run_hosts(
             *(sys.executable, "-m", "agent.cli.main", "run"),
             *("--devices", str(fleet_file), "--data", str(base / dev.host)),
             *("--device", dev.name, "--broker", urls[0] if pi else urls[1]),
-            *("--for", PI_FOR if pi else OTHERS_FOR, "--speed", SPEED),
+            *(timing[0] if pi else timing[1]),
             *("--no-view", "--settle", "20"),
             *(pi_args if pi else []),
         ]
@@ -344,3 +358,45 @@ def test_no_host_holds_another_hosts_key_or_the_authoritys(fleet: Fleet) -> None
         assert keys == [f"devices/{dev.name}/device.key"], keys
         assert sorted(p.name for p in (data / "devices").iterdir()) == [dev.name]
         assert not (data / "passphrase").exists()
+
+
+@pytest.mark.pty
+def test_a_card_held_to_the_pis_rdm6300_is_traced_from_another_host(
+    enrolled: Enrolled, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The seam in use: the Pi's tag reader is an RDM6300 on a pty (repeating frames, noise,
+    frames with a bad checksum), read live in real time; the freezers run in real time too and
+    outlive it, so they receive its last block."""
+    require_mosquitto()
+    adapter = Adapter(tmp_path / "ttyRDM")
+    reader = Rdm6300(adapter.plug(), CARD)
+    pi_device = f"""\
+  - name: pi-fridge
+    id: {{pi-fridge}}
+    kind: refrigerator
+    site: shop-1
+    domains: [shop-1, cold-chain]
+    sampling_period: 5s
+    serial:
+      - {{driver: rdm6300, port: "{adapter.name}", sensors: [rfid.in, rfid.out]}}
+"""
+    try:
+        with one_broker(tmp_path) as urls:
+            timing = (["--for", "12s"], ["--realtime", "--for", "25s"])
+            fleet = run_hosts(enrolled, urls, pi_device, [], tmp_path, timing)
+    finally:
+        reader.remove()
+        adapter.unplug()
+    assert reader.frames > 0
+    pi_id = fleet.ids["pi-fridge"]
+    for host in ("station", "hospital"):
+        checked = verify(fleet.data(host))
+        assert checked.ok, checked.failures()
+        status = main(["trace", TAG, "--data", str(fleet.data(host)), "--format", "json"])
+        trace = json.loads(capsys.readouterr().out)
+        about = [e for e in trace["timeline"] if e["about_item"]]
+        assert about and {e["device"] for e in about} == {pi_id}, (status, trace["timeline"])
+        assert about[0]["sensor"] == "rfid.in", about
+        assert all(e["reading"]["proof"] == "inclusion" for e in about), about
+        assert trace["unverified"] == [], trace
+        assert BAD_TAG not in json.dumps(trace)
