@@ -654,6 +654,8 @@ class FleetRunner:
         assert self.data_clock is not None
         cfg = self.cfg
         members: dict[str, set[str]] = defaultdict(set)
+        unnamed: list[str] = []
+        here = {d for n in self.local for d in cfg.device(n).domains}
         for dev in cfg.devices:
             if dev.name in prov.devices:
                 member = prov.device_id(dev.name)
@@ -661,10 +663,21 @@ class FleetRunner:
                 # Enrolled on another machine, named by its `id:` in the file: its certificate
                 # comes over the wire (CERTS) and is verified against the fleet root.
                 member = dev.device_id
-            else:
-                continue  # enrolled on another machine and not named: unknown here
+            else:  # enrolled on another machine and not named: unknown here
+                if here.intersection(dev.domains):
+                    unnamed.append(dev.name)
+                continue
             for dom in dev.domains:
                 members[dom].add(member)
+        if unnamed:
+            log.warning(
+                "%s: not enrolled in %s and without an `id:` in %s: the devices run here do not "
+                "hear %s (give each its device id, docs/DEPLOY.md 6.2)",
+                ", ".join(unnamed),
+                self.data.root,
+                cfg.source,
+                "it" if len(unnamed) == 1 else "them",
+            )
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
         stores: list[Store] = []
         for name in self.local:

@@ -78,11 +78,17 @@ ENROLLED = {
 
 
 def test_a_pre_enrolled_device_runs_alone_and_seals_blocks_that_verify(
-    site: Path, capsys: pytest.CaptureFixture[str]
+    site: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     root_before = (site / "pi" / "authority" / "fleet-root.json").read_bytes()
     assert _run(site, "--device", "fridge-1") == 0, capsys.readouterr().err
     assert "gossip converged" in capsys.readouterr().err
+    # Its domain peers are enrolled elsewhere and the file gives no ids: it cannot hear them.
+    assert (
+        "freezer-station, freezer-hospital: not enrolled in "
+        f"{site / 'pi'} and without an `id:` in {site / 'fleet.yaml'}: the devices run here do "
+        "not hear them"
+    ) in caplog.text
 
     # Nothing provisioned: no authority key, no passphrase file, no other device enrolled.
     created = _files(site / "pi") - ENROLLED
