@@ -51,6 +51,7 @@ from firmware_sim.world import (
     ShoppingSpec,
     WorldSpec,
 )
+from ledger.identity import is_device_id
 
 MAX_PATTERN = 200  # characters of a name, id or owner pattern
 _FIELD_PART = re.compile(r"[^.\[\]]+|\[(\d+)\]")
@@ -123,6 +124,7 @@ class _Expander:
         self.i: int | None = None
         # The params of devices[k] and their problems: the same for every instance of a group.
         self._params_of: dict[int, tuple[Any, list[tuple[str | None, str]]]] = {}
+        self._ids: dict[str, str] = {}  # device id -> where it was given (``id:``)
 
     def problem(self, where: str, field: str | None, msg: str) -> None:
         """Record a problem of the entry being expanded (or of the document, ``where == ""``)."""
@@ -326,6 +328,7 @@ class _Expander:
         params = self._params(rd, where)
         faults, outages = self._faults(rd, where, start_ms)
         serial = self._serial(rd, where)
+        device_id = self._device_id(rd, i, where)
         if len(self.problems) > before or site is None:
             return None
         spec = DeviceSpec(name, rd.kind, site_id, params, faults, serial, outages)
@@ -336,7 +339,26 @@ class _Expander:
             domains=dom,
             spare_storage_mb=rd.spare_storage_mb,
             where=where_i,
+            device_id=device_id,
         )
+
+    def _device_id(self, rd: RawDevice, i: int | None, where: str) -> str | None:
+        if rd.id is None:
+            return None
+        if i is not None:
+            self.problem(where, "id", "a device id names one device: not with `count`")
+        elif not is_device_id(rd.id):
+            self.problem(
+                where,
+                "id",
+                "expected a device id (ef + 24 base32 letters, as `keys init-device` prints), "
+                f"found {clip(rd.id)}",
+            )
+        elif rd.id in self._ids:
+            self.problem(where, "id", f"{rd.id} is already the id of {self._ids[rd.id]}")
+        else:
+            self._ids[rd.id] = where
+        return rd.id
 
     def _params(self, rd: RawDevice, where: str) -> Any:
         """The params of the entry being expanded, checked once per entry, not per instance."""

@@ -54,6 +54,9 @@ class Device:
     domains: tuple[str, ...]
     spare_storage_mb: int
     where: str  # "devices[2]" or "devices[2] i=7"
+    # The device id its certificate names (``id:``), for a device enrolled on another machine:
+    # the machines that run its domain peers learn from it whom to expect and verify.
+    device_id: str | None = None
 
     @property
     def name(self) -> str:

@@ -189,6 +189,7 @@ class RawDevice(_Strict):
     params: dict[StrictStr, Any] = Field(default_factory=dict)
     faults: list[RawFault] = Field(default_factory=list)
     serial: Annotated[list[RawSerial], Field(min_length=1, max_length=MAX_SERIAL)] | None = None
+    id: StrictStr | None = None
     count: Count | None = None
     first: StrictInt = 1
     # `serial:` written as one mapping rather than a list: problems name it `serial.<key>`.

@@ -209,6 +209,12 @@ def _load_enrolled_device(
             f"{source} has {dev.name} as a {dev.kind} at site {dev.site}: correct the file, or "
             "enroll the device with its attributes"
         )
+    if dev.device_id is not None and dev.device_id != cert.device_id:
+        raise keystore.KeystoreError(
+            f"{ddir / keystore.DEVICE_CERT}: certifies device {cert.device_id}, but {source} "
+            f"gives {dev.name} the id {dev.device_id}: correct its `id:` in the file (every "
+            "machine of the fleet uses the same file)"
+        )
     return enrolled
 
 

@@ -654,11 +654,30 @@ class FleetRunner:
         assert self.data_clock is not None
         cfg = self.cfg
         members: dict[str, set[str]] = defaultdict(set)
+        unnamed: list[str] = []
+        here = {d for n in self.local for d in cfg.device(n).domains}
         for dev in cfg.devices:
-            if dev.name not in prov.devices:
-                continue  # enrolled on another machine: its id is not known here
+            if dev.name in prov.devices:
+                member = prov.device_id(dev.name)
+            elif dev.device_id is not None:
+                # Enrolled on another machine, named by its `id:` in the file: its certificate
+                # comes over the wire (CERTS) and is verified against the fleet root.
+                member = dev.device_id
+            else:  # enrolled on another machine and not named: unknown here
+                if here.intersection(dev.domains):
+                    unnamed.append(dev.name)
+                continue
             for dom in dev.domains:
-                members[dom].add(prov.device_id(dev.name))
+                members[dom].add(member)
+        if unnamed:
+            log.warning(
+                "%s: not enrolled in %s and without an `id:` in %s: the devices run here do not "
+                "hear %s (give each its device id, docs/DEPLOY.md 6.2)",
+                ", ".join(unnamed),
+                self.data.root,
+                cfg.source,
+                "it" if len(unnamed) == 1 else "them",
+            )
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
         stores: list[Store] = []
         for name in self.local:
@@ -701,7 +720,7 @@ class FleetRunner:
             missing = [
                 (peer, by_id[peer])
                 for peer in sorted(set().union(*domains.values()) | {dev_id})
-                if store.certificate(peer) is None
+                if peer in by_id and store.certificate(peer) is None
             ]
             if missing:
                 store.put_certificates(missing)
@@ -730,7 +749,7 @@ class FleetRunner:
             # lists would cost every device a verification per device of the fleet.
             tracked = sorted(set().union(*domains.values()) | {dev_id})
             await agent.start(
-                boot_inputs(store, [by_id[p] for p in tracked], dev_id),
+                boot_inputs(store, [by_id[p] for p in tracked if p in by_id], dev_id),
                 restore=name in self._restoring,
             )
         except BaseException:
@@ -929,13 +948,19 @@ def _store_empty(data: DataDir, name: str) -> bool:
 
 def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:
     """Every local device holds the head of every domain peer whose head is known here (local
-    devices, and ``remote`` heads of devices other shards run)."""
+    devices, and ``remote`` heads of devices other shards run), and a chain of every online
+    domain peer whose head is not: one that runs on another machine is known only from what it
+    sends, so a run there is done once it has received that peer's chain."""
     heads = {a.device_id: h.hash for a in agents.values() if (h := a.writer.store.head())}
     heads.update(remote or {})
+    here = {a.device_id for a in agents.values()}
     for agent in agents.values():
         for peer in agent.peer_ids:
             want = heads.get(peer)
             if want is None:
+                elsewhere = peer not in here and agent.transport.presence(peer)
+                if elsewhere and agent.node.head(peer) is None:
+                    return False  # online elsewhere, and nothing of its chain received yet
                 continue  # nothing sealed, or unknown
             held = agent.node.head(peer)
             if held is None or held.hash != want:

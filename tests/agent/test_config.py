@@ -660,3 +660,40 @@ def test_a_bad_param_in_a_group_is_one_problem_and_a_good_one_is_shared() -> Non
     )
     cfg = parse_fleet(doc(devices=[{**group, "params": {"fridge_setpoint_mc": 4500}}]), F)
     assert {d.params for d in cfg.devices} == {RefrigeratorParams(fridge_setpoint_mc=4500)}
+
+
+ID_A = "ef" + "a" * 24
+ID_B = "ef" + "b" * 24
+
+
+def test_a_device_enrolled_elsewhere_is_named_by_its_id() -> None:
+    cfg = parse_fleet(with_device(3, id=ID_A), F)
+    assert cfg.device("freezer").device_id == ID_A
+    assert cfg.device("fridge-1").device_id is None  # optional: a device enrolled here needs none
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        (
+            {"id": "fridge-1"},
+            "field 'id': expected a device id (ef + 24 base32 letters, as `keys init-device` "
+            "prints), found 'fridge-1'",
+        ),
+        ({"id": ID_A, "name": "f-{i}", "count": 2}, "a device id names one device: not with"),
+    ],
+)
+def test_a_bad_device_id_is_refused(changes: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        parse_fleet(with_device(0, **changes), F)
+
+
+def test_one_id_for_two_devices_is_refused() -> None:
+    d = with_device(0, id=ID_B)
+    d["devices"][3]["id"] = ID_B
+    with pytest.raises(ConfigError) as info:
+        parse_fleet(d, F)
+    assert info.value.problems == (
+        f"{F}: device 'freezer' (devices[3]): field 'id': {ID_B} is already the id of device "
+        "'fridge-1' (devices[0])",
+    )

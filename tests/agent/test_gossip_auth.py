@@ -300,3 +300,27 @@ def test_an_honest_fleet_counts_no_message_unproven(tmp_path: Path) -> None:
     assert result.snapshot().unproven == 0
     echoed = sum(a.node.counters.get("dropped_own", 0) for a in result.devices.values())
     assert echoed > 0, "no device saw its own broadcast come back: the case is not exercised"
+
+
+def test_a_member_certified_by_another_fleet_is_never_learned_nor_heard() -> None:
+    """A device on another machine is known only by its id (devices.yaml's ``id:``) until its
+    hello: a certificate that does not chain to the fleet root teaches nothing, draws no
+    greeting, and everything sent in that id stays unproven."""
+    authority, devices = _world(4)
+    outsider = SimDevice(Authority(random.Random(99)), random.Random(98))  # another fleet's
+    for k in range(4):
+        outsider.seal(T0 + k)
+    node = _node(authority, [*devices, outsider], known=devices)
+    hello = wire.Certs(outsider.device_id, (outsider.certificate,), (), ())
+    out = node.handle(MessageReceived(None, sealed(wire.encode(hello))), T0)
+    assert node.counters["certificate_invalid"] == 1
+    # At most our own hello (public, and no more bytes than it sent): it may be a member whose
+    # first message was lost, so it is asked, never believed.
+    answers = [s for s in _sends(out) if s.peer_id == outsider.device_id]
+    assert sum(len(s.payload) for s in answers) <= len(sealed(wire.encode(hello)))
+    own = wire.Certs(devices[0].device_id, (devices[0].certificate,), (), ())
+    assert all(wire.decode(unseal(s.payload)) == own for s in answers)
+    announce = wire.Announce(outsider.device_id, tuple(outsider.header_wires()))
+    node.handle(MessageReceived(None, sealed(wire.encode(announce))), T0 + 1)
+    assert node.head(outsider.device_id) is None
+    assert node.counters["received_announce"] == 0 and node.counters["unattributable"] >= 1

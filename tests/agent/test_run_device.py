@@ -78,11 +78,17 @@ ENROLLED = {
 
 
 def test_a_pre_enrolled_device_runs_alone_and_seals_blocks_that_verify(
-    site: Path, capsys: pytest.CaptureFixture[str]
+    site: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     root_before = (site / "pi" / "authority" / "fleet-root.json").read_bytes()
     assert _run(site, "--device", "fridge-1") == 0, capsys.readouterr().err
     assert "gossip converged" in capsys.readouterr().err
+    # Its domain peers are enrolled elsewhere and the file gives no ids: it cannot hear them.
+    assert (
+        "freezer-station, freezer-hospital: not enrolled in "
+        f"{site / 'pi'} and without an `id:` in {site / 'fleet.yaml'}: the devices run here do "
+        "not hear them"
+    ) in caplog.text
 
     # Nothing provisioned: no authority key, no passphrase file, no other device enrolled.
     created = _files(site / "pi") - ENROLLED
@@ -342,3 +348,16 @@ def test_restore_on_a_pre_enrolled_data_dir_without_a_passphrase_fails_in_one_li
     assert main(argv) == 2
     err = _one_line(capsys)
     assert "fridge-1" in err and "device.key" in err, err
+
+
+def test_an_id_in_the_file_that_is_not_the_certificates_is_refused(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = "ef" + "a" * 24
+    write_fleet(
+        site, SMALL_FLEET.replace("  - name: fridge-1\n", f"  - name: fridge-1\n    id: {other}\n")
+    )
+    assert _run(site, "--device", "fridge-1") == 2
+    err = _one_line(capsys)
+    assert "device.cert: certifies device ef" in err
+    assert f"gives fridge-1 the id {other}: correct its `id:` in the file" in err
