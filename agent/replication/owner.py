@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ from ledger.errors import DecodeError, VerificationError
 from ledger.receipt import decode_receipt
 
 _FRESH = 8  # bodies of the latest sealed blocks kept for their first placement
+_LATE = 64  # timed-out challenges remembered for a late answer
 
 
 @dataclass(slots=True)
@@ -69,7 +71,7 @@ class HolderView:
     score: int
     scored_ms: int  # last penalty or recovery step
     up: bool = False
-    down_since: int | None = None
+    down_since: int | None = None  # data clock: repair is about the data's life
     gone: bool = False
     excluded: bool = False
     quota: int = 0
@@ -86,6 +88,11 @@ class HolderView:
     passed: int = 0
     failed: int = 0
     refused: int = 0
+    srtt: int | None = None  # smoothed challenge round trip (network ms), from every answer
+    silent: int = 0  # counted unanswered challenges in a row (reset by any answer)
+    silenced_ms: int | None = None  # when the last one was counted
+    busy: int = 0  # BUSY answers in a row (the backoff doubles with each)
+    retry: tuple[int, int] | None = None  # (height, network time): re-challenge it then
 
     @property
     def healthy(self) -> bool:
@@ -106,6 +113,7 @@ class Audit:
     nonce: bytes
     deadline: int
     expected: bytes | None = None  # None until the own copy is loaded and the challenge sent
+    sent: int = 0  # network time the challenge went out
 
 
 @dataclass(slots=True)
@@ -130,7 +138,10 @@ class OwnerSide:
         self.dirty: set[int] = set()  # to evaluate at the end of this input
         self.stalled: set[int] = set()  # short of R with no candidate: retried later
         self._next_id = ctx.rng.getrandbits(32)
-        self._next_audit = ctx.now + ctx.rng.randint(0, cfg.audit_interval_ms)
+        self._next_audit = ctx.data_now + ctx.rng.randint(0, cfg.audit_interval_ms)  # data clock
+        # Challenges that timed out, kept a while: a late answer still teaches the round trip
+        # (and a late wrong answer is still a lie).
+        self._late: OrderedDict[int, Audit] = OrderedDict()  # at most _LATE, oldest dropped
         self._next_retry = ctx.now + cfg.retry_ms
 
     # --- queries --------------------------------------------------------------------------------
@@ -156,7 +167,7 @@ class OwnerSide:
         for new in sorted(members - self.views.keys()):
             up = new in self.ctx.up
             self.views[new] = HolderView(
-                cfg.score_initial, self.ctx.now, up=up, down_since=None if up else self.ctx.now
+                cfg.score_initial, self.ctx.now, up=up, down_since=None if up else self.ctx.data_now
             )
 
     def on_peer_up(self, peer: str) -> None:
@@ -175,7 +186,7 @@ class OwnerSide:
         if view is None or not view.up:
             return
         view.up = False
-        view.down_since = self.ctx.now
+        view.down_since = self.ctx.data_now
         self._cancel(peer)
 
     def _cancel(self, peer: str) -> None:
@@ -399,7 +410,8 @@ class OwnerSide:
     def _challenge(self, cid: int, a: Audit, block: bytes) -> None:
         ctx = self.ctx
         a.expected = wire.audit_answer(a.nonce, block)
-        a.deadline = ctx.now + ctx.config.audit_timeout_ms
+        a.sent = ctx.now
+        a.deadline = ctx.now + self.audit_timeout(self.views[a.holder])
         rec = self.blocks[a.height]
         ctx.send(a.holder, wire.Challenge(ctx.device_id, cid, a.height, rec.block_hash, a.nonce))
 
@@ -474,14 +486,72 @@ class OwnerSide:
         if msg.free and not had_room:
             self.kick()
 
+    def audit_timeout(self, view: HolderView) -> int:
+        """How long a challenge to this holder may stay unanswered: the configured timeout, or
+        ``audit_rtt_factor`` times its smoothed round trip when that is longer (capped)."""
+        cfg = self.ctx.config
+        if view.srtt is None:
+            return cfg.audit_timeout_ms
+        adaptive = min(cfg.audit_rtt_factor * view.srtt, cfg.audit_timeout_max_ms)
+        return max(cfg.audit_timeout_ms, adaptive)
+
+    def _answered(self, view: HolderView, a: Audit) -> None:
+        """Any answer (PROOF, late PROOF, BUSY): the holder is not silent; learn its round trip
+        (smoothed as TCP does, gain 1/8)."""
+        sample = max(0, self.ctx.now - a.sent)
+        view.srtt = sample if view.srtt is None else view.srtt + (sample - view.srtt) // 8
+        view.silent = 0
+        view.silenced_ms = None
+
     def on_proof(self, peer: str, msg: wire.Proof) -> None:
         a = self.audits.get(msg.challenge_id)
+        if a is None:
+            late = self._late.get(msg.challenge_id)
+            if late is not None and late.holder == peer and peer in self.views:
+                del self._late[msg.challenge_id]
+                self._late_proof(peer, msg, late)
+                return
         if a is None or a.holder != peer or a.expected is None:
             self.ctx.counters["proof_unexpected"] += 1
             return
         del self.audits[msg.challenge_id]
         view = self.views[peer]
         view.audit = None
+        self._answered(view, a)
+        view.busy = 0
+        self._judge(peer, view, a, msg)
+
+    def _late_proof(self, peer: str, msg: wire.Proof, a: Audit) -> None:
+        """A proof after its timeout: the holder was slow, not silent. Its round trip is learnt
+        (the next timeout adapts); a wrong or "not held" answer is judged like an early one, a
+        right one passes (its silence penalty stays: it did not answer in time)."""
+        view = self.views[peer]
+        self.ctx.counters["proofs_late"] += 1
+        self._answered(view, a)
+        self._judge(peer, view, a, msg)
+
+    def on_busy(self, peer: str, msg: wire.Busy) -> None:
+        """The holder cannot answer this challenge now: ask again later, with backoff, at no
+        cost to it. Only an open challenge to this very holder is taken."""
+        ctx = self.ctx
+        a = self.audits.get(msg.challenge_id)
+        if a is None or a.holder != peer or a.expected is None:
+            ctx.counters["busy_unexpected"] += 1
+            return
+        del self.audits[msg.challenge_id]
+        view = self.views[peer]
+        view.audit = None
+        self._answered(view, a)
+        view.busy += 1
+        cfg = ctx.config
+        backoff = min(
+            max(msg.retry_ms, cfg.retry_ms << min(view.busy - 1, 16)), cfg.busy_backoff_max_ms
+        )
+        view.retry = (a.height, ctx.now + backoff)
+        ctx.counters["audits_busy"] += 1
+
+    def _judge(self, peer: str, view: HolderView, a: Audit, msg: wire.Proof) -> None:
+        assert a.expected is not None
         if msg.answer and hmac.compare_digest(msg.answer, a.expected):
             view.passed += 1
             self.ctx.counters["audits_passed"] += 1
@@ -506,7 +576,10 @@ class OwnerSide:
             self._drop_holder(rec, holder)
             rec.avoid.add(holder)
             self.dirty.add(height)
-        view.suspect = set(view.blocks) - {height}
+        if outcome != "timeout":
+            # It answered, and lost or forged this body: it may have lost more. (A silent
+            # holder told nothing about its other blocks; it is re-challenged instead.)
+            view.suspect = set(view.blocks) - {height}
         self._penalize(holder, points)
         self.ctx.out.append(AuditFailed(holder, height, outcome, view.score))
 
@@ -565,7 +638,10 @@ class OwnerSide:
                 del self.audits[cid]
                 self.views[a.holder].audit = None
                 if a.expected is not None:
-                    self._fail_audit(a.holder, a.height, "timeout")
+                    self._late[cid] = a
+                    while len(self._late) > _LATE:
+                        self._late.popitem(last=False)
+                    self._silence(a)
         for h, load in sorted(self.loads.items()):
             if load.deadline <= now:
                 del self.loads[h]
@@ -576,12 +652,13 @@ class OwnerSide:
                     gone = self.audits.pop(cid, None)
                     if gone is not None:
                         self.views[gone.holder].audit = None
+        data_now = ctx.data_now
         for holder, v in sorted(self.views.items()):
             if (
                 not v.up
                 and not v.gone
                 and v.down_since is not None
-                and v.down_since + cfg.repair_delay_ms <= now
+                and v.down_since + cfg.repair_delay_ms <= data_now
             ):
                 v.gone = True
                 self.dirty |= v.blocks
@@ -591,8 +668,9 @@ class OwnerSide:
                 v.score = min(cfg.score_initial, v.score + points)
                 v.scored_ms += points * cfg.recover_ms
                 self._readmit(holder, v)
-        if now >= self._next_audit:
-            self._next_audit = now + cfg.audit_interval_ms
+        self._audit_retries()
+        if data_now >= self._next_audit:
+            self._next_audit = data_now + cfg.audit_interval_ms
             self._audit_round()
         if now >= self._next_retry:
             self._next_retry = now + cfg.retry_ms
@@ -602,6 +680,49 @@ class OwnerSide:
                 if rec is not None:
                     rec.avoid.clear()
             self.kick()
+
+    def _silence(self, a: Audit) -> None:
+        """A challenge went unanswered within its (adaptive) timeout. Silences closer together
+        than ``silence_spacing_ms`` are one burst (one stall swallows many challenges) and
+        count once; each counted one costs ``penalty_timeout``. After ``silent_failures``
+        counted silences in a row the receipt is voided (the block is placed again); before
+        that the same block is challenged again one spacing later."""
+        ctx = self.ctx
+        cfg = ctx.config
+        view = self.views[a.holder]
+        if view.silenced_ms is not None and ctx.now - view.silenced_ms < cfg.silence_spacing_ms:
+            ctx.counters["audits_silent_same_burst"] += 1
+        else:
+            view.silent += 1
+            view.silenced_ms = ctx.now
+            if view.silent >= cfg.silent_failures:
+                view.silent = 0
+                view.silenced_ms = None
+                self._fail_audit(a.holder, a.height, "timeout")
+                return
+            ctx.counters["audits_silent"] += 1
+            self._penalize(a.holder, cfg.penalty_timeout)
+        if not view.excluded and a.height in view.blocks:
+            view.retry = (a.height, ctx.now + cfg.silence_spacing_ms)
+
+    def _audit_retries(self) -> None:
+        """Re-challenge what a holder left unanswered or said BUSY about, once its wait is over."""
+        for holder, v in sorted(self.views.items()):
+            if v.retry is None or v.retry[1] > self.ctx.now:
+                continue
+            height = v.retry[0]
+            if height not in v.blocks or not v.healthy:
+                v.retry = None
+                continue
+            if not v.up or v.audit is not None:
+                continue
+            if len(self.audits) >= self.ctx.config.max_audits:
+                return
+            v.retry = None
+            self.ctx.counters["audits_retried"] += 1
+            if not self._start_audit(holder, v, height):
+                v.retry = (height, self.ctx.now + self.ctx.config.retry_ms)
+                return
 
     def _audit_suspects(self) -> None:
         """Audit, one at a time, the other blocks of holders that just failed an audit."""
@@ -624,6 +745,8 @@ class OwnerSide:
         order = sorted(self.views.items(), key=lambda kv: (kv[1].audited_ms, kv[0]))
         for holder, v in order:
             if not v.up or not v.healthy or v.audit is not None or not v.blocks:
+                continue
+            if v.retry is not None:  # it has a challenge coming (after BUSY or a silence)
                 continue
             if len(self.audits) >= ctx.config.max_audits:
                 ctx.counters["audits_skipped"] += 1
@@ -652,20 +775,41 @@ class OwnerSide:
         load.audits.append(cid)
         return True
 
-    def next_deadline(self) -> int:
+    def rebase_data(self, delta: int) -> None:
+        """The data clock differs from the network time the node was built at: move what was
+        scheduled on it (before any data time was known) by ``delta``."""
+        self._next_audit += delta
+        for v in self.views.values():
+            if v.down_since is not None:
+                v.down_since += delta
+
+    def next_data_deadline(self) -> int:
+        """The next audit round or repair, on the data clock."""
         cfg = self.ctx.config
         times = [self._next_audit]
-        if self.stalled or any(v.suspect for v in self.views.values()):
-            times.append(self._next_retry)
+        for v in self.views.values():
+            if not v.up and not v.gone and v.down_since is not None and v.blocks:
+                times.append(v.down_since + cfg.repair_delay_ms)
+        return min(times)
+
+    def next_deadline(self) -> int:
+        """The next deadline on the network clock (timeouts, retries, score recovery)."""
+        cfg = self.ctx.config
+        times = [self._next_retry]
+        if not (self.stalled or any(v.suspect for v in self.views.values())):
+            times.pop()  # nothing to retry
+        audits_free = len(self.audits) < cfg.max_audits
         times.extend(p.deadline for p in self.placing.values())
         times.extend(a.deadline for a in self.audits.values())
         times.extend(ld.deadline for ld in self.loads.values())
         for v in self.views.values():
-            if not v.up and not v.gone and v.down_since is not None and v.blocks:
-                times.append(v.down_since + cfg.repair_delay_ms)
             if v.score < cfg.score_initial:
                 times.append(v.scored_ms + cfg.recover_ms)
-        return min(times)
+            # A due retry waits for the holder to be up and free, and for an audit slot: those
+            # come with an input (and an audit slot with a deadline), so no busy loop here.
+            if v.retry is not None and v.up and v.audit is None and audits_free:
+                times.append(v.retry[1])
+        return min(times, default=self.ctx.now + cfg.audit_interval_ms)
 
 
 def _header_hash(block_wire: bytes) -> bytes | None:
