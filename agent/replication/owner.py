@@ -14,9 +14,14 @@
 - **Audits**: every ``audit_interval_ms`` each healthy holder that is up and holds any own block
   gets one challenge about a random one of them: a fresh 16-byte nonce; the owner loads its
   own copy and expects ``SHA-256(AUDIT || nonce || block_wire)``. Pass: +``reward_audit``.
-  Wrong: -``penalty_wrong``; "not held": -``penalty_missing``; no answer within
-  ``audit_timeout_ms``: -``penalty_timeout``. A failed audit voids that receipt, so the block is
-  placed again.
+  Wrong: -``penalty_wrong``; "not held": -``penalty_missing``. A failed audit voids that
+  receipt, so the block is placed again.
+- **Load is not loss**: the timeout adapts to each holder's smoothed round trip
+  (``audit_timeout``); BUSY means "ask again later" (backoff, no penalty); silences within
+  ``silence_spacing_ms`` of each other are one burst, each counted one costs
+  ``penalty_timeout``, and only the ``silent_failures``-th in a row fails the audit.
+- **Clocks**: audit rounds and the repair delay run on the data clock (``ctx.data_now``),
+  everything that measures the network on the network clock (``ctx.now``).
 - **Repair**: a holder down longer than ``repair_delay_ms``, or excluded, stops counting, and
   every block it held is placed again. When it comes back (or is readmitted) blocks may hold
   more than R healthy copies: the owner keeps the R with the highest rendezvous draw and sends
@@ -104,6 +109,7 @@ class Placing:
     holder: str
     height: int
     deadline: int
+    sent: int = 0  # network time the STORE was asked for (a round-trip sample on its answer)
 
 
 @dataclass(slots=True)
@@ -331,7 +337,8 @@ class OwnerSide:
         view.inflight += 1
         view.free = max(0, (view.free or 0) - rec.size)
         view.sent_since_advert += rec.size
-        self.placing[rid] = Placing(holder, rec.height, ctx.now + ctx.config.store_timeout_ms)
+        timeout = self._timeout(view, ctx.config.store_timeout_ms)
+        self.placing[rid] = Placing(holder, rec.height, ctx.now + timeout, ctx.now)
         self._targets.setdefault(rec.height, set()).add(holder)
         fresh = self._fresh.get(rec.height)
         if fresh is not None:
@@ -423,6 +430,7 @@ class OwnerSide:
         p = self.placing.get(msg.request_id)
         if p is not None and p.holder == peer:
             self._end_store(msg.request_id)
+            self._answered(self.views[peer], p.sent)
         else:
             ctx.counters["receipt_unsolicited"] += 1
         sr = decode_receipt(msg.receipt)
@@ -467,6 +475,7 @@ class OwnerSide:
             ctx.counters["refuse_unexpected"] += 1
             return
         self._end_store(msg.request_id)
+        self._answered(view, p.sent)
         view.refused += 1
         rec = self.blocks.get(p.height)
         if rec is not None:
@@ -489,16 +498,25 @@ class OwnerSide:
     def audit_timeout(self, view: HolderView) -> int:
         """How long a challenge to this holder may stay unanswered: the configured timeout, or
         ``audit_rtt_factor`` times its smoothed round trip when that is longer (capped)."""
+        return self._timeout(view, self.ctx.config.audit_timeout_ms)
+
+    def _timeout(self, view: HolderView, configured: int) -> int:
+        """``configured``, or ``audit_rtt_factor`` x the holder's smoothed round trip when longer
+        (at most ``audit_timeout_max_ms``): STOREs and challenges alike."""
         cfg = self.ctx.config
         if view.srtt is None:
-            return cfg.audit_timeout_ms
-        adaptive = min(cfg.audit_rtt_factor * view.srtt, cfg.audit_timeout_max_ms)
-        return max(cfg.audit_timeout_ms, adaptive)
+            return configured
+        return max(configured, min(cfg.audit_rtt_factor * view.srtt, cfg.audit_timeout_max_ms))
 
-    def _answered(self, view: HolderView, a: Audit) -> None:
-        """Any answer (PROOF, late PROOF, BUSY): the holder is not silent; learn its round trip
-        (smoothed as TCP does, gain 1/8)."""
-        sample = max(0, self.ctx.now - a.sent)
+    def _audit_gap(self, view: HolderView) -> int:
+        """Least network time between two round challenges to one holder: ``audit_min_gap_ms``,
+        or its audit timeout when longer (a slow holder is asked less often)."""
+        return max(self.ctx.config.audit_min_gap_ms, self.audit_timeout(view))
+
+    def _answered(self, view: HolderView, sent: int) -> None:
+        """Any answer (PROOF, late PROOF, BUSY, RECEIPT, REFUSE): the holder is not silent;
+        learn its round trip (smoothed as TCP does, gain 1/8)."""
+        sample = max(0, self.ctx.now - sent)
         view.srtt = sample if view.srtt is None else view.srtt + (sample - view.srtt) // 8
         view.silent = 0
         view.silenced_ms = None
@@ -517,7 +535,7 @@ class OwnerSide:
         del self.audits[msg.challenge_id]
         view = self.views[peer]
         view.audit = None
-        self._answered(view, a)
+        self._answered(view, a.sent)
         view.busy = 0
         self._judge(peer, view, a, msg)
 
@@ -527,7 +545,7 @@ class OwnerSide:
         right one passes (its silence penalty stays: it did not answer in time)."""
         view = self.views[peer]
         self.ctx.counters["proofs_late"] += 1
-        self._answered(view, a)
+        self._answered(view, a.sent)
         self._judge(peer, view, a, msg)
 
     def on_busy(self, peer: str, msg: wire.Busy) -> None:
@@ -535,13 +553,21 @@ class OwnerSide:
         cost to it. Only an open challenge to this very holder is taken."""
         ctx = self.ctx
         a = self.audits.get(msg.challenge_id)
-        if a is None or a.holder != peer or a.expected is None:
+        if a is None:  # answered after its timeout: still a round trip and a retry
+            late = self._late.get(msg.challenge_id)
+            if late is not None and late.holder == peer and peer in self.views:
+                del self._late[msg.challenge_id]
+                a = late
+        elif a.holder == peer and a.expected is not None:
+            del self.audits[msg.challenge_id]
+            self.views[peer].audit = None
+        else:
+            a = None
+        if a is None:
             ctx.counters["busy_unexpected"] += 1
             return
-        del self.audits[msg.challenge_id]
         view = self.views[peer]
-        view.audit = None
-        self._answered(view, a)
+        self._answered(view, a.sent)
         view.busy += 1
         cfg = ctx.config
         backoff = min(
@@ -632,7 +658,8 @@ class OwnerSide:
                 rec = self.blocks.get(p.height)
                 if rec is not None:
                     rec.avoid.add(p.holder)
-                self._penalize(p.holder, cfg.penalty_timeout)
+                if self._count_silence(self.views[p.holder]):
+                    self._penalize(p.holder, cfg.penalty_timeout)
         for cid, a in sorted(self.audits.items()):
             if a.deadline <= now:
                 del self.audits[cid]
@@ -690,11 +717,9 @@ class OwnerSide:
         ctx = self.ctx
         cfg = ctx.config
         view = self.views[a.holder]
-        if view.silenced_ms is not None and ctx.now - view.silenced_ms < cfg.silence_spacing_ms:
+        if not self._count_silence(view):
             ctx.counters["audits_silent_same_burst"] += 1
         else:
-            view.silent += 1
-            view.silenced_ms = ctx.now
             if view.silent >= cfg.silent_failures:
                 view.silent = 0
                 view.silenced_ms = None
@@ -704,6 +729,19 @@ class OwnerSide:
             self._penalize(a.holder, cfg.penalty_timeout)
         if not view.excluded and a.height in view.blocks:
             view.retry = (a.height, ctx.now + cfg.silence_spacing_ms)
+
+    def _count_silence(self, view: HolderView) -> bool:
+        """A request to this holder went unanswered: True when it counts (the first of its
+        burst: none counted within ``silence_spacing_ms`` before), and then it is counted."""
+        now = self.ctx.now
+        if (
+            view.silenced_ms is not None
+            and now - view.silenced_ms < self.ctx.config.silence_spacing_ms
+        ):
+            return False
+        view.silent += 1
+        view.silenced_ms = now
+        return True
 
     def _audit_retries(self) -> None:
         """Re-challenge what a holder left unanswered or said BUSY about, once its wait is over."""
@@ -747,6 +785,11 @@ class OwnerSide:
             if not v.up or not v.healthy or v.audit is not None or not v.blocks:
                 continue
             if v.retry is not None:  # it has a challenge coming (after BUSY or a silence)
+                continue
+            if v.audited_ms >= 0 and ctx.now - v.audited_ms < self._audit_gap(v):
+                # Paced on the network: a round due again on a fast data clock (a simulated
+                # run) does not challenge a holder faster than it can answer.
+                ctx.counters["audits_paced"] += 1
                 continue
             if len(self.audits) >= ctx.config.max_audits:
                 ctx.counters["audits_skipped"] += 1

@@ -27,6 +27,9 @@ class ReplicationConfig:
     # judged over time, not by how many challenges one stall swallowed.
     silence_spacing_ms: int = 60_000
     silent_failures: int = 3  # counted silences in a row that void the receipt (re-place)
+    # Network time between two round challenges to one holder, at least (or its audit timeout
+    # when longer): audit rounds are due on the data clock, which a simulated run races.
+    audit_min_gap_ms: int = 10_000
     busy_backoff_max_ms: int = 300_000  # longest wait before re-asking a holder that said BUSY
     store_timeout_ms: int = 10_000  # a STORE not answered by then is placed elsewhere
     repair_delay_ms: int = 600_000  # a holder down this long no longer counts: re-place
