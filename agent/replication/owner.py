@@ -110,6 +110,7 @@ class Placing:
     height: int
     deadline: int
     sent: int = 0  # network time the STORE was asked for (a round-trip sample on its answer)
+    charged: bool = False  # its timeout cost the holder a silence penalty (refunded if late)
 
 
 @dataclass(slots=True)
@@ -120,6 +121,7 @@ class Audit:
     deadline: int
     expected: bytes | None = None  # None until the own copy is loaded and the challenge sent
     sent: int = 0  # network time the challenge went out
+    charged: bool = False  # its timeout cost the holder a silence penalty (refunded if late)
 
 
 @dataclass(slots=True)
@@ -148,6 +150,7 @@ class OwnerSide:
         # Challenges that timed out, kept a while: a late answer still teaches the round trip
         # (and a late wrong answer is still a lie).
         self._late: OrderedDict[int, Audit] = OrderedDict()  # at most _LATE, oldest dropped
+        self._late_stores: OrderedDict[int, Placing] = OrderedDict()  # the same, for STOREs
         self._next_retry = ctx.now + cfg.retry_ms
 
     # --- queries --------------------------------------------------------------------------------
@@ -433,6 +436,7 @@ class OwnerSide:
             self._answered(self.views[peer], p.sent)
         else:
             ctx.counters["receipt_unsolicited"] += 1
+            self._late_store(peer, msg.request_id)
         sr = decode_receipt(msg.receipt)
         r = sr.receipt
         rec = self.blocks.get(r.height)
@@ -467,12 +471,19 @@ class OwnerSide:
             ctx.out.append(BlockReplicated(r.height, ctx.config.replicas))
         self.dirty.add(r.height)
 
+    def _late_store(self, peer: str, rid: int) -> None:
+        p = self._late_stores.get(rid)
+        if p is not None and p.holder == peer:
+            del self._late_stores[rid]
+            self._late_answer(peer, p.sent, p.charged)
+
     def on_refuse(self, peer: str, msg: wire.Refuse) -> None:
         ctx = self.ctx
         view = self.views[peer]
         p = self.placing.get(msg.request_id)
         if p is None or p.holder != peer:
             ctx.counters["refuse_unexpected"] += 1
+            self._late_store(peer, msg.request_id)
             return
         self._end_store(msg.request_id)
         self._answered(view, p.sent)
@@ -507,6 +518,18 @@ class OwnerSide:
         if view.srtt is None:
             return configured
         return max(configured, min(cfg.audit_rtt_factor * view.srtt, cfg.audit_timeout_max_ms))
+
+    def _late_answer(self, peer: str, sent: int, charged: bool) -> None:
+        """An answer after its timeout: the holder was slow, not silent. Its round trip is learnt
+        (the next timeouts adapt) and the silence penalty its timeout cost is given back."""
+        view = self.views[peer]
+        self._answered(view, sent)
+        self.ctx.counters["answers_late"] += 1
+        if charged:
+            view.score = min(
+                self.ctx.config.score_initial, view.score + self.ctx.config.penalty_timeout
+            )
+            self._readmit(peer, view)
 
     def _audit_gap(self, view: HolderView) -> int:
         """Least network time between two round challenges to one holder: ``audit_min_gap_ms``,
@@ -545,7 +568,7 @@ class OwnerSide:
         right one passes (its silence penalty stays: it did not answer in time)."""
         view = self.views[peer]
         self.ctx.counters["proofs_late"] += 1
-        self._answered(view, a.sent)
+        self._late_answer(peer, a.sent, a.charged)
         self._judge(peer, view, a, msg)
 
     def on_busy(self, peer: str, msg: wire.Busy) -> None:
@@ -553,10 +576,12 @@ class OwnerSide:
         cost to it. Only an open challenge to this very holder is taken."""
         ctx = self.ctx
         a = self.audits.get(msg.challenge_id)
+        late = None
         if a is None:  # answered after its timeout: still a round trip and a retry
             late = self._late.get(msg.challenge_id)
             if late is not None and late.holder == peer and peer in self.views:
                 del self._late[msg.challenge_id]
+                self._late_answer(peer, late.sent, late.charged)
                 a = late
         elif a.holder == peer and a.expected is not None:
             del self.audits[msg.challenge_id]
@@ -567,7 +592,8 @@ class OwnerSide:
             ctx.counters["busy_unexpected"] += 1
             return
         view = self.views[peer]
-        self._answered(view, a.sent)
+        if a is not late:
+            self._answered(view, a.sent)
         view.busy += 1
         cfg = ctx.config
         backoff = min(
@@ -659,7 +685,11 @@ class OwnerSide:
                 if rec is not None:
                     rec.avoid.add(p.holder)
                 if self._count_silence(self.views[p.holder]):
+                    p.charged = True
                     self._penalize(p.holder, cfg.penalty_timeout)
+                self._late_stores[rid] = p
+                while len(self._late_stores) > _LATE:
+                    self._late_stores.popitem(last=False)
         for cid, a in sorted(self.audits.items()):
             if a.deadline <= now:
                 del self.audits[cid]
@@ -726,6 +756,7 @@ class OwnerSide:
                 self._fail_audit(a.holder, a.height, "timeout")
                 return
             ctx.counters["audits_silent"] += 1
+            a.charged = True
             self._penalize(a.holder, cfg.penalty_timeout)
         if not view.excluded and a.height in view.blocks:
             view.retry = (a.height, ctx.now + cfg.silence_spacing_ms)
