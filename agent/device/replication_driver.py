@@ -8,10 +8,16 @@ header it holds) and the device's own seals (with the previous header, so a fres
 placed without reading it back). It is the only place the core's actions are executed: sends
 and store work through the device's ports (``agent.device.context.DeviceContext``). The
 runtime's network timer calls ``on_timer`` at ``deadline()``.
+
+Two clocks (docs/REPLICATION.md 15.6): the core is given the network time and the device's data
+time; audit rounds and the repair delay are due on the data clock, so the driver has the data
+clock wake the network timer then (``Clock.resolve_at``, through ``deadline_moved``). A device
+whose two clocks are one drives the core with one clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -22,6 +28,7 @@ from agent.gossip import inputs as GI
 from agent.replication import actions as RA
 from agent.replication import inputs as RI
 from agent.replication.node import ReplicationNode
+from firmware_sim.clock import Clock
 from ledger.block import decode_block
 from ledger.errors import LedgerError
 
@@ -31,10 +38,15 @@ _NOTIFICATIONS = (RA.BlockReplicated, RA.AuditFailed, RA.HolderExcluded, RA.Hold
 
 
 class ReplicationDriver:
-    def __init__(self, ctx: DeviceContext, node: ReplicationNode, name: str) -> None:
+    def __init__(
+        self, ctx: DeviceContext, node: ReplicationNode, name: str, data_clock: Clock | None = None
+    ) -> None:
         self.ctx = ctx
         self.node = node
         self._log = logging.LoggerAdapter(log, {"device": name})
+        # None when the data clock is the network clock (one clock drives the core).
+        self._data_clock = None if data_clock is ctx.net_clock else data_clock
+        self._data_wake: tuple[int, asyncio.Future[None]] | None = None  # armed data deadline
 
     # --- start ---------------------------------------------------------------------------------
     async def start(self, boot: Sequence[GI.Input]) -> None:
@@ -71,8 +83,11 @@ class ReplicationDriver:
 
     # --- inputs --------------------------------------------------------------------------------
     async def handle(self, event: RI.Input) -> None:
-        await self.execute(self.node.handle(event, self.ctx.net_clock.now_ms()))
-        self.ctx.deadline_moved(self.node.next_deadline())
+        await self.execute(self.node.handle(event, self.ctx.net_clock.now_ms(), self._data_ms()))
+        self.ctx.deadline_moved(self.deadline())
+
+    def _data_ms(self) -> int | None:
+        return None if self._data_clock is None else self._data_clock.now_ms()
 
     async def from_gossip(self, act: GA.Action) -> None:
         """What the gossip core verified that the replication core needs too: peer headers (a
@@ -86,11 +101,44 @@ class ReplicationDriver:
                 pass
 
     def deadline(self) -> int:
-        return self.node.next_deadline()
+        """The core's next deadline on the network clock: now when its data deadline has come;
+        otherwise the data clock is armed to wake the network timer at that deadline."""
+        net = self.node.next_deadline()
+        clock = self._data_clock
+        if clock is None:
+            return net
+        due = self.node.next_data_deadline()
+        if clock.now_ms() >= due:
+            return min(net, self.ctx.net_clock.now_ms())
+        self._arm(clock, due)
+        return net
+
+    def _arm(self, clock: Clock, due: int) -> None:
+        armed = self._data_wake
+        if armed is not None and armed[0] == due and not armed[1].done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # asked outside the loop (a view): the next call arms it
+            return
+        if armed is not None:
+            armed[1].cancel()
+        fut: asyncio.Future[None] = loop.create_future()
+        fut.add_done_callback(self._data_due)
+        clock.resolve_at(due, fut)
+        self._data_wake = (due, fut)
+
+    def _data_due(self, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled():
+            self.ctx.deadline_moved(self.ctx.net_clock.now_ms())
 
     async def on_timer(self, now_ms: int) -> None:
-        if now_ms >= self.node.next_deadline():
-            await self.execute(self.node.handle_timer(now_ms))
+        data_ms = self._data_ms()
+        due = now_ms >= self.node.next_deadline() or (
+            data_ms is not None and data_ms >= self.node.next_data_deadline()
+        )
+        if due:
+            await self.execute(self.node.handle_timer(now_ms, data_ms))
 
     # --- actions -------------------------------------------------------------------------------
     async def execute(self, acts: list[RA.Action]) -> None:

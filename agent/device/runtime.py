@@ -122,7 +122,9 @@ class DeviceAgent:
         # Edge replication of own block bodies on peers, and of peers' on this device's spare
         # storage; None: the device neither places nor holds replicas.
         self.replicator = (
-            None if replication is None else ReplicationDriver(self.ctx, replication, name)
+            None
+            if replication is None
+            else ReplicationDriver(self.ctx, replication, name, data_clock)
         )
         self.gossip = GossipDriver(
             self.ctx,

@@ -5,7 +5,7 @@ audits and repair. Sans-I/O like gossip (docs/REPLICATION.md).
   ``next_deadline()``; ``owner`` and ``holder`` hold the two halves of its state.
 - ``inputs``: what the runtime feeds in (nouns); ``actions``: what it must do (imperatives) and
   what happened (past tense). Those every core shares live in ``agent.protocol``.
-- ``wire``: the seven message types (32..38), canonical MessagePack with hard limits.
+- ``wire``: the eight message types (32..39), canonical MessagePack with hard limits.
 - ``placement``: weighted rendezvous hashing, distinct sites first.
 - ``tuning.ReplicationConfig``: tunables, bounds and the seeded randomness.
 - ``sim``: direct-wired nodes with simulated time, for tests.

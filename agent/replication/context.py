@@ -1,9 +1,10 @@
-"""What the owner side and the holder side of one node share: identity, config, the clock value of
-the input being handled, membership, presence, credentials, counters and the action list; the
-device's signer (every message leaves sealed, ``seal``) and the answer budget (``answer``).
+"""What the owner side and the holder side of one node share: identity, config, the two clock
+values of the input being handled (network and data), membership, presence, credentials,
+counters and the action list; the device's signer (every message leaves sealed, ``seal``) and
+the answer budget (``answer``).
 
-One ``Context`` per ``ReplicationNode``; the node updates ``now`` before it calls either side,
-and collects ``out`` after.
+One ``Context`` per ``ReplicationNode``; the node updates ``now`` and ``data_now`` before it
+calls either side, and collects ``out`` after.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Context:
         self.config = config
         self.rng = config.rng
         self.creds = creds
-        self.now = now_ms
+        self.now = now_ms  # the network clock: request timeouts, retries, scores
+        self.data_now = now_ms  # the data clock: audit rounds, repair delay (REPLICATION.md 15.6)
         self.out: list[Action] = []
         self.counters: Counter[str] = Counter()
         self.domains: dict[str, frozenset[str]] = {}
@@ -89,4 +91,5 @@ def _type(msg: wire.Message) -> int:
         wire.Proof: wire.PROOF,
         wire.Release: wire.RELEASE,
         wire.Space: wire.SPACE,
+        wire.Busy: wire.BUSY_MSG,
     }[type(msg)]

@@ -12,7 +12,8 @@
 - **Receipts** are signed only after the runtime reports the body durable (``ReplicaStored``).
 - **Audits**: a CHALLENGE for a held block makes the runtime load the body (``LoadReplica``);
   the PROOF is ``SHA-256(AUDIT || nonce || block_wire)``. A block not held is answered with an
-  empty proof at once.
+  empty proof at once. A holder too busy to answer in time (its loads or writes queued up, or a
+  load not back within ``serve_timeout_ms``) answers BUSY instead of going silent.
 - **Adverts**: SPACE (quota, free) is broadcast to the domains when free space moved by an
   eighth of the quota, at least every ``advert_interval_ms``, and sent to a peer that comes up.
 """
@@ -246,13 +247,25 @@ class HolderSide:
         cfg = ctx.config
         total = sum(len(s) for s in self.serves.values())
         mine = sum(1 for s in self.serves.values() for x in s if x.peer_id == peer)
-        if total >= cfg.max_serves or mine >= cfg.max_serves_per_peer:
-            ctx.counters["challenge_dropped"] += 1
+        if (
+            total >= cfg.max_serves
+            or mine >= cfg.max_serves_per_peer
+            or len(self.writes) >= cfg.max_pending_writes
+        ):
+            # Saturated (loads or writes queued up): say so rather than go silent, so the
+            # owner asks again later instead of counting a silence.
+            ctx.counters["challenge_busy"] += 1
+            self._busy(peer, msg.challenge_id)
             return
         waiting = self.serves.setdefault(key, [])
         waiting.append(Serve(peer, msg.challenge_id, msg.nonce, ctx.now + cfg.serve_timeout_ms))
         if len(waiting) == 1:
             ctx.out.append(LoadReplica(peer, msg.height))
+
+    def _busy(self, peer: str, challenge_id: int) -> None:
+        ctx = self.ctx
+        hint = ctx.config.retry_ms * (1 + sum(len(s) for s in self.serves.values()))
+        ctx.answer(peer, wire.Busy(ctx.device_id, challenge_id, min(hint, wire.MAX_RETRY_MS)))
 
     def on_replica_loaded(self, ev: ReplicaLoaded) -> None:
         ctx = self.ctx
@@ -285,7 +298,10 @@ class HolderSide:
     def on_timer(self) -> None:
         now = self.ctx.now
         for key in [k for k, ss in self.serves.items() if ss[0].deadline <= now]:
-            self.ctx.counters["serves_expired"] += len(self.serves.pop(key))
+            expired = self.serves.pop(key)
+            self.ctx.counters["serves_expired"] += len(expired)
+            for s in expired:  # the load did not come in time: not silence, busy
+                self._busy(s.peer_id, s.challenge_id)
         if now >= self._next_advert:
             self._broadcast_space(self.free())
 

@@ -85,6 +85,7 @@ class ReplicationNode:
         self.device_id = device_id
         self.config = cfg
         self._charged: Lru[bytes, bool] = Lru(_CHARGED_TAGS)  # messages that cost their sender
+        self._two_clocks = False  # a data time was ever given (handle/handle_timer data_ms)
         self.owner = OwnerSide(ctx)
         self.holder = HolderSide(ctx)
         for name, members in domains.items():
@@ -97,9 +98,12 @@ class ReplicationNode:
 
     # --- public API ---------------------------------------------------------------------------
 
-    def handle(self, event: Input, now_ms: int) -> list[Action]:
-        """Feed one input; return what to do. Remote bytes never make this raise."""
-        self._ctx.now = now_ms
+    def handle(self, event: Input, now_ms: int, data_ms: int | None = None) -> list[Action]:
+        """Feed one input; return what to do. Remote bytes never make this raise.
+
+        ``now_ms`` is the network clock (request timeouts, retries, scores), ``data_ms`` the data
+        clock (audit rounds, repair delay: docs/REPLICATION.md 15.6); None: one clock for both."""
+        self._clocks(now_ms, data_ms)
         if isinstance(event, MessageReceived):
             self._on_message(event)
         elif isinstance(event, PeerUp):
@@ -131,15 +135,36 @@ class ReplicationNode:
             raise UsageError(f"replication node: unknown input {type(event).__name__}")
         return self._take()
 
-    def handle_timer(self, now_ms: int) -> list[Action]:
-        """Run whatever is due at ``now_ms``: deadlines, audits, repair, retries, adverts."""
-        self._ctx.now = now_ms
+    def handle_timer(self, now_ms: int, data_ms: int | None = None) -> list[Action]:
+        """Run whatever is due: deadlines, retries and adverts at ``now_ms`` (network clock),
+        audit rounds and repair at ``data_ms`` (data clock; None: ``now_ms``)."""
+        self._clocks(now_ms, data_ms)
         self.owner.on_timer()
         self.holder.on_timer()
         return self._take()
 
     def next_deadline(self) -> int:
-        return min(self.owner.next_deadline(), self.holder.next_deadline())
+        """When ``handle_timer`` is next due on the network clock. Driven with one clock (no
+        ``data_ms`` given), this includes the data clock's deadline too."""
+        net = min(self.owner.next_deadline(), self.holder.next_deadline())
+        return net if self._two_clocks else min(net, self.owner.next_data_deadline())
+
+    def next_data_deadline(self) -> int:
+        """When ``handle_timer`` is next due on the data clock (audit round, repair delay)."""
+        return self.owner.next_data_deadline()
+
+    def _clocks(self, now_ms: int, data_ms: int | None) -> None:
+        ctx = self._ctx
+        ctx.now = now_ms
+        if data_ms is None:
+            ctx.data_now = now_ms
+            return
+        if not self._two_clocks:
+            # The first data time: what was scheduled on the data clock before (from the network
+            # time the node was built at) moves with it, so the first round keeps its offset.
+            self._two_clocks = True
+            self.owner.rebase_data(data_ms - ctx.data_now)
+        ctx.data_now = data_ms
 
     def _trusted(self, what: str, fn: Callable[..., None], *args: object) -> None:
         """Inputs from the runtime's store: a record that does not decode is counted, not fatal
@@ -169,6 +194,11 @@ class ReplicationNode:
     def score(self, holder_id: str) -> int | None:
         view = self.owner.views.get(holder_id)
         return None if view is None else view.score
+
+    def audit_timeout_of(self, holder_id: str) -> int:
+        """How long a challenge to ``holder_id`` may stay unanswered now (adaptive, 15.5)."""
+        view = self.owner.views.get(holder_id)
+        return self.config.audit_timeout_ms if view is None else self.owner.audit_timeout(view)
 
     def excluded(self, holder_id: str) -> bool:
         view = self.owner.views.get(holder_id)
@@ -283,6 +313,8 @@ class ReplicationNode:
             self.owner.on_refuse(peer, msg)
         elif isinstance(msg, wire.Proof):
             self.owner.on_proof(peer, msg)
+        elif isinstance(msg, wire.Busy):
+            self.owner.on_busy(peer, msg)
         else:
             self.owner.on_space(peer, msg)
 

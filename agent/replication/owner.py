@@ -14,9 +14,14 @@
 - **Audits**: every ``audit_interval_ms`` each healthy holder that is up and holds any own block
   gets one challenge about a random one of them: a fresh 16-byte nonce; the owner loads its
   own copy and expects ``SHA-256(AUDIT || nonce || block_wire)``. Pass: +``reward_audit``.
-  Wrong: -``penalty_wrong``; "not held": -``penalty_missing``; no answer within
-  ``audit_timeout_ms``: -``penalty_timeout``. A failed audit voids that receipt, so the block is
-  placed again.
+  Wrong: -``penalty_wrong``; "not held": -``penalty_missing``. A failed audit voids that
+  receipt, so the block is placed again.
+- **Load is not loss**: the timeout adapts to each holder's smoothed round trip
+  (``audit_timeout``); BUSY means "ask again later" (backoff, no penalty); silences within
+  ``silence_spacing_ms`` of each other are one burst, each counted one costs
+  ``penalty_timeout``, and only the ``silent_failures``-th in a row fails the audit.
+- **Clocks**: audit rounds and the repair delay run on the data clock (``ctx.data_now``),
+  everything that measures the network on the network clock (``ctx.now``).
 - **Repair**: a holder down longer than ``repair_delay_ms``, or excluded, stops counting, and
   every block it held is placed again. When it comes back (or is readmitted) blocks may hold
   more than R healthy copies: the owner keeps the R with the highest rendezvous draw and sends
@@ -28,6 +33,7 @@
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +56,7 @@ from ledger.errors import DecodeError, VerificationError
 from ledger.receipt import decode_receipt
 
 _FRESH = 8  # bodies of the latest sealed blocks kept for their first placement
+_LATE = 64  # timed-out challenges remembered for a late answer
 
 
 @dataclass(slots=True)
@@ -69,7 +76,7 @@ class HolderView:
     score: int
     scored_ms: int  # last penalty or recovery step
     up: bool = False
-    down_since: int | None = None
+    down_since: int | None = None  # data clock: repair is about the data's life
     gone: bool = False
     excluded: bool = False
     quota: int = 0
@@ -86,6 +93,11 @@ class HolderView:
     passed: int = 0
     failed: int = 0
     refused: int = 0
+    srtt: int | None = None  # smoothed challenge round trip (network ms), from every answer
+    silent: int = 0  # counted unanswered challenges in a row (reset by any answer)
+    silenced_ms: int | None = None  # when the last one was counted
+    busy: int = 0  # BUSY answers in a row (the backoff doubles with each)
+    retry: tuple[int, int] | None = None  # (height, network time): re-challenge it then
 
     @property
     def healthy(self) -> bool:
@@ -97,6 +109,8 @@ class Placing:
     holder: str
     height: int
     deadline: int
+    sent: int = 0  # network time the STORE was asked for (a round-trip sample on its answer)
+    charged: bool = False  # its timeout cost the holder a silence penalty (refunded if late)
 
 
 @dataclass(slots=True)
@@ -106,6 +120,8 @@ class Audit:
     nonce: bytes
     deadline: int
     expected: bytes | None = None  # None until the own copy is loaded and the challenge sent
+    sent: int = 0  # network time the challenge went out
+    charged: bool = False  # its timeout cost the holder a silence penalty (refunded if late)
 
 
 @dataclass(slots=True)
@@ -130,7 +146,11 @@ class OwnerSide:
         self.dirty: set[int] = set()  # to evaluate at the end of this input
         self.stalled: set[int] = set()  # short of R with no candidate: retried later
         self._next_id = ctx.rng.getrandbits(32)
-        self._next_audit = ctx.now + ctx.rng.randint(0, cfg.audit_interval_ms)
+        self._next_audit = ctx.data_now + ctx.rng.randint(0, cfg.audit_interval_ms)  # data clock
+        # Challenges that timed out, kept a while: a late answer still teaches the round trip
+        # (and a late wrong answer is still a lie).
+        self._late: OrderedDict[int, Audit] = OrderedDict()  # at most _LATE, oldest dropped
+        self._late_stores: OrderedDict[int, Placing] = OrderedDict()  # the same, for STOREs
         self._next_retry = ctx.now + cfg.retry_ms
 
     # --- queries --------------------------------------------------------------------------------
@@ -156,7 +176,7 @@ class OwnerSide:
         for new in sorted(members - self.views.keys()):
             up = new in self.ctx.up
             self.views[new] = HolderView(
-                cfg.score_initial, self.ctx.now, up=up, down_since=None if up else self.ctx.now
+                cfg.score_initial, self.ctx.now, up=up, down_since=None if up else self.ctx.data_now
             )
 
     def on_peer_up(self, peer: str) -> None:
@@ -175,7 +195,7 @@ class OwnerSide:
         if view is None or not view.up:
             return
         view.up = False
-        view.down_since = self.ctx.now
+        view.down_since = self.ctx.data_now
         self._cancel(peer)
 
     def _cancel(self, peer: str) -> None:
@@ -320,7 +340,8 @@ class OwnerSide:
         view.inflight += 1
         view.free = max(0, (view.free or 0) - rec.size)
         view.sent_since_advert += rec.size
-        self.placing[rid] = Placing(holder, rec.height, ctx.now + ctx.config.store_timeout_ms)
+        timeout = self._timeout(view, ctx.config.store_timeout_ms)
+        self.placing[rid] = Placing(holder, rec.height, ctx.now + timeout, ctx.now)
         self._targets.setdefault(rec.height, set()).add(holder)
         fresh = self._fresh.get(rec.height)
         if fresh is not None:
@@ -399,7 +420,8 @@ class OwnerSide:
     def _challenge(self, cid: int, a: Audit, block: bytes) -> None:
         ctx = self.ctx
         a.expected = wire.audit_answer(a.nonce, block)
-        a.deadline = ctx.now + ctx.config.audit_timeout_ms
+        a.sent = ctx.now
+        a.deadline = ctx.now + self.audit_timeout(self.views[a.holder])
         rec = self.blocks[a.height]
         ctx.send(a.holder, wire.Challenge(ctx.device_id, cid, a.height, rec.block_hash, a.nonce))
 
@@ -411,8 +433,10 @@ class OwnerSide:
         p = self.placing.get(msg.request_id)
         if p is not None and p.holder == peer:
             self._end_store(msg.request_id)
+            self._answered(self.views[peer], p.sent)
         else:
             ctx.counters["receipt_unsolicited"] += 1
+            self._late_store(peer, msg.request_id)
         sr = decode_receipt(msg.receipt)
         r = sr.receipt
         rec = self.blocks.get(r.height)
@@ -447,14 +471,22 @@ class OwnerSide:
             ctx.out.append(BlockReplicated(r.height, ctx.config.replicas))
         self.dirty.add(r.height)
 
+    def _late_store(self, peer: str, rid: int) -> None:
+        p = self._late_stores.get(rid)
+        if p is not None and p.holder == peer:
+            del self._late_stores[rid]
+            self._late_answer(peer, p.sent, p.charged)
+
     def on_refuse(self, peer: str, msg: wire.Refuse) -> None:
         ctx = self.ctx
         view = self.views[peer]
         p = self.placing.get(msg.request_id)
         if p is None or p.holder != peer:
             ctx.counters["refuse_unexpected"] += 1
+            self._late_store(peer, msg.request_id)
             return
         self._end_store(msg.request_id)
+        self._answered(view, p.sent)
         view.refused += 1
         rec = self.blocks.get(p.height)
         if rec is not None:
@@ -474,14 +506,104 @@ class OwnerSide:
         if msg.free and not had_room:
             self.kick()
 
+    def audit_timeout(self, view: HolderView) -> int:
+        """How long a challenge to this holder may stay unanswered: the configured timeout, or
+        ``audit_rtt_factor`` times its smoothed round trip when that is longer (capped)."""
+        return self._timeout(view, self.ctx.config.audit_timeout_ms)
+
+    def _timeout(self, view: HolderView, configured: int) -> int:
+        """``configured``, or ``audit_rtt_factor`` x the holder's smoothed round trip when longer
+        (at most ``audit_timeout_max_ms``): STOREs and challenges alike."""
+        cfg = self.ctx.config
+        if view.srtt is None:
+            return configured
+        return max(configured, min(cfg.audit_rtt_factor * view.srtt, cfg.audit_timeout_max_ms))
+
+    def _late_answer(self, peer: str, sent: int, charged: bool) -> None:
+        """An answer after its timeout: the holder was slow, not silent. Its round trip is learnt
+        (the next timeouts adapt) and the silence penalty its timeout cost is given back."""
+        view = self.views[peer]
+        self._answered(view, sent)
+        self.ctx.counters["answers_late"] += 1
+        if charged:
+            view.score = min(
+                self.ctx.config.score_initial, view.score + self.ctx.config.penalty_timeout
+            )
+            self._readmit(peer, view)
+
+    def _audit_gap(self, view: HolderView) -> int:
+        """Least network time between two round challenges to one holder: ``audit_min_gap_ms``,
+        or its audit timeout when longer (a slow holder is asked less often)."""
+        return max(self.ctx.config.audit_min_gap_ms, self.audit_timeout(view))
+
+    def _answered(self, view: HolderView, sent: int) -> None:
+        """Any answer (PROOF, late PROOF, BUSY, RECEIPT, REFUSE): the holder is not silent;
+        learn its round trip (smoothed as TCP does, gain 1/8)."""
+        sample = max(0, self.ctx.now - sent)
+        view.srtt = sample if view.srtt is None else view.srtt + (sample - view.srtt) // 8
+        view.silent = 0
+        view.silenced_ms = None
+
     def on_proof(self, peer: str, msg: wire.Proof) -> None:
         a = self.audits.get(msg.challenge_id)
+        if a is None:
+            late = self._late.get(msg.challenge_id)
+            if late is not None and late.holder == peer and peer in self.views:
+                del self._late[msg.challenge_id]
+                self._late_proof(peer, msg, late)
+                return
         if a is None or a.holder != peer or a.expected is None:
             self.ctx.counters["proof_unexpected"] += 1
             return
         del self.audits[msg.challenge_id]
         view = self.views[peer]
         view.audit = None
+        self._answered(view, a.sent)
+        view.busy = 0
+        self._judge(peer, view, a, msg)
+
+    def _late_proof(self, peer: str, msg: wire.Proof, a: Audit) -> None:
+        """A proof after its timeout: the holder was slow, not silent. Its round trip is learnt
+        (the next timeout adapts); a wrong or "not held" answer is judged like an early one, a
+        right one passes (its silence penalty stays: it did not answer in time)."""
+        view = self.views[peer]
+        self.ctx.counters["proofs_late"] += 1
+        self._late_answer(peer, a.sent, a.charged)
+        self._judge(peer, view, a, msg)
+
+    def on_busy(self, peer: str, msg: wire.Busy) -> None:
+        """The holder cannot answer this challenge now: ask again later, with backoff, at no
+        cost to it. Only an open challenge to this very holder is taken."""
+        ctx = self.ctx
+        a = self.audits.get(msg.challenge_id)
+        late = None
+        if a is None:  # answered after its timeout: still a round trip and a retry
+            late = self._late.get(msg.challenge_id)
+            if late is not None and late.holder == peer and peer in self.views:
+                del self._late[msg.challenge_id]
+                self._late_answer(peer, late.sent, late.charged)
+                a = late
+        elif a.holder == peer and a.expected is not None:
+            del self.audits[msg.challenge_id]
+            self.views[peer].audit = None
+        else:
+            a = None
+        if a is None:
+            ctx.counters["busy_unexpected"] += 1
+            return
+        view = self.views[peer]
+        if a is not late:
+            self._answered(view, a.sent)
+        view.busy += 1
+        cfg = ctx.config
+        backoff = min(
+            max(msg.retry_ms, cfg.retry_ms << min(view.busy - 1, 16)), cfg.busy_backoff_max_ms
+        )
+        view.retry = (a.height, ctx.now + backoff)
+        ctx.counters["audits_busy"] += 1
+
+    def _judge(self, peer: str, view: HolderView, a: Audit, msg: wire.Proof) -> None:
+        assert a.expected is not None
         if msg.answer and hmac.compare_digest(msg.answer, a.expected):
             view.passed += 1
             self.ctx.counters["audits_passed"] += 1
@@ -506,7 +628,10 @@ class OwnerSide:
             self._drop_holder(rec, holder)
             rec.avoid.add(holder)
             self.dirty.add(height)
-        view.suspect = set(view.blocks) - {height}
+        if outcome != "timeout":
+            # It answered, and lost or forged this body: it may have lost more. (A silent
+            # holder told nothing about its other blocks; it is re-challenged instead.)
+            view.suspect = set(view.blocks) - {height}
         self._penalize(holder, points)
         self.ctx.out.append(AuditFailed(holder, height, outcome, view.score))
 
@@ -559,13 +684,21 @@ class OwnerSide:
                 rec = self.blocks.get(p.height)
                 if rec is not None:
                     rec.avoid.add(p.holder)
-                self._penalize(p.holder, cfg.penalty_timeout)
+                if self._count_silence(self.views[p.holder]):
+                    p.charged = True
+                    self._penalize(p.holder, cfg.penalty_timeout)
+                self._late_stores[rid] = p
+                while len(self._late_stores) > _LATE:
+                    self._late_stores.popitem(last=False)
         for cid, a in sorted(self.audits.items()):
             if a.deadline <= now:
                 del self.audits[cid]
                 self.views[a.holder].audit = None
                 if a.expected is not None:
-                    self._fail_audit(a.holder, a.height, "timeout")
+                    self._late[cid] = a
+                    while len(self._late) > _LATE:
+                        self._late.popitem(last=False)
+                    self._silence(a)
         for h, load in sorted(self.loads.items()):
             if load.deadline <= now:
                 del self.loads[h]
@@ -576,12 +709,13 @@ class OwnerSide:
                     gone = self.audits.pop(cid, None)
                     if gone is not None:
                         self.views[gone.holder].audit = None
+        data_now = ctx.data_now
         for holder, v in sorted(self.views.items()):
             if (
                 not v.up
                 and not v.gone
                 and v.down_since is not None
-                and v.down_since + cfg.repair_delay_ms <= now
+                and v.down_since + cfg.repair_delay_ms <= data_now
             ):
                 v.gone = True
                 self.dirty |= v.blocks
@@ -591,8 +725,9 @@ class OwnerSide:
                 v.score = min(cfg.score_initial, v.score + points)
                 v.scored_ms += points * cfg.recover_ms
                 self._readmit(holder, v)
-        if now >= self._next_audit:
-            self._next_audit = now + cfg.audit_interval_ms
+        self._audit_retries()
+        if data_now >= self._next_audit:
+            self._next_audit = data_now + cfg.audit_interval_ms
             self._audit_round()
         if now >= self._next_retry:
             self._next_retry = now + cfg.retry_ms
@@ -602,6 +737,61 @@ class OwnerSide:
                 if rec is not None:
                     rec.avoid.clear()
             self.kick()
+
+    def _silence(self, a: Audit) -> None:
+        """A challenge went unanswered within its (adaptive) timeout. Silences closer together
+        than ``silence_spacing_ms`` are one burst (one stall swallows many challenges) and
+        count once; each counted one costs ``penalty_timeout``. After ``silent_failures``
+        counted silences in a row the receipt is voided (the block is placed again); before
+        that the same block is challenged again one spacing later."""
+        ctx = self.ctx
+        cfg = ctx.config
+        view = self.views[a.holder]
+        if not self._count_silence(view):
+            ctx.counters["audits_silent_same_burst"] += 1
+        else:
+            if view.silent >= cfg.silent_failures:
+                view.silent = 0
+                view.silenced_ms = None
+                self._fail_audit(a.holder, a.height, "timeout")
+                return
+            ctx.counters["audits_silent"] += 1
+            a.charged = True
+            self._penalize(a.holder, cfg.penalty_timeout)
+        if not view.excluded and a.height in view.blocks:
+            view.retry = (a.height, ctx.now + cfg.silence_spacing_ms)
+
+    def _count_silence(self, view: HolderView) -> bool:
+        """A request to this holder went unanswered: True when it counts (the first of its
+        burst: none counted within ``silence_spacing_ms`` before), and then it is counted."""
+        now = self.ctx.now
+        if (
+            view.silenced_ms is not None
+            and now - view.silenced_ms < self.ctx.config.silence_spacing_ms
+        ):
+            return False
+        view.silent += 1
+        view.silenced_ms = now
+        return True
+
+    def _audit_retries(self) -> None:
+        """Re-challenge what a holder left unanswered or said BUSY about, once its wait is over."""
+        for holder, v in sorted(self.views.items()):
+            if v.retry is None or v.retry[1] > self.ctx.now:
+                continue
+            height = v.retry[0]
+            if height not in v.blocks or not v.healthy:
+                v.retry = None
+                continue
+            if not v.up or v.audit is not None:
+                continue
+            if len(self.audits) >= self.ctx.config.max_audits:
+                return
+            v.retry = None
+            self.ctx.counters["audits_retried"] += 1
+            if not self._start_audit(holder, v, height):
+                v.retry = (height, self.ctx.now + self.ctx.config.retry_ms)
+                return
 
     def _audit_suspects(self) -> None:
         """Audit, one at a time, the other blocks of holders that just failed an audit."""
@@ -624,6 +814,13 @@ class OwnerSide:
         order = sorted(self.views.items(), key=lambda kv: (kv[1].audited_ms, kv[0]))
         for holder, v in order:
             if not v.up or not v.healthy or v.audit is not None or not v.blocks:
+                continue
+            if v.retry is not None:  # it has a challenge coming (after BUSY or a silence)
+                continue
+            if v.audited_ms >= 0 and ctx.now - v.audited_ms < self._audit_gap(v):
+                # Paced on the network: a round due again on a fast data clock (a simulated
+                # run) does not challenge a holder faster than it can answer.
+                ctx.counters["audits_paced"] += 1
                 continue
             if len(self.audits) >= ctx.config.max_audits:
                 ctx.counters["audits_skipped"] += 1
@@ -652,20 +849,41 @@ class OwnerSide:
         load.audits.append(cid)
         return True
 
-    def next_deadline(self) -> int:
+    def rebase_data(self, delta: int) -> None:
+        """The data clock differs from the network time the node was built at: move what was
+        scheduled on it (before any data time was known) by ``delta``."""
+        self._next_audit += delta
+        for v in self.views.values():
+            if v.down_since is not None:
+                v.down_since += delta
+
+    def next_data_deadline(self) -> int:
+        """The next audit round or repair, on the data clock."""
         cfg = self.ctx.config
         times = [self._next_audit]
-        if self.stalled or any(v.suspect for v in self.views.values()):
-            times.append(self._next_retry)
+        for v in self.views.values():
+            if not v.up and not v.gone and v.down_since is not None and v.blocks:
+                times.append(v.down_since + cfg.repair_delay_ms)
+        return min(times)
+
+    def next_deadline(self) -> int:
+        """The next deadline on the network clock (timeouts, retries, score recovery)."""
+        cfg = self.ctx.config
+        times = [self._next_retry]
+        if not (self.stalled or any(v.suspect for v in self.views.values())):
+            times.pop()  # nothing to retry
+        audits_free = len(self.audits) < cfg.max_audits
         times.extend(p.deadline for p in self.placing.values())
         times.extend(a.deadline for a in self.audits.values())
         times.extend(ld.deadline for ld in self.loads.values())
         for v in self.views.values():
-            if not v.up and not v.gone and v.down_since is not None and v.blocks:
-                times.append(v.down_since + cfg.repair_delay_ms)
             if v.score < cfg.score_initial:
                 times.append(v.scored_ms + cfg.recover_ms)
-        return min(times)
+            # A due retry waits for the holder to be up and free, and for an audit slot: those
+            # come with an input (and an audit slot with a deadline), so no busy loop here.
+            if v.retry is not None and v.up and v.audit is None and audits_free:
+                times.append(v.retry[1])
+        return min(times, default=self.ctx.now + cfg.audit_interval_ms)
 
 
 def _header_hash(block_wire: bytes) -> bytes | None:

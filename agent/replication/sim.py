@@ -6,8 +6,10 @@ a seeded latency, answers ``LoadOwnBlock``/``StoreReplica``/``LoadReplica`` from
 jumps to the next delivery or node deadline, so an hour of replication takes milliseconds.
 
 Nodes may be made to lie (``Behaviour``): advertise space they do not lend, drop the bodies they
-promised to keep, or answer audits with garbage. The figures the tests check come from the disks
-(the ground truth), not from what the nodes believe.
+promised to keep, or answer audits with garbage. A node may also be made slow
+(``set_load``): its store jobs run one after another, each taking ``job_ms``, and what it sends
+leaves ``lag_ms`` late, as on a saturated machine; slow is honest. The figures the tests check
+come from the disks (the ground truth), not from what the nodes believe.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from agent.replication.actions import (
     Broadcast,
     DeleteReplica,
     ForgetReceipt,
+    HolderExcluded,
     LoadOwnBlock,
     LoadReplica,
     MarkSurplus,
@@ -88,6 +91,9 @@ class SimHolder:
     online: bool = True
     behaviour: Behaviour = Behaviour.HONEST
     deadline: int = 0  # the node's next_deadline() after the last input it handled
+    job_ms: int = 0  # how long one store job takes on this (loaded) node's runtime
+    lag_ms: int = 0  # extra delay of everything it sends
+    free_at: int = 0  # when its store queue is next free
 
     @property
     def device_id(self) -> str:
@@ -131,6 +137,7 @@ class ReplicationNet:
         self._queue: list[tuple[int, int, str, Input]] = []
         self._seq = 0
         self.delivered = 0
+        self.exclusions: list[tuple[int, str, str]] = []  # (time, owner, holder), every one
 
     @property
     def ids(self) -> list[str]:
@@ -201,6 +208,11 @@ class ReplicationNet:
     def set_behaviour(self, device_id: str, behaviour: Behaviour) -> None:
         self.holders[device_id].behaviour = behaviour
 
+    def set_load(self, device_id: str, *, job_ms: int = 0, lag_ms: int = 0) -> None:
+        """Make a node slow (0, 0: not): store jobs queue up, ``job_ms`` each; sends lag."""
+        h = self.holders[device_id]
+        h.job_ms, h.lag_ms = job_ms, lag_ms
+
     def run_for(self, ms: int) -> None:
         self.run_until(self.now + ms)
 
@@ -237,6 +249,12 @@ class ReplicationNet:
     def _feed(self, h: SimHolder, ev: Input) -> None:
         self._execute(h, h.node.handle(ev, self.now))
 
+    def _job(self, h: SimHolder, ev: Input) -> None:
+        """A store job's answer, after the jobs queued before it on a loaded node."""
+        done = max(self.now, h.free_at) + h.job_ms
+        h.free_at = done
+        self._later(h.device_id, ev, max(1, done - self.now))
+
     def _later(self, dst: str, ev: Input, delay_ms: int) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (self.now + delay_ms, self._seq, dst, ev))
@@ -255,13 +273,12 @@ class ReplicationNet:
                 blocks = h.device.blocks
                 body = blocks[a.height].encode() if a.height < len(blocks) else None
                 prev = blocks[a.height - 1].header.wire if 0 < a.height <= len(blocks) else None
-                self._later(h.device_id, OwnBlockLoaded(a.height, body, prev), 1)
+                self._job(h, OwnBlockLoaded(a.height, body, prev))
             elif isinstance(a, StoreReplica):
                 if h.behaviour is not Behaviour.DROPS_BODIES:
                     info = ReplicaInfo(a.owner_id, a.height, a.epoch, a.block_hash, len(a.block))
                     h.disk.replicas[(a.owner_id, a.height)] = (a.block, info)
-                ev = ReplicaStored(a.owner_id, a.height, a.block_hash, True)
-                self._later(h.device_id, ev, 1)
+                self._job(h, ReplicaStored(a.owner_id, a.height, a.block_hash, True))
             elif isinstance(a, DeleteReplica):
                 h.disk.replicas.pop((a.owner_id, a.height), None)
             elif isinstance(a, MarkSurplus):
@@ -272,17 +289,20 @@ class ReplicationNet:
             elif isinstance(a, LoadReplica):
                 held = h.disk.replicas.get((a.owner_id, a.height))
                 ev2 = ReplicaLoaded(a.owner_id, a.height, None if held is None else held[0])
-                self._later(h.device_id, ev2, 1)
+                self._job(h, ev2)
             elif isinstance(a, StoreReceipt):
                 h.disk.receipts[(a.height, a.holder_id)] = a.receipt
             elif isinstance(a, ForgetReceipt):
                 h.disk.receipts.pop((a.height, a.holder_id), None)
+            elif isinstance(a, HolderExcluded):
+                self.exclusions.append((self.now, h.device_id, a.holder_id))
 
     def _transmit(self, src: SimHolder, dst: str, payload: bytes) -> None:
         if not src.online or dst not in self.holders or not self.holders[dst].online:
             return
         payload = self._lie(src, payload)
-        self._later(dst, MessageReceived(src.device_id, payload), self.rng.randint(2, 20))
+        delay = self.rng.randint(2, 20) + src.lag_ms
+        self._later(dst, MessageReceived(src.device_id, payload), delay)
 
     def _lie(self, src: SimHolder, payload: bytes) -> bytes:
         if src.behaviour is Behaviour.HONEST:

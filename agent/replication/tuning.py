@@ -18,7 +18,19 @@ class ReplicationConfig:
     replicas: int = 3  # R: holders per block body (besides the owner itself)
     quota_bytes: int = 64 << 20  # what this device lends (devices.yaml spare_storage_mb)
     audit_interval_ms: int = 600_000  # each holder is audited once per interval
-    audit_timeout_ms: int = 10_000  # an unanswered challenge fails the audit
+    audit_timeout_ms: int = 10_000  # least time a challenge may stay unanswered
+    # ... or this many times the holder's smoothed round-trip time, when that is longer: a
+    # saturated machine answers late, and late is not lost (REPLICATION.md 15.5).
+    audit_rtt_factor: int = 4
+    audit_timeout_max_ms: int = 300_000  # the adaptive timeout never exceeds this
+    # Unanswered challenges closer together than this are one burst and count once: silence is
+    # judged over time, not by how many challenges one stall swallowed.
+    silence_spacing_ms: int = 60_000
+    silent_failures: int = 3  # counted silences in a row that void the receipt (re-place)
+    # Network time between two round challenges to one holder, at least (or its audit timeout
+    # when longer): audit rounds are due on the data clock, which a simulated run races.
+    audit_min_gap_ms: int = 10_000
+    busy_backoff_max_ms: int = 300_000  # longest wait before re-asking a holder that said BUSY
     store_timeout_ms: int = 10_000  # a STORE not answered by then is placed elsewhere
     repair_delay_ms: int = 600_000  # a holder down this long no longer counts: re-place
     retry_ms: int = 5_000  # blocks short of R copies are retried at this pace

@@ -1,4 +1,4 @@
-"""Replication wire format: the seven message types, canonical encoding and hard limits.
+"""Replication wire format: the eight message types, canonical encoding and hard limits.
 
 Same envelope as gossip (docs/PROTOCOL.md 12.1.1): the body is one canonical MessagePack array
 ``[version=2, type, sender_device_id, ...payload fields]``, sealed on the wire with the
@@ -16,6 +16,7 @@ type   name       payload fields after the sender
 36     PROOF      ``challenge_id, answer`` (32 bytes, or empty: "I do not hold it")
 37     RELEASE    ``height, block_hash(32)`` (owner -> holder: your copy is surplus)
 38     SPACE      ``quota_bytes, free_bytes`` (holder -> its domains)
+39     BUSY       ``challenge_id, retry_ms`` (holder -> owner: cannot answer that CHALLENGE now)
 =====  =========  ================================================================================
 
 Limits are chosen from the type byte before anything is decoded. ``decode`` raises
@@ -44,6 +45,7 @@ CHALLENGE: Final = 35
 PROOF: Final = 36
 RELEASE: Final = 37
 SPACE: Final = 38
+BUSY_MSG: Final = 39  # "BUSY" is the REFUSE reason 5; this is the message answering a CHALLENGE
 FIRST_TYPE: Final = 32  # 32..63 belong to replication
 LAST_TYPE: Final = 63
 
@@ -64,6 +66,7 @@ REASONS: Final = {
 AUDIT: Final = domains.AUDIT  # domain of the audit answer hash
 
 MAX_ID: Final = (1 << 32) - 1
+MAX_RETRY_MS: Final = (1 << 32) - 1
 MAX_HEIGHT: Final = (1 << 63) - 1
 MAX_BYTES_FIELD: Final = (1 << 63) - 1
 NONCE_SIZE: Final = 16
@@ -74,7 +77,7 @@ BLOCK_WIRE_MAX: Final = min(MAX_BLOCK_BYTES, MAX_MESSAGE_BYTES - 4096)
 
 STORE_MAX_BYTES: Final = MAX_MESSAGE_BYTES - auth.TRAILER  # room for the authenticator
 RECEIPT_MAX_BYTES: Final = 256
-SMALL_MAX_BYTES: Final = 128  # REFUSE, CHALLENGE, PROOF, RELEASE, SPACE
+SMALL_MAX_BYTES: Final = 128  # REFUSE, CHALLENGE, PROOF, RELEASE, SPACE, BUSY
 
 _LIMITS: Final[dict[int, codec.Limits]] = {
     STORE: codec.Limits(STORE_MAX_BYTES, 6, 26, BLOCK_WIRE_MAX, shape=(6,)),
@@ -84,8 +87,18 @@ _LIMITS: Final[dict[int, codec.Limits]] = {
     PROOF: codec.Limits(SMALL_MAX_BYTES, 5, 26, ANSWER_SIZE, shape=(5,)),
     RELEASE: codec.Limits(SMALL_MAX_BYTES, 5, 26, HASH_SIZE, shape=(5,)),
     SPACE: codec.Limits(SMALL_MAX_BYTES, 5, 26, 0, shape=(5,)),
+    BUSY_MSG: codec.Limits(SMALL_MAX_BYTES, 5, 26, 0, shape=(5,)),
 }
-_FIELDS: Final = {STORE: 6, RECEIPT: 5, REFUSE: 6, CHALLENGE: 7, PROOF: 5, RELEASE: 5, SPACE: 5}
+_FIELDS: Final = {
+    STORE: 6,
+    RECEIPT: 5,
+    REFUSE: 6,
+    CHALLENGE: 7,
+    PROOF: 5,
+    RELEASE: 5,
+    SPACE: 5,
+    BUSY_MSG: 5,
+}
 NAMES: Final = {
     STORE: "STORE",
     RECEIPT: "RECEIPT",
@@ -94,6 +107,7 @@ NAMES: Final = {
     PROOF: "PROOF",
     RELEASE: "RELEASE",
     SPACE: "SPACE",
+    BUSY_MSG: "BUSY",
 }
 
 
@@ -153,7 +167,18 @@ class Space:
     free: int
 
 
-Message = Store | ReceiptMsg | Refuse | Challenge | Proof | Release | Space
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """I hold what CHALLENGE ``challenge_id`` asks about but cannot answer it in time (my loads
+    or writes are queued up): ask again in about ``retry_ms``. Not a failure: an honest holder
+    on a saturated machine says so instead of going silent."""
+
+    sender: str
+    challenge_id: int
+    retry_ms: int
+
+
+Message = Store | ReceiptMsg | Refuse | Challenge | Proof | Release | Space | Busy
 
 
 def audit_answer(nonce: bytes, block_wire: bytes) -> bytes:
@@ -213,6 +238,12 @@ def _parse(mtype: int, f: list[Any], what: str) -> Message:
                 what, f"field answer: expected 0 or {ANSWER_SIZE} bytes, found {len(answer)}"
             )
         return Proof(sender, _id(f[3], what, "challenge_id"), answer)
+    if mtype == BUSY_MSG:
+        return Busy(
+            sender,
+            _id(f[3], what, "challenge_id"),
+            codec.uint(f[4], what, "retry_ms", MAX_RETRY_MS),
+        )
     if mtype == RELEASE:
         return Release(
             sender,
@@ -268,6 +299,8 @@ def _fields(msg: Message) -> tuple[int, list[codec.Value]]:
         ]
     if isinstance(msg, Proof):
         return PROOF, [VERSION, PROOF, msg.sender, msg.challenge_id, msg.answer]
+    if isinstance(msg, Busy):
+        return BUSY_MSG, [VERSION, BUSY_MSG, msg.sender, msg.challenge_id, msg.retry_ms]
     if isinstance(msg, Release):
         return RELEASE, [VERSION, RELEASE, msg.sender, msg.height, msg.block_hash]
     return SPACE, [VERSION, SPACE, msg.sender, msg.quota, msg.free]

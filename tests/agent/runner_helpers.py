@@ -13,6 +13,7 @@ import io
 import json
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -258,3 +259,39 @@ def poll(condition: Callable[[], bool], timeout_s: float, what: Callable[[], str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what()}")
         time.sleep(0.005)
+
+
+# Four fridges of one street lending spare storage to each other: replication with R = 2, audited
+# every 10 simulated minutes, on the in-memory network with the real network clock (a `--speed
+# max` run: a simulated week passes in seconds of wall time).
+REPLICATING_FLEET = """\
+fleet: replicating
+seed: 9
+sites:
+  - id: home-{i}
+    count: 4
+    kind: household
+  - id: elm-street
+    kind: street
+replication:
+  copies: 2
+  audit_every: 10m
+  repair_after: 1h
+devices:
+  - name: fridge-{i}
+    count: 4
+    kind: refrigerator
+    site: home-{i}
+    domains: [elm-street]
+    sampling_period: 15m
+    spare_storage_mb: 4
+"""
+
+
+def replication_counters(result: RunResult) -> dict[str, Counter[str]]:
+    """Each device's replication core counters after a run (sent_challenge, audits_passed...)."""
+    return {
+        name: agent.replicator.node.counters
+        for name, agent in result.devices.items()
+        if agent.replicator is not None
+    }

@@ -27,11 +27,21 @@ from ledger.block import MAX_BLOCK_BYTES, decode_block
 from ledger.errors import LedgerError
 from ledger.private import OwnerOpener, open_reading
 from ledger.store import Store
-from tests.agent.runner_helpers import FAST_GOSSIP, HOUR_MS, device_ids, verify, write_fleet
+from tests.agent.runner_helpers import (
+    FAST_GOSSIP,
+    HOUR_MS,
+    REPLICATING_FLEET,
+    device_ids,
+    replication_counters,
+    run_fleet,
+    verify,
+    write_fleet,
+)
 from tests.agent.test_integration_fleet import _until_sim
 
 R = 3
 MIN_MS = 60_000
+DAY_MS = 24 * HOUR_MS
 
 
 def fleet_yaml(*, audit_every: str, repair_after: str, spare_mb: int = 1) -> str:
@@ -355,3 +365,26 @@ def test_thirty_devices_over_mosquitto_survive_r_minus_1_holders_stopping_and_re
     assert p.availability(R - 1) == 1.0, figure
     assert_quotas(p, 1 << 20)
     assert verify(data).ok
+
+
+# --------------------------------------------------------------------------- a simulated week
+
+
+@pytest.mark.slow
+def test_a_simulated_week_at_full_speed_audits_its_replicas_and_they_pass(tmp_path: Path) -> None:
+    """Audit rounds are due on the data clock (docs/REPLICATION.md 15.6): a `--speed max` week,
+    whose network clock is real time (seconds), audits every holder; paced on the network."""
+    cfg = load_fleet(write_fleet(tmp_path, REPLICATING_FLEET))
+    result = run_fleet(cfg, data=tmp_path / "data", broker="memory", for_ms=7 * DAY_MS, view=False)
+    assert result.sim_end_ms - result.sim_start_ms == 7 * DAY_MS
+    counters = replication_counters(result)
+    assert len(counters) == 4
+    sent = {n: c["sent_challenge"] for n, c in counters.items()}
+    passed = sum(c["audits_passed"] for c in counters.values())
+    failed = sum(c[k] for c in counters.values() for k in ("audits_wrong", "audits_missing"))
+    print(f"a simulated week of 4 devices: challenges sent {sent}, passed {passed}")
+    assert all(n > 0 for n in sent.values()), sent  # every owner audited its holders
+    assert failed == 0 and sum(c["audits_timeout"] for c in counters.values()) == 0
+    assert passed >= sum(sent.values()) - len(counters)  # the last ones may be in flight
+    assert all(c["received_proof"] > 0 for c in counters.values())  # every holder answered
+    assert verify(tmp_path / "data").ok

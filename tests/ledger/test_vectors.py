@@ -535,6 +535,7 @@ REPLICATION_TYPES = {
     "proof": 36,
     "release": 37,
     "space": 38,
+    "busy": 39,
 }
 
 

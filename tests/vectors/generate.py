@@ -293,7 +293,7 @@ def _sealed(v: dict[str, Any], device: SigningKey) -> dict[str, Any]:
     with the holder, which answers with the receipt vector; refuses a store (full, 4096 bytes
     free); the device challenges the holder over block 0 with the audit vector's nonce, the
     holder proves it with the audit answer; the device releases block 0; the holder advertises
-    64 MiB of which 1 MiB free."""
+    64 MiB of which 1 MiB free; the holder answers challenge 3 BUSY (retry in 5 s)."""
     holder = SigningKey(seed("holder"))
     keys = {device.public.device_id: device, holder.public.device_id: holder}
     dev, peer = device.public.device_id, holder.public.device_id
@@ -307,6 +307,7 @@ def _sealed(v: dict[str, Any], device: SigningKey) -> dict[str, Any]:
         "proof": rwire.Proof(peer, 3, bytes.fromhex(v["audit"]["answer"])),
         "release": rwire.Release(dev, 0, block0_hash),
         "space": rwire.Space(peer, 64 << 20, 1 << 20),
+        "busy": rwire.Busy(peer, 3, 5000),
     }
 
     def seal(body: bytes) -> str:

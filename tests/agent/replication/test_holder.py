@@ -276,9 +276,13 @@ def test_pending_challenges_are_bounded_per_peer_and_expire() -> None:
         )
         loads += of_type(out, LoadReplica)
     assert loads == [LoadReplica(w.id(1), 0), LoadReplica(w.id(1), 1)]
-    assert node.counters["challenge_dropped"] == 1
-    node.handle_timer(T0 + node.config.serve_timeout_ms)
+    # the third is answered BUSY (not dropped): the owner asks again later, at no cost
+    assert node.counters["challenge_busy"] == 1
+    assert [m.challenge_id for _, m in sent_of(out, wire.Busy)] == [2]
+    out = node.handle_timer(T0 + node.config.serve_timeout_ms)
     assert node.counters["serves_expired"] == 2
+    # loads that did not come back in time: BUSY too, never silence
+    assert sorted(m.challenge_id for _, m in sent_of(out, wire.Busy)) == [0, 1]
     out = node.handle(ReplicaLoaded(w.id(1), 0, w.devices[1].blocks[0].encode()), T0)
     assert not sent(out)  # forgotten: the owner's audit timed out already
 

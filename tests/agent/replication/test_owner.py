@@ -191,9 +191,20 @@ def test_audits_pass_fail_and_time_out_with_their_scores() -> None:
     assert of_type(out, AuditFailed) == [AuditFailed(liar, 0, "wrong", 50)]
     assert ForgetReceipt(0, liar) in out
     assert len(stores(out)) == 1  # re-replicated at once
-    out = node.handle_timer(T0 + 60_000 + node.config.audit_timeout_ms + 1)
-    assert AuditFailed(silent, 0, "timeout", 90) in out
     assert node.score(honest) == 100
+    t = T0 + 60_000 + node.config.audit_timeout_ms + 1
+    node.handle_timer(t)
+    # One silence costs points but not the copy: it is asked again one spacing later.
+    assert node.score(silent) == 90 and silent in node.holders(0)
+    assert node.counters["audits_silent"] == 1
+    # Silent again and again, each time a spacing apart: the third voids its receipt.
+    for _ in range(2):
+        t += node.config.silence_spacing_ms
+        out = node.handle_timer(t)
+        assert [p for p, _ in sent_of(out, wire.Challenge)].count(silent) == 1
+        t += node.audit_timeout_of(silent) + 1
+        out = node.handle_timer(t)
+    assert [a.holder_id for a in of_type(out, AuditFailed)] == [silent]
     assert node.counters["audits_passed"] == 1
     assert liar not in node.holders(0) and silent not in node.holders(0)
 

@@ -27,6 +27,7 @@ MESSAGES: list[wire.Message] = [
     wire.Proof(A, 9, b""),
     wire.Release(A, 300, H),
     wire.Space(A, 64 << 20, 1 << 20),
+    wire.Busy(A, 9, 5000),
 ]
 
 
@@ -95,7 +96,8 @@ MALFORMED = [
     ("empty", b"", "envelope"),
     ("not an array", b"\x01\x02\x03", "envelope"),
     ("version 1", enc([1, 38, A, 1, 1]), "version"),
-    ("unknown type 39", enc([2, 39, A, 1, 1]), "type"),
+    ("unknown type 40", enc([2, 40, A, 1, 1]), "type"),
+    ("BUSY retry_ms too large", enc([2, 39, A, 1, 1 << 32]), "retry_ms"),
     ("gossip type", enc([2, 3, A, 1, 1]), "type"),
     ("too few fields", enc([2, 38, A, 1]), "array of 5"),
     ("too many fields", enc([2, 38, A, 1, 1, 1]), "max_array_len"),
