@@ -63,8 +63,9 @@ churn); ``repair_s`` = detection + replacement = the time to return to R copies 
 seconds; steps of 1 s around the leave and the repair deadline, 60 s elsewhere, so its
 resolution is 1 s, and the network has no latency), and over a real Mosquitto in real time
 (``repair.live``: the same 30 devices, each with its own MQTT connection, simulated data at 600
-times real time, ``repair_after`` 5 s of wall time, the leaver's transport closed cleanly (a
-switched-off device: presence goes offline at once; a crash would add the MQTT keep-alive),
+times real time, ``repair_after`` 5 s of wall time (3,000 s of the data clock it runs on), the
+leaver's transport closed cleanly (a switched-off device: presence goes offline at once; a crash
+would add the MQTT keep-alive),
 polled every 50 ms: wall seconds). Each says ``tracked_blocks``, ``back_at_r_s`` (repair_after
 included), ``resolution_s`` and ``tracked_short_in_stores`` (tracked blocks with fewer than R
 exact copies in the live holders' stores after the run: 0 when the owners' view was true).
@@ -779,7 +780,9 @@ async def simulated_run(plan: Plan, data: Path) -> dict[str, Any]:
 
 async def live_repair(plan: Plan, data: Path, broker_url: str) -> dict[str, Any]:
     """The same fleet over Mosquitto in real time: a holder leaves, wall time to R copies."""
-    cfg = street_fleet(plan.live_repair_after_ms)
+    # Repair delays run on the data clock (docs/REPLICATION.md 15.6): at live_speed times real
+    # time, repair_after of the devices file is live_speed times the wall delay wanted.
+    cfg = street_fleet(round(plan.live_repair_after_ms * plan.live_speed))
     gossip = GossipConfig(anti_entropy_ms=1_000, jitter_ms=200, hedge_ms=500)
     runner = FleetRunner(
         cfg,
