@@ -128,6 +128,9 @@ class GossipNode:
         # bounded by the tracked members: only they are asked).
         self._ask_credit: dict[str, int] = {}
         self._asked: dict[str, int] = {}
+        # When each member last sent a proven message (the runtime's liveness reads it:
+        # presence is only a hint, docs/PROTOCOL.md 13.3). Bounded by the members.
+        self._heard: dict[str, int] = {}
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -218,6 +221,11 @@ class GossipNode:
     def peer_stats(self, peer_id: str) -> PeerStats | None:
         return self._ctx.peers.stats(peer_id, self._ctx.now)
 
+    def last_heard(self, peer_id: str) -> int | None:
+        """When ``peer_id`` last sent a proven message (a signature, or own headers that
+        verify); None: never."""
+        return self._heard.get(peer_id)
+
     def peers_available(self) -> list[str]:
         return self._ctx.peers.available()
 
@@ -243,6 +251,8 @@ class GossipNode:
             ctx.domains.pop(ev.domain, None)
         ctx.members_changed()
         self._summaries.members_changed()
+        for gone in [p for p in self._heard if ctx.peers.get(p) is None]:
+            del self._heard[gone]
         for dev in [d for d in ctx.chains if d not in ctx.tracked]:
             del ctx.chains[dev]
             ctx.pending.drop(device_id=dev)
@@ -318,6 +328,8 @@ class GossipNode:
         if rec is None:
             ctx.counters["dropped_foreign"] += 1
             return
+        if opened.signed:
+            self._heard[peer] = ctx.now
         if rec.muted_until is not None:
             rec.dropped_muted += 1
             ctx.counters["dropped_muted"] += 1
@@ -326,11 +338,14 @@ class GossipNode:
         ctx.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
         if not opened.signed:  # a self-proving ANNOUNCE: its headers prove it, or nothing does
             assert isinstance(msg, wire.Announce)  # the only self-proving type
+            unproven = ctx.counters[auth.UNATTRIBUTABLE]
             try:
                 self._headers.on_announce(peer, msg, broadcast=ev.broadcast, signed=False)
             except (DecodeError, VerificationError):
                 ctx.counters["unattributable"] += 1
                 ctx.counters["unattributable_unsigned_invalid"] += 1
+            if ctx.counters[auth.UNATTRIBUTABLE] == unproven:  # its headers proved it
+                self._heard[peer] = ctx.now
             ctx.flush()
             return
         charges = rec.malformed + rec.invalid
