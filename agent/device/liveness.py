@@ -3,13 +3,15 @@
 Presence proves nothing: anyone with a broker connection can publish a retained ``offline`` for
 any device, and a hub's last-will speaks for every device on its connection. So a presence
 ``offline`` never takes a peer out of service by itself. It opens a **doubt**; the peer leaves
-service (``PeerDown`` to both cores) only once ``silence_ms`` pass with no proven message from it
-(one its core authenticated), counted from the doubt or from its last proven message, whichever
-is later. ``online`` brings a peer into service at once and clears the doubt, as before; a
-proven message from a peer out of service brings it back (in doubt while its presence still says
-``offline``, so a replayed message keeps a peer that is really gone in service for at most
-``silence_ms``). A pure state machine: the runtime feeds it presence and the cores' record of
-proven traffic, and executes what it says.
+service (``PeerDown`` to both cores) only once it has been silent, with no proven message from
+it (one its core authenticated) since the doubt or its last proven message, whichever is later,
+for ``silence_ms`` *and* for ``silence_rounds`` of this device's own anti-entropy rounds (the
+rounds make the silence mean the same on a coarse simulated clock, where a minute may pass in
+one step with one round, as on a real one). ``online`` brings a peer into service at once and
+clears the doubt, as before; a proven message from a peer out of service brings it back (in
+doubt while its presence still says ``offline``, so a replayed message keeps a peer that is
+really gone in service for one more silence at most). A pure state machine: the runtime feeds
+it presence and the cores' record of proven traffic, and executes what it says.
 """
 
 from __future__ import annotations
@@ -23,16 +25,31 @@ LastHeard = Callable[[str], "int | None"]
 
 
 class Liveness:
-    __slots__ = ("_doubt", "_in", "_left", "_online", "_peers", "drops", "silence_ms")
+    __slots__ = (
+        "_doubt",
+        "_in",
+        "_left",
+        "_online",
+        "_peers",
+        "drops",
+        "silence_ms",
+        "silence_rounds",
+    )
 
-    def __init__(self, peers: Iterable[str], silence_ms: int) -> None:
-        if silence_ms < 1:
-            raise UsageError(f"liveness: silence must be positive, found {silence_ms} ms")
+    def __init__(self, peers: Iterable[str], silence_ms: int, silence_rounds: int = 0) -> None:
+        if silence_ms < 1 or silence_rounds < 0:
+            raise UsageError(
+                f"liveness: silence must be positive, found {silence_ms} ms, "
+                f"{silence_rounds} rounds"
+            )
         self.silence_ms = silence_ms
+        self.silence_rounds = silence_rounds
         self._peers = frozenset(peers)
         self._online: dict[str, bool] = {}  # the last presence hint
         self._in: set[str] = set()  # in service
-        self._doubt: dict[str, int] = {}  # in service, presence says offline: since when
+        # In service while presence says offline: silent since (ms, own rounds then; None: the
+        # rounds count from the next check).
+        self._doubt: dict[str, tuple[int, int | None]] = {}
         self._left: dict[str, int] = {}  # out of service: since when
         self.drops: Counter[str] = Counter()  # times each peer was taken out of service
 
@@ -56,7 +73,7 @@ class Liveness:
         """Presence says ``peer`` is offline: a hint, which its silence must confirm."""
         self._online[peer] = False
         if peer in self._in and peer not in self._doubt:
-            self._doubt[peer] = now_ms
+            self._doubt[peer] = (now_ms, None)
 
     def heard(self, peer: str, heard_ms: int | None, now_ms: int) -> bool:
         """``heard_ms``: when the cores last proved a message from ``peer`` (None: never). True:
@@ -71,16 +88,21 @@ class Liveness:
         self._in.add(peer)
         self._left.pop(peer, None)
         if not self._online.get(peer, False):
-            self._doubt[peer] = now_ms
+            self._doubt[peer] = (now_ms, None)
         return True
 
-    def due(self, now_ms: int, last_heard: LastHeard) -> list[str]:
-        """Doubted peers silent for ``silence_ms``: out of service now (feed ``PeerDown``)."""
+    def due(self, now_ms: int, last_heard: LastHeard, rounds: int = 0) -> list[str]:
+        """Doubted peers silent for ``silence_ms`` and ``silence_rounds`` (``rounds``: this
+        device's anti-entropy rounds so far): out of service now (feed ``PeerDown``)."""
         out = []
-        for peer, since in list(self._doubt.items()):
+        for peer, (since, at_round) in list(self._doubt.items()):
             heard = last_heard(peer)
-            start = since if heard is None else max(since, heard)
-            if now_ms >= start + self.silence_ms:
+            if heard is not None and heard > since:  # it spoke: its silence starts again
+                since, at_round = heard, None
+            if at_round is None:
+                at_round = rounds
+            self._doubt[peer] = (since, at_round)
+            if now_ms >= since + self.silence_ms and rounds - at_round >= self.silence_rounds:
                 del self._doubt[peer]
                 self._in.discard(peer)
                 self._left[peer] = now_ms
@@ -88,12 +110,15 @@ class Liveness:
                 out.append(peer)
         return sorted(out)
 
-    def deadline(self, last_heard: LastHeard) -> int | None:
-        """When the next doubt may be confirmed (None: no doubt)."""
+    def deadline(self, now_ms: int, last_heard: LastHeard) -> int | None:
+        """When the next doubt may be confirmed on the clock (None: no doubt, or only rounds
+        are missing: the rounds wake the timer themselves)."""
         times = []
-        for peer, since in self._doubt.items():
+        for peer, (since, _) in self._doubt.items():
             heard = last_heard(peer)
-            times.append((since if heard is None else max(since, heard)) + self.silence_ms)
+            t = (since if heard is None else max(since, heard)) + self.silence_ms
+            if t > now_ms:
+                times.append(t)
         return min(times, default=None)
 
     @property

@@ -98,12 +98,12 @@ class DeviceAgent:
         self.policy = policy
         self.stats = DeviceStats()
         self.peer_ids = tuple(peer_ids)
-        # Presence is a hint (docs/PROTOCOL.md 13.3): a peer leaves service once presence says
-        # offline *and* nothing proven came from it for ``silence_ms``: by default three times
-        # the mean interval at which a peer of this domain size sends this device a summary.
+        # Presence is a hint (docs/PROTOCOL.md 13.3.1): a peer leaves service once presence
+        # says offline *and* nothing proven came from it for 4 x peers anti-entropy rounds
+        # (of this device, and of the clock: ``silence_ms`` overrides the time).
+        rounds = 4 * max(2, len(self.peer_ids))
         self.liveness = Liveness(
-            self.peer_ids,
-            silence_ms or 3 * node.config.anti_entropy_ms * max(1, len(self.peer_ids)),
+            self.peer_ids, silence_ms or rounds * node.config.anti_entropy_ms, rounds
         )
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(INGEST_QUEUE)
@@ -396,7 +396,7 @@ class DeviceAgent:
             self._rearm_net.set()
 
     def _net_deadline(self) -> int | None:
-        times = [self.gossip.deadline(), self.ctx.headers_due, self.liveness.deadline(self._heard)]
+        times = [self.gossip.deadline(), self.ctx.headers_due, self._liveness_deadline()]
         if self.replicator is not None:
             times.append(self.replicator.deadline())
         return min((t for t in times if t is not None), default=None)
@@ -409,12 +409,14 @@ class DeviceAgent:
             await self.gossip.on_timer(clock.now_ms())
             if self.replicator is not None:
                 await self.replicator.on_timer(clock.now_ms())
-            for peer in self.liveness.due(clock.now_ms(), self._heard):
+            rounds = self.node.counters["rounds"] + self.node.counters["rounds_without_peer"]
+            for peer in self.liveness.due(clock.now_ms(), self._heard, rounds):
                 self._log.info(
                     "%s leaves service: its presence says offline and nothing proven came "
-                    "from it for %.1f s",
+                    "from it for %.1f s and %d rounds",
                     peer,
                     self.liveness.silence_ms / 1000,
+                    self.liveness.silence_rounds,
                 )
                 await self._peer(peer, up=False)
             self.ctx.write_headers_if_due(clock.now_ms())
@@ -450,6 +452,9 @@ class DeviceAgent:
         return None
 
     # --- who is in service (agent/device/liveness.py) -----------------------------------------
+    def _liveness_deadline(self) -> int | None:
+        return self.liveness.deadline(self.net_clock.now_ms(), self._heard)
+
     def _heard(self, peer: str) -> int | None:
         """When the cores last proved a message from ``peer`` (None: never)."""
         times = [self.node.last_heard(peer)]
@@ -466,7 +471,7 @@ class DeviceAgent:
                 await self._peer(peer, up=True)
         else:
             liveness.offline(peer, self.net_clock.now_ms())
-            self._net_deadline_moved(liveness.deadline(self._heard))
+            self._net_deadline_moved(self._liveness_deadline())
 
     async def _proven(self, payload: bytes) -> None:
         """After a message was handled: if its sender is out of service and a core proved the
@@ -483,7 +488,7 @@ class DeviceAgent:
         now = self.net_clock.now_ms()
         if self.liveness.heard(peer, self._heard(peer), now):
             await self._peer(peer, up=True)
-            self._net_deadline_moved(self.liveness.deadline(self._heard))
+            self._net_deadline_moved(self._liveness_deadline())
 
     async def _peer(self, peer: str, *, up: bool) -> None:
         await self.gossip.handle(I.PeerUp(peer) if up else I.PeerDown(peer))

@@ -485,6 +485,7 @@ def test_spoofed_requests_naming_a_victim_draw_no_more_bytes_than_the_attacker_s
         sent_before = atk.sent_bytes
         heights = {a.name: live.own_height(a.name) for a in others}
         ids = set()
+        replayed = 0
         for _ in range(ROUNDS):
             before = live.unattributable()
             expected = 0
@@ -508,6 +509,7 @@ def test_spoofed_requests_naming_a_victim_draw_no_more_bytes_than_the_attacker_s
                         expected += 1
             for topic, p in replays:
                 await atk.publish(topic, p)
+                replayed += len(p)
             await live.counted(before, expected)
         # Everything the fleet will send in answer has been sent once every device made
         # durable two more blocks of its own (store jobs run in order) and broadcast them.
@@ -516,19 +518,23 @@ def test_spoofed_requests_naming_a_victim_draw_no_more_bytes_than_the_attacker_s
             "two more own blocks announced by every device after the attack",
         )
         spent = atk.sent_bytes - sent_before
-        drawn = sum(
-            len(p)
+        answers = [
+            (i, len(p))
             for t, p in atk.captured[mark:]
-            if t == inbox and (i := _answer_id(p)) is not None and (i in ids or i in replay_ids)
-        )
+            if t == inbox and (i := _answer_id(p)) is not None
+        ]
+        drawn = sum(n for i, n in answers if i in ids)
+        by_replays = sum(n for i, n in answers if i in replay_ids)
         figure = (
-            f"mosquitto, {N} devices: amplification = {drawn / spent:.3f} (bytes sent to the "
-            f"victim's inbox in answer {drawn} / bytes the attacker sent {spent}; "
-            f"{len(ids)} spoofed REQUESTs and CHALLENGEs naming fridge-2, "
-            f"{len(replays) * ROUNDS} replays of its real ones)"
+            f"mosquitto, {N} devices: amplification = {(drawn + by_replays) / spent:.3f} (bytes "
+            f"sent to the victim's inbox in answer {drawn + by_replays} / bytes the attacker "
+            f"sent {spent}): {len(ids)} spoofed REQUESTs and CHALLENGEs naming fridge-2 drew "
+            f"{drawn} bytes; {len(replays) * ROUNDS} replays of its real ones ({replayed} bytes) "
+            f"drew {by_replays} ({by_replays / max(1, replayed):.3f})"
         )
         print(figure)
-        assert drawn <= spent, figure
+        assert drawn == 0, figure
+        assert drawn + by_replays <= spent and by_replays <= replayed, figure
 
     _run(tmp_path, mosquitto, attack)
 
@@ -660,10 +666,16 @@ def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
         print(figure)
         assert not dropped, f"{figure}: {sorted(dropped)}"
         # Its real departure still takes it out of service (its silence confirms the hint).
+        stopped = time.monotonic()
         await subject.transport.close()
         await live.until(
             lambda: all(not (s := a.node.peer_stats(sid)) or not s.up for a in others),
             "every peer took the stopped fridge-3 out of service",
+        )
+        print(
+            f"mosquitto, {N} devices: fridge-3 really stopped: out of service at {len(others)} "
+            f"of {len(others)} peers after {time.monotonic() - stopped:.1f} s (silence "
+            f"{others[0].liveness.silence_ms / 1000:.1f} s)"
         )
 
     _run(tmp_path, mosquitto, attack)
