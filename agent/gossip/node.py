@@ -69,6 +69,7 @@ from agent.gossip.restore import Phase, Restore, Restorer
 from agent.gossip.summaries import AntiEntropy
 from agent.gossip.tuning import GossipConfig
 from agent.protocol import auth
+from agent.protocol.lru import Lru
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
 from ledger.certs import FleetRoots
@@ -80,6 +81,9 @@ __all__ = ["GossipNode", "Verdict"]
 # Types that may come with an empty authenticator: an ANNOUNCE of the sender's own headers,
 # whose signatures prove it (docs/PROTOCOL.md 12.1.5; chosen on bench/auth.py's figures).
 _SELF_PROVING: frozenset[int] = frozenset({wire.ANNOUNCE})
+# Signed REQUESTs already answered (their signatures): a replayed copy draws nothing. Request
+# ids are sequential per requester, so an honest request never has the bytes of an earlier one.
+_ANSWERED_REQUESTS = 4_096
 
 
 class GossipNode:
@@ -131,6 +135,7 @@ class GossipNode:
         # When each member last sent a proven message (the runtime's liveness reads it:
         # presence is only a hint, docs/PROTOCOL.md 13.3). Bounded by the members.
         self._heard: dict[str, int] = {}
+        self._requests: Lru[bytes, bool] = Lru(_ANSWERED_REQUESTS)
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -348,6 +353,11 @@ class GossipNode:
                 self._heard[peer] = ctx.now
             ctx.flush()
             return
+        if isinstance(msg, wire.Request):
+            if opened.tag in self._requests:  # a captured request replayed: answered once
+                ctx.counters["replayed_request"] += 1
+                return
+            self._requests.put(opened.tag, True)
         charges = rec.malformed + rec.invalid
         try:
             self._dispatch(peer, msg, broadcast=ev.broadcast)

@@ -573,7 +573,10 @@ def _unsigned(p: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- (d) bit flips
 
-FLIPS = 2_000
+FLIPS = 3_000
+# Captured before flipping: at least this many real messages, of at least these types.
+CAPTURE = 300
+KINDS = {wire.ANNOUNCE, wire.SUMMARY, rwire.STORE, rwire.RECEIPT, rwire.CHALLENGE, rwire.PROOF}
 
 
 def test_bit_flipped_copies_of_real_traffic_charge_nobody_and_leave_replicas_in_place(
@@ -593,11 +596,19 @@ def test_bit_flipped_copies_of_real_traffic_charge_nobody_and_leave_replicas_in_
             "every block sealed so far on R holders",
         )
         replicas_before = live.replicas(limits)
-        real = [(t, p) for t, p in atk.captured if envelope.type_of(p) is not None]
-        kinds = Counter(p[2] for _, p in real)
+
+        def real() -> list[tuple[str, bytes]]:
+            return [(t, p) for t, p in atk.captured if envelope.type_of(p) is not None]
+
+        await live.until(
+            lambda: len(real()) >= CAPTURE and {p[2] for _, p in real()} >= KINDS,
+            f"{CAPTURE} real messages captured, of every type in {sorted(KINDS)}",
+        )
+        captured = real()
+        kinds = Counter(p[2] for _, p in captured)
         old = {a.name: a.node.counters[auth.OLD_VERSION] for a in live.agents.values()}
         for _ in range(FLIPS):
-            topic, p = rng.choice(real)
+            topic, p = rng.choice(captured)
             await atk.publish(topic, _flip(p, rng))
         # A version-1 envelope after them in every inbox: once counted, the copies before it
         # were handled (one publisher: the broker and the device keep its order).
@@ -614,7 +625,8 @@ def test_bit_flipped_copies_of_real_traffic_charge_nobody_and_leave_replicas_in_
         replicas_after = live.replicas(limits)
         figure = (
             f"mosquitto, {N} devices: charged = {charged}, muted = {len(mutes)}, exclusions = "
-            f"{len(excl)} after {FLIPS} bit-flipped copies of {len(real)} captured real messages "
+            f"{len(excl)} after {FLIPS} bit-flipped copies of {len(captured)} captured real "
+            f"messages "
             f"(types {dict(sorted(kinds.items()))}); replicas of the blocks sealed before: "
             f"{replicas_before} before, {replicas_after} after"
         )
