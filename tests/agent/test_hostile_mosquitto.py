@@ -652,30 +652,48 @@ def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
         others = [a for a in live.agents.values() if a is not subject]
         dropped: set[str] = set()
 
-        def watch() -> bool:
+        def watch() -> None:
             for a in others:
                 rec = a.node.peer_stats(sid)
                 rep = None if a.replicator is None else a.replicator.node.owner.views.get(sid)
                 if rec is None or not rec.up or (rep is not None and not rep.up):
                     dropped.add(a.name)
-            return False
 
-        assert not any(watch() for _ in range(1)) and not dropped
+        def rounds(a: DeviceAgent) -> int:
+            return a.node.counters["rounds"] + a.node.counters["rounds_without_peer"]
+
+        watch()
+        assert not dropped
         start = live.own_height(subject.name)
+        began = time.monotonic()
         await atk.publish(TOPICS.presence(sid), PRESENCE_OFFLINE, retain=True)
-        # Held while fridge-3 seals and spreads blocks for longer than a peer's silence allows.
-        target = start + 8
+        # Every watcher got it (and doubts fridge-3): the attack reached its target.
+        await live.until(
+            lambda: all(not a.transport.presence(sid) and a.liveness.doubted(sid) for a in others),
+            "the spoofed 'offline' of fridge-3 believed by every watcher's transport",
+        )
+        # Held for twice the silence that would take a really silent peer out (in each
+        # watcher's own rounds, which also pass twice its time), while fridge-3 seals on.
+        at = {a.name: rounds(a) for a in others}
+        target = start + 4
 
-        def spread() -> bool:
+        def held() -> bool:
             watch()
-            return all(live.height(a.name, subject.name) >= target for a in others)
+            return all(
+                rounds(a) - at[a.name] >= 2 * a.liveness.silence_rounds
+                and live.height(a.name, subject.name) >= target
+                for a in others
+            )
 
-        await live.until(spread, f"fridge-3's chain up to height {target} at every peer")
+        await live.until(held, "twice the silence at every watcher")
         drops = sum(a.liveness.drops[sid] for a in others)
         figure = (
             f"mosquitto, {N} devices: peers that dropped fridge-3 from service = "
             f"{len(dropped)} of {len(others)} ({drops} drops) while a retained spoofed "
-            f"'offline' stood for {target - start} of its blocks"
+            f"'offline' stood for {time.monotonic() - began:.1f} s (twice the silence, "
+            f"{2 * others[0].liveness.silence_rounds} rounds); its chain spread from height "
+            f"{start} to at least {min(live.height(a.name, subject.name) for a in others)} at "
+            f"every peer meanwhile"
         )
         print(figure)
         assert not dropped, f"{figure}: {sorted(dropped)}"
