@@ -379,21 +379,32 @@ def test_spoofed_messages_naming_a_storage_holder_never_exclude_it_and_receipts_
         key_id = atk.key_id(hid)
         rng = random.Random(2)
         owners = [a for a in live.agents.values() if a is not holder]
+
+        # What the holder is asked: the challenges and stores on its inbox, captured.
+        def asked() -> list[rwire.Message]:
+            out = []
+            for topic, p in atk.captured:
+                if topic == TOPICS.inbox(hid) and rwire.is_replication_message(p):
+                    try:
+                        out.append(rwire.decode(auth.body_of(p)))
+                    except Exception:  # a capture the attacker cannot read
+                        continue
+            return out
+
+        def seen(kind: type) -> int:
+            return sum(isinstance(m, kind) for m in asked())
+
+        await live.until(
+            lambda: seen(rwire.Challenge) >= 3 and seen(rwire.Store) >= 2,
+            f"3 challenges and 2 stores to {holder.name} captured",
+        )
+        requests = asked()
         receipts_before = _receipts_from(live, hid)
-        # What the holder was asked: the challenges and stores on its inbox, captured.
-        asked: list[rwire.Message] = []
-        for topic, p in atk.captured:
-            if topic == TOPICS.inbox(hid) and rwire.is_replication_message(p):
-                try:
-                    asked.append(rwire.decode(auth.body_of(p)))
-                except Exception:  # a capture the attacker cannot read
-                    continue
-        assert asked, "no replication message to the holder captured"
         for _ in range(ROUNDS):
             before = live.unattributable()
             expected = 0
             bodies = [rwire.encode(rwire.Space(hid, 0, 0)), codec.encode([2, rwire.PROOF, hid, 7])]
-            for m in asked[-20:]:
+            for m in requests[-20:]:
                 if isinstance(m, rwire.Challenge):  # a wrong answer, and "busy", in its name
                     bodies.append(rwire.encode(rwire.Proof(hid, m.challenge_id, rng.randbytes(32))))
                     bodies.append(rwire.encode(rwire.Busy(hid, m.challenge_id, 1)))
