@@ -733,6 +733,7 @@ class FleetRunner:
                 # Devices at private sites seal every reading to the owner their certificate
                 # names.
                 owner_x25519=enrolled.certificate.owner_x25519,
+                device_id=dev_id,  # after `keys rotate`, the key no longer derives it
                 store=store,
                 domains=domains,
                 roots=prov.roots,

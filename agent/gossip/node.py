@@ -61,6 +61,7 @@ from agent.gossip.inputs import (
     PullLoaded,
     RestoreRequested,
     RevocationKnown,
+    RevocationReceived,
     RotationKnown,
 )
 from agent.gossip.peers import PeerStats
@@ -150,6 +151,8 @@ class GossipNode:
             self._evidence.on_known(event.wire)
         elif isinstance(event, EvidenceReceived):
             self._evidence.on_topic(event.evidence)
+        elif isinstance(event, RevocationReceived):
+            self._credentials.on_topic(event.wire)
         elif isinstance(event, PeerUp):
             self._on_peer_up(event.peer_id)
         elif isinstance(event, PeerDown):

@@ -1,0 +1,252 @@
+"""`edgefleet keys rotate` and `edgefleet keys revoke`: a device identity's later life.
+
+``rotate`` hands a stopped device over to a fresh key (agent/fleet/lifecycle.py); ``revoke``
+signs the authority's revocation of a device and spreads it: retained on the broker's revocation
+topic of a live fleet (``--broker``; every device of every machine gets it at once, and every
+device that connects later on subscribing), and into a data dir's stores (``--data``; each device
+feeds it to gossip at its next start). Registered by agent/cli/keys.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.cli.errors import CliError
+from agent.fleet import keystore, lifecycle
+from agent.fleet.datadir import DataDir
+from agent.transport.errors import TransportError
+from agent.transport.topics import Topics
+from ledger.certs import FleetRoots, Revocation
+
+
+def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = ksub.add_parser(
+        "rotate",
+        help="hand a stopped device over to a new key (the authority countersigns)",
+        description="The device signs the hand-over from its current key to a new one, "
+        "effective at its next height (readings still pending are sealed under the old key "
+        "first); the authority countersigns it. The new key is stored encrypted like the old "
+        "one, which is retired. The device must be stopped; it uses the new key from its next "
+        "start, and its peers learn the rotation from its greeting.",
+    )
+    p.add_argument("--dir", required=True, type=Path, help="device directory (holds device.key)")
+    p.add_argument(
+        "--authority",
+        type=Path,
+        help="authority directory (default: DATA/authority when --dir is DATA/devices/NAME)",
+    )
+    p.add_argument(
+        "--passphrase-file",
+        help="passphrase of the device key (default: DATA/passphrase of a simulated fleet, "
+        "else $EDGEFLEET_PASSPHRASE or a prompt)",
+    )
+    p.add_argument(
+        "--authority-passphrase-file",
+        help="passphrase of the authority key (default: the device key's)",
+    )
+    p.set_defaults(func=_rotate)
+
+    p = ksub.add_parser(
+        "revoke",
+        help="revoke a device: sign it with the authority and spread it to the fleet",
+        description="The authority signs a revocation of the device from --from-height: its "
+        "headers there and above are refused by every device that holds it. --broker publishes "
+        "it retained on the fleet's broker (a live fleet, on every machine, at once); --data "
+        "records it in a data dir's device stores (read at their next start).",
+    )
+    p.add_argument("--authority", required=True, type=Path, help="authority directory")
+    p.add_argument("--device", required=True, help="device id, or a device name of --data")
+    p.add_argument("--reason", required=True, help="why (1 to 64 bytes of UTF-8)")
+    p.add_argument(
+        "--from-height",
+        type=int,
+        help="first refused height (default with --data: one above the highest header of the "
+        "device held there)",
+    )
+    p.add_argument("--broker", help="the live fleet's broker URL (mqtt://HOST:PORT, mqtts://...)")
+    p.add_argument("--data", type=Path, help="a fleet data dir whose devices record it")
+    p.add_argument(
+        "--resend",
+        action="store_true",
+        help="publish the revocation already issued for the device again (no new signature)",
+    )
+    p.add_argument(
+        "--passphrase-file",
+        help="passphrase of the authority key (else $EDGEFLEET_PASSPHRASE or a prompt)",
+    )
+    p.set_defaults(func=_revoke)
+
+
+# --- rotate --------------------------------------------------------------------------------------
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    ddir: Path = args.dir
+    data = _data_dir_of(ddir)
+    authority_dir = args.authority
+    if authority_dir is None:
+        if data is None or not (data.authority / keystore.AUTHORITY_KEY).exists():
+            raise CliError(
+                f"{ddir}: give --authority DIR (the authority countersigns the rotation; "
+                "only a device dir DATA/devices/NAME of a simulated fleet finds DATA/authority)"
+            )
+        authority_dir = data.authority
+    try:
+        pw = _device_passphrase(args.passphrase_file, data)
+        apw = pw
+        if args.authority_passphrase_file:
+            apw = keystore.passphrase(args.authority_passphrase_file)
+        roots = _roots_for(ddir, data, authority_dir)
+        done = lifecycle.rotate_device(ddir, authority_dir, roots, pw, apw)
+    except keystore.KeystoreError as exc:
+        raise CliError(str(exc)) from None
+    if done.finished_only:
+        print(f"{done.device_id}: finished the interrupted rotation to key {done.new_key_id.hex()}")
+    else:
+        print(
+            f"{done.device_id}: rotated from key {done.old_key_id.hex()} to "
+            f"{done.new_key_id.hex()}, effective at height {done.effective_height}"
+        )
+        if done.sealed:
+            print(f"  sealed     {done.sealed} block(s) of pending readings under the old key")
+    print(f"  rotation   {done.path}")
+    print(f"  key        {ddir / keystore.DEVICE_KEY}  (the old key is retired)")
+    print("  start the device again: it signs with the new key, its peers learn the rotation")
+    return 0
+
+
+def _data_dir_of(ddir: Path) -> DataDir | None:
+    parent = ddir.resolve().parent
+    data = DataDir(parent.parent)
+    return data if data.devices == parent else None
+
+
+def _device_passphrase(file: str | None, data: DataDir | None) -> bytes:
+    if file is None and data is not None:
+        pw = data.fleet_passphrase()
+        if pw is not None:
+            return pw
+    return keystore.passphrase(file)
+
+
+def _roots_for(ddir: Path, data: DataDir | None, authority_dir: Path) -> FleetRoots:
+    for candidate in (
+        ddir / keystore.FLEET_ROOT,
+        data.authority / keystore.FLEET_ROOT if data is not None else None,
+        authority_dir / keystore.FLEET_ROOT,
+    ):
+        if candidate is not None and candidate.exists():
+            return keystore.load_roots(candidate)
+    raise keystore.KeystoreError(f"{ddir}: no {keystore.FLEET_ROOT} beside it or in its data dir")
+
+
+# --- revoke --------------------------------------------------------------------------------------
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    if args.broker is None and args.data is None:
+        raise CliError(
+            "keys revoke: give --broker URL (a live fleet) and/or --data DIR (where its devices "
+            "record it for their next start)"
+        )
+    adir: Path = args.authority
+    if not (adir / keystore.AUTHORITY_KEY).exists():
+        raise CliError(
+            f"{adir}: no {keystore.AUTHORITY_KEY}: not an authority directory (give the "
+            "directory `edgefleet keys init-authority` created)"
+        )
+    data = DataDir(args.data) if args.data is not None else None
+    if data is not None and not data.devices.is_dir():
+        raise CliError(f"{args.data}: not a fleet data dir (no devices/ in it)")
+    try:
+        device_id = lifecycle.resolve_device(args.device, data)
+        issued = lifecycle.issued_revocation(adir, device_id)
+        if args.resend:
+            if issued is None:
+                raise CliError(f"--resend: {device_id} was never revoked by {adir}")
+            rev = issued
+        else:
+            if issued is not None:
+                raise CliError(
+                    f"{device_id}: already revoked from height {issued.from_height} "
+                    f"({issued.reason!r}, {_iso(issued.time_ms)}; "
+                    f"{lifecycle.revocation_path(adir, device_id)}): "
+                    "use --resend to publish it again"
+                )
+            rev = _sign(args, adir, data, device_id)
+    except keystore.KeystoreError as exc:
+        raise CliError(str(exc)) from None
+    verb = "revocation of" if args.resend else "revoked"
+    print(f"{verb} {rev.device_id} from height {rev.from_height} ({rev.reason})")
+    print(f"  recorded   {lifecycle.revocation_path(adir, device_id)}")
+    if data is not None:
+        try:
+            names = lifecycle.store_in_data_dir(data, rev)
+        except keystore.KeystoreError as exc:
+            raise CliError(str(exc)) from None
+        print(
+            f"  data dir   recorded by {len(names)} device(s) of {data.root} (at their next start)"
+        )
+    if args.broker is not None:
+        topic = _publish(args.broker, rev)
+        print(f"  broker     published, retained, on {topic}")
+    return 0
+
+
+def _sign(args: argparse.Namespace, adir: Path, data: DataDir | None, device_id: str) -> Revocation:
+    from_height = args.from_height
+    if from_height is None:
+        head = lifecycle.known_head(data, device_id) if data is not None else None
+        if head is None:
+            where = f"no store of {data.root} holds a header of it" if data else "no --data"
+            raise CliError(f"--from-height: required ({where})")
+        from_height = head + 1
+    if from_height < 0:
+        raise CliError(f"--from-height: expected 0 or more, found {from_height}")
+    pw = keystore.passphrase(args.passphrase_file)
+    authority = keystore.load_authority(adir, pw)
+    roots = keystore.load_roots(adir)
+    lifecycle.check_authority(adir, authority, roots)
+    if data is not None and (data.authority / keystore.FLEET_ROOT).exists():
+        lifecycle.check_authority(adir, authority, keystore.load_roots(data.authority))
+    return lifecycle.sign_and_record(adir, authority, device_id, from_height, args.reason)
+
+
+def _publish(url: str, rev: Revocation) -> str:
+    # Imported here: the MQTT adapter (and aiomqtt) only for the commands that talk to a broker.
+    from agent.transport.brokers import parse_broker_url
+    from agent.transport.mqtt import MqttClient
+
+    topics = Topics()
+    topic = topics.revocation(rev.device_id)
+    try:
+        endpoint = parse_broker_url(url)
+    except (TransportError, ValueError) as exc:
+        raise CliError(f"--broker {url}: {exc}") from None
+
+    async def publish() -> None:
+        client = MqttClient(
+            endpoint,
+            f"edgefleet-authority-{secrets.token_hex(4)}",
+            will_topic=f"{topics.root}/authority/presence",
+            on_message=lambda _t, _p: None,
+        )
+        async with client:
+            await client.publish(topic, rev.wire, retain=True)
+
+    try:
+        asyncio.run(publish())
+    except TransportError as exc:
+        raise CliError(
+            f"--broker {url}: not published ({exc}); the revocation is recorded: "
+            "publish it with --resend"
+        ) from None
+    return topic
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
