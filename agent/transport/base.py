@@ -48,8 +48,8 @@ class Delivery:
     ``presence``, the accused device for ``evidence``, the revoked one for ``revocation``. It is
     None for ``inbox`` and ``domain``: MQTT does not say who published, so only the signed
     payload can name the sender (and the inbox is always the receiving transport's own).
-    ``domain`` is set for ``domain`` deliveries only. Presence payloads are normalised to ``b"online"`` or ``b"offline"`` (the effective
-    state, see ``PresenceBook``).
+    ``domain`` is set for ``domain`` deliveries only. Presence payloads are normalised to
+    ``b"online"`` or ``b"offline"`` (the effective state, see ``PresenceBook``).
     """
 
     source_topic: str
