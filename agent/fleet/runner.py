@@ -903,6 +903,12 @@ async def _yield_all(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+def _key_status(a: DeviceAgent) -> dict[str, Any]:
+    """The device's key life as its own node holds it (rotations; a revocation it received)."""
+    rotations, revoked_from = a.node.key_status(a.device_id)
+    return {"rotations": rotations, "revoked_from": revoked_from}
+
+
 def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     rep = a.replicator
     if rep is None:
@@ -1012,6 +1018,7 @@ def _snapshot(
                 peers_total=len(a.peer_ids),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
+                **_key_status(a),
                 serial_down=name in serial_down,
                 failure=a.failure,
                 damaged=tuple(a.ctx.damaged.values()),

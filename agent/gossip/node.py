@@ -72,7 +72,7 @@ from agent.gossip.tuning import GossipConfig
 from agent.protocol import auth
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
-from ledger.certs import FleetRoots
+from ledger.certs import FleetRoots, decode_revocation
 from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import is_device_id
 
@@ -213,6 +213,13 @@ class GossipNode:
 
     def forked(self) -> frozenset[str]:
         return frozenset(self._ctx.forked)
+
+    def key_status(self, device_id: str) -> tuple[int, int | None]:
+        """What this node holds of a device's key life: its rotations applied, and the lowest
+        height a revocation refuses from (None: not revoked)."""
+        _, rotations, revocations = self._ctx.trust.bundle(device_id)
+        froms = [decode_revocation(w).from_height for w in revocations]
+        return len(rotations), min(froms, default=None)
 
     def missing_bodies(self, device_id: str) -> tuple[int, ...]:
         chain = self._ctx.chains.get(device_id)
