@@ -76,7 +76,8 @@ def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--passphrase-file",
-        help="passphrase of the authority key (else $EDGEFLEET_PASSPHRASE or a prompt)",
+        help="passphrase of the authority key (default: DATA/passphrase of a simulated fleet, "
+        "else $EDGEFLEET_PASSPHRASE or a prompt)",
     )
     p.set_defaults(func=_revoke)
 
@@ -207,13 +208,24 @@ def _sign(args: argparse.Namespace, adir: Path, data: DataDir | None, device_id:
         from_height = head + 1
     if from_height < 0:
         raise CliError(f"--from-height: expected 0 or more, found {from_height}")
-    pw = keystore.passphrase(args.passphrase_file)
+    pw = _authority_passphrase(args.passphrase_file, adir)
     authority = keystore.load_authority(adir, pw)
     roots = keystore.load_roots(adir)
     lifecycle.check_authority(adir, authority, roots)
     if data is not None and (data.authority / keystore.FLEET_ROOT).exists():
         lifecycle.check_authority(adir, authority, keystore.load_roots(data.authority))
     return lifecycle.sign_and_record(adir, authority, device_id, from_height, args.reason)
+
+
+def _authority_passphrase(file: str | None, adir: Path) -> bytes:
+    """``--passphrase-file``, else a simulated fleet's DATA/passphrase when ``adir`` is its
+    DATA/authority, else $EDGEFLEET_PASSPHRASE or a prompt."""
+    data = DataDir(adir.resolve().parent)
+    if file is None and data.authority == adir.resolve():
+        pw = data.fleet_passphrase()
+        if pw is not None:
+            return pw
+    return keystore.passphrase(file)
 
 
 def _publish(url: str, rev: Revocation) -> str:

@@ -438,10 +438,13 @@ def load_device(device_dir: Path, pw: bytes, roots: FleetRoots | None = None) ->
     except OSError as exc:
         raise KeystoreError(f"{device_dir / DEVICE_CERT}: cannot read ({exc.strerror})") from None
     cert = verify_certificate(wire, roots, None) if roots else decode_certificate(wire)
-    if cert.device_key != key.public and rotated_key(device_dir, cert) != key.public:
+    current = rotated_key(device_dir, cert) or cert.device_key
+    if current != key.public:
+        if current == cert.device_key:
+            raise KeystoreError(f"{device_dir}: certificate is for another key")
         raise KeystoreError(
-            f"{device_dir}: {DEVICE_KEY} is neither the key of {DEVICE_CERT} nor the last key "
-            f"its {ROTATIONS}/ hand over to (an interrupted `edgefleet keys rotate`? run it again)"
+            f"{device_dir}: {DEVICE_KEY} is not the key its {ROTATIONS}/ hand over to last "
+            f"({current.key_id.hex()}): an interrupted `edgefleet keys rotate`? run it again"
         )
     return Enrolled(key, cert)
 
