@@ -4,15 +4,20 @@ over Mosquitto is in test_lifecycle_cli.py. Figures are printed (pytest -s) and 
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
+from agent.fleet import lifecycle
 from agent.gossip.actions import DeviceRevoked
 from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
 from agent.protocol.sim import Authority
 from agent.transport import Delivery, MemoryNetwork
 from agent.transport.topics import Topics
-from ledger.identity import device_id_for
+from ledger.certs import FleetRoots, verify_revocation
+from ledger.identity import SigningKey, device_id_for
+from tests.vectors import generate
 
 ROUND_MS = 1_000  # one anti-entropy round
 CFG = GossipConfig(anti_entropy_ms=ROUND_MS, jitter_ms=200)
@@ -142,3 +147,23 @@ def test_the_revocation_topic_parses_and_never_takes_a_wildcard() -> None:
     assert route is not None and (route.kind, route.name) == ("revocation", revoked)
     assert topics.parse("edgefleet/v1/revocation/+") is None
     assert topics.revocation_filter() == "edgefleet/v1/revocation/+"
+
+
+def test_what_keys_revoke_signs_is_the_documented_vector_byte_for_byte(tmp_path: Path) -> None:
+    """`revocation_of_device` (docs/PROTOCOL.md 14) re-derives from the document's seeds through
+    the code `edgefleet keys revoke` runs, verifies under the documented fleet root, and names
+    the topic and file the document gives."""
+    v = json.loads(generate.JSON_PATH.read_text())["revocation_of_device"]
+    authority = SigningKey(generate.seed("authority"))
+    device_id = SigningKey(generate.seed("device")).public.device_id
+    rev = lifecycle.sign_and_record(
+        tmp_path, authority, device_id, 5, "stolen", now_ms=generate.T0 + 4 * 86_400_000
+    )
+    assert rev.wire.hex() == v["wire"]
+    assert (tmp_path / v["file"]).read_bytes() == bytes.fromhex(v["wire"])
+    checked = verify_revocation(bytes.fromhex(v["wire"]), FleetRoots.of(authority.public))
+    assert [1, checked.device_id, checked.key_id, checked.from_height, checked.reason] == v[
+        "fields"
+    ][:5]
+    route = Topics().parse(v["topic"])
+    assert route is not None and (route.kind, route.name) == ("revocation", device_id)
