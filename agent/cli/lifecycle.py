@@ -1,6 +1,8 @@
 """`edgefleet keys rotate` and `edgefleet keys revoke`: a device identity's later life.
 
-``rotate`` hands a stopped device over to a fresh key (agent/fleet/lifecycle.py); ``revoke``
+``rotate`` hands a stopped device over to a fresh key (agent/fleet/lifecycle.py), in one step
+where the authority's key is at hand, or in three (``rotate --request`` on the device,
+``countersign`` on the authority's machine, ``rotate --install`` on the device); ``revoke``
 signs the authority's revocation of a device and spreads it: retained on the broker's revocation
 topic of a live fleet (``--broker``; every device of every machine gets it at once, and every
 device that connects later on subscribing), and into a data dir's stores (``--data``; each device
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +23,9 @@ from agent.fleet import keystore, lifecycle
 from agent.fleet.datadir import DataDir
 from agent.transport.errors import TransportError
 from agent.transport.topics import Topics
+from ledger import keyfile
 from ledger.certs import FleetRoots, Revocation
+from ledger.errors import KeyFileError
 
 
 def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +36,8 @@ def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "effective at its next height (readings still pending are sealed under the old key "
         "first); the authority countersigns it. The new key is stored encrypted like the old "
         "one, which is retired. The device must be stopped; it uses the new key from its next "
-        "start, and its peers learn the rotation from its greeting.",
+        "start, and its peers learn the rotation from its greeting. With the authority on "
+        "another machine: --request here, `keys countersign` there, --install here.",
     )
     p.add_argument("--dir", required=True, type=Path, help="device directory (holds device.key)")
     p.add_argument(
@@ -48,7 +54,34 @@ def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--authority-passphrase-file",
         help="passphrase of the authority key (default: the device key's)",
     )
+    step = p.add_mutually_exclusive_group()
+    step.add_argument(
+        "--request",
+        action="store_true",
+        help="without the authority at hand: make the new key and write DEVDIR/rotate.req "
+        "for `keys countersign` on the authority's machine",
+    )
+    step.add_argument(
+        "--install",
+        type=Path,
+        metavar="ROTATION",
+        help="install the rotation `keys countersign` made from this device's rotate.req",
+    )
     p.set_defaults(func=_rotate)
+
+    p = ksub.add_parser(
+        "countersign",
+        help="on the authority's machine: countersign a device's rotate.req",
+    )
+    p.add_argument("--authority", required=True, type=Path, help="authority directory")
+    p.add_argument("--request", required=True, type=Path, help="the device's rotate.req")
+    p.add_argument("--out", required=True, type=Path, help="rotation file to write")
+    p.add_argument("--yes", action="store_true", help="countersign without asking")
+    p.add_argument(
+        "--passphrase-file",
+        help="passphrase of the authority key (else $EDGEFLEET_PASSPHRASE or a prompt)",
+    )
+    p.set_defaults(func=_countersign)
 
     p = ksub.add_parser(
         "revoke",
@@ -88,6 +121,8 @@ def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _rotate(args: argparse.Namespace) -> int:
     ddir: Path = args.dir
     data = _data_dir_of(ddir)
+    if args.request or args.install is not None:
+        return _rotate_step(args, ddir, data)
     authority_dir = args.authority
     if authority_dir is None:
         if data is None or not (data.authority / keystore.AUTHORITY_KEY).exists():
@@ -105,6 +140,71 @@ def _rotate(args: argparse.Namespace) -> int:
         done = lifecycle.rotate_device(ddir, authority_dir, roots, pw, apw)
     except keystore.KeystoreError as exc:
         raise CliError(str(exc)) from None
+    _print_rotated(done, ddir)
+    return 0
+
+
+def _rotate_step(args: argparse.Namespace, ddir: Path, data: DataDir | None) -> int:
+    if args.authority is not None or args.authority_passphrase_file is not None:
+        raise CliError(
+            "keys rotate: --authority goes with neither --request nor --install (the "
+            "authority countersigns on its own machine: keys countersign)"
+        )
+    try:
+        pw = _device_passphrase(args.passphrase_file, data)
+        roots = _roots_for(ddir, data, None)
+        if args.request:
+            requested = lifecycle.request_rotation(ddir, roots, pw)
+            if isinstance(requested, lifecycle.Rotated):
+                _print_rotated(requested, ddir)
+                return 0
+        else:
+            try:
+                wire = args.install.read_bytes()
+            except OSError as exc:
+                raise CliError(f"{args.install}: cannot read ({exc.strerror})") from None
+            _print_rotated(lifecycle.install_rotation(ddir, roots, wire, pw), ddir)
+            return 0
+    except keystore.KeystoreError as exc:
+        raise CliError(str(exc)) from None
+    print(
+        f"{requested.device_id}: hand-over from key {requested.old_key_id.hex()} to "
+        f"{requested.new_key_id.hex()} signed, effective at height {requested.effective_height}"
+    )
+    if requested.sealed:
+        print(f"  sealed     {requested.sealed} block(s) of pending readings under the old key")
+    print(f"  request    {requested.path}  (send it to the fleet authority: keys countersign)")
+    print(f"  new key    {ddir / lifecycle.NEXT_KEY}  (installed by keys rotate --install)")
+    print("  keep the device stopped until the rotation is installed")
+    return 0
+
+
+def _countersign(args: argparse.Namespace) -> int:
+    try:
+        if args.out.exists():
+            raise CliError(f"{args.out}: already exists; remove it or choose another --out")
+        half, req = lifecycle.read_rotation_request(args.request)
+        print(f"{args.request}: rotation request")
+        print(f"  device id         {req.device_id}")
+        print(f"  from key          {req.old_key_id.hex()}")
+        print(f"  to key            {req.new_key_id.hex()}")
+        print(f"  effective height  {req.effective_height}")
+        print(f"  requested         {_iso(req.time_ms)}")
+        if not args.yes and sys.stdin.isatty() and input("countersign? [y/N] ").strip() != "y":
+            raise CliError(f"{args.request}: not countersigned (answer y to countersign it)")
+        pw = keystore.passphrase(args.passphrase_file)
+        authority = keystore.load_authority(args.authority, pw)
+        wire = lifecycle.countersign(args.authority, authority, half)
+        keyfile.write_private(args.out, wire)
+    except keystore.KeystoreError as exc:
+        raise CliError(str(exc)) from None
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from None
+    print(f"countersigned {args.out}: give it to the device (keys rotate --install)")
+    return 0
+
+
+def _print_rotated(done: lifecycle.Rotated, ddir: Path) -> None:
     if done.finished_only:
         print(f"{done.device_id}: finished the interrupted rotation to key {done.new_key_id.hex()}")
     else:
@@ -117,7 +217,6 @@ def _rotate(args: argparse.Namespace) -> int:
     print(f"  rotation   {done.path}")
     print(f"  key        {ddir / keystore.DEVICE_KEY}  (the old key is retired)")
     print("  start the device again: it signs with the new key, its peers learn the rotation")
-    return 0
 
 
 def _data_dir_of(ddir: Path) -> DataDir | None:
@@ -134,11 +233,11 @@ def _device_passphrase(file: str | None, data: DataDir | None) -> bytes:
     return keystore.passphrase(file)
 
 
-def _roots_for(ddir: Path, data: DataDir | None, authority_dir: Path) -> FleetRoots:
+def _roots_for(ddir: Path, data: DataDir | None, authority_dir: Path | None) -> FleetRoots:
     for candidate in (
         ddir / keystore.FLEET_ROOT,
         data.authority / keystore.FLEET_ROOT if data is not None else None,
-        authority_dir / keystore.FLEET_ROOT,
+        authority_dir / keystore.FLEET_ROOT if authority_dir is not None else None,
     ):
         if candidate is not None and candidate.exists():
             return keystore.load_roots(candidate)

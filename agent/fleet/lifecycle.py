@@ -1,17 +1,21 @@
 """A device identity's later life: key rotation on the device, revocation by the authority.
 
-**Rotation** (``rotate_device``) runs on a *stopped* device directory (its store is probed for
-another open connection and the rotation refused while one is). It seals the readings still
-pending under the old key, so the hand-over falls on a block boundary; the rotation takes effect
-at the next height. The device signs the hand-over with its current key, the authority
-countersigns it (docs/PROTOCOL.md 11), and then, each step durable before the next:
+**Rotation** runs on a *stopped* device directory, in three steps as enrollment does
+(``request_rotation`` on the device, ``countersign`` on the authority's machine,
+``install_rotation`` on the device) or all at once where both keys are at hand
+(``rotate_device``). The device's store is probed for another open connection and each step
+refused while one is. The request seals the readings still pending under the old key, so the
+hand-over falls on a block boundary, and takes effect at the next height; it writes the new key
+encrypted like the old one (same passphrase and argon2id cost) as ``DEVDIR/device.key.next`` and
+the device's signed half as ``DEVDIR/rotate.req``. The authority countersigns it (docs/PROTOCOL.md
+9.3). The install checks the rotation as every verifier will, for that new key, at the height the
+device is still at (a device that ran since its request must request again), and then, each step
+durable before the next:
 
-1. the new key is written encrypted, like the old one (same passphrase and argon2id cost), as
-   ``DEVDIR/device.key.next``;
-2. the rotation is written to ``DEVDIR/rotations/NNNN.rot`` and into the device's store (its
+1. the rotation is written to ``DEVDIR/rotations/NNNN.rot`` and into the device's store (its
    credentials, so the device feeds it to its gossip core at start and its peers learn it from
    its greeting);
-3. ``device.key.next`` replaces ``device.key``: the old key is retired (its file is gone; it can
+2. ``device.key.next`` replaces ``device.key``: the old key is retired (its file is gone; it can
    only ever sign heights below the rotation's, which verifiers already hold).
 
 An interruption leaves ``device.key.next`` beside the old key: running the rotation again
@@ -36,7 +40,7 @@ from pathlib import Path
 from agent.fleet import keystore
 from agent.fleet.datadir import STORE, DataDir
 from agent.fleet.keystore import KeystoreError
-from ledger import keyfile
+from ledger import codec, keyfile
 from ledger.block import decode_header
 from ledger.certs import (
     Certificate,
@@ -46,12 +50,13 @@ from ledger.certs import (
     countersign_rotation,
     decode_certificate,
     decode_revocation,
+    decode_rotation,
     sign_revocation,
     sign_rotation,
 )
 from ledger.chain import ChainWriter
 from ledger.errors import KeyFileError, LedgerError
-from ledger.identity import SigningKey, is_device_id
+from ledger.identity import SIGNATURE_SIZE, SigningKey, is_device_id
 from ledger.store import Store, open_elsewhere
 
 NEXT_KEY = keystore.DEVICE_KEY + ".next"
@@ -114,18 +119,29 @@ class Rotated:
     finished_only: bool = False  # an interrupted rotation was finished, no new one made
 
 
-def rotate_device(
-    device_dir: Path,
-    authority_dir: Path,
-    roots: FleetRoots,
-    device_pw: bytes,
-    authority_pw: bytes,
-    *,
-    now_ms: int | None = None,
-) -> Rotated:
-    """Hand the device in ``device_dir`` over to a fresh key (see the module docstring)."""
-    key_path = device_dir / keystore.DEVICE_KEY
-    if not key_path.exists():
+ROTATE_REQUEST = "rotate.req"  # DEV_DIR/rotate.req: the device's half, for the authority
+
+
+@dataclass(frozen=True)
+class _Device:
+    """A stopped device directory, its certificate and rotations checked."""
+
+    dir: Path
+    cert: Certificate
+    rotations: list[bytes]
+    keys: DeviceKeys
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / keystore.DEVICE_KEY
+
+    @property
+    def next_path(self) -> Path:
+        return self.dir / NEXT_KEY
+
+
+def _open_device(device_dir: Path, roots: FleetRoots) -> _Device:
+    if not (device_dir / keystore.DEVICE_KEY).exists():
         raise KeystoreError(f"{device_dir}: no {keystore.DEVICE_KEY}: not a device directory")
     try:
         cert = decode_certificate((device_dir / keystore.DEVICE_CERT).read_bytes())
@@ -135,64 +151,202 @@ def rotate_device(
         ) from None
     except LedgerError as exc:
         raise KeystoreError(f"{device_dir / keystore.DEVICE_CERT}: {exc}") from None
-    store_path = device_dir / STORE
-    refuse_if_open(store_path)
+    refuse_if_open(device_dir / STORE)
     rotations = keystore.own_rotations(device_dir)
-    keys = _device_keys(device_dir, cert, roots, rotations)
-    current = keys.spans[-1].key
-    old = _unlock(key_path, device_pw, "device")
-    next_path = device_dir / NEXT_KEY
-    if old.public != current:
-        # An interrupted rotation: its rotation is written; finish the key swap.
-        if next_path.exists() and _unlock(next_path, device_pw, "device").public == current:
-            _finish(device_dir, rotations[-1], cert.device_id, key_path, next_path)
-            return Rotated(
-                cert.device_id,
-                keys.spans[-2].key.key_id,
-                current.key_id,
-                keys.spans[-1].from_height,
-                0,
-                _rotation_path(device_dir, len(rotations)),
-                finished_only=True,
-            )
-        raise KeystoreError(
-            f"{key_path}: key {old.key_id.hex()} is not the device's current key "
-            f"{current.key_id.hex()}: restore the key file from its backup"
+    return _Device(device_dir, cert, rotations, _device_keys(device_dir, cert, roots, rotations))
+
+
+def _unlock_current(dev: _Device, pw: bytes) -> SigningKey | Rotated:
+    """The device's current key; or, after an interrupted rotation (its rotation written, the
+    key swap not done), the swap finished and its ``Rotated``."""
+    current = dev.keys.spans[-1].key
+    old = _unlock(dev.key_path, pw, "device")
+    if old.public == current:
+        return old
+    if dev.next_path.exists() and _unlock(dev.next_path, pw, "device").public == current:
+        _finish(dev.dir, dev.rotations[-1], dev.cert.device_id, dev.key_path, dev.next_path)
+        return Rotated(
+            dev.cert.device_id,
+            dev.keys.spans[-2].key.key_id,
+            current.key_id,
+            dev.keys.spans[-1].from_height,
+            0,
+            _rotation_path(dev.dir, len(dev.rotations)),
+            finished_only=True,
         )
-    if next_path.exists():
-        next_path.unlink()  # a key made by a rotation that never got its countersignature
-    authority = _unlock(authority_dir / keystore.AUTHORITY_KEY, authority_pw, "authority")
-    check_authority(authority_dir, authority, roots)
+    raise KeystoreError(
+        f"{dev.key_path}: key {old.key_id.hex()} is not the device's current key "
+        f"{current.key_id.hex()}: restore the key file from its backup"
+    )
+
+
+@dataclass(frozen=True)
+class Requested:
+    device_id: str
+    old_key_id: bytes
+    new_key_id: bytes
+    effective_height: int
+    sealed: int
+    half: bytes  # [body, old_sig]: what the authority countersigns
+    path: Path  # DEV_DIR/rotate.req
+
+
+def request_rotation(
+    device_dir: Path, roots: FleetRoots, device_pw: bytes, *, now_ms: int | None = None
+) -> Requested | Rotated:
+    """The device's half of a rotation: seal what is pending under the current key, make the new
+    key (``device.key.next``, encrypted like the current one) and sign the hand-over to it,
+    effective at the next height, for the authority of ``roots`` to countersign; written to
+    ``DEVDIR/rotate.req``. A ``Rotated`` when it only finished an interrupted rotation."""
+    dev = _open_device(device_dir, roots)
+    old = _unlock_current(dev, device_pw)
+    if isinstance(old, Rotated):
+        return old
+    (authority_key_id,) = roots.keys  # a device's fleet-root.json holds its one fleet root
     now = _now_ms() if now_ms is None else now_ms
-    with Store(store_path) as store:
-        sealed = _seal_pending(store, old, cert)
+    with Store(device_dir / STORE) as store:
+        sealed = _seal_pending(store, old, dev.cert)
         head = store.head()
-        if head is None:
+    if head is None:
+        raise KeystoreError(
+            f"{device_dir}: the device has signed no block yet: nothing to hand over "
+            "(enroll a new key instead: edgefleet keys init-device)"
+        )
+    effective = head.header.height + 1
+    new = SigningKey.generate()
+    half = sign_rotation(dev.cert.device_id, old, new.public, effective, now, authority_key_id)
+    dev.next_path.unlink(missing_ok=True)  # a new key of a request never installed
+    try:
+        keyfile.write(dev.next_path, new, device_pw, "device", _cost_of(dev.key_path))
+        keyfile.replace_private(device_dir / ROTATE_REQUEST, half)
+    except (KeyFileError, OSError) as exc:
+        raise KeystoreError(f"{device_dir}: {exc}") from None
+    return Requested(
+        dev.cert.device_id,
+        old.key_id,
+        new.key_id,
+        effective,
+        sealed,
+        half,
+        device_dir / ROTATE_REQUEST,
+    )
+
+
+@dataclass(frozen=True)
+class RotationRequest:
+    device_id: str
+    old_key_id: bytes
+    new_key_id: bytes
+    effective_height: int
+    time_ms: int
+
+
+def read_rotation_request(path: Path) -> tuple[bytes, RotationRequest]:
+    """A device's ``rotate.req``: its bytes and what it asks for (decoded; the device's
+    signature is checked by the device and every verifier against the key it rotates from,
+    which the authority does not keep)."""
+    try:
+        half = path.read_bytes()
+    except OSError as exc:
+        raise KeystoreError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        rot = decode_rotation(codec_half(half))
+    except LedgerError as exc:
+        raise KeystoreError(f"{path}: not a rotation request ({exc})") from None
+    return half, RotationRequest(
+        rot.device_id, rot.old_key_id, rot.new_key.key_id, rot.effective_height, rot.time_ms
+    )
+
+
+def codec_half(half: bytes) -> bytes:
+    """A rotation request ``[body, old_sig]`` with a placeholder third signature, so that the
+    rotation decoder checks its body (the placeholder is never verified)."""
+    body, old_sig = _split_half(half)
+    return codec.encode([body, old_sig, bytes(SIGNATURE_SIZE)])
+
+
+def _split_half(half: bytes) -> tuple[bytes, bytes]:
+    w = "rotation request"
+    f = codec.array(codec.decode(half, codec.Limits(512, 2, 0, 256), w), 2, w)
+    return codec.bin_(f[0], w, "body", maximum=256), codec.bin_(f[1], w, "old_sig", SIGNATURE_SIZE)
+
+
+def countersign(authority_dir: Path, authority: SigningKey, half: bytes) -> bytes:
+    """The authority's half: countersign a device's rotation request."""
+    roots = keystore.load_roots(authority_dir)
+    check_authority(authority_dir, authority, roots)
+    try:
+        return countersign_rotation(half, authority)
+    except LedgerError as exc:
+        raise KeystoreError(f"rotation request: {exc}") from None
+
+
+def install_rotation(
+    device_dir: Path, roots: FleetRoots, wire: bytes, device_pw: bytes, *, sealed: int = 0
+) -> Rotated:
+    """Install the countersigned rotation: checked as every verifier will check it, for the key
+    ``device.key.next`` holds, at the height the device is at; then written (``rotations/``, the
+    store) and the key swapped (see the module docstring)."""
+    dev = _open_device(device_dir, roots)
+    old = _unlock_current(dev, device_pw)
+    if isinstance(old, Rotated):
+        return old
+    try:
+        rot = decode_rotation(wire)
+        DeviceKeys.build(dev.cert.wire, roots, now_ms=None, rotations=[*dev.rotations, wire])
+    except LedgerError as exc:
+        raise KeystoreError(f"{device_dir}: the rotation does not verify: {exc}") from None
+    if not dev.next_path.exists():
+        raise KeystoreError(
+            f"{device_dir}: no {NEXT_KEY}: the rotation was not requested here "
+            "(edgefleet keys rotate --dir DEVDIR --request)"
+        )
+    new = _unlock(dev.next_path, device_pw, "device")
+    if new.public != rot.new_key:
+        raise KeystoreError(
+            f"{device_dir}: the rotation hands over to key {rot.new_key.key_id.hex()}, not to "
+            f"{new.key_id.hex()} in {NEXT_KEY}: install the rotation of this device's last request"
+        )
+    with Store(device_dir / STORE) as store:
+        head = store.head()
+        if head is None or head.header.height + 1 != rot.effective_height:
+            at = "none" if head is None else head.header.height
             raise KeystoreError(
-                f"{device_dir}: the device has signed no block yet: nothing to hand over "
-                "(enroll a new key instead: edgefleet keys init-device)"
+                f"{device_dir}: the rotation takes effect at height {rot.effective_height}, but "
+                f"the device's head is at {at} (it ran since the request): request it again"
             )
-        effective = head.header.height + 1
-        new = SigningKey.generate()
-        half = sign_rotation(cert.device_id, old, new.public, effective, now, authority.key_id)
-        wire = countersign_rotation(half, authority)
-        try:  # exactly what every verifier will do with it
-            DeviceKeys.build(cert.wire, roots, now_ms=None, rotations=[*rotations, wire])
-        except LedgerError as exc:
-            raise KeystoreError(f"{device_dir}: the rotation does not verify: {exc}") from None
-        try:
-            keyfile.write(next_path, new, device_pw, "device", _cost_of(key_path))
-        except KeyFileError as exc:
-            raise KeystoreError(str(exc)) from None
-        path = _rotation_path(device_dir, len(rotations) + 1)
+        path = _rotation_path(device_dir, len(dev.rotations) + 1)
         path.parent.mkdir(exist_ok=True)
         try:
             keyfile.write_private(path, wire)
         except KeyFileError as exc:
             raise KeystoreError(str(exc)) from None
-        store.put_credential(cert.device_id, "rotation", wire)
-    _finish(device_dir, wire, cert.device_id, key_path, next_path)
-    return Rotated(cert.device_id, old.key_id, new.key_id, effective, sealed, path)
+        store.put_credential(dev.cert.device_id, "rotation", wire)
+    _finish(device_dir, wire, dev.cert.device_id, dev.key_path, dev.next_path)
+    (device_dir / ROTATE_REQUEST).unlink(missing_ok=True)
+    return Rotated(
+        dev.cert.device_id, rot.old_key_id, new.key_id, rot.effective_height, sealed, path
+    )
+
+
+def rotate_device(
+    device_dir: Path,
+    authority_dir: Path,
+    roots: FleetRoots,
+    device_pw: bytes,
+    authority_pw: bytes,
+    *,
+    now_ms: int | None = None,
+) -> Rotated:
+    """All three steps on one machine (the authority's key at hand): request, countersign,
+    install."""
+    authority = _unlock(authority_dir / keystore.AUTHORITY_KEY, authority_pw, "authority")
+    check_authority(authority_dir, authority, roots)
+    requested = request_rotation(device_dir, roots, device_pw, now_ms=now_ms)
+    if isinstance(requested, Rotated):
+        return requested
+    wire = countersign(authority_dir, authority, requested.half)
+    return install_rotation(device_dir, roots, wire, device_pw, sealed=requested.sealed)
 
 
 def _rotation_path(device_dir: Path, n: int) -> Path:

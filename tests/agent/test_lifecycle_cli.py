@@ -131,6 +131,49 @@ def test_a_rotated_device_runs_on_with_its_new_key_and_its_peers_follow(
     assert verify(dd.root).ok, verify(dd.root).failures()
 
 
+def test_a_rotation_in_three_steps_never_moves_the_authority_key(
+    fleet: tuple[FleetConfig, DataDir], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """As on separate machines: the device requests, the authority countersigns the request
+    file, the device installs the rotation file; a stale request is refused."""
+    cfg, dd = fleet
+    ddir = dd.device(FRIDGE)
+    pwfile = tmp_path / "pw"
+    pwfile.write_bytes((dd.fleet_passphrase() or b"") + b"\n")
+    status, out, _ = _cli(capsys, "keys", "rotate", "--dir", str(ddir), "--request")
+    assert status == 0 and "keep the device stopped" in out, out
+    request = ddir / lifecycle.ROTATE_REQUEST
+    assert request.exists() and (ddir / lifecycle.NEXT_KEY).exists()
+    assert not (ddir / "rotations").exists(), "nothing applies before the install"
+
+    rotation = tmp_path / "fridge.rot"
+    args = ["keys", "countersign", "--authority", str(dd.authority), "--request", str(request)]
+    args += ["--out", str(rotation), "--yes", "--passphrase-file", str(pwfile)]
+    status, out, _ = _cli(capsys, *args)
+    assert status == 0 and "effective height" in out, out
+    assert "already exists" in _one_line_error(capsys, *args)
+
+    status, out, _ = _cli(capsys, "keys", "rotate", "--dir", str(ddir), "--install", str(rotation))
+    assert status == 0, out
+    assert (ddir / "rotations" / "0001.rot").read_bytes() == rotation.read_bytes()
+    assert not request.exists() and not (ddir / lifecycle.NEXT_KEY).exists()
+    _run_on(cfg, dd)
+    assert verify(dd.root).ok, verify(dd.root).failures()
+
+    # A request the device outran: it sealed blocks since, so the rotation no longer fits.
+    assert _cli(capsys, "keys", "rotate", "--dir", str(ddir), "--request")[0] == 0
+    stale = tmp_path / "stale.rot"
+    args[args.index(str(rotation))] = str(stale)
+    assert _cli(capsys, *args)[0] == 0
+    _run_on(cfg, dd)
+    line = _one_line_error(capsys, "keys", "rotate", "--dir", str(ddir), "--install", str(stale))
+    assert "(it ran since the request): request it again" in line
+    line = _one_line_error(
+        capsys, "keys", "rotate", "--dir", str(ddir), "--install", str(rotation)
+    )  # the first one, again
+    assert "does not verify" in line
+
+
 def test_pending_readings_are_sealed_under_the_old_key_before_the_hand_over(
     fleet: tuple[FleetConfig, DataDir], capsys: pytest.CaptureFixture[str]
 ) -> None:
