@@ -971,6 +971,8 @@ def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None =
                 continue  # nothing sealed, or unknown
             held = agent.node.head(peer)
             if held is None or held.hash != want:
+                if agent.node.key_status(peer)[1] is not None:
+                    continue  # revoked (`keys revoke`): its later headers are refused for good
                 return False
     return True
 

@@ -305,6 +305,7 @@ def test_a_revocation_recorded_in_the_data_dir_is_held_at_the_next_start(
     runner = FleetRunner(cfg, RunOptions(data=dd.root, for_ms=HOUR_MS, broker="memory", view=False))
     result = asyncio.run(runner.run())
     assert not result.failed
+    assert result.converged, "a revoked device's refused headers are not waited for"
     with Store(dd.store_path(FRIDGE)) as store:
         grown = store.head()
     assert grown is not None and grown.header.height > cut, "the revoked device signed on"
