@@ -45,6 +45,7 @@ from agent.device.storework import StoreThreads
 from agent.errors import AgentError
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
+from agent.fleet.keystore import own_rotations
 from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
     Provisioned,
@@ -724,6 +725,8 @@ class FleetRunner:
             ]
             if missing:
                 store.put_certificates(missing)
+            for wire in own_rotations(self.data.device(name)):  # `keys rotate`: a wiped or
+                store.put_credential(dev_id, "rotation", wire)  # older store learns them too
             transport = await self._transport(dev_id, dev.domains)
             agent = build_device(
                 name=name,

@@ -174,6 +174,26 @@ def test_a_rotation_in_three_steps_never_moves_the_authority_key(
     assert "does not verify" in line
 
 
+def test_a_rotated_device_whose_store_was_wiped_is_restored_from_its_peers(
+    fleet: tuple[FleetConfig, DataDir], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its rotation lives in DEVDIR/rotations as well as in the store: the wiped device knows the
+    key its later blocks are signed with, and verifies the chain its peers give back."""
+    cfg, dd = fleet
+    assert _cli(capsys, "keys", "rotate", "--dir", str(dd.device(FRIDGE)))[0] == 0
+    _run_on(cfg, dd)
+    with Store(dd.store_path(FRIDGE)) as store:
+        head = store.head()
+    assert head is not None
+    for path in dd.device(FRIDGE).glob("store.sqlite*"):
+        path.unlink()
+    args = ["restore", "--device", FRIDGE, "--data", str(dd.root), "--devices", cfg.source]
+    status, out, err = _cli(capsys, *args, "--broker", "memory")
+    assert status == 0, out + err
+    assert f"heights 0..{head.header.height}" in out
+    assert verify(dd.root).ok, verify(dd.root).failures()
+
+
 def test_pending_readings_are_sealed_under_the_old_key_before_the_hand_over(
     fleet: tuple[FleetConfig, DataDir], capsys: pytest.CaptureFixture[str]
 ) -> None:
