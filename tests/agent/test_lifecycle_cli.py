@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -291,7 +292,9 @@ def test_rotate_errors_are_one_line(
 
 
 def test_a_revocation_recorded_in_the_data_dir_is_held_at_the_next_start(
-    fleet: tuple[FleetConfig, DataDir], capsys: pytest.CaptureFixture[str]
+    fleet: tuple[FleetConfig, DataDir],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg, dd = fleet
     fridge = device_ids(dd.root)[FRIDGE]
@@ -323,9 +326,13 @@ def test_a_revocation_recorded_in_the_data_dir_is_held_at_the_next_start(
     assert (rev.device_id, rev.key_id, rev.from_height) == (fridge, None, cut)
 
     runner = FleetRunner(cfg, RunOptions(data=dd.root, for_ms=HOUR_MS, broker="memory", view=False))
-    result = asyncio.run(runner.run())
+    with caplog.at_level(logging.WARNING, logger="edgefleet"):
+        result = asyncio.run(runner.run())
     assert not result.failed
     assert result.converged, "a revoked device's refused headers are not waited for"
+    learned = [r for r in caplog.records if "revocation learned" in r.getMessage()]
+    assert f"device {fridge} from height {cut}" in learned[0].getMessage()
+    assert {getattr(r, "device", None) for r in learned} == set(device_ids(dd.root))
     with Store(dd.store_path(FRIDGE)) as store:
         grown = store.head()
     assert grown is not None and grown.header.height > cut, "the revoked device signed on"
