@@ -267,6 +267,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _describe(path: Path, data: bytes, root: Path | None) -> dict[str, object]:
+    described = lifecycle.describe(path, data, root)  # rotations, rotate.req, revocations
+    if described is not None:
+        return described
     if data.lstrip().startswith(b"{"):
         try:
             doc = json.loads(data)

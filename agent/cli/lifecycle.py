@@ -24,8 +24,14 @@ from agent.fleet.datadir import DataDir
 from agent.transport.errors import TransportError
 from agent.transport.topics import Topics
 from ledger import keyfile
-from ledger.certs import FleetRoots, Revocation
-from ledger.errors import KeyFileError
+from ledger.certs import (
+    FleetRoots,
+    Revocation,
+    decode_revocation,
+    decode_rotation,
+    verify_revocation,
+)
+from ledger.errors import KeyFileError, LedgerError
 
 
 def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -361,3 +367,52 @@ def _publish(url: str, rev: Revocation) -> str:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def describe(path: Path, data: bytes, root: Path | None) -> dict[str, object] | None:
+    """`keys show` of a rotation (``.rot``), a rotation request (``rotate.req``) or a revocation
+    (``.rev``); None for any other file. With ``root`` a revocation's signature is checked (a
+    rotation's needs the key it rotates from: `edgefleet verify` checks it in place)."""
+    name = path.name
+    try:
+        if name.endswith(".rot"):
+            rot = decode_rotation(data)
+            return {
+                "file": "key rotation",
+                "device_id": rot.device_id,
+                "old_key_id": rot.old_key_id.hex(),
+                "new_key_id": rot.new_key.key_id.hex(),
+                "effective_height": rot.effective_height,
+                "time": _iso(rot.time_ms),
+                "authority_key_id": rot.authority_key_id.hex(),
+            }
+        if name == lifecycle.ROTATE_REQUEST or name.endswith("-" + lifecycle.ROTATE_REQUEST):
+            _, req = lifecycle.read_rotation_request(path)
+            return {
+                "file": "rotation request",
+                "device_id": req.device_id,
+                "old_key_id": req.old_key_id.hex(),
+                "new_key_id": req.new_key_id.hex(),
+                "effective_height": req.effective_height,
+                "requested": _iso(req.time_ms),
+            }
+        if name.endswith(".rev"):
+            if root is not None:
+                rev = verify_revocation(data, keystore.load_roots(root))
+                status = "signature verifies against the fleet root"
+            else:
+                rev = decode_revocation(data)
+                status = "not verified (pass --root)"
+            return {
+                "file": "revocation",
+                "device_id": rev.device_id,
+                "key_id": rev.key_id.hex() if rev.key_id is not None else "all (the device)",
+                "from_height": rev.from_height,
+                "reason": rev.reason,
+                "time": _iso(rev.time_ms),
+                "authority_key_id": rev.authority_key_id.hex(),
+                "status": status,
+            }
+    except (LedgerError, keystore.KeystoreError) as exc:
+        raise CliError(f"{path}: {exc}") from None
+    return None

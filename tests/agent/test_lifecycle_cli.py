@@ -153,6 +153,15 @@ def test_a_rotation_in_three_steps_never_moves_the_authority_key(
     status, out, _ = _cli(capsys, *args)
     assert status == 0 and "effective height" in out, out
     assert "already exists" in _one_line_error(capsys, *args)
+    shown = {}
+    for path in (request, rotation):
+        status, out, _ = _cli(capsys, "keys", "show", str(path), "--json")
+        assert status == 0, out
+        shown[path.name] = json.loads(out)
+    assert shown["rotate.req"]["file"] == "rotation request"
+    assert shown["fridge.rot"]["file"] == "key rotation"
+    for field in ("device_id", "old_key_id", "new_key_id", "effective_height"):
+        assert shown["rotate.req"][field] == shown["fridge.rot"][field], field
 
     status, out, _ = _cli(capsys, "keys", "rotate", "--dir", str(ddir), "--install", str(rotation))
     assert status == 0, out
@@ -399,6 +408,17 @@ def test_revoke_errors_are_one_line(
 
     ok = [*_revoke(*base, "--device", FRIDGE), "--passphrase-file", str(pwfile)]
     assert _cli(capsys, *ok)[0] == 0
+    rev = str(lifecycle.revocation_path(dd.authority, fridge))
+    status, out, _ = _cli(capsys, "keys", "show", rev, "--root", auth, "--json")
+    doc = json.loads(out)
+    assert status == 0 and doc["status"] == "signature verifies against the fleet root"
+    assert (doc["device_id"], doc["key_id"], doc["reason"]) == (
+        fridge,
+        "all (the device)",
+        "key-compromise",
+    )
+    line = _one_line_error(capsys, "keys", "show", rev, "--root", str(other))
+    assert "not a fleet root" in line or "does not verify" in line, line
     line = _one_line_error(capsys, *ok)
     assert "already revoked from height" in line and "--resend" in line
     line = _one_line_error(capsys, *_revoke(*base, "--device", FRIDGE, "--reason", "x" * 65))
