@@ -101,7 +101,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_init_owner)
 
     p = ksub.add_parser(
-        "show", help="describe a key file, certificate, enrollment request or fleet root"
+        "show",
+        help="describe a key file, certificate, enrollment or rotation request, fleet root, "
+        "rotation (.rot) or revocation (.rev)",
     )
     p.add_argument("path", type=Path)
     p.add_argument(
