@@ -167,3 +167,22 @@ def test_what_keys_revoke_signs_is_the_documented_vector_byte_for_byte(tmp_path:
     ][:5]
     route = Topics().parse(v["topic"])
     assert route is not None and (route.kind, route.name) == ("revocation", device_id)
+
+
+def test_a_rotation_request_is_countersigned_into_the_documented_rotation(tmp_path: Path) -> None:
+    v = json.loads(generate.JSON_PATH.read_text())
+    request = tmp_path / lifecycle.ROTATE_REQUEST
+    request.write_bytes(bytes.fromhex(v["rotation_request"]["wire"]))
+    half, req = lifecycle.read_rotation_request(request)
+    fields = v["rotation"]["fields"]
+    assert (req.device_id, req.old_key_id.hex(), req.effective_height) == (
+        fields[1],
+        fields[2],
+        fields[4],
+    )
+    authority = SigningKey(generate.seed("authority"))
+    (tmp_path / "auth").mkdir()
+    (tmp_path / "auth" / "fleet-root.json").write_text(
+        json.dumps({"format": "edgefleet-root/1", "public": authority.public.hex()})
+    )
+    assert lifecycle.countersign(tmp_path / "auth", authority, half).hex() == v["rotation"]["wire"]

@@ -295,6 +295,9 @@ def build() -> dict[str, Any]:
             "topic": Topics().revocation(dev_id),
             "file": f"revocations/{dev_id}.rev",
         },
+        # `keys rotate --request` writes the device's half of `rotation` as DEV/rotate.req;
+        # `keys countersign` turns it into `rotation`'s wire.
+        "rotation_request": {"wire": codec.encode([rot.body, rot.old_sig]).hex()},
     }
     v["epoch_record"] = _epoch(device, headers, hashes)
     v["storage_receipt"], v["audit"] = _receipt(dev_id, block0)
