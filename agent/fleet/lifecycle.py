@@ -204,9 +204,11 @@ def request_rotation(
         return old
     (authority_key_id,) = roots.keys  # a device's fleet-root.json holds its one fleet root
     now = _now_ms() if now_ms is None else now_ms
-    with Store(device_dir / STORE) as store:
-        sealed = _seal_pending(store, old, dev.cert)
-        head = store.head()
+    sealed, head = 0, None
+    if (device_dir / STORE).exists():  # a device that never ran has no store (none is made)
+        with Store(device_dir / STORE) as store:
+            sealed = _seal_pending(store, old, dev.cert)
+            head = store.head()
     if head is None:
         raise KeystoreError(
             f"{device_dir}: the device has signed no block yet: nothing to hand over "

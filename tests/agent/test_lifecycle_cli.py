@@ -296,6 +296,15 @@ def test_rotate_errors_are_one_line(
     assert "give --authority DIR" in line
     assert not (ddir / "rotations").exists()
 
+    fresh = tmp_path / "fresh"
+    attrs = ["--kind", "refrigerator", "--model", "M-1", "--site", "home-1"]
+    auth = ["--authority", str(dd.authority), "--passphrase-file", str(pwfile)]
+    assert main(["keys", "enroll", *auth, "--out", str(fresh), *attrs]) == 0
+    capsys.readouterr()
+    line = _one_line_error(capsys, "keys", "rotate", "--dir", str(fresh), *auth)
+    assert "has signed no block yet: nothing to hand over" in line
+    assert sorted(p.name for p in fresh.iterdir()) == ["device.cert", "device.key"]
+
 
 # --------------------------------------------------------------------------- revoke
 
