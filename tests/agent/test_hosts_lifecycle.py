@@ -1,9 +1,14 @@
-"""A revocation reaches a fleet spread over machines and brokers: the three "hosts" of
-test_hosts.py, the Pi on one Mosquitto and the freezers on another, joined by the bridge of
+"""Rotation and revocation on a fleet spread over machines: the three "hosts" of test_hosts.py
+(three data dirs, three `edgefleet run` processes, real Mosquitto).
+
+A revocation: the Pi on one Mosquitto and the freezers on another, joined by the bridge of
 deploy/mosquitto/bridge.conf.example. The authority, on a machine of its own, publishes the Pi's
 revocation to the freezers' broker with `edgefleet keys revoke --broker` before the hosts start;
 it is retained, crosses the bridge, and every host receives it on subscribing: the freezers
-refuse the Pi's headers from the revoked height on, and the Pi's own store holds it too."""
+refuse the Pi's headers from the revoked height on, and the Pi's own store holds it too.
+
+A rotation: the Pi's host stops, rotates in three steps with the authority's machine, and runs
+again; the other hosts follow its new key."""
 
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli.main import main
 from agent.fleet import lifecycle
 from ledger.block import decode_header
-from ledger.certs import decode_revocation
+from ledger.certs import decode_revocation, decode_rotation
 from ledger.store import Store
 from tests.agent import test_hosts as hosts
 from tests.agent.conftest import require_mosquitto
+from tests.agent.runner_helpers import verify
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -56,3 +63,43 @@ def test_a_revocation_published_on_one_broker_reaches_every_host_across_the_brid
             revocations = [w for d, w in store.credentials("revocation") if d == pi]
         assert heights == list(range(CUT)), f"{host} holds the Pi's headers {heights}"
         assert revocations == [wire], f"{host} stored the revocation"
+
+
+def test_a_device_rotated_on_its_own_machine_is_followed_by_the_other_hosts(
+    enrolled: hosts.Enrolled,
+    pi_device: str,
+    pi_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Pi's host stops, rotates in three steps (the authority countersigns on its own
+    machine), and runs again: the freezers on the other hosts learn the rotation from the Pi's
+    greeting and accept its blocks signed by the new key; every host's data dir verifies."""
+    require_mosquitto()
+    monkeypatch.setenv("EDGEFLEET_PASSPHRASE", hosts.PASSPHRASE)
+    pi = enrolled.ids["pi-fridge"]
+    with hosts.one_broker(tmp_path) as urls:
+        first = hosts.run_hosts(enrolled, urls, pi_device, pi_args, tmp_path / "first")
+        pidir = first.data("pi") / "devices" / "pi-fridge"
+        assert main(["keys", "rotate", "--dir", str(pidir), "--request"]) == 0
+        rotation = tmp_path / "pi-fridge.rot"
+        request = ["--request", str(pidir / lifecycle.ROTATE_REQUEST), "--out", str(rotation)]
+        authority = ["--authority", str(enrolled.base / "authority")]
+        assert main(["keys", "countersign", *authority, *request, "--yes"]) == 0
+        assert main(["keys", "rotate", "--dir", str(pidir), "--install", str(rotation)]) == 0
+        again = hosts.Enrolled(first.base, enrolled.ids)
+        second = hosts.run_hosts(again, urls, pi_device, pi_args, tmp_path / "second")
+    rot = decode_rotation(rotation.read_bytes())
+    with Store(second.data("pi") / "devices" / "pi-fridge" / "store.sqlite") as store:
+        signed = {
+            decode_header(w).header.key_id for w in store.own_header_wires(rot.effective_height)
+        }
+    assert signed == {rot.new_key.key_id}
+    for host, name in (("station", "freezer-station"), ("hospital", "freezer-hospital")):
+        with Store(second.data(host) / "devices" / name / "store.sqlite") as store:
+            top = decode_header(store.peer_header_wires(pi)[-1]).header.height
+            rotations = [w for d, w in store.credentials("rotation") if d == pi]
+        assert top > rot.effective_height, f"{host} follows the Pi past its rotation"
+        assert rotations == [rotation.read_bytes()], f"{host} stored the rotation"
+    for host in ("pi", "station", "hospital"):
+        assert verify(second.data(host)).ok, (host, verify(second.data(host)).failures())
