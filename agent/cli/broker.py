@@ -120,10 +120,11 @@ def _authority(directory: Path, args: argparse.Namespace, data: DataDir | None) 
 
 def _issue_in_data(args: argparse.Namespace) -> int:
     data = DataDir(args.data)
-    wants = sum(
-        [bool(args.device) and args.hub is None, args.all, args.server, args.hub is not None]
-    )
-    if wants != 1:
+    if args.device and args.all:
+        raise CliError("--device and --all: one or the other")
+    listed = bool(args.device or args.all)
+    wants = sum([listed and args.hub is None, args.server, args.hub is not None])
+    if wants != 1 or (args.server and listed):
         raise CliError(
             "keys broker-cert --data: expected exactly one of --device NAME, --all, --server, "
             "--hub ID (with --device NAMEs)"
