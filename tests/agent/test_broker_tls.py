@@ -15,7 +15,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
+import socket
+import ssl
 import stat
+import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +36,7 @@ from agent.config.devices import load_fleet
 from agent.fleet import brokertls, keystore
 from agent.fleet.datadir import DataDir
 from agent.transport.brokers import (
+    ExternalBroker,
     MosquittoBroker,
     MosquittoTls,
     broker_from_spec,
@@ -318,8 +324,6 @@ def test_a_client_without_an_enrolled_certificate_cannot_connect(
         )
     )
     os.chmod(tmp_path / "forged.key", 0o600)
-    import ssl
-
     bare = ssl.create_default_context(cafile=str(ca))
     attempts = {
         "no certificate": replace(tls_broker.endpoint, tls=bare),
@@ -481,3 +485,79 @@ def test_a_fleet_converges_over_its_own_tls_broker(
     assert ("user efhub-local" in acl) == shared
     assert (data / "broker" / "hubs" / "local" / "hub.pem").is_file() == shared
     print(f"{what}: {len(cfg.devices)} devices, {sent} messages sent, converged")
+
+
+@pytest.mark.mosquitto
+def test_the_written_config_runs_a_broker_that_remote_devices_join_by_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`broker config` as a deployment uses it: Mosquitto started on the written file alone; two
+    devices connect with `--broker mqtts://...?ca=&cert=&key=` (their own files) and talk; a
+    third device's certificate cannot read their inboxes."""
+    require_mosquitto()
+    p = make_pki(tmp_path / "data")
+    port = _free_port()
+    argv = ["broker", "config", "--data", str(p.data.root), "--port", str(port)]
+    argv += ["--bind", "127.0.0.1"] + (["--user", "root"] if os.geteuid() == 0 else [])
+    assert main(argv) == 0
+    conf = p.data.root / "broker" / "mosquitto.conf"
+    assert f"run it       mosquitto -c {conf}" in capsys.readouterr().out
+    proc = subprocess.Popen(
+        [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    log: list[str] = []
+    running = threading.Event()
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            log.append(raw.decode(errors="replace").rstrip())
+            if log[-1].endswith(" running"):
+                running.set()
+        running.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert running.wait(WAIT_S) and proc.poll() is None, log
+
+        def url(name: str) -> str:
+            f = p.files(name)
+            return f"mqtts://127.0.0.1:{port}?ca={f.ca}&cert={f.cert}&key={f.key}"
+
+        alice, bob, carol = (p.ids[n] for n in ("alice", "bob", "carol"))
+
+        async def run() -> None:
+            eve = Inbox()
+            async with (
+                MqttTransport(ExternalBroker(url("alice")).endpoint, alice) as a,
+                MqttTransport(ExternalBroker(url("bob")).endpoint, bob) as b,
+                client(ExternalBroker(url("carol")).endpoint, carol, eve, T.presence(carol)) as c,
+            ):
+                await c.subscribe([T.inbox(bob), T.inbox(carol)])
+                await a.send(bob, b"over the deployed broker")
+                await a.send(carol, b"barrier")
+                assert (await asyncio.wait_for(b.receive(), WAIT_S)).payload == (
+                    b"over the deployed broker"
+                )
+                got = await eve.until(T.inbox(carol), b"barrier")
+                assert [t for t, _ in got] == [T.inbox(carol)], got
+
+        asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        reader.join(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
