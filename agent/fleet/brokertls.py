@@ -39,6 +39,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -624,3 +625,33 @@ def _valid(files: TlsFiles, subject: str, ca: x509.Certificate) -> bool:
         log.info("re-issuing %s: %s", files.cert, exc)
         return False
     return True
+
+
+def url_device_files(url: str, devices: dict[str, Path]) -> dict[str, TlsFiles]:
+    """``--broker mqtts://host:port`` naming no client certificate: each device (device id -> its
+    directory) connects with its own ``broker.pem`` / ``broker.key``, verifying the broker against
+    the URL's ``ca=`` or else the device's ``broker-ca.pem``. Empty when the URL is not
+    ``mqtts://``, names a certificate, or no device has broker files; BrokerTlsError when only
+    some do, or when one's files do not check (``check_files``)."""
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts":
+        return {}
+    query = parse_qs(parts.query)
+    if "cert" in query or "key" in query:
+        return {}
+    files = {i: device_files(d) for i, d in devices.items()}
+    missing = [f.cert for f in files.values() if not f.cert.exists()]
+    if len(missing) == len(files):
+        return {}
+    if missing:
+        raise BrokerTlsError(
+            f"{missing[0]}: no broker certificate for this device, while "
+            f"{len(files) - len(missing)} other devices here have theirs: issue it (keys "
+            "broker-cert, docs/DEPLOY.md section 7) or name one in the URL (cert=, key=)"
+        )
+    ca = query.get("ca")
+    out = {}
+    for device_id, f in files.items():
+        check_files(f, device_id)
+        out[device_id] = TlsFiles(f.cert, f.key, Path(ca[0]) if ca else f.ca)
+    return out

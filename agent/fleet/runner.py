@@ -214,6 +214,8 @@ class FleetRunner:
         self._broker: Broker | None = None
         self._hub: MqttHub | None = None
         self._tls: brokertls.FleetTls | None = None  # --broker mosquitto-tls
+        # device id -> its own TLS client files (mosquitto-tls, or mqtts:// naming no cert=)
+        self._device_tls: dict[str, brokertls.TlsFiles] = {}
         self._transports: list[Transport] = []
         # Real-time runs: the stores' durable commits are synced as a group (one syncfs for all
         # the commits a sync finds, ledger/groupsync.py); the store threads hand a job back once
@@ -642,12 +644,20 @@ class FleetRunner:
             self._broker_note = "in-memory network"
             return
         shared = len(self.cfg.devices) > SHARED_CONNECTION_ABOVE
+        local = {prov.device_id(n): self.data.device(n) for n in self.local if n in prov.devices}
         if spec == MOSQUITTO_TLS:
-            self._broker = await self._tls_broker(prov, shared)
+            self._broker = await self._tls_broker(local, shared)
+            self._device_tls = self._tls.devices if self._tls is not None else {}
         else:
             self._broker = broker_from_spec(
                 spec, workdir=self.data.root, devices=len(self.cfg.devices)
             )
+            try:
+                self._device_tls = brokertls.url_device_files(spec, local)
+            except brokertls.BrokerTlsError as exc:
+                raise BrokerError(str(exc)) from None
+            if self._device_tls:  # one identity per connection: no shared one
+                shared = False
         await self._broker.start()
         url = self._broker.endpoint.url
         if self._tls is not None:  # the clients' endpoints carry the TLS, the broker's does not
@@ -662,11 +672,10 @@ class FleetRunner:
                 self._hub = MqttHub(self._broker.endpoint)
             await self._hub.start()
 
-    async def _tls_broker(self, prov: Provisioned, shared: bool) -> MosquittoBroker:
+    async def _tls_broker(self, devices: dict[str, Path], shared: bool) -> MosquittoBroker:
         """A Mosquitto with a TLS listener that takes only the fleet's certificates, and an ACL
         binding each device's topics to its certificate (agent/fleet/brokertls.py); the
         certificates are issued from the fleet authority in the data dir when missing."""
-        devices = {prov.device_id(n): self.data.device(n) for n in self.local if n in prov.devices}
         try:
             self._tls = await asyncio.to_thread(
                 brokertls.prepare_fleet,
@@ -698,8 +707,8 @@ class FleetRunner:
             return await self._hub.attach(device_id, domains)
         assert self._broker is not None
         endpoint = self._broker.endpoint
-        if self._tls is not None:  # each device on its own certificate
-            endpoint = self._tls_endpoint(self._tls.devices[device_id])
+        if device_id in self._device_tls:  # each device on its own certificate
+            endpoint = self._tls_endpoint(self._device_tls[device_id])
         t = MqttTransport(endpoint, device_id, domains)
         await t.connect()
         return t

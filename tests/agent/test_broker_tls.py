@@ -561,3 +561,21 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def test_an_mqtts_url_without_a_certificate_takes_each_devices_own(tmp_path: Path) -> None:
+    p = make_pki(tmp_path / "data")
+    devices = {p.ids[n]: p.data.device(n) for n in ("alice", "bob")}
+    own = brokertls.url_device_files("mqtts://broker.example:8883", devices)
+    assert own == {p.ids[n]: p.files(n) for n in ("alice", "bob")}
+    ca = tmp_path / "public-ca.pem"
+    by_url = brokertls.url_device_files(f"mqtts://broker.example?ca={ca}", devices)
+    assert {f.ca for f in by_url.values()} == {ca}
+    assert brokertls.url_device_files("mqtt://broker.example", devices) == {}
+    named = f"mqtts://h?cert={p.files('alice').cert}&key={p.files('alice').key}"
+    assert brokertls.url_device_files(named, devices) == {}
+    p.files("bob").cert.unlink()
+    with pytest.raises(brokertls.BrokerTlsError, match="no broker certificate for this device"):
+        brokertls.url_device_files("mqtts://broker.example", devices)
+    p.files("alice").cert.unlink()
+    assert brokertls.url_device_files("mqtts://broker.example", devices) == {}
