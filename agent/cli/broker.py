@@ -23,6 +23,7 @@ from agent.transport.topics import DEFAULT_PREFIX, Topics
 from ledger.identity import SigningKey
 
 MAX_VALID_DAYS = 100 * 366
+x509_errors = (ValueError, TypeError, OSError)  # a PEM file that is not what it says
 CONFIG = "mosquitto.conf"
 
 
@@ -206,6 +207,19 @@ def _certify_request(args: argparse.Namespace) -> int:
     print(f"issued {args.out} for {device_id}, valid {args.valid_days} days")
     print(f"  give the device {args.out} and {ca} (keys broker-cert --dir DEVDIR --install)")
     return 0
+
+
+def describe_pem(path: Path, root: Path | None) -> dict[str, object]:
+    """`keys show` of a PEM file: a broker certificate, request or key."""
+    try:
+        roots = None
+        if root is not None:
+            roots = [k.raw for k in keystore.load_roots(root).keys.values()]
+        return brokertls.describe(path, roots)
+    except (brokertls.BrokerTlsError, keystore.KeystoreError) as exc:
+        raise CliError(str(exc)) from None
+    except x509_errors as exc:
+        raise CliError(f"{path}: {exc}") from None
 
 
 def _print_files(files: brokertls.TlsFiles) -> None:

@@ -267,6 +267,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _describe(path: Path, data: bytes, root: Path | None) -> dict[str, object]:
+    if data.lstrip().startswith(b"-----BEGIN"):  # X.509 for the broker (keys broker-cert)
+        return broker.describe_pem(path, root)
     if data.lstrip().startswith(b"{"):
         try:
             doc = json.loads(data)

@@ -655,3 +655,46 @@ def url_device_files(url: str, devices: dict[str, Path]) -> dict[str, TlsFiles]:
         check_files(f, device_id)
         out[device_id] = TlsFiles(f.cert, f.key, Path(ca[0]) if ca else f.ca)
     return out
+
+
+def describe(path: Path, roots: list[bytes] | None) -> dict[str, object]:
+    """What `keys show` prints for a PEM file: a certificate (its subject, issuer, validity,
+    and, given the fleet root keys, whether its issuer's key is one), a request or a key."""
+    data = path.read_bytes()
+    if b"PRIVATE KEY-----" in data:
+        key = _read_key(path)
+        return {"file": "broker TLS key (PEM, unencrypted)", "curve": key.curve.name}
+    if b"CERTIFICATE REQUEST-----" in data:
+        device_id, _ = read_request(path)
+        return {"file": "broker certificate request", "device_id": device_id}
+    cert = read_certificate(path)
+    ca = _ca_public_raw(cert)
+    info: dict[str, object] = {
+        "file": "broker CA certificate" if ca is not None else "broker certificate",
+        "subject": common_name(cert),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.isoformat(timespec="seconds"),
+        "not_after": cert.not_valid_after_utc.isoformat(timespec="seconds"),
+    }
+    if ca is None:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        info["usage"] = ", ".join(u._name for u in usage)
+    if roots is None:
+        info["status"] = "not verified (pass --root)"
+    elif any(_signed_by(cert, root) for root in roots):
+        info["status"] = "signed by the fleet root's key" + (" (the fleet CA)" if ca else "")
+    else:
+        info["status"] = "NOT signed by the fleet root's key"
+    return info
+
+
+def _signed_by(cert: x509.Certificate, root: bytes) -> bool:
+    """The fleet CA's key is the authority's: a certificate it issued verifies with the root."""
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(root).verify(
+            cert.signature, cert.tbs_certificate_bytes
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -579,3 +580,29 @@ def test_an_mqtts_url_without_a_certificate_takes_each_devices_own(tmp_path: Pat
         brokertls.url_device_files("mqtts://broker.example", devices)
     p.files("alice").cert.unlink()
     assert brokertls.url_device_files("mqtts://broker.example", devices) == {}
+
+
+def test_keys_show_describes_broker_files_and_checks_them_against_the_fleet_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = make_pki(tmp_path / "data")
+    other = tmp_path / "other"
+    keystore.init_authority(other, PW, keyfile.FAST)
+    capsys.readouterr()
+    cert, root = str(p.files("alice").cert), str(p.data.authority)
+    assert main(["keys", "show", cert, "--root", root, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["subject"] == p.ids["alice"] and info["usage"] == "clientAuth"
+    assert info["status"] == "signed by the fleet root's key"
+    assert main(["keys", "show", cert, "--root", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "NOT signed by the fleet root's key"
+    ca = str(p.data.authority / brokertls.CA_CERT)
+    assert main(["keys", "show", ca, "--root", root]) == 0
+    assert "signed by the fleet root's key (the fleet CA)" in capsys.readouterr().out
+    assert main(["keys", "show", str(p.files("alice").key)]) == 0
+    assert "unencrypted" in capsys.readouterr().out
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    assert main(["keys", "show", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a PEM X.509 certificate" in err, err
