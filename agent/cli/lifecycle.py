@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import secrets
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from ledger.certs import (
     verify_revocation,
 )
 from ledger.errors import KeyFileError, LedgerError
+from ledger.identity import SigningKey
 
 
 def register(ksub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -298,9 +300,23 @@ def _revoke(args: argparse.Namespace) -> int:
             f"  data dir   recorded by {len(names)} device(s) of {data.root} (at their next start)"
         )
     if args.broker is not None:
-        topic = _publish(args.broker, rev)
+        topic = _publish(args.broker, rev, adir, lambda: _unlock_authority(args, adir, data))
         print(f"  broker     published, retained, on {topic}")
     return 0
+
+
+def _unlock_authority(args: argparse.Namespace, adir: Path, data: DataDir | None) -> SigningKey:
+    """The authority key, checked against the fleet's root(s); unlocked once per command."""
+    cached: SigningKey | None = getattr(args, "_authority_key", None)
+    if cached is not None:
+        return cached
+    pw = _authority_passphrase(args.passphrase_file, adir)
+    authority = keystore.load_authority(adir, pw)
+    lifecycle.check_authority(adir, authority, keystore.load_roots(adir))
+    if data is not None and (data.authority / keystore.FLEET_ROOT).exists():
+        lifecycle.check_authority(adir, authority, keystore.load_roots(data.authority))
+    args._authority_key = authority
+    return authority
 
 
 def _sign(args: argparse.Namespace, adir: Path, data: DataDir | None, device_id: str) -> Revocation:
@@ -313,12 +329,7 @@ def _sign(args: argparse.Namespace, adir: Path, data: DataDir | None, device_id:
         from_height = head + 1
     if from_height < 0:
         raise CliError(f"--from-height: expected 0 or more, found {from_height}")
-    pw = _authority_passphrase(args.passphrase_file, adir)
-    authority = keystore.load_authority(adir, pw)
-    roots = keystore.load_roots(adir)
-    lifecycle.check_authority(adir, authority, roots)
-    if data is not None and (data.authority / keystore.FLEET_ROOT).exists():
-        lifecycle.check_authority(adir, authority, keystore.load_roots(data.authority))
+    authority = _unlock_authority(args, adir, data)
     return lifecycle.sign_and_record(adir, authority, device_id, from_height, args.reason)
 
 
@@ -333,16 +344,30 @@ def _authority_passphrase(file: str | None, adir: Path) -> bytes:
     return keystore.passphrase(file)
 
 
-def _publish(url: str, rev: Revocation) -> str:
-    # Imported here: the MQTT adapter (and aiomqtt) only for the commands that talk to a broker.
-    from agent.transport.brokers import parse_broker_url
+def _publish(url: str, rev: Revocation, adir: Path, authority: Callable[[], SigningKey]) -> str:
+    """Publish ``rev`` retained on its revocation topic. An ``mqtts://`` URL that names no
+    client certificate (``cert=``) connects as the authority's own client
+    (``edgefleet-authority``), with a certificate the authority issues itself for the day (the
+    fleet CA is its key: agent/fleet/brokertls.py), which the broker's ACL lets publish
+    revocations; the broker is verified against the fleet CA unless the URL names a ``ca=``."""
+    # Imported here: the MQTT adapter (aiomqtt) and the TLS issuer (cryptography) only for the
+    # commands that talk to a broker.
+    from agent.transport.brokers import BrokerError, parse_broker_url
     from agent.transport.mqtt import MqttClient
 
     topics = Topics()
     topic = topics.revocation(rev.device_id)
     try:
-        endpoint = parse_broker_url(url)
-    except (TransportError, ValueError) as exc:
+        tls: dict[str, Path] = {}
+        if url.startswith("mqtts://") and "cert=" not in url:
+            from agent.fleet import brokertls
+
+            files = brokertls.issue_authority_client(adir, authority())
+            tls = {"cert": files.cert, "key": files.key}
+            if "ca=" not in url:
+                tls["ca"] = files.ca
+        endpoint = parse_broker_url(url, **tls)
+    except (TransportError, BrokerError, ValueError) as exc:
         raise CliError(f"--broker {url}: {exc}") from None
 
     async def publish() -> None:

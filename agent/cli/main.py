@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from agent.cli import (
+    broker,
     bundle,
     keys,
     record,
@@ -47,6 +48,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     restore,
     trace,
     web,
+    broker,
 )
 
 
