@@ -244,3 +244,21 @@ def test_wire_round_trip_and_limits() -> None:
     assert len(big) <= wire.WITNESS_MAX_BYTES
     with pytest.raises(DecodeError, match="status"):
         wire.decode(wire.encode(wire.Cosigned(sender, 3, 200, b"")).replace(b"\xcc\xc8", b"\x63"))
+
+
+def test_the_limits_table_of_section_12_1_3_is_the_codes() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text()
+    for mtype in (wire.WITNESS, wire.COSIGNED):
+        name = wire.NAMES[mtype]
+        row = next(line for line in doc.splitlines() if line.startswith(f"| {name} | "))
+        cells = [c.strip().replace(",", "") for c in row.strip("|").split("|")]
+        lim = wire._LIMITS[mtype]
+        assert [int(c) for c in cells[1:5]] == [
+            lim.max_bytes,
+            lim.max_array,
+            lim.max_str,
+            lim.max_bin,
+        ], name
+        assert cells[5] == ", ".join(map(str, lim.shape)), name
