@@ -30,12 +30,15 @@ from agent.provenance.audit import default_root
 from agent.provenance.bundles import trace_bundle, write_bundle
 from agent.provenance.gather import TraceError, TraceSession
 from agent.provenance.opening import Opening
+from agent.provenance.proofs import export_proofs, verify_proof
 from agent.provenance.rules import PRODUCTS
+from agent.provenance.verified_chains import ChainUnavailable
 from agent.provenance.witnessed import WitnessReport, witness_reports
 from ledger.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 from ledger.certs import FleetRoots
 from ledger.errors import LedgerError, UsageError
 from ledger.private import open_grant
+from ledger.tlogproof import MAX_PROOF_BYTES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,8 +59,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="require K cosignatures (domain peers as C2SP witnesses) on a checkpoint of each "
         "custodian covering the item's readings, and say whose",
     )
+    p.add_argument(
+        "--tlog-proof",
+        type=Path,
+        metavar="DIR",
+        help="also write a C2SP .tlog-proof file per reading (and vkeys.txt) into DIR",
+    )
     _key_args(p)
     p.set_defaults(func=_trace)
+
+    p = sub.add_parser(
+        "verify-proof", help="verify .tlog-proof files of readings with a data dir's keys"
+    )
+    p.add_argument("files", nargs="+", type=Path, help=".tlog-proof files")
+    p.add_argument("--data", required=True, type=Path, help="fleet data directory (its keys)")
+    p.add_argument("--witnesses", type=_count, default=0, metavar="K", help="require K cosigners")
+    _key_args(p)
+    p.set_defaults(func=_verify_proof)
 
     p = sub.add_parser("tags", help="list the tagged items a data dir knows about")
     p.add_argument("--data", required=True, type=Path, help="fleet data directory")
@@ -194,9 +212,10 @@ def _witnesses_text(trace: Trace, reports: list[WitnessReport], k: int) -> str:
 
 def _trace(args: argparse.Namespace) -> int:
     if args.from_bundle:
-        if args.data or args.bundle or args.witnesses is not None:
+        if args.data or args.bundle or args.witnesses is not None or args.tlog_proof:
             raise CliError(
-                "--from-bundle reads the bundle alone: no --data, no --bundle, no --witnesses"
+                "--from-bundle reads the bundle alone: no --data, --bundle, --witnesses or "
+                "--tlog-proof"
             )
         trace = _trace_bundle(args)
     else:
@@ -209,6 +228,8 @@ def _trace(args: argparse.Namespace) -> int:
                 _write_bundle(args, session, trace)
             if args.witnesses is not None:
                 witnesses = witness_reports(session, trace)
+            if args.tlog_proof:
+                _write_proofs(args, session, trace)
         _render(args, trace, witnesses)
         if witnesses is not None and not all(r.met(args.witnesses) for r in witnesses):
             return 1
@@ -233,6 +254,54 @@ def _write_bundle(args: argparse.Namespace, session: TraceSession, trace: Trace)
         f"check it with: edgefleet verify-bundle {args.bundle}",
         file=sys.stderr,
     )
+
+
+def _write_proofs(args: argparse.Namespace, session: TraceSession, trace: Trace) -> None:
+    try:
+        done = export_proofs(session, trace, args.tlog_proof)
+    except OSError as exc:
+        raise CliError(f"{args.tlog_proof}: cannot write ({exc.strerror})") from None
+    written = [d for d in done if d.path is not None]
+    for d in done:
+        if d.path is None:
+            print(
+                f"edgefleet: no .tlog-proof for {trace.device_name(d.device_id)} height "
+                f"{d.height} reading {d.index}: {d.why}",
+                file=sys.stderr,
+            )
+    print(
+        f"tlog-proof: {len(written)} of {len(done)} readings written to {args.tlog_proof} "
+        f"(verifier keys in {args.tlog_proof / 'vkeys.txt'}); check them with: edgefleet "
+        f"verify-proof {args.tlog_proof}/*.tlog-proof --data {args.data}",
+        file=sys.stderr,
+    )
+
+
+def _verify_proof(args: argparse.Namespace) -> int:
+    failed = 0
+    with _session(args) as session:
+        for path in args.files:
+            try:
+                with path.open("rb") as f:
+                    data = f.read(MAX_PROOF_BYTES + 1)
+            except OSError as exc:
+                raise CliError(f"{path}: cannot read ({exc.strerror})") from None
+            try:
+                check = verify_proof(session, data, args.witnesses)
+            except (LedgerError, ChainUnavailable) as exc:
+                print(f"{path}: does NOT verify: {exc}")
+                failed += 1
+                continue
+            r = check.reading.reading
+            who = ", ".join(
+                session.devices[w].name if w in session.devices else w for w in check.cosigners
+            )
+            name = session.devices[check.device_id].name
+            print(
+                f"{path}: OK: reading seq {r.seq} of {name} at height {check.height}, in its "
+                f"checkpoint of size {check.checkpoint_size} cosigned by {who or 'nobody'}"
+            )
+    return 1 if failed else 0
 
 
 def _trace_bundle(args: argparse.Namespace) -> Trace:

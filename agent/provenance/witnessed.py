@@ -29,7 +29,7 @@ from ledger.cosignature import CosignatureVerifier, verify_cosigned, witness_nam
 from ledger.errors import LedgerError
 from ledger.merkle import root_from_leaf_hashes
 
-__all__ = ["WitnessReport", "witness_reports"]
+__all__ = ["WitnessReport", "witness_reports", "witness_verifiers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +52,14 @@ def witness_reports(session: TraceSession, trace: Trace) -> list[WitnessReport]:
         held = top.get(e.device_id)
         if held is None or e.height > held[1]:
             top[e.device_id] = (e.epoch, e.height)
-    witnesses = _witnesses(session)
+    witnesses = witness_verifiers(session)
     return [
         _report(session, dev, epoch, height, witnesses)
         for dev, (epoch, height) in sorted(top.items())
     ]
 
 
-def _witnesses(session: TraceSession) -> dict[str, tuple[str, CosignatureVerifier]]:
+def witness_verifiers(session: TraceSession) -> dict[str, tuple[str, CosignatureVerifier]]:
     """Every device of the data dir whose credentials verify: (fleet, cosignature verifier)."""
     out: dict[str, tuple[str, CosignatureVerifier]] = {}
     for dev in sorted(session.devices):

@@ -16,9 +16,12 @@ import pytest
 from agent.cli.main import main
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
+from agent.provenance.gather import TraceSession
 from ledger.checkpoint import Checkpoint, device_signer, parse_checkpoint
-from ledger.note import Note, parse_note, sign_note
+from ledger.cosignature import CosignatureVerifier
+from ledger.note import Ed25519Verifier, Note, parse_note, sign_note
 from ledger.store import Store
+from ledger.tlogproof import parse_tlog_proof, verify_reading_proof
 from tests.agent.provenance.conftest import Run
 
 STATION = "freezer-station"
@@ -64,8 +67,10 @@ def test_every_custodian_is_cosigned_by_its_two_domain_peers(
     assert doc["ok"]  # (the exit status is the trace's: this bag had an excursion)
     status, text = _cli(capsys, "trace", epc, "--data", str(blood.data), "--witnesses", "3")
     assert status == 1
-    assert "Witness verdict: NOT MET (freezer-station, freezer-van, freezer-hospital)" in text
-    assert "cosigned by freezer-station, freezer-van (only 2 of 3)" in text
+    verdict = next(line for line in text.splitlines() if line.startswith("Witness verdict: "))
+    assert verdict.startswith("Witness verdict: NOT MET (")
+    assert all(name in verdict for name in CUSTODIANS), verdict
+    assert text.count("(only 2 of 3)") == 3, text
 
 
 def _copy(run: Run, tmp_path: Path) -> DataDir:
@@ -119,3 +124,46 @@ def test_stripped_forged_and_forked_checkpoints_do_not_count(
     assert by_name[STATION]["cosigners"] == []
     assert by_name[STATION]["problems"]
     assert all("not the verified chain's (a fork)" in p for p in by_name[STATION]["problems"])
+
+
+def test_tlog_proofs_of_a_bags_readings_verify_and_tampering_fails(
+    blood: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    epc = _bag(blood)
+    out = tmp_path / "proofs"
+    main(["trace", epc, "--data", str(blood.data), "--tlog-proof", str(out), "--format", "json"])
+    err = capsys.readouterr().err
+    files = sorted(out.glob("*.tlog-proof"))
+    with TraceSession(DataDir(blood.data), blood.roots) as s:
+        evidence = len(s.trace(epc).evidence)
+    assert len(files) == evidence and f"{evidence} of {evidence} readings written" in err, err
+    assert {f.name.rsplit("-h", 1)[0] for f in files} == set(CUSTODIANS)
+    status, text = _cli(
+        capsys, "verify-proof", *map(str, files), "--data", str(blood.data), "--witnesses", "2"
+    )
+    assert status == 0, text
+    assert text.count(": OK: reading seq ") == len(files)
+    # Each file is a C2SP tlog-proof: its checkpoint verifies with the keys of vkeys.txt alone.
+    vkeys = (out / "vkeys.txt").read_text().split()
+    logs = {v.split("+")[0]: Ed25519Verifier.from_vkey(v) for v in vkeys if "/epoch/" in v}
+    witnesses = [
+        CosignatureVerifier.from_vkey(v) for v in vkeys if v.split("+")[0].endswith("/witness")
+    ]
+    for f in files:
+        proof = parse_tlog_proof(f.read_bytes())
+        origin = proof.note.text.split("\n", 1)[0]
+        others = [w for w in witnesses if w.public != logs[origin].public]  # not its own
+        _, header, cosigned = verify_reading_proof(f.read_bytes(), logs[origin], others, 2)
+        assert header.header.height == proof.index and len(cosigned.cosigners) == 2
+        assert f.read_bytes().startswith(b"c2sp.org/tlog-proof@v1\nextra ")
+    # Tampered: a byte of the extra data (the reading), and too many witnesses asked for.
+    bad = tmp_path / "bad.tlog-proof"
+    raw = bytearray(files[0].read_bytes())
+    raw[40] = ord("A") if raw[40] != ord("A") else ord("B")
+    bad.write_bytes(bytes(raw))
+    status, text = _cli(capsys, "verify-proof", str(bad), "--data", str(blood.data))
+    assert status == 1 and "does NOT verify" in text, text
+    status, text = _cli(
+        capsys, "verify-proof", str(files[0]), "--data", str(blood.data), "--witnesses", "3"
+    )
+    assert status == 1 and "does NOT verify" in text, text
