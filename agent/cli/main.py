@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.cli import (
     bundle,
+    fleetlog,
     keys,
     record,
     replay,
@@ -46,6 +47,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     bundle,
     restore,
     trace,
+    fleetlog,
     web,
 )
 

@@ -679,3 +679,26 @@ def test_the_witness_exchange_is_a_c2sp_add_checkpoint_and_its_cosignature() -> 
     ts = int.from_bytes(sig[4:12], "big")
     assert ts == x["timestamp"]
     ed_verify(holder, sig[12:], f"cosignature/v1\ntime {ts}\n".encode() + text.encode())
+
+
+def test_the_heads_log_is_a_plain_c2sp_log_signed_by_the_fleet_root() -> None:
+    """Section 16.7: entries are header wires, leaves SHA-256(00 || wire), the origin
+    <fleet>/heads, the note signed by the fleet root under that name."""
+    x = V["heads_log"]
+    origin = f"edgefleet/{V['authority']['key_id']}/heads"
+    assert x["origin"] == origin
+    entries = [bytes.fromhex(e) for e in x["entries"]]
+    assert entries == [bytes.fromhex(V["chain"]["header_wires"][h]) for h in (2, 4)]
+    leaves = [sha(b"\x00" + e) for e in entries]
+    text = f"{origin}\n2\n{base64.b64encode(mth(leaves)).decode()}\n"
+    assert x["note"].startswith(text + "\n— " + origin + " ")
+    raw = base64.b64decode(x["note"][len(text) + 1 :].split(" ", 2)[2])
+    root = bytes.fromhex(V["authority"]["public"])
+    assert raw[:4] == sha(origin.encode() + b"\n\x01" + root)[:4]
+    ed_verify(root, raw[4:], text.encode())
+    vkey_name, vkey_id, vkey_key = x["vkey"].split("+", 2)
+    assert (vkey_name, vkey_id) == (origin, raw[:4].hex())
+    assert base64.b64decode(vkey_key) == b"\x01" + root
+    # The add-checkpoint request from size 1: old 1, the consistency proof (leaf 1), the note.
+    assert x["request_from_1"] == (f"old 1\n{base64.b64encode(leaves[1]).decode()}\n\n" + x["note"])
+    assert _consistent(1, 2, leaves[0], mth(leaves), [leaves[1]])

@@ -38,6 +38,7 @@ from ledger.checkpoint import Checkpoint, device_origin, device_signer, fleet_la
 from ledger.cosignature import Cosigner, witness_name
 from ledger.epoch import EpochRecord, sign_epoch
 from ledger.evidence import make_evidence
+from ledger.headlog import add_checkpoint_request, heads_checkpoint, heads_origin, heads_verifier
 from ledger.history import CompactRange
 from ledger.identity import SigningKey
 from ledger.merkle import consistency_proof, inclusion_proof, root_from_leaf_hashes
@@ -285,6 +286,7 @@ def build() -> dict[str, Any]:
     v["key_files"] = _key_files(device)
     v["bundle"] = _bundle(authority, cert.wire, headers, hashes, block0)
     v["witness_exchange"] = _witness_exchange(v, authority, device, headers)
+    v["heads_log"] = _heads_log(authority, headers)
     v["gossip"] = _gossip(v, headers)
     v["sealed"] = _sealed(v, device)
     return v
@@ -364,6 +366,21 @@ def _gossip(v: dict[str, Any], headers: list[SignedHeader]) -> dict[str, str]:
         "cosigned": wire.Cosigned(peer, 9, 200, v["witness_exchange"]["cosignature"].encode()),
     }
     return {name: wire.encode(m).hex() for name, m in messages.items()}
+
+
+def _heads_log(authority: SigningKey, headers: list[SignedHeader]) -> dict[str, Any]:
+    """Section 16.7: the fleet's heads log holding the device's head at height 2, then at
+    height 4, signed by the authority; the request to a witness that cosigned the first."""
+    fleet = fleet_label(authority.public)
+    entries = [headers[2].wire, headers[4].wire]
+    note = heads_checkpoint(fleet, entries, authority)
+    return {
+        "origin": heads_origin(fleet),
+        "vkey": heads_verifier(fleet, authority.public).vkey(),
+        "entries": [e.hex() for e in entries],
+        "note": note.encode().decode("utf-8"),
+        "request_from_1": add_checkpoint_request(note, entries, 1).decode("utf-8"),
+    }
 
 
 def _witness_exchange(
