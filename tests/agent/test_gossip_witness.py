@@ -262,3 +262,27 @@ def test_the_limits_table_of_section_12_1_3_is_the_codes() -> None:
             lim.max_bin,
         ], name
         assert cells[5] == ", ".join(map(str, lim.shape)), name
+
+
+def test_a_restarted_log_learns_its_witnesses_sizes_from_their_409s() -> None:
+    """The log keeps no witness state: after a restart it offers from size 0, each witness
+    answers 409 with the size it holds, and the next round is cosigned from there."""
+    net, ids = fleet(7)
+    log = ids[0]
+    for _ in range(3):
+        net.seal(log)
+    net.run_for(12_000)
+    assert latest_note(net.peers[log])[0].size == 3
+    net.take_offline(log)
+    net.bring_online(log)
+    for _ in range(2):
+        net.seal(log)
+    net.run_for(30_000)
+    cp, note = latest_note(net.peers[log])
+    assert cp.size == 5
+    key = net.peers[log].device.key.public
+    verify_cosigned(note, device_verifier(cp.origin, key), witnesses_of(net, log), 2)
+    node = net.peers[log].node
+    assert node is not None and node.counters["witness_conflicts"] == 2
+    for w in ids[1:]:
+        assert net.peers[w].store.witness_state[cp.origin][0] == 5
