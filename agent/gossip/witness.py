@@ -108,10 +108,11 @@ class Witnessing:
     # --- queries ------------------------------------------------------------------------------
 
     def deadline(self) -> int | None:
-        times = [a.deadline for a in self._asked.values()]
-        if self.offering:
-            times.append(self.next_round)
-        return min(times) if times else None
+        # Called after every input (the node's next_deadline): the usual case is answered first.
+        if not self._asked:
+            return self.next_round if self.offering else None
+        first = min(a.deadline for a in self._asked.values())
+        return min(first, self.next_round) if self.offering else first
 
     def own_note(self) -> Note | None:
         """The own checkpoint note being cosigned, with the cosignatures verified so far."""
