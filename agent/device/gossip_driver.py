@@ -22,7 +22,7 @@ from ledger.block import decode_block, decode_header
 from ledger.chain import ChainWriter
 from ledger.checkpoint import checkpoint_for
 from ledger.epoch import EpochRecord, decode_epoch, sign_epoch
-from ledger.errors import LedgerError
+from ledger.errors import IntegrityError, LedgerError
 from ledger.merkle import consistency_proof
 
 _NOTIFICATIONS = (
@@ -119,10 +119,15 @@ class GossipDriver:
                         await self.handle(I.CheckpointPrepared(note, proofs))
                 case A.StoreWitnessState(peer_id=peer, payload=payload):
                     # Durable before the cosignature leaves: a restart never cosigns a fork.
-                    await ctx.run_store(
-                        store.put_witness_state, act.origin, act.size, act.root_hash
-                    )
-                    await ctx.send(peer, payload)
+                    try:
+                        await ctx.run_store(
+                            store.put_witness_state, act.origin, act.size, act.root_hash
+                        )
+                    except IntegrityError as exc:  # the store holds a later state: never send
+                        ctx.stats.counters["witness_state_refused"] += 1
+                        ctx.log.warning("cosignature for %s withheld: %s", peer, exc)
+                    else:
+                        await ctx.send(peer, payload)
                 case A.StoreCheckpoint(origin=origin, size=size, note=note):
                     await ctx.run_store(store.put_checkpoint, origin, size, note)
                 case A.SignEpoch():

@@ -65,6 +65,14 @@ def test_every_custodian_is_cosigned_by_its_two_domain_peers(
         ), c
         assert c["problems"] == []
     assert doc["ok"]  # (the exit status is the trace's: this bag had an excursion)
+    # Each witness kept, durably, a state at least as far as what it cosigned for each log.
+    dd = DataDir(blood.data)
+    for name, c in by_name.items():
+        for w in c["cosigners"]:
+            with Store(dd.store_path(w["name"])) as store:
+                states = {o: size for o, size, _ in store.witness_states()}
+            mine = [size for o, size in states.items() if f"/{c['device_id']}/epoch/" in o]
+            assert mine and mine[0] >= c["checkpoint_size"], (name, w, states)
     status, text = _cli(capsys, "trace", epc, "--data", str(blood.data), "--witnesses", "3")
     assert status == 1
     verdict = next(line for line in text.splitlines() if line.startswith("Witness verdict: "))
