@@ -933,3 +933,24 @@ def test_signatures_libsodium_refuses_are_refused(
         expected = python_verdict(bundle)
         assert expected["code"] == "bad-signature", expected
         assert page_shape(res) == expected
+
+
+@pytest.mark.browser
+def test_single_bit_flips_across_a_forked_bundle_fail_as_the_reference_does(
+    page: Page,
+    forked: bytes,  # noqa: F811
+) -> None:
+    """Format 2 (fork evidence, flags) under a seeded sample of one-bit flips: the page reaches
+    the reference's verdict each time, flags included when the flip leaves it valid."""
+    rng = random.Random(21)
+    positions = sorted(rng.sample(range(len(forked)), 150))
+    flips = [[pos, 1 << rng.randrange(8)] for pos in positions]
+    got = page.call(FLIP_ALL, b64(forked), flips)
+    seen = set()
+    for (pos, mask), res in zip(flips, got, strict=True):
+        bad = bytearray(forked)
+        bad[pos] ^= mask
+        expected = python_verdict(bytes(bad))
+        assert agrees(res, expected), f"byte {pos} ^ {mask:#04x}: {res}"
+        seen.add(expected["code"])
+    assert {"decode", "bad-signature"} <= seen, seen
