@@ -96,7 +96,10 @@ class Witnessing:
         self.offering = config is not None
         self.config = config if config is not None else WitnessConfig()
         self._latest: dict[str, Checkpoint] = {}  # witness state, origin -> last cosigned
-        self.next_round = ctx.now + self.config.interval_ms
+        # The first round falls at a point of the interval of this device's own (no randomness
+        # drawn): devices started together do not all offer their checkpoints at once.
+        spread = int.from_bytes(hashlib.sha256(ctx.device_id.encode()).digest()[:4], "big")
+        self.next_round = ctx.now + self.config.interval_ms + spread % self.config.interval_ms
         self._note: Note | None = None  # the own checkpoint being cosigned, with its lines
         self._checkpoint: Checkpoint | None = None
         self._retry = False  # a witness answered 409: offer again even if the head did not move
