@@ -21,6 +21,7 @@ from typing import Any
 from agent.cli import (
     broker,
     bundle,
+    fleetlog,
     keys,
     record,
     replay,
@@ -47,6 +48,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     bundle,
     restore,
     trace,
+    fleetlog,
     web,
     broker,
 )
