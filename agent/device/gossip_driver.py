@@ -141,6 +141,10 @@ class GossipDriver:
                 case A.ForkDetected(device_id=dev, height=h):
                     ctx.stats.counters["forks_detected"] += 1
                     ctx.log.warning("fork detected: device %s at height %d", dev, h)
+                case A.DeviceRevoked(device_id=dev, key_id=key_id, from_height=h):
+                    ctx.stats.counters["devices_revoked"] += 1
+                    what = "device" if key_id is None else f"key {key_id.hex()} of"
+                    ctx.log.warning("revocation learned: %s %s from height %d", what, dev, h)
                 case A.PeerMuted(peer_id=peer, reason=why):
                     ctx.stats.counters["peers_muted"] += 1
                     ctx.log.info("muted peer %s: %s", peer, why)

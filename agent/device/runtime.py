@@ -429,6 +429,8 @@ class DeviceAgent:
             return I.MessageReceived(None, d.payload, broadcast=True)
         if d.kind == "evidence":
             return I.EvidenceReceived(d.payload)
+        if d.kind == "revocation":
+            return I.RevocationReceived(d.payload)
         if d.kind == "presence" and d.peer_id is not None:
             online = self.transport.presence(d.peer_id)
             return I.PeerUp(d.peer_id) if online else I.PeerDown(d.peer_id)

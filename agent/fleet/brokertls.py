@@ -50,7 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.errors import AgentError
 from agent.fleet import keystore
 from agent.fleet.datadir import DataDir
-from agent.transport.brokers import MosquittoTls, mosquitto_acl
+from agent.transport.brokers import AUTHORITY_CLIENT, MosquittoTls, mosquitto_acl
 from agent.transport.topics import HUB_ID_RE, Topics
 from ledger import keyfile
 from ledger.certs import decode_certificate
@@ -424,6 +424,24 @@ def issue_hub(
         (json.dumps({"hub": hub_id, "devices": sorted(set(device_ids))}, indent=2) + "\n").encode(),
     )
     _write_public(files.ca, _pem(ca))
+    return files
+
+
+AUTHORITY_CLIENT_DIR = "broker-client"  # AUTH_DIR/broker-client/: the authority tool's TLS files
+
+
+def issue_authority_client(
+    authority_dir: Path, authority: SigningKey, *, valid_days: int = 1
+) -> TlsFiles:
+    """A client certificate for the authority's own tool (``edgefleet keys revoke --broker
+    mqtts://...``), CN ``edgefleet-authority`` (the ACL's user that alone may publish
+    revocations), made afresh for a day at each use; its key is kept in
+    ``AUTH_DIR/broker-client/`` beside it."""
+    ca = fleet_ca(authority_dir, authority)
+    d = authority_dir / AUTHORITY_CLIENT_DIR
+    d.mkdir(mode=0o700, exist_ok=True)
+    files = TlsFiles(d / "client.pem", d / "client.key", authority_dir / CA_CERT)
+    _issue_pair(authority, ca, AUTHORITY_CLIENT, files.cert, files.key, valid_days=valid_days)
     return files
 
 

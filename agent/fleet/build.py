@@ -53,6 +53,7 @@ def build_device(
     kind: str = "",
     site: str = "",
     owner_x25519: bytes | None = None,
+    device_id: str | None = None,
 ) -> DeviceAgent:
     """One device, not started yet (``await agent.start(boot_inputs(...))``).
 
@@ -60,8 +61,9 @@ def build_device(
     peers are the other members. ``replication``: None, or no domain, and the device neither
     places nor holds replicas. ``executor``: where store work runs (None: inline, for fully
     simulated runs). ``owner_x25519``: a device at a private site seals every reading to its
-    owner (the key named in its certificate)."""
-    device_id = key.public.device_id
+    owner (the key named in its certificate). ``device_id``: the certificate's (default: the
+    one ``key`` derives, which a device's first key does and a rotated key does not)."""
+    device_id = device_id or key.public.device_id  # a rotated key no longer names the device
     writer = ChainWriter(store, key, device_id, owner_x25519=owner_x25519)
     now = net_clock.now_ms()
     gcfg = gossip or GossipConfig()

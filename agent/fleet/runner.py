@@ -46,6 +46,7 @@ from agent.errors import AgentError
 from agent.fleet import brokertls
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
+from agent.fleet.keystore import own_rotations
 from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
     Provisioned,
@@ -787,6 +788,8 @@ class FleetRunner:
             ]
             if missing:
                 store.put_certificates(missing)
+            for wire in own_rotations(self.data.device(name)):  # `keys rotate`: a wiped or
+                store.put_credential(dev_id, "rotation", wire)  # older store learns them too
             transport = await self._transport(dev_id, dev.domains)
             agent = build_device(
                 name=name,
@@ -796,6 +799,7 @@ class FleetRunner:
                 # Devices at private sites seal every reading to the owner their certificate
                 # names.
                 owner_x25519=enrolled.certificate.owner_x25519,
+                device_id=dev_id,  # after `keys rotate`, the key no longer derives it
                 store=store,
                 domains=domains,
                 roots=prov.roots,
@@ -965,6 +969,12 @@ async def _yield_all(rounds: int = 20) -> None:
         await asyncio.sleep(0)
 
 
+def _key_status(a: DeviceAgent) -> dict[str, Any]:
+    """The device's key life as its own node holds it (rotations; a revocation it received)."""
+    rotations, revoked_from = a.node.key_status(a.device_id)
+    return {"rotations": rotations, "revoked_from": revoked_from}
+
+
 def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     rep = a.replicator
     if rep is None:
@@ -1027,6 +1037,8 @@ def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None =
                 continue  # nothing sealed, or unknown
             held = agent.node.head(peer)
             if held is None or held.hash != want:
+                if agent.node.key_status(peer)[1] is not None:
+                    continue  # revoked (`keys revoke`): its later headers are refused for good
                 return False
     return True
 
@@ -1074,6 +1086,7 @@ def _snapshot(
                 peers_total=len(a.peer_ids),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
+                **_key_status(a),
                 serial_down=name in serial_down,
                 failure=a.failure,
                 damaged=tuple(a.ctx.damaged.values()),

@@ -56,6 +56,8 @@ class DeviceRow:
     peers_total: int
     lag: int  # own height minus the lowest height a domain peer holds of this chain
     forked: bool = False
+    rotations: int = 0  # key rotations applied (`edgefleet keys rotate`)
+    revoked_from: int | None = None  # a revocation refuses its headers from this height
     serial_down: bool = False  # a real serial sensor of the device is lost (being reopened)
     # Edge replication (None: off): own blocks with their full healthy copies, of the own
     # blocks tracked; bytes of peers' blocks this device holds, and its quota. Full is
@@ -213,6 +215,8 @@ def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
             [
                 _cut(d.name, NAME_WIDTH)
                 + (" FORKED" if d.forked else "")
+                + (f" REVOKED@{d.revoked_from}" if d.revoked_from is not None else "")
+                + (" ROTATED" if d.rotations else "")
                 + (" SERIAL-DOWN" if d.serial_down else "")
                 + (" FAILED" if d.failure else " DAMAGED" if d.damaged else ""),
                 KIND_SHORT.get(d.kind, d.kind),

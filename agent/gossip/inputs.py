@@ -55,6 +55,14 @@ class RevocationKnown:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationReceived:
+    """Bytes from the revocation topic (retained, published by the fleet authority with
+    ``edgefleet keys revoke``; sender unknown): verified against the fleet roots here."""
+
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class EvidenceKnown:
     """Fork evidence from the store: the device stays excluded after a restart."""
 
@@ -137,6 +145,7 @@ Input = (
     | CertificateKnown
     | RotationKnown
     | RevocationKnown
+    | RevocationReceived
     | EvidenceKnown
     | EvidenceReceived
     | PeerUp

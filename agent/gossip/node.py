@@ -63,6 +63,7 @@ from agent.gossip.inputs import (
     PullLoaded,
     RestoreRequested,
     RevocationKnown,
+    RevocationReceived,
     RotationKnown,
     WitnessStateKnown,
 )
@@ -75,7 +76,7 @@ from agent.gossip.witness import WitnessConfig, Witnessing
 from agent.protocol import auth
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
-from ledger.certs import FleetRoots
+from ledger.certs import FleetRoots, decode_revocation
 from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import is_device_id
 from ledger.note import Note
@@ -157,6 +158,8 @@ class GossipNode:
             self._evidence.on_known(event.wire)
         elif isinstance(event, EvidenceReceived):
             self._evidence.on_topic(event.evidence)
+        elif isinstance(event, RevocationReceived):
+            self._credentials.on_topic(event.wire)
         elif isinstance(event, PeerUp):
             self._on_peer_up(event.peer_id)
         elif isinstance(event, PeerDown):
@@ -223,6 +226,13 @@ class GossipNode:
 
     def forked(self) -> frozenset[str]:
         return frozenset(self._ctx.forked)
+
+    def key_status(self, device_id: str) -> tuple[int, int | None]:
+        """What this node holds of a device's key life: its rotations applied, and the lowest
+        height a revocation refuses from (None: not revoked)."""
+        _, rotations, revocations = self._ctx.trust.bundle(device_id)
+        froms = [decode_revocation(w).from_height for w in revocations]
+        return len(rotations), min(froms, default=None)
 
     def missing_bodies(self, device_id: str) -> tuple[int, ...]:
         chain = self._ctx.chains.get(device_id)

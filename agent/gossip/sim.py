@@ -55,6 +55,7 @@ from agent.gossip.inputs import (
     PullLoaded,
     RestoreRequested,
     RevocationKnown,
+    RevocationReceived,
     RotationKnown,
     WitnessStateKnown,
 )
@@ -182,6 +183,7 @@ class SimNet:
         self.authenticated_senders = authenticated_senders
         self.evidence_topic = evidence_topic  # False: a broker that lost its retained messages
         self.retained: dict[str, bytes] = {}  # the evidence topic: accused device -> evidence
+        self.revoked: dict[str, bytes] = {}  # the revocation topic: revoked device -> revocation
         self.peers: dict[str, SimPeer] = {}
         self.domains: dict[str, frozenset[str]] = {}
         self._queue: list[_Event] = []
@@ -309,6 +311,8 @@ class SimNet:
         self._boot(peer, preload=False)
         for device in sorted(self.retained):  # retained evidence arrives on subscribing
             self._feed(peer, EvidenceReceived(self.retained[device]))
+        for device in sorted(self.revoked):  # and so do retained revocations
+            self._feed(peer, RevocationReceived(self.revoked[device]))
         self._announce_presence(peer)
 
     def restore(self, device_id: str) -> None:
@@ -509,6 +513,18 @@ class SimNet:
                 latency = self.rng.randint(self.faults.min_latency_ms, self.faults.max_latency_ms)
                 self._push(
                     self.now + latency, other.device_id, None, None, EvidenceReceived(evidence)
+                )
+
+    def publish_revocation(self, device_id: str, revocation: bytes) -> None:
+        """What ``edgefleet keys revoke --broker`` does: the revocation retained on the
+        revocation topic of ``device_id``; every running node receives it (never lost), and a
+        node that comes up later on subscribing."""
+        self.revoked[device_id] = revocation
+        for other in self._sorted():
+            if other.online:
+                latency = self.rng.randint(self.faults.min_latency_ms, self.faults.max_latency_ms)
+                self._push(
+                    self.now + latency, other.device_id, None, None, RevocationReceived(revocation)
                 )
 
     def _serve(self, peer: SimPeer, a: ServePull) -> None:

@@ -32,7 +32,7 @@ cannot make it hold a gap, a duplicate or two blocks at one height.
 from __future__ import annotations
 
 from ledger.store.checkpoints import Checkpoints
-from ledger.store.connection import SCHEMA_VERSION
+from ledger.store.connection import SCHEMA_VERSION, open_elsewhere
 from ledger.store.credentials import Credentials
 from ledger.store.own import SealTransaction
 from ledger.store.peers import PeerHeaders
@@ -64,6 +64,7 @@ __all__ = [
     "Store",
     "TagCount",
     "TagHit",
+    "open_elsewhere",
 ]
 
 

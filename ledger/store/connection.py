@@ -65,6 +65,24 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
+def open_elsewhere(path: str | Path) -> bool:
+    """True when another connection (another process: a running device) has the store at
+    ``path`` open. Every connection to a WAL database holds a shared lock on it, so an exclusive
+    one is refused at once while any is open. False for a store that does not exist."""
+    if not Path(path).exists():
+        return False
+    db = sqlite3.connect(str(path), timeout=0, isolation_level=None)
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("BEGIN EXCLUSIVE")
+        db.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        db.close()
+    return False
+
+
 class StoreBase:
     """The connection and its write transactions. Not thread-safe: one thread at a time."""
 

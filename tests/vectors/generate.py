@@ -20,6 +20,7 @@ from agent.gossip import wire
 from agent.protocol import auth
 from agent.replication import placement
 from agent.replication import wire as rwire
+from agent.transport.topics import Topics
 from ledger import codec, domains, keyfile, sealbox
 from ledger.block import Block, SignedHeader, build_header, encode_block, sign_header
 from ledger.bundle import BundleBuilder
@@ -162,6 +163,11 @@ def build() -> dict[str, Any]:
     revocation = sign_revocation(
         authority, dev_id, device.key_id, 100, "key-compromise", T0 + 2 * 86_400_000
     )
+    # What `edgefleet keys revoke` signs: the whole device (key_id nil), published retained on
+    # the revocation topic and kept as AUTH/revocations/DEVICE_ID.rev (docs/PROTOCOL.md 9.4).
+    device_revocation = decode_revocation(
+        sign_revocation(authority, dev_id, None, 5, "stolen", T0 + 4 * 86_400_000)
+    )
     leaves = [r.leaf_hash for r in readings]
     r1 = readings[1]
     block0 = Block(header0, tuple(readings))
@@ -278,6 +284,25 @@ def build() -> dict[str, Any]:
             "body": rev.body.hex(),
             "signature": rev.signature.hex(),
         },
+        "revocation_of_device": {
+            "wire": device_revocation.wire.hex(),
+            "fields": [
+                1,
+                dev_id,
+                None,
+                device_revocation.from_height,
+                device_revocation.reason,
+                device_revocation.time_ms,
+                device_revocation.authority_key_id.hex(),
+            ],
+            "body": device_revocation.body.hex(),
+            "signature": device_revocation.signature.hex(),
+            "topic": Topics().revocation(dev_id),
+            "file": f"revocations/{dev_id}.rev",
+        },
+        # `keys rotate --request` writes the device's half of `rotation` as DEV/rotate.req;
+        # `keys countersign` turns it into `rotation`'s wire.
+        "rotation_request": {"wire": codec.encode([rot.body, rot.old_sig]).hex()},
     }
     v["epoch_record"] = _epoch(device, headers, hashes)
     v["storage_receipt"], v["audit"] = _receipt(dev_id, block0)
