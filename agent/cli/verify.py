@@ -205,8 +205,10 @@ def _stalled(run: RunStatus) -> list[str]:
 
 
 def _run_json(runs: list[RunStatus]) -> list[dict[str, object]]:
-    keys = ("pid", "host", "shard", "started", "updated", "sim_ms", "sim_time", "stopped")
-    keys += ("interrupted", "converged", "trouble", "domains")
+    keys = (
+        *("pid", "host", "shard", "started", "updated", "sim_ms", "sim_time", "stopped"),
+        *("interrupted", "converged", "trouble", "domains"),
+    )
     return [
         {"file": str(run.path), "state": run.state, **{k: run.doc.get(k) for k in keys}}
         for run in runs

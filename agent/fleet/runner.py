@@ -56,7 +56,13 @@ from agent.fleet.provision import (
     write_sim_time,
 )
 from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
-from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
+from agent.fleet.sources import (
+    SampleSource,
+    SensorGuard,
+    fast_forward,
+    jump_samples,
+    simulation,
+)
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
 from agent.fleet.watch import FleetWatch, domain_gaps
 from agent.gossip import actions as A
@@ -227,6 +233,7 @@ class FleetRunner:
         # Device id -> name of the fleet's devices (the lines naming a peer), and the watch
         # that writes the run-status file and tracks convergence per domain (agent/fleet/watch.py).
         self._names: dict[str, str] = {}
+        self._sensors = SensorGuard(None, cfg)  # the source's, once it is made
         g = opts.gossip
         self._watch = FleetWatch(
             self.data.root,
@@ -351,6 +358,7 @@ class FleetRunner:
             self._device_failed(name, prov.failed[name])
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
+        self._sensors = SensorGuard(fleet, cfg)  # a model that raises fails its device alone
         resume = recorded = self._recorded_time()
         if self.opts.realtime and recorded is not None:
             resume = self._realtime_resume(recorded)
@@ -482,6 +490,9 @@ class FleetRunner:
                     except TimeoutError:
                         pass
             batch = fleet.step(target)
+            for name, exc in self._sensors.new().items():
+                if name in self.agents:
+                    self.agents[name].fail(exc)
             jump = None if self._jumps is None else self._jumps.check()
             if jump is not None:
                 self._flags.append((jump, "wall clock set " + ("back" if jump < 0 else "forward")))
@@ -878,25 +889,16 @@ class FleetRunner:
         """Every tick: the domains' convergence and the run-status file (with or without a
         view), and the view when there is one."""
         view = LiveView(self.opts.out) if self.opts.view else None
-        last: dict[str, tuple[float, int, int]] = {}
         while True:
-            assert self.data_clock is not None
-            snap = _snapshot(
-                self.agents,
-                self.data_clock.now_ms(),
-                time.monotonic() - wall0,
-                self._speed(wall0),
-                self._broker_note,
-                last,
-                self._live_notes(),
-                self._serial_down(),
-                failed_at_start=self._failed_at_start,
-                network=self.network,
-            )
-            snap = self._watch.observe(snap, self.agents, self.net_clock.now_ms())
+            snap = self.observe()
             if view is not None:
                 view.show(snap)
             await asyncio.sleep(VIEW_PERIOD_S)
+
+    def observe(self) -> FleetSnapshot:
+        """One tick of the watch: the snapshot with each domain's convergence, written to the
+        run-status file (agent/fleet/watch.py). On the event loop's thread, while running."""
+        return self._watch.observe(self.snapshot(), self.agents, self.net_clock.now_ms())
 
     def _gaps(self) -> dict[str, list[str]]:
         """Per domain, the heads a local member lacks at the end of an unconverged run."""
