@@ -14,7 +14,8 @@ A fleet must never look healthy when it is not. Three things are kept here:
   said once per episode in ``fleet.log`` (a warning with the reason: send failures, timeouts,
   drops, refusals, mutes, or no reason the counters show), and once more when it recovers.
 - The run-status file (``DATA/run-status.json``, one per shard: ``run-status.shard-I-of-N.json``)
-  written atomically (a temporary file renamed over it) at every view tick and at the stop:
+  written atomically (a temporary file renamed over it) at most once a second while the fleet
+  runs (agent/fleet/watch.py) and at the stop:
   pid, times, each device's state (RUNNING, FAILED with its line, STOPPED), its trouble and the
   peers it mutes or excludes now, and each domain's convergence. ``read_run_status`` tells a
   live run (its pid is alive) from a stale file (the process is gone without a clean stop).
@@ -267,11 +268,11 @@ def status_path(root: Path, shard: tuple[int, int] = (0, 1)) -> Path:
     return root / f"run-status.shard-{index}-of-{count}.json"
 
 
-def write_status(path: Path, doc: Mapping[str, Any]) -> None:
+def write_status(path: Path, doc: Mapping[str, Any], *, indent: int | None = 2) -> None:
     """Write ``doc`` to ``path`` atomically: a reader sees the old file or the new one whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(doc, indent=indent, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -84,6 +84,7 @@ log = logging.getLogger("edgefleet.runner")
 # Fleets larger than this share one MQTT connection per process (whatever the shard's size).
 SHARED_CONNECTION_ABOVE = 200
 VIEW_PERIOD_S = 0.25
+WATCH_PERIOD_S = 1.0  # without a view: the health tick and the run-status file, once a second
 MAX_STEP_MS = 60_000
 # Collector thresholds while a fleet runs. A young collection starts once 100,000 more
 # container objects are alive than at the last one (700 by default) and scans those that still
@@ -309,7 +310,7 @@ class FleetRunner:
         )
         group = self._group
         sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
-        return dataclasses.replace(snap, group_sync=sync)
+        return dataclasses.replace(snap, group_sync=sync, domains=self._watch.health)
 
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -893,7 +894,7 @@ class FleetRunner:
             snap = self.observe()
             if view is not None:
                 view.show(snap)
-            await asyncio.sleep(VIEW_PERIOD_S)
+            await asyncio.sleep(VIEW_PERIOD_S if view is not None else WATCH_PERIOD_S)
 
     def observe(self) -> FleetSnapshot:
         """One tick of the watch: the snapshot with each domain's convergence, written to the

@@ -20,6 +20,14 @@ freezer of a three-freezer blood chain whose every block is on both other freeze
 shortfall of one copy. ``temps`` are the latest values of the device's probes, its first probe
 first (a fridge: the fridge, then the freezer compartment). Per kind, ranges are lo/med/hi (min,
 median, max) and the temperature is each device's first probe.
+
+Never healthy when it is not: the gossip line counts the domains converging (``domains 4/5 ok``;
+red on a terminal when one is not, with a ``! NOT CONVERGING`` line naming it and the reason).
+When any device has trouble (agent/fleet/health.py ``TROUBLE``), a ``trouble`` line gives the
+fleet's totals and a ``trouble`` column (after ``lag``; per kind, a sum) each device's, in short
+codes: ``u`` unproven, ``i`` invalid, ``r`` rejected, ``m`` muted, ``x`` excluded, ``d`` dropped,
+``s`` send failures, ``t`` timeouts, and ``m:NAME`` for each peer the device mutes now. An honest
+fleet's screen has neither.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -32,6 +33,12 @@ from agent.fleet.health import (
 from agent.fleet.view import DeviceRow, FleetSnapshot
 
 log = logging.getLogger("edgefleet.runner")
+
+# The run-status file is rewritten at most this often while running (and always at the stop):
+# a 2,000-device fleet's file is about a megabyte.
+WRITE_PERIOD_S = 1.0
+# Up to this many devices the file is indented for people; beyond, compact.
+INDENT_UP_TO = 50
 
 
 def _iso(ms: int) -> str:
@@ -53,6 +60,8 @@ class FleetWatch:
         self.convergence = Convergence(stall_ms)
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self._write_failed = False
+        self.health: tuple[DomainHealth, ...] = ()  # the domains at the last tick
+        self._written = -1e9  # monotonic time of the last write
 
     # --- while running -------------------------------------------------------------------------
     def observe(
@@ -66,8 +75,12 @@ class FleetWatch:
             for dom in self.domains.get(name, ()):
                 members[dom].append(name)
         health = self.convergence.update(now_ms, _chains(running), members, troubles)
+        self.health = health
         snap = replace(snap, domains=health)
-        self.write(snap)
+        now = time.monotonic()
+        if now - self._written >= WRITE_PERIOD_S:
+            self._written = now
+            self.write(snap)
         return snap
 
     # --- at the stop ---------------------------------------------------------------------------
@@ -104,7 +117,9 @@ class FleetWatch:
         interrupted: bool = False,
     ) -> None:
         try:
-            write_status(self.path, self.document(snap, stopped, converged, interrupted))
+            indent = 2 if len(snap.devices) <= INDENT_UP_TO else None
+            doc = self.document(snap, stopped, converged, interrupted)
+            write_status(self.path, doc, indent=indent)
         except OSError as exc:  # a full disk: said once, the fleet runs on
             if not self._write_failed:
                 self._write_failed = True
