@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from agent.cli.main import main
@@ -42,6 +44,10 @@ from agent.fleet.health import (
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from agent.fleet.sources import SampleSource, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, render, summary_line
+from agent.gossip import wire
+from agent.protocol import auth
+from agent.protocol.auth import KeySigner
+from agent.replication import actions as RA
 from ledger.store import Store
 from tests.agent.runner_helpers import HOUR_MS, SAMPLE_FLEET, poll, write_fleet
 
@@ -498,3 +504,73 @@ def test_a_run_that_ends_unconverged_exits_3_with_one_line_naming_the_domain(
 def test_row_trouble_is_computed_from_its_counters() -> None:
     r = dataclasses.replace(row("a"), counters={"transport.send_failures": 2})
     assert r.trouble == {**ZERO, "send_failures": 2}
+
+
+def test_a_muted_peer_and_an_excluded_holder_are_warned_once_each_naming_both(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fridge-1 sends fridge-2 malformed messages it signed itself, twice, a few minutes apart:
+    fridge-2 mutes it twice; fleet.log warns once (fridge-2, fridge-1, why), the second mute is
+    at info. The live tick shows the mute, named, while it lasts. An exclusion of a holder goes
+    through the replication driver the same way (the action the owner core emits)."""
+    caplog.set_level(logging.INFO)
+    cfg = load_fleet(SAMPLE_FLEET)
+    ticks: dict[int, FleetSnapshot] = {}
+    step = {"n": 0}
+
+    def garbage_from_fridge_1() -> None:
+        runner = hook.runner
+        sender, victim = runner.agents["fridge-1"], runner.agents["fridge-2"]
+        signer = KeySigner(sender.writer.key)
+        rng = random.Random(step["n"])
+        for _ in range(6):
+            body = msgpack.packb([2, wire.SUMMARY, sender.device_id, rng.randbytes(8)])
+            sender.transport.send_nowait(victim.device_id, auth.seal(body, signer))
+
+    def each(_t: int) -> None:
+        runner = hook.runner
+        if not runner.ready:
+            return
+        step["n"] += 1
+        if step["n"] in (3, 8):  # two mutes, the mute lasting 60 s (one step) each
+            garbage_from_fridge_1()
+        if step["n"] in (5, 9):
+            holder = runner.agents["fridge-3"].device_id
+            replicator = runner.agents["washer-1"].replicator
+            assert replicator is not None
+            tasks.append(asyncio.ensure_future(replicator.execute([RA.HolderExcluded(holder, 10)])))
+        ticks[step["n"]] = runner.observe()
+
+    tasks: list[asyncio.Future[None]] = []
+    hook = Hook(each)
+    hook.runner = None  # type: ignore[attr-defined]
+    result, _ = run(cfg, tmp_path / "data", 0.25, hook)
+    assert not result.failed
+    fridge_1 = result.devices["fridge-1"].device_id
+    fridge_3 = result.devices["fridge-3"].device_id
+    mutes = [
+        (r.levelname, getattr(r, "device", "-"), r.getMessage())
+        for r in caplog.records
+        if r.getMessage().startswith("muted peer")
+    ]
+    why = f"muted peer fridge-1 ({fridge_1}): malformed messages from it"
+    assert mutes == [("WARNING", "fridge-2", why), ("INFO", "fridge-2", why)], mutes
+    excluded = [
+        (r.levelname, getattr(r, "device", "-"), r.getMessage())
+        for r in caplog.records
+        if "excluded: score" in r.getMessage()
+    ]
+    said = (
+        f"holder fridge-3 ({fridge_3}) excluded: score 10 after failed audits, late or "
+        "invalid answers"
+    )
+    assert excluded == [("WARNING", "washer-1", said), ("INFO", "washer-1", said)], excluded
+    muted_rows = {n: next(d for d in t.devices if d.name == "fridge-2") for n, t in ticks.items()}
+    # Sent before step 3, delivered in it: the tick before step 4 sees the mute.
+    assert muted_rows[4].muted == (("fridge-1", "malformed"),), muted_rows[4]
+    assert muted_rows[4].trouble["muted"] == 1 and muted_rows[4].trouble["invalid"] >= 5
+    assert muted_rows[7].muted == (), "the mute expired after 60 s"
+    washer = next(d for d in ticks[9].devices if d.name == "washer-1")
+    assert washer.excluded == (("fridge-3", "score 10"),)
+    lines = render(ticks[4], width=200, height=60)
+    assert "! fridge-2 mutes fridge-1 (malformed)" in lines
