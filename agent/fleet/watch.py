@@ -185,9 +185,10 @@ def _chains(agents: Mapping[str, DeviceAgent]) -> dict[str, tuple[int | None, di
     out = {}
     for name, a in agents.items():
         head = a.writer.store.head()
+        dev = a.device_id
         held = {}
-        for tname, t in trackers[a.device_id]:
-            h = t.node.head(a.device_id)
+        for tname, t in trackers[dev]:
+            h = t.node.head(dev)
             held[tname] = -1 if h is None else h.header.height
         out[name] = (None if head is None else head.header.height, held)
     return out
