@@ -144,6 +144,7 @@ class DomainHealth:
 class _Target:
     height: int  # the chain's height when this target was set
     since_ms: int  # network time it was set
+    missed: int = 0  # consecutive updates that found a tracker short of it
 
 
 class Convergence:
@@ -180,13 +181,17 @@ class Convergence:
             if target is None:
                 target = self._targets[dev] = _Target(height, now_ms)
             elif all(h >= target.height for h in held.values()):
-                target.height, target.since_ms = height, now_ms
+                target.height, target.since_ms, target.missed = height, now_ms, 0
             lacking = {t for t, h in held.items() if h < height}
             if lacking:
                 short[dev] = lacking
             missed = {t for t, h in held.items() if h < target.height}
             if missed:
-                late[dev] = (now_ms - target.since_ms, missed)
+                target.missed += 1
+                # Late once the grace period has passed and two looks found it short: a
+                # simulated run looks once per step (a minute of network time).
+                age = now_ms - target.since_ms if target.missed >= 2 else 0
+                late[dev] = (age, missed)
         out = []
         for domain in sorted(domains):
             members = set(domains[domain])
