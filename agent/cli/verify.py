@@ -227,11 +227,14 @@ def _run_lines(runs: list[RunStatus]) -> list[str]:
             "stale": f"STALE: process {doc.get('pid')} is gone without a clean stop",
         }[run.state]
         domains = doc.get("domains", [])
-        ok = sum(1 for d in domains if d.get("converged"))
+        # Running: converging (every head reaches every member within the grace period); at
+        # the end: converged (every member holds every other's last head).
+        word = "converging" if run.state == "running" else "converged"
+        ok = sum(1 for d in domains if d.get(word))
         cell = trouble_cell(doc.get("trouble", {}))
         lines.append(
             f"\nrun {run.path.name}: {what}; updated {doc.get('updated')}, simulated "
-            f"{doc.get('sim_time')}; domains {ok}/{len(domains)} converged; trouble {cell}"
+            f"{doc.get('sim_time')}; domains {ok}/{len(domains)} {word}; trouble {cell}"
         )
         for d in domains:
             if not d.get("converging", True):

@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from agent.fleet.health import (
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from agent.fleet.sources import SampleSource, simulation
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, render, summary_line
+from agent.fleet.watch import FleetWatch
 from agent.gossip import wire
 from agent.protocol import auth
 from agent.protocol.auth import KeySigner
@@ -353,6 +355,7 @@ def test_a_domain_cut_off_is_not_converging_live_in_the_log_the_status_and_the_r
     hook = Hook(each)
     hook.runner = None  # type: ignore[attr-defined]
     result, _ = run(cfg, tmp_path / "data", 2, hook, settle_s=5.0)
+    doc_at_stop = json.loads((tmp_path / "data" / "run-status.json").read_text())
     assert not result.converged
     assert set(result.unconverged) == {"blood-chain"}, result.unconverged
     missing = result.unconverged["blood-chain"]
@@ -363,14 +366,29 @@ def test_a_domain_cut_off_is_not_converging_live_in_the_log_the_status_and_the_r
     assert all(not d.converging for _, d in live[first_alarm:]), "the alarm must hold"
     others = {d.domain for t in ticks for d in t.domains if not d.converging}
     assert others == {"blood-chain"}, others
+    # What the run-status file said at that tick, as `status --json` reads it while the run's
+    # process lives (this one): not ok, the domain named, exit 1.
+    stalled_tick = ticks[first_alarm + 1]
+    live_doc = FleetWatch(tmp_path, (0, 1), 15_000, {}).document(stalled_tick, False, None, False)
+    assert live_doc["not_converging"] == ["blood-chain"] and live_doc["pid"] == os.getpid()
+    write_status(tmp_path / "data" / "run-status.json", live_doc)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = main(["status", "--data", str(tmp_path / "data"), "--json"])
+    live_status = json.loads(out.getvalue())
+    assert (status, live_status["ok"], live_status["not_converging"]) == (
+        1,
+        False,
+        ["blood-chain"],
+    )
+    assert live_status["run"][0]["state"] == "running"
+    write_status(tmp_path / "data" / "run-status.json", doc_at_stop)
     warned = [r.getMessage() for r in caplog.records if "not converging" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("gossip in domain blood-chain"), warned
     doc = json.loads((tmp_path / "data" / "run-status.json").read_text())
     assert doc["stopped"] and doc["converged"] is False
     assert doc["not_converged"] == ["blood-chain"]
     out = io.StringIO()
-    from contextlib import redirect_stdout
-
     with redirect_stdout(out):
         status = main(["status", "--data", str(tmp_path / "data"), "--json"])
     got = json.loads(out.getvalue())
