@@ -237,13 +237,13 @@ def _run_lines(runs: list[RunStatus]) -> list[str]:
             f"{doc.get('sim_time')}; domains {ok}/{len(domains)} {word}; trouble {cell}"
         )
         for d in domains:
-            if not d.get("converging", True):
+            if run.state == "running" and not d.get("converging", True):
                 lines.append(
                     f"NOT CONVERGING {d['domain']}: {d['behind']} of {d['members']} chains behind "
                     f"for {d['behind_s']:.0f} s ({d['reason']})"
                 )
-            elif run.state != "running" and d.get("behind"):
-                lines.append(f"NOT CONVERGED {d['domain']}: {d['reason']}")
+            elif d["domain"] in doc.get("not_converged", []):
+                lines.append(f"NOT CONVERGED {d['domain']} at the run's end: {d['reason']}")
         for dev in doc.get("devices", []):
             if dev.get("error"):
                 lines.append(f"FAILED {dev['error']}")

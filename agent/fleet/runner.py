@@ -406,7 +406,7 @@ class FleetRunner:
                     await self._restore_phase()
                     samples = await self._simulate(fleet, end)
                     converged = await self._settle()
-                    gaps = {} if converged else self._gaps()
+                    gaps = {} if converged or self._stop.is_set() else self._gaps()
                 finally:
                     task = asyncio.current_task()
                     if task is None or not task.cancelling():  # a forced stop waits for nothing

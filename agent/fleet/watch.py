@@ -93,7 +93,13 @@ class FleetWatch:
         gaps: Mapping[str, list[str]],
         interrupted: bool,
     ) -> None:
-        """The last status: every device STOPPED (or FAILED), each domain's final verdict."""
+        """The last status: every device STOPPED (or FAILED), each domain's final verdict. A run
+        stopped by Ctrl-C or SIGTERM did not wait for its last heads to spread: its domains are
+        as the last tick saw them, and nothing is called not converged."""
+        if interrupted:
+            snap = replace(snap, domains=self.health)
+            self.write(snap, stopped=True, converged=converged, interrupted=True)
+            return
         final = []
         local: dict[str, int] = defaultdict(int)
         for name, a in agents.items():
@@ -102,8 +108,10 @@ class FleetWatch:
                     local[dom] += 1
         for dom in sorted(local):
             missing = gaps.get(dom, [])
+            # behind: the chains some member lacks the head of ("X lacks Y's head": Y's)
+            chains = len({m.partition(" lacks ")[2] for m in missing})
             final.append(
-                DomainHealth(dom, local[dom], len(missing), not missing, 0, "; ".join(missing[:3]))
+                DomainHealth(dom, local[dom], chains, not missing, 0, "; ".join(missing[:3]))
             )
         snap = replace(snap, domains=tuple(final))
         self.write(snap, stopped=True, converged=converged, interrupted=interrupted)
@@ -148,7 +156,9 @@ class FleetWatch:
             # The end of a run's verdict (None while it runs: see each domain)
             "converged": converged,
             "not_converging": stalled if not stopped else [],
-            "not_converged": [d.domain for d in snap.domains if d.behind] if stopped else [],
+            "not_converged": (
+                [d.domain for d in snap.domains if d.behind] if stopped and not interrupted else []
+            ),
             "trouble": totals,
             "domains": [d.as_json() for d in snap.domains],
             "devices": [_device(d, stopped) for d in snap.devices],

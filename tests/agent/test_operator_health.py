@@ -620,3 +620,27 @@ def test_an_honest_fleet_over_mosquitto_has_no_trouble_and_converges(tmp_path: P
     assert doc["trouble"] == ZERO and doc["converged"] is True
     assert all(d["converged"] for d in doc["domains"]) and len(doc["domains"]) == 5, doc["domains"]
     print(f"honest fleet over mosquitto: trouble {doc['trouble']}, domains {len(doc['domains'])}")
+
+
+def test_a_run_stopped_by_a_signal_is_not_called_unconverged(tmp_path: Path) -> None:
+    """Ctrl-C does not wait for the last heads to spread: the stop's status file calls no
+    domain unconverged, and `status` stays ok."""
+    cfg = load_fleet(SAMPLE_FLEET)
+
+    def each(_t: int) -> None:
+        runner = hook.runner
+        if runner.ready and runner.data_clock.now_ms() >= cfg.start_ms + HOUR_MS:
+            runner.request_stop()
+
+    hook = Hook(each)
+    hook.runner = None  # type: ignore[attr-defined]
+    result, _ = run(cfg, tmp_path / "data", 5, hook)
+    assert result.interrupted and result.unconverged == {}
+    doc = json.loads((tmp_path / "data" / "run-status.json").read_text())
+    assert doc["stopped"] and doc["interrupted"] and doc["not_converged"] == []
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = main(["status", "--data", str(tmp_path / "data")])
+    assert status == 0, out.getvalue()
+    assert "run-status.json: stopped (interrupted)" in out.getvalue()
+    assert "NOT CONVERG" not in out.getvalue()
