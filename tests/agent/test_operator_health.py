@@ -644,3 +644,16 @@ def test_a_run_stopped_by_a_signal_is_not_called_unconverged(tmp_path: Path) -> 
     assert status == 0, out.getvalue()
     assert "run-status.json: stopped (interrupted)" in out.getvalue()
     assert "NOT CONVERG" not in out.getvalue()
+
+
+def test_a_large_fleet_sums_trouble_per_kind() -> None:
+    rows = [row(f"f-{i}") for i in range(30)]
+    rows[7] = row("f-7", {"transport.send_failures": 5})
+    rows[9] = row("f-9", {"gossip.unattributable": 2})
+    lines = render(snap(rows), width=120)
+    assert lines[3] == "trouble  unproven 2  send failures 5"
+    header = lines[5].split()
+    assert header[:3] == ["kind", "count", "trouble"], header
+    assert lines[6].split()[:3] == ["fridge", "30", "7"], lines[6]
+    healthy = render(snap([row(f"f-{i}") for i in range(30)]), width=120)
+    assert "trouble" not in "\n".join(healthy)
