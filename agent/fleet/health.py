@@ -11,8 +11,9 @@ A fleet must never look healthy when it is not. Three things are kept here:
 - ``Convergence``: per gossip domain, whether every local member holds every other local
   member's head, within a grace period of network time (``stall_ms``): a chain whose head has
   not reached every tracker of it within that time makes its domains *not converging*. It is
-  said once per episode in ``fleet.log`` (a warning with the reason: send failures, timeouts,
-  drops, refusals, mutes, or no reason the counters show), and once more when it recovers.
+  said once per episode in ``fleet.log`` (a warning with the reason: the send failures,
+  timeouts, drops, refusals or mutes of its members since it last converged, or that the
+  counters show none), and once more when it recovers.
 - The run-status file (``DATA/run-status.json``, one per shard: ``run-status.shard-I-of-N.json``)
   written atomically (a temporary file renamed over it) at most once a second while the fleet
   runs (agent/fleet/watch.py) and at the stop:
@@ -161,6 +162,9 @@ class Convergence:
         self.stall_ms = stall_ms
         self._targets: dict[str, _Target] = {}
         self._stalled: dict[str, str] = {}  # domain -> reason, while not converging
+        # domain -> its members' trouble when it was last seen converging: a stall's reason is
+        # what grew since, not what happened hours before it
+        self._base: dict[str, dict[str, int]] = {}
 
     def update(
         self,
@@ -201,9 +205,12 @@ class Convergence:
             reason = ""
             if stalled:
                 reason = self._stall(domain, members, troubles, max(stalled), len(stalled))
-            elif domain in self._stalled:
-                del self._stalled[domain]
-                log.warning("gossip in domain %s converges again", domain)
+            else:
+                if max(ages, default=0) == 0:  # no head overdue: a stall's reason counts from here
+                    self._base[domain] = _sum(troubles, members)
+                if domain in self._stalled:
+                    del self._stalled[domain]
+                    log.warning("gossip in domain %s converges again", domain)
             out.append(
                 DomainHealth(
                     domain,
@@ -227,7 +234,9 @@ class Convergence:
         """The reason a domain does not converge; logged when the episode begins, only then."""
         if domain in self._stalled:
             return self._stalled[domain]
-        reason = _reason(_sum(troubles, members))
+        now = _sum(troubles, members)
+        base = self._base.get(domain, {})
+        reason = _reason({k: n - base.get(k, 0) for k, n in now.items()})
         self._stalled[domain] = reason
         log.warning(
             "gossip in domain %s is not converging: %d chain(s) have not reached every member "
