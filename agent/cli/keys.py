@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.cli import broker
 from agent.cli.errors import CliError
 from agent.fleet import keystore
 from ledger import keyfile
@@ -110,6 +111,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_show)
+
+    broker.register_keys(ksub)  # keys broker-cert: X.509 for the broker's TLS (agent/cli/broker.py)
 
 
 def _init_authority(args: argparse.Namespace) -> int:
@@ -264,6 +267,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _describe(path: Path, data: bytes, root: Path | None) -> dict[str, object]:
+    if data.lstrip().startswith(b"-----BEGIN"):  # X.509 for the broker (keys broker-cert)
+        return broker.describe_pem(path, root)
     if data.lstrip().startswith(b"{"):
         try:
             doc = json.loads(data)

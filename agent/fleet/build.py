@@ -21,6 +21,7 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.gossip.witness import WitnessConfig
 from agent.protocol.auth import KeySigner
 from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
@@ -82,6 +83,7 @@ def build_device(
         now_ms=now,
         trust=trust,
         signer=signer,
+        witness=WitnessConfig(),  # domain peers cosign its checkpoints (gossip/witness.py)
     )
     rep_node = None
     if replication is not None and domains:
@@ -132,6 +134,9 @@ def boot_inputs(store: Store, certs: Iterable[bytes], self_id: str) -> list[I.In
         events.append(I.EvidenceKnown(w))
     for w in store.epoch_wires():  # before the chains: a chain may cross an epoch change
         events.append(I.EpochKnown(w))
+    states = store.witness_states()
+    if states:  # before any message: what this device cosigned as a witness
+        events.append(I.WitnessStateKnown(tuple(states)))
     own = store.own_header_wires()
     if own:
         events.append(I.ChainLoaded(self_id, tuple(own)))

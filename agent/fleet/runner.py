@@ -43,6 +43,7 @@ from agent.device.runtime import DeviceAgent, RestoreError
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
 from agent.errors import AgentError
+from agent.fleet import brokertls
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
 from agent.fleet.health import stall_ms
@@ -68,11 +69,19 @@ from agent.fleet.watch import FleetWatch, domain_gaps
 from agent.gossip import actions as A
 from agent.gossip.tuning import GossipConfig
 from agent.transport.base import Transport
-from agent.transport.brokers import Broker, BrokerError, broker_from_spec
+from agent.transport.brokers import (
+    MOSQUITTO_TLS,
+    Broker,
+    BrokerError,
+    MosquittoBroker,
+    broker_from_spec,
+    client_tls,
+)
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import TransportError
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
+from agent.transport.topics import Topics
 from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
 from ledger.errors import StoreError
@@ -216,6 +225,9 @@ class FleetRunner:
         self._stop = asyncio.Event()
         self._broker: Broker | None = None
         self._hub: MqttHub | None = None
+        self._tls: brokertls.FleetTls | None = None  # --broker mosquitto-tls
+        # device id -> its own TLS client files (mosquitto-tls, or mqtts:// naming no cert=)
+        self._device_tls: dict[str, brokertls.TlsFiles] = {}
         self._transports: list[Transport] = []
         # Real-time runs: the stores' durable commits are synced as a group (one syncfs for all
         # the commits a sync finds, ledger/groupsync.py); the store threads hand a job back once
@@ -661,14 +673,62 @@ class FleetRunner:
             self.network = MemoryNetwork(random.Random(self.cfg.seed))
             self._broker_note = "in-memory network"
             return
-        self._broker = broker_from_spec(spec, workdir=self.data.root, devices=len(self.cfg.devices))
+        shared = len(self.cfg.devices) > SHARED_CONNECTION_ABOVE
+        local = {prov.device_id(n): self.data.device(n) for n in self.local if n in prov.devices}
+        if spec == MOSQUITTO_TLS:
+            self._broker = await self._tls_broker(local, shared)
+            self._device_tls = self._tls.devices if self._tls is not None else {}
+        else:
+            self._broker = broker_from_spec(
+                spec, workdir=self.data.root, devices=len(self.cfg.devices)
+            )
+            try:
+                self._device_tls = brokertls.url_device_files(spec, local)
+            except brokertls.BrokerTlsError as exc:
+                raise BrokerError(str(exc)) from None
+            if self._device_tls:  # one identity per connection: no shared one
+                shared = False
         await self._broker.start()
-        log.info("broker: %s %s", self._broker.kind, self._broker.endpoint.url)
-        self._broker_note = f"{self._broker.kind} {self._broker.endpoint.url}"
+        url = self._broker.endpoint.url
+        if self._tls is not None:  # the clients' endpoints carry the TLS, the broker's does not
+            url = url.replace("mqtt://", "mqtts://", 1)
+        log.info("broker: %s %s", self._broker.kind, url)
+        self._broker_note = f"{self._broker.kind} {url}"
         self._notes = (self._broker.note,) if self._broker.note else ()
-        if len(self.cfg.devices) > SHARED_CONNECTION_ABOVE:
-            self._hub = MqttHub(self._broker.endpoint)
+        if shared:
+            if self._tls is not None and self._tls.hub is not None:
+                self._hub = MqttHub(self._tls_endpoint(self._tls.hub), hub_id=brokertls.HUB_ID)
+            else:
+                self._hub = MqttHub(self._broker.endpoint)
             await self._hub.start()
+
+    async def _tls_broker(self, devices: dict[str, Path], shared: bool) -> MosquittoBroker:
+        """A Mosquitto with a TLS listener that takes only the fleet's certificates, and an ACL
+        binding each device's topics to its certificate (agent/fleet/brokertls.py); the
+        certificates are issued from the fleet authority in the data dir when missing."""
+        try:
+            self._tls = await asyncio.to_thread(
+                brokertls.prepare_fleet,
+                self.data,
+                devices,
+                hub=shared,
+                topics=Topics(),
+                passphrase=self.data.fleet_passphrase(),
+            )
+        except brokertls.BrokerTlsError as exc:
+            raise BrokerError(str(exc)) from None
+        broker = MosquittoBroker(
+            workdir=self.data.root / brokertls.BROKER,
+            tls=self._tls.listener,
+            devices=len(self.cfg.devices),
+        )
+        broker.kind = MOSQUITTO_TLS
+        return broker
+
+    def _tls_endpoint(self, files: brokertls.TlsFiles) -> Endpoint:
+        assert self._broker is not None
+        e = self._broker.endpoint
+        return dataclasses.replace(e, tls=client_tls(files.ca, files.cert, files.key))
 
     async def _transport(self, device_id: str, domains: Sequence[str]) -> Transport:
         if self.network is not None:
@@ -676,7 +736,10 @@ class FleetRunner:
         if self._hub is not None:
             return await self._hub.attach(device_id, domains)
         assert self._broker is not None
-        t = MqttTransport(self._broker.endpoint, device_id, domains)
+        endpoint = self._broker.endpoint
+        if device_id in self._device_tls:  # each device on its own certificate
+            endpoint = self._tls_endpoint(self._device_tls[device_id])
+        t = MqttTransport(endpoint, device_id, domains)
         await t.connect()
         return t
 

@@ -113,6 +113,23 @@ class ChainRewound:
     headers: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointPrepared:
+    """The runtime's answer to ``PrepareCheckpoint``: the signed checkpoint note at the head and a
+    consistency proof from each old size asked for (``(old_size, proof)``, ascending)."""
+
+    note: bytes
+    proofs: tuple[tuple[int, tuple[bytes, ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessStateKnown:
+    """At start: what this device last cosigned as a witness, ``(origin, size, root_hash)``
+    (``Store.witness_states``), before any message."""
+
+    states: tuple[tuple[str, int, bytes], ...]
+
+
 Input = (
     MessageReceived
     | OwnBlockSealed
@@ -130,4 +147,6 @@ Input = (
     | EpochKnown
     | EpochSigned
     | ChainRewound
+    | CheckpointPrepared
+    | WitnessStateKnown
 )

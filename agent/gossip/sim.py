@@ -24,21 +24,25 @@ from agent.gossip.actions import (
     Action,
     Broadcast,
     CommitRestored,
+    PrepareCheckpoint,
     PublishEvidence,
     RewindChain,
     Send,
     ServePull,
     SignEpoch,
     StoreBlock,
+    StoreCheckpoint,
     StoreCredential,
     StoreEpoch,
     StoreEvidence,
     StoreHeaders,
+    StoreWitnessState,
 )
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
     ChainRewound,
+    CheckpointPrepared,
     EpochKnown,
     EpochSigned,
     EvidenceKnown,
@@ -52,12 +56,17 @@ from agent.gossip.inputs import (
     RestoreRequested,
     RevocationKnown,
     RotationKnown,
+    WitnessStateKnown,
 )
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.gossip.witness import WitnessConfig
 from agent.protocol.sim import START_MS, Authority, SimDevice
 from ledger.block import Block, SignedHeader, decode_block, decode_header
+from ledger.checkpoint import Checkpoint, device_origin, device_signer
 from ledger.epoch import decode_epoch
+from ledger.merkle import consistency_proof, root_from_leaf_hashes
+from ledger.note import sign_note
 
 
 @dataclass
@@ -70,6 +79,11 @@ class SimStore:
     credentials: list[tuple[str, str, bytes]] = field(default_factory=list)
     epochs: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (device, epoch) -> rec
     superseded: dict[str, dict[tuple[int, int], bytes]] = field(default_factory=dict)
+    witness_state: dict[str, tuple[int, bytes]] = field(
+        default_factory=dict
+    )  # origin -> size, root
+    checkpoints: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    witness_rewinds: int = 0  # a witness state written below the one held: must stay 0
     duplicates: int = 0
     out_of_order: int = 0
     block_duplicates: int = 0
@@ -119,6 +133,7 @@ class SimPeer:
     device: SimDevice
     domains: tuple[str, ...]
     config: GossipConfig
+    witness: WitnessConfig | None = None
     store: SimStore = field(default_factory=SimStore)
     node: GossipNode | None = None
     online: bool = False
@@ -184,9 +199,13 @@ class SimNet:
         *,
         config: GossipConfig | None = None,
         runs_node: bool = True,
+        witness: WitnessConfig | None = None,
     ) -> SimPeer:
+        """``witness``: the device offers its checkpoints to witnesses (every node answers)."""
         device = SimDevice(self.authority, self.rng)
-        peer = SimPeer(device, tuple(domains), config or GossipConfig(), runs_node=runs_node)
+        peer = SimPeer(
+            device, tuple(domains), config or GossipConfig(), witness, runs_node=runs_node
+        )
         self.peers[device.device_id] = peer
         for d in peer.domains:
             self.domains[d] = self.domains.get(d, frozenset()) | {device.device_id}
@@ -212,10 +231,14 @@ class SimNet:
             config=peer.config,
             now_ms=self.now,
             signer=peer.device,
+            witness=peer.witness,
         )
         peer.node = node
         peer.online = True
         self._feed(peer, CertificateKnown(peer.device.certificate))
+        if peer.store.witness_state:
+            states = sorted((o, s, r) for o, (s, r) in peer.store.witness_state.items())
+            self._feed(peer, WitnessStateKnown(tuple(states)))
         if preload:
             for other in self._sorted():
                 if other is not peer:
@@ -441,12 +464,40 @@ class SimNet:
                 for w in a.blocks:
                     peer.device.adopt(decode_block(w))
                 peer.events.append(a)
+            elif isinstance(a, PrepareCheckpoint):
+                prepared = self._checkpoint(peer, a)
+                self._push(self.now + 1, peer.device_id, None, None, prepared)
+            elif isinstance(a, StoreWitnessState):
+                held = peer.store.witness_state.get(a.origin)
+                if held is not None and (
+                    a.size < held[0] or (a.size == held[0] and a.root_hash != held[1])
+                ):
+                    peer.store.witness_rewinds += 1
+                    continue  # the write fails: nothing is sent
+                peer.store.witness_state[a.origin] = (a.size, a.root_hash)
+                self._transmit(peer.device_id, a.peer_id, a.payload)
+            elif isinstance(a, StoreCheckpoint):
+                peer.store.checkpoints[(a.origin, a.size)] = a.note
+                peer.events.append(a)
             elif isinstance(a, SignEpoch):
                 record = peer.device.sign_epoch(a, self.now)
                 peer.store.epochs[(peer.device_id, a.new_epoch)] = record
                 self._push(self.now + 1, peer.device_id, None, None, EpochSigned(record))
             else:
                 peer.events.append(a)
+
+    def _checkpoint(self, peer: SimPeer, a: PrepareCheckpoint) -> CheckpointPrepared:
+        """The runtime's store job: the signed checkpoint at the head, and consistency proofs."""
+        wires = peer.device.header_wires()
+        hashes = [decode_header(w).hash for w in wires]
+        head = decode_header(wires[-1]).header
+        origin = device_origin(a.fleet, peer.device_id, head.epoch)
+        cp = Checkpoint(origin, len(hashes), root_from_leaf_hashes(hashes))
+        note = sign_note(cp.text(), device_signer(origin, peer.device.key))
+        proofs = tuple(
+            (old, tuple(consistency_proof(hashes, old, len(hashes)))) for old in a.old_sizes
+        )
+        return CheckpointPrepared(note.encode(), proofs)
 
     def _publish_evidence(self, device_id: str, evidence: bytes) -> None:
         """The retained evidence topic: every running node receives it, never lost."""

@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS superseded_headers (
     device_id TEXT NOT NULL, epoch INTEGER NOT NULL, height INTEGER NOT NULL,
     hash BLOB NOT NULL, header BLOB NOT NULL, PRIMARY KEY (device_id, epoch, height)) STRICT;
+CREATE TABLE IF NOT EXISTS witness_state (
+    origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    origin TEXT NOT NULL, size INTEGER NOT NULL, note BLOB NOT NULL,
+    PRIMARY KEY (origin, size)) STRICT;
 """
 
 
