@@ -38,6 +38,13 @@ _NOTIFICATIONS = (
     A.RestoreFailed,
 )
 
+# Why a peer was muted (the offence that crossed the threshold), as the log says it.
+MUTE_REASONS = {
+    "invalid": "invalid content (bad signatures or history) from it",
+    "malformed": "malformed messages from it",
+    "promise": "requests it did not answer in time",
+}
+
 
 async def _ignore(_: A.Action) -> None:
     return None
@@ -146,8 +153,19 @@ class GossipDriver:
                     what = "device" if key_id is None else f"key {key_id.hex()} of"
                     ctx.log.warning("revocation learned: %s %s from height %d", what, dev, h)
                 case A.PeerMuted(peer_id=peer, reason=why):
-                    ctx.stats.counters["peers_muted"] += 1
-                    ctx.log.info("muted peer %s: %s", peer, why)
+                    stats = ctx.stats
+                    stats.counters["peers_muted"] += 1
+                    stats.muted[peer] = why
+                    # Once per peer a warning (who, whom, why); later mutes of it at info.
+                    (ctx.log.warning if stats.first("muted", peer) else ctx.log.info)(
+                        "muted peer %s (%s): %s",
+                        stats.peer_name(peer),
+                        peer,
+                        MUTE_REASONS.get(why, why),
+                    )
+                case A.PeerUnmuted(peer_id=peer):
+                    ctx.stats.muted.pop(peer, None)
+                    ctx.stats.counters["PeerUnmuted"] += 1
                 case _:
                     ctx.stats.counters[type(act).__name__] += 1
             if isinstance(act, _NOTIFICATIONS):

@@ -46,6 +46,7 @@ from agent.errors import AgentError
 from agent.fleet import brokertls
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
+from agent.fleet.health import stall_ms
 from agent.fleet.keystore import own_rotations
 from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
@@ -57,8 +58,15 @@ from agent.fleet.provision import (
     write_sim_time,
 )
 from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
-from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
+from agent.fleet.sources import (
+    SampleSource,
+    SensorGuard,
+    fast_forward,
+    jump_samples,
+    simulation,
+)
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
+from agent.fleet.watch import FleetWatch, domain_gaps
 from agent.gossip import actions as A
 from agent.gossip.tuning import GossipConfig
 from agent.transport.base import Transport
@@ -86,6 +94,8 @@ log = logging.getLogger("edgefleet.runner")
 # Fleets larger than this share one MQTT connection per process (whatever the shard's size).
 SHARED_CONNECTION_ABOVE = 200
 VIEW_PERIOD_S = 0.25
+WATCH_PERIOD_S = 1.0  # the health tick and the run-status file: once a second
+WATCH_SHARE = 20  # ... or less often, so that it never takes more than 1/20 of the loop
 MAX_STEP_MS = 60_000
 # Collector thresholds while a fleet runs. A young collection starts once 100,000 more
 # container objects are alive than at the last one (700 by default) and scans those that still
@@ -165,6 +175,8 @@ class RunResult:
     failed: dict[str, str] = field(default_factory=dict)
     # Those of them that never started (no agent): name -> (kind, site, line), for the view.
     failed_at_start: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # Not converged: per gossip domain, the heads a local member lacks (agent/fleet/watch.py).
+    unconverged: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def damaged(self) -> dict[str, list[str]]:
@@ -233,6 +245,17 @@ class FleetRunner:
         # Devices that failed before they could run (key, store): name -> (kind, site, line).
         self._failed_at_start: dict[str, tuple[str, str, str]] = {}
         self._main: asyncio.Task[Any] | None = None
+        # Device id -> name of the fleet's devices (the lines naming a peer), and the watch
+        # that writes the run-status file and tracks convergence per domain (agent/fleet/watch.py).
+        self._names: dict[str, str] = {}
+        self._sensors = SensorGuard(None, cfg)  # the source's, once it is made
+        g = opts.gossip
+        self._watch = FleetWatch(
+            self.data.root,
+            opts.shard,
+            stall_ms(g.anti_entropy_ms, g.jitter_ms, g.request_timeout_ms),
+            {d.name: d.domains for d in cfg.devices},
+        )
         self.forced = False  # the run was cancelled: it did not stop within STOP_GRACE_S
 
     @property
@@ -297,10 +320,11 @@ class FleetRunner:
             self._live_notes(),
             self._serial_down(),
             failed_at_start=self._failed_at_start,
+            network=self.network,
         )
         group = self._group
         sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
-        return dataclasses.replace(snap, group_sync=sync)
+        return dataclasses.replace(snap, group_sync=sync, domains=self._watch.health)
 
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -349,6 +373,7 @@ class FleetRunner:
             self._device_failed(name, prov.failed[name])
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
+        self._sensors = SensorGuard(fleet, cfg)  # a model that raises fails its device alone
         resume = recorded = self._recorded_time()
         if self.opts.realtime and recorded is not None:
             resume = self._realtime_resume(recorded)
@@ -394,6 +419,7 @@ class FleetRunner:
                     await self._restore_phase()
                     samples = await self._simulate(fleet, end)
                     converged = await self._settle()
+                    gaps = {} if converged or self._stop.is_set() else self._gaps()
                 finally:
                     task = asyncio.current_task()
                     if task is None or not task.cancelling():  # a forced stop waits for nothing
@@ -417,6 +443,7 @@ class FleetRunner:
                 self._stop.is_set(),
                 self.failed,
                 dict(self._failed_at_start),
+                gaps,
             )
             self._final_view(result)
             return result
@@ -478,6 +505,9 @@ class FleetRunner:
                     except TimeoutError:
                         pass
             batch = fleet.step(target)
+            for name, exc in self._sensors.new().items():
+                if name in self.agents:
+                    self.agents[name].fail(exc)
             jump = None if self._jumps is None else self._jumps.check()
             if jump is not None:
                 self._flags.append((jump, "wall clock set " + ("back" if jump < 0 else "forward")))
@@ -731,6 +761,7 @@ class FleetRunner:
                 if here.intersection(dev.domains):
                     unnamed.append(dev.name)
                 continue
+            self._names[member] = dev.name
             for dom in dev.domains:
                 members[dom].add(member)
         if unnamed:
@@ -829,6 +860,7 @@ class FleetRunner:
             raise
         stores.append(store)
         self._transports.append(transport)
+        agent.stats.names = self._names  # the log names a muted peer or excluded holder
         self.agents[name] = agent
 
     # --- restore (agent/fleet/restore_device.py) ---------------------------------------------
@@ -923,25 +955,36 @@ class FleetRunner:
 
     # --- view ----------------------------------------------------------------------------------
     async def _view_loop(self, wall0: float) -> None:
-        if not self.opts.view:
-            return
-        view = LiveView(self.opts.out)
-        last: dict[str, tuple[float, int, int]] = {}
+        """Every tick: the domains' convergence and the run-status file (with or without a
+        view), and the view when there is one."""
+        view = LiveView(self.opts.out) if self.opts.view else None
+        due = 0.0
         while True:
-            assert self.data_clock is not None
-            snap = _snapshot(
-                self.agents,
-                self.data_clock.now_ms(),
-                time.monotonic() - wall0,
-                self._speed(wall0),
-                self._broker_note,
-                last,
-                self._live_notes(),
-                self._serial_down(),
-                failed_at_start=self._failed_at_start,
-            )
-            view.show(snap)
-            await asyncio.sleep(VIEW_PERIOD_S)
+            # The watch (convergence, the status file) once a second, or less often when it
+            # costs more than 1/WATCH_SHARE of the loop (a snapshot and a look at every
+            # tracker: ~20-40 ms for a 124-fridge street); the view repaints in between.
+            start = time.monotonic()
+            if start >= due:
+                snap = self.observe()
+                due = start + max(WATCH_PERIOD_S, WATCH_SHARE * (time.monotonic() - start))
+            else:
+                snap = self.snapshot()
+            if view is not None:
+                view.show(snap)
+                await asyncio.sleep(VIEW_PERIOD_S)
+            else:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def observe(self) -> FleetSnapshot:
+        """One tick of the watch: the snapshot with each domain's convergence, written to the
+        run-status file (agent/fleet/watch.py). On the event loop's thread, while running."""
+        return self._watch.observe(self.snapshot(), self.agents, self.net_clock.now_ms())
+
+    def _gaps(self) -> dict[str, list[str]]:
+        """Per domain, the heads a local member lacks at the end of an unconverged run."""
+        remote = self._remote_heads() if self.opts.shard[1] > 1 else {}
+        domains = {d.name: d.domains for d in self.cfg.devices}
+        return domain_gaps(self._running(), domains, self._names, remote)
 
     def _speed(self, wall0: float) -> float:
         assert self.data_clock is not None
@@ -949,8 +992,8 @@ class FleetRunner:
         return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self.cfg.start_ms) / 1000 / wall
 
     def _final_view(self, result: RunResult) -> None:
-        if not self.opts.view:
-            return
+        """The last run-status file (every device STOPPED or FAILED), and the view's last
+        screen."""
         snap = _snapshot(
             self.agents,
             result.sim_end_ms,
@@ -959,8 +1002,17 @@ class FleetRunner:
             self._broker_note,
             {},
             failed_at_start=self._failed_at_start,
+            network=self.network,
         )
-        LiveView(self.opts.out).show(snap, final=True)
+        self._watch.stopped(
+            snap,
+            self.agents,
+            converged=result.converged,
+            gaps=result.unconverged,
+            interrupted=result.interrupted,
+        )
+        if self.opts.view:
+            LiveView(self.opts.out).show(snap, final=True)
 
 
 async def _yield_all(rounds: int = 20) -> None:
@@ -995,10 +1047,12 @@ def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     }
 
 
-def _counters(a: DeviceAgent) -> dict[str, int]:
+def _counters(a: DeviceAgent, network: MemoryNetwork | None = None) -> dict[str, int]:
     """The device's event counters by source (DeviceRow.counters)."""
     s = a.stats
     out = {"device.blocks": s.blocks, "device.send_failures": s.send_failures}
+    if network is not None:  # copies the in-memory broker dropped for this device (queue full)
+        out["network.dropped_queue_full"] = network.dropped_for(a.device_id)
     out.update((f"device.{k}", v) for k, v in s.counters.items())
     out.update((f"gossip.{k}", v) for k, v in a.node.counters.items())
     out.update((f"transport.{k}", v) for k, v in dataclasses.asdict(a.transport.stats()).items())
@@ -1054,6 +1108,7 @@ def _snapshot(
     serial_down: Collection[str] = frozenset(),
     *,
     failed_at_start: dict[str, tuple[str, str, str]] | None = None,
+    network: MemoryNetwork | None = None,
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = unproven = 0
@@ -1092,7 +1147,14 @@ def _snapshot(
                 damaged=tuple(a.ctx.damaged.values()),
                 **_replication_row(a),
                 private=a.writer.owner_x25519 is not None,
-                counters=_counters(a),
+                counters=_counters(a, network),
+                muted=tuple(
+                    (a.stats.peer_name(p), why) for p, why in sorted(a.stats.muted.items())
+                ),
+                excluded=tuple(
+                    (a.stats.peer_name(p), f"score {score}")
+                    for p, score in sorted(a.stats.excluded.items())
+                ),
             )
         )
         sent += a.stats.sent
