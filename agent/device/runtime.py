@@ -449,6 +449,8 @@ class DeviceAgent:
             return I.MessageReceived(None, d.payload, broadcast=True)
         if d.kind == "evidence":
             return I.EvidenceReceived(d.payload)
+        if d.kind == "revocation":
+            return I.RevocationReceived(d.payload)
         return None
 
     # --- who is in service (agent/device/liveness.py) -----------------------------------------
