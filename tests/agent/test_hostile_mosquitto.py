@@ -17,10 +17,10 @@ ids from what it captures, and then:
 (d) republishes bit-flipped copies of real captured traffic, on the topics it was captured on;
 (e) publishes a retained ``offline`` presence for a device that is up.
 
-Each test prints its figure in the form of /work/shared/RELIABILITY.md and asserts it: nobody
-honest is muted, excluded, charged or dropped from service; amplification <= 1 (0: a spoofed
-request draws nothing). Waits are on conditions (the messages the attacker sent counted by their
-receivers), never on the wall clock.
+Each test reports its figure to the fault matrix (the ``figure`` fixture, tests/conftest.py)
+and asserts it: nobody honest is muted, excluded, charged or dropped from service;
+amplification <= 1 (0: a spoofed request draws nothing). Waits are on conditions (the messages
+the attacker sent counted by their receivers), never on the wall clock.
 """
 
 from __future__ import annotations
@@ -50,15 +50,17 @@ from ledger import codec
 from ledger.block import decode_header
 from tests.agent.runner_helpers import FAST_GOSSIP, HOUR_MS, write_fleet
 from tests.agent.test_reliability import until
+from tests.conftest import FigureRecorder
 
 pytestmark = pytest.mark.mosquitto
 
 N = 7
+SEED = 13  # the fleet's seed (the attacker's draws are seeded per test)
 R = 2
 LIVE_SPEED = 900.0  # simulated seconds per wall second: a block per device about every second
 FLEET = f"""\
 fleet: hostile
-seed: 13
+seed: {SEED}
 sites:
   - id: home-{{i}}
     count: {N}
@@ -305,8 +307,10 @@ ROUNDS = 6
 
 
 def test_spoofed_envelopes_naming_a_fridge_mute_no_honest_device_and_its_chain_spreads(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, figure: FigureRecorder
 ) -> None:
+    row = "spoofed sender with failing content (live Mosquitto)"
+
     async def attack(live: Live) -> str:
         atk = live.atk
         fridge = live.agent("fridge-1")
@@ -339,17 +343,17 @@ def test_spoofed_envelopes_naming_a_fridge_mute_no_honest_device_and_its_chain_s
             await live.counted(before, expected)
         await live.spread("fridge-1")  # what it sealed during the attack reaches every peer
         mutes, charged, excl = live.mutes(), live.charged(), live.exclusions()
-        figure = (
+        text = (
             f"mosquitto, {N} devices: muted honest devices = {len(mutes)} of {N} after "
             f"{atk.sent} spoofed envelopes naming fridge-1 ({atk.sent_bytes} bytes, {ROUNDS} "
             f"rounds); charged = {charged}, exclusions = {len(excl)}; fridge-1's chain spread "
             f"from height {start} to {live.own_height('fridge-1')} at every peer"
         )
-        print(figure)
-        assert not mutes, f"{figure}: {mutes}"
-        assert charged == 0 and not excl, f"{figure}: {excl}"
-        assert live.own_height("fridge-1") > start, figure
-        return figure
+        figure(row, text, seed=SEED)
+        assert not mutes, f"{text}: {mutes}"
+        assert charged == 0 and not excl, f"{text}: {excl}"
+        assert live.own_height("fridge-1") > start, text
+        return text
 
     _run(tmp_path, mosquitto, attack)
 
@@ -368,8 +372,10 @@ def _receipts_from(live: Live, holder: str) -> int:
 
 
 def test_spoofed_messages_naming_a_storage_holder_never_exclude_it_and_receipts_keep_coming(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, figure: FigureRecorder
 ) -> None:
+    row = "spoofed messages naming a holder (live Mosquitto)"
+
     async def attack(live: Live) -> None:
         atk = live.atk
         owner = live.agent("fridge-1")
@@ -426,14 +432,14 @@ def test_spoofed_messages_naming_a_storage_holder_never_exclude_it_and_receipts_
         )
         excl, charged = live.exclusions(), live.charged()
         scores = {o.name: o.replicator.node.score(hid) for o in owners if o.replicator is not None}
-        figure = (
+        text = (
             f"mosquitto, {N} devices: excluded honest holders = {len(excl)} at {len(owners)} "
             f"owners after {atk.sent} spoofed messages naming {holder.name} ({atk.sent_bytes} "
             f"bytes); charged = {charged}; its receipts went from {receipts_before} to "
             f"{_receipts_from(live, hid)}; its lowest score {min(s or 0 for s in scores.values())}"
         )
-        print(figure)
-        assert not excl and charged == 0, f"{figure}: {excl}"
+        figure(row, text, seed=SEED)
+        assert not excl and charged == 0, f"{text}: {excl}"
 
     _run(tmp_path, mosquitto, attack)
 
@@ -461,8 +467,10 @@ def _answer_id(payload: bytes) -> int | None:
 
 
 def test_spoofed_requests_naming_a_victim_draw_no_more_bytes_than_the_attacker_sent(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, figure: FigureRecorder
 ) -> None:
+    row = "spoofed, replayed requests (live Mosquitto)"
+
     async def attack(live: Live) -> None:
         atk = live.atk
         victim = live.agent("fridge-2")
@@ -536,16 +544,16 @@ def test_spoofed_requests_naming_a_victim_draw_no_more_bytes_than_the_attacker_s
         ]
         drawn = sum(n for i, n in answers if i in ids)
         by_replays = sum(n for i, n in answers if i in replay_ids)
-        figure = (
+        text = (
             f"mosquitto, {N} devices: amplification = {(drawn + by_replays) / spent:.3f} (bytes "
             f"sent to the victim's inbox in answer {drawn + by_replays} / bytes the attacker "
             f"sent {spent}): {len(ids)} spoofed REQUESTs and CHALLENGEs naming fridge-2 drew "
             f"{drawn} bytes; {len(replays) * ROUNDS} replays of its real ones ({replayed} bytes) "
             f"drew {by_replays} ({by_replays / max(1, replayed):.3f})"
         )
-        print(figure)
-        assert drawn == 0, figure
-        assert drawn + by_replays <= spent and by_replays <= replayed, figure
+        figure(row, text, seed=SEED)
+        assert drawn == 0, text
+        assert drawn + by_replays <= spent and by_replays <= replayed, text
 
     _run(tmp_path, mosquitto, attack)
 
@@ -591,8 +599,10 @@ KINDS = {wire.ANNOUNCE, wire.SUMMARY, rwire.STORE, rwire.RECEIPT, rwire.CHALLENG
 
 
 def test_bit_flipped_copies_of_real_traffic_charge_nobody_and_leave_replicas_in_place(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, figure: FigureRecorder
 ) -> None:
+    row = "bit-flipped copies of real traffic (live Mosquitto)"
+
     async def attack(live: Live) -> None:
         atk = live.atk
         rng = random.Random(4)
@@ -636,16 +646,16 @@ def test_bit_flipped_copies_of_real_traffic_charge_nobody_and_leave_replicas_in_
         )
         mutes, charged, excl = live.mutes(), live.charged(), live.exclusions()
         replicas_after = live.replicas(limits)
-        figure = (
+        text = (
             f"mosquitto, {N} devices: charged = {charged}, muted = {len(mutes)}, exclusions = "
             f"{len(excl)} after {FLIPS} bit-flipped copies of {len(captured)} captured real "
             f"messages "
             f"(types {dict(sorted(kinds.items()))}); replicas of the blocks sealed before: "
             f"{replicas_before} before, {replicas_after} after"
         )
-        print(figure)
-        assert charged == 0 and not mutes and not excl, f"{figure}: {mutes} {excl}"
-        assert replicas_after >= replicas_before, figure
+        figure(row, text, seed=SEED)
+        assert charged == 0 and not mutes and not excl, f"{text}: {mutes} {excl}"
+        assert replicas_after >= replicas_before, text
 
     _run(tmp_path, mosquitto, attack)
 
@@ -654,8 +664,10 @@ def test_bit_flipped_copies_of_real_traffic_charge_nobody_and_leave_replicas_in_
 
 
 def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, figure: FigureRecorder
 ) -> None:
+    row = "spoofed retained offline presence (live Mosquitto)"
+
     async def attack(live: Live) -> None:
         atk = live.atk
         subject = live.agent("fridge-3")
@@ -698,7 +710,7 @@ def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
 
         await live.until(held, "twice the silence at every watcher")
         drops = sum(a.liveness.drops[sid] for a in others)
-        figure = (
+        text = (
             f"mosquitto, {N} devices: peers that dropped fridge-3 from service = "
             f"{len(dropped)} of {len(others)} ({drops} drops) while a retained spoofed "
             f"'offline' stood for {time.monotonic() - began:.1f} s (twice the silence, "
@@ -706,8 +718,8 @@ def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
             f"{start} to at least {min(live.height(a.name, subject.name) for a in others)} at "
             f"every peer meanwhile"
         )
-        print(figure)
-        assert not dropped, f"{figure}: {sorted(dropped)}"
+        figure(row, text, seed=SEED)
+        assert not dropped, f"{text}: {sorted(dropped)}"
         # Its real departure still takes it out of service (its silence confirms the hint).
         stopped = time.monotonic()
         await subject.transport.close()
@@ -715,10 +727,12 @@ def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
             lambda: all(not (s := a.node.peer_stats(sid)) or not s.up for a in others),
             "every peer took the stopped fridge-3 out of service",
         )
-        print(
+        figure(
+            "a peer that really stops (live Mosquitto)",
             f"mosquitto, {N} devices: fridge-3 really stopped: out of service at {len(others)} "
             f"of {len(others)} peers after {time.monotonic() - stopped:.1f} s (silence "
-            f"{others[0].liveness.silence_ms / 1000:.1f} s)"
+            f"{others[0].liveness.silence_ms / 1000:.1f} s)",
+            seed=SEED,
         )
 
     _run(tmp_path, mosquitto, attack)

@@ -15,6 +15,7 @@ from agent.errors import UsageError
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from tests.agent.runner_helpers import HOUR_MS, REPLICATING_FLEET, write_fleet
 from tests.agent.test_integration_fleet import _until_sim
+from tests.conftest import FigureRecorder
 
 MIN_MS = 60_000
 
@@ -117,7 +118,7 @@ async def _spoofed(runner: FleetRunner) -> tuple[RunResult, dict[str, int], dict
 
 
 def test_a_spoofed_offline_presence_keeps_a_talking_peer_in_service_and_a_cut_one_leaves(
-    tmp_path: Path,
+    tmp_path: Path, figure: FigureRecorder
 ) -> None:
     """Regression (issue 13): a retained 'offline' published by anyone took a live device out
     of service at every peer at once; in replication its holders counted it down and re-placed
@@ -130,12 +131,12 @@ def test_a_spoofed_offline_presence_keeps_a_talking_peer_in_service_and_a_cut_on
     result, out_of_service, gone = asyncio.run(_spoofed(runner))
     subject = result.devices[SUBJECT].device_id
     drops = {n: a.liveness.drops[subject] for n, a in result.devices.items() if n != SUBJECT}
-    figure = (
+    text = (
         f"peer-minutes out of service = {sum(out_of_service.values())} over "
         f"{(STOP_AT - SPOOF_AT) // MIN_MS} simulated min of a spoofed retained 'offline' for "
         f"{SUBJECT} at {len(drops)} peers; after its link was cut, {sum(gone.values())} of "
         f"{len(gone)} took it out"
     )
-    print(figure)
-    assert out_of_service == {}, figure
-    assert all(gone.values()) and all(d == 1 for d in drops.values()), f"{figure}: {drops}"
+    figure("spoofed retained offline presence (simulated fleet)", text, seed=cfg.seed)
+    assert out_of_service == {}, text
+    assert all(gone.values()) and all(d == 1 for d in drops.values()), f"{text}: {drops}"
