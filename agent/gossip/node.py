@@ -74,6 +74,7 @@ from agent.gossip.summaries import AntiEntropy
 from agent.gossip.tuning import GossipConfig
 from agent.gossip.witness import WitnessConfig, Witnessing
 from agent.protocol import auth
+from agent.protocol.lru import Lru
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
 from ledger.certs import FleetRoots, decode_revocation
@@ -86,6 +87,9 @@ __all__ = ["GossipNode", "Verdict"]
 # Types that may come with an empty authenticator: an ANNOUNCE of the sender's own headers,
 # whose signatures prove it (docs/PROTOCOL.md 12.1.5; chosen on bench/auth.py's figures).
 _SELF_PROVING: frozenset[int] = frozenset({wire.ANNOUNCE})
+# Signed REQUESTs already answered (their signatures): a replayed copy draws nothing. Request
+# ids are sequential per requester, so an honest request never has the bytes of an earlier one.
+_ANSWERED_REQUESTS = 4_096
 
 
 class GossipNode:
@@ -136,6 +140,10 @@ class GossipNode:
         # bounded by the tracked members: only they are asked).
         self._ask_credit: dict[str, int] = {}
         self._asked: dict[str, int] = {}
+        # When each member last sent a proven message (the runtime's liveness reads it:
+        # presence is only a hint, docs/PROTOCOL.md 13.3). Bounded by the members.
+        self._heard: dict[str, int] = {}
+        self._requests: Lru[bytes, bool] = Lru(_ANSWERED_REQUESTS)
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -241,6 +249,11 @@ class GossipNode:
     def peer_stats(self, peer_id: str) -> PeerStats | None:
         return self._ctx.peers.stats(peer_id, self._ctx.now)
 
+    def last_heard(self, peer_id: str) -> int | None:
+        """When ``peer_id`` last sent a proven message (a signature, or own headers that
+        verify); None: never."""
+        return self._heard.get(peer_id)
+
     def peers_available(self) -> list[str]:
         return self._ctx.peers.available()
 
@@ -270,6 +283,8 @@ class GossipNode:
             ctx.domains.pop(ev.domain, None)
         ctx.members_changed()
         self._summaries.members_changed()
+        for gone in [p for p in self._heard if ctx.peers.get(p) is None]:
+            del self._heard[gone]
         for dev in [d for d in ctx.chains if d not in ctx.tracked]:
             del ctx.chains[dev]
             ctx.pending.drop(device_id=dev)
@@ -345,6 +360,8 @@ class GossipNode:
         if rec is None:
             ctx.counters["dropped_foreign"] += 1
             return
+        if opened.signed:
+            self._heard[peer] = ctx.now
         if rec.muted_until is not None:
             rec.dropped_muted += 1
             ctx.counters["dropped_muted"] += 1
@@ -353,13 +370,21 @@ class GossipNode:
         ctx.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
         if not opened.signed:  # a self-proving ANNOUNCE: its headers prove it, or nothing does
             assert isinstance(msg, wire.Announce)  # the only self-proving type
+            unproven = ctx.counters[auth.UNATTRIBUTABLE]
             try:
                 self._headers.on_announce(peer, msg, broadcast=ev.broadcast, signed=False)
             except (DecodeError, VerificationError):
                 ctx.counters["unattributable"] += 1
                 ctx.counters["unattributable_unsigned_invalid"] += 1
+            if ctx.counters[auth.UNATTRIBUTABLE] == unproven:  # its headers proved it
+                self._heard[peer] = ctx.now
             ctx.flush()
             return
+        if isinstance(msg, wire.Request):
+            if opened.tag in self._requests:  # a captured request replayed: answered once
+                ctx.counters["replayed_request"] += 1
+                return
+            self._requests.put(opened.tag, True)
         charges = rec.malformed + rec.invalid
         try:
             self._dispatch(peer, msg, broadcast=ev.broadcast)

@@ -263,6 +263,11 @@ class MemoryNetwork:
                 self._seen.pop((device_id, peer), None)
                 self._send_presence(peer, device_id)
 
+    def publish_presence(self, device_id: str, online: bool) -> None:
+        """Publish a retained presence for ``device_id`` as any client on the broker can
+        (presence is not authenticated, docs/PROTOCOL.md 13.3.1); its link stays as it is."""
+        self._set_presence(device_id, online)
+
     def transport(self, device_id: str) -> MemoryTransport:
         return self._get(device_id)
 
