@@ -1075,9 +1075,10 @@ def _store_empty(data: DataDir, name: str) -> bool:
 
 def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:
     """Every local device holds the head of every domain peer whose head is known here (local
-    devices, and ``remote`` heads of devices other shards run), and a chain of every online
-    domain peer whose head is not: one that runs on another machine is known only from what it
-    sends, so a run there is done once it has received that peer's chain."""
+    devices, and ``remote`` heads of devices other shards run), and a chain of every domain
+    peer in service (agent/device/liveness.py; presence alone is a hint) whose head is not:
+    one that runs on another machine is known only from what it sends, so a run there is done
+    once it has received that peer's chain."""
     heads = {a.device_id: h.hash for a in agents.values() if (h := a.writer.store.head())}
     heads.update(remote or {})
     here = {a.device_id for a in agents.values()}
@@ -1085,7 +1086,7 @@ def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None =
         for peer in agent.peer_ids:
             want = heads.get(peer)
             if want is None:
-                elsewhere = peer not in here and agent.transport.presence(peer)
+                elsewhere = peer not in here and agent.liveness.in_service(peer)
                 if elsewhere and agent.node.head(peer) is None:
                     return False  # online elsewhere, and nothing of its chain received yet
                 continue  # nothing sealed, or unknown
@@ -1123,7 +1124,7 @@ def _snapshot(
         height = None if head is None else head.header.height
         lows = [p.node.head(a.device_id) for p in trackers[a.device_id]]
         lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
-        online = sum(1 for p in a.peer_ids if a.transport.presence(p))
+        online = sum(1 for p in a.peer_ids if a.liveness.in_service(p))  # presence: a hint
         cert = a.node.device_id
         rows.append(
             DeviceRow(
