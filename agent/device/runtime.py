@@ -96,6 +96,7 @@ class DeviceAgent:
         self.policy = policy
         self.stats = DeviceStats()
         self.peer_ids = tuple(peer_ids)
+        self.watched: tuple[str, ...] = self.peer_ids  # presences followed, set by start()
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(INGEST_QUEUE)
         self._oldest_pending_ms: int | None = None
@@ -181,7 +182,13 @@ class DeviceAgent:
                 "restoring %s from its peers: nothing is signed until it finishes", self.device_id
             )
             await self.gossip.handle(I.RestoreRequested())
-        await self.transport.watch_presences(self.peer_ids)
+        # The gossip mesh (all peers in small domains) and the holders of own replicas: the
+        # presence a device follows is bounded whatever its domains' size (PROTOCOL.md 12.9).
+        watched = set(self.node.watched())
+        if self.replicator is not None:
+            watched.update(self.replicator.node.holder_ids())
+        self.watched = tuple(sorted(watched))
+        await self.transport.watch_presences(self.watched)
         head = self.store.head()
         self._log.info(
             "started as %s: height %s, %d pending, next seq %d, %d domain peers",

@@ -993,7 +993,7 @@ def _snapshot(
         height = None if head is None else head.header.height
         lows = [p.node.head(a.device_id) for p in trackers[a.device_id]]
         lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
-        online = sum(1 for p in a.peer_ids if a.transport.presence(p))
+        online = sum(1 for p in a.watched if a.transport.presence(p))  # the mesh it follows
         cert = a.node.device_id
         rows.append(
             DeviceRow(
@@ -1008,7 +1008,7 @@ def _snapshot(
                 temps_mc=a.temperatures(),
                 alarms=tuple(sorted(a.stats.alarms)),
                 peers_online=online,
-                peers_total=len(a.peer_ids),
+                peers_total=len(a.watched),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
                 serial_down=name in serial_down,

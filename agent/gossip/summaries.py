@@ -11,6 +11,7 @@ greet it with a summary (docs/PROTOCOL.md 12.4).
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from agent.gossip import wire
 from agent.gossip.context import Context
@@ -24,6 +25,16 @@ GREETING_TAG = b"edgefleet/greeting/v1\x00"
 def greeting_score(peer: str, device: str) -> bytes:
     """``device``'s score for greeting ``peer`` when it comes up: the lowest scores greet."""
     return hashlib.sha256(GREETING_TAG + peer.encode() + b"\x00" + device.encode()).digest()
+
+
+@lru_cache(maxsize=4_096)
+def greeters(peer: str, among: frozenset[str], count: int) -> frozenset[str]:
+    """The ``count`` devices of ``among`` (``peer`` left out) with the lowest greeting scores
+    for ``peer``. Cached: the members of one domain all ask the same question when a peer comes
+    up, and each answer costs a hash per member (a street of n devices coming up together
+    would otherwise hash n^3 times)."""
+    ranked = sorted((greeting_score(peer, m), m) for m in among if m != peer)
+    return frozenset(m for _, m in ranked[:count])
 
 
 class AntiEntropy:
@@ -50,7 +61,7 @@ class AntiEntropy:
         self.next_round = (
             ctx.now + cfg.anti_entropy_ms + ctx.rng.randint(-cfg.jitter_ms, cfg.jitter_ms)
         )
-        candidates = ctx.peers.available()
+        candidates = [p for p in ctx.peers.available() if ctx.mesh_peer(p)]
         if not candidates:
             ctx.counters["rounds_without_peer"] += 1
             return
@@ -66,11 +77,15 @@ class AntiEntropy:
         held = self._greets_peer.get(peer)
         if held is None:
             ctx = self.ctx
-            mine = greeting_score(peer, ctx.device_id)
-            lower = sum(
-                1 for m in ctx.sharing(peer) if m != peer and greeting_score(peer, m) < mine
-            )
-            held = self._greets_peer[peer] = lower < ctx.config.greeters
+            me = ctx.device_id
+            if ctx.config.mesh:  # the greeters are among the peer's neighbours (12.9)
+                among: frozenset[str] = frozenset().union(
+                    *(ctx.mesh_of(r, peer) for r in ctx.rings.values() if peer in r.pos)
+                )
+            else:
+                sharing = [m for m in ctx.domains.values() if peer in m]
+                among = sharing[0] if len(sharing) == 1 else frozenset().union(*sharing)
+            held = self._greets_peer[peer] = me in greeters(peer, among, ctx.config.greeters)
         return held
 
     def on_summary(self, peer: str, msg: wire.Summary, *, skip: str | None) -> None:

@@ -187,6 +187,11 @@ class ReplicationNode:
     def own_heights(self) -> list[int]:
         return list(self.owner.blocks)
 
+    def holder_ids(self) -> list[str]:
+        """Peers holding a receipted replica of an own block: whose presence the runtime must
+        follow besides the gossip mesh (docs/PROTOCOL.md 12.9)."""
+        return sorted(h for h, v in self.owner.views.items() if v.blocks)
+
     def members(self) -> frozenset[str]:
         """Every replication domain peer (self excluded): the holders there can ever be."""
         return self._ctx.members
