@@ -47,10 +47,18 @@ class AntiEntropy:
         self.next_round = ctx.now + ctx.rng.randint(0, cfg.anti_entropy_ms)
         self._greets_peer: dict[str, bool] = {}
         self._summary_devices: dict[str, tuple[str, ...]] = {}
+        # Lazy rounds (12.9): the head each device had at the last round, when it last
+        # changed, and where the rotating slice goes on.
+        self._heads_seen: dict[str, bytes] = {}
+        self._changed_at: dict[str, int] = {}
+        self._cursor = 0
 
     def members_changed(self) -> None:
         self._greets_peer = {}
         self._summary_devices = {}
+        tracked = self.ctx.tracked
+        self._heads_seen = {d: h for d, h in self._heads_seen.items() if d in tracked}
+        self._changed_at = {d: t for d, t in self._changed_at.items() if d in tracked}
 
     def on_timer(self) -> None:
         """Run the round when it is due, and schedule the next one."""
@@ -66,7 +74,63 @@ class AntiEntropy:
             ctx.counters["rounds_without_peer"] += 1
             return
         ctx.counters["rounds"] += 1
-        self.send_summary(ctx.rng.choice(candidates), reply=True)
+        peer = ctx.rng.choice(candidates)
+        if not self._lazy_round(peer):
+            self.send_summary(peer, reply=True)
+
+    def _lazy_round(self, peer: str) -> bool:
+        """A round for a node holding more than ``round_entries`` chains shared with ``peer``: a
+        SUMMARY with reply = 0 listing its own head, forked marks, the heads that changed in the
+        last two rounds (newest first) and then the next devices of a rotating slice, at most
+        ``round_entries`` in all. The peer pulls what it lacks (gossipsub's IHAVE/IWANT); what
+        this node lacks, its neighbours' rounds tell it. False: few enough for the full
+        exchange (12.4)."""
+        ctx = self.ctx
+        cap = ctx.config.round_entries
+        devices = self._devices_for(peer)
+        held = [
+            d
+            for d in devices
+            if d in ctx.forked or ((c := ctx.chains.get(d)) is not None and c.head is not None)
+        ]
+        if len(held) <= cap:
+            return False
+        now = ctx.now
+        for d in held:
+            chain = ctx.chains.get(d)
+            head = None if chain is None or chain.head is None else chain.head.hash
+            if head is not None and self._heads_seen.get(d) != head:
+                self._heads_seen[d] = head
+                self._changed_at[d] = now
+        recent_after = now - 2 * ctx.config.anti_entropy_ms
+        chosen: set[str] = {d for d in held if d == ctx.device_id or d in ctx.forked}
+        recent = sorted(
+            (d for d in held if self._changed_at.get(d, recent_after - 1) >= recent_after),
+            key=lambda d: (-self._changed_at[d], d),
+        )
+        for d in recent:
+            if len(chosen) >= cap:
+                break
+            chosen.add(d)
+        n = len(held)
+        start = self._cursor % n
+        i = 0
+        while len(chosen) < cap and i < n:
+            chosen.add(held[(start + i) % n])
+            i += 1
+        self._cursor = (start + i) % n
+        ctx.counters["rounds_lazy"] += 1
+        self.send_summary(peer, reply=False, only=frozenset(chosen))
+        return True
+
+    def _devices_for(self, peer: str) -> tuple[str, ...]:
+        ctx = self.ctx
+        devices = self._summary_devices.get(peer)
+        if devices is None:
+            devices = self._summary_devices[peer] = tuple(
+                sorted((ctx.sharing(peer) | {ctx.device_id}) & ctx.tracked)
+            )
+        return devices
 
     def greets(self, peer: str) -> bool:
         """Whether this node is one of the ``greeters`` devices that send a peer that comes up
@@ -139,17 +203,17 @@ class AntiEntropy:
         *,
         reply: bool,
         answering: tuple[wire.SummaryEntry, ...] | None = None,
+        only: frozenset[str] | None = None,
     ) -> None:
         """A SUMMARY of the chains shared with ``peer``. ``answering``: the entries of the peer's
         SUMMARY this one answers; the answer lists only what differs from them (and forked
         marks): what the peer may lack. An entry it already holds would make it compare for
-        nothing, and in a quiet fleet nearly every entry is one."""
+        nothing, and in a quiet fleet nearly every entry is one. ``only``: list just these
+        devices (a lazy round)."""
         ctx = self.ctx
-        devices = self._summary_devices.get(peer)
-        if devices is None:
-            devices = self._summary_devices[peer] = tuple(
-                sorted((ctx.sharing(peer) | {ctx.device_id}) & ctx.tracked)
-            )
+        devices = self._devices_for(peer)
+        if only is not None:
+            devices = tuple(d for d in devices if d in only)
         theirs = None if answering is None else {e.device_id: e for e in answering}
         entries: list[wire.SummaryEntry] = []
         for dev in devices:

@@ -33,6 +33,11 @@ class GossipConfig:
     # With the mesh on, a domain of at most this many members is its own mesh (every member a
     # neighbour: watching 31 presences costs less than a hop); larger ones use the fingers.
     mesh_above: int = 32
+    # Entries of an anti-entropy round's SUMMARY. A node holding more chains than this sends a
+    # lazy round instead of the full exchange: a SUMMARY with reply = 0 of the heads that
+    # changed lately and a rotating slice of the rest (docs/PROTOCOL.md 12.9), so a round's
+    # bytes stay bounded whatever the domain's size. Greetings and restores stay full.
+    round_entries: int = 128
     anti_entropy_ms: int = 5_000  # mean interval between summary exchanges
     jitter_ms: int = 1_000  # each interval is anti_entropy_ms +- a uniform jitter_ms
     # Devices that send a peer coming up a SUMMARY at once (the rest wait for their rounds).

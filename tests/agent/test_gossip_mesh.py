@@ -9,9 +9,10 @@ from collections import Counter
 
 import pytest
 
-from agent.gossip import mesh
+from agent.gossip import mesh, wire
 from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
+from agent.protocol import auth
 from ledger.errors import UsageError
 
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
@@ -141,3 +142,41 @@ def test_mesh_rounds_and_greetings_stay_with_neighbours() -> None:
         assert dst in ring.neighbours(src)
     hellos = sum(p.node.counters["hellos_sent"] for p in net.peers.values() if p.node)
     assert hellos == sum(len(ring.neighbours(m)) for m in ring.order)
+
+
+class _Recording(SimNet):
+    """A SimNet that keeps the entries of every SUMMARY sent with reply = 0 outside answers."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.summaries: list[tuple[int, int]] = []  # (reply, entries)
+
+    def _transmit(self, src: str, dst: str, payload: bytes, *, broadcast: bool = False) -> None:
+        if payload[2] == wire.SUMMARY:
+            msg = wire.decode(auth.body_of(payload))
+            assert isinstance(msg, wire.Summary)
+            self.summaries.append((msg.reply, len(msg.entries)))
+        super()._transmit(src, dst, payload, broadcast=broadcast)
+
+
+def test_lazy_rounds_stay_bounded_and_repair_lost_broadcasts() -> None:
+    """24 members each holding 24 chains, rounds of at most 6 entries: broadcasts lose 5%, and
+    the lazy rounds (reply = 0: heads changed lately, then a rotating slice) still bring every
+    header to every member; no round lists more than 6 entries."""
+    cfg = GossipConfig(mesh_above=4, round_entries=6, anti_entropy_ms=2_000, jitter_ms=500)
+    net = _Recording(9, faults=Faults(loss_permille=50, min_latency_ms=2, max_latency_ms=20))
+    for _ in range(24):
+        net.add_device(config=cfg)
+    net.start(preload_certificates=True)
+    net.run_for(3_000)
+    for _ in range(3):
+        for dev in sorted(net.peers):
+            net.seal(dev)
+        net.run_for(2_000)
+    net.summaries.clear()
+    assert net.run_for(120_000, stop=net.converged)
+    lazy = [n for reply, n in net.summaries if reply == 0]
+    rounds = sum(p.node.counters["rounds_lazy"] for p in net.peers.values() if p.node)
+    assert rounds > 0 and lazy
+    assert sum(1 for reply, _ in net.summaries if reply == 1) == 0  # no full round any more
+    assert max(lazy) <= 6
