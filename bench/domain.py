@@ -10,12 +10,14 @@ the actions it returns (``Send`` to an inbox, ``Broadcast`` on the domain topic)
 Shapes (docs/PROTOCOL.md 12.9):
 
 - ``flat`` (before): every node watches every member's presence, greets and hellos every peer
-  that comes up, pushes its headers by domain broadcast, runs anti-entropy with any peer.
-- ``mesh`` (after): every node watches its mesh neighbours only (``2 ceil(log2 n)`` at most),
-  hellos, greets and runs anti-entropy with them, and headers go down the origin's binomial
-  tree (``push="tree"``: every member gets one copy, within ``ceil(log2 n)`` hops).
-- ``mesh-broadcast``: the mesh for presence and anti-entropy, headers by domain broadcast (what
-  the MQTT runtime runs: the broker's fan-out is the one-hop tree).
+  that comes up, pushes its headers by domain broadcast, runs full anti-entropy exchanges
+  (every held head, ``reply = 1``) with any peer.
+- ``mesh-broadcast`` (after, what the MQTT runtime runs): every node watches its mesh
+  neighbours only (``2 ceil(log2 n)`` at most, every member in domains of 32 or fewer), hellos,
+  greets and runs anti-entropy with them, lazily (at most 128 entries) once it holds more
+  chains; headers by domain broadcast (the broker's fan-out is the one-hop tree).
+- ``mesh``: the same with ``push="tree"``: headers go down the origin's binomial tree (every
+  member gets one copy, within ``ceil(log2 n)`` hops), for transports without a broadcast.
 
 Two phases per run, each with its own figures:
 
@@ -60,7 +62,7 @@ from bench.common import emit, make_parser
 DOMAIN = "street"
 TICK_MS = 2
 SHAPES = {
-    "flat": GossipConfig(push="broadcast", mesh=False),
+    "flat": GossipConfig(push="broadcast", mesh=False, round_entries=1024),
     "mesh": GossipConfig(push="tree", mesh=True),
     "mesh-broadcast": GossipConfig(push="broadcast", mesh=True),
 }
@@ -327,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", default=None, help="comma-separated domain sizes")
     parser.add_argument("--shapes", default="flat,mesh,mesh-broadcast")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--sealers", type=int, default=None, help="members that seal (32)")
+    parser.add_argument("--window", type=int, default=None, help="seconds of sealing (20)")
     ns = parser.parse_args(argv)
     sizes = (
         [int(x) for x in ns.sizes.split(",")]
@@ -335,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     shapes = ns.shapes.split(",")
     sealers, window = (16, 10) if ns.quick else (32, 20)
+    sealers = ns.sealers if ns.sealers is not None else sealers
+    window = ns.window if ns.window is not None else window
     results = []
     for n in sizes:
         for shape in shapes:
