@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = (
         [int(x) for x in ns.sizes.split(",")]
         if ns.sizes
-        else ([32, 128] if ns.quick else [32, 256, 1000])
+        else ([32, 64] if ns.quick else [32, 256, 1000])
     )
     shapes = ns.shapes.split(",")
     sealers, window = (16, 10) if ns.quick else (32, 20)
