@@ -7,7 +7,7 @@ in-memory broker (agent.transport.memory.MemoryNetwork) with Mosquitto's per-cli
 delay, in simulated time. The runtime's part is played here: the presence each node watches,
 the actions it returns (``Send`` to an inbox, ``Broadcast`` on the domain topic), its timers.
 
-Shapes (docs/PROTOCOL.md 12.9):
+Shapes (docs/PROTOCOL.md 12.10):
 
 - ``flat`` (before): every node watches every member's presence, greets and hellos every peer
   that comes up, pushes its headers by domain broadcast, runs full anti-entropy exchanges

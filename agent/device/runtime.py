@@ -183,7 +183,7 @@ class DeviceAgent:
             )
             await self.gossip.handle(I.RestoreRequested())
         # The gossip mesh (all peers in small domains) and the holders of own replicas: the
-        # presence a device follows is bounded whatever its domains' size (PROTOCOL.md 12.9).
+        # presence a device follows is bounded whatever its domains' size (PROTOCOL.md 12.10).
         watched = set(self.node.watched())
         if self.replicator is not None:
             watched.update(self.replicator.node.holder_ids())
@@ -436,6 +436,8 @@ class DeviceAgent:
             return I.MessageReceived(None, d.payload, broadcast=True)
         if d.kind == "evidence":
             return I.EvidenceReceived(d.payload)
+        if d.kind == "revocation":
+            return I.RevocationReceived(d.payload)
         if d.kind == "presence" and d.peer_id is not None:
             online = self.transport.presence(d.peer_id)
             return I.PeerUp(d.peer_id) if online else I.PeerDown(d.peer_id)

@@ -103,7 +103,7 @@ class Context:
 
     def mesh_peer(self, peer: str) -> bool:
         """Whether ``peer`` is one this node talks to unasked: any peer, or with
-        ``config.mesh`` only its mesh neighbours (docs/PROTOCOL.md 12.9)."""
+        ``config.mesh`` only its mesh neighbours (docs/PROTOCOL.md 12.10)."""
         return not self.config.mesh or peer in self.neighbours
 
     def tree_targets(self, dev: str, sender: str | None) -> list[str]:

@@ -352,7 +352,7 @@ class Headers:
         ctx.counters["announces_sent"] += len(chosen)
 
     def _push_tree(self, dev: str, headers: list[SignedHeader], sender: str | None) -> None:
-        """Down ``dev``'s trees (docs/PROTOCOL.md 12.9): an own header (``sender`` None) to the
+        """Down ``dev``'s trees (docs/PROTOCOL.md 12.10): an own header (``sender`` None) to the
         origin's children, a header handed down by an ancestor to this node's children."""
         ctx = self.ctx
         targets = ctx.tree_targets(dev, sender)

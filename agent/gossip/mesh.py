@@ -1,5 +1,5 @@
 """The mesh of a gossip domain: a bounded set of neighbours per member, and the tree a header
-takes through it (docs/PROTOCOL.md 12.9).
+takes through it (docs/PROTOCOL.md 12.10).
 
 Pure and deterministic: every member computes the same mesh from the domain's name and member
 list alone, so no message grafts or prunes anything (and nobody can graft or prune on behalf of

@@ -17,6 +17,7 @@ shared ``context.Context`` (docs/PROTOCOL.md section 12 has the full description
 - ``evidence``: fork evidence, found or received, and the exclusion of forked devices.
 - ``credentials``: certificates, rotations and revocations, verified by the device's one trust
   store (agent.protocol.trust) and spread.
+- ``witness``: domain peers cosign each other's C2SP checkpoints (tlog-witness over gossip).
 - ``restore``: a wiped device learns its published head from peers' summaries, fetches and
   verifies its chain, and signs nothing until ``RestoreFinished``.
 - **Peers** (``peers``): per-peer scores mute peers that send malformed or invalid messages or
@@ -48,6 +49,7 @@ from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
     ChainRewound,
+    CheckpointPrepared,
     DomainChanged,
     EpochKnown,
     EpochSigned,
@@ -61,19 +63,23 @@ from agent.gossip.inputs import (
     PullLoaded,
     RestoreRequested,
     RevocationKnown,
+    RevocationReceived,
     RotationKnown,
+    WitnessStateKnown,
 )
 from agent.gossip.peers import PeerStats
 from agent.gossip.pulls import Pulls
 from agent.gossip.restore import Phase, Restore, Restorer
 from agent.gossip.summaries import AntiEntropy
 from agent.gossip.tuning import GossipConfig
+from agent.gossip.witness import WitnessConfig, Witnessing
 from agent.protocol import auth
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
-from ledger.certs import FleetRoots
+from ledger.certs import FleetRoots, decode_revocation
 from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import is_device_id
+from ledger.note import Note
 
 __all__ = ["GossipNode", "Verdict"]
 
@@ -96,6 +102,7 @@ class GossipNode:
         now_ms: int = 0,
         trust: TrustStore | None = None,
         signer: auth.Signer,
+        witness: WitnessConfig | None = None,
     ) -> None:
         """``trust``: the device's one trust store, shared with its replication core (a
         credential is then verified once per device); None: a store of this node's own.
@@ -124,6 +131,7 @@ class GossipNode:
         self._headers = Headers(ctx, self._pulls, self._epochs, self._evidence)
         self._summaries = AntiEntropy(ctx, self._pulls, self._epochs, self._evidence)
         self._restore = Restorer(ctx, self._pulls, self._summaries, self._epochs)
+        self._witness = Witnessing(ctx, witness)
         # Unproven bytes received per unknown sender, and when it was last sent a hello (both
         # bounded by the tracked members: only they are asked).
         self._ask_credit: dict[str, int] = {}
@@ -150,6 +158,8 @@ class GossipNode:
             self._evidence.on_known(event.wire)
         elif isinstance(event, EvidenceReceived):
             self._evidence.on_topic(event.evidence)
+        elif isinstance(event, RevocationReceived):
+            self._credentials.on_topic(event.wire)
         elif isinstance(event, PeerUp):
             self._on_peer_up(event.peer_id)
         elif isinstance(event, PeerDown):
@@ -166,6 +176,10 @@ class GossipNode:
             self._restore.on_epoch_signed(event.wire)
         elif isinstance(event, ChainRewound):
             self._epochs.on_rewound(event)
+        elif isinstance(event, CheckpointPrepared):
+            self._witness.on_prepared(event)
+        elif isinstance(event, WitnessStateKnown):
+            self._witness.on_known(event)
         else:
             raise UsageError(f"gossip node: unknown input {type(event).__name__}")
         return self._ctx.take()
@@ -181,6 +195,7 @@ class GossipNode:
         ctx.counters["serves_expired"] += len(ctx.serves.expire(now_ms))
         self._restore.step()
         self._summaries.on_timer()
+        self._witness.on_timer(self._restore.active)
         return ctx.take()
 
     def next_deadline(self) -> int | None:
@@ -192,6 +207,7 @@ class GossipNode:
             ctx.serves.next_deadline(),
             ctx.peers.next_expiry(),
             self._restore.deadline(),
+            self._witness.deadline(),
         ]
         return min(t for t in times if t is not None)
 
@@ -211,6 +227,13 @@ class GossipNode:
     def forked(self) -> frozenset[str]:
         return frozenset(self._ctx.forked)
 
+    def key_status(self, device_id: str) -> tuple[int, int | None]:
+        """What this node holds of a device's key life: its rotations applied, and the lowest
+        height a revocation refuses from (None: not revoked)."""
+        _, rotations, revocations = self._ctx.trust.bundle(device_id)
+        froms = [decode_revocation(w).from_height for w in revocations]
+        return len(rotations), min(froms, default=None)
+
     def missing_bodies(self, device_id: str) -> tuple[int, ...]:
         chain = self._ctx.chains.get(device_id)
         return () if chain is None else tuple(sorted(chain.missing))
@@ -220,7 +243,7 @@ class GossipNode:
 
     def watched(self) -> list[str]:
         """The peers whose presence the runtime should follow: with ``config.mesh`` the mesh
-        neighbours (O(log n) per domain, docs/PROTOCOL.md 12.9), else every domain peer."""
+        neighbours (O(log n) per domain, docs/PROTOCOL.md 12.10), else every domain peer."""
         ctx = self._ctx
         if ctx.config.mesh:
             return sorted(ctx.neighbours)
@@ -236,6 +259,10 @@ class GossipNode:
 
     def restore_state(self) -> Restore | None:
         return self._restore.state
+
+    def checkpoint_note(self) -> Note | None:
+        """The own checkpoint offered to witnesses last, with the cosignatures it has."""
+        return self._witness.own_note()
 
     def epochs(self, device_id: str) -> tuple[bytes, ...]:
         """Verified epoch records of ``device_id``, by epoch."""
@@ -409,6 +436,10 @@ class GossipNode:
             for record in msg.records:
                 if not self._epochs.learn(record, peer, broadcast=broadcast):
                     break
+        elif isinstance(msg, wire.WitnessRequest):
+            self._witness.on_request(peer, msg)
+        elif isinstance(msg, wire.Cosigned):
+            self._witness.on_cosigned(peer, msg)
         else:
             self._credentials.learn_all(peer, msg.certificates, msg.rotations, msg.revocations)
 
@@ -446,4 +477,8 @@ def _type_of(msg: wire.Message) -> int:
         return wire.EVIDENCE
     if isinstance(msg, wire.Epochs):
         return wire.EPOCHS
+    if isinstance(msg, wire.WitnessRequest):
+        return wire.WITNESS
+    if isinstance(msg, wire.Cosigned):
+        return wire.COSIGNED
     return wire.CERTS

@@ -47,7 +47,7 @@ class AntiEntropy:
         self.next_round = ctx.now + ctx.rng.randint(0, cfg.anti_entropy_ms)
         self._greets_peer: dict[str, bool] = {}
         self._summary_devices: dict[str, tuple[str, ...]] = {}
-        # Lazy rounds (12.9): the head each device had at the last round, when it last
+        # Lazy rounds (12.10): the head each device had at the last round, when it last
         # changed, and where the rotating slice goes on.
         self._heads_seen: dict[str, bytes] = {}
         self._changed_at: dict[str, int] = {}
@@ -142,7 +142,7 @@ class AntiEntropy:
         if held is None:
             ctx = self.ctx
             me = ctx.device_id
-            if ctx.config.mesh:  # the greeters are among the peer's neighbours (12.9)
+            if ctx.config.mesh:  # the greeters are among the peer's neighbours (12.10)
                 among: frozenset[str] = frozenset().union(
                     *(ctx.mesh_of(r, peer) for r in ctx.rings.values() if peer in r.pos)
                 )

@@ -25,7 +25,7 @@ class GossipConfig:
     # headers that arrive by broadcast are never forwarded). "fanout": to `fanout` random peers,
     # each of which forwards it once (for transports without a domain broadcast).
     push: str = "broadcast"
-    # The mesh (docs/PROTOCOL.md 12.9; agent/gossip/mesh.py). True: anti-entropy rounds, greetings
+    # The mesh (docs/PROTOCOL.md 12.10; agent/gossip/mesh.py). True: anti-entropy rounds, greetings
     # and hellos go to the node's mesh neighbours only (O(log n) per domain, which is also all the
     # presence a runtime needs to watch). push="tree" spreads headers down the origin's binomial
     # tree over the mesh (for transports without a domain broadcast).
@@ -35,7 +35,7 @@ class GossipConfig:
     mesh_above: int = 32
     # Entries of an anti-entropy round's SUMMARY. A node holding more chains than this sends a
     # lazy round instead of the full exchange: a SUMMARY with reply = 0 of the heads that
-    # changed lately and a rotating slice of the rest (docs/PROTOCOL.md 12.9), so a round's
+    # changed lately and a rotating slice of the rest (docs/PROTOCOL.md 12.10), so a round's
     # bytes stay bounded whatever the domain's size. Greetings and restores stay full.
     round_entries: int = 128
     anti_entropy_ms: int = 5_000  # mean interval between summary exchanges

@@ -189,7 +189,7 @@ class ReplicationNode:
 
     def holder_ids(self) -> list[str]:
         """Peers holding a receipted replica of an own block: whose presence the runtime must
-        follow besides the gossip mesh (docs/PROTOCOL.md 12.9)."""
+        follow besides the gossip mesh (docs/PROTOCOL.md 12.10)."""
         return sorted(h for h, v in self.owner.views.items() if v.blocks)
 
     def members(self) -> frozenset[str]:

@@ -1,4 +1,4 @@
-"""The mesh of a gossip domain (docs/PROTOCOL.md 12.9): bounded neighbours, the binomial tree a
+"""The mesh of a gossip domain (docs/PROTOCOL.md 12.10): bounded neighbours, the binomial tree a
 header takes, adoption when a child is down, and that nothing else is talked to."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ IDS = [
 
 
 def test_ring_key_vector() -> None:
-    """The byte-exact vector of docs/PROTOCOL.md 12.9."""
+    """The byte-exact vector of docs/PROTOCOL.md 12.10."""
     key = mesh.ring_key("elm-street", "efilgtcxlzfyhtxuhcn5eyq5zw")
     want = hashlib.sha256(b"edgefleet/mesh/v1\x00elm-street\x00efilgtcxlzfyhtxuhcn5eyq5zw")
     assert key == want.digest()
