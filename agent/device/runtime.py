@@ -100,11 +100,14 @@ class DeviceAgent:
         self.peer_ids = tuple(peer_ids)
         # Presence is a hint (docs/PROTOCOL.md 13.3.1): a peer leaves service once presence
         # says offline *and* nothing proven came from it for 4 x peers anti-entropy rounds
-        # (of this device, and of the clock: ``silence_ms`` overrides the time).
+        # (of this device, and of the clock: ``silence_ms`` overrides the time). The peers
+        # counted are those its rounds go to: the mesh, once start() knows it.
+        self._silence_ms = silence_ms
         rounds = 4 * max(2, len(self.peer_ids))
         self.liveness = Liveness(
             self.peer_ids, silence_ms or rounds * node.config.anti_entropy_ms, rounds
         )
+        self.watched: tuple[str, ...] = self.peer_ids  # presences followed, set by start()
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(INGEST_QUEUE)
         self._oldest_pending_ms: int | None = None
@@ -190,7 +193,18 @@ class DeviceAgent:
                 "restoring %s from its peers: nothing is signed until it finishes", self.device_id
             )
             await self.gossip.handle(I.RestoreRequested())
-        await self.transport.watch_presences(self.peer_ids)
+        # The gossip mesh (all peers in small domains) and the holders of own replicas: the
+        # presence a device follows is bounded whatever its domains' size (PROTOCOL.md 12.10).
+        mesh = self.node.watched()
+        rounds = 4 * max(2, len(mesh))  # a round reaches a given mesh peer 1 time in len(mesh)
+        self.liveness.silence_rounds = rounds
+        if not self._silence_ms:
+            self.liveness.silence_ms = rounds * self.node.config.anti_entropy_ms
+        watched = set(mesh)
+        if self.replicator is not None:
+            watched.update(self.replicator.node.holder_ids())
+        self.watched = tuple(sorted(watched))
+        await self.transport.watch_presences(self.watched)
         head = self.store.head()
         self._log.info(
             "started as %s: height %s, %d pending, next seq %d, %d domain peers",

@@ -1124,7 +1124,9 @@ def _snapshot(
         height = None if head is None else head.header.height
         lows = [p.node.head(a.device_id) for p in trackers[a.device_id]]
         lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
-        online = sum(1 for p in a.peer_ids if a.liveness.in_service(p))  # presence: a hint
+        # The mesh it follows (presence of the rest is not watched), in service (presence is
+        # a hint a spoofed retained offline can set; liveness is what the device acts on).
+        online = sum(1 for p in a.watched if a.liveness.in_service(p))
         cert = a.node.device_id
         rows.append(
             DeviceRow(
@@ -1139,7 +1141,7 @@ def _snapshot(
                 temps_mc=a.temperatures(),
                 alarms=tuple(sorted(a.stats.alarms)),
                 peers_online=online,
-                peers_total=len(a.peer_ids),
+                peers_total=len(a.watched),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
                 **_key_status(a),

@@ -254,6 +254,14 @@ class GossipNode:
         verify); None: never."""
         return self._heard.get(peer_id)
 
+    def watched(self) -> list[str]:
+        """The peers whose presence the runtime should follow: with ``config.mesh`` the mesh
+        neighbours (O(log n) per domain, docs/PROTOCOL.md 12.10), else every domain peer."""
+        ctx = self._ctx
+        if ctx.config.mesh:
+            return sorted(ctx.neighbours)
+        return sorted(ctx.tracked - {self.device_id})
+
     def peers_available(self) -> list[str]:
         return self._ctx.peers.available()
 
@@ -298,6 +306,8 @@ class GossipNode:
         if rec.up:
             return
         rec.up = True
+        if not ctx.mesh_peer(peer) and not self._restore.active:
+            return  # presence noted (for pushes); nothing is sent to a non-neighbour unasked
         self._credentials.on_peer_up(peer)
         own = ctx.epoch_wires(self.device_id)
         if own:

@@ -194,6 +194,11 @@ class ReplicationNode:
         """When ``peer_id`` last sent a proven message; None: never."""
         return self._heard.get(peer_id)
 
+    def holder_ids(self) -> list[str]:
+        """Peers holding a receipted replica of an own block: whose presence the runtime must
+        follow besides the gossip mesh (docs/PROTOCOL.md 12.10)."""
+        return sorted(h for h, v in self.owner.views.items() if v.blocks)
+
     def members(self) -> frozenset[str]:
         """Every replication domain peer (self excluded): the holders there can ever be."""
         return self._ctx.members
