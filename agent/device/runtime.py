@@ -493,6 +493,8 @@ class DeviceAgent:
         """After a message was handled: if its sender is out of service and a core proved the
         message, the sender is back (its claimed name, at the envelope's fixed place, says whom
         to look up; only the cores' record of proven traffic decides)."""
+        if self.replicator is not None:  # the link works: timeouts from here on are judged
+            self.replicator.node.network_heard(self.net_clock.now_ms())
         if not self.liveness.watching or len(payload) < 30:
             return
         try:

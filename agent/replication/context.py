@@ -44,6 +44,10 @@ class Context:
         self.domains: dict[str, frozenset[str]] = {}
         self.members: frozenset[str] = frozenset()  # every domain peer, self excluded
         self.up: set[str] = set()
+        # The network clock when this device last received any domain or inbox message (either
+        # core's; fed by the runtime): a request that timed out with nothing received since it
+        # left says the device's own link was down, not that the peer was silent.
+        self.heard_ms: int | None = None
 
     def seal(self, msg: wire.Message) -> bytes:
         """The bytes of ``msg`` as they leave this device: encoded and authenticated."""

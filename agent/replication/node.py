@@ -194,6 +194,14 @@ class ReplicationNode:
         """When ``peer_id`` last sent a proven message; None: never."""
         return self._heard.get(peer_id)
 
+    def network_heard(self, at_ms: int) -> None:
+        """The device received a message (any core's) at network time ``at_ms``: its link
+        works. Timeouts of requests sent before the last such moment are judged; those with
+        nothing received since they left are not charged to anyone (REPLICATION.md 15.7)."""
+        ctx = self._ctx
+        if ctx.heard_ms is None or at_ms > ctx.heard_ms:
+            ctx.heard_ms = at_ms
+
     def holder_ids(self) -> list[str]:
         """Peers holding a receipted replica of an own block: whose presence the runtime must
         follow besides the gossip mesh (docs/PROTOCOL.md 12.10)."""
@@ -294,6 +302,7 @@ class ReplicationNode:
             ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
             return
         self._heard[peer] = ctx.now
+        ctx.heard_ms = ctx.now
         ctx.counters[f"received_{type(msg).__name__.lower()}"] += 1
         try:
             self._dispatch(peer, msg)

@@ -689,6 +689,12 @@ class OwnerSide:
             if p.deadline <= now:
                 self._end_store(rid)
                 ctx.counters["stores_timed_out"] += 1
+                if self._deaf(p.sent):  # own link down: nobody's fault, placed again later
+                    ctx.counters["timeouts_while_deaf"] += 1
+                    self._late_stores[rid] = p
+                    while len(self._late_stores) > _LATE:
+                        self._late_stores.popitem(last=False)
+                    continue
                 rec = self.blocks.get(p.height)
                 if rec is not None:
                     rec.avoid.add(p.holder)
@@ -706,6 +712,12 @@ class OwnerSide:
                     self._late[cid] = a
                     while len(self._late) > _LATE:
                         self._late.popitem(last=False)
+                    if self._deaf(a.sent):  # own link down: not judged, asked again later
+                        ctx.counters["timeouts_while_deaf"] += 1
+                        view = self.views[a.holder]
+                        if not view.excluded and a.height in view.blocks:
+                            view.retry = (a.height, now + cfg.silence_spacing_ms)
+                        continue
                     self._silence(a)
         for h, load in sorted(self.loads.items()):
             if load.deadline <= now:
@@ -745,6 +757,13 @@ class OwnerSide:
                 if rec is not None:
                     rec.avoid.clear()
             self.kick()
+
+    def _deaf(self, sent: int) -> bool:
+        """Nothing at all was received since a request left at network time ``sent``: this
+        device's own link (or its broker) was down, so the request's silence says nothing of the
+        peer's. Such a timeout costs nobody anything (REPLICATION.md 15.7)."""
+        heard = self.ctx.heard_ms
+        return heard is None or heard < sent
 
     def _silence(self, a: Audit) -> None:
         """A challenge went unanswered within its (adaptive) timeout. Silences closer together

@@ -369,6 +369,11 @@ def test_twenty_devices_ride_out_a_mosquitto_sigkill_losing_and_duplicating_noth
     assert out.sealed_while_down > 0, f"{outage}: no block sealed while down, no outage"
     reconnects = sorted(a.transport.stats().reconnects for a in result.devices.values())
     assert reconnects[0] >= 1, f"{outage}: reconnects per device {reconnects}"
+    # The broker's outage is nobody's silence: no honest holder lost its standing over it
+    # (docs/REPLICATION.md 15.5, "a deaf owner judges nobody").
+    excluded = {n: a.stats.counters["holders_excluded"] for n, a in result.devices.items()}
+    assert sum(excluded.values()) == 0, f"{outage}: holders excluded {excluded}"
+    outage += f", honest holders excluded = 0 of {len(result.devices)} owners"
     assert result.sim_end_ms - result.sim_start_ms == 2 * HOUR_MS
     figure(
         "broker restart mid-run",

@@ -182,12 +182,14 @@ def test_audits_pass_fail_and_time_out_with_their_scores() -> None:
     honest, liar, silent = sorted(challenges)
     for peer in (honest, liar, silent):
         assert challenges[peer].height == 0
+    sent = T0 + 60_000
     c = challenges[honest]
     node.handle(
-        msg_from(honest, wire.Proof(honest, c.challenge_id, wire.audit_answer(c.nonce, body))), T0
+        msg_from(honest, wire.Proof(honest, c.challenge_id, wire.audit_answer(c.nonce, body))),
+        sent + 5,
     )
     c = challenges[liar]
-    out = node.handle(msg_from(liar, wire.Proof(liar, c.challenge_id, bytes(32))), T0)
+    out = node.handle(msg_from(liar, wire.Proof(liar, c.challenge_id, bytes(32))), sent + 6)
     assert of_type(out, AuditFailed) == [AuditFailed(liar, 0, "wrong", 50)]
     assert ForgetReceipt(0, liar) in out
     assert len(stores(out)) == 1  # re-replicated at once
@@ -202,6 +204,7 @@ def test_audits_pass_fail_and_time_out_with_their_scores() -> None:
         t += node.config.silence_spacing_ms
         out = node.handle_timer(t)
         assert [p for p, _ in sent_of(out, wire.Challenge)].count(silent) == 1
+        node.network_heard(t + 1)  # the rest of the domain is heard meanwhile: the link works
         t += node.audit_timeout_of(silent) + 1
         out = node.handle_timer(t)
     assert [a.holder_id for a in of_type(out, AuditFailed)] == [silent]
@@ -410,3 +413,41 @@ def test_audit_rounds_with_fewer_slots_than_holders_reach_every_holder_in_turn()
             proof = wire.Proof(peer, c.challenge_id, wire.audit_answer(c.nonce, body))
             node.handle(msg_from(peer, proof), t)
     assert audited[0].isdisjoint(audited[1]) and audited[0] | audited[1] == holders
+
+
+def test_timeouts_while_the_owner_hears_nothing_cost_nobody_and_are_asked_again() -> None:
+    """The owner's own link (or its broker) is down: nothing at all arrives after its challenges
+    and STOREs leave. Their timeouts say nothing of the holders: no score is lost, no audit
+    fails, nothing is excluded, and the same holders are challenged again once the link works."""
+    w = world()
+    node = owner(w, audit_interval_ms=60_000, repair_delay_ms=10**9)
+    placed = place(w, node, 0)
+    body = w.devices[0].blocks[0].encode()
+    challenges = audit_round(node, T0 + 60_000)
+    assert set(challenges) == set(placed)
+    t = T0 + 60_000
+    for _ in range(5):  # five timeouts in a row: far past silent_failures
+        t += max(node.audit_timeout_of(p) for p in placed) + 1
+        out = node.handle_timer(t)
+        assert of_type(out, AuditFailed) == []
+        t += node.config.silence_spacing_ms
+        out = node.handle_timer(t)
+        challenges = {
+            p: m for p, m in sent_of(out, wire.Challenge) if isinstance(m, wire.Challenge)
+        } or challenges
+    assert all(node.score(p) == 100 for p in placed), [node.score(p) for p in placed]
+    assert all(p in node.holders(0) for p in placed)
+    assert node.counters["timeouts_while_deaf"] >= 3 and node.counters["audits_silent"] == 0
+    # The link is back: the holders answer the challenges they are sent now, and pass.
+    challenges = {}
+    while not challenges:
+        t = node.next_deadline()
+        out = node.handle_timer(t)
+        challenges = {
+            p: m for p, m in sent_of(out, wire.Challenge) if isinstance(m, wire.Challenge)
+        }
+    for p, c in challenges.items():
+        answer = wire.Proof(p, c.challenge_id, wire.audit_answer(c.nonce, body))
+        node.handle(msg_from(p, answer), t + 5)
+    assert node.counters["audits_passed"] == len(challenges) > 0
+    assert all(node.score(p) == 100 for p in placed)
