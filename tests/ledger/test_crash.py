@@ -43,6 +43,7 @@ from ledger.errors import LedgerError
 from ledger.identity import PublicKey, SigningKey
 from ledger.store import Store
 from ledger.verify import verify_chain
+from tests.conftest import FigureRecorder
 from tests.ledger.crash_writer import expected_fields
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -278,6 +279,7 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(
     tmp_path: Path,
     request: pytest.FixtureRequest,
     record_testsuite_property: Callable[[str, object], None],
+    figure: FigureRecorder,
 ) -> None:
     rng = random.Random(PLAN_SEED)
     db = tmp_path / "device.sqlite"
@@ -298,20 +300,20 @@ def test_sigkill_at_random_points_loses_nothing_acknowledged(
         if book.integrity:  # a broken store makes every later audit noise
             break
     elapsed = time.perf_counter() - started
-    figure = book.figure(sum(modes.values())) + (" (group sync)" if mode else "")
+    text = book.figure(sum(modes.values())) + (" (group sync)" if mode else "")
     detail = (
-        f"{figure}; kills by point {dict(sorted(modes.items()))}; kills inside a seal "
+        f"{text}; kills by point {dict(sorted(modes.items()))}; kills inside a seal "
         f"{dict(sorted(book.seal_kills.items()))}; head height {book.head}; "
         f"{elapsed:.1f} s"
     )
-    print(detail)
+    figure("store SIGKILL at random points (power-loss model)", detail, seed=PLAN_SEED)
     # What record_property does, minus its warning under junit_family=xunit2 (warnings are
     # errors here); the suite property is what xunit2's --junitxml writes out.
-    request.node.user_properties.append(("crash_figure", figure))
+    request.node.user_properties.append(("crash_figure", text))
     request.node.user_properties.append(("crash_detail", detail))
-    record_testsuite_property("crash_figure", figure)
+    record_testsuite_property("crash_figure", text)
     problems = [*book.lost.values(), *book.integrity, *book.forks.values()]
-    assert not problems, f"{figure}\n" + "\n".join(problems[:20])
+    assert not problems, f"{text}\n" + "\n".join(problems[:20])
     assert sum(modes.values()) >= 200
     # The kill points must really have been exercised, or the figure proves little.
     assert min(modes[m] for m in ("spawn", "opening", "sealing", "line")) > 0, modes
