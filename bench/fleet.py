@@ -112,7 +112,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config.devices import FleetConfig, parse_fleet
 from agent.device.runtime import DeviceAgent
@@ -124,6 +124,7 @@ from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.tuning import GossipConfig
 from agent.transport.brokers import MosquittoBroker
+from agent.transport.mqtt import MqttTransport
 from bench.common import BenchArgs, emit, environment
 from firmware_sim.samples import Sample
 
@@ -136,6 +137,17 @@ GOALS: dict[str, int | float] = {
 _PROG = "python -m bench.fleet"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROBE_S = 0.05
+GAUGE_S = 1.0  # backlogs sampled this often through the window
+GAUGES = (
+    "rx",
+    "unacked",
+    "send_waiters",
+    "out_messages",
+    "out_packets",
+    "inbox",
+    "inbox_max",
+    "store_jobs",
+)
 MISS_TOLERANCE = 0.001  # keeps up: at most this share of (header, peer) deliveries missed
 STOP_LATE_S = 30  # a run still going this long after its planned stop is stopped (watchdog)
 STDERR_TAIL = 5  # lines of a failed shard's stderr quoted in why_not
@@ -321,6 +333,10 @@ class Snapshot:
     verdicts: Mapping[str, int]  # header verdicts of the gossip cores (header_accepted, ...)
     syncs: int = 0  # group syncs of the runner's stores (ledger/groupsync.py)
     sync_s: float = 0.0  # wall time in them, s
+    core: Mapping[str, int] = dataclasses.field(default_factory=dict)  # other core counters
+    broadcasts: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by domain
+    routed: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by kind, at the links
+    announced: int = 0  # own headers whose ANNOUNCE was handed to the connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +364,14 @@ class ShardReport:
     aborted: str  # why the shard stopped early ("" if it did not)
     gc_pauses_ms: tuple[float, ...]
     loop_lags_ms: tuple[float, ...]
+    # (device id, height, net ms): own headers of the window whose ANNOUNCE was handed to the
+    # connection (a broadcast returned), up to the stop.
+    announces: tuple[tuple[str, int, int], ...] = ()
+    # Connections of this shard subscribed to each domain (a hub: 1; a connection per device:
+    # its local members): how many copies of a domain message the shard's links should route.
+    subscribers: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Backlogs sampled once a second through the window (``GAUGES``), one list per gauge.
+    gauges: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -355,6 +379,8 @@ class ShardReport:
         doc["close"] = None if self.close is None else dataclasses.asdict(self.close)
         doc["arrivals"] = {k: list(v) for k, v in self.arrivals.items()}
         doc["peers"] = dict(self.peers)
+        doc["subscribers"] = dict(self.subscribers)
+        doc["gauges"] = {k: list(v) for k, v in self.gauges.items()}
         return doc
 
     @classmethod
@@ -384,12 +410,16 @@ class ShardReport:
             aborted=str(doc["aborted"]),
             gc_pauses_ms=tuple(float(x) for x in doc["gc_pauses_ms"]),
             loop_lags_ms=tuple(float(x) for x in doc["loop_lags_ms"]),
+            announces=tuple((str(d), int(h), int(t)) for d, h, t in doc["announces"]),
+            subscribers={str(k): int(v) for k, v in doc["subscribers"].items()},
+            gauges={str(k): tuple(int(x) for x in v) for k, v in doc["gauges"].items()},
         )
 
 
 def _snapshot(doc: Mapping[str, Any]) -> Snapshot:
     fields = dict(doc)
-    fields["verdicts"] = {str(k): int(v) for k, v in doc["verdicts"].items()}
+    for name in ("verdicts", "core", "broadcasts", "routed"):
+        fields[name] = {str(k): int(v) for k, v in doc.get(name, {}).items()}
     return Snapshot(**fields)
 
 
@@ -433,7 +463,13 @@ class Recorder:
         self._gc_start = 0.0
         self.loop_lags: list[float] = []  # ms an asyncio timer fired late, during the window
         self._probe: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._broadcasts: Counter[str] = Counter()  # domain broadcasts handed to connections
+        self._announcing: dict[str, tuple[str, int, int]] = {}  # device name -> sealed, waiting
+        self._announces: list[tuple[str, int, int]] = []
+        self._subscribers: Counter[str] = Counter()
+        self.gauges: dict[str, list[int]] = {g: [] for g in GAUGES}
 
     @property
     def stop_ms(self) -> int | None:
@@ -462,9 +498,15 @@ class Recorder:
             runner.request_stop()
 
     def _start(self, runner: FleetRunner, now: int) -> None:
+        subscribed: set[tuple[int, str]] = set()
         for agent in runner.agents.values():
             agent.observers.append(self.observe)
             self._peers[agent.device_id] = len(agent.peer_ids)
+            self._count_broadcasts(agent)
+            conn = connection_of(agent)
+            for domain in agent.transport.domains:
+                subscribed.add((id(agent) if conn is None else id(conn), domain))
+        self._subscribers = Counter(domain for _, domain in subscribed)
         self.start_ms = now
         if self.rendezvous is not None:
             tmp = self.rendezvous / f".start-{self.shard[0]}"
@@ -472,7 +514,25 @@ class Recorder:
             tmp.replace(self.rendezvous / f"start-{self.shard[0]}")  # whole, or not there
         self.started.set()
         self._probe = asyncio.get_running_loop().create_task(self._loop_probe())
+        self._gauge_task = asyncio.get_running_loop().create_task(self._gauge_probe(runner))
         gc.callbacks.append(self._on_gc)
+
+    def _count_broadcasts(self, agent: DeviceAgent) -> None:
+        """Count the device's domain broadcasts, and note when the ANNOUNCE of each own header
+        sealed in the window was handed to its connection (the first broadcast after the seal:
+        the gossip core announces a sealed block at once, in the same call)."""
+        ctx = agent.ctx
+        send = ctx.broadcast
+        name = agent.name
+
+        async def broadcast(domain: str, payload: bytes) -> None:
+            await send(domain, payload)
+            self._broadcasts[domain] += 1
+            sealed = self._announcing.pop(name, None)
+            if sealed is not None:
+                self._announces.append((sealed[0], sealed[1], ctx.net_clock.now_ms()))
+
+        ctx.broadcast = broadcast  # type: ignore[method-assign]
 
     def _schedule(self, runner: FleetRunner, now: int) -> None:
         """Timers at the window's edges and at the stop (net ms, which runs with the loop's
@@ -530,6 +590,7 @@ class Recorder:
             if now_ms < window[1]:
                 h = event.block.header.header
                 self._sealed.append((h.device_id, h.height, now_ms))
+                self._announcing[agent.name] = (h.device_id, h.height, now_ms)
         elif isinstance(event, A.HeadersAccepted):
             buf = self._arrivals.get(event.device_id)
             if buf is None:
@@ -547,6 +608,9 @@ class Recorder:
     def detach(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        for task in (self._probe, self._gauge_task):
+            if task is not None:
+                task.cancel()
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
@@ -557,6 +621,14 @@ class Recorder:
             await asyncio.sleep(PROBE_S)
             if self.open is not None and self.close is None:
                 self.loop_lags.append((time.monotonic() - t - PROBE_S) * 1000)
+
+    async def _gauge_probe(self, runner: FleetRunner) -> None:
+        """Where messages wait, sampled once a second through the window (``GAUGES``)."""
+        while self.close is None:
+            await asyncio.sleep(GAUGE_S)
+            if self.open is not None and self.close is None:
+                for name, value in backlogs(runner).items():
+                    self.gauges[name].append(value)
 
     async def watchdog(self) -> None:
         """Stop a run that overruns its planned stop (its steps come late or not at all)."""
@@ -599,6 +671,10 @@ class Recorder:
             verdicts=_verdicts(agents),
             syncs=0 if runner.group_sync is None else runner.group_sync.syncs,
             sync_s=0.0 if runner.group_sync is None else runner.group_sync.sync_s,
+            core=_core_counters(agents),
+            broadcasts=dict(self._broadcasts),
+            routed=_routed(agents),
+            announced=len(self._announces),
         )
 
     def report(self) -> ShardReport:
@@ -620,6 +696,9 @@ class Recorder:
             aborted=self.aborted,
             gc_pauses_ms=tuple(self.gc_pauses),
             loop_lags_ms=tuple(self.loop_lags),
+            announces=tuple(self._announces),
+            subscribers=dict(self._subscribers),
+            gauges={k: tuple(v) for k, v in self.gauges.items()},
         )
 
 
@@ -634,34 +713,147 @@ class Deliveries:
     needed: int
     latencies: tuple[int, ...]  # ms, one per pair accepted in time, sorted
     cross_shard: int  # of those, pairs whose peer runs in another shard than the sealer
+    late: tuple[int, ...] = ()  # ms, pairs first accepted after the grace (before the stop)
+    unannounced: int = 0  # population headers whose ANNOUNCE was not handed on within grace
+    unannounced_pairs: int = 0  # their (header, peer) pairs
+    announce_ms: tuple[int, ...] = ()  # seal to ANNOUNCE handed to the connection, sorted
 
 
 def deliveries(reports: Sequence[ShardReport], grace_ms: int) -> Deliveries:
     """Match every shard's acceptances against every shard's seals. A peer's first acceptance
-    of a header counts (once) if it came within ``grace_ms`` of the seal."""
+    of a header counts (once) if it came within ``grace_ms`` of the seal; a later first
+    acceptance is ``late``."""
     sealed: dict[tuple[str, int], tuple[int, int]] = {}  # (device, height) -> (net ms, shard)
     peers: dict[str, int] = {}
+    announced: dict[tuple[str, int], int] = {}
     for r in reports:
         peers.update(r.peers)
         for dev, height, t in r.sealed:
             sealed[(dev, height)] = (t, r.index)
+        for dev, height, t in r.announces:
+            announced.setdefault((dev, height), t)
     first: dict[tuple[str, int, int], tuple[int, bool]] = {}  # -> (latency, cross-shard)
     for r in reports:
         for dev, flat in r.arrivals.items():
             for j in range(0, len(flat) - 2, 3):
                 height, receiver, t = flat[j], flat[j + 1], flat[j + 2]
                 seal = sealed.get((dev, height))
-                if seal is None or t - seal[0] > grace_ms:
+                if seal is None:
                     continue
                 key = (dev, height, receiver)
                 latency = t - seal[0]
                 if key not in first or latency < first[key][0]:
                     first[key] = (latency, seal[1] != r.index)
+    in_time = {k: v for k, v in first.items() if v[0] <= grace_ms}
+    announce_ms = [announced[k] - t for k, (t, _) in sealed.items() if k in announced]
+    unannounced = [k for k in sealed if announced.get(k, 1 << 62) - sealed[k][0] > grace_ms]
     return Deliveries(
         sealed=len(sealed),
         needed=sum(peers.get(dev, 0) for dev, _ in sealed),
-        latencies=tuple(sorted(lat for lat, _ in first.values())),
-        cross_shard=sum(1 for _, cross in first.values() if cross),
+        latencies=tuple(sorted(lat for lat, _ in in_time.values())),
+        cross_shard=sum(1 for _, cross in in_time.values() if cross),
+        late=tuple(sorted(lat for lat, _ in first.values() if lat > grace_ms)),
+        unannounced=len(unannounced),
+        unannounced_pairs=sum(peers.get(dev, 0) for dev, _ in unannounced),
+        announce_ms=tuple(sorted(announce_ms)),
+    )
+
+
+def losses(
+    got: Deliveries, windows: Sequence[tuple[ShardReport, Snapshot, Snapshot]]
+) -> dict[str, Any]:
+    """Where the window's header deliveries went, stage by stage (``header_losses``):
+
+    - ``announce``: population headers, those whose ANNOUNCE was not handed to the connection
+      within the grace (``not_announced``), and seal-to-handover p50/p99;
+    - ``broker``: domain messages the shards' links should have routed (each broadcast once per
+      subscribed connection) and those they did route in the window (``routed_share``: below
+      1, messages wait or were lost between the sending and the receiving connection: paho's
+      queues, the broker, the socket);
+    - ``cores``: header entries offered to the gossip cores per needed delivery
+      (``offered_share``) and their verdicts;
+    - ``pairs``: the needed (header, peer) pairs: ``in_time``, ``late`` (first accepted after
+      the grace, before the stop; p50/p99 of their latency) and ``never`` (not by the stop);
+    - ``stage``: the first stage that lost more than 10%, in words (the verdict's reason).
+    """
+    needed = got.needed
+    in_time = len(got.latencies)
+    late = len(got.late)
+    subscribers: Counter[str] = Counter()
+    broadcasts: Counter[str] = Counter()
+    routed = 0
+    announced = 0
+    offers = 0
+    for r, o, c in windows:
+        subscribers.update(r.subscribers)
+        broadcasts.update({d: n - o.broadcasts.get(d, 0) for d, n in c.broadcasts.items()})
+        routed += c.routed.get("domain", 0) - o.routed.get("domain", 0)
+        announced += c.announced - o.announced
+        offers += c.offers - o.offers
+    expected = sum(n * subscribers.get(d, 0) for d, n in broadcasts.items())
+    out: dict[str, Any] = {
+        "announce": {
+            "headers": got.sealed,
+            "not_announced": got.unannounced,
+            "not_announced_pairs": got.unannounced_pairs,
+            "handover_p50_ms": percentile(got.announce_ms, 50),
+            "handover_p99_ms": percentile(got.announce_ms, 99),
+        },
+        "broker": {
+            "domain_messages_expected": expected,
+            "domain_messages_routed": routed,
+            "routed_share": round(routed / expected, 3) if expected else None,
+        },
+        "cores": {
+            "offered": offers,
+            "offered_share": round(offers / needed, 3) if needed else None,
+        },
+        "pairs": {
+            "needed": needed,
+            "in_time": in_time,
+            "late": late,
+            "never": needed - in_time - late,
+            "late_p50_ms": percentile(got.late, 50),
+            "late_p99_ms": percentile(got.late, 99),
+        },
+    }
+    out["stage"] = _loss_stage(out)
+    return out
+
+
+def _loss_stage(doc: Mapping[str, Any]) -> str:
+    """The first stage of ``losses`` that lost more than 10%, as a sentence ("" if none)."""
+    pairs = doc["pairs"]
+    if not pairs["needed"] or pairs["in_time"] >= 0.9 * pairs["needed"]:
+        return ""
+    ann = doc["announce"]
+    if ann["headers"] and ann["not_announced"] > 0.1 * ann["headers"]:
+        return (
+            f"not sent: {ann['not_announced']} of {ann['headers']} headers were not handed to "
+            "the connection within the grace (sends wait: see the unacked and send_waiters "
+            "backlogs)"
+        )
+    share = doc["broker"]["routed_share"]
+    if share is not None and share < 0.9:
+        return (
+            f"sent, not received: the links routed {share:.0%} of the domain messages sent "
+            "(they wait in paho's queues, the broker or the socket: see the out_messages and "
+            "rx backlogs, and the broker's drops)"
+        )
+    offered = doc["cores"]["offered_share"]
+    if offered is not None and offered < 0.9:
+        return (
+            f"received, not offered: the gossip cores were offered {offered:.0%} of the needed "
+            "header deliveries (they wait in the devices' receive queues: see the inbox backlog)"
+        )
+    if pairs["late"] > pairs["never"]:
+        return (
+            f"accepted late: {pairs['late']} pairs after the grace (p50 {pairs['late_p50_ms']} "
+            "ms): offered, but accepted only after a repair (see the header verdicts)"
+        )
+    return (
+        f"received, not accepted: {pairs['never']} pairs never accepted by the stop (see the "
+        "header verdicts and core counters)"
     )
 
 
@@ -709,6 +901,11 @@ def merge(
         "header_verdicts": None,
         "window_skew_ms": max(opens) - min(opens) if opens else None,
         "start_skew_ms": max(starts) - min(starts) if starts else None,
+        "window_s": plan.window_s,
+        "grace_s": plan.grace_s,
+        "header_losses": None,
+        "core_counters": None,
+        "backlogs": backlog_figures(reports),
         "per_shard": [
             _shard_figures(r, min(starts, default=0), min(opens, default=0)) for r in reports
         ],
@@ -752,10 +949,34 @@ def merge(
                 for k in sorted({k for _, _, c in windows for k in c.verdicts})
                 if (v := sum(c.verdicts.get(k, 0) - o.verdicts.get(k, 0) for _, o, c in windows))
             },
+            "core_counters": {
+                k: v
+                for k in sorted({k for _, _, c in windows for k in c.core})
+                if (v := sum(c.core.get(k, 0) - o.core.get(k, 0) for _, o, c in windows))
+            },
+            "header_losses": losses(got, windows),
         }
     reasons = failures(plan, out, reports)
     out["keeps_up"] = not reasons
     out["why_not"] = reasons
+    return out
+
+
+def backlog_figures(reports: Sequence[ShardReport]) -> dict[str, Any]:
+    """Each backlog gauge through the window: its largest sample in any shard (``max``) and
+    the mean of the shards' sums (``mean``); ``{}`` when no shard sampled any."""
+    out: dict[str, Any] = {}
+    for name in GAUGES:
+        series = [r.gauges.get(name, ()) for r in reports]
+        series = [s for s in series if s]
+        if not series:
+            continue
+        span = min(len(s) for s in series)
+        sums = [sum(s[i] for s in series) for i in range(span)]
+        out[name] = {
+            "max": max(max(s) for s in series),
+            "mean": round(sum(sums) / span, 1) if span else None,
+        }
     return out
 
 
@@ -816,6 +1037,63 @@ def failures(plan: Plan, out: Mapping[str, Any], reports: Sequence[ShardReport])
 
 def _header_offers(agent: DeviceAgent) -> int:
     return sum(v for k, v in agent.node.counters.items() if k.startswith("header_"))
+
+
+class Connection(Protocol):
+    """What the benchmark reads of an MQTT connection (``agent.transport.mqtt``'s link)."""
+
+    routed: Counter[str]
+
+    def backlog(self) -> dict[str, int]: ...
+
+
+def connection_of(agent: DeviceAgent) -> Connection | None:
+    """The MQTT connection a device's transport uses (None: not MQTT)."""
+    t = agent.transport
+    return t.connection if isinstance(t, MqttTransport) else None
+
+
+def _connections(agents: Iterable[DeviceAgent]) -> list[Connection]:
+    seen: dict[int, Connection] = {}
+    for a in agents:
+        conn = connection_of(a)
+        if conn is not None:
+            seen.setdefault(id(conn), conn)
+    return list(seen.values())
+
+
+def backlogs(runner: FleetRunner) -> dict[str, int]:
+    """The shard's backlogs now (``GAUGES``): summed over its MQTT connections
+    (``Connection.backlog``), its devices' receive queues (``inbox``: delivered, not yet taken
+    by the device's receive loop; ``inbox_max``: the longest) and the store jobs waiting for a
+    thread."""
+    agents = list(runner.agents.values())
+    out = dict.fromkeys(GAUGES, 0)
+    for conn in _connections(agents):
+        for k, v in conn.backlog().items():
+            out[k] += v
+    queued = [a.transport.pending() for a in agents]
+    out["inbox"] = sum(queued)
+    out["inbox_max"] = max(queued, default=0)
+    executor = getattr(runner, "_executor", None)
+    jobs = getattr(executor, "_jobs", None)
+    out["store_jobs"] = jobs.qsize() if jobs is not None else 0
+    return out
+
+
+def _routed(agents: Iterable[DeviceAgent]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for conn in _connections(agents):
+        total.update(conn.routed)
+    return dict(total)
+
+
+def _core_counters(agents: Iterable[DeviceAgent]) -> dict[str, int]:
+    """The gossip cores' counters other than the header verdicts, summed."""
+    total: Counter[str] = Counter()
+    for a in agents:
+        total.update({k: v for k, v in a.node.counters.items() if not k.startswith("header_")})
+    return dict(total)
 
 
 def _verdicts(agents: Iterable[DeviceAgent]) -> dict[str, int]:
@@ -1012,7 +1290,8 @@ def run_trial(
     t0 = time.perf_counter()
     provision(cfg, DataDir(data), cfg.start_ms)
     provision_s = time.perf_counter() - t0
-    broker = MosquittoBroker(workdir=workdir / f"mosquitto-{devices}")
+    # Sized to the fleet as `edgefleet run --broker mosquitto` sizes it (brokers.mosquitto_limits).
+    broker = MosquittoBroker(workdir=workdir / f"mosquitto-{devices}", devices=devices)
     broker.start_sync()
     try:
         rendezvous = workdir / f"shards-{devices}" / "start"
@@ -1035,7 +1314,9 @@ def run_trial(
                 return failed_trial(devices, shards, [f"unreadable shard report: {exc!r}"])
     finally:
         broker.stop_sync()
-    return merge(plan, devices, reports, provision_s)
+    out = merge(plan, devices, reports, provision_s)
+    out["broker_dropping_notices"] = broker.dropping_clients
+    return out
 
 
 def failed_trial(devices: int, shards: int, reasons: list[str]) -> dict[str, Any]:
@@ -1180,6 +1461,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny fleets, short trials (~1 min)")
     p.add_argument("--start", type=int, help="first fleet size (then doubling)")
     p.add_argument("--max", type=int, dest="max_devices", help="largest fleet size to try")
+    p.add_argument("--min", type=int, dest="min_devices", help="smallest fleet size to try")
     p.add_argument("--fixed", type=int, help="the fixed-size fleet reported beside (500)")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failure")
     p.add_argument("--domain", type=int, dest="domain_size", help="devices per gossip domain")
