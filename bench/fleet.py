@@ -123,10 +123,12 @@ from agent.fleet.runner import FleetRunner, RunOptions
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.tuning import GossipConfig
+from agent.protocol import auth
 from agent.transport.brokers import MosquittoBroker
 from agent.transport.mqtt import MqttTransport
 from bench.common import BenchArgs, emit, environment
 from firmware_sim.samples import Sample
+from ledger.identity import PublicKey, SigningKey
 
 SENSOR = "temp_mc"
 GOALS: dict[str, int | float] = {
@@ -163,7 +165,9 @@ class Plan:
     min_devices: int = 16  # nor fewer
     fixed: int = 500
     bisect: int = 2  # bisection steps after the first failure
-    domain_size: int = 32
+    domain_size: int = 32  # devices per gossip domain (with household: per street)
+    household: int = 0  # > 0: households of this many devices inside the streets (mixed shape)
+    auth: bool = True  # False: wire-v2 authentication without its cryptography (bench only)
     warmup_s: int = 15
     window_s: int = 30
     seal_age_ms: int = 10_000
@@ -181,6 +185,11 @@ class Plan:
             raise ValueError(
                 f"plan: expected domain_size >= 2 and bisect >= 0, found {self.domain_size} "
                 f"and {self.bisect}"
+            )
+        if self.household < 0 or self.household >= self.domain_size:
+            raise ValueError(
+                f"plan: expected 0 <= household < domain_size, found {self.household} in "
+                f"streets of {self.domain_size}"
             )
         if self.warmup_s * 1000 < self.seal_age_ms:
             raise ValueError(
@@ -202,6 +211,16 @@ class Plan:
     def max_pending(self) -> int:
         return 2 * self.seal_age_ms // 1000
 
+    @property
+    def shape(self) -> str:
+        """The fleet's shape: ``domain_32``, or ``households_2_in_streets_128``."""
+        if self.household:
+            return f"households_{self.household}_in_streets_{self.domain_size}"
+        return f"domain_{self.domain_size}"
+
+    def fleet(self, devices: int) -> FleetConfig:
+        return fleet_config(devices, self.domain_size, self.seed, self.household)
+
     def shards_for(self, devices: int) -> int:
         """Shards of a trial: never more than devices (a shard of none measures nothing)."""
         return min(self.shards, devices)
@@ -219,9 +238,9 @@ class Plan:
 # Tiny fleets, blocks every 3 s and anti-entropy every second, so that a trial lasts seconds.
 QUICK = Plan(
     start=16,
-    max_devices=32,
+    max_devices=16,
     min_devices=16,
-    fixed=32,
+    fixed=16,
     bisect=0,
     warmup_s=5,
     window_s=5,
@@ -233,32 +252,56 @@ QUICK = Plan(
 # --------------------------------------------------------------------------- the fleet
 
 
-def fleet_config(devices: int, domain_size: int, seed: int) -> FleetConfig:
+def fleet_config(devices: int, domain_size: int, seed: int, household: int = 0) -> FleetConfig:
     """``devices`` appliances in gossip domains of ``domain_size`` (a site each, the last one
-    possibly smaller), built through ``parse_fleet`` with one counted device group per site."""
+    possibly smaller), built through ``parse_fleet`` with one counted device group per site.
+
+    ``household`` > 0: the sample devices.yaml's shape instead: streets of ``domain_size``
+    devices, each street a gossip domain, made of households of ``household`` devices (a fridge,
+    a washing machine, ...), each household a site and a gossip domain of its own; every device
+    is in its household's domain and its street's."""
     if devices < 1 or domain_size < 2:
         raise ValueError(
             f"fleet: expected >= 1 devices in domains of >= 2, found {devices} in {domain_size}"
         )
     cells = -(-devices // domain_size)
-    groups = [
-        {
-            "name": f"c{j}-d{{i}}",
-            "count": min(domain_size, devices - (j - 1) * domain_size),
-            "kind": "refrigerator",
-            "site": f"cell-{j}",
-            "sampling_period": "1s",
-        }
-        for j in range(1, cells + 1)
-    ]
-    doc = {
-        "fleet": "bench",
-        "seed": seed,
-        "sites": [{"id": "cell-{i}", "kind": "street", "count": cells}],
-        "devices": groups,
-        # Gossip capacity only: edge replication has its own benchmark (bench.replication).
-        "replication": {"copies": 0},
-    }
+    sizes = [min(domain_size, devices - j * domain_size) for j in range(cells)]
+    # Gossip capacity only: edge replication has its own benchmark (bench.replication).
+    doc: dict[str, Any] = {"fleet": "bench", "seed": seed, "replication": {"copies": 0}}
+    if not household:
+        doc["sites"] = [{"id": "cell-{i}", "kind": "street", "count": cells}]
+        doc["devices"] = [
+            {
+                "name": f"c{j}-d{{i}}",
+                "count": size,
+                "kind": "refrigerator",
+                "site": f"cell-{j}",
+                "sampling_period": "1s",
+            }
+            for j, size in enumerate(sizes, 1)
+        ]
+        return parse_fleet(doc, "bench.fleet")
+    kinds = ("refrigerator", "washing_machine", "dishwasher", "oven")
+    sites: list[dict[str, Any]] = [{"id": "street-{i}", "kind": "street", "count": cells}]
+    groups: list[dict[str, Any]] = []
+    for j, size in enumerate(sizes, 1):
+        homes = -(-size // household)
+        sites.append({"id": f"s{j}-home-{{i}}", "kind": "household", "count": homes})
+        for m in range(household):
+            count = len(range(m, size, household))  # the m-th device of each home, if it has one
+            if count:
+                groups.append(
+                    {
+                        "name": f"s{j}-a{m}-{{i}}",
+                        "count": count,
+                        "kind": kinds[m % len(kinds)],
+                        "site": f"s{j}-home-{{i}}",
+                        "domains": [f"s{j}-home-{{i}}", f"street-{j}"],
+                        "sampling_period": "1s",
+                    }
+                )
+    doc["sites"] = sites
+    doc["devices"] = groups
     return parse_fleet(doc, "bench.fleet")
 
 
@@ -1195,7 +1238,7 @@ async def run_shard(
     trial's broker, observed over the plan's window; ``profiler`` runs over the window, on the
     event loop's thread."""
     plan = spec.plan
-    cfg = fleet_config(spec.devices, plan.domain_size, plan.seed)
+    cfg = plan.fleet(spec.devices)
     rec = Recorder(plan, spec.shard, spec.broker_pid, parent_pid, spec.rendezvous)
     rec.profiler = profiler
     opts = RunOptions(
@@ -1213,13 +1256,44 @@ async def run_shard(
     )
     rec.runner = FleetRunner(cfg, opts)
     guards = [asyncio.create_task(rec.watchdog()), asyncio.create_task(rec.orphan_guard())]
+    crypto = contextlib.nullcontext() if plan.auth else message_crypto_off()
     try:
-        await rec.runner.run()
+        with crypto:
+            await rec.runner.run()
     finally:
         for task in guards:
             task.cancel()
         rec.detach()
     return rec.report()
+
+
+@contextlib.contextmanager
+def message_crypto_off() -> Iterator[None]:
+    """For benchmarks only: protocol messages keep wire version 2 byte for byte in size (an
+    authenticator with the key id and 64 bytes where the signature goes), but are not signed
+    (``SigningKey.sign`` under the ``agent.protocol.auth.MESSAGE`` domain returns zeros) and
+    not checked (``PublicKey.verify`` under that domain passes). Everything else (records,
+    headers, certificates) is signed and checked as ever, so the difference in CPU is what
+    authenticating the messages costs."""
+    sign, verify = SigningKey.sign, PublicKey.verify
+    blank = bytes(64)
+
+    def unsigned(self: SigningKey, domain: bytes, message: bytes) -> bytes:
+        return blank if domain == auth.MESSAGE else sign(self, domain, message)
+
+    def unchecked(
+        self: PublicKey, domain: bytes, message: bytes, signature: bytes, what: str
+    ) -> None:
+        if domain != auth.MESSAGE:
+            verify(self, domain, message, signature, what)
+
+    SigningKey.sign = unsigned  # type: ignore[method-assign]
+    PublicKey.verify = unchecked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SigningKey.sign = sign  # type: ignore[method-assign]
+        PublicKey.verify = verify  # type: ignore[method-assign]
 
 
 def run_shard_processes(specs: Sequence[ShardSpec], workdir: Path, budget_s: float) -> list[str]:
@@ -1285,16 +1359,17 @@ def run_trial(
     shards = plan.shards_for(devices)
     if profiler is not None and shards != 1:
         raise ValueError(f"profile: expected one shard (this process), found {shards}")
-    cfg = fleet_config(devices, plan.domain_size, plan.seed)
-    data = workdir / f"fleet-{devices}"
+    cfg = plan.fleet(devices)
+    label = f"{plan.shape}{'' if plan.auth else '-noauth'}-{devices}"
+    data = workdir / f"fleet-{label}"
     t0 = time.perf_counter()
     provision(cfg, DataDir(data), cfg.start_ms)
     provision_s = time.perf_counter() - t0
     # Sized to the fleet as `edgefleet run --broker mosquitto` sizes it (brokers.mosquitto_limits).
-    broker = MosquittoBroker(workdir=workdir / f"mosquitto-{devices}", devices=devices)
+    broker = MosquittoBroker(workdir=workdir / f"mosquitto-{label}", devices=devices)
     broker.start_sync()
     try:
-        rendezvous = workdir / f"shards-{devices}" / "start"
+        rendezvous = workdir / f"shards-{label}" / "start"
         rendezvous.mkdir(parents=True, exist_ok=True)
         specs = [
             ShardSpec(plan, devices, data, broker.url, broker.pid, (i, shards), rendezvous)
@@ -1305,7 +1380,7 @@ def run_trial(
         else:
             try:
                 outs = run_shard_processes(
-                    specs, workdir / f"shards-{devices}", plan.budget_s(devices)
+                    specs, workdir / f"shards-{label}", plan.budget_s(devices)
                 )
                 reports = [ShardReport.from_json(json.loads(text)) for text in outs]
             except ShardFailed as exc:
@@ -1452,6 +1527,120 @@ def measure(plan: Plan, trial: Trial, log: Callable[[str], None]) -> dict[str, A
     }
 
 
+# Shapes the benchmark compares (issue 14): plain gossip domains of 32, 256 and 1,000 devices,
+# and the sample devices.yaml's: households of 2 inside streets (of 128 devices here). A shape
+# is (devices per domain or street, devices per household or 0, first size tried).
+SHAPES: tuple[tuple[int, int, int], ...] = (
+    (32, 0, 250),
+    (256, 0, 512),
+    (1_000, 0, 1_000),
+    (128, 2, 256),
+)
+QUICK_SHAPES: tuple[tuple[int, int, int], ...] = ((4, 0, 16), (8, 0, 16), (16, 0, 16), (8, 2, 16))
+# Figures of each shape set side by side in ``shapes_table``.
+TABLE = (
+    "devices",
+    "keeps_up",
+    "cpu_ms_per_device_s",
+    "rss_kb_per_device",
+    "broker_cpu_ms_per_device_s",
+    "sent_per_device_s",
+    "received_per_device_s",
+    "header_latency_p99_ms",
+    "dup_factor",
+    "header_miss_rate",
+    "loss_stage",
+)
+
+
+def shape_plans(base: Plan, shapes: Sequence[tuple[int, int, int]]) -> list[Plan]:
+    """One plan per shape: the base plan's timing, the shape's domains, a search that starts
+    at the shape's first size and never goes below one whole domain of 256 or more (a smaller
+    fleet would be another shape). The fixed-size fleet is kept for the first shape only."""
+    plans = []
+    for k, (size, household, start) in enumerate(shapes):
+        first = max(base.start, start) if base.start != Plan().start else start
+        low = size if size >= 256 else base.min_devices
+        plans.append(
+            dataclasses.replace(
+                base,
+                domain_size=size,
+                household=household,
+                start=first,
+                min_devices=min(low, first),
+                max_devices=max(base.max_devices, first),
+                fixed=base.fixed if k == 0 else first,
+            )
+        )
+    return plans
+
+
+def measure_shapes(
+    plans: Sequence[Plan],
+    make: Callable[[Plan], Trial],
+    log: Callable[[str], None],
+    *,
+    auth_cost: bool = True,
+) -> dict[str, Any]:
+    """Each shape measured (``measure``); the first shape's figures at the top, as before, and
+    every shape's under ``shapes`` (with ``shapes_table``: their headline figures side by
+    side). ``auth_cost``: the first shape's largest fleet that kept up is run again without
+    the cryptography of message authentication (``auth_cost``)."""
+    results: dict[str, dict[str, Any]] = {}
+    for plan in plans:
+        log(f"shape {plan.shape}")
+        results[plan.shape] = measure(
+            plan, make(plan), lambda line, p=plan: log(f"{p.shape}: {line}")
+        )
+    head = dict(results[plans[0].shape])
+    out: dict[str, Any] = {**head, "shapes": {}, "shapes_table": {}}
+    for name, r in results.items():
+        shape = {k: v for k, v in r.items() if k not in ("goals", "meta")}
+        out["shapes"][name] = shape
+        out["shapes_table"][name] = {k: _table_value(r, k) for k in TABLE}
+    if auth_cost:
+        out["auth_cost"] = measure_auth_cost(plans[0], head, make, log)
+    return out
+
+
+def _table_value(r: Mapping[str, Any], key: str) -> Any:
+    n = r.get("tried_devices") or r.get("devices") or 0
+    if key in ("sent_per_device_s", "received_per_device_s"):
+        rate = r.get(key.replace("_device", ""))
+        return None if rate is None or not n else round(rate / n, 3)
+    if key == "loss_stage":
+        losses_doc = r.get("header_losses") or {}
+        return losses_doc.get("stage")
+    return r.get(key)
+
+
+def measure_auth_cost(
+    plan: Plan, head: Mapping[str, Any], make: Callable[[Plan], Trial], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The CPU that message authentication (wire v2: an Ed25519 signature on every message but
+    an ANNOUNCE of one's own headers, checked on receipt) costs at the shape's largest fleet
+    that kept up: that trial's figures against the same fleet run again with
+    ``message_crypto_off`` (same messages, same sizes, no signing and no checking)."""
+    n = head["devices"] or head["tried_devices"]
+    log(f"{plan.shape}: {n} devices again without the message authentication's cryptography")
+    off = make(dataclasses.replace(plan, auth=False))(n)
+    on = head
+    out: dict[str, Any] = {
+        "devices": n,
+        "keeps_up_with": on["keeps_up"],
+        "keeps_up_without": off["keeps_up"],
+    }
+    for key in ("cpu_ms_per_device_s", "loop_busy", "header_latency_p99_ms"):
+        out[f"{key}_with"] = on.get(key)
+        out[f"{key}_without"] = off.get(key)
+    with_cpu, without_cpu = on.get("cpu_ms_per_device_s"), off.get("cpu_ms_per_device_s")
+    if with_cpu is not None and without_cpu:
+        out["auth_cpu_ms_per_device_s"] = round(with_cpu - without_cpu, 4)
+        out["ratio"] = round(with_cpu / without_cpu, 3)
+    out["why_not_without"] = off.get("why_not")
+    return out
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -1464,7 +1653,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min", type=int, dest="min_devices", help="smallest fleet size to try")
     p.add_argument("--fixed", type=int, help="the fixed-size fleet reported beside (500)")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failure")
-    p.add_argument("--domain", type=int, dest="domain_size", help="devices per gossip domain")
+    p.add_argument(
+        "--domain",
+        type=int,
+        dest="domain_size",
+        help="one shape: devices per gossip domain (per street with --household)",
+    )
+    p.add_argument(
+        "--household",
+        type=int,
+        help="with --domain: households of this many devices inside streets of --domain",
+    )
+    p.add_argument(
+        "--shapes",
+        help="shapes to compare, comma-separated: N (domains of N) or HxN (households of H in "
+        "streets of N); default 32,256,1000,2x128 (--quick: 4,8,16,2x8)",
+    )
+    p.add_argument(
+        "--no-auth-cost",
+        action="store_true",
+        help="skip the trial without message authentication (auth_cost)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="run without the message authentication's cryptography (benchmarks only)",
+    )
     p.add_argument("--warmup", type=int, dest="warmup_s", help="seconds before the window")
     p.add_argument("--window", type=int, dest="window_s", help="seconds measured")
     p.add_argument("--seal-age", type=int, dest="seal_age_ms", help="block age in ms (10000)")
@@ -1498,7 +1712,35 @@ def _plan(ns: argparse.Namespace) -> Plan:
     elif "shards" not in given:
         cores = os.cpu_count() or 1
         given["shards"] = min(2, cores) if ns.quick else cores
+    if getattr(ns, "no_auth", False):
+        given["auth"] = False
     return dataclasses.replace(base, **given)
+
+
+def _shapes(ns: argparse.Namespace) -> tuple[tuple[int, int, int], ...]:
+    """The shapes to measure: --domain (and --household) name one, --shapes a list."""
+    default = QUICK_SHAPES if ns.quick else SHAPES
+    if ns.domain_size is not None:
+        if ns.shapes is not None:
+            raise ValueError("give --domain or --shapes, not both")
+        return ((ns.domain_size, ns.household or 0, ns.start or Plan().start),)
+    if ns.household is not None:
+        raise ValueError("--household needs --domain (the street's size)")
+    if ns.shapes is None:
+        return default
+    starts = {(d, h): s for d, h, s in (*SHAPES, *QUICK_SHAPES)}
+    out = []
+    for item in ns.shapes.split(","):
+        text = item.strip()
+        try:
+            household, _, size = text.rpartition("x")
+            key = (int(size), int(household) if household else 0)
+        except ValueError:
+            raise ValueError(
+                f"--shapes: expected N or HxN (e.g. 32 or 2x128), found {text!r}"
+            ) from None
+        out.append((*key, starts.get(key, key[0] if key[0] >= 256 else Plan().start)))
+    return tuple(out)
 
 
 def _run_child(spec_json: str) -> int:
@@ -1554,10 +1796,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(f"bench.fleet: {line}", file=sys.stderr, flush=True)
 
+    try:
+        plans = shape_plans(plan, _shapes(ns))
+    except ValueError as exc:
+        parser.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         workdir = Path(tmp)
-        make = trial_in_process if ns.in_process else trial_in_subprocess
-        result = measure(plan, make(plan, workdir), log)
+        factory = trial_in_process if ns.in_process else trial_in_subprocess
+        result = measure_shapes(
+            plans,
+            lambda p: factory(p, workdir),
+            log,
+            auth_cost=not ns.no_auth_cost and plan.auth,
+        )
     emit(result, args, f"fleet capacity on Mosquitto, real time (devices: {result['devices']})")
     return 0
 
