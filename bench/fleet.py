@@ -2,14 +2,13 @@
 
 ``python -m bench.fleet --json [--quick]`` runs ``agent.fleet.runner.FleetRunner`` in real time
 (``speed=1.0``) against a Mosquitto broker of its own
-(``agent.transport.brokers.MosquittoBroker``, default
-config, a free port) on a synthetic fleet: every device emits one ``temp_mc`` sample per second
-(deterministic values; device k starts at second ``1 + k % 10`` so that blocks are not all sealed
-in the same second), seals a block every 10 s (``SealPolicy(max_readings=64, max_age_ms=10_000)``)
-and gossips in a domain of 32 devices (``agent.config.devices.parse_fleet``: a site per domain, a
-counted
-device group per site; the default ``GossipConfig``; edge replication off: it is measured by
-``bench.replication``). Each trial runs in a fresh process: it
+(``agent.transport.brokers.MosquittoBroker``, its limits sized to the fleet as ``edgefleet run
+--broker mosquitto`` sizes them, a free port) on a synthetic fleet: every device emits one
+``temp_mc`` sample per second (deterministic values; device k starts at second ``1 + k % 10`` so
+that blocks are not all sealed in the same second), seals a block every 10 s
+(``SealPolicy(max_readings=64, max_age_ms=10_000)``) and gossips in domains of one **shape**
+(``agent.config.devices.parse_fleet``; the default ``GossipConfig``; edge replication off: it is
+measured by ``bench.replication``). Each trial runs in a fresh process: it
 provisions the data dir (timed), starts Mosquitto, then runs the fleet for a warm-up (15 s), a
 measurement window (30 s) and a grace period (two anti-entropy intervals, 10 s) in which headers
 sealed in the window may arrive.
@@ -82,13 +81,74 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
   shard's devices, headers sealed, loop_busy, CPU and RSS per device of its own, lag, start and
   window opening relative to the first).
 
+Why a trial missed its deliveries (issue 14: 2,000 devices "behind: 100% missed" with the loops
+half idle): ``header_losses`` follows the window's headers stage by stage. ``announce``: headers
+whose ANNOUNCE was not handed to the connection within the grace (``not_announced``) and the
+seal-to-handover p50/p99 (sends that wait for a slot); ``broker``: domain messages the shards'
+connections should have routed (each broadcast once per connection subscribed to its domain)
+against those they routed in the window (``routed_share`` < 1: they wait in paho's queues, the
+broker or the socket); ``cores``: header entries offered to the gossip cores per needed delivery
+(``offered_share`` < 1: they wait in the devices' receive queues); ``pairs``: ``in_time``,
+``late`` (first accepted after the grace, before the stop; p50/p99) and ``never``; ``stage``: the
+first stage that lost more than 10%, in words. ``backlogs``: where messages wait, sampled each
+second of the window (largest sample in any shard, mean of the shards' sums): ``rx`` (bytes the
+broker sent that the connections have not read), ``unacked`` / ``send_waiters`` (pipelined sends
+awaiting their PUBACK, senders waiting for a slot), ``out_messages`` / ``out_packets`` (QoS 1
+publishes paho holds, packets not yet written), ``inbox`` / ``inbox_max`` (deliveries in the
+devices' receive queues), ``store_jobs``. ``core_counters``: the gossip cores' other counters
+over the window (HELLOs, CERTS, summaries, ...); ``broker_dropping_notices``: Mosquitto's "Outgoing
+messages are being dropped" notices. ``window_s`` / ``grace_s``: the window used.
+
+Found with it: aiomqtt hands each received message to its iterator through a queue, a task and
+an ``asyncio.wait`` (two or three turns of the event loop per message) and paho read one packet
+per turn, so a shared connection whose loop also runs a thousand devices routed fewer messages
+than its domains sent; the rest waited, uncounted, in aiomqtt's queue (1,000 devices on a loaded
+machine: 23,000-31,000 messages waiting, ``routed_share`` 0, ``header_arrivals`` 0). The MQTT
+link now routes each message as paho parses it and acknowledges sends without a task each
+(``agent.transport.mqtt._Link._hook``); then ``routed_share`` is 1 and the next stage shows
+(sends waiting for PUBACKs, the gossip cores' start-up CERTS).
+
+Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
+``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
+shape: households of H devices (a fridge, a washing machine, ...; each household a site and a
+domain) inside streets of N devices (each street a domain). Each shape gets its own search (from
+250 for 32, 512 for 256, 1,000 for 1,000 and 256 for 2x128; domains of 256 or more never below
+one whole domain); the first shape's figures are at the top (as before), every shape's under
+``shapes`` (all its figures and trials) and side by side in ``shapes_table`` (devices kept up,
+CPU and RSS per device, broker CPU, MQTT messages sent and received per device-second, p99, dup
+factor, miss rate, the loss stage). ``--domain N [--household H]`` measures one shape.
+
+Authentication's cost (issue 13): ``auth_cost`` runs the first shape's largest fleet that kept
+up again with ``message_crypto_off`` (benchmarks only: messages keep wire version 2 and its sizes,
+with zeros where the signature goes, and nobody checks them; records, headers and certificates
+are still signed and checked) and reports ``cpu_ms_per_device_s`` with and without, their
+difference (``auth_cpu_ms_per_device_s``) and ratio. ``--no-auth`` runs every trial that way;
+``--no-auth-cost`` skips the extra trial.
+
 Beside them: ``fixed_500`` (the same figures for 500 devices), ``trials`` (every size tried, by
 size), ``goals`` and ``meets_goals`` (dup factor and p99 judged at ``devices``), ``meta`` (with
-``shards``). ``--quick`` runs 16 and 32 devices on S = min(2, cores) shards with blocks every 3 s
-and anti-entropy every second (its fixed fleet is ``fixed_32``), in about a minute.
+``shards``). ``--quick`` runs each of the shapes 4, 8, 16 and 2x8 with 16 devices on S = min(2,
+cores) shards, blocks every 3 s and anti-entropy every second (its fixed fleet is ``fixed_16``),
+then ``auth_cost`` at 16: five trials, two or three minutes; tests/bench runs it.
 ``--profile FILE --start N`` runs one trial of N devices in this process (one shard) with
-cProfile on the event loop's thread over the window. Trial options (``--start``, ``--window``,
-``--seal-age``, ``--shards``, ...) override the plan; ``--help`` lists them.
+cProfile on the event loop's thread over the window. Trial options (``--start``, ``--min``,
+``--max``, ``--window``, ``--seal-age``, ``--shards``, ...) override the plan; ``--help`` lists
+them.
+
+Measuring commands (the figures in the issue-14 report came from these, on the 2-core machine):
+
+- the cliff: ``python -m bench.fleet --json --start 2000 --max 2000 --min 2000 --bisect 0
+  --fixed 2000 --domain 32 --no-auth-cost`` (``header_losses.stage`` names where the deliveries
+  went; ``--min`` keeps a failing size from halving);
+- the shapes: ``python -m bench.fleet --json --shapes 32,256,1000,2x128``;
+- authentication's cost at a size: ``python -m bench.fleet --json --domain 32 --start N --max N
+  --min N --bisect 0 --fixed N`` (its ``auth_cost``);
+- before and after a change, paired on one size: the same ``--trial`` spec run alternately from
+  a worktree of main (``git worktree add --detach ../base main``) and from the branch, e.g.
+  ``python -m bench.fleet --trial '{"plan": {...Plan(start=N, max_devices=N, fixed=N, bisect=0,
+  shards=2) as JSON...}, "devices": N, "dir": "/tmp/x"}'`` (each prints one trial's JSON);
+- a profile of a keeping-up fleet: ``python -m bench.fleet --profile /tmp/fleet.prof --start 300
+  --window 30`` (one shard, this process; top functions on stderr).
 """
 
 from __future__ import annotations

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import logging
 import random
 import secrets
+import sys
+import termios
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +107,17 @@ class MqttOptions:
             raise ValueError("MQTT options: timeouts must be > 0 seconds")
 
 
+def _unread_bytes(sock: Any) -> int:
+    """Bytes waiting in a socket's receive buffer (0 when unknown: no socket, not Linux)."""
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int.from_bytes(raw, sys.byteorder, signed=True)
+
+
 def _consume(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.debug("background MQTT call failed: %s", task.exception())
@@ -168,17 +182,15 @@ class _Link:
     def backlog(self) -> dict[str, int]:
         """What waits inside this connection now (diagnostics: ``bench.fleet`` samples it).
 
-        ``rx``: messages paho read from the socket that are not yet routed to a view;
-        ``unacked``: pipelined sends awaiting their PUBACK; ``send_waiters``: senders waiting
-        for a free slot among those; ``out_messages``: QoS 1 publishes paho holds unacknowledged
-        (beyond its ``max_inflight`` window they wait unsent); ``out_packets``: packets paho has
-        not yet written to the socket."""
-        client = self._client
-        paho = getattr(client, "_client", None)
-        rx = getattr(client, "_queue", None)
+        ``rx``: bytes the broker sent that paho has not read from the socket yet; ``unacked``:
+        pipelined sends awaiting their PUBACK; ``send_waiters``: senders waiting for a free
+        slot among those; ``out_messages``: QoS 1 publishes paho holds unacknowledged (beyond
+        its ``max_inflight`` window they wait unsent); ``out_packets``: packets paho has not
+        yet written to the socket."""
+        paho = getattr(self._client, "_client", None)
         waiters = getattr(self._unacked, "_waiters", None)
         return {
-            "rx": rx.qsize() if rx is not None else 0,
+            "rx": _unread_bytes(getattr(paho, "_sock", None)),
             "unacked": self.options.max_unacked - self._unacked._value,
             "send_waiters": len(waiters) if waiters else 0,
             "out_messages": len(getattr(paho, "_out_messages", ())),

@@ -439,12 +439,12 @@ def test_the_quick_run_compares_the_shapes_on_two_shards_and_its_figures_agree()
     assert out["broker_dropping_notices"] == 0 and out["send_failures"] == 0
 
     # Every shape side by side, each kept up with 16 devices.
-    assert list(out["shapes"]) == [
+    assert set(out["shapes"]) == {
         "domain_4",
         "domain_8",
         "domain_16",
         "households_2_in_streets_8",
-    ]
+    }
     for name, row in out["shapes_table"].items():
         assert row["keeps_up"] is True and row["devices"] == 16, (name, row)
         assert row["sent_per_device_s"] > 0 and row["received_per_device_s"] > 0
