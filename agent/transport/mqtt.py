@@ -88,21 +88,21 @@ class MqttOptions:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     subscribe_batch: int = 100  # topics per SUBSCRIBE packet when restoring subscriptions
     announce_concurrency: int = 64  # presence publishes in flight when a hub (re)connects
-    max_inflight: int = 100  # paho's window of unacknowledged QoS 1 publishes
+    # paho's window of QoS 1 publishes on the wire unacknowledged (0: none; max_unacked then
+    # bounds them). paho queues the rest (and scans its queue on every PUBACK), but the window
+    # is also the flow control that keeps a burst from overflowing a subscriber's queue at the
+    # broker: without it, 3,000 pipelined broadcasts lost messages on a default Mosquitto.
+    max_inflight: int = 100
     # Pipelined sends awaiting their PUBACK, per connection; beyond, a send waits (backpressure).
     max_unacked: int = 1_000
     confirm_sends: bool = False  # True: every send returns only once acknowledged
 
     def __post_init__(self) -> None:
-        for name in (
-            "keepalive_s",
-            "subscribe_batch",
-            "announce_concurrency",
-            "max_inflight",
-            "max_unacked",
-        ):
+        for name in ("keepalive_s", "subscribe_batch", "announce_concurrency", "max_unacked"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MQTT options: expected {name} >= 1, found {getattr(self, name)}")
+        if self.max_inflight < 0:
+            raise ValueError(f"MQTT options: expected max_inflight >= 0, found {self.max_inflight}")
         if self.connect_timeout_s <= 0 or self.publish_timeout_s <= 0:
             raise ValueError("MQTT options: timeouts must be > 0 seconds")
 
