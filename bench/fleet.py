@@ -105,8 +105,15 @@ per turn, so a shared connection whose loop also runs a thousand devices routed 
 than its domains sent; the rest waited, uncounted, in aiomqtt's queue (1,000 devices on a loaded
 machine: 23,000-31,000 messages waiting, ``routed_share`` 0, ``header_arrivals`` 0). The MQTT
 link now routes each message as paho parses it and acknowledges sends without a task each
-(``agent.transport.mqtt._Link._hook``); then ``routed_share`` is 1 and the next stage shows
-(sends waiting for PUBACKs, the gossip cores' start-up CERTS).
+(``agent.transport.mqtt._Link._hook``). Then (2,000 devices in domains of 32, load about 2)
+``routed_share`` is 0.97 and 26% of the pairs arrive in time instead of none; the next stage
+shows: the hub's sends (1,378 a second: paho's window of 100 per PUBACK round trip, which the
+loop's lag of 69 ms p50 stretches) are full (``unacked`` 1,000, up to 2,605 ``send_waiters``),
+announces wait 2.9 s p50 for a slot, the devices' receive loops wait on their sends (``inbox``
+100,000, ``offered_share`` 0.47), and the gossip cores' start-up traffic fills the window
+(56,169 CERTS and 10,294 HELLOs in the window). A hub window of 1,000 (tried, not kept: it also
+protects a default-sized broker's queues) put 71% of the pairs in time, but the loops then
+saturated (lag 15.8 s): what remains is the cores' traffic per device (issue 14 section 1).
 
 Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
 ``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
