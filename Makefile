@@ -7,7 +7,7 @@ DEVICES ?= devices.yaml
 DATA   ?= .edgefleet
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast check bench clean venv
+.PHONY: help run test test-fast test-loaded figures check bench clean venv
 
 help:  ## list the targets
 	@echo "edgefleet make targets:"
@@ -32,6 +32,12 @@ test: $(STAMP)  ## run the whole test suite (what CI runs)
 
 test-fast: $(STAMP)  ## the quick loop: every test not marked slow (no fleets, brokers, processes)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-loaded: $(STAMP)  ## the whole suite with a CPU hog on every core beside it (it must pass)
+	$(BIN)/python -m tests.hog -- $(BIN)/python -m pytest -q
+
+figures: $(STAMP)  ## run the fault-matrix tests and print their figures (figures.json)
+	$(BIN)/python -m pytest -q -m figures --figures-json figures.json
 
 check: $(STAMP)  ## ruff, mypy (strict on ledger/) and the import-direction check
 	$(BIN)/ruff check .

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ledger.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
 from ledger.errors import DecodeError, SignatureError, UsageError, VerificationError
 from ledger.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PublicKey, SigningKey
-from ledger.note import Note, NoteVerifier, Signature, parse_vkey
+from ledger.note import Note, NoteVerifier, Signature, check_key_name, parse_vkey
 
 __all__ = [
     "COSIGNATURE_V1",
@@ -36,12 +36,24 @@ __all__ = [
     "cosignature_timestamp",
     "cosigned_message",
     "verify_cosigned",
+    "witness_name",
 ]
 
 COSIGNATURE_V1 = 0x04
 MAX_TIMESTAMP = (1 << 63) - 1
 TIMESTAMP_SIZE = 8
 COSIGNATURE_SIZE = TIMESTAMP_SIZE + SIGNATURE_SIZE
+
+
+def witness_name(fleet: str, device_id: str) -> str:
+    """``<fleet>/<device id>/witness``: the key name under which a device of the fleet cosigns
+    its domain peers' checkpoints (agent/gossip/witness.py), with its device key in force."""
+    name = f"{fleet}/{device_id}/witness"
+    try:
+        check_key_name(name, "witness name")
+    except DecodeError as exc:
+        raise UsageError(str(exc)) from None
+    return name
 
 
 def cosigned_message(text: str, timestamp: int) -> bytes:

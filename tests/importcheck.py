@@ -15,7 +15,7 @@ Walks every module's AST, imports inside functions included, and holds four kind
    amqtt only in ``agent/transport/brokers.py``, sqlite3 only in ``ledger/store.py`` (or a
    ``ledger/store/`` package), pyserial only in ``firmware_sim/serial/port.py``,
    prometheus_client only in ``agent/fleet/metrics.py``, starlette and uvicorn only in
-   ``agent/web/app.py``.
+   ``agent/web/app.py``, cryptography (X.509) only in ``agent/fleet/brokertls.py``.
 
 And no import cycle between agent's modules, static or through ``importlib``.
 """
@@ -95,6 +95,7 @@ ADAPTERS = {
     "prometheus_client": ("agent/fleet/metrics.py",),
     "starlette": ("agent/web/app.py",),
     "uvicorn": ("agent/web/app.py",),
+    "cryptography": ("agent/fleet/brokertls.py",),
 }
 
 

@@ -22,7 +22,8 @@ from agent.fleet.metrics import Listen
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(device)s %(message)s"
 BROKER_HELP = (
-    "embedded (default), mosquitto, memory, or a URL: mqtt://host:port, "
+    "embedded (default), mosquitto, mosquitto-tls (client certificates from the fleet "
+    "authority and per-device ACLs), memory, or a URL: mqtt://host:port, "
     "mqtts://host:port?ca=FILE&cert=FILE&key=FILE"
 )
 

@@ -51,6 +51,11 @@ def homeassistant_bridge(
         return None
     if opts.broker == "memory":
         raise CliError("--homeassistant needs an MQTT broker, not --broker memory")
+    if opts.broker == "mosquitto-tls":
+        raise CliError(
+            "--homeassistant with --broker mosquitto-tls: that broker admits only the fleet's "
+            "device certificates; use --broker mosquitto or an mqtts:// URL"
+        )
     try:
         topics = HaTopics(discovery_prefix=args.homeassistant)
     except InvalidNameError as exc:

@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.cli import broker, lifecycle
 from agent.cli.errors import CliError
 from agent.fleet import keystore
 from ledger import keyfile
@@ -100,7 +101,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_init_owner)
 
     p = ksub.add_parser(
-        "show", help="describe a key file, certificate, enrollment request or fleet root"
+        "show",
+        help="describe a key file, certificate, enrollment or rotation request, fleet root, "
+        "rotation (.rot) or revocation (.rev)",
     )
     p.add_argument("path", type=Path)
     p.add_argument(
@@ -110,6 +113,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_show)
+
+    broker.register_keys(ksub)  # keys broker-cert: X.509 for the broker's TLS (agent/cli/broker.py)
+    lifecycle.register(ksub)  # rotate, countersign, revoke (agent/cli/lifecycle.py)
 
 
 def _init_authority(args: argparse.Namespace) -> int:
@@ -264,6 +270,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _describe(path: Path, data: bytes, root: Path | None) -> dict[str, object]:
+    if data.lstrip().startswith(b"-----BEGIN"):  # X.509 for the broker (keys broker-cert)
+        return broker.describe_pem(path, root)
+    described = lifecycle.describe(path, data, root)  # rotations, rotate.req, revocations
+    if described is not None:
+        return described
     if data.lstrip().startswith(b"{"):
         try:
             doc = json.loads(data)

@@ -19,7 +19,9 @@ from types import ModuleType
 from typing import Any
 
 from agent.cli import (
+    broker,
     bundle,
+    fleetlog,
     keys,
     record,
     replay,
@@ -46,7 +48,9 @@ COMMANDS: tuple[ModuleType, ...] = (
     bundle,
     restore,
     trace,
+    fleetlog,
     web,
+    broker,
 )
 
 

@@ -40,6 +40,7 @@ from agent.fleet.metrics import MetricsError, serve_metrics
 from agent.fleet.provision import pre_enrolled
 from agent.fleet.runner import FleetRunner, RunOptions, install_signal_handlers
 from agent.fleet.serial_source import SerialSetupError
+from agent.fleet.watch import unconverged_line
 from agent.transport.brokers import BrokerError
 from agent.transport.errors import TransportError
 
@@ -151,6 +152,10 @@ def _check_passphrase_source(args: argparse.Namespace) -> None:
         )
 
 
+# Exit statuses of a run (README "Exit status"): 0 every device ran and gossip converged, 1 a device
+# failed or holds damaged blocks, 2 bad input (CliError), 3 it ended with gossip not converged.
+EXIT_FAILED = 1
+EXIT_UNCONVERGED = 3
 SUMMARY_LINES = 20  # fault lines a run's summary prints; fleet.log holds them all
 
 
@@ -208,7 +213,13 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             _print_some([line for lines in damaged.values() for line in lines])
-        return 1 if result.failed or damaged else 0
+        if result.failed or damaged:
+            return EXIT_FAILED
+        if not result.converged and not result.interrupted:
+            # A run that ended unconverged must not look like one that did (README: exit status).
+            print(unconverged_line(result.unconverged, opts.settle_s), file=sys.stderr)
+            return EXIT_UNCONVERGED
+        return 0
 
     try:
         with fleet_log(args.data / "fleet.log"):

@@ -6,7 +6,9 @@ bundle (``--bundle FILE``). ``trace --from-bundle FILE`` verifies such a bundle 
 same trace from it alone. ``tags --data DIR`` lists the items the data dir's tag indexes know.
 Private readings are read only with ``--owner-key`` or ``--grant`` + ``--grantee-key``.
 Exit status of ``trace``: 0 when the verdict is OK, 1 when it is not (FORKED, REVOKED,
-ROTATED-AWAY or NOT OK), 2 on a usage error. ``tags --kind`` keeps the items whose kind
+ROTATED-AWAY or NOT OK) or when ``--witnesses K`` is not met (a custodian whose checkpoints
+covering the item's readings carry fewer than K verified cosignatures of other devices;
+agent/provenance/witnessed.py), 2 on a usage error. ``tags --kind`` keeps the items whose kind
 (``gather.item_kind``: the kind most of the devices that saw it share) is that one.
 """
 
@@ -28,11 +30,15 @@ from agent.provenance.audit import default_root
 from agent.provenance.bundles import trace_bundle, write_bundle
 from agent.provenance.gather import TraceError, TraceSession
 from agent.provenance.opening import Opening
+from agent.provenance.proofs import export_proofs, verify_proof
 from agent.provenance.rules import PRODUCTS
+from agent.provenance.verified_chains import ChainUnavailable
+from agent.provenance.witnessed import WitnessReport, witness_reports
 from ledger.bundle import MAX_BUNDLE_BYTES, BundleError, verify_bundle
 from ledger.certs import FleetRoots
 from ledger.errors import LedgerError, UsageError
 from ledger.private import open_grant
+from ledger.tlogproof import MAX_PROOF_BYTES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,8 +52,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--from-bundle", type=Path, help="trace from a bundle file instead of --data")
     p.add_argument("--product", choices=sorted(PRODUCTS), help="judge by this product's limits")
     p.add_argument("--out", type=Path, help="write the output to FILE instead of stdout")
+    p.add_argument(
+        "--witnesses",
+        type=_count,
+        metavar="K",
+        help="require K cosignatures (domain peers as C2SP witnesses) on a checkpoint of each "
+        "custodian covering the item's readings, and say whose",
+    )
+    p.add_argument(
+        "--tlog-proof",
+        type=Path,
+        metavar="DIR",
+        help="also write a C2SP .tlog-proof file per reading (and vkeys.txt) into DIR",
+    )
     _key_args(p)
     p.set_defaults(func=_trace)
+
+    p = sub.add_parser(
+        "verify-proof", help="verify .tlog-proof files of readings with a data dir's keys"
+    )
+    p.add_argument("files", nargs="+", type=Path, help=".tlog-proof files")
+    p.add_argument("--data", required=True, type=Path, help="fleet data directory (its keys)")
+    p.add_argument("--witnesses", type=_count, default=0, metavar="K", help="require K cosigners")
+    _key_args(p)
+    p.set_defaults(func=_verify_proof)
 
     p = sub.add_parser("tags", help="list the tagged items a data dir knows about")
     p.add_argument("--data", required=True, type=Path, help="fleet data directory")
@@ -55,6 +83,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _key_args(p)
     p.set_defaults(func=_tags)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 32:
+        raise argparse.ArgumentTypeError(f"expected a number of witnesses 0..32, found {text!r}")
+    return int(text)
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -116,28 +150,90 @@ def _emit(args: argparse.Namespace, text: str) -> None:
         sys.stdout.write(text)
 
 
-def _render(args: argparse.Namespace, trace: Trace) -> None:
+def _render(
+    args: argparse.Namespace, trace: Trace, witnesses: list[WitnessReport] | None = None
+) -> None:
     if args.format == "json":
-        _emit(args, json.dumps(render.as_json(trace), indent=2) + "\n")
+        doc = render.as_json(trace)
+        if witnesses is not None:
+            doc["witnesses"] = _witnesses_json(trace, witnesses, args.witnesses)
+        _emit(args, json.dumps(doc, indent=2) + "\n")
     elif args.format == "epcis":
         doc = epcis.document(trace, created_ms=int(time.time() * 1000))
         _emit(args, json.dumps(doc, indent=2) + "\n")
+        if witnesses is not None:
+            sys.stderr.write(_witnesses_text(trace, witnesses, args.witnesses))
     else:
-        _emit(args, render.as_text(trace))
+        text = render.as_text(trace)
+        if witnesses is not None:
+            text += _witnesses_text(trace, witnesses, args.witnesses)
+        _emit(args, text)
+
+
+def _witnesses_json(trace: Trace, reports: list[WitnessReport], k: int) -> dict[str, object]:
+    return {
+        "required": k,
+        "ok": all(r.met(k) for r in reports),
+        "custodians": [
+            {
+                "device_id": r.device_id,
+                "name": trace.device_name(r.device_id),
+                "epoch": r.epoch,
+                "height": r.height,
+                "checkpoint_size": r.size,
+                "cosigners": [{"device_id": w, "name": trace.device_name(w)} for w in r.cosigners],
+                "ok": r.met(k),
+                "problems": list(r.problems),
+            }
+            for r in reports
+        ],
+    }
+
+
+def _witnesses_text(trace: Trace, reports: list[WitnessReport], k: int) -> str:
+    lines = ["", f"Witnesses (required: {k} per custodian)"]
+    for r in reports:
+        who = trace.device_name(r.device_id)
+        if r.size is None:
+            lines.append(f"  {who}: no checkpoint covers height {r.height} (epoch {r.epoch})")
+        else:
+            names = ", ".join(trace.device_name(w) for w in r.cosigners) or "nobody"
+            mark = "ok" if r.met(k) else f"only {len(r.cosigners)} of {k}"
+            lines.append(
+                f"  {who}: checkpoint of size {r.size} (epoch {r.epoch}) covers height "
+                f"{r.height}; cosigned by {names} ({mark})"
+            )
+        lines += [f"    refused: {p}" for p in r.problems]
+    missing = [trace.device_name(r.device_id) for r in reports if not r.met(k)]
+    verdict = "OK" if not missing else f"NOT MET ({', '.join(missing)})"
+    lines.append(f"Witness verdict: {verdict}")
+    return "\n".join(lines) + "\n"
 
 
 def _trace(args: argparse.Namespace) -> int:
     if args.from_bundle:
-        if args.data or args.bundle:
-            raise CliError("--from-bundle reads the bundle alone: no --data, no --bundle")
+        if args.data or args.bundle or args.witnesses is not None or args.tlog_proof:
+            raise CliError(
+                "--from-bundle reads the bundle alone: no --data, --bundle, --witnesses or "
+                "--tlog-proof"
+            )
         trace = _trace_bundle(args)
     else:
         if not args.data or not args.epc:
             raise CliError("give an EPC and --data DIR (or --from-bundle FILE)")
+        witnesses = None
         with _session(args) as session:
             trace = session.trace(args.epc, product=args.product)
             if args.bundle:
                 _write_bundle(args, session, trace)
+            if args.witnesses is not None:
+                witnesses = witness_reports(session, trace)
+            if args.tlog_proof:
+                _write_proofs(args, session, trace)
+        _render(args, trace, witnesses)
+        if witnesses is not None and not all(r.met(args.witnesses) for r in witnesses):
+            return 1
+        return 0 if trace.verdict.ok else 1
     _render(args, trace)
     return 0 if trace.verdict.ok else 1
 
@@ -158,6 +254,54 @@ def _write_bundle(args: argparse.Namespace, session: TraceSession, trace: Trace)
         f"check it with: edgefleet verify-bundle {args.bundle}",
         file=sys.stderr,
     )
+
+
+def _write_proofs(args: argparse.Namespace, session: TraceSession, trace: Trace) -> None:
+    try:
+        done = export_proofs(session, trace, args.tlog_proof)
+    except OSError as exc:
+        raise CliError(f"{args.tlog_proof}: cannot write ({exc.strerror})") from None
+    written = [d for d in done if d.path is not None]
+    for d in done:
+        if d.path is None:
+            print(
+                f"edgefleet: no .tlog-proof for {trace.device_name(d.device_id)} height "
+                f"{d.height} reading {d.index}: {d.why}",
+                file=sys.stderr,
+            )
+    print(
+        f"tlog-proof: {len(written)} of {len(done)} readings written to {args.tlog_proof} "
+        f"(verifier keys in {args.tlog_proof / 'vkeys.txt'}); check them with: edgefleet "
+        f"verify-proof {args.tlog_proof}/*.tlog-proof --data {args.data}",
+        file=sys.stderr,
+    )
+
+
+def _verify_proof(args: argparse.Namespace) -> int:
+    failed = 0
+    with _session(args) as session:
+        for path in args.files:
+            try:
+                with path.open("rb") as f:
+                    data = f.read(MAX_PROOF_BYTES + 1)
+            except OSError as exc:
+                raise CliError(f"{path}: cannot read ({exc.strerror})") from None
+            try:
+                check = verify_proof(session, data, args.witnesses)
+            except (LedgerError, ChainUnavailable) as exc:
+                print(f"{path}: does NOT verify: {exc}")
+                failed += 1
+                continue
+            r = check.reading.reading
+            who = ", ".join(
+                session.devices[w].name if w in session.devices else w for w in check.cosigners
+            )
+            name = session.devices[check.device_id].name
+            print(
+                f"{path}: OK: reading seq {r.seq} of {name} at height {check.height}, in its "
+                f"checkpoint of size {check.checkpoint_size} cosigned by {who or 'nobody'}"
+            )
+    return 1 if failed else 0
 
 
 def _trace_bundle(args: argparse.Namespace) -> Trace:

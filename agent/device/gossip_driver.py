@@ -20,8 +20,10 @@ from agent.gossip.node import GossipNode
 from firmware_sim.clock import Clock
 from ledger.block import decode_block, decode_header
 from ledger.chain import ChainWriter
+from ledger.checkpoint import checkpoint_for
 from ledger.epoch import EpochRecord, decode_epoch, sign_epoch
-from ledger.errors import LedgerError
+from ledger.errors import IntegrityError, LedgerError
+from ledger.merkle import consistency_proof
 
 _NOTIFICATIONS = (
     A.HeadersAccepted,
@@ -35,6 +37,13 @@ _NOTIFICATIONS = (
     A.RestoreFinished,
     A.RestoreFailed,
 )
+
+# Why a peer was muted (the offence that crossed the threshold), as the log says it.
+MUTE_REASONS = {
+    "invalid": "invalid content (bad signatures or history) from it",
+    "malformed": "malformed messages from it",
+    "promise": "requests it did not answer in time",
+}
 
 
 async def _ignore(_: A.Action) -> None:
@@ -108,6 +117,26 @@ class GossipDriver:
                 case A.CommitRestored(blocks=wires):
                     blocks = [decode_block(w) for w in wires]
                     await ctx.run_store(store.commit_restored, blocks)
+                case A.PrepareCheckpoint():
+                    try:
+                        note, proofs = await ctx.run_store(self._prepare_checkpoint, act)
+                    except LedgerError as exc:  # e.g. a head signed by a key rotated away since
+                        ctx.log.info("no checkpoint offered to witnesses this round: %s", exc)
+                    else:
+                        await self.handle(I.CheckpointPrepared(note, proofs))
+                case A.StoreWitnessState(peer_id=peer, payload=payload):
+                    # Durable before the cosignature leaves: a restart never cosigns a fork.
+                    try:
+                        await ctx.run_store(
+                            store.put_witness_state, act.origin, act.size, act.root_hash
+                        )
+                    except IntegrityError as exc:  # the store holds a later state: never send
+                        ctx.stats.counters["witness_state_refused"] += 1
+                        ctx.log.warning("cosignature for %s withheld: %s", peer, exc)
+                    else:
+                        await ctx.send(peer, payload)
+                case A.StoreCheckpoint(origin=origin, size=size, note=note):
+                    await ctx.run_store(store.put_checkpoint, origin, size, note)
                 case A.SignEpoch():
                     record = await ctx.run_store(self._sign_epoch, act)
                     await self.handle(I.EpochSigned(record))
@@ -119,9 +148,24 @@ class GossipDriver:
                 case A.ForkDetected(device_id=dev, height=h):
                     ctx.stats.counters["forks_detected"] += 1
                     ctx.log.warning("fork detected: device %s at height %d", dev, h)
+                case A.DeviceRevoked(device_id=dev, key_id=key_id, from_height=h):
+                    ctx.stats.counters["devices_revoked"] += 1
+                    what = "device" if key_id is None else f"key {key_id.hex()} of"
+                    ctx.log.warning("revocation learned: %s %s from height %d", what, dev, h)
                 case A.PeerMuted(peer_id=peer, reason=why):
-                    ctx.stats.counters["peers_muted"] += 1
-                    ctx.log.info("muted peer %s: %s", peer, why)
+                    stats = ctx.stats
+                    stats.counters["peers_muted"] += 1
+                    stats.muted[peer] = why
+                    # Once per peer a warning (who, whom, why); later mutes of it at info.
+                    (ctx.log.warning if stats.first("muted", peer) else ctx.log.info)(
+                        "muted peer %s (%s): %s",
+                        stats.peer_name(peer),
+                        peer,
+                        MUTE_REASONS.get(why, why),
+                    )
+                case A.PeerUnmuted(peer_id=peer):
+                    ctx.stats.muted.pop(peer, None)
+                    ctx.stats.counters["PeerUnmuted"] += 1
                 case _:
                     ctx.stats.counters[type(act).__name__] += 1
             if isinstance(act, _NOTIFICATIONS):
@@ -138,6 +182,19 @@ class GossipDriver:
         while run < len(wires) and decode_header(wires[run]).header.height == run:
             run += 1
         return tuple(wires[:run])
+
+    def _prepare_checkpoint(
+        self, act: A.PrepareCheckpoint
+    ) -> tuple[bytes, tuple[tuple[int, tuple[bytes, ...]], ...]]:
+        """The own checkpoint at the head, signed, and a consistency proof from each old size."""
+        store = self.ctx.store
+        note = checkpoint_for(store, act.fleet, self.writer.key)
+        hashes = store.own_header_hashes()
+        n = len(hashes)
+        proofs = tuple(
+            (old, tuple(consistency_proof(hashes, old, n))) for old in act.old_sizes if 0 < old < n
+        )
+        return note.encode(), proofs
 
     def _sign_epoch(self, act: A.SignEpoch) -> bytes:
         """Sign the epoch record and make it durable before anything of the new epoch exists."""

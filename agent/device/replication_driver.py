@@ -181,7 +181,19 @@ class ReplicationDriver:
                     )
                 case RA.HolderExcluded(holder_id=holder, score=score):
                     counters["holders_excluded"] += 1
-                    self._log.warning("holder %s excluded: score %d", holder, score)
+                    stats = ctx.stats
+                    stats.excluded[holder] = score
+                    # Once per holder a warning (who, whom, why); later exclusions at info.
+                    (self._log.warning if stats.first("excluded", holder) else self._log.info)(
+                        "holder %s (%s) excluded: score %d after failed audits, late or "
+                        "invalid answers",
+                        stats.peer_name(holder),
+                        holder,
+                        score,
+                    )
+                case RA.HolderReadmitted(holder_id=holder):
+                    ctx.stats.excluded.pop(holder, None)
+                    counters["replication_HolderReadmitted"] += 1
                 case RA.BlockReplicated():
                     counters["blocks_replicated"] += 1
                 case _:

@@ -33,6 +33,7 @@ from typing import NamedTuple
 from agent.device.context import DeviceContext
 from agent.device.faults import describe, first_cause
 from agent.device.gossip_driver import GossipDriver
+from agent.device.liveness import Liveness
 from agent.device.replication_driver import ReplicationDriver
 from agent.device.sealing import SealPolicy
 from agent.device.stats import DeviceStats
@@ -81,6 +82,7 @@ class DeviceAgent:
         executor: Executor | None,
         peer_ids: Iterable[str] = (),
         replication: ReplicationNode | None = None,
+        silence_ms: int | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -96,6 +98,16 @@ class DeviceAgent:
         self.policy = policy
         self.stats = DeviceStats()
         self.peer_ids = tuple(peer_ids)
+        # Presence is a hint (docs/PROTOCOL.md 13.3.1): a peer leaves service once presence
+        # says offline *and* nothing proven came from it for 4 x peers anti-entropy rounds
+        # (of this device, and of the clock: ``silence_ms`` overrides the time). The peers
+        # counted are those its rounds go to: the mesh, once start() knows it.
+        self._silence_ms = silence_ms
+        rounds = 4 * max(2, len(self.peer_ids))
+        self.liveness = Liveness(
+            self.peer_ids, silence_ms or rounds * node.config.anti_entropy_ms, rounds
+        )
+        self.watched: tuple[str, ...] = self.peer_ids  # presences followed, set by start()
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(INGEST_QUEUE)
         self._oldest_pending_ms: int | None = None
@@ -181,7 +193,18 @@ class DeviceAgent:
                 "restoring %s from its peers: nothing is signed until it finishes", self.device_id
             )
             await self.gossip.handle(I.RestoreRequested())
-        await self.transport.watch_presences(self.peer_ids)
+        # The gossip mesh (all peers in small domains) and the holders of own replicas: the
+        # presence a device follows is bounded whatever its domains' size (PROTOCOL.md 12.10).
+        mesh = self.node.watched()
+        rounds = 4 * max(2, len(mesh))  # a round reaches a given mesh peer 1 time in len(mesh)
+        self.liveness.silence_rounds = rounds
+        if not self._silence_ms:
+            self.liveness.silence_ms = rounds * self.node.config.anti_entropy_ms
+        watched = set(mesh)
+        if self.replicator is not None:
+            watched.update(self.replicator.node.holder_ids())
+        self.watched = tuple(sorted(watched))
+        await self.transport.watch_presences(self.watched)
         head = self.store.head()
         self._log.info(
             "started as %s: height %s, %d pending, next seq %d, %d domain peers",
@@ -387,7 +410,7 @@ class DeviceAgent:
             self._rearm_net.set()
 
     def _net_deadline(self) -> int | None:
-        times = [self.gossip.deadline(), self.ctx.headers_due]
+        times = [self.gossip.deadline(), self.ctx.headers_due, self._liveness_deadline()]
         if self.replicator is not None:
             times.append(self.replicator.deadline())
         return min((t for t in times if t is not None), default=None)
@@ -400,6 +423,16 @@ class DeviceAgent:
             await self.gossip.on_timer(clock.now_ms())
             if self.replicator is not None:
                 await self.replicator.on_timer(clock.now_ms())
+            rounds = self.node.counters["rounds"] + self.node.counters["rounds_without_peer"]
+            for peer in self.liveness.due(clock.now_ms(), self._heard, rounds):
+                self._log.info(
+                    "%s leaves service: its presence says offline and nothing proven came "
+                    "from it for %.1f s and %d rounds",
+                    peer,
+                    self.liveness.silence_ms / 1000,
+                    self.liveness.silence_rounds,
+                )
+                await self._peer(peer, up=False)
             self.ctx.write_headers_if_due(clock.now_ms())
 
     async def _receive_loop(self) -> None:
@@ -412,15 +445,16 @@ class DeviceAgent:
                 and is_replication_message(delivery.payload)
             ):
                 await rep.handle(RI.MessageReceived(None, delivery.payload))
+                await self._proven(delivery.payload)
+                continue
+            if delivery.kind == "presence" and delivery.peer_id is not None:
+                await self._presence(delivery.peer_id)
                 continue
             event = self._as_input(delivery)
             if event is not None:
                 await self.gossip.handle(event)
-                if rep is not None and isinstance(event, I.PeerUp | I.PeerDown):
-                    peer = event.peer_id
-                    await rep.handle(
-                        RI.PeerUp(peer) if isinstance(event, I.PeerUp) else RI.PeerDown(peer)
-                    )
+                if isinstance(event, I.MessageReceived):
+                    await self._proven(delivery.payload)
 
     def _as_input(self, d: Delivery) -> I.Input | None:
         if d.kind == "inbox":
@@ -429,10 +463,53 @@ class DeviceAgent:
             return I.MessageReceived(None, d.payload, broadcast=True)
         if d.kind == "evidence":
             return I.EvidenceReceived(d.payload)
-        if d.kind == "presence" and d.peer_id is not None:
-            online = self.transport.presence(d.peer_id)
-            return I.PeerUp(d.peer_id) if online else I.PeerDown(d.peer_id)
+        if d.kind == "revocation":
+            return I.RevocationReceived(d.payload)
         return None
+
+    # --- who is in service (agent/device/liveness.py) -----------------------------------------
+    def _liveness_deadline(self) -> int | None:
+        return self.liveness.deadline(self.net_clock.now_ms(), self._heard)
+
+    def _heard(self, peer: str) -> int | None:
+        """When the cores last proved a message from ``peer`` (None: never)."""
+        times = [self.node.last_heard(peer)]
+        if self.replicator is not None:
+            times.append(self.replicator.node.last_heard(peer))
+        return max((t for t in times if t is not None), default=None)
+
+    async def _presence(self, peer: str) -> None:
+        """A presence change: ``online`` brings the peer into service, ``offline`` only opens a
+        doubt that its silence must confirm (presence is unauthenticated)."""
+        liveness = self.liveness
+        if self.transport.presence(peer):
+            if liveness.online(peer):
+                await self._peer(peer, up=True)
+        else:
+            liveness.offline(peer, self.net_clock.now_ms())
+            self._net_deadline_moved(self._liveness_deadline())
+
+    async def _proven(self, payload: bytes) -> None:
+        """After a message was handled: if its sender is out of service and a core proved the
+        message, the sender is back (its claimed name, at the envelope's fixed place, says whom
+        to look up; only the cores' record of proven traffic decides)."""
+        if not self.liveness.watching or len(payload) < 30:
+            return
+        try:
+            peer = payload[4:30].decode("ascii")
+        except UnicodeDecodeError:
+            return
+        if self.liveness.in_service(peer):
+            return
+        now = self.net_clock.now_ms()
+        if self.liveness.heard(peer, self._heard(peer), now):
+            await self._peer(peer, up=True)
+            self._net_deadline_moved(self._liveness_deadline())
+
+    async def _peer(self, peer: str, *, up: bool) -> None:
+        await self.gossip.handle(I.PeerUp(peer) if up else I.PeerDown(peer))
+        if self.replicator is not None:
+            await self.replicator.handle(RI.PeerUp(peer) if up else RI.PeerDown(peer))
 
     # --- hooks of the gossip driver ------------------------------------------------------------
     async def _verified(self, act: A.Action) -> None:

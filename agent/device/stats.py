@@ -11,7 +11,7 @@ raised, 0 cleared), and a name whose last part is ``temp_mc`` is a temperature p
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -44,6 +44,14 @@ class DeviceStats:
     received: int = 0
     send_failures: int = 0
     counters: Counter[str] = field(default_factory=Counter)
+    # Peers this device mutes now (gossip: peer id -> the offence) and holders it excludes now
+    # (replication: holder id -> its score), for the live view and the run-status file.
+    muted: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    # Device id -> name of the fleet's devices (set by the runner), for the lines that name a
+    # peer; a peer not in it is named by its id.
+    names: Mapping[str, str] = field(default_factory=dict)
+    _warned: set[tuple[str, str]] = field(default_factory=set, repr=False)
     # Kinds of the sensors seen so far (a device has a handful: classified once each), in the
     # order they were first seen: the live view shows a device's first probe first.
     _kinds: dict[str, SampleKind] = field(default_factory=dict, repr=False)
@@ -58,6 +66,19 @@ class DeviceStats:
             if kind is SampleKind.ALARM:
                 (self.alarms.add if s.value else self.alarms.discard)(s.sensor)
             latest[s.sensor] = s.value
+
+    def peer_name(self, peer_id: str) -> str:
+        """``fridge-2`` for a device of the fleet, else its id."""
+        return self.names.get(peer_id, peer_id)
+
+    def first(self, what: str, peer_id: str) -> bool:
+        """True the first time ``what`` (``muted``, ``excluded``) happens to ``peer_id``: the log
+        warns once per peer, later ones are logged at info."""
+        key = (what, peer_id)
+        if key in self._warned:
+            return False
+        self._warned.add(key)
+        return True
 
     def temperatures(self) -> tuple[tuple[str, int], ...]:
         """(sensor, latest value in m°C) of each temperature probe, first seen first."""

@@ -21,6 +21,7 @@ from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.gossip.witness import WitnessConfig
 from agent.protocol.auth import KeySigner
 from agent.protocol.trust import TrustStore
 from agent.replication.node import ReplicationNode
@@ -52,6 +53,7 @@ def build_device(
     kind: str = "",
     site: str = "",
     owner_x25519: bytes | None = None,
+    device_id: str | None = None,
 ) -> DeviceAgent:
     """One device, not started yet (``await agent.start(boot_inputs(...))``).
 
@@ -59,8 +61,9 @@ def build_device(
     peers are the other members. ``replication``: None, or no domain, and the device neither
     places nor holds replicas. ``executor``: where store work runs (None: inline, for fully
     simulated runs). ``owner_x25519``: a device at a private site seals every reading to its
-    owner (the key named in its certificate)."""
-    device_id = key.public.device_id
+    owner (the key named in its certificate). ``device_id``: the certificate's (default: the
+    one ``key`` derives, which a device's first key does and a rotated key does not)."""
+    device_id = device_id or key.public.device_id  # a rotated key no longer names the device
     writer = ChainWriter(store, key, device_id, owner_x25519=owner_x25519)
     now = net_clock.now_ms()
     gcfg = gossip or GossipConfig()
@@ -82,6 +85,7 @@ def build_device(
         now_ms=now,
         trust=trust,
         signer=signer,
+        witness=WitnessConfig(),  # domain peers cosign its checkpoints (gossip/witness.py)
     )
     rep_node = None
     if replication is not None and domains:
@@ -132,6 +136,9 @@ def boot_inputs(store: Store, certs: Iterable[bytes], self_id: str) -> list[I.In
         events.append(I.EvidenceKnown(w))
     for w in store.epoch_wires():  # before the chains: a chain may cross an epoch change
         events.append(I.EpochKnown(w))
+    states = store.witness_states()
+    if states:  # before any message: what this device cosigned as a witness
+        events.append(I.WitnessStateKnown(tuple(states)))
     own = store.own_header_wires()
     if own:
         events.append(I.ChainLoaded(self_id, tuple(own)))

@@ -9,6 +9,8 @@ docs/PROTOCOL.md section 11):
     DEV_DIR/device.key          a device's Ed25519 key (encrypted)
     DEV_DIR/device.cert         its enrollment certificate (ledger.certs wire bytes)
     DEV_DIR/enroll.req          its enrollment request (ledger.enroll), made by `init_device`
+    DEV_DIR/rotations/NNNN.rot  the device's own key rotations, in order (`keys rotate`); its
+                                device.key is then the key the last one hands over to
     DEV_DIR/fleet-root.json     a copy of the fleet root, put there by `install_certificate`
                                 (with DATA/authority/fleet-root.json when DEV_DIR is
                                 DATA/devices/NAME: docs/DEPLOY.md)
@@ -34,11 +36,12 @@ import nacl.public
 
 from agent.errors import AgentError
 from agent.fleet.datadir import DataDir
-from ledger import keyfile
+from ledger import domains, keyfile
 from ledger.certs import (
     Certificate,
     FleetRoots,
     decode_certificate,
+    decode_rotation,
     issue_certificate,
     verify_certificate,
 )
@@ -435,9 +438,49 @@ def load_device(device_dir: Path, pw: bytes, roots: FleetRoots | None = None) ->
     except OSError as exc:
         raise KeystoreError(f"{device_dir / DEVICE_CERT}: cannot read ({exc.strerror})") from None
     cert = verify_certificate(wire, roots, None) if roots else decode_certificate(wire)
-    if cert.device_key != key.public:
-        raise KeystoreError(f"{device_dir}: certificate is for another key")
+    current = rotated_key(device_dir, cert) or cert.device_key
+    if current != key.public:
+        if current == cert.device_key:
+            raise KeystoreError(f"{device_dir}: certificate is for another key")
+        raise KeystoreError(
+            f"{device_dir}: {DEVICE_KEY} is not the key its {ROTATIONS}/ hand over to last "
+            f"({current.key_id.hex()}): an interrupted `edgefleet keys rotate`? run it again"
+        )
     return Enrolled(key, cert)
+
+
+ROTATIONS = "rotations"  # DEV_DIR/rotations/NNNN.rot: the device's own key rotations, in order
+
+
+def own_rotations(device_dir: Path) -> list[bytes]:
+    """The rotation wires in ``DEVDIR/rotations/`` (``edgefleet keys rotate``), oldest first."""
+    folder = device_dir / ROTATIONS
+    if not folder.is_dir():
+        return []
+    try:
+        return [p.read_bytes() for p in sorted(folder.glob("*.rot"))]
+    except OSError as exc:
+        raise KeystoreError(f"{folder}: cannot read ({exc.strerror})") from None
+
+
+def rotated_key(device_dir: Path, cert: Certificate) -> PublicKey | None:
+    """The key the device's rotations hand over to last (each signed by the key before it), or
+    None without rotations. The authority's countersignatures are checked by whoever verifies
+    with the fleet roots (the trust store); here only the hand-over chain."""
+    current = cert.device_key
+    try:
+        for wire in own_rotations(device_dir):
+            rot = decode_rotation(wire)
+            if rot.device_id != cert.device_id or rot.old_key_id != current.key_id:
+                raise KeystoreError(
+                    f"{device_dir / ROTATIONS}: rotation to key {rot.new_key.key_id.hex()} does "
+                    f"not follow key {current.key_id.hex()} of {cert.device_id}"
+                )
+            current.verify(domains.ROTATION, rot.body, rot.old_sig, f"rotation of {cert.device_id}")
+            current = rot.new_key
+    except LedgerError as exc:
+        raise KeystoreError(f"{device_dir / ROTATIONS}: {exc}") from None
+    return None if current is cert.device_key else current
 
 
 # --- owners ------------------------------------------------------------------------------------

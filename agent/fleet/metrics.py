@@ -135,6 +135,24 @@ FAMILIES = (
     ),
     Family("edgefleet_replication_holders_excluded_total", "counter", "Holders excluded", DEVICE),
     Family(
+        "edgefleet_trouble_total",
+        "counter",
+        "Trouble an honest fleet never has, by kind (the live view's trouble figures)",
+        (*DEVICE, "trouble"),
+    ),
+    Family(
+        "edgefleet_gossip_domain_converging",
+        "gauge",
+        "1 while every local member of the gossip domain keeps up with every other's head",
+        ("domain",),
+    ),
+    Family(
+        "edgefleet_gossip_domain_behind_seconds",
+        "gauge",
+        "How long the oldest shortfall of a head in the domain has lasted (network time)",
+        ("domain",),
+    ),
+    Family(
         "edgefleet_group_sync_duration_seconds",
         "summary",
         "Group syncs of the stores' commits (real-time runs)",
@@ -241,6 +259,9 @@ def fleet_families(
     add("edgefleet_simulated_time_seconds", (), snap.sim_ms / 1000)
     for d in snap.devices:
         _device(d, add)
+    for dom in snap.domains:
+        add("edgefleet_gossip_domain_converging", (dom.domain,), int(dom.converging))
+        add("edgefleet_gossip_domain_behind_seconds", (dom.domain,), dom.behind_ms / 1000)
     sync = snap.group_sync
     if sync is not None:
         summary = fams["edgefleet_group_sync_duration_seconds"]
@@ -298,6 +319,8 @@ def _device(d: DeviceRow, add: Callable[[str, tuple[str, ...], float], None]) ->
             add("edgefleet_replication_audits_total", (*who, label), c.get(key, 0))
         excluded = c.get("device.holders_excluded", 0)
         add("edgefleet_replication_holders_excluded_total", who, excluded)
+    for kind, n in d.trouble.items():
+        add("edgefleet_trouble_total", (*who, kind), n)
 
 
 Scrape = tuple[FleetSnapshot, tuple[tuple[int, ...], float]]

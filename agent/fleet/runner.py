@@ -43,8 +43,11 @@ from agent.device.runtime import DeviceAgent, RestoreError
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
 from agent.errors import AgentError
+from agent.fleet import brokertls
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
+from agent.fleet.health import stall_ms
+from agent.fleet.keystore import own_rotations
 from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
     Provisioned,
@@ -55,16 +58,31 @@ from agent.fleet.provision import (
     write_sim_time,
 )
 from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
-from agent.fleet.sources import SampleSource, fast_forward, jump_samples, simulation
+from agent.fleet.sources import (
+    SampleSource,
+    SensorGuard,
+    fast_forward,
+    jump_samples,
+    simulation,
+)
 from agent.fleet.view import DeviceRow, FleetSnapshot, LiveView, SyncTotals
+from agent.fleet.watch import FleetWatch, domain_gaps
 from agent.gossip import actions as A
 from agent.gossip.tuning import GossipConfig
 from agent.transport.base import Transport
-from agent.transport.brokers import Broker, BrokerError, broker_from_spec
+from agent.transport.brokers import (
+    MOSQUITTO_TLS,
+    Broker,
+    BrokerError,
+    MosquittoBroker,
+    broker_from_spec,
+    client_tls,
+)
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import TransportError
 from agent.transport.memory import MemoryNetwork
 from agent.transport.mqtt import MqttHub, MqttTransport
+from agent.transport.topics import Topics
 from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
 from ledger.errors import StoreError
@@ -76,6 +94,8 @@ log = logging.getLogger("edgefleet.runner")
 # Fleets larger than this share one MQTT connection per process (whatever the shard's size).
 SHARED_CONNECTION_ABOVE = 200
 VIEW_PERIOD_S = 0.25
+WATCH_PERIOD_S = 1.0  # the health tick and the run-status file: once a second
+WATCH_SHARE = 20  # ... or less often, so that it never takes more than 1/20 of the loop
 MAX_STEP_MS = 60_000
 # Collector thresholds while a fleet runs. A young collection starts once 100,000 more
 # container objects are alive than at the last one (700 by default) and scans those that still
@@ -155,6 +175,8 @@ class RunResult:
     failed: dict[str, str] = field(default_factory=dict)
     # Those of them that never started (no agent): name -> (kind, site, line), for the view.
     failed_at_start: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # Not converged: per gossip domain, the heads a local member lacks (agent/fleet/watch.py).
+    unconverged: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def damaged(self) -> dict[str, list[str]]:
@@ -204,6 +226,9 @@ class FleetRunner:
         self._stop = asyncio.Event()
         self._broker: Broker | None = None
         self._hub: MqttHub | None = None
+        self._tls: brokertls.FleetTls | None = None  # --broker mosquitto-tls
+        # device id -> its own TLS client files (mosquitto-tls, or mqtts:// naming no cert=)
+        self._device_tls: dict[str, brokertls.TlsFiles] = {}
         self._transports: list[Transport] = []
         # Real-time runs: the stores' durable commits are synced as a group (one syncfs for all
         # the commits a sync finds, ledger/groupsync.py); the store threads hand a job back once
@@ -220,6 +245,17 @@ class FleetRunner:
         # Devices that failed before they could run (key, store): name -> (kind, site, line).
         self._failed_at_start: dict[str, tuple[str, str, str]] = {}
         self._main: asyncio.Task[Any] | None = None
+        # Device id -> name of the fleet's devices (the lines naming a peer), and the watch
+        # that writes the run-status file and tracks convergence per domain (agent/fleet/watch.py).
+        self._names: dict[str, str] = {}
+        self._sensors = SensorGuard(None, cfg)  # the source's, once it is made
+        g = opts.gossip
+        self._watch = FleetWatch(
+            self.data.root,
+            opts.shard,
+            stall_ms(g.anti_entropy_ms, g.jitter_ms, g.request_timeout_ms),
+            {d.name: d.domains for d in cfg.devices},
+        )
         self.forced = False  # the run was cancelled: it did not stop within STOP_GRACE_S
 
     @property
@@ -284,10 +320,11 @@ class FleetRunner:
             self._live_notes(),
             self._serial_down(),
             failed_at_start=self._failed_at_start,
+            network=self.network,
         )
         group = self._group
         sync = None if group is None else SyncTotals(group.syncs, group.synced_stores, group.sync_s)
-        return dataclasses.replace(snap, group_sync=sync)
+        return dataclasses.replace(snap, group_sync=sync, domains=self._watch.health)
 
     # --- the run -------------------------------------------------------------------------------
     async def run(self) -> RunResult:
@@ -336,6 +373,7 @@ class FleetRunner:
             self._device_failed(name, prov.failed[name])
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
+        self._sensors = SensorGuard(fleet, cfg)  # a model that raises fails its device alone
         resume = recorded = self._recorded_time()
         if self.opts.realtime and recorded is not None:
             resume = self._realtime_resume(recorded)
@@ -381,6 +419,7 @@ class FleetRunner:
                     await self._restore_phase()
                     samples = await self._simulate(fleet, end)
                     converged = await self._settle()
+                    gaps = {} if converged or self._stop.is_set() else self._gaps()
                 finally:
                     task = asyncio.current_task()
                     if task is None or not task.cancelling():  # a forced stop waits for nothing
@@ -404,6 +443,7 @@ class FleetRunner:
                 self._stop.is_set(),
                 self.failed,
                 dict(self._failed_at_start),
+                gaps,
             )
             self._final_view(result)
             return result
@@ -465,6 +505,9 @@ class FleetRunner:
                     except TimeoutError:
                         pass
             batch = fleet.step(target)
+            for name, exc in self._sensors.new().items():
+                if name in self.agents:
+                    self.agents[name].fail(exc)
             jump = None if self._jumps is None else self._jumps.check()
             if jump is not None:
                 self._flags.append((jump, "wall clock set " + ("back" if jump < 0 else "forward")))
@@ -631,14 +674,62 @@ class FleetRunner:
             self.network = MemoryNetwork(random.Random(self.cfg.seed))
             self._broker_note = "in-memory network"
             return
-        self._broker = broker_from_spec(spec, workdir=self.data.root, devices=len(self.cfg.devices))
+        shared = len(self.cfg.devices) > SHARED_CONNECTION_ABOVE
+        local = {prov.device_id(n): self.data.device(n) for n in self.local if n in prov.devices}
+        if spec == MOSQUITTO_TLS:
+            self._broker = await self._tls_broker(local, shared)
+            self._device_tls = self._tls.devices if self._tls is not None else {}
+        else:
+            self._broker = broker_from_spec(
+                spec, workdir=self.data.root, devices=len(self.cfg.devices)
+            )
+            try:
+                self._device_tls = brokertls.url_device_files(spec, local)
+            except brokertls.BrokerTlsError as exc:
+                raise BrokerError(str(exc)) from None
+            if self._device_tls:  # one identity per connection: no shared one
+                shared = False
         await self._broker.start()
-        log.info("broker: %s %s", self._broker.kind, self._broker.endpoint.url)
-        self._broker_note = f"{self._broker.kind} {self._broker.endpoint.url}"
+        url = self._broker.endpoint.url
+        if self._tls is not None:  # the clients' endpoints carry the TLS, the broker's does not
+            url = url.replace("mqtt://", "mqtts://", 1)
+        log.info("broker: %s %s", self._broker.kind, url)
+        self._broker_note = f"{self._broker.kind} {url}"
         self._notes = (self._broker.note,) if self._broker.note else ()
-        if len(self.cfg.devices) > SHARED_CONNECTION_ABOVE:
-            self._hub = MqttHub(self._broker.endpoint)
+        if shared:
+            if self._tls is not None and self._tls.hub is not None:
+                self._hub = MqttHub(self._tls_endpoint(self._tls.hub), hub_id=brokertls.HUB_ID)
+            else:
+                self._hub = MqttHub(self._broker.endpoint)
             await self._hub.start()
+
+    async def _tls_broker(self, devices: dict[str, Path], shared: bool) -> MosquittoBroker:
+        """A Mosquitto with a TLS listener that takes only the fleet's certificates, and an ACL
+        binding each device's topics to its certificate (agent/fleet/brokertls.py); the
+        certificates are issued from the fleet authority in the data dir when missing."""
+        try:
+            self._tls = await asyncio.to_thread(
+                brokertls.prepare_fleet,
+                self.data,
+                devices,
+                hub=shared,
+                topics=Topics(),
+                passphrase=self.data.fleet_passphrase(),
+            )
+        except brokertls.BrokerTlsError as exc:
+            raise BrokerError(str(exc)) from None
+        broker = MosquittoBroker(
+            workdir=self.data.root / brokertls.BROKER,
+            tls=self._tls.listener,
+            devices=len(self.cfg.devices),
+        )
+        broker.kind = MOSQUITTO_TLS
+        return broker
+
+    def _tls_endpoint(self, files: brokertls.TlsFiles) -> Endpoint:
+        assert self._broker is not None
+        e = self._broker.endpoint
+        return dataclasses.replace(e, tls=client_tls(files.ca, files.cert, files.key))
 
     async def _transport(self, device_id: str, domains: Sequence[str]) -> Transport:
         if self.network is not None:
@@ -646,7 +737,10 @@ class FleetRunner:
         if self._hub is not None:
             return await self._hub.attach(device_id, domains)
         assert self._broker is not None
-        t = MqttTransport(self._broker.endpoint, device_id, domains)
+        endpoint = self._broker.endpoint
+        if device_id in self._device_tls:  # each device on its own certificate
+            endpoint = self._tls_endpoint(self._device_tls[device_id])
+        t = MqttTransport(endpoint, device_id, domains)
         await t.connect()
         return t
 
@@ -667,6 +761,7 @@ class FleetRunner:
                 if here.intersection(dev.domains):
                     unnamed.append(dev.name)
                 continue
+            self._names[member] = dev.name
             for dom in dev.domains:
                 members[dom].add(member)
         if unnamed:
@@ -724,6 +819,8 @@ class FleetRunner:
             ]
             if missing:
                 store.put_certificates(missing)
+            for wire in own_rotations(self.data.device(name)):  # `keys rotate`: a wiped or
+                store.put_credential(dev_id, "rotation", wire)  # older store learns them too
             transport = await self._transport(dev_id, dev.domains)
             agent = build_device(
                 name=name,
@@ -733,6 +830,7 @@ class FleetRunner:
                 # Devices at private sites seal every reading to the owner their certificate
                 # names.
                 owner_x25519=enrolled.certificate.owner_x25519,
+                device_id=dev_id,  # after `keys rotate`, the key no longer derives it
                 store=store,
                 domains=domains,
                 roots=prov.roots,
@@ -762,6 +860,7 @@ class FleetRunner:
             raise
         stores.append(store)
         self._transports.append(transport)
+        agent.stats.names = self._names  # the log names a muted peer or excluded holder
         self.agents[name] = agent
 
     # --- restore (agent/fleet/restore_device.py) ---------------------------------------------
@@ -856,25 +955,36 @@ class FleetRunner:
 
     # --- view ----------------------------------------------------------------------------------
     async def _view_loop(self, wall0: float) -> None:
-        if not self.opts.view:
-            return
-        view = LiveView(self.opts.out)
-        last: dict[str, tuple[float, int, int]] = {}
+        """Every tick: the domains' convergence and the run-status file (with or without a
+        view), and the view when there is one."""
+        view = LiveView(self.opts.out) if self.opts.view else None
+        due = 0.0
         while True:
-            assert self.data_clock is not None
-            snap = _snapshot(
-                self.agents,
-                self.data_clock.now_ms(),
-                time.monotonic() - wall0,
-                self._speed(wall0),
-                self._broker_note,
-                last,
-                self._live_notes(),
-                self._serial_down(),
-                failed_at_start=self._failed_at_start,
-            )
-            view.show(snap)
-            await asyncio.sleep(VIEW_PERIOD_S)
+            # The watch (convergence, the status file) once a second, or less often when it
+            # costs more than 1/WATCH_SHARE of the loop (a snapshot and a look at every
+            # tracker: ~20-40 ms for a 124-fridge street); the view repaints in between.
+            start = time.monotonic()
+            if start >= due:
+                snap = self.observe()
+                due = start + max(WATCH_PERIOD_S, WATCH_SHARE * (time.monotonic() - start))
+            else:
+                snap = self.snapshot()
+            if view is not None:
+                view.show(snap)
+                await asyncio.sleep(VIEW_PERIOD_S)
+            else:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def observe(self) -> FleetSnapshot:
+        """One tick of the watch: the snapshot with each domain's convergence, written to the
+        run-status file (agent/fleet/watch.py). On the event loop's thread, while running."""
+        return self._watch.observe(self.snapshot(), self.agents, self.net_clock.now_ms())
+
+    def _gaps(self) -> dict[str, list[str]]:
+        """Per domain, the heads a local member lacks at the end of an unconverged run."""
+        remote = self._remote_heads() if self.opts.shard[1] > 1 else {}
+        domains = {d.name: d.domains for d in self.cfg.devices}
+        return domain_gaps(self._running(), domains, self._names, remote)
 
     def _speed(self, wall0: float) -> float:
         assert self.data_clock is not None
@@ -882,8 +992,8 @@ class FleetRunner:
         return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self.cfg.start_ms) / 1000 / wall
 
     def _final_view(self, result: RunResult) -> None:
-        if not self.opts.view:
-            return
+        """The last run-status file (every device STOPPED or FAILED), and the view's last
+        screen."""
         snap = _snapshot(
             self.agents,
             result.sim_end_ms,
@@ -892,14 +1002,29 @@ class FleetRunner:
             self._broker_note,
             {},
             failed_at_start=self._failed_at_start,
+            network=self.network,
         )
-        LiveView(self.opts.out).show(snap, final=True)
+        self._watch.stopped(
+            snap,
+            self.agents,
+            converged=result.converged,
+            gaps=result.unconverged,
+            interrupted=result.interrupted,
+        )
+        if self.opts.view:
+            LiveView(self.opts.out).show(snap, final=True)
 
 
 async def _yield_all(rounds: int = 20) -> None:
     """Let every ready task (and executor callback) run a few times."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+def _key_status(a: DeviceAgent) -> dict[str, Any]:
+    """The device's key life as its own node holds it (rotations; a revocation it received)."""
+    rotations, revoked_from = a.node.key_status(a.device_id)
+    return {"rotations": rotations, "revoked_from": revoked_from}
 
 
 def _replication_row(a: DeviceAgent) -> dict[str, Any]:
@@ -922,10 +1047,12 @@ def _replication_row(a: DeviceAgent) -> dict[str, Any]:
     }
 
 
-def _counters(a: DeviceAgent) -> dict[str, int]:
+def _counters(a: DeviceAgent, network: MemoryNetwork | None = None) -> dict[str, int]:
     """The device's event counters by source (DeviceRow.counters)."""
     s = a.stats
     out = {"device.blocks": s.blocks, "device.send_failures": s.send_failures}
+    if network is not None:  # copies the in-memory broker dropped for this device (queue full)
+        out["network.dropped_queue_full"] = network.dropped_for(a.device_id)
     out.update((f"device.{k}", v) for k, v in s.counters.items())
     out.update((f"gossip.{k}", v) for k, v in a.node.counters.items())
     out.update((f"transport.{k}", v) for k, v in dataclasses.asdict(a.transport.stats()).items())
@@ -948,9 +1075,10 @@ def _store_empty(data: DataDir, name: str) -> bool:
 
 def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None = None) -> bool:
     """Every local device holds the head of every domain peer whose head is known here (local
-    devices, and ``remote`` heads of devices other shards run), and a chain of every online
-    domain peer whose head is not: one that runs on another machine is known only from what it
-    sends, so a run there is done once it has received that peer's chain."""
+    devices, and ``remote`` heads of devices other shards run), and a chain of every domain
+    peer in service (agent/device/liveness.py; presence alone is a hint) whose head is not:
+    one that runs on another machine is known only from what it sends, so a run there is done
+    once it has received that peer's chain."""
     heads = {a.device_id: h.hash for a in agents.values() if (h := a.writer.store.head())}
     heads.update(remote or {})
     here = {a.device_id for a in agents.values()}
@@ -958,12 +1086,14 @@ def _converged(agents: dict[str, DeviceAgent], remote: dict[str, bytes] | None =
         for peer in agent.peer_ids:
             want = heads.get(peer)
             if want is None:
-                elsewhere = peer not in here and agent.transport.presence(peer)
+                elsewhere = peer not in here and agent.liveness.in_service(peer)
                 if elsewhere and agent.node.head(peer) is None:
                     return False  # online elsewhere, and nothing of its chain received yet
                 continue  # nothing sealed, or unknown
             held = agent.node.head(peer)
             if held is None or held.hash != want:
+                if agent.node.key_status(peer)[1] is not None:
+                    continue  # revoked (`keys revoke`): its later headers are refused for good
                 return False
     return True
 
@@ -979,6 +1109,7 @@ def _snapshot(
     serial_down: Collection[str] = frozenset(),
     *,
     failed_at_start: dict[str, tuple[str, str, str]] | None = None,
+    network: MemoryNetwork | None = None,
 ) -> FleetSnapshot:
     rows = []
     sent = received = invalid = unproven = 0
@@ -993,7 +1124,9 @@ def _snapshot(
         height = None if head is None else head.header.height
         lows = [p.node.head(a.device_id) for p in trackers[a.device_id]]
         lowest = min((-1 if h is None else h.header.height for h in lows), default=height or -1)
-        online = sum(1 for p in a.peer_ids if a.transport.presence(p))
+        # The mesh it follows (presence of the rest is not watched), in service (presence is
+        # a hint a spoofed retained offline can set; liveness is what the device acts on).
+        online = sum(1 for p in a.watched if a.liveness.in_service(p))
         cert = a.node.device_id
         rows.append(
             DeviceRow(
@@ -1008,15 +1141,23 @@ def _snapshot(
                 temps_mc=a.temperatures(),
                 alarms=tuple(sorted(a.stats.alarms)),
                 peers_online=online,
-                peers_total=len(a.peer_ids),
+                peers_total=len(a.watched),
                 lag=0 if height is None else max(0, height - lowest),
                 forked=cert in a.node.forked(),
+                **_key_status(a),
                 serial_down=name in serial_down,
                 failure=a.failure,
                 damaged=tuple(a.ctx.damaged.values()),
                 **_replication_row(a),
                 private=a.writer.owner_x25519 is not None,
-                counters=_counters(a),
+                counters=_counters(a, network),
+                muted=tuple(
+                    (a.stats.peer_name(p), why) for p, why in sorted(a.stats.muted.items())
+                ),
+                excluded=tuple(
+                    (a.stats.peer_name(p), f"score {score}")
+                    for p, score in sorted(a.stats.excluded.items())
+                ),
             )
         )
         sent += a.stats.sent

@@ -4,16 +4,20 @@ A ``SampleSource`` steps through time like ``firmware_sim.fleet.Fleet``: ``now_m
 has got, ``targets(until)`` the step times up to ``until``, and ``step(t)`` the samples of
 (now, t], in time order. The fleet runner drives any source the same way.
 
-Also what a resume owes each device (``fast_forward``) and the samples a clock jump adds to every
-device's chain (``jump_samples``).
+Also what a resume owes each device (``fast_forward``), the samples a clock jump adds to every
+device's chain (``jump_samples``), and the containment of a simulated appliance whose model
+raises (``SensorGuard``: that device fails alone, with one line naming it, the devices file and
+the fix).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from agent.config.devices import FleetConfig
+from agent.errors import AgentError
 from firmware_sim.clock import JUMP_SENSOR
 from firmware_sim.fleet import Fleet
 from firmware_sim.samples import Sample
@@ -95,4 +99,63 @@ class TraceSource:
             out.append(self._next)
             self._next = next(self._it, None)
         self.now_ms = max(self.now_ms, until_ms)
+        return out
+
+
+class SensorError(AgentError, code="sensor"):
+    """A simulated appliance's model (its sensors) raised: that device stops, the others run."""
+
+
+class _Guarded:
+    """An appliance model whose ``advance`` (where its sensors are read) is contained: when it
+    raises, the failure is noted for the runner and the model is read no more (its samples are
+    none from then on). Everything else is the model's own."""
+
+    def __init__(self, name: str, model: Any, failed: dict[str, SensorError], source: str) -> None:
+        self._name = name
+        self._model = model
+        self._failed = failed
+        self._source = source
+
+    def advance(self, now_ms: int) -> list[Sample]:
+        if self._name in self._failed:
+            return []
+        try:
+            samples: list[Sample] = self._model.advance(now_ms)
+        except Exception as exc:  # contained: this device fails, the rest of the fleet runs
+            what = " ".join(str(exc).split()) or type(exc).__name__
+            self._failed[self._name] = SensorError(
+                f"its simulated sensors failed at {_when(now_ms)} ({type(exc).__name__}: {what}): "
+                f"the device stopped, what it signed is kept; check its sensors and faults in "
+                f"{self._source}, then run again"
+            )
+            return []
+        return samples
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._model, attr)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class SensorGuard:
+    """Contains the failures of a simulation's appliance models per device (issue: one bad
+    device never takes down the rest). ``new()`` hands the failures not yet reported, each
+    once: device name -> the error the runner fails that device with. A source without
+    appliance models (a trace) has nothing to guard."""
+
+    def __init__(self, source: object, cfg: FleetConfig) -> None:
+        self.failed: dict[str, SensorError] = {}
+        self._reported: set[str] = set()
+        appliances = getattr(source, "appliances", None)
+        if isinstance(appliances, dict):
+            where = str(cfg.source) if cfg.source else "the devices file"
+            for name, model in list(appliances.items()):
+                appliances[name] = _Guarded(name, model, self.failed, where)
+
+    def new(self) -> dict[str, SensorError]:
+        out = {n: e for n, e in self.failed.items() if n not in self._reported}
+        self._reported.update(out)
         return out

@@ -20,6 +20,14 @@ freezer of a three-freezer blood chain whose every block is on both other freeze
 shortfall of one copy. ``temps`` are the latest values of the device's probes, its first probe
 first (a fridge: the fridge, then the freezer compartment). Per kind, ranges are lo/med/hi (min,
 median, max) and the temperature is each device's first probe.
+
+Never healthy when it is not: the gossip line counts the domains converging (``domains 4/5 ok``;
+red on a terminal when one is not, with a ``! NOT CONVERGING`` line naming it and the reason).
+When any device has trouble (agent/fleet/health.py ``TROUBLE``), a ``trouble`` line gives the
+fleet's totals and a ``trouble`` column (after ``lag``; per kind, a sum) each device's, in short
+codes: ``u`` unproven, ``i`` invalid, ``r`` rejected, ``m`` muted, ``x`` excluded, ``d`` dropped,
+``s`` send failures, ``t`` timeouts, and ``m:NAME`` for each peer the device mutes now. An honest
+fleet's screen has neither.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
+
+from agent.fleet.health import TROUBLE, DomainHealth, trouble, trouble_cell
 
 PER_DEVICE_LIMIT = 24
 WIDTH, HEIGHT = 80, 24  # the terminal render() fits when not told its size
@@ -56,6 +66,8 @@ class DeviceRow:
     peers_total: int
     lag: int  # own height minus the lowest height a domain peer holds of this chain
     forked: bool = False
+    rotations: int = 0  # key rotations applied (`edgefleet keys rotate`)
+    revoked_from: int | None = None  # a revocation refuses its headers from this height
     serial_down: bool = False  # a real serial sensor of the device is lost (being reopened)
     # Edge replication (None: off): own blocks with their full healthy copies, of the own
     # blocks tracked; bytes of peers' blocks this device holds, and its quota. Full is
@@ -72,8 +84,17 @@ class DeviceRow:
     # Sealed for its owner (a private household): its readings' values are the owner's.
     private: bool = False
     # Event counters since this process started, by source: ``device.`` (runtime),
-    # ``gossip.`` and ``replication.`` (the cores), ``transport.`` (the device's transport).
+    # ``gossip.`` and ``replication.`` (the cores), ``transport.`` (the device's transport),
+    # ``network.`` (the in-memory broker's drops for it).
     counters: Mapping[str, int] = field(default_factory=dict)
+    # Peers this device mutes now (name, offence) and holders it excludes now (name, why).
+    muted: tuple[tuple[str, str], ...] = ()
+    excluded: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def trouble(self) -> dict[str, int]:
+        """The trouble figures (agent/fleet/health.py ``TROUBLE``): zero in an honest fleet."""
+        return trouble(self.counters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +121,13 @@ class FleetSnapshot:
     broker: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     group_sync: SyncTotals | None = None  # None: every commit synced by itself (simulated runs)
+    # Gossip convergence per domain of the local devices (agent/fleet/health.py); empty: not
+    # tracked (a snapshot taken outside a run's ticks).
+    domains: tuple[DomainHealth, ...] = ()
+
+    def stalled(self) -> tuple[DomainHealth, ...]:
+        """The domains whose gossip is not converging."""
+        return tuple(d for d in self.domains if not d.converging)
 
 
 def _clock(ms: int) -> str:
@@ -126,21 +154,58 @@ def render(snap: FleetSnapshot, *, width: int = WIDTH, height: int = HEIGHT) -> 
         f"edgefleet  sim {_clock(snap.sim_ms)}  x{snap.speed:,.0f}  wall {snap.wall_s:,.0f}s",
         f"devices {n}  blocks {sealed:,}  readings {readings:,}  alarms {alarms}",
         f"gossip  sent {snap.sent_per_s:,.0f}/s  received {snap.received_per_s:,.0f}/s  "
-        f"invalid {snap.invalid}  unproven {snap.unproven}  broker {snap.broker}",
+        f"invalid {snap.invalid}  unproven {snap.unproven}{_domains(snap)}  broker {snap.broker}",
         *_replication_line(snap),
+        *_trouble_line(snap),
         "",
     ]
     per_device = n <= PER_DEVICE_LIMIT
     body = _per_device(snap, width) if per_device else _per_kind(snap)
     tail = [f"! {note}" for note in snap.notes]
-    faults = [f"! FAILED {d.failure}" for d in snap.devices if d.failure]
+    faults = [f"! {NOT_CONVERGING} {_stall(d)}" for d in snap.stalled()]
+    faults += [f"! FAILED {d.failure}" for d in snap.devices if d.failure]
     faults += [f"! DAMAGED {line}" for d in snap.devices for line in d.damaged]
+    faults += [f"! {d.name} mutes {p} ({why})" for d in snap.devices for p, why in d.muted]
+    faults += [f"! {d.name} excludes {p} ({why})" for d in snap.devices for p, why in d.excluded]
     if len(faults) > FAULT_LINES:  # a full disk fails every device: the screen keeps its body
         more = len(faults) - FAULT_LINES + 1
         faults[FAULT_LINES - 1 :] = [f"! ... and {more} more (fleet.log has every one)"]
     tail += faults
     rows = "devices" if per_device else "kinds"
     return _fit(head, body, ["", *tail] if tail else [], rows, width, height)
+
+
+NOT_CONVERGING = "NOT CONVERGING"
+TROUBLE_WORDS = {"send_failures": "send failures"}
+
+
+def _domains(snap: FleetSnapshot) -> str:
+    """``  domains 2/3 ok`` (domains converging of those the local devices are in)."""
+    if not snap.domains:
+        return ""
+    ok = sum(1 for d in snap.domains if d.converging)
+    return f"  domains {ok}/{len(snap.domains)} ok"
+
+
+def _stall(d: DomainHealth) -> str:
+    return (
+        f"{d.domain}: {d.behind} of {d.members} chains behind for {d.behind_ms / 1000:.0f} s "
+        f"({d.reason})"
+    )
+
+
+def _totals(snap: FleetSnapshot) -> dict[str, int]:
+    total = dict.fromkeys(TROUBLE, 0)
+    for d in snap.devices:
+        for k, n in d.trouble.items():
+            total[k] += n
+    return total
+
+
+def _trouble_line(snap: FleetSnapshot) -> list[str]:
+    """The fleet's trouble figures that are not zero (no line at all when every one is)."""
+    parts = [f"{TROUBLE_WORDS.get(k, k)} {n:,}" for k, n in _totals(snap).items() if n]
+    return ["trouble  " + "  ".join(parts)] if parts else []
 
 
 def _fit(
@@ -207,12 +272,22 @@ def _table(cols: list[str], rows: list[list[str]], width: int | None = None) -> 
 def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
     cols = ["device", "kind", "site", "height", "pend", "peers", "lag", "copies", "held"]
     cols += ["alarms", "temps"]
+    # The trouble column (after lag) only when a device has some: an honest fleet's table is
+    # the same as ever.
+    troubled = any(any(d.trouble.values()) for d in snap.devices)
+    if troubled:
+        cols.insert(cols.index("lag") + 1, "trouble")
     rows = []
     for d in snap.devices:
+        cells = (
+            [trouble_cell(d.trouble) + "".join(f" m:{p}" for p, _ in d.muted)] if troubled else []
+        )
         rows.append(
             [
                 _cut(d.name, NAME_WIDTH)
                 + (" FORKED" if d.forked else "")
+                + (f" REVOKED@{d.revoked_from}" if d.revoked_from is not None else "")
+                + (" ROTATED" if d.rotations else "")
                 + (" SERIAL-DOWN" if d.serial_down else "")
                 + (" FAILED" if d.failure else " DAMAGED" if d.damaged else ""),
                 KIND_SHORT.get(d.kind, d.kind),
@@ -221,6 +296,7 @@ def _per_device(snap: FleetSnapshot, width: int | None = None) -> list[str]:
                 str(d.pending),
                 f"{d.peers_online}/{d.peers_total}",
                 str(d.lag),
+                *cells,
                 _copies(d),
                 "-" if d.replicated is None else _size(d.held_bytes),
                 ",".join(a.removeprefix("alarm.") for a in d.alarms) or "-",
@@ -235,16 +311,21 @@ def _per_kind(snap: FleetSnapshot) -> list[str]:
     # narrow screen only the end of the temperatures is cut.
     cols = ["kind", "count", "alarms", "forked", "fail", "pend", "lag", "height lo/med/hi"]
     cols += ["°C lo/med/hi"]
+    troubled = any(any(d.trouble.values()) for d in snap.devices)
+    if troubled:
+        cols.insert(2, "trouble")
     rows = []
     kinds = sorted({d.kind for d in snap.devices})
     for kind in kinds:
         ds = [d for d in snap.devices if d.kind == kind]
         heights = [d.height if d.height is not None else -1 for d in ds]
         temps = [v for d in ds for s, v in d.temps_mc[:1]]
+        extra = [str(sum(sum(d.trouble.values()) for d in ds))] if troubled else []
         rows.append(
             [
                 KIND_SHORT.get(kind, kind),
                 str(len(ds)),
+                *extra,
                 str(sum(len(d.alarms) for d in ds)),
                 str(sum(d.forked for d in ds)),
                 str(sum(d.failure is not None for d in ds)),
@@ -270,8 +351,20 @@ def summary_line(snap: FleetSnapshot) -> str:
         f"sim {_clock(snap.sim_ms)} x{snap.speed:,.0f} devices {len(snap.devices)} "
         f"blocks {sealed} readings {sum(d.readings for d in snap.devices)} alarms {alarms} "
         f"lag {lag} sent/s {snap.sent_per_s:,.0f} invalid {snap.invalid} unproven {snap.unproven}"
-        f"{_serial_down(snap)}" + (f" FAILED {len(failed)}: {', '.join(failed)}" if failed else "")
+        f"{_serial_down(snap)}"
+        + (f" FAILED {len(failed)}: {', '.join(failed)}" if failed else "")
+        + _trouble_summary(snap)
     )
+
+
+def _trouble_summary(snap: FleetSnapshot) -> str:
+    """`` trouble s52 t3`` and `` NOT CONVERGING street-1,street-2`` when there is any."""
+    cell = trouble_cell(_totals(snap))
+    out = "" if cell == "-" else f" trouble {cell}"
+    stalled = snap.stalled()
+    if stalled:
+        out += f" {NOT_CONVERGING} {','.join(d.domain for d in stalled)}"
+    return out
 
 
 def _serial_down(snap: FleetSnapshot) -> str:
@@ -311,7 +404,8 @@ class LiveView:
             columns, lines = self._size()
             # One line fewer than the screen: the newline after the last one must not scroll
             # the title away.
-            text = "\n".join(render(snap, width=columns, height=max(1, lines - 1)))
+            screen = render(snap, width=columns, height=max(1, lines - 1))
+            text = "\n".join(_paint(line) for line in screen)
             # Home the cursor and clear to the end of the screen: one redraw, no scrolling.
             self.out.write(("\x1b[H\x1b[J" if self._painted else "\x1b[2J\x1b[H") + text + "\n")
             self._painted = True
@@ -319,3 +413,20 @@ class LiveView:
             self.out.write(summary_line(snap) + "\n")
             self._last_plain = snap.wall_s
         self.out.flush()
+
+
+RED, RESET = "\x1b[31m", "\x1b[0m"
+
+
+def _paint(line: str) -> str:
+    """On a terminal: a domain that does not converge in red (its line, and the gossip line's
+    figure when not every domain is ok)."""
+    if line.startswith(f"! {NOT_CONVERGING}"):
+        return RED + line + RESET
+    if line.startswith("gossip  ") and " domains " in line:
+        head, _, rest = line.partition(" domains ")
+        figure, sep, after = rest.partition(" ok")
+        done, _, total = figure.partition("/")
+        if sep and done != total:
+            return f"{head} {RED}domains {figure} ok{RESET}{after}"
+    return line

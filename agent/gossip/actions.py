@@ -37,6 +37,16 @@ What the runtime does with each:
   published head: sign the epoch record with the device key, make it durable
   (``Store.put_epoch``), then feed ``EpochSigned(wire)`` back.
 
+- ``PrepareCheckpoint(fleet, old_sizes)``: sign the device's checkpoint at its head (C2SP, by
+  ``ledger.checkpoint.checkpoint_for``) and make the consistency proof from each old size to it
+  (``ledger.merkle.consistency_proof`` over ``Store.own_header_hashes``); feed
+  ``CheckpointPrepared(note, proofs)`` back. Not answering is allowed (the next round asks again).
+- ``StoreWitnessState(origin, size, root_hash, peer_id, payload)``: this device cosigned a peer's
+  checkpoint as its witness: make the new state durable (``Store.put_witness_state``), and only
+  then send ``payload`` (the cosignature) to ``peer_id``; if the write fails, send nothing.
+- ``StoreCheckpoint(origin, size, note)``: keep the own checkpoint note, with the cosignatures it
+  has so far (``Store.put_checkpoint``).
+
 Notifications need no action; they feed logs, counters and the live view. ``RestoreFinished``
 is the one the runtime waits for: from then on the device may sign, in ``epoch``, after
 ``height``.
@@ -125,6 +135,38 @@ class SignEpoch:
 
 
 # --- notifications (past tense) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareCheckpoint:
+    fleet: str  # ledger.checkpoint.fleet_label of the device's fleet root
+    old_sizes: tuple[int, ...]  # ascending, unique: the sizes the witnesses last cosigned
+
+
+@dataclass(frozen=True, slots=True)
+class StoreWitnessState:
+    origin: str
+    size: int
+    root_hash: bytes
+    peer_id: str
+    payload: bytes  # sent to peer_id once the state is durable
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCheckpoint:
+    origin: str
+    size: int
+    note: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointCosigned:
+    """A witness cosigned the own checkpoint (``cosigners``: how many have, so far)."""
+
+    origin: str
+    size: int
+    witness: str
+    cosigners: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +269,10 @@ Action = (
     | RewindChain
     | CommitRestored
     | SignEpoch
+    | PrepareCheckpoint
+    | StoreWitnessState
+    | StoreCheckpoint
+    | CheckpointCosigned
     | HeadersAccepted
     | BlockAccepted
     | ForkDetected

@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping
 
-from agent.gossip import wire
+from agent.gossip import mesh, wire
 from agent.gossip.actions import Action, HeadersAccepted, Send, StoreHeaders
 from agent.gossip.chains import ChainState
 from agent.gossip.peers import Offence, Peers
@@ -58,6 +58,8 @@ class Context:
             self.set_domain(name, members)
         self.tracked: frozenset[str] = frozenset()
         self._cover: tuple[str, ...] | None = None
+        self.rings: dict[str, mesh.Ring] = {}
+        self.neighbours: frozenset[str] = frozenset()
         self.members_changed()
         self.chains: dict[str, ChainState] = {}
         self.forked: dict[str, bytes] = {}  # device -> evidence wire
@@ -86,6 +88,52 @@ class Context:
         self.tracked = frozenset(tracked)
         self._cover = None
         self.peers.set_members(self.tracked - {self.device_id})
+        self.rings = {name: mesh.ring(name, m) for name, m in sorted(self.domains.items())}
+        near: set[str] = set()
+        for r in self.rings.values():
+            near |= self.mesh_of(r, self.device_id)
+        self.neighbours = frozenset(near)
+
+    def mesh_of(self, ring: mesh.Ring, member: str) -> frozenset[str]:
+        """``member``'s neighbours in ``ring``'s domain: its fingers both ways, or every other
+        member in a domain of at most ``mesh_above`` members."""
+        if len(ring) <= self.config.mesh_above:
+            return frozenset(ring.order) - {member}
+        return ring.neighbours(member)
+
+    def mesh_peer(self, peer: str) -> bool:
+        """Whether ``peer`` is one this node talks to unasked: any peer, or with
+        ``config.mesh`` only its mesh neighbours (docs/PROTOCOL.md 12.10)."""
+        return not self.config.mesh or peer in self.neighbours
+
+    def tree_targets(self, dev: str, sender: str | None) -> list[str]:
+        """Whom this node passes a header of ``dev`` to down ``dev``'s trees: in every domain
+        holding both where ``sender`` is an ancestor of this node (None: this node is the
+        origin, in its covering domains), its children there; a child known down is replaced by
+        its own children (one level of adoption)."""
+        me = self.device_id
+        if sender is None:
+            domains = list(self.cover_domains())
+        else:
+            domains = [
+                d
+                for d, r in self.rings.items()
+                if dev in r.pos and sender in r.pos and r.is_ancestor(dev, sender, me)
+            ]
+        out: list[str] = []
+        for d in domains:
+            r = self.rings[d]
+            for child in r.children(dev, me):
+                rec = self.peers.get(child)
+                if rec is not None and not rec.up:
+                    self.counters["tree_adoptions"] += 1
+                    targets: tuple[str, ...] = r.grandchildren(dev, child)
+                else:
+                    targets = (child,)
+                for t in targets:
+                    if t not in out and t != sender and t != me:
+                        out.append(t)
+        return out
 
     def sharing(self, device_id: str) -> set[str]:
         """Peers that share a domain with ``device_id`` (and with us)."""

@@ -3,7 +3,9 @@ from peers (CERTS messages, and the credentials a RESPONSE carries), verified by
 trust store (agent.protocol.trust), stored when they came from a peer, and spread: a rotation or
 revocation is forwarded once to ``fanout`` peers, a revocation that enters the fleet here is
 broadcast to the revoked device's domains, and every peer that comes up is told the revocations
-held (docs/PROTOCOL.md 12.6).
+held (docs/PROTOCOL.md 12.6). A revocation the fleet authority published on the revocation topic
+(``edgefleet keys revoke``, retained, every device subscribed) arrives from no sender: its root
+signature proves it; it is kept and forwarded like a peer's (``on_topic``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ class CredentialExchange:
     def hello_size(self) -> int:
         """Bytes of a hello (the last one sent, or a certificate's worth before any)."""
         return self._hello_size
+
+    def on_topic(self, credential: bytes) -> None:
+        """A revocation from the revocation topic: verified against the fleet roots, stored and
+        forwarded once if new; anything that does not verify is dropped and counted (nobody to
+        charge: MQTT does not say who published)."""
+        ctx = self.ctx
+        ctx.counters["revocation_topic"] += 1
+        if not self.learn("revocation", credential, None, remote=True):
+            ctx.counters["revocation_topic_invalid"] += 1
 
     def learn_all(
         self,

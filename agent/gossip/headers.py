@@ -95,7 +95,9 @@ class Headers:
                 self.pulls.pull(peer, dev, sh.header.height)
         ctx.flush()
         for dev, shs in fresh.items():
-            if not broadcast:
+            if not broadcast and ctx.config.push == "tree":
+                self._push_tree(dev, shs, peer)
+            elif not broadcast:
                 self._push(dev, shs, exclude={peer, dev})
             chain = ctx.chains[dev]
             if peer == dev and chain.missing:
@@ -306,6 +308,8 @@ class Headers:
         ctx.seen_headers.put(sh.hash, True)
         if ctx.config.push == "broadcast":
             self._broadcast_own(sh)
+        elif ctx.config.push == "tree":
+            self._push_tree(ctx.device_id, [sh], None)
         else:
             self._push(ctx.device_id, [sh], exclude=set())
 
@@ -346,6 +350,20 @@ class Headers:
         for p in chosen:
             ctx.out.append(Send(p, payload))
         ctx.counters["announces_sent"] += len(chosen)
+
+    def _push_tree(self, dev: str, headers: list[SignedHeader], sender: str | None) -> None:
+        """Down ``dev``'s trees (docs/PROTOCOL.md 12.10): an own header (``sender`` None) to the
+        origin's children, a header handed down by an ancestor to this node's children."""
+        ctx = self.ctx
+        targets = ctx.tree_targets(dev, sender)
+        if not targets:
+            return
+        wires = tuple(sh.wire for sh in headers[-wire.MAX_ANNOUNCE_HEADERS :])
+        announce = wire.Announce(ctx.device_id, wires)
+        payload = ctx.seal_own_announce(announce) if sender is None else ctx.seal(announce)
+        for p in targets:
+            ctx.out.append(Send(p, payload))
+        ctx.counters["announces_sent"] += len(targets)
 
     def _broadcast_own(self, sh: SignedHeader) -> None:
         """One ANNOUNCE per domain topic, on the fewest domains that reach every sharing peer."""

@@ -55,6 +55,14 @@ class RevocationKnown:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationReceived:
+    """Bytes from the revocation topic (retained, published by the fleet authority with
+    ``edgefleet keys revoke``; sender unknown): verified against the fleet roots here."""
+
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class EvidenceKnown:
     """Fork evidence from the store: the device stays excluded after a restart."""
 
@@ -113,6 +121,23 @@ class ChainRewound:
     headers: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointPrepared:
+    """The runtime's answer to ``PrepareCheckpoint``: the signed checkpoint note at the head and a
+    consistency proof from each old size asked for (``(old_size, proof)``, ascending)."""
+
+    note: bytes
+    proofs: tuple[tuple[int, tuple[bytes, ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessStateKnown:
+    """At start: what this device last cosigned as a witness, ``(origin, size, root_hash)``
+    (``Store.witness_states``), before any message."""
+
+    states: tuple[tuple[str, int, bytes], ...]
+
+
 Input = (
     MessageReceived
     | OwnBlockSealed
@@ -120,6 +145,7 @@ Input = (
     | CertificateKnown
     | RotationKnown
     | RevocationKnown
+    | RevocationReceived
     | EvidenceKnown
     | EvidenceReceived
     | PeerUp
@@ -130,4 +156,6 @@ Input = (
     | EpochKnown
     | EpochSigned
     | ChainRewound
+    | CheckpointPrepared
+    | WitnessStateKnown
 )

@@ -17,6 +17,7 @@ shared ``context.Context`` (docs/PROTOCOL.md section 12 has the full description
 - ``evidence``: fork evidence, found or received, and the exclusion of forked devices.
 - ``credentials``: certificates, rotations and revocations, verified by the device's one trust
   store (agent.protocol.trust) and spread.
+- ``witness``: domain peers cosign each other's C2SP checkpoints (tlog-witness over gossip).
 - ``restore``: a wiped device learns its published head from peers' summaries, fetches and
   verifies its chain, and signs nothing until ``RestoreFinished``.
 - **Peers** (``peers``): per-peer scores mute peers that send malformed or invalid messages or
@@ -48,6 +49,7 @@ from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
     ChainRewound,
+    CheckpointPrepared,
     DomainChanged,
     EpochKnown,
     EpochSigned,
@@ -61,25 +63,33 @@ from agent.gossip.inputs import (
     PullLoaded,
     RestoreRequested,
     RevocationKnown,
+    RevocationReceived,
     RotationKnown,
+    WitnessStateKnown,
 )
 from agent.gossip.peers import PeerStats
 from agent.gossip.pulls import Pulls
 from agent.gossip.restore import Phase, Restore, Restorer
 from agent.gossip.summaries import AntiEntropy
 from agent.gossip.tuning import GossipConfig
+from agent.gossip.witness import WitnessConfig, Witnessing
 from agent.protocol import auth
+from agent.protocol.lru import Lru
 from agent.protocol.trust import TrustStore
 from ledger.block import SignedHeader
-from ledger.certs import FleetRoots
+from ledger.certs import FleetRoots, decode_revocation
 from ledger.errors import DecodeError, UsageError, VerificationError
 from ledger.identity import is_device_id
+from ledger.note import Note
 
 __all__ = ["GossipNode", "Verdict"]
 
 # Types that may come with an empty authenticator: an ANNOUNCE of the sender's own headers,
 # whose signatures prove it (docs/PROTOCOL.md 12.1.5; chosen on bench/auth.py's figures).
 _SELF_PROVING: frozenset[int] = frozenset({wire.ANNOUNCE})
+# Signed REQUESTs already answered (their signatures): a replayed copy draws nothing. Request
+# ids are sequential per requester, so an honest request never has the bytes of an earlier one.
+_ANSWERED_REQUESTS = 4_096
 
 
 class GossipNode:
@@ -96,6 +106,7 @@ class GossipNode:
         now_ms: int = 0,
         trust: TrustStore | None = None,
         signer: auth.Signer,
+        witness: WitnessConfig | None = None,
     ) -> None:
         """``trust``: the device's one trust store, shared with its replication core (a
         credential is then verified once per device); None: a store of this node's own.
@@ -124,10 +135,15 @@ class GossipNode:
         self._headers = Headers(ctx, self._pulls, self._epochs, self._evidence)
         self._summaries = AntiEntropy(ctx, self._pulls, self._epochs, self._evidence)
         self._restore = Restorer(ctx, self._pulls, self._summaries, self._epochs)
+        self._witness = Witnessing(ctx, witness)
         # Unproven bytes received per unknown sender, and when it was last sent a hello (both
         # bounded by the tracked members: only they are asked).
         self._ask_credit: dict[str, int] = {}
         self._asked: dict[str, int] = {}
+        # When each member last sent a proven message (the runtime's liveness reads it:
+        # presence is only a hint, docs/PROTOCOL.md 13.3). Bounded by the members.
+        self._heard: dict[str, int] = {}
+        self._requests: Lru[bytes, bool] = Lru(_ANSWERED_REQUESTS)
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -150,6 +166,8 @@ class GossipNode:
             self._evidence.on_known(event.wire)
         elif isinstance(event, EvidenceReceived):
             self._evidence.on_topic(event.evidence)
+        elif isinstance(event, RevocationReceived):
+            self._credentials.on_topic(event.wire)
         elif isinstance(event, PeerUp):
             self._on_peer_up(event.peer_id)
         elif isinstance(event, PeerDown):
@@ -166,6 +184,10 @@ class GossipNode:
             self._restore.on_epoch_signed(event.wire)
         elif isinstance(event, ChainRewound):
             self._epochs.on_rewound(event)
+        elif isinstance(event, CheckpointPrepared):
+            self._witness.on_prepared(event)
+        elif isinstance(event, WitnessStateKnown):
+            self._witness.on_known(event)
         else:
             raise UsageError(f"gossip node: unknown input {type(event).__name__}")
         return self._ctx.take()
@@ -181,6 +203,7 @@ class GossipNode:
         ctx.counters["serves_expired"] += len(ctx.serves.expire(now_ms))
         self._restore.step()
         self._summaries.on_timer()
+        self._witness.on_timer(self._restore.active)
         return ctx.take()
 
     def next_deadline(self) -> int | None:
@@ -192,6 +215,7 @@ class GossipNode:
             ctx.serves.next_deadline(),
             ctx.peers.next_expiry(),
             self._restore.deadline(),
+            self._witness.deadline(),
         ]
         return min(t for t in times if t is not None)
 
@@ -211,12 +235,32 @@ class GossipNode:
     def forked(self) -> frozenset[str]:
         return frozenset(self._ctx.forked)
 
+    def key_status(self, device_id: str) -> tuple[int, int | None]:
+        """What this node holds of a device's key life: its rotations applied, and the lowest
+        height a revocation refuses from (None: not revoked)."""
+        _, rotations, revocations = self._ctx.trust.bundle(device_id)
+        froms = [decode_revocation(w).from_height for w in revocations]
+        return len(rotations), min(froms, default=None)
+
     def missing_bodies(self, device_id: str) -> tuple[int, ...]:
         chain = self._ctx.chains.get(device_id)
         return () if chain is None else tuple(sorted(chain.missing))
 
     def peer_stats(self, peer_id: str) -> PeerStats | None:
         return self._ctx.peers.stats(peer_id, self._ctx.now)
+
+    def last_heard(self, peer_id: str) -> int | None:
+        """When ``peer_id`` last sent a proven message (a signature, or own headers that
+        verify); None: never."""
+        return self._heard.get(peer_id)
+
+    def watched(self) -> list[str]:
+        """The peers whose presence the runtime should follow: with ``config.mesh`` the mesh
+        neighbours (O(log n) per domain, docs/PROTOCOL.md 12.10), else every domain peer."""
+        ctx = self._ctx
+        if ctx.config.mesh:
+            return sorted(ctx.neighbours)
+        return sorted(ctx.tracked - {self.device_id})
 
     def peers_available(self) -> list[str]:
         return self._ctx.peers.available()
@@ -228,6 +272,10 @@ class GossipNode:
 
     def restore_state(self) -> Restore | None:
         return self._restore.state
+
+    def checkpoint_note(self) -> Note | None:
+        """The own checkpoint offered to witnesses last, with the cosignatures it has."""
+        return self._witness.own_note()
 
     def epochs(self, device_id: str) -> tuple[bytes, ...]:
         """Verified epoch records of ``device_id``, by epoch."""
@@ -243,6 +291,8 @@ class GossipNode:
             ctx.domains.pop(ev.domain, None)
         ctx.members_changed()
         self._summaries.members_changed()
+        for gone in [p for p in self._heard if ctx.peers.get(p) is None]:
+            del self._heard[gone]
         for dev in [d for d in ctx.chains if d not in ctx.tracked]:
             del ctx.chains[dev]
             ctx.pending.drop(device_id=dev)
@@ -256,6 +306,8 @@ class GossipNode:
         if rec.up:
             return
         rec.up = True
+        if not ctx.mesh_peer(peer) and not self._restore.active:
+            return  # presence noted (for pushes); nothing is sent to a non-neighbour unasked
         self._credentials.on_peer_up(peer)
         own = ctx.epoch_wires(self.device_id)
         if own:
@@ -318,6 +370,8 @@ class GossipNode:
         if rec is None:
             ctx.counters["dropped_foreign"] += 1
             return
+        if opened.signed:
+            self._heard[peer] = ctx.now
         if rec.muted_until is not None:
             rec.dropped_muted += 1
             ctx.counters["dropped_muted"] += 1
@@ -326,13 +380,21 @@ class GossipNode:
         ctx.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
         if not opened.signed:  # a self-proving ANNOUNCE: its headers prove it, or nothing does
             assert isinstance(msg, wire.Announce)  # the only self-proving type
+            unproven = ctx.counters[auth.UNATTRIBUTABLE]
             try:
                 self._headers.on_announce(peer, msg, broadcast=ev.broadcast, signed=False)
             except (DecodeError, VerificationError):
                 ctx.counters["unattributable"] += 1
                 ctx.counters["unattributable_unsigned_invalid"] += 1
+            if ctx.counters[auth.UNATTRIBUTABLE] == unproven:  # its headers proved it
+                self._heard[peer] = ctx.now
             ctx.flush()
             return
+        if isinstance(msg, wire.Request):
+            if opened.tag in self._requests:  # a captured request replayed: answered once
+                ctx.counters["replayed_request"] += 1
+                return
+            self._requests.put(opened.tag, True)
         charges = rec.malformed + rec.invalid
         try:
             self._dispatch(peer, msg, broadcast=ev.broadcast)
@@ -399,6 +461,10 @@ class GossipNode:
             for record in msg.records:
                 if not self._epochs.learn(record, peer, broadcast=broadcast):
                     break
+        elif isinstance(msg, wire.WitnessRequest):
+            self._witness.on_request(peer, msg)
+        elif isinstance(msg, wire.Cosigned):
+            self._witness.on_cosigned(peer, msg)
         else:
             self._credentials.learn_all(peer, msg.certificates, msg.rotations, msg.revocations)
 
@@ -436,4 +502,8 @@ def _type_of(msg: wire.Message) -> int:
         return wire.EVIDENCE
     if isinstance(msg, wire.Epochs):
         return wire.EPOCHS
+    if isinstance(msg, wire.WitnessRequest):
+        return wire.WITNESS
+    if isinstance(msg, wire.Cosigned):
+        return wire.COSIGNED
     return wire.CERTS

@@ -24,21 +24,25 @@ from agent.gossip.actions import (
     Action,
     Broadcast,
     CommitRestored,
+    PrepareCheckpoint,
     PublishEvidence,
     RewindChain,
     Send,
     ServePull,
     SignEpoch,
     StoreBlock,
+    StoreCheckpoint,
     StoreCredential,
     StoreEpoch,
     StoreEvidence,
     StoreHeaders,
+    StoreWitnessState,
 )
 from agent.gossip.inputs import (
     CertificateKnown,
     ChainLoaded,
     ChainRewound,
+    CheckpointPrepared,
     EpochKnown,
     EpochSigned,
     EvidenceKnown,
@@ -51,13 +55,19 @@ from agent.gossip.inputs import (
     PullLoaded,
     RestoreRequested,
     RevocationKnown,
+    RevocationReceived,
     RotationKnown,
+    WitnessStateKnown,
 )
 from agent.gossip.node import GossipNode
 from agent.gossip.tuning import GossipConfig
+from agent.gossip.witness import WitnessConfig
 from agent.protocol.sim import START_MS, Authority, SimDevice
 from ledger.block import Block, SignedHeader, decode_block, decode_header
+from ledger.checkpoint import Checkpoint, device_origin, device_signer
 from ledger.epoch import decode_epoch
+from ledger.merkle import consistency_proof, root_from_leaf_hashes
+from ledger.note import sign_note
 
 
 @dataclass
@@ -70,6 +80,11 @@ class SimStore:
     credentials: list[tuple[str, str, bytes]] = field(default_factory=list)
     epochs: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (device, epoch) -> rec
     superseded: dict[str, dict[tuple[int, int], bytes]] = field(default_factory=dict)
+    witness_state: dict[str, tuple[int, bytes]] = field(
+        default_factory=dict
+    )  # origin -> size, root
+    checkpoints: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    witness_rewinds: int = 0  # a witness state written below the one held: must stay 0
     duplicates: int = 0
     out_of_order: int = 0
     block_duplicates: int = 0
@@ -119,6 +134,7 @@ class SimPeer:
     device: SimDevice
     domains: tuple[str, ...]
     config: GossipConfig
+    witness: WitnessConfig | None = None
     store: SimStore = field(default_factory=SimStore)
     node: GossipNode | None = None
     online: bool = False
@@ -167,6 +183,7 @@ class SimNet:
         self.authenticated_senders = authenticated_senders
         self.evidence_topic = evidence_topic  # False: a broker that lost its retained messages
         self.retained: dict[str, bytes] = {}  # the evidence topic: accused device -> evidence
+        self.revoked: dict[str, bytes] = {}  # the revocation topic: revoked device -> revocation
         self.peers: dict[str, SimPeer] = {}
         self.domains: dict[str, frozenset[str]] = {}
         self._queue: list[_Event] = []
@@ -184,9 +201,13 @@ class SimNet:
         *,
         config: GossipConfig | None = None,
         runs_node: bool = True,
+        witness: WitnessConfig | None = None,
     ) -> SimPeer:
+        """``witness``: the device offers its checkpoints to witnesses (every node answers)."""
         device = SimDevice(self.authority, self.rng)
-        peer = SimPeer(device, tuple(domains), config or GossipConfig(), runs_node=runs_node)
+        peer = SimPeer(
+            device, tuple(domains), config or GossipConfig(), witness, runs_node=runs_node
+        )
         self.peers[device.device_id] = peer
         for d in peer.domains:
             self.domains[d] = self.domains.get(d, frozenset()) | {device.device_id}
@@ -212,10 +233,14 @@ class SimNet:
             config=peer.config,
             now_ms=self.now,
             signer=peer.device,
+            witness=peer.witness,
         )
         peer.node = node
         peer.online = True
         self._feed(peer, CertificateKnown(peer.device.certificate))
+        if peer.store.witness_state:
+            states = sorted((o, s, r) for o, (s, r) in peer.store.witness_state.items())
+            self._feed(peer, WitnessStateKnown(tuple(states)))
         if preload:
             for other in self._sorted():
                 if other is not peer:
@@ -286,6 +311,8 @@ class SimNet:
         self._boot(peer, preload=False)
         for device in sorted(self.retained):  # retained evidence arrives on subscribing
             self._feed(peer, EvidenceReceived(self.retained[device]))
+        for device in sorted(self.revoked):  # and so do retained revocations
+            self._feed(peer, RevocationReceived(self.revoked[device]))
         self._announce_presence(peer)
 
     def restore(self, device_id: str) -> None:
@@ -441,12 +468,40 @@ class SimNet:
                 for w in a.blocks:
                     peer.device.adopt(decode_block(w))
                 peer.events.append(a)
+            elif isinstance(a, PrepareCheckpoint):
+                prepared = self._checkpoint(peer, a)
+                self._push(self.now + 1, peer.device_id, None, None, prepared)
+            elif isinstance(a, StoreWitnessState):
+                held = peer.store.witness_state.get(a.origin)
+                if held is not None and (
+                    a.size < held[0] or (a.size == held[0] and a.root_hash != held[1])
+                ):
+                    peer.store.witness_rewinds += 1
+                    continue  # the write fails: nothing is sent
+                peer.store.witness_state[a.origin] = (a.size, a.root_hash)
+                self._transmit(peer.device_id, a.peer_id, a.payload)
+            elif isinstance(a, StoreCheckpoint):
+                peer.store.checkpoints[(a.origin, a.size)] = a.note
+                peer.events.append(a)
             elif isinstance(a, SignEpoch):
                 record = peer.device.sign_epoch(a, self.now)
                 peer.store.epochs[(peer.device_id, a.new_epoch)] = record
                 self._push(self.now + 1, peer.device_id, None, None, EpochSigned(record))
             else:
                 peer.events.append(a)
+
+    def _checkpoint(self, peer: SimPeer, a: PrepareCheckpoint) -> CheckpointPrepared:
+        """The runtime's store job: the signed checkpoint at the head, and consistency proofs."""
+        wires = peer.device.header_wires()
+        hashes = [decode_header(w).hash for w in wires]
+        head = decode_header(wires[-1]).header
+        origin = device_origin(a.fleet, peer.device_id, head.epoch)
+        cp = Checkpoint(origin, len(hashes), root_from_leaf_hashes(hashes))
+        note = sign_note(cp.text(), device_signer(origin, peer.device.key))
+        proofs = tuple(
+            (old, tuple(consistency_proof(hashes, old, len(hashes)))) for old in a.old_sizes
+        )
+        return CheckpointPrepared(note.encode(), proofs)
 
     def _publish_evidence(self, device_id: str, evidence: bytes) -> None:
         """The retained evidence topic: every running node receives it, never lost."""
@@ -458,6 +513,18 @@ class SimNet:
                 latency = self.rng.randint(self.faults.min_latency_ms, self.faults.max_latency_ms)
                 self._push(
                     self.now + latency, other.device_id, None, None, EvidenceReceived(evidence)
+                )
+
+    def publish_revocation(self, device_id: str, revocation: bytes) -> None:
+        """What ``edgefleet keys revoke --broker`` does: the revocation retained on the
+        revocation topic of ``device_id``; every running node receives it (never lost), and a
+        node that comes up later on subscribing."""
+        self.revoked[device_id] = revocation
+        for other in self._sorted():
+            if other.online:
+                latency = self.rng.randint(self.faults.min_latency_ms, self.faults.max_latency_ms)
+                self._push(
+                    self.now + latency, other.device_id, None, None, RevocationReceived(revocation)
                 )
 
     def _serve(self, peer: SimPeer, a: ServePull) -> None:

@@ -11,6 +11,7 @@ greet it with a summary (docs/PROTOCOL.md 12.4).
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from agent.gossip import wire
 from agent.gossip.context import Context
@@ -26,6 +27,16 @@ def greeting_score(peer: str, device: str) -> bytes:
     return hashlib.sha256(GREETING_TAG + peer.encode() + b"\x00" + device.encode()).digest()
 
 
+@lru_cache(maxsize=4_096)
+def greeters(peer: str, among: frozenset[str], count: int) -> frozenset[str]:
+    """The ``count`` devices of ``among`` (``peer`` left out) with the lowest greeting scores
+    for ``peer``. Cached: the members of one domain all ask the same question when a peer comes
+    up, and each answer costs a hash per member (a street of n devices coming up together
+    would otherwise hash n^3 times)."""
+    ranked = sorted((greeting_score(peer, m), m) for m in among if m != peer)
+    return frozenset(m for _, m in ranked[:count])
+
+
 class AntiEntropy:
     def __init__(self, ctx: Context, pulls: Pulls, epochs: Epochs, evidence: Evidence) -> None:
         self.ctx = ctx
@@ -36,10 +47,18 @@ class AntiEntropy:
         self.next_round = ctx.now + ctx.rng.randint(0, cfg.anti_entropy_ms)
         self._greets_peer: dict[str, bool] = {}
         self._summary_devices: dict[str, tuple[str, ...]] = {}
+        # Lazy rounds (12.10): the head each device had at the last round, when it last
+        # changed, and where the rotating slice goes on.
+        self._heads_seen: dict[str, bytes] = {}
+        self._changed_at: dict[str, int] = {}
+        self._cursor = 0
 
     def members_changed(self) -> None:
         self._greets_peer = {}
         self._summary_devices = {}
+        tracked = self.ctx.tracked
+        self._heads_seen = {d: h for d, h in self._heads_seen.items() if d in tracked}
+        self._changed_at = {d: t for d, t in self._changed_at.items() if d in tracked}
 
     def on_timer(self) -> None:
         """Run the round when it is due, and schedule the next one."""
@@ -50,12 +69,68 @@ class AntiEntropy:
         self.next_round = (
             ctx.now + cfg.anti_entropy_ms + ctx.rng.randint(-cfg.jitter_ms, cfg.jitter_ms)
         )
-        candidates = ctx.peers.available()
+        candidates = [p for p in ctx.peers.available() if ctx.mesh_peer(p)]
         if not candidates:
             ctx.counters["rounds_without_peer"] += 1
             return
         ctx.counters["rounds"] += 1
-        self.send_summary(ctx.rng.choice(candidates), reply=True)
+        peer = ctx.rng.choice(candidates)
+        if not self._lazy_round(peer):
+            self.send_summary(peer, reply=True)
+
+    def _lazy_round(self, peer: str) -> bool:
+        """A round for a node holding more than ``round_entries`` chains shared with ``peer``: a
+        SUMMARY with reply = 0 listing its own head, forked marks, the heads that changed in the
+        last two rounds (newest first) and then the next devices of a rotating slice, at most
+        ``round_entries`` in all. The peer pulls what it lacks (gossipsub's IHAVE/IWANT); what
+        this node lacks, its neighbours' rounds tell it. False: few enough for the full
+        exchange (12.4)."""
+        ctx = self.ctx
+        cap = ctx.config.round_entries
+        devices = self._devices_for(peer)
+        held = [
+            d
+            for d in devices
+            if d in ctx.forked or ((c := ctx.chains.get(d)) is not None and c.head is not None)
+        ]
+        if len(held) <= cap:
+            return False
+        now = ctx.now
+        for d in held:
+            chain = ctx.chains.get(d)
+            head = None if chain is None or chain.head is None else chain.head.hash
+            if head is not None and self._heads_seen.get(d) != head:
+                self._heads_seen[d] = head
+                self._changed_at[d] = now
+        recent_after = now - 2 * ctx.config.anti_entropy_ms
+        chosen: set[str] = {d for d in held if d == ctx.device_id or d in ctx.forked}
+        recent = sorted(
+            (d for d in held if self._changed_at.get(d, recent_after - 1) >= recent_after),
+            key=lambda d: (-self._changed_at[d], d),
+        )
+        for d in recent:
+            if len(chosen) >= cap:
+                break
+            chosen.add(d)
+        n = len(held)
+        start = self._cursor % n
+        i = 0
+        while len(chosen) < cap and i < n:
+            chosen.add(held[(start + i) % n])
+            i += 1
+        self._cursor = (start + i) % n
+        ctx.counters["rounds_lazy"] += 1
+        self.send_summary(peer, reply=False, only=frozenset(chosen))
+        return True
+
+    def _devices_for(self, peer: str) -> tuple[str, ...]:
+        ctx = self.ctx
+        devices = self._summary_devices.get(peer)
+        if devices is None:
+            devices = self._summary_devices[peer] = tuple(
+                sorted((ctx.sharing(peer) | {ctx.device_id}) & ctx.tracked)
+            )
+        return devices
 
     def greets(self, peer: str) -> bool:
         """Whether this node is one of the ``greeters`` devices that send a peer that comes up
@@ -66,11 +141,15 @@ class AntiEntropy:
         held = self._greets_peer.get(peer)
         if held is None:
             ctx = self.ctx
-            mine = greeting_score(peer, ctx.device_id)
-            lower = sum(
-                1 for m in ctx.sharing(peer) if m != peer and greeting_score(peer, m) < mine
-            )
-            held = self._greets_peer[peer] = lower < ctx.config.greeters
+            me = ctx.device_id
+            if ctx.config.mesh:  # the greeters are among the peer's neighbours (12.10)
+                among: frozenset[str] = frozenset().union(
+                    *(ctx.mesh_of(r, peer) for r in ctx.rings.values() if peer in r.pos)
+                )
+            else:
+                sharing = [m for m in ctx.domains.values() if peer in m]
+                among = sharing[0] if len(sharing) == 1 else frozenset().union(*sharing)
+            held = self._greets_peer[peer] = me in greeters(peer, among, ctx.config.greeters)
         return held
 
     def on_summary(self, peer: str, msg: wire.Summary, *, skip: str | None) -> None:
@@ -124,17 +203,17 @@ class AntiEntropy:
         *,
         reply: bool,
         answering: tuple[wire.SummaryEntry, ...] | None = None,
+        only: frozenset[str] | None = None,
     ) -> None:
         """A SUMMARY of the chains shared with ``peer``. ``answering``: the entries of the peer's
         SUMMARY this one answers; the answer lists only what differs from them (and forked
         marks): what the peer may lack. An entry it already holds would make it compare for
-        nothing, and in a quiet fleet nearly every entry is one."""
+        nothing, and in a quiet fleet nearly every entry is one. ``only``: list just these
+        devices (a lazy round)."""
         ctx = self.ctx
-        devices = self._summary_devices.get(peer)
-        if devices is None:
-            devices = self._summary_devices[peer] = tuple(
-                sorted((ctx.sharing(peer) | {ctx.device_id}) & ctx.tracked)
-            )
+        devices = self._devices_for(peer)
+        if only is not None:
+            devices = tuple(d for d in devices if d in only)
         theirs = None if answering is None else {e.device_id: e for e in answering}
         entries: list[wire.SummaryEntry] = []
         for dev in devices:

@@ -25,6 +25,19 @@ class GossipConfig:
     # headers that arrive by broadcast are never forwarded). "fanout": to `fanout` random peers,
     # each of which forwards it once (for transports without a domain broadcast).
     push: str = "broadcast"
+    # The mesh (docs/PROTOCOL.md 12.10; agent/gossip/mesh.py). True: anti-entropy rounds, greetings
+    # and hellos go to the node's mesh neighbours only (O(log n) per domain, which is also all the
+    # presence a runtime needs to watch). push="tree" spreads headers down the origin's binomial
+    # tree over the mesh (for transports without a domain broadcast).
+    mesh: bool = True
+    # With the mesh on, a domain of at most this many members is its own mesh (every member a
+    # neighbour: watching 31 presences costs less than a hop); larger ones use the fingers.
+    mesh_above: int = 32
+    # Entries of an anti-entropy round's SUMMARY. A node holding more chains than this sends a
+    # lazy round instead of the full exchange: a SUMMARY with reply = 0 of the heads that
+    # changed lately and a rotating slice of the rest (docs/PROTOCOL.md 12.10), so a round's
+    # bytes stay bounded whatever the domain's size. Greetings and restores stay full.
+    round_entries: int = 128
     anti_entropy_ms: int = 5_000  # mean interval between summary exchanges
     jitter_ms: int = 1_000  # each interval is anti_entropy_ms +- a uniform jitter_ms
     # Devices that send a peer coming up a SUMMARY at once (the rest wait for their rounds).
@@ -72,10 +85,15 @@ class GossipConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "push":
-                if value not in ("broadcast", "fanout"):
+                if value not in ("broadcast", "fanout", "tree"):
                     raise UsageError(
-                        f"gossip config push: expected 'broadcast' or 'fanout', found {value!r}"
+                        "gossip config push: expected 'broadcast', 'fanout' or 'tree', "
+                        f"found {value!r}"
                     )
+                continue
+            if f.name == "mesh":
+                if type(value) is not bool:
+                    raise UsageError(f"gossip config mesh: expected true or false, found {value!r}")
                 continue
             if f.name == "want_bodies":
                 if not callable(value):

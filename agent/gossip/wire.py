@@ -1,4 +1,4 @@
-"""Gossip wire format: the seven message types, their canonical encoding and their hard limits.
+"""Gossip wire format: the nine message types, their canonical encoding and their hard limits.
 
 Every message body is one canonical MessagePack array (ledger.codec rules: arrays, uints, strings
 and byte strings only; shortest forms; nothing trailing), the **envelope**
@@ -18,6 +18,10 @@ type   name       payload fields after the sender
 5      EVIDENCE   ``evidence_wire`` (ledger.evidence fork evidence)
 6      CERTS      ``[cert...], [rotation...], [revocation...]``
 7      EPOCHS     ``[epoch_record...]`` (1..16 signed epoch records, ledger.epoch, any devices)
+8      WITNESS    ``request_id, add_checkpoint`` (a C2SP tlog-witness add-checkpoint request body,
+                  gossip/witness.py)
+9      COSIGNED   ``request_id, status, body`` (the tlog-witness answer: HTTP status code, and the
+                  cosignature line (200) or the witness's latest size in decimal (409))
 =====  =========  ================================================================================
 
 Signed structures travel as the exact bytes their signers produced (``bin``); this module checks
@@ -52,6 +56,8 @@ RESPONSE: Final = 4
 EVIDENCE: Final = 5
 CERTS: Final = 6
 EPOCHS: Final = 7
+WITNESS: Final = 8
+COSIGNED: Final = 9
 
 FLAG_BODIES: Final = 1
 FLAG_CREDENTIALS: Final = 2
@@ -92,6 +98,10 @@ RESPONSE_MAX_BYTES: Final = MAX_MESSAGE_BYTES - auth.TRAILER
 EVIDENCE_MAX_BYTES: Final = EVIDENCE_WIRE_MAX + 64
 CERTS_MAX_BYTES: Final = 65_536
 EPOCHS_MAX_BYTES: Final = 4_096
+WITNESS_REQUEST_MAX: Final = 4_096  # an add-checkpoint body: old size, proof, one signed note
+COSIGNED_BODY_MAX: Final = 512  # a cosignature line, or a decimal size
+WITNESS_MAX_BYTES: Final = WITNESS_REQUEST_MAX + 64
+COSIGNED_MAX_BYTES: Final = COSIGNED_BODY_MAX + 64
 
 # Per type: total bytes, longest array, string and byte string, and the array shape by depth
 # (the envelope, then the lists inside it, then SUMMARY entries): nothing nests deeper.
@@ -117,6 +127,8 @@ _LIMITS: Final[dict[int, codec.Limits]] = {
     EPOCHS: codec.Limits(
         EPOCHS_MAX_BYTES, MAX_EPOCH_RECORDS, 26, EPOCH_WIRE_MAX, shape=(4, MAX_EPOCH_RECORDS)
     ),
+    WITNESS: codec.Limits(WITNESS_MAX_BYTES, 5, 26, WITNESS_REQUEST_MAX, shape=(5,)),
+    COSIGNED: codec.Limits(COSIGNED_MAX_BYTES, 6, 26, COSIGNED_BODY_MAX, shape=(6,)),
 }
 _FIELDS: Final = {
     ANNOUNCE: 4,
@@ -126,6 +138,8 @@ _FIELDS: Final = {
     EVIDENCE: 4,
     CERTS: 6,
     EPOCHS: 4,
+    WITNESS: 5,
+    COSIGNED: 6,
 }
 NAMES: Final = {
     ANNOUNCE: "ANNOUNCE",
@@ -135,6 +149,8 @@ NAMES: Final = {
     EVIDENCE: "EVIDENCE",
     CERTS: "CERTS",
     EPOCHS: "EPOCHS",
+    WITNESS: "WITNESS",
+    COSIGNED: "COSIGNED",
 }
 
 
@@ -216,7 +232,36 @@ class Epochs:
     records: tuple[bytes, ...]
 
 
-Message = Announce | Summary | Request | Response | EvidenceMessage | Certs | Epochs
+@dataclass(frozen=True, slots=True)
+class WitnessRequest:
+    """Cosign my checkpoint: a C2SP tlog-witness add-checkpoint body (parsed by gossip/witness)."""
+
+    sender: str
+    request_id: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Cosigned:
+    """The witness's answer to ``request_id``: a tlog-witness status and body."""
+
+    sender: str
+    request_id: int
+    status: int
+    body: bytes
+
+
+Message = (
+    Announce
+    | Summary
+    | Request
+    | Response
+    | EvidenceMessage
+    | Certs
+    | Epochs
+    | WitnessRequest
+    | Cosigned
+)
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -292,6 +337,21 @@ def _parse(mtype: int, f: list[Any], what: str) -> Message:
     if mtype == EVIDENCE:
         return EvidenceMessage(
             sender, codec.bin_(f[3], what, "evidence", maximum=EVIDENCE_WIRE_MAX)
+        )
+    if mtype == WITNESS:
+        rid = codec.uint(f[3], what, "request_id", MAX_REQUEST_ID)
+        return WitnessRequest(
+            sender, rid, codec.bin_(f[4], what, "body", maximum=WITNESS_REQUEST_MAX)
+        )
+    if mtype == COSIGNED:
+        rid = codec.uint(f[3], what, "request_id", MAX_REQUEST_ID)
+        status = codec.uint(f[4], what, "status", 599)
+        if status < 100:
+            raise DecodeError(
+                what, f"field status: expected an HTTP status 100..599, found {status}"
+            )
+        return Cosigned(
+            sender, rid, status, codec.bin_(f[5], what, "body", maximum=COSIGNED_BODY_MAX)
         )
     if mtype == EPOCHS:
         records = _bins(f[3], what, "records", MAX_EPOCH_RECORDS, EPOCH_WIRE_MAX)
@@ -430,6 +490,10 @@ def _fields(msg: Message) -> tuple[int, list[codec.Value]]:
         return EVIDENCE, [VERSION, EVIDENCE, msg.sender, msg.evidence]
     if isinstance(msg, Epochs):
         return EPOCHS, [VERSION, EPOCHS, msg.sender, list(msg.records)]
+    if isinstance(msg, WitnessRequest):
+        return WITNESS, [VERSION, WITNESS, msg.sender, msg.request_id, msg.body]
+    if isinstance(msg, Cosigned):
+        return COSIGNED, [VERSION, COSIGNED, msg.sender, msg.request_id, msg.status, msg.body]
     head = [VERSION, CERTS, msg.sender]
     return CERTS, [*head, list(msg.certificates), list(msg.rotations), list(msg.revocations)]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from agent.fleet.datadir import STORE, DataDir
 from agent.fleet.keystore import DEVICE_CERT, DEVICE_KEY
 from ledger import keyfile
-from ledger.certs import DeviceKeys, FleetRoots
+from ledger.certs import DeviceKeys, FleetRoots, decode_rotation
 from ledger.epoch import EpochIndex, decode_epoch, index_epochs
 from ledger.errors import LedgerError
 from ledger.store import Store
@@ -121,7 +121,9 @@ def audit_device(data: DataDir, name: str, roots: FleetRoots, *, deep: bool) -> 
     ddir = data.device(name)
     cert_path = ddir / DEVICE_CERT
     try:
-        keys = DeviceKeys.build(cert_path.read_bytes(), roots, now_ms=None)
+        # The device's own rotations (`edgefleet keys rotate`): its key file holds the last key.
+        rotations = [p.read_bytes() for p in sorted((ddir / "rotations").glob("*.rot"))]
+        keys = DeviceKeys.build(cert_path.read_bytes(), roots, now_ms=None, rotations=rotations)
     except FileNotFoundError:
         rep.errors.append(
             f"{cert_path}: missing (restore it from a backup of the device directory)"
@@ -138,7 +140,7 @@ def audit_device(data: DataDir, name: str, roots: FleetRoots, *, deep: bool) -> 
         rep.device_id, rep.kind, rep.site = cert.device_id, cert.kind, cert.site
     key_error = _check_key(
         ddir / DEVICE_KEY,
-        None if keys is None else keys.certificate.device_key.raw,
+        None if keys is None else keys.spans[-1].key.raw,
         data.fleet_passphrase() if deep else None,
     )
     if key_error:
@@ -189,7 +191,10 @@ def _check_key(path: Path, public: bytes | None, passphrase: bytes | None) -> st
     except LedgerError as exc:
         return _line(path, exc)
     if public is not None and held != public:
-        return f"{path}: holds key {held.hex()[:16]}…, the certificate names {public.hex()[:16]}…"
+        return (
+            f"{path}: holds key {held.hex()[:16]}…, the certificate (and its rotations) name "
+            f"{public.hex()[:16]}…"
+        )
     return None
 
 
@@ -265,7 +270,13 @@ def _peer_keys(store: Store, device_id: str, roots: FleetRoots) -> DeviceKeys:
     wire = store.certificate(device_id)
     if wire is None:
         raise LedgerError(f"no certificate held for peer {device_id}")
-    return DeviceKeys.build(wire, roots, now_ms=None)
+    # Its rotations, in order of effective height (a rotated key signs the later blocks); its
+    # revocations are a trace's verdict, not damage to what this store holds.
+    rotations = sorted(
+        (w for d, w in store.credentials("rotation") if d == device_id),
+        key=lambda w: decode_rotation(w).effective_height,
+    )
+    return DeviceKeys.build(wire, roots, now_ms=None, rotations=rotations)
 
 
 def _peers(store: Store, roots: FleetRoots, rep: DeviceReport, deep: bool) -> None:

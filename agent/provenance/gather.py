@@ -166,6 +166,15 @@ class TraceSession:
             raise got
         return got
 
+    def keys(self, device_id: str) -> DeviceKeys:
+        """The device's verified keys (certificate, rotations, revocations of the data dir);
+        raises ChainUnavailable saying why not."""
+        return self._credentials(device_id).keys
+
+    def own_store(self, device_id: str) -> Store | None:
+        """The device's own store, if the data dir holds it."""
+        return self._own.get(device_id)
+
     def _credentials(self, device_id: str) -> _Credentials:
         cert = self._certs.get(device_id)
         wire = cert.wire if cert is not None else None

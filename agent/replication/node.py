@@ -85,6 +85,9 @@ class ReplicationNode:
         self.device_id = device_id
         self.config = cfg
         self._charged: Lru[bytes, bool] = Lru(_CHARGED_TAGS)  # messages that cost their sender
+        # When each member last sent a proven message (the runtime's liveness reads it:
+        # presence is only a hint, docs/PROTOCOL.md 13.3). Bounded by the members.
+        self._heard: dict[str, int] = {}
         self._two_clocks = False  # a data time was ever given (handle/handle_timer data_ms)
         self.owner = OwnerSide(ctx)
         self.holder = HolderSide(ctx)
@@ -187,6 +190,15 @@ class ReplicationNode:
     def own_heights(self) -> list[int]:
         return list(self.owner.blocks)
 
+    def last_heard(self, peer_id: str) -> int | None:
+        """When ``peer_id`` last sent a proven message; None: never."""
+        return self._heard.get(peer_id)
+
+    def holder_ids(self) -> list[str]:
+        """Peers holding a receipted replica of an own block: whose presence the runtime must
+        follow besides the gossip mesh (docs/PROTOCOL.md 12.10)."""
+        return sorted(h for h, v in self.owner.views.items() if v.blocks)
+
     def members(self) -> frozenset[str]:
         """Every replication domain peer (self excluded): the holders there can ever be."""
         return self._ctx.members
@@ -228,6 +240,8 @@ class ReplicationNode:
         members.discard(self.device_id)
         ctx.members = frozenset(members)
         ctx.up &= ctx.members
+        for gone in [p for p in self._heard if p not in ctx.members]:
+            del self._heard[gone]
         self.owner.set_members(ctx.members)
 
     def _on_domain_changed(self, ev: DomainChanged) -> None:
@@ -279,6 +293,7 @@ class ReplicationNode:
         if peer not in ctx.members:
             ctx.counters["dropped_own" if peer == self.device_id else "dropped_foreign"] += 1
             return
+        self._heard[peer] = ctx.now
         ctx.counters[f"received_{type(msg).__name__.lower()}"] += 1
         try:
             self._dispatch(peer, msg)

@@ -144,6 +144,10 @@ class OwnerSide:
         self._fresh: dict[int, tuple[bytes, bytes | None]] = {}
         self._last_header: tuple[int, bytes] | None = None
         self.dirty: set[int] = set()  # to evaluate at the end of this input
+        # Holders whose view can hold a deadline (one that ever held a receipt or lost points):
+        # the deadline queries scan these, not every domain member's view (one query per input:
+        # a scan of every view made a street of n devices cost n^3, docs/PROTOCOL.md 13.10).
+        self._watch: set[str] = set()
         self.stalled: set[int] = set()  # short of R with no candidate: retried later
         self._next_id = ctx.rng.getrandbits(32)
         self._next_audit = ctx.data_now + ctx.rng.randint(0, cfg.audit_interval_ms)  # data clock
@@ -173,6 +177,7 @@ class OwnerSide:
                 self.dirty.add(h)
             self._cancel(gone)
             del self.views[gone]
+            self._watch.discard(gone)
         for new in sorted(members - self.views.keys()):
             up = new in self.ctx.up
             self.views[new] = HolderView(
@@ -261,6 +266,7 @@ class OwnerSide:
             return
         rec.holders[r.holder_id] = receipt_wire
         view.blocks.add(r.height)
+        self._watch.add(r.holder_id)
         self.dirty.add(r.height)
 
     # --- placement ------------------------------------------------------------------------------
@@ -465,6 +471,7 @@ class OwnerSide:
             return
         rec.holders[peer] = msg.receipt
         view.blocks.add(r.height)
+        self._watch.add(peer)
         ctx.out.append(StoreReceipt(r.height, peer, msg.receipt))
         ctx.counters["receipts_accepted"] += 1
         if view.healthy and len(self.healthy(r.height)) == ctx.config.replicas:
@@ -644,6 +651,7 @@ class OwnerSide:
             return
         view.score = max(0, view.score - points)
         view.scored_ms = self.ctx.now
+        self._watch.add(peer)
         if not view.excluded and view.score < self.ctx.config.score_min:
             view.excluded = True
             self.dirty |= view.blocks
@@ -857,11 +865,17 @@ class OwnerSide:
             if v.down_since is not None:
                 v.down_since += delta
 
+    def _watched(self) -> list[HolderView]:
+        """The views that can hold a deadline: a view's score only falls by ``_penalize``, and
+        its retries, suspects and repair need blocks it held (``_watch``)."""
+        views = self.views
+        return [views[h] for h in self._watch if h in views]
+
     def next_data_deadline(self) -> int:
         """The next audit round or repair, on the data clock."""
         cfg = self.ctx.config
         times = [self._next_audit]
-        for v in self.views.values():
+        for v in self._watched():
             if not v.up and not v.gone and v.down_since is not None and v.blocks:
                 times.append(v.down_since + cfg.repair_delay_ms)
         return min(times)
@@ -870,13 +884,14 @@ class OwnerSide:
         """The next deadline on the network clock (timeouts, retries, score recovery)."""
         cfg = self.ctx.config
         times = [self._next_retry]
-        if not (self.stalled or any(v.suspect for v in self.views.values())):
+        watched = self._watched()
+        if not (self.stalled or any(v.suspect for v in watched)):
             times.pop()  # nothing to retry
         audits_free = len(self.audits) < cfg.max_audits
         times.extend(p.deadline for p in self.placing.values())
         times.extend(a.deadline for a in self.audits.values())
         times.extend(ld.deadline for ld in self.loads.values())
-        for v in self.views.values():
+        for v in watched:
             if v.score < cfg.score_initial:
                 times.append(v.scored_ms + cfg.recover_ms)
             # A due retry waits for the holder to be up and free, and for an audit slot: those

@@ -37,7 +37,7 @@ DEFAULT_MAX_QUEUED = 10_000  # deliveries waiting for the runtime; beyond this t
 
 log = logging.getLogger("edgefleet.transport")
 
-Kind = Literal["inbox", "domain", "presence", "evidence"]
+Kind = Literal["inbox", "domain", "presence", "evidence", "revocation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +45,11 @@ class Delivery:
     """One message handed to the runtime.
 
     ``peer_id`` is the device the delivery is about: the device whose presence changed for
-    ``presence``, the accused device for ``evidence``. It is None for ``inbox`` and ``domain``:
-    MQTT does not say who published, so only the signed payload can name the sender (and the
-    inbox is always the receiving transport's own). ``domain`` is set for ``domain`` deliveries
-    only. Presence payloads are normalised to ``b"online"`` or ``b"offline"`` (the effective
-    state, see ``PresenceBook``).
+    ``presence``, the accused device for ``evidence``, the revoked one for ``revocation``. It is
+    None for ``inbox`` and ``domain``: MQTT does not say who published, so only the signed
+    payload can name the sender (and the inbox is always the receiving transport's own).
+    ``domain`` is set for ``domain`` deliveries only. Presence payloads are normalised to
+    ``b"online"`` or ``b"offline"`` (the effective state, see ``PresenceBook``).
     """
 
     source_topic: str

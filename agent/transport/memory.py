@@ -143,6 +143,7 @@ class MemoryNetwork:
         self._transports: dict[str, MemoryTransport] = {}
         self._presence: dict[str, bool] = {}  # retained presence of every device ever attached
         self._evidence: dict[str, bytes] = {}  # retained evidence by accused device
+        self._revocations: dict[str, bytes] = {}  # retained revocation by revoked device
         self._seen: dict[tuple[str, str], bool] = {}  # (watcher, peer) -> presence last sent
         self._stats = {k: 0 for k in NetworkStats.__dataclass_fields__}
         self._limits = UNLIMITED
@@ -238,6 +239,10 @@ class MemoryNetwork:
                 self._schedule(
                     accused, device_id, self._evidence_delivery(accused, payload), lossy=False
                 )
+            for revoked, payload in self._revocations.items():
+                self._schedule(
+                    revoked, device_id, self._revocation_delivery(revoked, payload), lossy=False
+                )
         return t
 
     def disconnect(self, device_id: str) -> None:
@@ -257,6 +262,11 @@ class MemoryNetwork:
             for peer in t._watched:  # what it missed while down
                 self._seen.pop((device_id, peer), None)
                 self._send_presence(peer, device_id)
+
+    def publish_presence(self, device_id: str, online: bool) -> None:
+        """Publish a retained presence for ``device_id`` as any client on the broker can
+        (presence is not authenticated, docs/PROTOCOL.md 13.3.1); its link stays as it is."""
+        self._set_presence(device_id, online)
 
     def transport(self, device_id: str) -> MemoryTransport:
         return self._get(device_id)
@@ -297,6 +307,19 @@ class MemoryNetwork:
 
     def _evidence_delivery(self, accused: str, payload: bytes) -> Delivery:
         return Delivery(self.topics.evidence(accused), "evidence", accused, payload)
+
+    def publish_revocation(self, revoked: str, payload: bytes) -> None:
+        """What ``edgefleet keys revoke`` publishes to a broker: ``payload`` retained on the
+        revocation topic of ``revoked``, delivered to every device watching fleet notices (now
+        and whenever one attaches later)."""
+        self._revocations[validate_device_id(revoked)] = payload
+        delivery = self._revocation_delivery(revoked, payload)
+        for dst, t in self._transports.items():
+            if t.evidence:
+                self._schedule(revoked, dst, delivery, lossy=False)
+
+    def _revocation_delivery(self, revoked: str, payload: bytes) -> Delivery:
+        return Delivery(self.topics.revocation(revoked), "revocation", revoked, payload)
 
     def _watch(self, watcher: str, peer: str) -> None:
         self._seen.pop((watcher, peer), None)

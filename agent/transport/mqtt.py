@@ -569,8 +569,8 @@ class _Link:
     def _view_topics(self, view: MqttTransport) -> list[str]:
         topics = [self.topics.inbox(view.device_id)]
         topics += [self.topics.domain(d) for d in view.domains]
-        if view.evidence:
-            topics.append(self.topics.evidence_filter())
+        if view.evidence:  # fleet-wide notices: fork evidence and revocations
+            topics += [self.topics.evidence_filter(), self.topics.revocation_filter()]
         return topics
 
     async def add_view(self, view: MqttTransport) -> None:
@@ -661,6 +661,10 @@ class _Link:
             if payload:  # an empty retained message only clears the topic
                 for view in list(self._evidence_views):
                     view._accept(Delivery(topic, "evidence", name, payload))
+        elif route.kind == "revocation":
+            if payload:
+                for view in list(self._evidence_views):
+                    view._accept(Delivery(topic, "revocation", name, payload))
         elif route.kind == "presence":
             self._route_presence(topic, name, payload)
         else:

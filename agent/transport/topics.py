@@ -24,7 +24,7 @@ HUB_ID_RE = DOMAIN_RE
 _PREFIX_LEVEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_PREFIX_LEVELS = 8
 
-RouteKind = Literal["inbox", "domain", "presence", "evidence", "hub"]
+RouteKind = Literal["inbox", "domain", "presence", "evidence", "revocation", "hub"]
 
 
 _FORBIDDEN = {
@@ -117,6 +117,13 @@ class Topics:
     def evidence_filter(self) -> str:
         return f"{self.root}/evidence/+"
 
+    def revocation(self, device_id: str) -> str:
+        """Retained: the fleet authority's revocation of ``device_id`` (``keys revoke``)."""
+        return f"{self.root}/revocation/{validate_device_id(device_id)}"
+
+    def revocation_filter(self) -> str:
+        return f"{self.root}/revocation/+"
+
     def domain(self, domain: str) -> str:
         return f"{self.root}/domain/{validate_domain(domain)}"
 
@@ -136,6 +143,8 @@ class Topics:
                 return Route("presence", dev)
             case ["evidence", dev] if is_device_id(dev):
                 return Route("evidence", dev)
+            case ["revocation", dev] if is_device_id(dev):
+                return Route("revocation", dev)
             case ["domain", dom] if DOMAIN_RE.match(dom):
                 return Route("domain", dom)
             case ["hub", hub, "presence"] if HUB_ID_RE.match(hub):

@@ -11,6 +11,7 @@ Routes (all GET, no state kept between requests; each reads the data dir afresh)
     /item/trace.json?epc=    downloads: the trace as ``edgefleet trace --format json``,
     /item/epcis.json?epc=    its EPCIS 2.0 document,
     /item/bundle?epc=        and its offline proof bundle (``edgefleet verify-bundle``)
+    /log/checkpoint          the fleet's heads log checkpoint (C2SP, ``edgefleet fleetlog``)
 
 Next to a running fleet (``edgefleet run ... --web PORT``, ``LiveWeb``) two more: ``/events``
 sends the runner's snapshot as a server-sent event (heights, pending readings, lag, alarms; the
@@ -41,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from agent.fleet import fleetlog
 from agent.fleet.view import FleetSnapshot
 from agent.provenance import epcis, render
 from agent.provenance.bundles import write_bundle
@@ -192,6 +194,12 @@ def create_app(
         headers["Cache-Control"] = "no-store"
         return Response(body, media_type="text/event-stream", headers=headers)
 
+    def log_checkpoint(request: Request) -> Response:
+        raw = fleetlog.read_checkpoint(lazy.get().data)
+        if raw is None:
+            raise NotFound("no heads log checkpoint yet (edgefleet fleetlog append)")
+        return Response(raw, media_type="text/plain; charset=utf-8", headers=_HEADERS)
+
     def verify_page(request: Request) -> Response:
         headers = {k: v for k, v in _HEADERS.items() if k != "Content-Security-Policy"}
         return HTMLResponse(_VERIFY_HTML.read_bytes(), headers=headers)
@@ -222,6 +230,7 @@ def create_app(
         Route("/item/epcis.json", item_epcis),
         Route("/item/bundle", item_bundle),
         Route("/verify", verify_page),
+        Route("/log/checkpoint", log_checkpoint),
     ]
     if live:
         routes += [Route("/events", events), Route("/live.js", live_js)]

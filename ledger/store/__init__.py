@@ -13,6 +13,7 @@ connection, assembled from one class per concern, each in its module:
 - ``credentials``: certificates, rotations, revocations, fork evidence (``Credentials``);
 - ``tags``: the tag index (``TagIndex``);
 - ``restore``: restored own blocks, epoch records, superseded headers (``Restore``);
+- ``checkpoints``: the witness state and own cosigned checkpoints (``Checkpoints``);
 - ``rows``: the typed rows every query returns.
 
 Durability contract: ``append_pending``, ``sealing`` and ``commit_block`` return only after
@@ -30,7 +31,8 @@ cannot make it hold a gap, a duplicate or two blocks at one height.
 
 from __future__ import annotations
 
-from ledger.store.connection import SCHEMA_VERSION
+from ledger.store.checkpoints import Checkpoints
+from ledger.store.connection import SCHEMA_VERSION, open_elsewhere
 from ledger.store.credentials import Credentials
 from ledger.store.own import SealTransaction
 from ledger.store.peers import PeerHeaders
@@ -62,10 +64,11 @@ __all__ = [
     "Store",
     "TagCount",
     "TagHit",
+    "open_elsewhere",
 ]
 
 
-class Store(Restore, PeerHeaders, Replicas, Credentials, TagIndex):
+class Store(Restore, PeerHeaders, Replicas, Credentials, TagIndex, Checkpoints):
     """One device's durable state. Not thread-safe: use it from one thread at a time."""
 
     def __enter__(self) -> Store:

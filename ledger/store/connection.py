@@ -57,7 +57,30 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS superseded_headers (
     device_id TEXT NOT NULL, epoch INTEGER NOT NULL, height INTEGER NOT NULL,
     hash BLOB NOT NULL, header BLOB NOT NULL, PRIMARY KEY (device_id, epoch, height)) STRICT;
+CREATE TABLE IF NOT EXISTS witness_state (
+    origin TEXT PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    origin TEXT NOT NULL, size INTEGER NOT NULL, note BLOB NOT NULL,
+    PRIMARY KEY (origin, size)) STRICT;
 """
+
+
+def open_elsewhere(path: str | Path) -> bool:
+    """True when another connection (another process: a running device) has the store at
+    ``path`` open. Every connection to a WAL database holds a shared lock on it, so an exclusive
+    one is refused at once while any is open. False for a store that does not exist."""
+    if not Path(path).exists():
+        return False
+    db = sqlite3.connect(str(path), timeout=0, isolation_level=None)
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("BEGIN EXCLUSIVE")
+        db.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        db.close()
+    return False
 
 
 class StoreBase:

@@ -45,6 +45,7 @@ from ledger import keyfile
 from ledger.chain import ChainWriter
 from ledger.store import Store
 from tests.agent.runner_helpers import HOUR_MS, REPO, SAMPLE_FLEET, verify
+from tests.conftest import FigureRecorder
 
 VICTIM = "fridge-2"
 STORE_VICTIM = "washer-1"
@@ -175,7 +176,12 @@ START_FAULTS = {
 
 @pytest.mark.parametrize("fault", list(START_FAULTS))
 def test_a_damaged_device_fails_alone_at_start(
-    fault: str, cfg: FleetConfig, ran: Path, clean: dict[str, int], tmp_path: Path
+    fault: str,
+    cfg: FleetConfig,
+    ran: Path,
+    clean: dict[str, int],
+    tmp_path: Path,
+    figure: FigureRecorder,
 ) -> None:
     """One device with a damaged key or store: that device fails with one line naming it, the
     file and the fix; the other 8 run the next hour and lose nothing (verify)."""
@@ -198,10 +204,11 @@ def test_a_damaged_device_fails_alone_at_start(
     lost = sum(max(0, clean[n] - after[n]) for n in others)
     report = verify(data)
     broken = [r["name"] for r in report.doc["reports"] if r["name"] != victim and r["errors"]]
-    print(
+    figure(
+        "damaged key or store at start",
         f"{fault}: {len(others)} other devices ran on (+"
         f"{sum(after[n] - before[n] for n in others)} readings); lost = {lost} of "
-        f"{sum(clean[n] for n in others)} readings of the others over 1 fault"
+        f"{sum(clean[n] for n in others)} readings of the others over 1 fault",
     )
     assert len(others) == 8 and lost == 0, (clean, after)
     assert not broken, report.failures()
@@ -289,7 +296,7 @@ class Tamper:
 
 
 def test_a_device_damaged_while_running_fails_alone(
-    cfg: FleetConfig, ran: Path, clean: dict[str, int], tmp_path: Path
+    cfg: FleetConfig, ran: Path, clean: dict[str, int], tmp_path: Path, figure: FigureRecorder
 ) -> None:
     """A pending reading flipped on disk while the fleet runs: that device fails at its next
     seal (never signs over it), the other 8 run on to the end of the run."""
@@ -307,11 +314,12 @@ def test_a_device_damaged_while_running_fails_alone(
     lost = sum(max(0, clean[n] - after[n]) for n in others)
     report = verify(data)
     bad = [r["name"] for r in report.doc["reports"] if r["errors"]]
-    print(
+    figure(
+        "pending reading flipped while running",
         f"pending reading flipped at run time: {RUNNING_VICTIM} failed at its next seal, "
         f"{len(others)} others ran to the end (+{sum(after[n] - before[n] for n in others)} "
         f"readings); lost = {lost} of {sum(clean[n] for n in others)} readings of the others "
-        "over 1 fault"
+        "over 1 fault",
     )
     assert lost == 0, (clean, after)
     assert bad == [RUNNING_VICTIM], report.failures()
@@ -369,7 +377,7 @@ def test_a_disk_full_before_the_keys_are_written_is_one_line(tiny_disk: Path) ->
 
 
 def test_a_full_disk_stops_the_writing_devices_and_loses_nothing_committed(
-    cfg: FleetConfig, small_disk: Path
+    cfg: FleetConfig, small_disk: Path, figure: FigureRecorder
 ) -> None:
     """The sample fleet on a 3 MB tmpfs, on the real-time path (store threads, group sync),
     until the disk is full: each device stops at its first failed write with one line naming
@@ -390,12 +398,13 @@ def test_a_full_disk_stops_the_writing_devices_and_loses_nothing_committed(
     acked = {n: a.stats.readings for n, a in result.devices.items()}
     lost = sum(max(0, acked[n] - stored[n]) for n in acked)
     report = verify(data)
-    print(
+    figure(
+        "disk full (tmpfs)",
         f"disk full (3 MB tmpfs): {len(result.failed)} of {len(acked)} devices stopped at their "
         f"first failed write after {result.sim_end_ms - result.sim_start_ms} simulated ms; "
         f"lost = {lost} of {sum(acked.values())} acknowledged readings over "
         f"{len(result.failed)} faults; {sum(stored.values())} stored, verify "
-        f"{'ok' if report.ok else 'FAILED'}"
+        f"{'ok' if report.ok else 'FAILED'}",
     )
     assert lost == 0, (acked, stored)
     assert sum(acked.values()) > 0
@@ -437,7 +446,9 @@ def finish(proc: subprocess.Popen[str], by_itself_s: float, after_term_s: float)
 
 
 @pytest.mark.subprocess
-def test_a_full_disk_ends_the_run_with_one_line_per_device(small_disk: Path) -> None:
+def test_a_full_disk_ends_the_run_with_one_line_per_device(
+    small_disk: Path, figure: FigureRecorder
+) -> None:
     """`edgefleet run` (no --for, the embedded broker, as in issue 15) on a full disk: it ends
     by itself (or on SIGTERM, within a few seconds), exit status 1, one line per device naming
     its store, no traceback, no "Task exception was never retrieved", no "cannot rollback";
@@ -453,16 +464,19 @@ def test_a_full_disk_ends_the_run_with_one_line_per_device(small_disk: Path) -> 
     assert failed and all(str(data) in line for line in failed), err
     report = verify(data)
     how = "by itself" if not after_term else f"{after_term:.1f} s after SIGTERM"
-    print(
+    figure(
+        "disk full, whole run (CLI)",
         f"run on a full disk: ended {how}, exit 1, {len(failed)} devices stopped with one "
         f"line each; verify: {report.readings} stored readings, every committed block "
-        f"{'intact' if report.ok else 'NOT intact'}"
+        f"{'intact' if report.ok else 'NOT intact'}",
     )
     assert report.ok, report.failures()
 
 
 @pytest.mark.subprocess
-def test_sigterm_stops_a_running_fleet_within_seconds(tmp_path: Path) -> None:
+def test_sigterm_stops_a_running_fleet_within_seconds(
+    tmp_path: Path, figure: FigureRecorder
+) -> None:
     """A fleet running with no end (--speed max, no --for): SIGTERM stops it cleanly within a
     few seconds, exit status 0, and what it committed verifies."""
     data = tmp_path / "data"
@@ -476,7 +490,10 @@ def test_sigterm_stops_a_running_fleet_within_seconds(tmp_path: Path) -> None:
     assert proc.poll() is None, proc.communicate()
     after_term = finish(proc, by_itself_s=0.5, after_term_s=10)
     _, err = proc.communicate()
-    print(f"SIGTERM: a running 9-device fleet stopped {after_term:.1f} s after it")
+    figure(
+        "SIGTERM of a running fleet",
+        f"SIGTERM: a running 9-device fleet stopped {after_term:.1f} s after it",
+    )
     assert proc.returncode == 0 and 0 < after_term < 10, err
     assert verify(data).ok
 
@@ -519,7 +536,7 @@ def flip_sealed_reading(store: Path, height: int) -> None:
 
 
 def test_a_sealed_block_damaged_on_disk_is_reported_and_never_served(
-    cfg: FleetConfig, ran: Path, tmp_path: Path
+    cfg: FleetConfig, ran: Path, tmp_path: Path, figure: FigureRecorder
 ) -> None:
     """A bit of a sealed reading flipped in a running device's SQLite file (a second
     connection) right after the block is sealed, while its domain peers want its bodies: the
@@ -592,10 +609,11 @@ def test_a_sealed_block_damaged_on_disk_is_reported_and_never_served(
     report = verify(data)
     others_bad = [r["name"] for r in report.doc["reports"] if r["errors"] and r["name"] != victim]
     served = agent.stats.counters["damaged_blocks"]
-    print(
+    figure(
+        "stored bit flip",
         f"sealed reading flipped on disk at height {height}: reported {served} time(s), "
         f"withheld from the pull, signed over 0 times; {held} peers hold an intact copy, "
-        f"damaged copies held = {damaged_held}; verify flags {victim} only"
+        f"damaged copies held = {damaged_held}; verify flags {victim} only",
     )
     assert damaged_held == 0 and served == 1
     assert not others_bad, report.failures()
@@ -603,7 +621,7 @@ def test_a_sealed_block_damaged_on_disk_is_reported_and_never_served(
 
 
 def test_a_stop_that_does_not_finish_in_time_is_forced(
-    cfg: FleetConfig, ran: Path, tmp_path: Path
+    cfg: FleetConfig, ran: Path, tmp_path: Path, figure: FigureRecorder
 ) -> None:
     """SIGTERM to this very process mid-run, with no grace for the clean stop
     (``install_signal_handlers(grace_s=0)``): the run is cancelled where it is and ends with
@@ -642,15 +660,18 @@ def test_a_stop_that_does_not_finish_in_time_is_forced(
     lost = sum(
         max(0, r["readings"] - report.report(r["name"])["readings"]) for r in before.doc["reports"]
     )
-    print(
+    figure(
+        "stop that does not finish",
         f"forced stop mid-run: lost = {lost} of {sum(r['readings'] for r in before.doc['reports'])}"
-        f" sealed readings over 1 forced stop (verify {'ok' if report.ok else 'FAILED'})"
+        f" sealed readings over 1 forced stop (verify {'ok' if report.ok else 'FAILED'})",
     )
     assert lost == 0 and report.ok, report.failures()
 
 
 @pytest.mark.subprocess
-def test_two_sigterms_end_a_running_fleet_without_a_traceback(tmp_path: Path) -> None:
+def test_two_sigterms_end_a_running_fleet_without_a_traceback(
+    tmp_path: Path, figure: FigureRecorder
+) -> None:
     """Two SIGTERMs in a row: the fleet ends within seconds, without a traceback, and what
     was committed verifies. (The kernel may merge the two: the clean stop then ends it, exit 0;
     otherwise the second cancels the run where it is, one line, exit 1. The forced path itself
@@ -673,7 +694,7 @@ def test_two_sigterms_end_a_running_fleet_without_a_traceback(tmp_path: Path) ->
         proc.kill()
         pytest.fail("still running 10 s after two SIGTERMs")
     took = time.monotonic() - t0
-    print(f"two SIGTERMs: the fleet stopped {took:.1f} s after them; verify ok")
+    figure("two SIGTERMs", f"two SIGTERMs: the fleet stopped {took:.1f} s after them; verify ok")
     assert proc.returncode in (0, 1), err  # 0: the clean stop won the race
     assert "Traceback" not in err, err
     if proc.returncode == 1:

@@ -227,6 +227,35 @@ def test_a_proven_peer_flooding_requests_draws_at_most_its_budget() -> None:
     assert [s.peer_id for s in _sends(out)] == [asker.device_id]
 
 
+def test_a_replayed_request_of_a_proven_peer_is_answered_once() -> None:
+    """Found rerunning issue 13 on Mosquitto: a captured real REQUEST, replayed by anyone, drew
+    the whole RESPONSE again (a few hundred bytes of request, up to a window of headers and
+    bodies back), each time, up to the requester's answer budget. A signed REQUEST is now
+    answered once: its replays draw nothing and are counted."""
+    authority, devices = _world()
+    node = _node(authority, devices)
+    asker, target = devices[1], devices[2]
+    node.handle(ChainLoaded(target.device_id, tuple(target.header_wires())), T0)
+    req = sealed(wire.encode(wire.Request(asker.device_id, 7, target.device_id, 0, 7, 0)))
+    first = _sends(node.handle(MessageReceived(None, req), T0))
+    assert [s.peer_id for s in first] == [asker.device_id]
+    replayed = drawn = 0
+    for k in range(50):
+        replayed += len(req)
+        drawn += sum(
+            len(s.payload) for s in _sends(node.handle(MessageReceived(None, req), T0 + k))
+        )
+    assert drawn == 0 < replayed, f"{drawn} bytes drawn by {replayed} bytes of replays"
+    assert node.counters["replayed_request"] == 50
+    stats = node.peer_stats(asker.device_id)
+    assert stats is not None and (stats.malformed, stats.invalid, stats.mutes) == (0, 0, 0)
+    # Its next request (a new id, so new bytes) is answered as ever.
+    nxt = sealed(wire.encode(wire.Request(asker.device_id, 8, target.device_id, 0, 7, 0)))
+    assert [s.peer_id for s in _sends(node.handle(MessageReceived(None, nxt), T0 + 60))] == [
+        asker.device_id
+    ]
+
+
 def test_version_1_messages_are_refused_and_counted_never_mixed_in() -> None:
     authority, devices = _world()
     node = _node(authority, devices)

@@ -12,6 +12,7 @@ from agent.gossip import wire
 from agent.gossip.actions import ForkDetected
 from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
+from tests.conftest import FigureRecorder
 
 FAST = GossipConfig(anti_entropy_ms=1_000, jitter_ms=200)
 LOSSY = Faults(loss_permille=100, dup_permille=100, min_latency_ms=2, max_latency_ms=300)
@@ -38,7 +39,9 @@ def _seal_rounds(net: SimNet, ids: list[str], rounds: int, gap_ms: int = 400) ->
 
 
 @pytest.mark.parametrize(("seed", "nodes"), [(1, 8), (2, 8), (3, 8), (4, 10), (5, 10)])
-def test_convergence_under_loss_duplication_and_reordering(seed: int, nodes: int) -> None:
+def test_convergence_under_loss_duplication_and_reordering(
+    seed: int, nodes: int, figure: FigureRecorder
+) -> None:
     net = SimNet(seed, faults=LOSSY)
     ids = [net.add_device(config=FAST).device_id for _ in range(nodes)]
     net.start()
@@ -61,6 +64,11 @@ def test_convergence_under_loss_duplication_and_reordering(seed: int, nodes: int
     forks = [e for p in net.peers.values() for e in p.events if isinstance(e, ForkDetected)]
     assert forks == [], f"false positives = {len(forks)}"
     assert net.now - sealed_at < 20_000, f"converged {net.now - sealed_at} ms after the last seal"
+    figure(
+        "message loss, duplication, reordering (10% each)",
+        f"{nodes} nodes, {_figures(net, seed)}; muted honest = 0, false forks = 0",
+        seed=seed,
+    )
 
 
 def test_a_long_offline_node_catches_up_through_anti_entropy_only() -> None:
@@ -88,7 +96,7 @@ def test_a_long_offline_node_catches_up_through_anti_entropy_only() -> None:
     assert net.now - back_at < 15_000, f"caught up in {net.now - back_at} ms"
 
 
-def test_partition_then_heal_converges() -> None:
+def test_partition_then_heal_converges(figure: FigureRecorder) -> None:
     seed = 5
     net = SimNet(seed, faults=Faults(loss_permille=50, dup_permille=50, max_latency_ms=150))
     ids = [net.add_device(config=FAST).device_id for _ in range(6)]
@@ -104,6 +112,11 @@ def test_partition_then_heal_converges() -> None:
     assert net.stored_duplicates() == 0 and net.out_of_order() == 0, _figures(net, seed)
     assert net.now - healed_at < 10_000, f"converged {net.now - healed_at} ms after heal"
     assert not any(isinstance(e, ForkDetected) for p in net.peers.values() for e in p.events)
+    figure(
+        "network partition then heal",
+        f"6 nodes, {_figures(net, seed)}; converged {net.now - healed_at} ms after heal",
+        seed=seed,
+    )
 
 
 def test_bodies_reach_the_nodes_that_want_them_including_after_an_absence() -> None:

@@ -102,7 +102,7 @@ def _raw(*fields: object) -> bytes:
 _MUTATIONS = [
     ("version-1", _raw(1, 3, A, 1, B, 0, 0, 0), "version"),
     ("version-3", _raw(3, 3, A, 1, B, 0, 0, 0), "version"),
-    ("type-8", _raw(2, 8, A, 1, B, 0, 0, 0), "type"),
+    ("type-10", _raw(2, 10, A, 1, B, 0, 0, 0), "type"),
     ("type-0", _raw(2, 0, A, 1, B, 0, 0, 0), "type"),
     ("sender-not-a-device-id", _raw(2, 3, "ef+#", 1, B, 0, 0, 0), "sender"),
     ("request-from-after-to", _raw(2, 3, A, 1, B, 5, 4, 0), "from_height"),

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import main
-from agent.transport.brokers import MosquittoBroker
+from agent.transport.brokers import MosquittoBroker, MosquittoTls
 from agent.transport.endpoint import Endpoint
 from agent.transport.mqtt import MqttClient
 from ledger.store import Store
@@ -222,6 +222,43 @@ def bridged_brokers(tmp: Path) -> Iterator[Urls]:
         far.stop_sync()
 
 
+@contextmanager
+def tls_broker(tmp: Path, enrolled: Enrolled) -> Iterator[Urls]:
+    """docs/DEPLOY.md section 7: the authority issues the broker's certificate, each host makes
+    its own TLS key and request, the authority certifies it, the host installs it; the broker
+    admits only those certificates, each device under its own identity. One URL for every host:
+    each device connects with the files in its own directory."""
+    base = enrolled.base
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEFLEET_PASSPHRASE", PASSPHRASE)
+        server = ["--data", str(base), "--server", "--host", "127.0.0.1"]
+        assert main(["keys", "broker-cert", *server]) == 0
+        for dev in DEVICES:
+            devdir = base / dev.host / "devices" / dev.name
+            assert main(["keys", "broker-cert", "--dir", str(devdir), "--request"]) == 0
+            cert = base / "issued" / f"{dev.name}.pem"
+            csr = ["--csr", str(devdir / "broker.csr"), "--authority", str(base / "authority")]
+            assert main(["keys", "broker-cert", *csr, "--out", str(cert), "--yes"]) == 0
+            install = ["--install", str(cert), "--ca", str(cert.parent / "broker-ca.pem")]
+            assert main(["keys", "broker-cert", "--dir", str(devdir), *install]) == 0
+        assert main(["broker", "config", "--data", str(base)]) == 0
+    files = base / "broker"
+    listener = MosquittoTls(
+        files / "ca.pem", files / "server.pem", files / "server.key", acl_file=files / "acl"
+    )
+    broker = MosquittoBroker(workdir=tmp / "mosquitto-tls", tls=listener, stop_timeout_s=5.0)
+    broker.start_sync()
+    try:
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        yield url, url
+        # every device came in under its own certificate: Mosquitto names the user it took
+        connected = "\n".join(broker.log_tail())
+        for device_id in enrolled.ids.values():
+            assert f"u'{device_id}'" in connected, connected
+    finally:
+        broker.stop_sync()
+
+
 def _wait_for_bridge(far: Endpoint) -> None:
     """The bridge publishes its state, retained, on the far broker: ``1`` once connected."""
 
@@ -295,7 +332,7 @@ def run_hosts(
     return Fleet(base, enrolled.ids)
 
 
-@pytest.fixture(scope="module", params=["one-broker", "bridged"])
+@pytest.fixture(scope="module", params=["one-broker", "bridged", "one-broker-tls"])
 def fleet(
     request: pytest.FixtureRequest,
     enrolled: Enrolled,
@@ -307,6 +344,11 @@ def fleet(
     shared by the tests of this module)."""
     require_mosquitto()
     tmp = tmp_path_factory.mktemp(request.param)
+    if request.param == "one-broker-tls":  # on a copy: the other runs keep the plain hosts
+        subprocess.run(["cp", "-a", str(enrolled.base), str(tmp / "enrolled")], check=True)
+        tls_enrolled = Enrolled(tmp / "enrolled", enrolled.ids)
+        with tls_broker(tmp, tls_enrolled) as urls:
+            return run_hosts(tls_enrolled, urls, pi_device, pi_args, tmp)
     brokers = one_broker if request.param == "one-broker" else bridged_brokers
     with brokers(tmp) as urls:
         return run_hosts(enrolled, urls, pi_device, pi_args, tmp)
@@ -355,7 +397,9 @@ def test_no_host_holds_another_hosts_key_or_the_authoritys(fleet: Fleet) -> None
     for dev in DEVICES:
         data = fleet.data(dev.host)
         keys = sorted(str(p.relative_to(data)) for p in data.rglob("*.key"))
-        assert keys == [f"devices/{dev.name}/device.key"], keys
+        tls = (data / "devices" / dev.name / "broker.pem").exists()  # its own TLS key, if any
+        mine = [f"devices/{dev.name}/broker.key"] if tls else []
+        assert keys == [*mine, f"devices/{dev.name}/device.key"], keys
         assert sorted(p.name for p in (data / "devices").iterdir()) == [dev.name]
         assert not (data / "passphrase").exists()
 

@@ -44,6 +44,7 @@ from tests.agent.runner_helpers import (
     verify,
     write_fleet,
 )
+from tests.conftest import FigureRecorder
 
 pytestmark = pytest.mark.slow  # whole fleets, real brokers and processes: minutes in all
 
@@ -182,7 +183,7 @@ def killed_fleet(tmp_path_factory: pytest.TempPathFactory) -> KilledFleet:
 
 @pytest.mark.subprocess
 def test_sigkilled_agents_reopen_verified_with_no_gap_no_loss_and_no_self_fork(
-    killed_fleet: KilledFleet,
+    killed_fleet: KilledFleet, figure: FigureRecorder
 ) -> None:
     kf = killed_fleet
     assert kf.final.returncode == 0, kf.final.stderr[-2000:]
@@ -194,7 +195,7 @@ def test_sigkilled_agents_reopen_verified_with_no_gap_no_loss_and_no_self_fork(
     assert kf.record.self_forks == [], f"{kf.figure()}: {kf.record.self_forks[:5]}"
     assert kf.record.lost == [], f"{kf.figure()}: {kf.record.lost[:5]}"
     assert report.readings == len(kf.record.readings), kf.figure()
-    print(kf.figure())  # the figure for the issue note (pytest -s)
+    figure("agent SIGKILL at random points", kf.figure())
 
 
 def _duplicates(contents: list[Content]) -> int:

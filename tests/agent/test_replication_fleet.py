@@ -38,6 +38,7 @@ from tests.agent.runner_helpers import (
     write_fleet,
 )
 from tests.agent.test_integration_fleet import _until_sim
+from tests.conftest import FigureRecorder
 
 R = 3
 MIN_MS = 60_000
@@ -331,7 +332,7 @@ async def _stop_holders(runner: FleetRunner) -> Stopped:
 
 @pytest.mark.mosquitto
 def test_thirty_devices_over_mosquitto_survive_r_minus_1_holders_stopping_and_repair(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, figure: FigureRecorder
 ) -> None:
     cfg = load_fleet(write_fleet(tmp_path, fleet_yaml(audit_every="10m", repair_after="2s")))
     data = tmp_path / "data"
@@ -352,17 +353,17 @@ def test_thirty_devices_over_mosquitto_survive_r_minus_1_holders_stopping_and_re
     p = placement(data, names, {n: h + 1 for n, h in out.limits.items()})
     live = {k: v - set(out.stopped) for k, v in p.holders.items()}
     short = {k: v for k, v in live.items() if len(v) < R}
-    figure = (
+    text = (
         f"mosquitto, 30 devices, R={R}: stopped {', '.join(out.stopped)} (holders of "
         f"{out.block[0]}@{out.block[1]}); availability right after: "
         f"{out.available_after_stop:.2%}; {len(p.holders) - len(short)} of {len(p.holders)} "
         f"blocks back at {R} live copies by the end; availability with {R - 1} more down: "
         f"{p.availability(R - 1):.2%}"
     )
-    print(figure)
-    assert out.available_after_stop == 1.0, figure
-    assert not short, f"{figure}; short: {list(short.items())[:3]}"
-    assert p.availability(R - 1) == 1.0, figure
+    figure("holders offline (R-1 per block)", text)
+    assert out.available_after_stop == 1.0, text
+    assert not short, f"{text}; short: {list(short.items())[:3]}"
+    assert p.availability(R - 1) == 1.0, text
     assert_quotas(p, 1 << 20)
     assert verify(data).ok
 
@@ -371,7 +372,9 @@ def test_thirty_devices_over_mosquitto_survive_r_minus_1_holders_stopping_and_re
 
 
 @pytest.mark.slow
-def test_a_simulated_week_at_full_speed_audits_its_replicas_and_they_pass(tmp_path: Path) -> None:
+def test_a_simulated_week_at_full_speed_audits_its_replicas_and_they_pass(
+    tmp_path: Path, figure: FigureRecorder
+) -> None:
     """Audit rounds are due on the data clock (docs/REPLICATION.md 15.6): a `--speed max` week,
     whose network clock is real time (seconds), audits every holder; paced on the network."""
     cfg = load_fleet(write_fleet(tmp_path, REPLICATING_FLEET))
@@ -382,7 +385,10 @@ def test_a_simulated_week_at_full_speed_audits_its_replicas_and_they_pass(tmp_pa
     sent = {n: c["sent_challenge"] for n, c in counters.items()}
     passed = sum(c["audits_passed"] for c in counters.values())
     failed = sum(c[k] for c in counters.values() for k in ("audits_wrong", "audits_missing"))
-    print(f"a simulated week of 4 devices: challenges sent {sent}, passed {passed}")
+    figure(
+        "audits on the data clock (a simulated week)",
+        f"4 devices: challenges sent {sum(sent.values())}, passed {passed}",
+    )
     assert all(n > 0 for n in sent.values()), sent  # every owner audited its holders
     assert failed == 0 and sum(c["audits_timeout"] for c in counters.values()) == 0
     assert passed >= sum(sent.values()) - len(counters)  # the last ones may be in flight

@@ -92,7 +92,13 @@ def test_a_pre_enrolled_device_runs_alone_and_seals_blocks_that_verify(
 
     # Nothing provisioned: no authority key, no passphrase file, no other device enrolled.
     created = _files(site / "pi") - ENROLLED
-    assert created == {"devices/fridge-1/store.sqlite", "fleet.json", "fleet.log", ".lock"}, created
+    assert created == {
+        "devices/fridge-1/store.sqlite",
+        "fleet.json",
+        "fleet.log",
+        ".lock",
+        "run-status.json",
+    }, created
     assert (site / "pi" / "authority" / "fleet-root.json").read_bytes() == root_before
     with Store(site / "pi" / "devices" / "fridge-1" / "store.sqlite") as store:
         assert store.block_count() >= 2

@@ -21,6 +21,7 @@ from firmware_sim.serial.profiles import XYMD02
 from firmware_sim.serial.rfid import RfidParser, encode_id12la, encode_rdm6300
 from firmware_sim.serial.sim import XyMd02Sim
 from firmware_sim.serial.tracker import TagArrived, TagPresenceTracker
+from tests.conftest import FigureRecorder
 
 SEED = 20240611
 BERS = [1e-3, 1e-2]
@@ -40,7 +41,7 @@ def flip_bits(data: bytes, ber: float, rng: random.Random) -> bytes:
 
 
 @pytest.mark.parametrize("ber", BERS)
-def test_modbus_corrupt_accepted_is_zero(ber: float) -> None:
+def test_modbus_corrupt_accepted_is_zero(ber: float, figure: FigureRecorder) -> None:
     rng = random.Random(SEED)
     sim = XyMd02Sim()
     parser = ModbusResponseParser()
@@ -56,7 +57,7 @@ def test_modbus_corrupt_accepted_is_zero(ber: float) -> None:
         accepted += len(got)
         corrupt += sum(1 for r in got if r != truth)
     message = f"Modbus: corrupt accepted = {corrupt} of {accepted} (seed {SEED}, BER {ber})"
-    print(message)
+    figure("serial line noise (Modbus RTU)", message)
     assert corrupt == 0, message
     intact = (1 - ber) ** (len(sim.respond(request.encode())) * 8)
     assert accepted >= 0.9 * intact * polls, f"only {accepted} of {polls} answers survived"
@@ -87,7 +88,9 @@ def test_rfid_parser_alone_xor8_figure(ber: float, bound: float) -> None:
 
 
 @pytest.mark.parametrize("ber", BERS)
-def test_rdm6300_with_two_of_two_confirmation_corrupt_accepted_is_zero(ber: float) -> None:
+def test_rdm6300_with_two_of_two_confirmation_corrupt_accepted_is_zero(
+    ber: float, figure: FigureRecorder
+) -> None:
     """A continuous reader repeats each card ~every 100 ms while it is held (here 6 frames)."""
     rng = random.Random(SEED)
     parser = RfidParser()
@@ -113,13 +116,13 @@ def test_rdm6300_with_two_of_two_confirmation_corrupt_accepted_is_zero(ber: floa
         f"({cards} cards x {repeats} frames, seed {SEED}, BER {ber}; "
         f"the parser alone let {raw_corrupt} corrupt frames through)"
     )
-    print(message)
+    figure("serial line noise (RDM6300 RFID)", message)
     assert corrupt == 0, message
     assert len(arrived) >= (0.95 if ber < 5e-3 else 0.5) * cards, f"{len(arrived)} of {cards}"
 
 
 @pytest.mark.parametrize("ber", BERS)
-def test_bridge_corrupt_accepted_is_zero(ber: float) -> None:
+def test_bridge_corrupt_accepted_is_zero(ber: float, figure: FigureRecorder) -> None:
     """CRC-16/MODBUS over each line: no corrupt record reaches the caller, even on a noisy wire."""
     rng = random.Random(SEED)
     parser = BridgeParser()
@@ -135,7 +138,7 @@ def test_bridge_corrupt_accepted_is_zero(ber: float) -> None:
         f"bridge CRC-16: corrupt accepted = {corrupt} of {len(frames)} accepted, "
         f"{len(sent)} sent (seed {SEED}, BER {ber}); rejected {parser.stats.rejected}"
     )
-    print(message)
+    figure("serial line noise (sensor bridge lines)", message)
     assert corrupt == 0, message
     intact = sum((1 - ber) ** (len(w) * 8) for w in wires)
     assert len(frames) >= 0.9 * intact, f"only {len(frames)} of {len(sent)} lines survived"

@@ -515,9 +515,12 @@ def test_gossip_messages_carry_the_structures_as_section_12_lays_them_out() -> N
         "evidence": [2, 5, peer, bytes.fromhex(V["fork_evidence"]["wire"])],
         "certs": [2, 6, peer, [cert], [rot], [rev]],
         "epochs": [2, 7, dev, [bytes.fromhex(V["epoch_record"]["wire"])]],
+        "witness": [2, 8, dev, 9, V["witness_exchange"]["request"].encode()],
+        "cosigned": [2, 9, peer, 9, 200, V["witness_exchange"]["cosignature"].encode()],
     }
     limits = {"announce": 8192, "summary": 98_304, "request": 128, "response": (1 << 20) - 74}
-    limits |= {"evidence": 4160, "certs": 65_536, "epochs": 4096}
+    limits |= {"evidence": 4160, "certs": 65_536, "epochs": 4096, "witness": 4160}
+    limits |= {"cosigned": 576}
     for name, fields in expected.items():
         data = bytes.fromhex(g[name])
         assert unpack(data) == fields, name
@@ -607,3 +610,95 @@ def test_a_flipped_bit_anywhere_in_a_sealed_message_fails_the_independent_check(
         except Exception:  # refused, whichever check caught it
             continue
         pytest.fail(f"{name} with bit {bit} flipped still verifies")
+
+
+def _consistent(old: int, new: int, old_root: bytes, new_root: bytes, proof: list[bytes]) -> bool:
+    """RFC 9162 section 2.1.4.2, written from the RFC (0 < old <= new)."""
+    if old == new:
+        return not proof and old_root == new_root
+    if old & (old - 1) == 0:  # a power of two: the old root is the first node
+        proof = [old_root, *proof]
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    if not proof:
+        return False
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = sha(b"\x01" + c + fr)
+            sr = sha(b"\x01" + c + sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = sha(b"\x01" + sr + c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0
+
+
+def test_the_witness_exchange_is_a_c2sp_add_checkpoint_and_its_cosignature() -> None:
+    """Section 12.9 from the document and the C2SP texts: the WITNESS body is a tlog-witness
+    add-checkpoint request (old size, consistency proof, the device's signed checkpoint), the
+    COSIGNED body the holder's cosignature/v1 line."""
+    x, g = V["witness_exchange"], V["gossip"]
+    dev, peer = V["device"]["device_id"], V["storage_receipt"]["holder_id"]
+    request, line = x["request"].encode(), x["cosignature"].encode()
+    assert unpack(bytes.fromhex(g["witness"])) == [2, 8, dev, 9, request]
+    assert unpack(bytes.fromhex(g["cosigned"])) == [2, 9, peer, 9, 200, line]
+    # The origin: edgefleet/<fleet root key id>/<device id>/epoch/0.
+    origin = f"edgefleet/{V['authority']['key_id']}/{dev}/epoch/0"
+    hashes = [bytes.fromhex(h) for h in V["chain"]["header_hashes"]]
+    root = mth(hashes)
+    text = f"{origin}\n{len(hashes)}\n{base64.b64encode(root).decode()}\n"
+    assert x["checkpoint"] == text
+    head, _, note = x["request"].partition("\n\n")
+    lines = head.split("\n")
+    assert lines[0] == "old 3"
+    proof = [base64.b64decode(h) for h in lines[1:]]
+    assert [p.hex() for p in proof] == x["consistency_proof"]
+    assert _consistent(3, 5, mth(hashes[:3]), root, proof)
+    assert not _consistent(3, 5, mth([*hashes[:2], sha(b"x")]), root, proof)
+    # The note: the checkpoint text, an empty line, the device's Ed25519 note signature.
+    assert note.startswith(text + "\n— " + origin + " ")
+    raw = base64.b64decode(note[len(text) + 1 :].split(" ", 2)[2])
+    pub = bytes.fromhex(V["device"]["public"])
+    assert raw[:4] == sha(origin.encode() + b"\n\x01" + pub)[:4]
+    ed_verify(pub, raw[4:], text.encode())
+    # The cosignature: key ID over type 04, timestamp, Ed25519 over the cosignature/v1 message.
+    name = f"edgefleet/{V['authority']['key_id']}/{peer}/witness"
+    assert x["witness_name"] == name and x["cosignature"].startswith(f"— {name} ")
+    sig = base64.b64decode(x["cosignature"].split(" ", 2)[2])
+    holder = bytes.fromhex(V["storage_receipt"]["holder_public"])
+    assert sig[:4] == sha(name.encode() + b"\n\x04" + holder)[:4]
+    assert sig[:4].hex() == x["witness_key_id"]
+    ts = int.from_bytes(sig[4:12], "big")
+    assert ts == x["timestamp"]
+    ed_verify(holder, sig[12:], f"cosignature/v1\ntime {ts}\n".encode() + text.encode())
+
+
+def test_the_heads_log_is_a_plain_c2sp_log_signed_by_the_fleet_root() -> None:
+    """Section 16.7: entries are header wires, leaves SHA-256(00 || wire), the origin
+    <fleet>/heads, the note signed by the fleet root under that name."""
+    x = V["heads_log"]
+    origin = f"edgefleet/{V['authority']['key_id']}/heads"
+    assert x["origin"] == origin
+    entries = [bytes.fromhex(e) for e in x["entries"]]
+    assert entries == [bytes.fromhex(V["chain"]["header_wires"][h]) for h in (2, 4)]
+    leaves = [sha(b"\x00" + e) for e in entries]
+    text = f"{origin}\n2\n{base64.b64encode(mth(leaves)).decode()}\n"
+    assert x["note"].startswith(text + "\n— " + origin + " ")
+    raw = base64.b64decode(x["note"][len(text) + 1 :].split(" ", 2)[2])
+    root = bytes.fromhex(V["authority"]["public"])
+    assert raw[:4] == sha(origin.encode() + b"\n\x01" + root)[:4]
+    ed_verify(root, raw[4:], text.encode())
+    vkey_name, vkey_id, vkey_key = x["vkey"].split("+", 2)
+    assert (vkey_name, vkey_id) == (origin, raw[:4].hex())
+    assert base64.b64decode(vkey_key) == b"\x01" + root
+    # The add-checkpoint request from size 1: old 1, the consistency proof (leaf 1), the note.
+    assert x["request_from_1"] == (f"old 1\n{base64.b64encode(leaves[1]).decode()}\n\n" + x["note"])
+    assert _consistent(1, 2, leaves[0], mth(leaves), [leaves[1]])

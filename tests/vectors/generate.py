@@ -20,6 +20,7 @@ from agent.gossip import wire
 from agent.protocol import auth
 from agent.replication import placement
 from agent.replication import wire as rwire
+from agent.transport.topics import Topics
 from ledger import codec, domains, keyfile, sealbox
 from ledger.block import Block, SignedHeader, build_header, encode_block, sign_header
 from ledger.bundle import BundleBuilder
@@ -34,14 +35,19 @@ from ledger.certs import (
 )
 from ledger.chain import _ephemeral_secret
 from ledger.chainproof import prove_extension
+from ledger.checkpoint import Checkpoint, device_origin, device_signer, fleet_label
+from ledger.cosignature import Cosigner, witness_name
 from ledger.epoch import EpochRecord, sign_epoch
 from ledger.evidence import make_evidence
+from ledger.headlog import add_checkpoint_request, heads_checkpoint, heads_origin, heads_verifier
 from ledger.history import CompactRange
 from ledger.identity import SigningKey
-from ledger.merkle import inclusion_proof
+from ledger.merkle import consistency_proof, inclusion_proof, root_from_leaf_hashes
+from ledger.note import sign_note
 from ledger.private import GRANT_MAGIC, Grant, OwnerOpener
 from ledger.reading import Reading, SealedReading, SignedReading, seal_reading, sign_reading
 from ledger.receipt import Receipt, sign_receipt
+from ledger.witness import AddCheckpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON_PATH = ROOT / "tests" / "vectors" / "ledger.json"
@@ -156,6 +162,11 @@ def build() -> dict[str, Any]:
     rotation = countersign_rotation(half, authority)
     revocation = sign_revocation(
         authority, dev_id, device.key_id, 100, "key-compromise", T0 + 2 * 86_400_000
+    )
+    # What `edgefleet keys revoke` signs: the whole device (key_id nil), published retained on
+    # the revocation topic and kept as AUTH/revocations/DEVICE_ID.rev (docs/PROTOCOL.md 9.4).
+    device_revocation = decode_revocation(
+        sign_revocation(authority, dev_id, None, 5, "stolen", T0 + 4 * 86_400_000)
     )
     leaves = [r.leaf_hash for r in readings]
     r1 = readings[1]
@@ -273,6 +284,25 @@ def build() -> dict[str, Any]:
             "body": rev.body.hex(),
             "signature": rev.signature.hex(),
         },
+        "revocation_of_device": {
+            "wire": device_revocation.wire.hex(),
+            "fields": [
+                1,
+                dev_id,
+                None,
+                device_revocation.from_height,
+                device_revocation.reason,
+                device_revocation.time_ms,
+                device_revocation.authority_key_id.hex(),
+            ],
+            "body": device_revocation.body.hex(),
+            "signature": device_revocation.signature.hex(),
+            "topic": Topics().revocation(dev_id),
+            "file": f"revocations/{dev_id}.rev",
+        },
+        # `keys rotate --request` writes the device's half of `rotation` as DEV/rotate.req;
+        # `keys countersign` turns it into `rotation`'s wire.
+        "rotation_request": {"wire": codec.encode([rot.body, rot.old_sig]).hex()},
     }
     v["epoch_record"] = _epoch(device, headers, hashes)
     v["storage_receipt"], v["audit"] = _receipt(dev_id, block0)
@@ -280,6 +310,8 @@ def build() -> dict[str, Any]:
     v["private_reading"], v["grant"] = _private(device)
     v["key_files"] = _key_files(device)
     v["bundle"] = _bundle(authority, cert.wire, headers, hashes, block0)
+    v["witness_exchange"] = _witness_exchange(v, authority, device, headers)
+    v["heads_log"] = _heads_log(authority, headers)
     v["gossip"] = _gossip(v, headers)
     v["sealed"] = _sealed(v, device)
     return v
@@ -355,8 +387,56 @@ def _gossip(v: dict[str, Any], headers: list[SignedHeader]) -> dict[str, str]:
         "evidence": wire.EvidenceMessage(peer, evidence),
         "certs": wire.Certs(peer, (cert,), (rotation,), (revocation,)),
         "epochs": wire.Epochs(dev, (record,)),
+        "witness": wire.WitnessRequest(dev, 9, v["witness_exchange"]["request"].encode("utf-8")),
+        "cosigned": wire.Cosigned(peer, 9, 200, v["witness_exchange"]["cosignature"].encode()),
     }
     return {name: wire.encode(m).hex() for name, m in messages.items()}
+
+
+def _heads_log(authority: SigningKey, headers: list[SignedHeader]) -> dict[str, Any]:
+    """Section 16.7: the fleet's heads log holding the device's head at height 2, then at
+    height 4, signed by the authority; the request to a witness that cosigned the first."""
+    fleet = fleet_label(authority.public)
+    entries = [headers[2].wire, headers[4].wire]
+    note = heads_checkpoint(fleet, entries, authority)
+    return {
+        "origin": heads_origin(fleet),
+        "vkey": heads_verifier(fleet, authority.public).vkey(),
+        "entries": [e.hex() for e in entries],
+        "note": note.encode().decode("utf-8"),
+        "request_from_1": add_checkpoint_request(note, entries, 1).decode("utf-8"),
+    }
+
+
+def _witness_exchange(
+    v: dict[str, Any], authority: SigningKey, device: SigningKey, headers: list[SignedHeader]
+) -> dict[str, Any]:
+    """Section 12.9: the device offers its checkpoint of size 5 (its whole chain) to the holder
+    of the receipt vector, which last cosigned size 3; the holder cosigns it one minute after
+    T0."""
+    holder = SigningKey(seed("holder"))
+    dev = device.public.device_id
+    fleet = fleet_label(authority.public)
+    origin = device_origin(fleet, dev, 0)
+    hashes = [h.hash for h in headers]
+    cp = Checkpoint(origin, len(hashes), root_from_leaf_hashes(hashes))
+    note = sign_note(cp.text(), device_signer(origin, device))
+    proof = consistency_proof(hashes, 3, len(hashes))
+    request = AddCheckpoint(3, tuple(proof), note).encode()
+    name = witness_name(fleet, holder.public.device_id)
+    line = Cosigner(name, holder).cosign(cp.text(), T0 // 1000 + 60)
+    assert holder.public.device_id == v["storage_receipt"]["holder_id"]
+    return {
+        "origin": origin,
+        "checkpoint": cp.text(),
+        "old_size": 3,
+        "consistency_proof": [h.hex() for h in proof],
+        "request": request.decode("utf-8"),
+        "witness_name": name,
+        "witness_key_id": f"{line.key_id:08x}",
+        "timestamp": T0 // 1000 + 60,
+        "cosignature": line.line(),
+    }
 
 
 def _fields(sr: SignedReading) -> list[Any]:
