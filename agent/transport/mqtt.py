@@ -334,8 +334,11 @@ class _Link:
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         async with self._sub_lock:
+            # Retained presence arrives again and rebuilds the book. Cleared first: messages are
+            # routed as paho reads them (``_hook``), so a retained presence may be routed
+            # before the SUBACK's waiter resumes here; cleared after, it was lost.
+            self._book.clear()
             await self._subscribe(client, list(self._subs))
-            self._book.clear()  # retained presence arrives again and rebuilds it
             self._lost = asyncio.get_running_loop().create_future()
             self._client = client
         await self._announce()
