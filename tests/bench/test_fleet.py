@@ -425,7 +425,9 @@ def test_the_quick_run_compares_the_shapes_on_two_shards_and_its_figures_agree()
     losses = out["header_losses"]
     assert losses["stage"] == ""
     assert losses["announce"]["not_announced"] == 0
-    assert losses["broker"]["routed_share"] == 1.0
+    # Routed in the window per broadcast sent in it: a broadcast at an edge of the 5 s window
+    # may be routed on the other side of it.
+    assert 0.8 <= losses["broker"]["routed_share"] <= 1.2
     assert losses["broker"]["domain_messages_expected"] >= 4 * out["headers_sealed"]
     assert losses["pairs"] == {
         "needed": out["header_pairs_needed"],
