@@ -43,6 +43,9 @@ code                   class                     raised when
 ``web``                ``WebError``              the web pages cannot show a data dir, or a bad page
 ``web-not-found``      ``NotFound``              a page names a device or item the data dir lacks
 ``web-not-ready``      ``NotReady``              a live fleet's data dir is not provisioned yet
+``broker-tls``         ``BrokerTlsError``        a broker certificate cannot be issued or read
+``fleet-log``          ``FleetLogError``         the heads log cannot be read, extended or served
+``sensor``             ``SensorError``           a simulated appliance's sensors raised
 =====================  ========================  ================================================
 
 This module imports nothing of ours, so that every room may import it.
