@@ -56,7 +56,9 @@ time out (the runtime's warnings are silenced; nothing it does reaches anyone).
 blocks tracked are every other owner's blocks for which it had signed a receipt. Done when each
 has R healthy holders other than the leaver in its owner's replication core (receipts signed
 after the holder's durable write), confirmed afterwards in the stores. ``detection_s``: until
-every tracked owner's transport shows the leaver offline; ``replacement_s``: what remains after
+every tracked owner took the leaver out of service (its presence said offline, which is only a
+hint, and it answered none of 3 probes, one per gossip request timeout: docs/PROTOCOL.md
+13.3.1); ``replacement_s``: what remains after
 detection and the configured ``repair_after`` delay (during which a short absence causes no
 churn); ``repair_s`` = detection + replacement = the time to return to R copies minus
 ``repair_after``. Measured twice: in the simulated run above (``repair.simulated``, simulated
@@ -605,7 +607,9 @@ def short_of_r(
 
 
 def all_see_offline(agents: Mapping[str, DeviceAgent], owners: set[str], leaver_id: str) -> bool:
-    return all(agents[o].transport.presence(leaver_id) is False for o in owners)
+    """Every tracked owner took the leaver out of service: its presence said offline and it
+    answered none of the owner's probes (docs/PROTOCOL.md 13.3.1)."""
+    return not any(agents[o].liveness.in_service(leaver_id) for o in owners)
 
 
 @dataclass

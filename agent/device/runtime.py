@@ -99,13 +99,17 @@ class DeviceAgent:
         self.stats = DeviceStats()
         self.peer_ids = tuple(peer_ids)
         # Presence is a hint (docs/PROTOCOL.md 13.3.1): a peer leaves service once presence
-        # says offline *and* nothing proven came from it for 4 x peers anti-entropy rounds
-        # (of this device, and of the clock: ``silence_ms`` overrides the time). The peers
-        # counted are those its rounds go to: the mesh, once start() knows it.
+        # says offline *and* it left 3 probes in a row unanswered (one every request timeout),
+        # or, where it cannot be probed, nothing proven came from it for 4 x peers
+        # anti-entropy rounds (of this device, and of the clock: ``silence_ms`` overrides the
+        # time). The peers counted are those its rounds go to: the mesh, once start() knows it.
         self._silence_ms = silence_ms
         rounds = 4 * max(2, len(self.peer_ids))
         self.liveness = Liveness(
-            self.peer_ids, silence_ms or rounds * node.config.anti_entropy_ms, rounds
+            self.peer_ids,
+            silence_ms or rounds * node.config.anti_entropy_ms,
+            rounds,
+            probe_ms=node.config.request_timeout_ms,
         )
         self.watched: tuple[str, ...] = self.peer_ids  # presences followed, set by start()
         self._log = logging.LoggerAdapter(log, {"device": name})
@@ -423,12 +427,14 @@ class DeviceAgent:
             await self.gossip.on_timer(clock.now_ms())
             if self.replicator is not None:
                 await self.replicator.on_timer(clock.now_ms())
+            await self._probe()
             rounds = self.node.counters["rounds"] + self.node.counters["rounds_without_peer"]
-            for peer in self.liveness.due(clock.now_ms(), self._heard, rounds):
+            for peer in self.liveness.due(clock.now_ms(), self._heard, rounds, self._link()):
                 self._log.info(
-                    "%s leaves service: its presence says offline and nothing proven came "
-                    "from it for %.1f s and %d rounds",
+                    "%s leaves service: its presence says offline and it answered none of %d "
+                    "probes (or nothing proven came from it for %.1f s and %d rounds)",
                     peer,
+                    self.liveness.probes,
                     self.liveness.silence_ms / 1000,
                     self.liveness.silence_rounds,
                 )
@@ -471,6 +477,20 @@ class DeviceAgent:
     def _liveness_deadline(self) -> int | None:
         return self.liveness.deadline(self.net_clock.now_ms(), self._heard)
 
+    def _link(self) -> int | None:
+        """None while the own link is down, else its reconnection count: a probe proves a
+        peer silent only if it left, and the silence lasted, over one unbroken link."""
+        t = self.transport
+        return t.stats().reconnects if t.connected else None
+
+    async def _probe(self) -> None:
+        """Ask the doubted peers whose probe is due (a SUMMARY that asks for a reply)."""
+        if not self.liveness.doubting:
+            return
+        now = self.net_clock.now_ms()
+        for peer in self.liveness.to_probe(now, self._heard, self._link(), self.node.can_probe):
+            await self.gossip.handle(I.Probe(peer))
+
     def _heard(self, peer: str) -> int | None:
         """When the cores last proved a message from ``peer`` (None: never)."""
         times = [self.node.last_heard(peer)]
@@ -487,6 +507,7 @@ class DeviceAgent:
                 await self._peer(peer, up=True)
         else:
             liveness.offline(peer, self.net_clock.now_ms())
+            await self._probe()  # the first probe goes at once
             self._net_deadline_moved(self._liveness_deadline())
 
     async def _proven(self, payload: bytes) -> None:

@@ -55,6 +55,15 @@ class RevocationKnown:
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """The runtime doubts that ``peer_id`` is still there (its presence says offline): ask it,
+    with a SUMMARY that asks for a reply, which any live peer answers (docs/PROTOCOL.md
+    13.3.1)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class RevocationReceived:
     """Bytes from the revocation topic (retained, published by the fleet authority with
     ``edgefleet keys revoke``; sender unknown): verified against the fleet roots here."""
@@ -150,6 +159,7 @@ Input = (
     | EvidenceReceived
     | PeerUp
     | PeerDown
+    | Probe
     | DomainChanged
     | PullLoaded
     | RestoreRequested

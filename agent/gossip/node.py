@@ -60,6 +60,7 @@ from agent.gossip.inputs import (
     OwnBlockSealed,
     PeerDown,
     PeerUp,
+    Probe,
     PullLoaded,
     RestoreRequested,
     RevocationKnown,
@@ -172,6 +173,8 @@ class GossipNode:
             self._on_peer_up(event.peer_id)
         elif isinstance(event, PeerDown):
             self._on_peer_down(event.peer_id)
+        elif isinstance(event, Probe):
+            self._on_probe(event.peer_id)
         elif isinstance(event, DomainChanged):
             self._on_domain_changed(event)
         elif isinstance(event, PullLoaded):
@@ -314,6 +317,21 @@ class GossipNode:
             ctx.send(peer, wire.Epochs(self.device_id, own[-wire.MAX_EPOCH_RECORDS :]))
         if rec.muted_until is None and (self._restore.active or self._summaries.greets(peer)):
             self._summaries.send_summary(peer, reply=True)
+
+    def can_probe(self, peer: str) -> bool:
+        """Whether a ``Probe`` of ``peer`` is sent: a member of a shared domain, not muted."""
+        rec = self._ctx.peers.get(peer)
+        return rec is not None and rec.muted_until is None
+
+    def _on_probe(self, peer: str) -> None:
+        """A SUMMARY with reply = 1 listing only the own head (small; any live peer answers,
+        with what this node may lack): the runtime's question to a peer in doubt."""
+        ctx = self._ctx
+        if not self.can_probe(peer):
+            ctx.counters["probes_skipped"] += 1
+            return
+        ctx.counters["probes"] += 1
+        self._summaries.send_summary(peer, reply=True, only=frozenset((self.device_id,)))
 
     def _on_peer_down(self, peer: str) -> None:
         ctx = self._ctx

@@ -714,9 +714,10 @@ def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
             f"mosquitto, {N} devices: peers that dropped fridge-3 from service = "
             f"{len(dropped)} of {len(others)} ({drops} drops) while a retained spoofed "
             f"'offline' stood for {time.monotonic() - began:.1f} s (twice the silence, "
-            f"{2 * others[0].liveness.silence_rounds} rounds); its chain spread from height "
-            f"{start} to at least {min(live.height(a.name, subject.name) for a in others)} at "
-            f"every peer meanwhile"
+            f"{2 * others[0].liveness.silence_rounds} rounds); it answered the "
+            f"{sum(a.liveness.probes_sent for a in others)} probes of its watchers; its chain "
+            f"spread from height {start} to at least "
+            f"{min(live.height(a.name, subject.name) for a in others)} at every peer meanwhile"
         )
         figure(row, text, seed=SEED)
         assert not dropped, f"{text}: {sorted(dropped)}"
@@ -730,8 +731,9 @@ def test_a_retained_spoofed_offline_presence_drops_no_peer_from_service(
         figure(
             "a peer that really stops (live Mosquitto)",
             f"mosquitto, {N} devices: fridge-3 really stopped: out of service at {len(others)} "
-            f"of {len(others)} peers after {time.monotonic() - stopped:.1f} s (silence "
-            f"{others[0].liveness.silence_ms / 1000:.1f} s)",
+            f"of {len(others)} peers after {time.monotonic() - stopped:.1f} s (3 probes "
+            f"unanswered, one every {others[0].liveness.probe_ms or 0:.0f} ms; the silence "
+            f"rule alone: {others[0].liveness.silence_ms / 1000:.1f} s)",
             seed=SEED,
         )
 

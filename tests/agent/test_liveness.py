@@ -5,6 +5,7 @@ service; a peer that is really gone leaves once its silence confirms the hint.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,85 @@ def test_offline_for_a_peer_out_of_service_changes_nothing_and_strangers_are_ign
     assert live.heard(P, 5, 5) and live.doubted(P)  # proven traffic brings a member in
     with pytest.raises(UsageError, match="silence must be positive"):
         Liveness([P], 0)
+
+
+PROBE = 3_000
+LONG = 10**9  # a silence rule that never fires: the probes alone decide
+
+
+def _prober(**kw: int) -> Liveness:
+    live = Liveness([P, Q], LONG, probe_ms=PROBE, **kw)
+    live.online(P)
+    live.online(Q)
+    return live
+
+
+def _yes(peer: str) -> bool:
+    return True
+
+
+def test_a_doubted_peer_is_asked_three_times_and_leaves_when_the_last_is_late() -> None:
+    live = _prober()
+    heard: dict[str, int] = {}
+    live.offline(P, 1_000)
+    assert live.to_probe(1_000, heard.get, 0, _yes) == [P]  # at once
+    assert live.to_probe(1_000 + PROBE - 1, heard.get, 0, _yes) == []
+    assert live.deadline(1_001, heard.get) == 1_000 + PROBE
+    assert live.to_probe(1_000 + PROBE, heard.get, 0, _yes) == [P]
+    assert live.to_probe(1_000 + 2 * PROBE, heard.get, 0, _yes) == [P]
+    assert live.to_probe(1_000 + 3 * PROBE, heard.get, 0, _yes) == []  # three asked: enough
+    assert live.deadline(1_000 + 2 * PROBE, heard.get) == 1_000 + 3 * PROBE
+    assert live.due(1_000 + 3 * PROBE - 1, heard.get, link=0) == []
+    assert live.due(1_000 + 3 * PROBE, heard.get, link=0) == [P]
+    assert live.probes_sent == 3 and live.drops[P] == 1 and live.in_service(Q)
+
+
+def test_a_peer_that_answers_stays_and_is_asked_ever_less_often() -> None:
+    """A retained spoofed 'offline' that stands for an hour costs a handful of probes."""
+    live = Liveness([P], 60_000, probe_ms=PROBE)
+    live.online(P)
+    heard: dict[str, int] = {}
+    live.offline(P, 0)
+    sent = []
+    for t in range(0, 3_600_000, 500):
+        if live.to_probe(t, heard.get, 0, _yes):
+            sent.append(t)
+            heard[P] = t + 100  # it answers within a round trip
+        assert live.due(t, heard.get, link=0) == []
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    # doubling, up to the silence (plus the answer time, on a grid of 0.5 s)
+    assert [g // 1_000 for g in gaps[:5]] == [6, 12, 24, 48, 60]
+    assert {g // 1_000 for g in gaps[4:]} == {60} and len(sent) <= 64 and live.in_service(P)
+
+
+def test_probes_over_a_broken_own_link_prove_nothing() -> None:
+    live = _prober()
+    heard: dict[str, int] = {}
+    live.offline(P, 0)
+    assert live.to_probe(0, heard.get, None, _yes) == []  # own link down: nothing asked
+    assert live.to_probe(0, heard.get, 4, _yes) == [P]
+    assert live.to_probe(PROBE, heard.get, 4, _yes) == [P]
+    assert live.to_probe(2 * PROBE, heard.get, 4, _yes) == [P]
+    # The watcher reconnected (its link's count moved): the three probes count for nothing.
+    assert live.due(3 * PROBE, heard.get, link=5) == []
+    assert live.due(3 * PROBE, heard.get, link=None) == []
+    assert live.to_probe(3 * PROBE, heard.get, 5, _yes) == [P]  # asked afresh
+    for k in (4, 5):
+        assert live.to_probe(k * PROBE, heard.get, 5, _yes) == [P]
+    assert live.due(6 * PROBE, heard.get, link=5) == [P]
+
+
+def test_a_peer_that_cannot_be_probed_keeps_the_silence_rule() -> None:
+    live = Liveness([P], SILENCE, probe_ms=PROBE)
+    live.online(P)
+    heard: dict[str, int] = {}
+    live.offline(P, 0)
+    for t in range(0, SILENCE, 500):
+        assert live.to_probe(t, heard.get, 0, lambda p: False) == []
+        assert live.due(t, heard.get, link=0) == []
+    assert live.due(SILENCE, heard.get, link=0) == [P] and live.probes_sent == 0
+    with pytest.raises(UsageError, match="probes must be positive"):
+        Liveness([P], SILENCE, probe_ms=0)
 
 
 # --------------------------------------------------------------------------- in a running fleet
