@@ -2,14 +2,13 @@
 
 ``python -m bench.fleet --json [--quick]`` runs ``agent.fleet.runner.FleetRunner`` in real time
 (``speed=1.0``) against a Mosquitto broker of its own
-(``agent.transport.brokers.MosquittoBroker``, default
-config, a free port) on a synthetic fleet: every device emits one ``temp_mc`` sample per second
-(deterministic values; device k starts at second ``1 + k % 10`` so that blocks are not all sealed
-in the same second), seals a block every 10 s (``SealPolicy(max_readings=64, max_age_ms=10_000)``)
-and gossips in a domain of 32 devices (``agent.config.devices.parse_fleet``: a site per domain, a
-counted
-device group per site; the default ``GossipConfig``; edge replication off: it is measured by
-``bench.replication``). Each trial runs in a fresh process: it
+(``agent.transport.brokers.MosquittoBroker``, its limits sized to the fleet as ``edgefleet run
+--broker mosquitto`` sizes them, a free port) on a synthetic fleet: every device emits one
+``temp_mc`` sample per second (deterministic values; device k starts at second ``1 + k % 10`` so
+that blocks are not all sealed in the same second), seals a block every 10 s
+(``SealPolicy(max_readings=64, max_age_ms=10_000)``) and gossips in domains of one **shape**
+(``agent.config.devices.parse_fleet``; the default ``GossipConfig``; edge replication off: it is
+measured by ``bench.replication``). Each trial runs in a fresh process: it
 provisions the data dir (timed), starts Mosquitto, then runs the fleet for a warm-up (15 s), a
 measurement window (30 s) and a grace period (two anti-entropy intervals, 10 s) in which headers
 sealed in the window may arrive.
@@ -82,13 +81,81 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
   shard's devices, headers sealed, loop_busy, CPU and RSS per device of its own, lag, start and
   window opening relative to the first).
 
+Why a trial missed its deliveries (issue 14: 2,000 devices "behind: 100% missed" with the loops
+half idle): ``header_losses`` follows the window's headers stage by stage. ``announce``: headers
+whose ANNOUNCE was not handed to the connection within the grace (``not_announced``) and the
+seal-to-handover p50/p99 (sends that wait for a slot); ``broker``: domain messages the shards'
+connections should have routed (each broadcast once per connection subscribed to its domain)
+against those they routed in the window (``routed_share`` < 1: they wait in paho's queues, the
+broker or the socket); ``cores``: header entries offered to the gossip cores per needed delivery
+(``offered_share`` < 1: they wait in the devices' receive queues); ``pairs``: ``in_time``,
+``late`` (first accepted after the grace, before the stop; p50/p99) and ``never``; ``stage``: the
+first stage that lost more than 10%, in words. ``backlogs``: where messages wait, sampled each
+second of the window (largest sample in any shard, mean of the shards' sums): ``rx`` (bytes the
+broker sent that the connections have not read), ``unacked`` / ``send_waiters`` (pipelined sends
+awaiting their PUBACK, senders waiting for a slot), ``out_messages`` / ``out_packets`` (QoS 1
+publishes paho holds, packets not yet written), ``inbox`` / ``inbox_max`` (deliveries in the
+devices' receive queues), ``store_jobs``. ``core_counters``: the gossip cores' other counters
+over the window (HELLOs, CERTS, summaries, ...); ``broker_dropping_notices``: Mosquitto's "Outgoing
+messages are being dropped" notices. ``window_s`` / ``grace_s``: the window used.
+
+Found with it: aiomqtt hands each received message to its iterator through a queue, a task and
+an ``asyncio.wait`` (two or three turns of the event loop per message) and paho read one packet
+per turn, so a shared connection whose loop also runs a thousand devices routed fewer messages
+than its domains sent; the rest waited, uncounted, in aiomqtt's queue (1,000 devices on a loaded
+machine: 23,000-31,000 messages waiting, ``routed_share`` 0, ``header_arrivals`` 0). The MQTT
+link now routes each message as paho parses it and acknowledges sends without a task each
+(``agent.transport.mqtt._Link._hook``). Then (2,000 devices in domains of 32, load about 2)
+``routed_share`` is 0.97 and 26% of the pairs arrive in time instead of none; the next stage
+shows: the hub's sends (1,378 a second: paho's window of 100 per PUBACK round trip, which the
+loop's lag of 69 ms p50 stretches) are full (``unacked`` 1,000, up to 2,605 ``send_waiters``),
+announces wait 2.9 s p50 for a slot, the devices' receive loops wait on their sends (``inbox``
+100,000, ``offered_share`` 0.47), and the gossip cores' start-up traffic fills the window
+(56,169 CERTS and 10,294 HELLOs in the window). A hub window of 1,000 (tried, not kept: it also
+protects a default-sized broker's queues) put 71% of the pairs in time, but the loops then
+saturated (lag 15.8 s): what remains is the cores' traffic per device (issue 14 section 1).
+
+Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
+``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
+shape: households of H devices (a fridge, a washing machine, ...; each household a site and a
+domain) inside streets of N devices (each street a domain). Each shape gets its own search (from
+250 for 32, 512 for 256, 1,000 for 1,000 and 256 for 2x128; domains of 256 or more never below
+one whole domain); the first shape's figures are at the top (as before), every shape's under
+``shapes`` (all its figures and trials) and side by side in ``shapes_table`` (devices kept up,
+CPU and RSS per device, broker CPU, MQTT messages sent and received per device-second, p99, dup
+factor, miss rate, the loss stage). ``--domain N [--household H]`` measures one shape.
+
+Authentication's cost (issue 13): ``auth_cost`` runs the first shape's largest fleet that kept
+up again with ``message_crypto_off`` (benchmarks only: messages keep wire version 2 and its sizes,
+with zeros where the signature goes, and nobody checks them; records, headers and certificates
+are still signed and checked) and reports ``cpu_ms_per_device_s`` with and without, their
+difference (``auth_cpu_ms_per_device_s``) and ratio. ``--no-auth`` runs every trial that way;
+``--no-auth-cost`` skips the extra trial.
+
 Beside them: ``fixed_500`` (the same figures for 500 devices), ``trials`` (every size tried, by
 size), ``goals`` and ``meets_goals`` (dup factor and p99 judged at ``devices``), ``meta`` (with
-``shards``). ``--quick`` runs 16 and 32 devices on S = min(2, cores) shards with blocks every 3 s
-and anti-entropy every second (its fixed fleet is ``fixed_32``), in about a minute.
+``shards``). ``--quick`` runs each of the shapes 4, 8, 16 and 2x8 with 16 devices on S = min(2,
+cores) shards, blocks every 3 s and anti-entropy every second (its fixed fleet is ``fixed_16``),
+then ``auth_cost`` at 16: five trials, two or three minutes; tests/bench runs it.
 ``--profile FILE --start N`` runs one trial of N devices in this process (one shard) with
-cProfile on the event loop's thread over the window. Trial options (``--start``, ``--window``,
-``--seal-age``, ``--shards``, ...) override the plan; ``--help`` lists them.
+cProfile on the event loop's thread over the window. Trial options (``--start``, ``--min``,
+``--max``, ``--window``, ``--seal-age``, ``--shards``, ...) override the plan; ``--help`` lists
+them.
+
+Measuring commands (the figures in the issue-14 report came from these, on the 2-core machine):
+
+- the cliff: ``python -m bench.fleet --json --start 2000 --max 2000 --min 2000 --bisect 0
+  --fixed 2000 --domain 32 --no-auth-cost`` (``header_losses.stage`` names where the deliveries
+  went; ``--min`` keeps a failing size from halving);
+- the shapes: ``python -m bench.fleet --json --shapes 32,256,1000,2x128``;
+- authentication's cost at a size: ``python -m bench.fleet --json --domain 32 --start N --max N
+  --min N --bisect 0 --fixed N`` (its ``auth_cost``);
+- before and after a change, paired on one size: the same ``--trial`` spec run alternately from
+  a worktree of main (``git worktree add --detach ../base main``) and from the branch, e.g.
+  ``python -m bench.fleet --trial '{"plan": {...Plan(start=N, max_devices=N, fixed=N, bisect=0,
+  shards=2) as JSON...}, "devices": N, "dir": "/tmp/x"}'`` (each prints one trial's JSON);
+- a profile of a keeping-up fleet: ``python -m bench.fleet --profile /tmp/fleet.prof --start 300
+  --window 30`` (one shard, this process; top functions on stderr).
 """
 
 from __future__ import annotations
@@ -112,7 +179,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config.devices import FleetConfig, parse_fleet
 from agent.device.runtime import DeviceAgent
@@ -123,9 +190,12 @@ from agent.fleet.runner import FleetRunner, RunOptions
 from agent.gossip import actions as A
 from agent.gossip import inputs as I
 from agent.gossip.tuning import GossipConfig
+from agent.protocol import auth
 from agent.transport.brokers import MosquittoBroker
+from agent.transport.mqtt import MqttTransport
 from bench.common import BenchArgs, emit, environment
 from firmware_sim.samples import Sample
+from ledger.identity import PublicKey, SigningKey
 
 SENSOR = "temp_mc"
 GOALS: dict[str, int | float] = {
@@ -136,6 +206,17 @@ GOALS: dict[str, int | float] = {
 _PROG = "python -m bench.fleet"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROBE_S = 0.05
+GAUGE_S = 1.0  # backlogs sampled this often through the window
+GAUGES = (
+    "rx",
+    "unacked",
+    "send_waiters",
+    "out_messages",
+    "out_packets",
+    "inbox",
+    "inbox_max",
+    "store_jobs",
+)
 MISS_TOLERANCE = 0.001  # keeps up: at most this share of (header, peer) deliveries missed
 STOP_LATE_S = 30  # a run still going this long after its planned stop is stopped (watchdog)
 STDERR_TAIL = 5  # lines of a failed shard's stderr quoted in why_not
@@ -151,7 +232,9 @@ class Plan:
     min_devices: int = 16  # nor fewer
     fixed: int = 500
     bisect: int = 2  # bisection steps after the first failure
-    domain_size: int = 32
+    domain_size: int = 32  # devices per gossip domain (with household: per street)
+    household: int = 0  # > 0: households of this many devices inside the streets (mixed shape)
+    auth: bool = True  # False: wire-v2 authentication without its cryptography (bench only)
     warmup_s: int = 15
     window_s: int = 30
     seal_age_ms: int = 10_000
@@ -169,6 +252,11 @@ class Plan:
             raise ValueError(
                 f"plan: expected domain_size >= 2 and bisect >= 0, found {self.domain_size} "
                 f"and {self.bisect}"
+            )
+        if self.household < 0 or self.household >= self.domain_size:
+            raise ValueError(
+                f"plan: expected 0 <= household < domain_size, found {self.household} in "
+                f"streets of {self.domain_size}"
             )
         if self.warmup_s * 1000 < self.seal_age_ms:
             raise ValueError(
@@ -190,6 +278,16 @@ class Plan:
     def max_pending(self) -> int:
         return 2 * self.seal_age_ms // 1000
 
+    @property
+    def shape(self) -> str:
+        """The fleet's shape: ``domain_32``, or ``households_2_in_streets_128``."""
+        if self.household:
+            return f"households_{self.household}_in_streets_{self.domain_size}"
+        return f"domain_{self.domain_size}"
+
+    def fleet(self, devices: int) -> FleetConfig:
+        return fleet_config(devices, self.domain_size, self.seed, self.household)
+
     def shards_for(self, devices: int) -> int:
         """Shards of a trial: never more than devices (a shard of none measures nothing)."""
         return min(self.shards, devices)
@@ -207,9 +305,9 @@ class Plan:
 # Tiny fleets, blocks every 3 s and anti-entropy every second, so that a trial lasts seconds.
 QUICK = Plan(
     start=16,
-    max_devices=32,
+    max_devices=16,
     min_devices=16,
-    fixed=32,
+    fixed=16,
     bisect=0,
     warmup_s=5,
     window_s=5,
@@ -221,32 +319,56 @@ QUICK = Plan(
 # --------------------------------------------------------------------------- the fleet
 
 
-def fleet_config(devices: int, domain_size: int, seed: int) -> FleetConfig:
+def fleet_config(devices: int, domain_size: int, seed: int, household: int = 0) -> FleetConfig:
     """``devices`` appliances in gossip domains of ``domain_size`` (a site each, the last one
-    possibly smaller), built through ``parse_fleet`` with one counted device group per site."""
+    possibly smaller), built through ``parse_fleet`` with one counted device group per site.
+
+    ``household`` > 0: the sample devices.yaml's shape instead: streets of ``domain_size``
+    devices, each street a gossip domain, made of households of ``household`` devices (a fridge,
+    a washing machine, ...), each household a site and a gossip domain of its own; every device
+    is in its household's domain and its street's."""
     if devices < 1 or domain_size < 2:
         raise ValueError(
             f"fleet: expected >= 1 devices in domains of >= 2, found {devices} in {domain_size}"
         )
     cells = -(-devices // domain_size)
-    groups = [
-        {
-            "name": f"c{j}-d{{i}}",
-            "count": min(domain_size, devices - (j - 1) * domain_size),
-            "kind": "refrigerator",
-            "site": f"cell-{j}",
-            "sampling_period": "1s",
-        }
-        for j in range(1, cells + 1)
-    ]
-    doc = {
-        "fleet": "bench",
-        "seed": seed,
-        "sites": [{"id": "cell-{i}", "kind": "street", "count": cells}],
-        "devices": groups,
-        # Gossip capacity only: edge replication has its own benchmark (bench.replication).
-        "replication": {"copies": 0},
-    }
+    sizes = [min(domain_size, devices - j * domain_size) for j in range(cells)]
+    # Gossip capacity only: edge replication has its own benchmark (bench.replication).
+    doc: dict[str, Any] = {"fleet": "bench", "seed": seed, "replication": {"copies": 0}}
+    if not household:
+        doc["sites"] = [{"id": "cell-{i}", "kind": "street", "count": cells}]
+        doc["devices"] = [
+            {
+                "name": f"c{j}-d{{i}}",
+                "count": size,
+                "kind": "refrigerator",
+                "site": f"cell-{j}",
+                "sampling_period": "1s",
+            }
+            for j, size in enumerate(sizes, 1)
+        ]
+        return parse_fleet(doc, "bench.fleet")
+    kinds = ("refrigerator", "washing_machine", "dishwasher", "oven")
+    sites: list[dict[str, Any]] = [{"id": "street-{i}", "kind": "street", "count": cells}]
+    groups: list[dict[str, Any]] = []
+    for j, size in enumerate(sizes, 1):
+        homes = -(-size // household)
+        sites.append({"id": f"s{j}-home-{{i}}", "kind": "household", "count": homes})
+        for m in range(household):
+            count = len(range(m, size, household))  # the m-th device of each home, if it has one
+            if count:
+                groups.append(
+                    {
+                        "name": f"s{j}-a{m}-{{i}}",
+                        "count": count,
+                        "kind": kinds[m % len(kinds)],
+                        "site": f"s{j}-home-{{i}}",
+                        "domains": [f"s{j}-home-{{i}}", f"street-{j}"],
+                        "sampling_period": "1s",
+                    }
+                )
+    doc["sites"] = sites
+    doc["devices"] = groups
     return parse_fleet(doc, "bench.fleet")
 
 
@@ -321,6 +443,10 @@ class Snapshot:
     verdicts: Mapping[str, int]  # header verdicts of the gossip cores (header_accepted, ...)
     syncs: int = 0  # group syncs of the runner's stores (ledger/groupsync.py)
     sync_s: float = 0.0  # wall time in them, s
+    core: Mapping[str, int] = dataclasses.field(default_factory=dict)  # other core counters
+    broadcasts: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by domain
+    routed: Mapping[str, int] = dataclasses.field(default_factory=dict)  # by kind, at the links
+    announced: int = 0  # own headers whose ANNOUNCE was handed to the connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +474,14 @@ class ShardReport:
     aborted: str  # why the shard stopped early ("" if it did not)
     gc_pauses_ms: tuple[float, ...]
     loop_lags_ms: tuple[float, ...]
+    # (device id, height, net ms): own headers of the window whose ANNOUNCE was handed to the
+    # connection (a broadcast returned), up to the stop.
+    announces: tuple[tuple[str, int, int], ...] = ()
+    # Connections of this shard subscribed to each domain (a hub: 1; a connection per device:
+    # its local members): how many copies of a domain message the shard's links should route.
+    subscribers: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Backlogs sampled once a second through the window (``GAUGES``), one list per gauge.
+    gauges: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -355,6 +489,8 @@ class ShardReport:
         doc["close"] = None if self.close is None else dataclasses.asdict(self.close)
         doc["arrivals"] = {k: list(v) for k, v in self.arrivals.items()}
         doc["peers"] = dict(self.peers)
+        doc["subscribers"] = dict(self.subscribers)
+        doc["gauges"] = {k: list(v) for k, v in self.gauges.items()}
         return doc
 
     @classmethod
@@ -384,12 +520,16 @@ class ShardReport:
             aborted=str(doc["aborted"]),
             gc_pauses_ms=tuple(float(x) for x in doc["gc_pauses_ms"]),
             loop_lags_ms=tuple(float(x) for x in doc["loop_lags_ms"]),
+            announces=tuple((str(d), int(h), int(t)) for d, h, t in doc["announces"]),
+            subscribers={str(k): int(v) for k, v in doc["subscribers"].items()},
+            gauges={str(k): tuple(int(x) for x in v) for k, v in doc["gauges"].items()},
         )
 
 
 def _snapshot(doc: Mapping[str, Any]) -> Snapshot:
     fields = dict(doc)
-    fields["verdicts"] = {str(k): int(v) for k, v in doc["verdicts"].items()}
+    for name in ("verdicts", "core", "broadcasts", "routed"):
+        fields[name] = {str(k): int(v) for k, v in doc.get(name, {}).items()}
     return Snapshot(**fields)
 
 
@@ -433,7 +573,13 @@ class Recorder:
         self._gc_start = 0.0
         self.loop_lags: list[float] = []  # ms an asyncio timer fired late, during the window
         self._probe: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._broadcasts: Counter[str] = Counter()  # domain broadcasts handed to connections
+        self._announcing: dict[str, tuple[str, int, int]] = {}  # device name -> sealed, waiting
+        self._announces: list[tuple[str, int, int]] = []
+        self._subscribers: Counter[str] = Counter()
+        self.gauges: dict[str, list[int]] = {g: [] for g in GAUGES}
 
     @property
     def stop_ms(self) -> int | None:
@@ -462,9 +608,15 @@ class Recorder:
             runner.request_stop()
 
     def _start(self, runner: FleetRunner, now: int) -> None:
+        subscribed: set[tuple[int, str]] = set()
         for agent in runner.agents.values():
             agent.observers.append(self.observe)
             self._peers[agent.device_id] = len(agent.peer_ids)
+            self._count_broadcasts(agent)
+            conn = connection_of(agent)
+            for domain in agent.transport.domains:
+                subscribed.add((id(agent) if conn is None else id(conn), domain))
+        self._subscribers = Counter(domain for _, domain in subscribed)
         self.start_ms = now
         if self.rendezvous is not None:
             tmp = self.rendezvous / f".start-{self.shard[0]}"
@@ -472,7 +624,25 @@ class Recorder:
             tmp.replace(self.rendezvous / f"start-{self.shard[0]}")  # whole, or not there
         self.started.set()
         self._probe = asyncio.get_running_loop().create_task(self._loop_probe())
+        self._gauge_task = asyncio.get_running_loop().create_task(self._gauge_probe(runner))
         gc.callbacks.append(self._on_gc)
+
+    def _count_broadcasts(self, agent: DeviceAgent) -> None:
+        """Count the device's domain broadcasts, and note when the ANNOUNCE of each own header
+        sealed in the window was handed to its connection (the first broadcast after the seal:
+        the gossip core announces a sealed block at once, in the same call)."""
+        ctx = agent.ctx
+        send = ctx.broadcast
+        name = agent.name
+
+        async def broadcast(domain: str, payload: bytes) -> None:
+            await send(domain, payload)
+            self._broadcasts[domain] += 1
+            sealed = self._announcing.pop(name, None)
+            if sealed is not None:
+                self._announces.append((sealed[0], sealed[1], ctx.net_clock.now_ms()))
+
+        ctx.broadcast = broadcast  # type: ignore[method-assign]
 
     def _schedule(self, runner: FleetRunner, now: int) -> None:
         """Timers at the window's edges and at the stop (net ms, which runs with the loop's
@@ -530,6 +700,7 @@ class Recorder:
             if now_ms < window[1]:
                 h = event.block.header.header
                 self._sealed.append((h.device_id, h.height, now_ms))
+                self._announcing[agent.name] = (h.device_id, h.height, now_ms)
         elif isinstance(event, A.HeadersAccepted):
             buf = self._arrivals.get(event.device_id)
             if buf is None:
@@ -547,6 +718,9 @@ class Recorder:
     def detach(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        for task in (self._probe, self._gauge_task):
+            if task is not None:
+                task.cancel()
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
@@ -557,6 +731,14 @@ class Recorder:
             await asyncio.sleep(PROBE_S)
             if self.open is not None and self.close is None:
                 self.loop_lags.append((time.monotonic() - t - PROBE_S) * 1000)
+
+    async def _gauge_probe(self, runner: FleetRunner) -> None:
+        """Where messages wait, sampled once a second through the window (``GAUGES``)."""
+        while self.close is None:
+            await asyncio.sleep(GAUGE_S)
+            if self.open is not None and self.close is None:
+                for name, value in backlogs(runner).items():
+                    self.gauges[name].append(value)
 
     async def watchdog(self) -> None:
         """Stop a run that overruns its planned stop (its steps come late or not at all)."""
@@ -599,6 +781,10 @@ class Recorder:
             verdicts=_verdicts(agents),
             syncs=0 if runner.group_sync is None else runner.group_sync.syncs,
             sync_s=0.0 if runner.group_sync is None else runner.group_sync.sync_s,
+            core=_core_counters(agents),
+            broadcasts=dict(self._broadcasts),
+            routed=_routed(agents),
+            announced=len(self._announces),
         )
 
     def report(self) -> ShardReport:
@@ -620,6 +806,9 @@ class Recorder:
             aborted=self.aborted,
             gc_pauses_ms=tuple(self.gc_pauses),
             loop_lags_ms=tuple(self.loop_lags),
+            announces=tuple(self._announces),
+            subscribers=dict(self._subscribers),
+            gauges={k: tuple(v) for k, v in self.gauges.items()},
         )
 
 
@@ -634,34 +823,147 @@ class Deliveries:
     needed: int
     latencies: tuple[int, ...]  # ms, one per pair accepted in time, sorted
     cross_shard: int  # of those, pairs whose peer runs in another shard than the sealer
+    late: tuple[int, ...] = ()  # ms, pairs first accepted after the grace (before the stop)
+    unannounced: int = 0  # population headers whose ANNOUNCE was not handed on within grace
+    unannounced_pairs: int = 0  # their (header, peer) pairs
+    announce_ms: tuple[int, ...] = ()  # seal to ANNOUNCE handed to the connection, sorted
 
 
 def deliveries(reports: Sequence[ShardReport], grace_ms: int) -> Deliveries:
     """Match every shard's acceptances against every shard's seals. A peer's first acceptance
-    of a header counts (once) if it came within ``grace_ms`` of the seal."""
+    of a header counts (once) if it came within ``grace_ms`` of the seal; a later first
+    acceptance is ``late``."""
     sealed: dict[tuple[str, int], tuple[int, int]] = {}  # (device, height) -> (net ms, shard)
     peers: dict[str, int] = {}
+    announced: dict[tuple[str, int], int] = {}
     for r in reports:
         peers.update(r.peers)
         for dev, height, t in r.sealed:
             sealed[(dev, height)] = (t, r.index)
+        for dev, height, t in r.announces:
+            announced.setdefault((dev, height), t)
     first: dict[tuple[str, int, int], tuple[int, bool]] = {}  # -> (latency, cross-shard)
     for r in reports:
         for dev, flat in r.arrivals.items():
             for j in range(0, len(flat) - 2, 3):
                 height, receiver, t = flat[j], flat[j + 1], flat[j + 2]
                 seal = sealed.get((dev, height))
-                if seal is None or t - seal[0] > grace_ms:
+                if seal is None:
                     continue
                 key = (dev, height, receiver)
                 latency = t - seal[0]
                 if key not in first or latency < first[key][0]:
                     first[key] = (latency, seal[1] != r.index)
+    in_time = {k: v for k, v in first.items() if v[0] <= grace_ms}
+    announce_ms = [announced[k] - t for k, (t, _) in sealed.items() if k in announced]
+    unannounced = [k for k in sealed if announced.get(k, 1 << 62) - sealed[k][0] > grace_ms]
     return Deliveries(
         sealed=len(sealed),
         needed=sum(peers.get(dev, 0) for dev, _ in sealed),
-        latencies=tuple(sorted(lat for lat, _ in first.values())),
-        cross_shard=sum(1 for _, cross in first.values() if cross),
+        latencies=tuple(sorted(lat for lat, _ in in_time.values())),
+        cross_shard=sum(1 for _, cross in in_time.values() if cross),
+        late=tuple(sorted(lat for lat, _ in first.values() if lat > grace_ms)),
+        unannounced=len(unannounced),
+        unannounced_pairs=sum(peers.get(dev, 0) for dev, _ in unannounced),
+        announce_ms=tuple(sorted(announce_ms)),
+    )
+
+
+def losses(
+    got: Deliveries, windows: Sequence[tuple[ShardReport, Snapshot, Snapshot]]
+) -> dict[str, Any]:
+    """Where the window's header deliveries went, stage by stage (``header_losses``):
+
+    - ``announce``: population headers, those whose ANNOUNCE was not handed to the connection
+      within the grace (``not_announced``), and seal-to-handover p50/p99;
+    - ``broker``: domain messages the shards' links should have routed (each broadcast once per
+      subscribed connection) and those they did route in the window (``routed_share``: below
+      1, messages wait or were lost between the sending and the receiving connection: paho's
+      queues, the broker, the socket);
+    - ``cores``: header entries offered to the gossip cores per needed delivery
+      (``offered_share``) and their verdicts;
+    - ``pairs``: the needed (header, peer) pairs: ``in_time``, ``late`` (first accepted after
+      the grace, before the stop; p50/p99 of their latency) and ``never`` (not by the stop);
+    - ``stage``: the first stage that lost more than 10%, in words (the verdict's reason).
+    """
+    needed = got.needed
+    in_time = len(got.latencies)
+    late = len(got.late)
+    subscribers: Counter[str] = Counter()
+    broadcasts: Counter[str] = Counter()
+    routed = 0
+    announced = 0
+    offers = 0
+    for r, o, c in windows:
+        subscribers.update(r.subscribers)
+        broadcasts.update({d: n - o.broadcasts.get(d, 0) for d, n in c.broadcasts.items()})
+        routed += c.routed.get("domain", 0) - o.routed.get("domain", 0)
+        announced += c.announced - o.announced
+        offers += c.offers - o.offers
+    expected = sum(n * subscribers.get(d, 0) for d, n in broadcasts.items())
+    out: dict[str, Any] = {
+        "announce": {
+            "headers": got.sealed,
+            "not_announced": got.unannounced,
+            "not_announced_pairs": got.unannounced_pairs,
+            "handover_p50_ms": percentile(got.announce_ms, 50),
+            "handover_p99_ms": percentile(got.announce_ms, 99),
+        },
+        "broker": {
+            "domain_messages_expected": expected,
+            "domain_messages_routed": routed,
+            "routed_share": round(routed / expected, 3) if expected else None,
+        },
+        "cores": {
+            "offered": offers,
+            "offered_share": round(offers / needed, 3) if needed else None,
+        },
+        "pairs": {
+            "needed": needed,
+            "in_time": in_time,
+            "late": late,
+            "never": needed - in_time - late,
+            "late_p50_ms": percentile(got.late, 50),
+            "late_p99_ms": percentile(got.late, 99),
+        },
+    }
+    out["stage"] = _loss_stage(out)
+    return out
+
+
+def _loss_stage(doc: Mapping[str, Any]) -> str:
+    """The first stage of ``losses`` that lost more than 10%, as a sentence ("" if none)."""
+    pairs = doc["pairs"]
+    if not pairs["needed"] or pairs["in_time"] >= 0.9 * pairs["needed"]:
+        return ""
+    ann = doc["announce"]
+    if ann["headers"] and ann["not_announced"] > 0.1 * ann["headers"]:
+        return (
+            f"not sent: {ann['not_announced']} of {ann['headers']} headers were not handed to "
+            "the connection within the grace (sends wait: see the unacked and send_waiters "
+            "backlogs)"
+        )
+    share = doc["broker"]["routed_share"]
+    if share is not None and share < 0.9:
+        return (
+            f"sent, not received: the links routed {share:.0%} of the domain messages sent "
+            "(they wait in paho's queues, the broker or the socket: see the out_messages and "
+            "rx backlogs, and the broker's drops)"
+        )
+    offered = doc["cores"]["offered_share"]
+    if offered is not None and offered < 0.9:
+        return (
+            f"received, not offered: the gossip cores were offered {offered:.0%} of the needed "
+            "header deliveries (they wait in the devices' receive queues: see the inbox backlog)"
+        )
+    if pairs["late"] > pairs["never"]:
+        return (
+            f"accepted late: {pairs['late']} pairs after the grace (p50 {pairs['late_p50_ms']} "
+            "ms): offered, but accepted only after a repair (see the header verdicts)"
+        )
+    return (
+        f"received, not accepted: {pairs['never']} pairs never accepted by the stop (see the "
+        "header verdicts and core counters)"
     )
 
 
@@ -709,6 +1011,11 @@ def merge(
         "header_verdicts": None,
         "window_skew_ms": max(opens) - min(opens) if opens else None,
         "start_skew_ms": max(starts) - min(starts) if starts else None,
+        "window_s": plan.window_s,
+        "grace_s": plan.grace_s,
+        "header_losses": None,
+        "core_counters": None,
+        "backlogs": backlog_figures(reports),
         "per_shard": [
             _shard_figures(r, min(starts, default=0), min(opens, default=0)) for r in reports
         ],
@@ -752,10 +1059,34 @@ def merge(
                 for k in sorted({k for _, _, c in windows for k in c.verdicts})
                 if (v := sum(c.verdicts.get(k, 0) - o.verdicts.get(k, 0) for _, o, c in windows))
             },
+            "core_counters": {
+                k: v
+                for k in sorted({k for _, _, c in windows for k in c.core})
+                if (v := sum(c.core.get(k, 0) - o.core.get(k, 0) for _, o, c in windows))
+            },
+            "header_losses": losses(got, windows),
         }
     reasons = failures(plan, out, reports)
     out["keeps_up"] = not reasons
     out["why_not"] = reasons
+    return out
+
+
+def backlog_figures(reports: Sequence[ShardReport]) -> dict[str, Any]:
+    """Each backlog gauge through the window: its largest sample in any shard (``max``) and
+    the mean of the shards' sums (``mean``); ``{}`` when no shard sampled any."""
+    out: dict[str, Any] = {}
+    for name in GAUGES:
+        series = [r.gauges.get(name, ()) for r in reports]
+        series = [s for s in series if s]
+        if not series:
+            continue
+        span = min(len(s) for s in series)
+        sums = [sum(s[i] for s in series) for i in range(span)]
+        out[name] = {
+            "max": max(max(s) for s in series),
+            "mean": round(sum(sums) / span, 1) if span else None,
+        }
     return out
 
 
@@ -816,6 +1147,63 @@ def failures(plan: Plan, out: Mapping[str, Any], reports: Sequence[ShardReport])
 
 def _header_offers(agent: DeviceAgent) -> int:
     return sum(v for k, v in agent.node.counters.items() if k.startswith("header_"))
+
+
+class Connection(Protocol):
+    """What the benchmark reads of an MQTT connection (``agent.transport.mqtt``'s link)."""
+
+    routed: Counter[str]
+
+    def backlog(self) -> dict[str, int]: ...
+
+
+def connection_of(agent: DeviceAgent) -> Connection | None:
+    """The MQTT connection a device's transport uses (None: not MQTT)."""
+    t = agent.transport
+    return t.connection if isinstance(t, MqttTransport) else None
+
+
+def _connections(agents: Iterable[DeviceAgent]) -> list[Connection]:
+    seen: dict[int, Connection] = {}
+    for a in agents:
+        conn = connection_of(a)
+        if conn is not None:
+            seen.setdefault(id(conn), conn)
+    return list(seen.values())
+
+
+def backlogs(runner: FleetRunner) -> dict[str, int]:
+    """The shard's backlogs now (``GAUGES``): summed over its MQTT connections
+    (``Connection.backlog``), its devices' receive queues (``inbox``: delivered, not yet taken
+    by the device's receive loop; ``inbox_max``: the longest) and the store jobs waiting for a
+    thread."""
+    agents = list(runner.agents.values())
+    out = dict.fromkeys(GAUGES, 0)
+    for conn in _connections(agents):
+        for k, v in conn.backlog().items():
+            out[k] += v
+    queued = [a.transport.pending() for a in agents]
+    out["inbox"] = sum(queued)
+    out["inbox_max"] = max(queued, default=0)
+    executor = getattr(runner, "_executor", None)
+    jobs = getattr(executor, "_jobs", None)
+    out["store_jobs"] = jobs.qsize() if jobs is not None else 0
+    return out
+
+
+def _routed(agents: Iterable[DeviceAgent]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for conn in _connections(agents):
+        total.update(conn.routed)
+    return dict(total)
+
+
+def _core_counters(agents: Iterable[DeviceAgent]) -> dict[str, int]:
+    """The gossip cores' counters other than the header verdicts, summed."""
+    total: Counter[str] = Counter()
+    for a in agents:
+        total.update({k: v for k, v in a.node.counters.items() if not k.startswith("header_")})
+    return dict(total)
 
 
 def _verdicts(agents: Iterable[DeviceAgent]) -> dict[str, int]:
@@ -917,7 +1305,7 @@ async def run_shard(
     trial's broker, observed over the plan's window; ``profiler`` runs over the window, on the
     event loop's thread."""
     plan = spec.plan
-    cfg = fleet_config(spec.devices, plan.domain_size, plan.seed)
+    cfg = plan.fleet(spec.devices)
     rec = Recorder(plan, spec.shard, spec.broker_pid, parent_pid, spec.rendezvous)
     rec.profiler = profiler
     opts = RunOptions(
@@ -935,13 +1323,44 @@ async def run_shard(
     )
     rec.runner = FleetRunner(cfg, opts)
     guards = [asyncio.create_task(rec.watchdog()), asyncio.create_task(rec.orphan_guard())]
+    crypto = contextlib.nullcontext() if plan.auth else message_crypto_off()
     try:
-        await rec.runner.run()
+        with crypto:
+            await rec.runner.run()
     finally:
         for task in guards:
             task.cancel()
         rec.detach()
     return rec.report()
+
+
+@contextlib.contextmanager
+def message_crypto_off() -> Iterator[None]:
+    """For benchmarks only: protocol messages keep wire version 2 byte for byte in size (an
+    authenticator with the key id and 64 bytes where the signature goes), but are not signed
+    (``SigningKey.sign`` under the ``agent.protocol.auth.MESSAGE`` domain returns zeros) and
+    not checked (``PublicKey.verify`` under that domain passes). Everything else (records,
+    headers, certificates) is signed and checked as ever, so the difference in CPU is what
+    authenticating the messages costs."""
+    sign, verify = SigningKey.sign, PublicKey.verify
+    blank = bytes(64)
+
+    def unsigned(self: SigningKey, domain: bytes, message: bytes) -> bytes:
+        return blank if domain == auth.MESSAGE else sign(self, domain, message)
+
+    def unchecked(
+        self: PublicKey, domain: bytes, message: bytes, signature: bytes, what: str
+    ) -> None:
+        if domain != auth.MESSAGE:
+            verify(self, domain, message, signature, what)
+
+    SigningKey.sign = unsigned  # type: ignore[method-assign]
+    PublicKey.verify = unchecked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SigningKey.sign = sign  # type: ignore[method-assign]
+        PublicKey.verify = verify  # type: ignore[method-assign]
 
 
 def run_shard_processes(specs: Sequence[ShardSpec], workdir: Path, budget_s: float) -> list[str]:
@@ -1007,15 +1426,17 @@ def run_trial(
     shards = plan.shards_for(devices)
     if profiler is not None and shards != 1:
         raise ValueError(f"profile: expected one shard (this process), found {shards}")
-    cfg = fleet_config(devices, plan.domain_size, plan.seed)
-    data = workdir / f"fleet-{devices}"
+    cfg = plan.fleet(devices)
+    label = f"{plan.shape}{'' if plan.auth else '-noauth'}-{devices}"
+    data = workdir / f"fleet-{label}"
     t0 = time.perf_counter()
     provision(cfg, DataDir(data), cfg.start_ms)
     provision_s = time.perf_counter() - t0
-    broker = MosquittoBroker(workdir=workdir / f"mosquitto-{devices}")
+    # Sized to the fleet as `edgefleet run --broker mosquitto` sizes it (brokers.mosquitto_limits).
+    broker = MosquittoBroker(workdir=workdir / f"mosquitto-{label}", devices=devices)
     broker.start_sync()
     try:
-        rendezvous = workdir / f"shards-{devices}" / "start"
+        rendezvous = workdir / f"shards-{label}" / "start"
         rendezvous.mkdir(parents=True, exist_ok=True)
         specs = [
             ShardSpec(plan, devices, data, broker.url, broker.pid, (i, shards), rendezvous)
@@ -1026,7 +1447,7 @@ def run_trial(
         else:
             try:
                 outs = run_shard_processes(
-                    specs, workdir / f"shards-{devices}", plan.budget_s(devices)
+                    specs, workdir / f"shards-{label}", plan.budget_s(devices)
                 )
                 reports = [ShardReport.from_json(json.loads(text)) for text in outs]
             except ShardFailed as exc:
@@ -1035,7 +1456,9 @@ def run_trial(
                 return failed_trial(devices, shards, [f"unreadable shard report: {exc!r}"])
     finally:
         broker.stop_sync()
-    return merge(plan, devices, reports, provision_s)
+    out = merge(plan, devices, reports, provision_s)
+    out["broker_dropping_notices"] = broker.dropping_clients
+    return out
 
 
 def failed_trial(devices: int, shards: int, reasons: list[str]) -> dict[str, Any]:
@@ -1171,6 +1594,120 @@ def measure(plan: Plan, trial: Trial, log: Callable[[str], None]) -> dict[str, A
     }
 
 
+# Shapes the benchmark compares (issue 14): plain gossip domains of 32, 256 and 1,000 devices,
+# and the sample devices.yaml's: households of 2 inside streets (of 128 devices here). A shape
+# is (devices per domain or street, devices per household or 0, first size tried).
+SHAPES: tuple[tuple[int, int, int], ...] = (
+    (32, 0, 250),
+    (256, 0, 512),
+    (1_000, 0, 1_000),
+    (128, 2, 256),
+)
+QUICK_SHAPES: tuple[tuple[int, int, int], ...] = ((4, 0, 16), (8, 0, 16), (16, 0, 16), (8, 2, 16))
+# Figures of each shape set side by side in ``shapes_table``.
+TABLE = (
+    "devices",
+    "keeps_up",
+    "cpu_ms_per_device_s",
+    "rss_kb_per_device",
+    "broker_cpu_ms_per_device_s",
+    "sent_per_device_s",
+    "received_per_device_s",
+    "header_latency_p99_ms",
+    "dup_factor",
+    "header_miss_rate",
+    "loss_stage",
+)
+
+
+def shape_plans(base: Plan, shapes: Sequence[tuple[int, int, int]]) -> list[Plan]:
+    """One plan per shape: the base plan's timing, the shape's domains, a search that starts
+    at the shape's first size and never goes below one whole domain of 256 or more (a smaller
+    fleet would be another shape). The fixed-size fleet is kept for the first shape only."""
+    plans = []
+    for k, (size, household, start) in enumerate(shapes):
+        first = max(base.start, start) if base.start != Plan().start else start
+        low = size if size >= 256 else base.min_devices
+        plans.append(
+            dataclasses.replace(
+                base,
+                domain_size=size,
+                household=household,
+                start=first,
+                min_devices=min(low, first),
+                max_devices=max(base.max_devices, first),
+                fixed=base.fixed if k == 0 else first,
+            )
+        )
+    return plans
+
+
+def measure_shapes(
+    plans: Sequence[Plan],
+    make: Callable[[Plan], Trial],
+    log: Callable[[str], None],
+    *,
+    auth_cost: bool = True,
+) -> dict[str, Any]:
+    """Each shape measured (``measure``); the first shape's figures at the top, as before, and
+    every shape's under ``shapes`` (with ``shapes_table``: their headline figures side by
+    side). ``auth_cost``: the first shape's largest fleet that kept up is run again without
+    the cryptography of message authentication (``auth_cost``)."""
+    results: dict[str, dict[str, Any]] = {}
+    for plan in plans:
+        log(f"shape {plan.shape}")
+        results[plan.shape] = measure(
+            plan, make(plan), lambda line, p=plan: log(f"{p.shape}: {line}")
+        )
+    head = dict(results[plans[0].shape])
+    out: dict[str, Any] = {**head, "shapes": {}, "shapes_table": {}}
+    for name, r in results.items():
+        shape = {k: v for k, v in r.items() if k not in ("goals", "meta")}
+        out["shapes"][name] = shape
+        out["shapes_table"][name] = {k: _table_value(r, k) for k in TABLE}
+    if auth_cost:
+        out["auth_cost"] = measure_auth_cost(plans[0], head, make, log)
+    return out
+
+
+def _table_value(r: Mapping[str, Any], key: str) -> Any:
+    n = r.get("tried_devices") or r.get("devices") or 0
+    if key in ("sent_per_device_s", "received_per_device_s"):
+        rate = r.get(key.replace("_device", ""))
+        return None if rate is None or not n else round(rate / n, 3)
+    if key == "loss_stage":
+        losses_doc = r.get("header_losses") or {}
+        return losses_doc.get("stage")
+    return r.get(key)
+
+
+def measure_auth_cost(
+    plan: Plan, head: Mapping[str, Any], make: Callable[[Plan], Trial], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The CPU that message authentication (wire v2: an Ed25519 signature on every message but
+    an ANNOUNCE of one's own headers, checked on receipt) costs at the shape's largest fleet
+    that kept up: that trial's figures against the same fleet run again with
+    ``message_crypto_off`` (same messages, same sizes, no signing and no checking)."""
+    n = head["devices"] or head["tried_devices"]
+    log(f"{plan.shape}: {n} devices again without the message authentication's cryptography")
+    off = make(dataclasses.replace(plan, auth=False))(n)
+    on = head
+    out: dict[str, Any] = {
+        "devices": n,
+        "keeps_up_with": on["keeps_up"],
+        "keeps_up_without": off["keeps_up"],
+    }
+    for key in ("cpu_ms_per_device_s", "loop_busy", "header_latency_p99_ms"):
+        out[f"{key}_with"] = on.get(key)
+        out[f"{key}_without"] = off.get(key)
+    with_cpu, without_cpu = on.get("cpu_ms_per_device_s"), off.get("cpu_ms_per_device_s")
+    if with_cpu is not None and without_cpu:
+        out["auth_cpu_ms_per_device_s"] = round(with_cpu - without_cpu, 4)
+        out["ratio"] = round(with_cpu / without_cpu, 3)
+    out["why_not_without"] = off.get("why_not")
+    return out
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -1180,9 +1717,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny fleets, short trials (~1 min)")
     p.add_argument("--start", type=int, help="first fleet size (then doubling)")
     p.add_argument("--max", type=int, dest="max_devices", help="largest fleet size to try")
+    p.add_argument("--min", type=int, dest="min_devices", help="smallest fleet size to try")
     p.add_argument("--fixed", type=int, help="the fixed-size fleet reported beside (500)")
     p.add_argument("--bisect", type=int, help="bisection steps after the first failure")
-    p.add_argument("--domain", type=int, dest="domain_size", help="devices per gossip domain")
+    p.add_argument(
+        "--domain",
+        type=int,
+        dest="domain_size",
+        help="one shape: devices per gossip domain (per street with --household)",
+    )
+    p.add_argument(
+        "--household",
+        type=int,
+        help="with --domain: households of this many devices inside streets of --domain",
+    )
+    p.add_argument(
+        "--shapes",
+        help="shapes to compare, comma-separated: N (domains of N) or HxN (households of H in "
+        "streets of N); default 32,256,1000,2x128 (--quick: 4,8,16,2x8)",
+    )
+    p.add_argument(
+        "--no-auth-cost",
+        action="store_true",
+        help="skip the trial without message authentication (auth_cost)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="run without the message authentication's cryptography (benchmarks only)",
+    )
     p.add_argument("--warmup", type=int, dest="warmup_s", help="seconds before the window")
     p.add_argument("--window", type=int, dest="window_s", help="seconds measured")
     p.add_argument("--seal-age", type=int, dest="seal_age_ms", help="block age in ms (10000)")
@@ -1216,7 +1779,35 @@ def _plan(ns: argparse.Namespace) -> Plan:
     elif "shards" not in given:
         cores = os.cpu_count() or 1
         given["shards"] = min(2, cores) if ns.quick else cores
+    if getattr(ns, "no_auth", False):
+        given["auth"] = False
     return dataclasses.replace(base, **given)
+
+
+def _shapes(ns: argparse.Namespace) -> tuple[tuple[int, int, int], ...]:
+    """The shapes to measure: --domain (and --household) name one, --shapes a list."""
+    default = QUICK_SHAPES if ns.quick else SHAPES
+    if ns.domain_size is not None:
+        if ns.shapes is not None:
+            raise ValueError("give --domain or --shapes, not both")
+        return ((ns.domain_size, ns.household or 0, ns.start or Plan().start),)
+    if ns.household is not None:
+        raise ValueError("--household needs --domain (the street's size)")
+    if ns.shapes is None:
+        return default
+    starts = {(d, h): s for d, h, s in (*SHAPES, *QUICK_SHAPES)}
+    out = []
+    for item in ns.shapes.split(","):
+        text = item.strip()
+        try:
+            household, _, size = text.rpartition("x")
+            key = (int(size), int(household) if household else 0)
+        except ValueError:
+            raise ValueError(
+                f"--shapes: expected N or HxN (e.g. 32 or 2x128), found {text!r}"
+            ) from None
+        out.append((*key, starts.get(key, key[0] if key[0] >= 256 else Plan().start)))
+    return tuple(out)
 
 
 def _run_child(spec_json: str) -> int:
@@ -1272,10 +1863,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(line: str) -> None:
         print(f"bench.fleet: {line}", file=sys.stderr, flush=True)
 
+    try:
+        plans = shape_plans(plan, _shapes(ns))
+    except ValueError as exc:
+        parser.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         workdir = Path(tmp)
-        make = trial_in_process if ns.in_process else trial_in_subprocess
-        result = measure(plan, make(plan, workdir), log)
+        factory = trial_in_process if ns.in_process else trial_in_subprocess
+        result = measure_shapes(
+            plans,
+            lambda p: factory(p, workdir),
+            log,
+            auth_cost=not ns.no_auth_cost and plan.auth,
+        )
     emit(result, args, f"fleet capacity on Mosquitto, real time (devices: {result['devices']})")
     return 0
 

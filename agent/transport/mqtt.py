@@ -31,15 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import logging
 import random
 import secrets
+import sys
+import termios
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+import paho.mqtt.client as _paho
 
 from agent.transport.base import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_QUEUED, Delivery, Transport
 from agent.transport.endpoint import Endpoint
@@ -66,6 +71,8 @@ log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 _SUBACK_FAILURE = 0x80
+READ_BATCH = 256  # packets paho reads per turn of the event loop, at most
+EXPIRY_CHECK_S = 1.0  # how often overdue PUBACKs are looked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,23 +88,34 @@ class MqttOptions:
     reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     subscribe_batch: int = 100  # topics per SUBSCRIBE packet when restoring subscriptions
     announce_concurrency: int = 64  # presence publishes in flight when a hub (re)connects
-    max_inflight: int = 100  # paho's window of unacknowledged QoS 1 publishes
+    # paho's window of QoS 1 publishes on the wire unacknowledged (0: none; max_unacked then
+    # bounds them). paho queues the rest (and scans its queue on every PUBACK), but the window
+    # is also the flow control that keeps a burst from overflowing a subscriber's queue at the
+    # broker: without it, 3,000 pipelined broadcasts lost messages on a default Mosquitto.
+    max_inflight: int = 100
     # Pipelined sends awaiting their PUBACK, per connection; beyond, a send waits (backpressure).
     max_unacked: int = 1_000
     confirm_sends: bool = False  # True: every send returns only once acknowledged
 
     def __post_init__(self) -> None:
-        for name in (
-            "keepalive_s",
-            "subscribe_batch",
-            "announce_concurrency",
-            "max_inflight",
-            "max_unacked",
-        ):
+        for name in ("keepalive_s", "subscribe_batch", "announce_concurrency", "max_unacked"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MQTT options: expected {name} >= 1, found {getattr(self, name)}")
+        if self.max_inflight < 0:
+            raise ValueError(f"MQTT options: expected max_inflight >= 0, found {self.max_inflight}")
         if self.connect_timeout_s <= 0 or self.publish_timeout_s <= 0:
             raise ValueError("MQTT options: timeouts must be > 0 seconds")
+
+
+def _unread_bytes(sock: Any) -> int:
+    """Bytes waiting in a socket's receive buffer (0 when unknown: no socket, not Linux)."""
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int.from_bytes(raw, sys.byteorder, signed=True)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -143,10 +161,15 @@ class _Link:
         self._task: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self._unacked = asyncio.Semaphore(options.max_unacked)
+        # Pipelined sends awaiting their PUBACK, by paho message id, in send order:
+        # (deadline on the loop's clock, topic, whom to tell if it is never acknowledged).
+        self._pending: dict[int, tuple[float, str, Callable[[TransportError], None]]] = {}
         self._started = False
         self._stopped = False
         self.reconnects = 0
         self.unroutable = 0
+        # Messages received from the broker and routed, by kind (inbox, domain, presence, ...).
+        self.routed: Counter[str] = Counter()
         # An ``MqttClient``'s link: every message goes to ``raw`` unparsed, and ``on_up`` runs
         # (in the background) after every connection, the first included.
         self._raw = raw
@@ -155,6 +178,24 @@ class _Link:
     @property
     def connected(self) -> bool:
         return self._client is not None
+
+    def backlog(self) -> dict[str, int]:
+        """What waits inside this connection now (diagnostics: ``bench.fleet`` samples it).
+
+        ``rx``: bytes the broker sent that paho has not read from the socket yet; ``unacked``:
+        pipelined sends awaiting their PUBACK; ``send_waiters``: senders waiting for a free
+        slot among those; ``out_messages``: QoS 1 publishes paho holds unacknowledged (beyond
+        its ``max_inflight`` window they wait unsent); ``out_packets``: packets paho has not
+        yet written to the socket."""
+        paho = getattr(self._client, "_client", None)
+        waiters = getattr(self._unacked, "_waiters", None)
+        return {
+            "rx": _unread_bytes(getattr(paho, "_sock", None)),
+            "unacked": self.options.max_unacked - self._unacked._value,
+            "send_waiters": len(waiters) if waiters else 0,
+            "out_messages": len(getattr(paho, "_out_messages", ())),
+            "out_packets": len(getattr(paho, "_out_packet", ())),
+        }
 
     @property
     def started(self) -> bool:
@@ -217,6 +258,7 @@ class _Link:
             )
             client.pending_calls_threshold = 1 << 30  # aiomqtt would log every pending publish
             await self._enter(client)
+            self._hook(client)
         except (aiomqtt.MqttError, OSError) as exc:
             raise TransportError(
                 f"cannot connect to the MQTT broker at {e.url} as {self.client_id}: {exc}"
@@ -228,6 +270,50 @@ class _Link:
             await self._close_client(client)
             raise
         return client
+
+    def _hook(self, client: aiomqtt.Client) -> None:
+        """Take the hot paths of a connected client from aiomqtt to paho directly.
+
+        aiomqtt hands each received message to its iterator through a queue, a task and an
+        ``asyncio.wait`` (two or three event-loop turns per message), and paho reads one packet
+        per turn of the loop: a shared connection whose loop also runs a thousand devices
+        routed fewer messages a second than its domains sent, and the rest waited unseen in
+        aiomqtt's queue (bench.fleet: 2,000 devices, every header late, the loops half idle).
+        Here paho routes each message as it parses it (``on_message``), reads every packet the
+        socket holds per turn (``loop_read``), and acknowledges pipelined sends through
+        ``on_publish`` (no task per send). aiomqtt keeps the connection, the subscriptions and
+        the confirmed publishes."""
+        paho = getattr(client, "_client", None)
+        if paho is None or not hasattr(paho, "_packet_read"):
+            raise TransportError(
+                f"MQTT connection {self.client_id}: this aiomqtt/paho version is not supported "
+                "(expected aiomqtt 2 over paho-mqtt 2)"
+            )
+        aiomqtt_ack = paho.on_publish
+
+        def on_message(_c: object, _userdata: object, message: Any) -> None:
+            self._dispatch(message.topic, message.payload)
+
+        def on_publish(c: object, userdata: object, mid: int, *rest: object) -> None:
+            if self._pending.pop(mid, None) is None:
+                aiomqtt_ack(c, userdata, mid, *rest)  # a publish aiomqtt awaits
+            else:
+                self._unacked.release()
+
+        def loop_read(max_packets: int = 1) -> int:
+            for _ in range(READ_BATCH):
+                if paho._sock is None:
+                    return int(_paho.MQTT_ERR_NO_CONN)
+                rc = paho._packet_read()
+                if rc > 0:
+                    return int(paho._loop_rc_handle(rc))
+                if rc == _paho.MQTT_ERR_AGAIN:
+                    break
+            return int(_paho.MQTT_ERR_SUCCESS)
+
+        paho.on_message = on_message
+        paho.on_publish = on_publish
+        paho.loop_read = loop_read
 
     async def _enter(self, client: aiomqtt.Client) -> None:
         """Connect; if cancelled meanwhile, let the attempt end and close it so no socket leaks.
@@ -248,8 +334,11 @@ class _Link:
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         async with self._sub_lock:
+            # Retained presence arrives again and rebuilds the book. Cleared first: messages are
+            # routed as paho reads them (``_hook``), so a retained presence may be routed
+            # before the SUBACK's waiter resumes here; cleared after, it was lost.
+            self._book.clear()
             await self._subscribe(client, list(self._subs))
-            self._book.clear()  # retained presence arrives again and rebuilds it
             self._lost = asyncio.get_running_loop().create_future()
             self._client = client
         await self._announce()
@@ -278,12 +367,20 @@ class _Link:
             log.info("%s: presence on %s not published: %s", self.client_id, topic, exc)
 
     async def _run(self, client: aiomqtt.Client) -> None:
+        """Messages are routed as paho parses them (``_hook``); this waits for the connection
+        to end, failing the sends the broker has not acknowledged in time once a second."""
         while True:
-            try:
-                async for message in client.messages:
-                    self._dispatch(message.topic.value, bytes(message.payload))
-            except aiomqtt.MqttError as exc:
-                log.info("%s: connection to %s lost: %s", self.client_id, self.endpoint.url, exc)
+            lost: asyncio.Future[None] = client._disconnected
+            while not lost.done():
+                await asyncio.wait({lost}, timeout=EXPIRY_CHECK_S)
+                self._expire(asyncio.get_running_loop().time())
+            exc = lost.exception()
+            log.info(
+                "%s: connection to %s lost: %s",
+                self.client_id,
+                self.endpoint.url,
+                exc or "disconnected",
+            )
             self._mark_down()
             await self._close_client(client)
             client = await self._reconnect()
@@ -305,6 +402,32 @@ class _Link:
         self._up.clear()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
+        pending, self._pending = self._pending, {}
+        for _, topic, failed in pending.values():
+            self._unacked.release()
+            failed(
+                NotConnectedError(
+                    f"connection to {self.endpoint.url} lost before the broker "
+                    f"acknowledged a publish to {topic}"
+                )
+            )
+
+    def _expire(self, now: float) -> None:
+        """Fail the pipelined sends whose PUBACK is overdue (the oldest come first)."""
+        pending = self._pending
+        while pending:
+            mid = next(iter(pending))
+            deadline, topic, failed = pending[mid]
+            if deadline > now:
+                return
+            del pending[mid]
+            self._unacked.release()
+            failed(
+                TransportError(
+                    f"publish to {topic} at {self.endpoint.url} failed: not acknowledged "
+                    f"within {self.options.publish_timeout_s:g} s"
+                )
+            )
 
     async def _close_client(self, client: aiomqtt.Client) -> None:
         try:
@@ -318,7 +441,8 @@ class _Link:
         self, topic: str, payload: bytes, failed: Callable[[TransportError], None]
     ) -> None:
         """QoS 1 publish, pipelined (see the module docstring): ``failed`` hears of a publish
-        the broker did not acknowledge after this returned."""
+        the broker did not acknowledge after this returned. Handed to paho at once; its PUBACK
+        (``_hook``) frees the slot, no task waits for it."""
         if self.options.confirm_sends:
             await self.publish(topic, payload)
             return
@@ -327,21 +451,26 @@ class _Link:
                 f"not connected to {self.endpoint.url}: nothing published to {topic}"
             )
         await self._unacked.acquire()
+        client = self._client  # again: the link may have gone while this waited for a slot
         try:
-            self._spawn(self._confirm(topic, payload, failed))
+            if client is None:
+                raise NotConnectedError(
+                    f"not connected to {self.endpoint.url}: nothing published to {topic}"
+                )
+            try:
+                info = client._client.publish(topic, payload, 1)
+            except (ValueError, OSError) as exc:
+                raise TransportError(f"publish to {topic} at {self.endpoint.url}: {exc}") from exc
+            if info.rc != _paho.MQTT_ERR_SUCCESS:
+                raise NotConnectedError(
+                    f"publish to {topic} at {self.endpoint.url} failed: "
+                    f"{_paho.error_string(info.rc)}"
+                )
         except BaseException:
             self._unacked.release()
             raise
-
-    async def _confirm(
-        self, topic: str, payload: bytes, failed: Callable[[TransportError], None]
-    ) -> None:
-        try:
-            await self.publish(topic, payload)
-        except TransportError as exc:
-            failed(exc)
-        finally:
-            self._unacked.release()
+        deadline = asyncio.get_running_loop().time() + self.options.publish_timeout_s
+        self._pending[info.mid] = (deadline, topic, failed)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """QoS 1 publish; return once the broker acknowledged it, else raise."""
@@ -522,6 +651,7 @@ class _Link:
         if route is None:
             self.unroutable += 1
             return
+        self.routed[route.kind] += 1
         name = route.name
         if route.kind == "inbox":
             view = self._views.get(name)
@@ -618,6 +748,12 @@ class MqttTransport(Transport):
     @property
     def connected(self) -> bool:
         return self._registered and not self._closed and self._link.connected
+
+    @property
+    def connection(self) -> _Link:
+        """The MQTT connection this view sends and receives through (its own, or its hub's):
+        diagnostics read its ``backlog()`` and ``routed`` counts."""
+        return self._link
 
     async def connect(self) -> None:
         if self._closed:

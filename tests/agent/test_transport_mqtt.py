@@ -689,3 +689,74 @@ def test_pipelined_sends_wait_for_a_slot_when_the_broker_stops_acknowledging(
             assert a.stats().send_failures == 0 and a.stats().sent == 3
 
     asyncio.run(main())
+
+
+@pytest.mark.mosquitto
+def test_a_burst_on_a_domain_reaches_every_device_of_a_hub_and_nothing_waits_inside(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """3,000 pipelined broadcasts from one connection reach all three devices of a hub in
+    order; the hub routed each once (one subscription) and, at the end, nothing waits in its
+    connection (the backlog the fleet benchmark samples)."""
+    burst = 3_000
+
+    async def main() -> None:
+        ep = mosquitto.endpoint
+        async with MqttTransport(ep, A, ["street"]) as a, MqttHub(ep) as hub:
+            views = [await hub.attach(p, ["street"]) for p in (B, C, D)]
+            for k in range(burst):
+                await a.broadcast("street", k.to_bytes(2, "big"))
+            for view in views:
+                got = [int.from_bytes((await next_of(view, "domain")).payload, "big")]
+                while len(got) < burst:
+                    got.append(int.from_bytes((await next_of(view, "domain")).payload, "big"))
+                assert got == list(range(burst))
+            conn = views[0].connection
+            assert conn is hub._link and conn.routed["domain"] == burst
+            for _ in range(1_000):  # the last PUBACKs may still be on their way
+                if not a.connection.backlog()["unacked"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert a.connection.backlog() == dict.fromkeys(conn.backlog(), 0)
+            assert conn.backlog() == {
+                "rx": 0,
+                "unacked": 0,
+                "send_waiters": 0,
+                "out_messages": 0,
+                "out_packets": 0,
+            }
+            assert a.stats().sent == burst and a.stats().send_failures == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.mosquitto
+def test_a_pipelined_send_never_acknowledged_in_time_is_counted_and_frees_its_slot(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """The broker stops answering: a pipelined send returns at once, then fails after
+    ``publish_timeout_s`` (counted on the sending view, not 'link down'); its slot is free
+    again, so a later send does not wait for it."""
+
+    async def main() -> None:
+        opts = MqttOptions(max_unacked=1, publish_timeout_s=0.5)
+        ep = mosquitto.endpoint
+        async with MqttTransport(ep, A, options=opts) as a, MqttTransport(ep, B) as b:
+            assert mosquitto.pid is not None
+            os.kill(mosquitto.pid, signal.SIGSTOP)
+            try:
+                await a.send(B, b"late")
+                for _ in range(200):  # failed after 0.5 s, found by the check once a second
+                    if a.stats().send_failures:
+                        break
+                    await asyncio.sleep(0.05)
+                assert a.stats().send_failures == 1
+                assert a.connection.backlog()["unacked"] == 0
+                assert a.stats().send_not_connected == 0
+            finally:
+                os.kill(mosquitto.pid, signal.SIGCONT)
+            await asyncio.wait_for(a.send(B, b"next"), WAIT_S)
+            payloads = {(await next_of(b, "inbox")).payload for _ in range(2)}
+            assert payloads == {b"late", b"next"}  # paho still delivered the late one
+
+    asyncio.run(main())
