@@ -82,11 +82,13 @@ def test_keep_up_returns_at_once_on_stop_and_refuses_a_negative_bound() -> None:
         network = MemoryNetwork(random.Random(1))
         stop = asyncio.Event()
         stop.set()
+        queued = _queue(network, "efaaaaaaaaaaaaaaaaaaaaaaaa", 3)
         keep = KeepUp(0, poll_s=0)
-        await keep.wait(lambda: [_queue(network, "efaaaaaaaaaaaaaaaaaaaaaaaa", 3)], stop)
+        await keep.wait(lambda: [queued], stop)
         return keep
 
-    assert asyncio.run(scenario()).stats.stalls == 0
+    stats = asyncio.run(scenario()).stats
+    assert stats.stalls == 0 and stats.peak_after == 3
     with pytest.raises(ValueError, match="keep-up bound"):
         KeepUp(-1)
 
