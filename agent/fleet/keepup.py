@@ -62,6 +62,15 @@ class KeepUp:
         self._clock = clock
         self.stats = KeepUpStats()
 
+    def summary(self) -> str:
+        """One line for the log at the end of a run."""
+        s = self.stats
+        return (
+            f"--speed max waited {s.waited_s:.1f} s in {s.steps} steps for the receivers "
+            f"(longest queue {s.peak} before a step, {s.peak_after} when it went; bound "
+            f"{self.bound}; {s.stalls} stalls)"
+        )
+
     @staticmethod
     def backlog(transports: Iterable[Transport]) -> int:
         """The longest receive queue among ``transports``."""

@@ -535,6 +535,8 @@ class FleetRunner:
             if not self._running():
                 log.error("every device of this run has failed: stopping")
                 break
+        if speed is None:
+            log.info("%s", self.keep_up.summary())
         return total
 
     def _receivers(self) -> list[Transport]:

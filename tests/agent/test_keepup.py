@@ -60,6 +60,7 @@ def test_keep_up_waits_until_every_queue_is_at_most_the_bound() -> None:
     assert max(left) >= 1  # it went on as soon as the bound allowed, not at an empty queue
     assert keep.stats.steps == 1 and keep.stats.peak == 10 and keep.stats.peak_after <= 2
     assert keep.stats.stalls == 0
+    assert "longest queue 10 before a step" in keep.summary()
 
 
 def test_keep_up_goes_on_when_the_backlog_stops_shrinking() -> None:
