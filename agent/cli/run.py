@@ -55,7 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="duration",
         help="simulated duration, e.g. 90s, 12h, 7d (default: until Ctrl-C)",
     )
-    p.add_argument("--speed", default="max", help="simulated seconds per wall second, or max")
+    p.add_argument(
+        "--speed",
+        default="max",
+        help="simulated seconds per wall second, or max (as fast as the devices keep up)",
+    )
     p.add_argument("--seed", type=int, help="override the file's seed")
     p.add_argument(
         "--realtime",

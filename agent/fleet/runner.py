@@ -47,6 +47,7 @@ from agent.fleet import brokertls
 from agent.fleet.build import boot_inputs, build_device, replication_config
 from agent.fleet.datadir import DataDir
 from agent.fleet.health import stall_ms
+from agent.fleet.keepup import KeepUp
 from agent.fleet.keystore import own_rotations
 from agent.fleet.process import raise_fd_limit
 from agent.fleet.provision import (
@@ -257,6 +258,7 @@ class FleetRunner:
             {d.name: d.domains for d in cfg.devices},
         )
         self.forced = False  # the run was cancelled: it did not stop within STOP_GRACE_S
+        self.keep_up = KeepUp()  # --speed max waits for the receivers too (agent/fleet/keepup.py)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -528,10 +530,17 @@ class FleetRunner:
             await asyncio.gather(*(a.drained() for a in running.values()))
             if self.network is not None:
                 await self._quiesce()
+            if speed is None:  # and taken in by the receivers (agent/fleet/keepup.py)
+                await self.keep_up.wait(self._receivers, self._stop)
             if not self._running():
                 log.error("every device of this run has failed: stopping")
                 break
+        if speed is None:
+            log.info("%s", self.keep_up.summary())
         return total
+
+    def _receivers(self) -> list[Transport]:
+        return [a.transport for a in self._running().values()]
 
     async def _quiesce(self, max_rounds: int = 50) -> None:
         """Deliver and let every task run until nothing more is sent: an exchange (summary,

@@ -276,20 +276,26 @@ class OwnerSide:
         missing. Called at the end of each input and timer."""
         if not self.dirty:
             return
-        pool = self._eligible()
+        pool: list[dict[str, tuple[HolderView, str]]] = []  # made once, if a block needs it
         for h in sorted(self.dirty):
             self._evaluate(h, pool)
         self.dirty.clear()
 
     def _eligible(self) -> dict[str, tuple[HolderView, str]]:
+        """The up, healthy holders with room, from the up peers only (a street's owner has
+        hundreds of views; most inputs that dirty a block need no new holder for it)."""
         out: dict[str, tuple[HolderView, str]] = {}
-        for holder, v in self.views.items():
+        views = self.views
+        for holder in sorted(self.ctx.up):
+            v = views.get(holder)
+            if v is None or not (v.up and v.healthy and v.free):
+                continue
             site = self.ctx.site(holder)
-            if v.up and v.healthy and v.free and site is not None:
+            if site is not None:
                 out[holder] = (v, site)
         return out
 
-    def _evaluate(self, h: int, pool: dict[str, tuple[HolderView, str]]) -> None:
+    def _evaluate(self, h: int, pool: list[dict[str, tuple[HolderView, str]]]) -> None:
         rec = self.blocks.get(h)
         if rec is None:
             return
@@ -302,9 +308,11 @@ class OwnerSide:
         if need <= 0:
             return
         room = cfg.max_inflight_stores - len(self.placing)
+        if not pool:
+            pool.append(self._eligible())
         candidates = {
             x: Candidate(min(v.free or 0, v.quota), site)
-            for x, (v, site) in pool.items()
+            for x, (v, site) in pool[0].items()
             if x not in rec.holders
             and x not in targets
             and x not in rec.avoid
