@@ -43,9 +43,19 @@ class _Doubt:
     """A peer in service whose presence says offline: since when it is silent (ms, and this
     device's rounds then; None: from the next check), and the probes sent since."""
 
-    __slots__ = ("at_round", "interval", "last_probe", "link", "next_probe", "probes", "since")
+    __slots__ = (
+        "asked",
+        "at_round",
+        "interval",
+        "last_probe",
+        "link",
+        "next_probe",
+        "probes",
+        "since",
+    )
 
-    def __init__(self, since: int, interval: int) -> None:
+    def __init__(self, since: int, interval: int, *, asked: bool) -> None:
+        self.asked = asked  # probed: its presence said offline (not merely unknown)
         self.since = since
         self.at_round: int | None = None
         self.probes = 0  # sent since ``since``, all over the link ``link``
@@ -119,11 +129,15 @@ class Liveness:
     def offline(self, peer: str, now_ms: int) -> None:
         """Presence says ``peer`` is offline: a hint, which its silence must confirm."""
         self._online[peer] = False
-        if peer in self._in and peer not in self._doubt:
-            self._doubt[peer] = self._new_doubt(now_ms)
+        if peer in self._in:
+            d = self._doubt.get(peer)
+            if d is None:
+                self._doubt[peer] = self._new_doubt(now_ms, asked=True)
+            elif not d.asked:  # in doubt for want of a presence, which now says offline
+                d.asked, d.next_probe = True, now_ms
 
-    def _new_doubt(self, now_ms: int) -> _Doubt:
-        return _Doubt(now_ms, self.probe_ms or self.silence_ms)
+    def _new_doubt(self, now_ms: int, *, asked: bool) -> _Doubt:
+        return _Doubt(now_ms, self.probe_ms or self.silence_ms, asked=asked)
 
     def heard(self, peer: str, heard_ms: int | None, now_ms: int) -> bool:
         """``heard_ms``: when the cores last proved a message from ``peer`` (None: never). True:
@@ -137,8 +151,11 @@ class Liveness:
             return False
         self._in.add(peer)
         self._left.pop(peer, None)
-        if not self._online.get(peer, False):
-            self._doubt[peer] = self._new_doubt(now_ms)
+        said = self._online.get(peer)
+        if not said:
+            # In doubt while its presence says offline (asked: probed) or has not been seen
+            # yet (at a start, traffic often comes before presence: the silence rule alone).
+            self._doubt[peer] = self._new_doubt(now_ms, asked=said is False)
         return True
 
     def _refresh(self, d: _Doubt, heard: int | None) -> None:
@@ -163,7 +180,7 @@ class Liveness:
         out = []
         for peer, d in self._doubt.items():
             self._refresh(d, last_heard(peer))
-            if now_ms < d.next_probe:
+            if not d.asked or now_ms < d.next_probe:
                 continue
             if not can_probe(peer):  # the silence rule alone, asked again later
                 d.next_probe = now_ms + d.interval

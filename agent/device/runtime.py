@@ -478,10 +478,11 @@ class DeviceAgent:
         return self.liveness.deadline(self.net_clock.now_ms(), self._heard)
 
     def _link(self) -> int | None:
-        """None while the own link is down, else its reconnection count: a probe proves a
-        peer silent only if it left, and the silence lasted, over one unbroken link."""
+        """None while the own link is down or deliveries wait unread (an answer may be among
+        them), else its reconnection count: a probe proves a peer silent only if it left, and
+        the silence lasted, over one unbroken link of a device that keeps up."""
         t = self.transport
-        return t.stats().reconnects if t.connected else None
+        return t.stats().reconnects if t.connected and not t.pending() else None
 
     async def _probe(self) -> None:
         """Ask the doubted peers whose probe is due (a SUMMARY that asks for a reply)."""

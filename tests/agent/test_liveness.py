@@ -160,6 +160,21 @@ def test_a_peer_that_cannot_be_probed_keeps_the_silence_rule() -> None:
         Liveness([P], SILENCE, probe_ms=0)
 
 
+def test_a_peer_whose_presence_is_not_yet_known_is_not_probed_until_it_says_offline() -> None:
+    """At a start, proven traffic often arrives before presence: such a peer is in doubt for the
+    silence rule alone (probes then, under the start's load, were answered too late and took
+    thousands of live peers out of service in a street of 300)."""
+    live = Liveness([P], LONG, probe_ms=PROBE)
+    heard: dict[str, int] = {P: 0}
+    assert live.heard(P, 0, 0) and live.doubted(P)
+    for t in range(0, 10 * PROBE, 500):
+        assert live.to_probe(t, heard.get, 0, _yes) == []
+        assert live.due(t, heard.get, link=0) == []
+    live.offline(P, 10 * PROBE)  # now it says offline: asked at once
+    assert live.to_probe(10 * PROBE, heard.get, 0, _yes) == [P]
+    assert live.online(P) is False and not live.doubted(P)
+
+
 # --------------------------------------------------------------------------- in a running fleet
 
 SPOOF_AT = HOUR_MS
