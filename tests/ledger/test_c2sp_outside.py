@@ -61,6 +61,11 @@ def _aics_python() -> str | None:
 
 
 AICS = _aics_python()
+if AICS is None and os.environ.get("EDGEFLEET_AICS_PYTHON"):  # named, so never skipped
+    raise RuntimeError(
+        f"EDGEFLEET_AICS_PYTHON={os.environ['EDGEFLEET_AICS_PYTHON']}: cannot import "
+        "aics_tlog and aics_witness"
+    )
 pytestmark = [
     pytest.mark.subprocess,
     pytest.mark.skipif(
