@@ -72,6 +72,7 @@ class Liveness:
         "_left",
         "_online",
         "_peers",
+        "_watched",
         "drops",
         "probe_ms",
         "probes",
@@ -103,12 +104,23 @@ class Liveness:
         self.probe_ms = probe_ms  # None: no probes, the silence rule alone
         self.probes = probes
         self._peers = frozenset(peers)
+        self._watched = self._peers  # whose presence this device follows (``watch``)
         self._online: dict[str, bool] = {}  # the last presence hint
         self._in: set[str] = set()  # in service
         self._doubt: dict[str, _Doubt] = {}  # in service while presence says offline
         self._left: dict[str, int] = {}  # out of service: since when
         self.drops: Counter[str] = Counter()  # times each peer was taken out of service
         self.probes_sent = 0
+
+    def watch(self, peers: Iterable[str]) -> None:
+        """The peers whose presence this device follows (its mesh and holders). A peer outside
+        them never gets a presence here, so its proven traffic brings it into service without
+        a doubt that nothing could ever clear (in a street of 300 with a mesh of 18, each
+        device held about 280 such doubts and scanned them at every timer)."""
+        self._watched = frozenset(peers) & self._peers
+        for peer in [p for p in self._doubt if p not in self._watched]:
+            if self._online.get(peer) is not False:
+                del self._doubt[peer]
 
     def in_service(self, peer: str) -> bool:
         return peer in self._in
@@ -152,7 +164,7 @@ class Liveness:
         self._in.add(peer)
         self._left.pop(peer, None)
         said = self._online.get(peer)
-        if not said:
+        if not said and (said is False or peer in self._watched):
             # In doubt while its presence says offline (asked: probed) or has not been seen
             # yet (at a start, traffic often comes before presence: the silence rule alone).
             self._doubt[peer] = self._new_doubt(now_ms, asked=said is False)

@@ -208,6 +208,7 @@ class DeviceAgent:
         if self.replicator is not None:
             watched.update(self.replicator.node.holder_ids())
         self.watched = tuple(sorted(watched))
+        self.liveness.watch(self.watched)
         await self.transport.watch_presences(self.watched)
         head = self.store.head()
         self._log.info(

@@ -175,6 +175,16 @@ def test_a_peer_whose_presence_is_not_yet_known_is_not_probed_until_it_says_offl
     assert live.online(P) is False and not live.doubted(P)
 
 
+def test_a_peer_whose_presence_is_not_followed_enters_service_without_a_doubt() -> None:
+    live = Liveness([P, Q], SILENCE, probe_ms=PROBE)
+    live.watch([P])  # its mesh: Q's presence never comes
+    assert live.heard(Q, 5, 5) and live.in_service(Q) and not live.doubted(Q)
+    assert live.due(10**9, {}.get, 10**6, link=0) == [] and live.in_service(Q)
+    assert live.heard(P, 5, 5) and live.doubted(P)  # followed, presence not yet seen
+    live.watch([])  # no longer followed: the doubt that nothing could clear goes
+    assert not live.doubted(P) and live.deadline(5, {}.get) is None
+
+
 # --------------------------------------------------------------------------- in a running fleet
 
 SPOOF_AT = HOUR_MS
