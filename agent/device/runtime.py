@@ -428,18 +428,7 @@ class DeviceAgent:
             await self.gossip.on_timer(clock.now_ms())
             if self.replicator is not None:
                 await self.replicator.on_timer(clock.now_ms())
-            await self._probe()
-            rounds = self.node.counters["rounds"] + self.node.counters["rounds_without_peer"]
-            for peer in self.liveness.due(clock.now_ms(), self._heard, rounds, self._link()):
-                self._log.info(
-                    "%s leaves service: its presence says offline and it answered none of %d "
-                    "probes (or nothing proven came from it for %.1f s and %d rounds)",
-                    peer,
-                    self.liveness.probes,
-                    self.liveness.silence_ms / 1000,
-                    self.liveness.silence_rounds,
-                )
-                await self._peer(peer, up=False)
+            await self._doubts()
             self.ctx.write_headers_if_due(clock.now_ms())
 
     async def _receive_loop(self) -> None:
@@ -484,6 +473,25 @@ class DeviceAgent:
         the silence lasted, over one unbroken link of a device that keeps up."""
         t = self.transport
         return t.stats().reconnects if t.connected and not t.pending() else None
+
+    async def _doubts(self) -> None:
+        """Probe the doubted peers that are due, and take out of service those whose probes
+        went unanswered or whose silence confirmed their presence's ``offline``."""
+        if not self.liveness.doubting:
+            return
+        await self._probe()
+        rounds = self.node.counters["rounds"] + self.node.counters["rounds_without_peer"]
+        now = self.net_clock.now_ms()
+        for peer in self.liveness.due(now, self._heard, rounds, self._link()):
+            self._log.info(
+                "%s leaves service: its presence says offline and it answered none of %d "
+                "probes (or nothing proven came from it for %.1f s and %d rounds)",
+                peer,
+                self.liveness.probes,
+                self.liveness.silence_ms / 1000,
+                self.liveness.silence_rounds,
+            )
+            await self._peer(peer, up=False)
 
     async def _probe(self) -> None:
         """Ask the doubted peers whose probe is due (a SUMMARY that asks for a reply)."""
