@@ -37,7 +37,7 @@ test-loaded: $(STAMP)  ## the whole suite with a CPU hog on every core beside it
 	$(BIN)/python -m tests.hog -- $(BIN)/python -m pytest -q
 
 figures: $(STAMP)  ## run the fault-matrix tests and print their figures (figures.json)
-	$(BIN)/python -m pytest -q -m figures --figures-json figures.json
+	$(BIN)/python -m pytest -q -m figures --figures-json=figures.json
 
 check: $(STAMP)  ## ruff, mypy (strict on ledger/) and the import-direction check
 	$(BIN)/ruff check .

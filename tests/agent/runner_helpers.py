@@ -138,15 +138,19 @@ def missing_heads(cfg: FleetConfig, data: Path) -> list[str]:
         with Store(dd.store_path(dev.name)) as s:
             head = s.head()
             heads[dev.name] = None if head is None else head.hash
-    missing = []
+    by_holder: dict[str, list[str]] = {}
     for holder, peer in domain_pairs(cfg):
-        if heads[peer] is None:
-            continue
+        by_holder.setdefault(holder, []).append(peer)
+    missing = []
+    for holder, peers in by_holder.items():  # each store opened once (a street: 300, not 89,700)
         with Store(dd.store_path(holder)) as s:
-            held = s.peer_head(ids[peer])
-        if held is None or held.hash != heads[peer]:
-            got = "nothing" if held is None else f"height {held.header.height}"
-            missing.append(f"{holder} holds {got} of {peer}")
+            for peer in peers:
+                if heads[peer] is None:
+                    continue
+                held = s.peer_head(ids[peer])
+                if held is None or held.hash != heads[peer]:
+                    got = "nothing" if held is None else f"height {held.header.height}"
+                    missing.append(f"{holder} holds {got} of {peer}")
     return missing
 
 
