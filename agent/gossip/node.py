@@ -398,13 +398,13 @@ class GossipNode:
         ctx.counters[_received(msg)] += 1
         if not opened.signed:  # a self-proving ANNOUNCE: its headers prove it, or nothing does
             assert isinstance(msg, wire.Announce)  # the only self-proving type
-            unproven = ctx.counters[auth.UNATTRIBUTABLE]
+            unproven = ctx.counters.get(auth.UNATTRIBUTABLE, 0)  # no __missing__ call
             try:
                 self._headers.on_announce(peer, msg, broadcast=ev.broadcast, signed=False)
             except (DecodeError, VerificationError):
                 ctx.counters["unattributable"] += 1
                 ctx.counters["unattributable_unsigned_invalid"] += 1
-            if ctx.counters[auth.UNATTRIBUTABLE] == unproven:  # its headers proved it
+            if ctx.counters.get(auth.UNATTRIBUTABLE, 0) == unproven:  # its headers proved it
                 self._heard[peer] = ctx.now
             ctx.flush()
             return
