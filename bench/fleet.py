@@ -119,7 +119,7 @@ In one domain of 500 (shape ``1000`` at 500 devices) the loss was upstream of th
 (``offered_share`` 0.21, ``routed_share`` 0.75, lag 18 s) and the profile (``--profile``, one
 shard of 250) named it: the runtime's liveness scanned every member in doubt (in a large domain,
 every one whose presence it does not follow) on every message and timer, half the CPU. With that
-and a few per-delivery costs gone (docs/PROTOCOL.md 13.10), every pair arrives in time (p99
+gone and a few per-delivery costs (docs/PROTOCOL.md 13.10), every pair arrives in time (p99
 1.8 s) and what remains is CPU: each (header, member) delivery costs about 36 us all-in, and a
 domain of 1,000 needs 99,900 of them a second.
 
