@@ -115,6 +115,14 @@ announces wait 2.9 s p50 for a slot, the devices' receive loops wait on their se
 protects a default-sized broker's queues) put 71% of the pairs in time, but the loops then
 saturated (lag 15.8 s): what remains is the cores' traffic per device (issue 14 section 1).
 
+In one domain of 500 (shape ``1000`` at 500 devices) the loss was upstream of the cores
+(``offered_share`` 0.21, ``routed_share`` 0.75, lag 18 s) and the profile (``--profile``, one
+shard of 250) named it: the runtime's liveness scanned every member in doubt (in a large domain,
+every one whose presence it does not follow) on every message and timer, half the CPU. With that
+gone and a few per-delivery costs (docs/PROTOCOL.md 13.10), every pair arrives in time (p99
+1.8 s) and what remains is CPU: each (header, member) delivery costs about 36 us all-in, and a
+domain of 1,000 needs 99,900 of them a second.
+
 Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
 ``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
 shape: households of H devices (a fridge, a washing machine, ...; each household a site and a

@@ -48,15 +48,18 @@ class PublicKey:
 
     raw: bytes
     _vk: nacl.signing.VerifyKey = field(init=False, repr=False, compare=False)
+    # Made once: every header checked asks which key signs it (one hash each time, before).
+    _key_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.raw) is not bytes or len(self.raw) != PUBLIC_KEY_SIZE:
             raise UsageError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes")
         object.__setattr__(self, "_vk", nacl.signing.VerifyKey(self.raw))
+        object.__setattr__(self, "_key_id", key_id_for(self.raw))
 
     @property
     def key_id(self) -> bytes:
-        return key_id_for(self.raw)
+        return self._key_id
 
     @property
     def device_id(self) -> str:

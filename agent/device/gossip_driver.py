@@ -90,6 +90,10 @@ class GossipDriver:
         ctx = self.ctx
         store = ctx.store
         for act in acts:
+            if type(act) is A.HeadersAccepted:  # one per header accepted: the common case
+                ctx.stats.counters["HeadersAccepted"] += 1
+                ctx.notify(act)
+                continue
             match act:
                 case A.Send(peer_id=peer, payload=payload):
                     await ctx.send(peer, payload)

@@ -449,7 +449,9 @@ class DeviceAgent:
             event = self._as_input(delivery)
             if event is not None:
                 await self.gossip.handle(event)
-                if isinstance(event, I.MessageReceived):
+                if isinstance(event, I.MessageReceived) and (
+                    self.replicator is not None or self.liveness.watching
+                ):  # (``_proven`` does nothing else: no coroutine per delivery for nothing)
                     await self._proven(delivery.payload)
 
     def _as_input(self, d: Delivery) -> I.Input | None:

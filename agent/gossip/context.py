@@ -178,9 +178,12 @@ class Context:
 
     def superseded(self, dev: str, epoch: int, height: int) -> bool:
         """A header (epoch, height) lies above the last header of an epoch a record closed."""
+        records = self.epochs.get(dev)
+        if not records:
+            return False
         return any(
             se.record.prev_epoch == epoch and height > se.record.last_height
-            for se in self.epochs.get(dev, {}).values()
+            for se in records.values()
         )
 
     def epoch_wires(self, dev: str) -> tuple[bytes, ...]:

@@ -395,16 +395,16 @@ class GossipNode:
             ctx.counters["dropped_muted"] += 1
             return
         rec.messages += 1
-        ctx.counters[f"received_{wire.NAMES[_type_of(msg)].lower()}"] += 1
+        ctx.counters[_received(msg)] += 1
         if not opened.signed:  # a self-proving ANNOUNCE: its headers prove it, or nothing does
             assert isinstance(msg, wire.Announce)  # the only self-proving type
-            unproven = ctx.counters[auth.UNATTRIBUTABLE]
+            unproven = ctx.counters.get(auth.UNATTRIBUTABLE, 0)  # no __missing__ call
             try:
                 self._headers.on_announce(peer, msg, broadcast=ev.broadcast, signed=False)
             except (DecodeError, VerificationError):
                 ctx.counters["unattributable"] += 1
                 ctx.counters["unattributable_unsigned_invalid"] += 1
-            if ctx.counters[auth.UNATTRIBUTABLE] == unproven:  # its headers proved it
+            if ctx.counters.get(auth.UNATTRIBUTABLE, 0) == unproven:  # its headers proved it
                 self._heard[peer] = ctx.now
             ctx.flush()
             return
@@ -505,6 +505,17 @@ class GossipNode:
                 restore.on_response(peer, req, headers, msg.blocks)
             return  # the own chain is only ever restored, never pulled
         self._headers.on_pulled(peer, req, headers, msg.blocks)
+
+
+_RECEIVED: dict[type, str] = {}
+
+
+def _received(msg: wire.Message) -> str:
+    """The counter of a received message's type (``received_announce``, ...), made once."""
+    name = _RECEIVED.get(type(msg))
+    if name is None:
+        name = _RECEIVED[type(msg)] = f"received_{wire.NAMES[_type_of(msg)].lower()}"
+    return name
 
 
 def _type_of(msg: wire.Message) -> int:

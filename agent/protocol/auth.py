@@ -111,36 +111,66 @@ def authenticate(
 ) -> Verdict:
     """Prove who sent ``payload``, from its bytes and the trust store alone. Never raises.
     ``self_proving``: the types that may come with an empty authenticator (their content
-    proves it, and the core checks that: the verdict then says ``signed=False``)."""
+    proves it, and the core checks that: the verdict then says ``signed=False``).
+
+    A verdict reached without the trust store (anything refused before a key is looked up, and
+    a self-proving message with an empty authenticator) is a pure function of the bytes: it is
+    remembered process-wide (``_PURE``), so the devices of one process that all receive one
+    domain broadcast read its bytes once. A verdict that looked a key up is never remembered
+    (each device judges with its own trust store)."""
+    if type(payload) is bytes:
+        held = _PURE.get(payload)
+        if held is not None and held[0] == self_proving:
+            return held[1]
+    verdict, pure = _authenticate(payload, trust, self_proving)
+    if pure and type(payload) is bytes:
+        _PURE[payload] = (self_proving, verdict)
+        while len(_PURE) > _PURE_MAX:
+            try:
+                _PURE.pop(next(iter(_PURE)), None)
+            except (StopIteration, RuntimeError):  # emptied or changed by another thread
+                break
+    return verdict
+
+
+# Verdicts that a message's bytes alone decide, by those bytes (with the self-proving types they
+# were judged with): bounded, oldest first. A cache, never the truth: a miss judges again.
+_PURE: dict[bytes, tuple[frozenset[int], Verdict]] = {}
+_PURE_MAX = 1_024
+
+
+def _authenticate(
+    payload: bytes, trust: TrustStore, self_proving: frozenset[int]
+) -> tuple[Verdict, bool]:
+    """The verdict, and whether the trust store was left out of it (a pure one)."""
     if not isinstance(payload, bytes) or len(payload) < 3 or payload[0] & 0xF0 != 0x90:
-        return _refuse(UNATTRIBUTABLE, "not_envelope")
+        return _refuse(UNATTRIBUTABLE, "not_envelope"), True
     if payload[1] in envelope.OLD_VERSIONS:
-        return _refuse(OLD_VERSION, OLD_VERSION)
+        return _refuse(OLD_VERSION, OLD_VERSION), True
     if (
         payload[1] != envelope.VERSION
         or len(payload) < 30 + len(EMPTY)
         or payload[0] < 0x95  # the body has at least 4 fields
         or payload[3] != 0xBA
     ):
-        return _refuse(UNATTRIBUTABLE, "not_envelope")
+        return _refuse(UNATTRIBUTABLE, "not_envelope"), True
     try:
         sender = payload[_SENDER].decode("ascii")
     except UnicodeDecodeError:
-        return _refuse(UNATTRIBUTABLE, "not_envelope")
+        return _refuse(UNATTRIBUTABLE, "not_envelope"), True
     if not is_device_id(sender):
-        return _refuse(UNATTRIBUTABLE, "not_envelope")
-    verdict = _verify(payload, sender, trust)
+        return _refuse(UNATTRIBUTABLE, "not_envelope"), True
+    framed = len(payload) >= _MIN_SEALED and payload[-TRAILER:-AUTH_SIZE] == _FRAME
+    verdict = _verify(payload, sender, trust) if framed else _refuse(UNATTRIBUTABLE, "not_envelope")
     if verdict.refused and payload[2] in self_proving and payload[-len(EMPTY) :] == EMPTY:
         # An empty authenticator (a signed message's can never verify as one: its last field
         # is 72 bytes; an unsigned one whose last 74 bytes happen to look signed lands here).
         body = bytes((payload[0] - 1,)) + payload[1 : -len(EMPTY)]
-        return Verdict(sender, body, b"", signed=False)
-    return verdict
+        return Verdict(sender, body, b"", signed=False), not framed
+    return verdict, not framed
 
 
 def _verify(payload: bytes, sender: str, trust: TrustStore) -> Verdict:
-    if len(payload) < _MIN_SEALED or payload[-TRAILER:-AUTH_SIZE] != _FRAME:
-        return _refuse(UNATTRIBUTABLE, "not_envelope")
     keys = trust.keys(sender)
     if keys is None:
         return _refuse(UNATTRIBUTABLE, "unknown_sender", sender)

@@ -658,8 +658,9 @@ class _Link:
             if view is not None:
                 view._accept(Delivery(topic, "inbox", None, payload))
         elif route.kind == "domain":
+            delivery = Delivery(topic, "domain", None, payload, name)  # immutable: one for all
             for view in list(self._domain_views.get(name, ())):
-                view._accept(Delivery(topic, "domain", None, payload, name))
+                view._accept(delivery)
         elif route.kind == "evidence":
             if payload:  # an empty retained message only clears the topic
                 for view in list(self._evidence_views):

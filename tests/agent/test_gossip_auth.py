@@ -353,3 +353,37 @@ def test_a_member_certified_by_another_fleet_is_never_learned_nor_heard() -> Non
     node.handle(MessageReceived(None, sealed(wire.encode(announce))), T0 + 1)
     assert node.head(outsider.device_id) is None
     assert node.counters["received_announce"] == 0 and node.counters["unattributable"] >= 1
+
+
+def test_a_bit_flipped_broadcast_is_refused_by_every_receiver_whose_process_saw_the_real_one() -> (
+    None
+):
+    """The devices of one process share what a domain broadcast's bytes alone decide (its
+    authenticator's verdict, its decoding, its header's signature check): a copy one bit off is
+    other bytes, and every receiver refuses it, before and after the real one was accepted."""
+    authority, devices = _world(6)
+    sender = devices[5]
+    receivers = [_node(authority, [d] + [e for e in devices if e is not d]) for d in devices[:4]]
+
+    def announce(height: int) -> bytes:
+        wire_ = sender.blocks[height].header.wire
+        return auth.seal_unsigned(wire.encode(wire.Announce(sender.device_id, (wire_,))))
+
+    def heights() -> list[int | None]:
+        heads = [n.head(sender.device_id) for n in receivers]
+        return [None if h is None else h.header.height for h in heads]
+
+    for height in (0, 1):
+        real = announce(height)
+        for bit in range(len(real) * 8):
+            flipped = bytearray(real)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            for node in receivers:
+                node.handle(MessageReceived(None, bytes(flipped), broadcast=True), T0 + 1)
+        assert heights() == [None if height == 0 else 0] * 4, height
+        for node in receivers:
+            node.handle(MessageReceived(None, real, broadcast=True), T0 + 2)
+        assert heights() == [height] * 4
+    for node in receivers:
+        stats = node.peer_stats(sender.device_id)
+        assert stats is not None and (stats.malformed, stats.invalid, stats.mutes) == (0, 0, 0)

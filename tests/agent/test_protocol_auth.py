@@ -112,3 +112,54 @@ def test_the_answer_budget_is_per_peer_per_window() -> None:
     assert not budget.allow("p", 1_001, 30_000)  # never more than the limit at once
     with pytest.raises(UsageError):
         AnswerBudget(0, 1)
+
+
+def _announce(device: SimDevice) -> bytes:
+    device.seal(START_MS + len(device.blocks))
+    body = wire.encode(wire.Announce(device.device_id, (device.blocks[-1].header.wire,)))
+    return auth.seal_unsigned(body)
+
+
+def test_remembered_verdicts_are_those_the_bytes_alone_decide() -> None:
+    """A domain broadcast reaches every device of a process: its verdict is remembered by its
+    bytes, and a remembered verdict never differs from judging afresh, for the bytes themselves
+    and every single-bit flip of them (each flip is other bytes: judged on its own)."""
+    _, a, _, trust = _setup()
+    proving = frozenset({wire.ANNOUNCE})
+    unsigned = _announce(a)
+    first = auth.authenticate(unsigned, trust, proving)
+    assert not first.refused and not first.signed
+    assert auth._PURE[unsigned] == (proving, first)
+    assert auth.authenticate(unsigned, trust, proving) is first  # the second device: a lookup
+    assert auth.authenticate(unsigned, trust).refused == auth.UNATTRIBUTABLE  # not self-proving
+    for bit in range(len(unsigned) * 8):
+        flipped = bytearray(unsigned)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        copy = bytes(flipped)
+        remembered = auth.authenticate(copy, trust, proving)
+        auth._PURE.pop(copy, None)
+        assert auth.authenticate(copy, trust, proving) == remembered, bit
+        assert auth.authenticate(copy, trust, proving) is not first
+
+
+def test_a_verdict_that_looked_a_key_up_is_never_remembered() -> None:
+    """Each device judges a signed message with its own trust store: a key revoked there is
+    refused there, whatever another device (or this one, earlier) decided."""
+    authority, a, b, trust = _setup()
+    sealed = auth.seal(_request(a.device_id, b.device_id), a)
+    assert not auth.authenticate(sealed, trust).refused
+    assert sealed not in auth._PURE
+    other = TrustStore(authority.roots)  # a device that does not know a
+    assert auth.authenticate(sealed, other).reason == "unknown_sender"
+    trust.learn("revocation", authority.revoke(a.device_id, 0, a.key.key_id), START_MS)
+    assert auth.authenticate(sealed, trust).reason == "revoked"
+
+
+def test_the_remembered_verdicts_are_bounded() -> None:
+    _, a, _, trust = _setup()
+    proving = frozenset({wire.ANNOUNCE})
+    unsigned = _announce(a)
+    for k in range(auth._PURE_MAX + 50):
+        garbage = bytes([0x95, 2, wire.ANNOUNCE]) + k.to_bytes(4, "big") + unsigned[7:]
+        assert auth.authenticate(garbage, trust, proving).refused
+    assert len(auth._PURE) == auth._PURE_MAX
