@@ -40,6 +40,9 @@ class PeerHeaders(StoreBase):
             self._insert_peer_headers(self._tx_carried)
         super()._tx_begun()
 
+    def _tx_writes_first(self) -> bool:
+        return bool(self._carried) or super()._tx_writes_first()
+
     def _tx_rolled_back(self) -> None:
         self._carried[:0] = self._tx_carried
         self._tx_carried = []
