@@ -9,7 +9,8 @@ timer that context wakes.
 Store jobs (``run_store``) are serialized per device by one lock and run off the event loop
 (the runner's store threads, or any executor; inline in fully simulated runs, so a seed
 reproduces the run). Accepted peer headers are not a job of their own: ``carry_headers`` queues
-them, every job writes them first (in the same commit when the job commits), and when no job
+them, every job writes them first (in the job's first transaction, or just before a
+one-statement one: ``ledger.store.connection.StoreBase._tx``), and when no job
 comes they are written on their own ``HEADER_WRITE_MS`` after the first was queued
 (``write_headers_if_due``, from the network timer).
 """
@@ -162,7 +163,7 @@ class DeviceContext:
         self, wires: list[bytes], fn: Callable[..., T], args: tuple[Any, ...], carry: bool
     ) -> T:
         """One store job, off the loop: the peer headers accepted since the last job first
-        (``carry``: in the first transaction ``fn`` opens, i.e. the same commit), then ``fn``."""
+        (``carry``: with the first transaction ``fn`` opens), then ``fn``."""
         store = self.store
         if wires:
             store.carry_peer_headers([decode_header(w) for w in wires])

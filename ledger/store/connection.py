@@ -136,17 +136,26 @@ class StoreBase:
         never corrupt, and which anti-entropy fetches again. The next durable commit syncs them
         too.
 
-        ``one_statement``: the body executes one SQL statement and nothing else. When no part
-        of the store has rows to write first (``_tx_writes_first``), that statement runs on
-        its own, as SQLite's implicit transaction of one statement: committed (or rolled back
-        whole) when it ends, with the same synchronous setting, one call into SQLite instead of
-        three (BEGIN, the statement, COMMIT), each of which gives the GIL away and waits to get
-        it back. The hooks run as for any transaction."""
-        return _Tx(self, durable=durable, implicit=one_statement and not self._tx_writes_first())
+        ``one_statement``: the body executes one SQL statement and nothing else. That
+        statement then runs on its own, as SQLite's implicit transaction of one statement:
+        committed (or rolled back whole) when it ends, with the same synchronous setting, one
+        call into SQLite instead of three (BEGIN, the statement, COMMIT), each of which gives
+        the GIL away and waits to get it back. The rows parts write first at every transaction
+        (``_tx_writes_first``: peer headers, which need not be durable) are then written just
+        before, each statement its own commit, in a store under a group (``synchronous=NORMAL``:
+        a commit is a write to the WAL, synced with the next group sync); a store on its own
+        syncs every commit (``synchronous=FULL``), so it writes them in one transaction with
+        the statement instead. The hooks run as for any transaction."""
+        implicit = one_statement and (self._group is not None or not self._tx_writes_first())
+        return _Tx(self, durable=durable, implicit=implicit)
 
     def _tx_writes_first(self) -> bool:
         """Hook: whether a part writes rows of its own when a transaction begins."""
         return False
+
+    def _tx_write_first_alone(self) -> None:
+        """Hook: before an implicit transaction, write the rows ``_tx_writes_first`` promised,
+        each statement committed on its own, not durable."""
 
     def _tx_begun(self) -> None:
         """Hook: a write transaction has begun (parts may write in it first, or raise)."""
@@ -191,7 +200,12 @@ class _Tx:
     def __enter__(self) -> None:
         if self._switch:
             self._db.execute("PRAGMA synchronous=NORMAL")
-        if not self._implicit:
+        if self._implicit:
+            try:
+                self._store._tx_write_first_alone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from None
+        else:
             self._db.execute("BEGIN IMMEDIATE")
         try:
             self._store._tx_begun()

@@ -66,13 +66,33 @@ def test_a_steps_readings_are_one_insert_statement(tmp_path: Path) -> None:
         assert [sr.reading.seq for sr in store.pending()] == [0, 1, 2, 3]
 
 
-def test_peer_headers_waiting_share_the_readings_commit(tmp_path: Path) -> None:
+def test_peer_headers_waiting_share_the_readings_commit_in_a_store_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """synchronous=FULL: a commit of their own would cost the headers an fsync."""
     with Store(tmp_path / "s.sqlite") as store:
         store.append_pending(_readings(KEY, range(1)))
         store.carry_peer_headers([_peer_header().header])
         seen = _traced(store)
         store.append_pending(_readings(KEY, range(1, 2)))
         assert _verbs(seen) == ["BEGIN", "INSERT", "INSERT", "COMMIT"]
+        assert store.peer_head(PEER.public.device_id) is not None
+        assert store.last_seq() == 1
+
+
+def test_peer_headers_waiting_go_just_before_in_a_store_under_a_group(tmp_path: Path) -> None:
+    """synchronous=NORMAL: a commit is a write to the WAL, synced by the next group sync; the
+    headers need not be durable, the readings are noted."""
+    group = GroupSync()
+    with Store(tmp_path / "s.sqlite", group=group) as store:
+        store.append_pending(_readings(KEY, range(1)))
+        group.take_noted()
+        store.carry_peer_headers([_peer_header().header])
+        seen = _traced(store)
+        store.append_pending(_readings(KEY, range(1, 2)))
+        assert _verbs(seen) == ["INSERT", "INSERT"]
+        assert "peer_headers" in seen[0] and "readings" in seen[1]
+        assert group.take_noted()
         assert store.peer_head(PEER.public.device_id) is not None
         assert store.last_seq() == 1
 
