@@ -115,6 +115,27 @@ announces wait 2.9 s p50 for a slot, the devices' receive loops wait on their se
 protects a default-sized broker's queues) put 71% of the pairs in time, but the loops then
 saturated (lag 15.8 s): what remains is the cores' traffic per device (issue 14 section 1).
 
+Where a device-second goes (issue 14 section 3, the 0.3 ms goal). 1,000 devices in domains of
+32 on 2 shards (main at f52bf3d, the 2-core machine under other workers' load: 1.0 CPU ms per
+device-second in all): the event loop's thread 0.79 ms, the store threads 0.23 ms. Of the
+loop (py-spy samples over the window): the receive loop (decode, authentication, the gossip
+cores) 47%, the network timer (anti-entropy rounds, summaries, witness) 13%, paho's reads and
+the hub's routing 10% (writes 2%), the watch and status file 5%, the write path's scheduling
+(a queue wake-up, a shielded task, a lock, a store-job future and a gather task per device and
+step, the seal timers, the runner's step) 10%, the rest asyncio's own. The store threads are
+the write path: per device and step a signature (raw Ed25519 17 us of CPU here), a commit
+(BEGIN, INSERT, COMMIT: 14 us of SQLite, 40 us with our Python around it uncontended, about
+twice that against the GIL of a busy loop), a tenth of a seal (about 210 us: stored readings
+read back and compared, the previous block re-hashed, header signed, committed) and a share of
+the group syncs (about 140 us of CPU each). ``python -m bench.writer`` measures that path alone
+(no peers, nothing received). Since then a step is a few store jobs of 32 devices each
+(``agent.device.runtime.ingest``) and a reading one SQL statement: bench.writer at 2,000
+devices, paired with main in one session, 0.23 -> 0.14 CPU ms per device-second (loop 0.10 ->
+0.03, store threads 0.13 -> 0.11); this benchmark at 500 devices, three alternations with main,
+0.95x (1.23 -> 1.17 ms, the loop 0.94x). What is left of a device-second is the receive path
+and the network timer: the write path's floor is about 0.06 ms (a signature, a commit, a tenth
+of a seal), so 0.3 ms per device-second needs the receive side below about 0.2 ms.
+
 Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
 ``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
 shape: households of H devices (a fridge, a washing machine, ...; each household a site and a
