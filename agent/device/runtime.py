@@ -469,11 +469,14 @@ class DeviceAgent:
 
     # --- the network side ----------------------------------------------------------------------
     def _net_deadline_moved(self, deadline: int | None) -> None:
-        """Wake the network timer only when a deadline is now earlier than the one it sleeps
-        until (most inputs leave them alone: waking thousands of timers costs)."""
+        """Bring the network timer's wake-up forward when a deadline is now earlier than the one
+        it sleeps until (most inputs leave them alone), without waking it now: it wakes at the
+        new deadline (waking thousands of timers only to sleep again costs; accepted peer
+        headers alone moved a deadline about once a second per device in a domain of 32)."""
         sleeping = self._net_sleeps_until
         if deadline is not None and (sleeping is None or deadline < sleeping):
-            self._rearm_net.set()
+            self._net_sleeps_until = deadline
+            self._rearm_net.earlier(self.net_clock, deadline)
 
     def _net_deadline(self) -> int | None:
         times = [self.gossip.deadline(), self.ctx.headers_due, self._liveness_deadline()]
