@@ -644,16 +644,25 @@ async def ingest(batches: Iterable[tuple[DeviceAgent, list[Sample]]]) -> None:
     given it through its queue (``submit``); wait for those with ``drained``. Returns once the
     direct batches are durable and their blocks announced."""
     jobs: dict[int, list[_Direct]] = {}  # by executor: a chunk runs on the devices' own
-    for agent, samples in batches:
-        if not samples or agent.failure is not None:
-            continue
-        if not agent.direct:
-            await agent.submit(samples)
-            continue
-        await agent.ctx.lock.acquire()  # free (``direct``): taken without waiting
-        now, refused = agent._ingest_begins(samples)
-        job = _Direct(agent, samples, now, refused, agent.ctx.take_unwritten())
-        jobs.setdefault(id(agent.ctx.executor), []).append(job)
+    try:
+        for agent, samples in batches:
+            if not samples or agent.failure is not None:
+                continue
+            if not agent.direct:
+                await agent.submit(samples)  # may wait for room in its queue
+                continue
+            await agent.ctx.lock.acquire()  # free (``direct``): taken without waiting
+            now, refused = agent._ingest_begins(samples)
+            job = _Direct(agent, samples, now, refused, agent.ctx.take_unwritten())
+            jobs.setdefault(id(agent.ctx.executor), []).append(job)
+    except BaseException:  # cancelled while a queue was full: nothing ran, give the locks back
+        for group in jobs.values():
+            for job in group:
+                if job.wires:  # taken for the job: queued again
+                    job.agent.ctx.carry_headers(tuple(job.wires))
+                job.agent._ingest_ends()
+                job.agent.ctx.lock.release()
+        raise
     if jobs:
         chunks = [
             g[i : i + INGEST_CHUNK] for g in jobs.values() for i in range(0, len(g), INGEST_CHUNK)

@@ -16,7 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.device.runtime import INGEST_CHUNK, DeviceAgent, ingest
+from agent.device.runtime import INGEST_CHUNK, INGEST_QUEUE, DeviceAgent, ingest
 from agent.device.sealing import SealPolicy
 from agent.gossip import inputs as I
 from agent.protocol.sim import START_MS, Authority
@@ -200,5 +200,40 @@ def test_a_step_larger_than_a_chunk_takes_one_job_per_chunk(tmp_path: Path) -> N
         await fleet.step(START_MS + 1000)
         assert fleet.executor.jobs == jobs + 2
         assert all(s.last_seq() == 0 for s in fleet.stores)
+
+    fleet.run(scenario)
+
+
+def test_a_step_cancelled_while_a_queue_is_full_gives_the_locks_back(tmp_path: Path) -> None:
+    """A stop cancels a step that waits for room in a busy device's queue: the devices whose
+    locks it had taken for its job get them back, unsigned, and sign their next batch."""
+    fleet = Fleet(tmp_path, 2)
+
+    async def scenario() -> None:
+        await fleet.step(START_MS + 1000)
+        free, busy = fleet.agents
+        fleet.executor.hold()
+        sealing = asyncio.create_task(busy.seal_now())  # busy's lock, its job held
+        for _ in range(5):
+            await asyncio.sleep(0)
+        t = START_MS + 2000
+        for k in range(INGEST_QUEUE + 1):  # its ingest task takes one, the queue holds the rest
+            await busy.submit([Sample(t + k, "temp_mc", 1)])
+        step = asyncio.create_task(
+            ingest([(free, [Sample(t, "temp_mc", 2)]), (busy, [Sample(t + 99, "temp_mc", 3)])])
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert free.ctx.lock.locked() and not step.done()  # waiting for room in busy's queue
+        step.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await step
+        assert not free.ctx.lock.locked() and free.direct
+        fleet.executor.release()
+        await sealing
+        await busy.drained()
+        assert fleet.stores[0].last_seq() == 0, "the cancelled step signed nothing"
+        await fleet.step(START_MS + 3000)
+        assert fleet.stores[0].last_seq() == 1
 
     fleet.run(scenario)
