@@ -129,12 +129,16 @@ twice that against the GIL of a busy loop), a tenth of a seal (about 210 us: sto
 read back and compared, the previous block re-hashed, header signed, committed) and a share of
 the group syncs (about 140 us of CPU each). ``python -m bench.writer`` measures that path alone
 (no peers, nothing received). Since then a step is a few store jobs of 32 devices each
-(``agent.device.runtime.ingest``) and a reading one SQL statement: bench.writer at 2,000
-devices, paired with main in one session, 0.23 -> 0.14 CPU ms per device-second (loop 0.10 ->
-0.03, store threads 0.13 -> 0.11); this benchmark at 500 devices, three alternations with main,
-0.95x (1.23 -> 1.17 ms, the loop 0.94x). What is left of a device-second is the receive path
-and the network timer: the write path's floor is about 0.06 ms (a signature, a commit, a tenth
-of a seal), so 0.3 ms per device-second needs the receive side below about 0.2 ms.
+(``agent.device.runtime.ingest``), a reading one SQL statement (the peer headers riding along
+one more, in a commit of their own), and a network-timer deadline that moves earlier no longer
+wakes the timer to sleep again (accepted headers did that about once a second per device: 500
+devices, 10,715 wake-ups in 30 s, 3,339 with gossip work due). Paired with main in one session:
+bench.writer at 2,000 devices 0.23 -> 0.14 CPU ms per device-second (loop 0.10 -> 0.03, store
+threads 0.13 -> 0.11); this benchmark at 500 devices in domains of 32, two alternations, 1.19
+-> 0.99 ms (0.83x; the loop's thread 0.86x), every trial keeping up. What is left of a
+device-second is the receive path and the network timer's gossip work: the write path's floor
+is about 0.06 ms (a signature, a commit, a tenth of a seal), so 0.3 ms per device-second needs
+the receive side below about 0.2 ms.
 
 Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
 ``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
