@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 from agent.config.devices import FleetConfig
 from agent.device.faults import describe, first_cause
-from agent.device.runtime import DeviceAgent, RestoreError
+from agent.device.runtime import DeviceAgent, RestoreError, ingest
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
 from agent.errors import AgentError
@@ -523,11 +523,12 @@ class FleetRunner:
                 if name in self.agents and sample.time_ms > done.get(name, -1):
                     per_device[name].append(sample)
             running = self._running()
-            for name, items in per_device.items():
-                if name in running:
-                    await running[name].submit(items)
-                    total += len(items)
-            await asyncio.gather(*(a.drained() for a in running.values()))
+            steps = [(running[n], items) for n, items in per_device.items() if n in running]
+            total += sum(len(items) for _, items in steps)
+            await ingest(steps)  # a few store jobs for the whole step (agent/device/runtime.py)
+            for a in running.values():
+                if a.busy:  # batches queued: a restoring device, or one busy with a store job
+                    await a.drained()
             if self.network is not None:
                 await self._quiesce()
             if speed is None:  # and taken in by the receivers (agent/fleet/keepup.py)
