@@ -181,7 +181,11 @@ class DeviceAgent:
         device drops them: nothing would sign them."""
         if samples and self.failure is None:
             self._queued += 1
-            await self._queue.put(samples)
+            try:
+                await self._queue.put(samples)
+            except BaseException:  # cancelled while it waited for room: never queued
+                self._queued -= 1
+                raise
             if self.failure is not None:  # failed while this waited for room
                 self._discard_queued()
 

@@ -237,3 +237,38 @@ def test_a_step_cancelled_while_a_queue_is_full_gives_the_locks_back(tmp_path: P
         assert fleet.stores[0].last_seq() == 1
 
     fleet.run(scenario)
+
+
+def test_a_step_cancelled_while_a_queue_is_full_leaves_the_busy_device_direct_again(
+    tmp_path: Path,
+) -> None:
+    """The batch whose ``submit`` was cancelled while it waited for room was never queued: once
+    the device has signed what was queued, it is neither busy nor kept off the direct path."""
+    fleet = Fleet(tmp_path, 2)
+
+    async def scenario() -> None:
+        await fleet.step(START_MS + 1000)
+        busy = fleet.agents[1]
+        fleet.executor.hold()
+        sealing = asyncio.create_task(busy.seal_now())  # busy's lock, its job held
+        for _ in range(5):
+            await asyncio.sleep(0)
+        t = START_MS + 2000
+        for k in range(INGEST_QUEUE + 1):  # its ingest task takes one, the queue holds the rest
+            await busy.submit([Sample(t + k, "temp_mc", 1)])
+        step = asyncio.create_task(ingest([(busy, [Sample(t + 99, "temp_mc", 3)])]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        step.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await step
+        fleet.executor.release()
+        await sealing
+        await busy.drained()
+        assert busy.stats.readings == 1 + INGEST_QUEUE + 1
+        assert not busy.busy and busy.direct
+        jobs = fleet.executor.jobs
+        await fleet.step(START_MS + 3000)
+        assert fleet.executor.jobs == jobs + 1, "both devices in the step's one job"
+
+    fleet.run(scenario)
