@@ -443,6 +443,8 @@ class DeviceAgent:
                 if self._ingest_waiter is None:
                     self._ingest_waiter = asyncio.get_running_loop().create_future()
                 await self._ingest_waiter
+            if self.failure is not None:  # that job failed the device: nothing more is sealed
+                return
             now = self.data_clock.now_ms()
             if self.policy.due(self.writer.pending_count(), self._oldest_pending_ms, now):
                 sealed = await self.ctx.run_store(self._seal_if_due, now, carry=True)

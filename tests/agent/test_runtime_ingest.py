@@ -272,3 +272,27 @@ def test_a_step_cancelled_while_a_queue_is_full_leaves_the_busy_device_direct_ag
         assert fleet.executor.jobs == jobs + 1, "both devices in the step's one job"
 
     fleet.run(scenario)
+
+
+def test_a_device_that_fails_in_the_job_its_seal_timer_waits_for_seals_nothing_more(
+    tmp_path: Path,
+) -> None:
+    """The seal timer wakes while the step's job runs and waits for it; that job fails the
+    device: the timer then queues no seal of its own (a failed device writes nothing more),
+    and the other device seals as usual."""
+    fleet = Fleet(tmp_path, 2)
+
+    async def scenario() -> None:
+        for second in range(1, 11):
+            await fleet.step(START_MS + 1000 * second)
+        victim = fleet.agents[0]
+        victim.ctx.carry_headers((b"not a header",))  # its next job fails before it signs
+        await fleet.step(START_MS + 11_000)  # the reading of second 1 is 10 s old: due
+        for _ in range(10):  # the seal timers, and any job they queued, run
+            await asyncio.sleep(0)
+        assert victim.failure is not None and "header" in victim.failure
+        assert fleet.stores[0].block_count() == 0, "a seal after the device failed"
+        assert fleet.stores[0].pending_count() == 10
+        assert fleet.stores[1].block_count() == 1 and fleet.sealed[1] == [0]
+
+    fleet.run(scenario)
