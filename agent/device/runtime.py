@@ -656,10 +656,11 @@ async def ingest(batches: Iterable[tuple[DeviceAgent, list[Sample]]]) -> None:
     its carried peer headers, in its own commit, its seal decided inside it: the chunk's job
     runs them one after the other on a store thread, and a failure in one fails that device
     alone. The whole chunk is handed back after the group sync that covers it (a failed sync
-    fails its devices, as it fails every job it covered). A device that cannot take a batch
-    directly (``DeviceAgent.direct``: restoring, batches queued, a store job in flight) is
-    given it through its queue (``submit``); wait for those with ``drained``. Returns once the
-    direct batches are durable and their blocks announced."""
+    fails the devices whose commit it covered; a device's own failure stays its own, and a
+    device whose batch made no durable commit runs on, as a job with no commit does). A device
+    that cannot take a batch directly (``DeviceAgent.direct``: restoring, batches queued, a
+    store job in flight) is given it through its queue (``submit``); wait for those with
+    ``drained``. Returns once the direct batches are durable and their blocks announced."""
     jobs: dict[int, list[_Direct]] = {}  # by executor: a chunk runs on the devices' own
     try:
         for agent, samples in batches:
@@ -698,9 +699,15 @@ class _Direct(NamedTuple):
 async def _run_direct(chunks: list[list[_Direct]]) -> None:
     """The store jobs of ``ingest`` (locks taken), then what each device does with its result:
     only the devices that sealed have something to await (their announcements, together)."""
+    # Each chunk's results as its job makes them (on its store thread), read here when the job
+    # as a whole failed (its group sync, or the executor): which device failed on its own.
+    made: list[list[Sealed | BaseException]] = [[] for _ in chunks]
     try:
         outcomes = await asyncio.gather(
-            *(c[0].agent.ctx.off_loop(_sign_and_store_all, c) for c in chunks),
+            *(
+                c[0].agent.ctx.off_loop(_sign_and_store_all, c, out)
+                for c, out in zip(chunks, made, strict=True)
+            ),
             return_exceptions=True,
         )
     finally:  # the jobs are over (or never ran): the devices' locks go back
@@ -709,8 +716,12 @@ async def _run_direct(chunks: list[list[_Direct]]) -> None:
                 job.agent._ingest_ends()
                 job.agent.ctx.lock.release()
     announce = []
-    for chunk, outcome in zip(chunks, outcomes, strict=True):
-        results = outcome if isinstance(outcome, list) else [outcome] * len(chunk)
+    for chunk, outcome, own in zip(chunks, outcomes, made, strict=True):
+        results = (
+            outcome
+            if isinstance(outcome, list)
+            else [_despite(job, own, k, outcome) for k, job in enumerate(chunk)]
+        )
         for job, result in zip(chunk, results, strict=True):
             agent = job.agent
             if isinstance(result, BaseException):
@@ -725,9 +736,27 @@ async def _run_direct(chunks: list[list[_Direct]]) -> None:
         await asyncio.gather(*announce)
 
 
-def _sign_and_store_all(chunk: list[_Direct]) -> list[Sealed | BaseException]:
-    """On a store thread: each device's batch, one commit each (``DeviceContext.job``)."""
-    out: list[Sealed | BaseException] = []
+def _despite(
+    job: _Direct, own: list[Sealed | BaseException], k: int, failure: BaseException
+) -> Sealed | BaseException:
+    """What the ``k``-th device of a chunk whose job failed as a whole (``failure``: its group
+    sync, or the executor) gets: its own failure if it had one; its result if its batch made
+    no durable commit (nothing sealed, every sample refused: the sync covered nothing of it);
+    else ``failure`` (and when the job never reached it)."""
+    if k >= len(own):
+        return failure
+    result = own[k]
+    if isinstance(result, BaseException):
+        return result
+    signed = len(job.samples) - (job.agent.stats.counters["time-refused"] - job.refused)
+    return failure if result.blocks or signed else result
+
+
+def _sign_and_store_all(
+    chunk: list[_Direct], out: list[Sealed | BaseException]
+) -> list[Sealed | BaseException]:
+    """On a store thread: each device's batch, one commit each (``DeviceContext.job``), its
+    result appended to ``out`` as it comes (returned)."""
     for job in chunk:
         agent = job.agent
         try:

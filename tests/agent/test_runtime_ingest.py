@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from agent.device.runtime import INGEST_CHUNK, INGEST_QUEUE, DeviceAgent, ingest
 from agent.device.sealing import SealPolicy
+from agent.device.storework import StoreThreads
 from agent.gossip import inputs as I
 from agent.protocol.sim import START_MS, Authority
 from firmware_sim.clock import SimClock
 from firmware_sim.samples import Sample
+from ledger.groupsync import GroupSync
 from ledger.identity import SigningKey
 from ledger.store import Store
 
@@ -296,3 +302,67 @@ def test_a_device_that_fails_in_the_job_its_seal_timer_waits_for_seals_nothing_m
         assert fleet.stores[1].block_count() == 1 and fleet.sealed[1] == [0]
 
     fleet.run(scenario)
+
+
+def test_a_failed_group_sync_fails_the_devices_whose_commit_it_covered_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One chunk, real store threads and a real group sync that fails (fsync: EIO): the device
+    whose batch the sync covered fails with the sync's error; the device whose own commit
+    failed keeps its own error; the device whose batch made no durable commit (every sample
+    refused as the past) runs on, as a job with no commit does (``StoreThreads``)."""
+    rng = random.Random(5)
+    authority = Authority(rng)
+    clock = SimClock(START_MS)  # never advanced by a loop: no timer runs
+    group = GroupSync(use_syncfs=False)
+    pool = StoreThreads(2, group=group)
+    stores: list[Store] = []
+    agents: list[DeviceAgent] = []
+    for k in range(3):
+        store = Store(tmp_path / f"store-{k}.sqlite", group=group)
+        agent, _ = make_agent(
+            store,
+            SigningKey(rng.randbytes(32)),
+            authority,
+            clock=clock,
+            executor=pool,
+            policy=SealPolicy(max_readings=64, max_age_ms=AGE_MS),
+        )
+        stores.append(store)
+        agents.append(agent)
+    synced, refused, broken = agents
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def main() -> None:
+        t = START_MS + 1000
+        clock.advance_to(t)
+        await ingest([(a, [Sample(t, "temp_mc", 1)]) for a in agents])
+        assert [a.failure for a in agents] == [None] * 3 and group.syncs >= 1
+        stores[2].close()  # its next commit fails on its own
+        monkeypatch.setattr(os, "fsync", failing)  # and the next group sync fails
+        t += 1000
+        clock.advance_to(t)
+        await ingest(
+            [
+                (synced, [Sample(t, "temp_mc", 2)]),
+                (refused, [Sample(t - 2000, "temp_mc", 3)]),  # before its last: not signed
+                (broken, [Sample(t, "temp_mc", 4)]),
+            ]
+        )
+        monkeypatch.undo()
+        assert synced.failure is not None and "group sync failed" in synced.failure
+        assert refused.failure is None, refused.failure
+        assert refused.stats.counters["time-refused"] == 1 and refused.stats.readings == 1
+        assert broken.failure is not None and "group sync" not in broken.failure
+        assert "closed" in broken.failure
+
+    try:
+        asyncio.run(main())
+    finally:
+        monkeypatch.undo()
+        pool.shutdown()
+        for store in stores[:2]:
+            store.close()
+        group.close()
