@@ -685,7 +685,12 @@ async def ingest(batches: Iterable[tuple[DeviceAgent, list[Sample]]]) -> None:
         chunks = [
             g[i : i + INGEST_CHUNK] for g in jobs.values() for i in range(0, len(g), INGEST_CHUNK)
         ]
-        await asyncio.shield(_run_direct(chunks))
+        stopped: list[bool] = []  # the step was cancelled (a forced stop): announce nothing
+        try:
+            await asyncio.shield(_run_direct(chunks, stopped))
+        except asyncio.CancelledError:
+            stopped.append(True)
+            raise
 
 
 class _Direct(NamedTuple):
@@ -696,9 +701,14 @@ class _Direct(NamedTuple):
     wires: list[bytes]
 
 
-async def _run_direct(chunks: list[list[_Direct]]) -> None:
+async def _run_direct(chunks: list[list[_Direct]], stopped: list[bool]) -> None:
     """The store jobs of ``ingest`` (locks taken), then what each device does with its result:
-    only the devices that sealed have something to await (their announcements, together)."""
+    only the devices that sealed have something to await (their announcements, together).
+    Shielded: a step cancelled by a forced stop still finishes its commits (``stopped`` is then
+    set) but announces nothing: the runner closes the transports and stores meanwhile, and an
+    announcement into them would fail the device after the run ended, as a cancelled step of
+    one job per device never announced either (the blocks are durable; the next run starts
+    from them)."""
     # Each chunk's results as its job makes them (on its store thread), read here when the job
     # as a whole failed (its group sync, or the executor): which device failed on its own.
     made: list[list[Sealed | BaseException]] = [[] for _ in chunks]
@@ -728,6 +738,8 @@ async def _run_direct(chunks: list[list[_Direct]]) -> None:
                 agent.fail(result)
                 continue
             agent._count(job.samples, job.refused)
+            if stopped:
+                continue
             if result.blocks:
                 announce.append(_announce(agent, result))
             else:

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import os
 import random
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -366,3 +367,60 @@ def test_a_failed_group_sync_fails_the_devices_whose_commit_it_covered_and_no_ot
         for store in stores[:2]:
             store.close()
         group.close()
+
+
+def test_a_step_cancelled_during_its_store_job_commits_but_announces_nothing(
+    tmp_path: Path,
+) -> None:
+    """A forced stop cancels the runner's step while its store job runs on a store thread: the
+    job still commits what it signed and sealed (shielded), but nothing is announced after the
+    cancellation (the runner closes transports and stores meanwhile: an announcement then
+    failed the device after the run had ended)."""
+    rng = random.Random(9)
+    authority = Authority(rng)
+    clock = SimClock(START_MS)  # never advanced by a loop: no timer runs
+    pool = StoreThreads(1)
+    store = Store(tmp_path / "store.sqlite")
+    agent, transport = make_agent(
+        store,
+        SigningKey(rng.randbytes(32)),
+        authority,
+        clock=clock,
+        executor=pool,
+        policy=SealPolicy(max_readings=1, max_age_ms=AGE_MS),  # every reading seals a block
+    )
+    heights: list[int] = []
+    agent.observers.append(_own_seals(heights))
+    entered, release = threading.Event(), threading.Event()
+    sign_and_store = agent._sign_and_store
+
+    def held(*args: object) -> object:
+        entered.set()
+        release.wait(30)
+        return sign_and_store(*args)
+
+    agent._sign_and_store = held  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await agent.start([I.CertificateKnown(authority.enroll(agent.writer.key))])
+        t = START_MS + 1000
+        clock.advance_to(t)
+        step = asyncio.create_task(ingest([(agent, [Sample(t, "temp_mc", 1)])]))
+        assert await asyncio.to_thread(entered.wait, 30), "the job is on the store thread"
+        step.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await step
+        release.set()
+        async with agent.ctx.lock:  # the shielded job ended and gave the lock back
+            for _ in range(20):  # whatever it scheduled after that has run
+                await asyncio.sleep(0)
+        assert store.block_count() == 1 and store.pending_count() == 0, "the job committed"
+        assert heights == [], "announced after the step was cancelled"
+        assert transport.sent == [] and agent.failure is None
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        pool.shutdown()
+        store.close()
