@@ -82,7 +82,7 @@ from agent.transport.brokers import (
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import TransportError
 from agent.transport.memory import MemoryNetwork
-from agent.transport.mqtt import MqttHub, MqttTransport
+from agent.transport.mqtt import MqttHub, MqttTransport, hub_options
 from agent.transport.topics import Topics
 from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
@@ -707,10 +707,13 @@ class FleetRunner:
         self._broker_note = f"{self._broker.kind} {url}"
         self._notes = (self._broker.note,) if self._broker.note else ()
         if shared:
+            options = hub_options(len(local))  # a window per device it carries
             if self._tls is not None and self._tls.hub is not None:
-                self._hub = MqttHub(self._tls_endpoint(self._tls.hub), hub_id=brokertls.HUB_ID)
+                self._hub = MqttHub(
+                    self._tls_endpoint(self._tls.hub), hub_id=brokertls.HUB_ID, options=options
+                )
             else:
-                self._hub = MqttHub(self._broker.endpoint)
+                self._hub = MqttHub(self._broker.endpoint, options=options)
             await self._hub.start()
 
     async def _tls_broker(self, devices: dict[str, Path], shared: bool) -> MosquittoBroker:
