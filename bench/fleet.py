@@ -123,6 +123,31 @@ gone and a few per-delivery costs (docs/PROTOCOL.md 13.10), every pair arrives i
 1.8 s) and what remains is CPU: each (header, member) delivery costs about 36 us all-in, and a
 domain of 1,000 needs 99,900 of them a second.
 
+Where a device-second goes (issue 14 section 3, the 0.3 ms goal). 1,000 devices in domains of
+32 on 2 shards (main at f52bf3d, the 2-core machine under other workers' load: 1.0 CPU ms per
+device-second in all): the event loop's thread 0.79 ms, the store threads 0.23 ms. Of the
+loop (py-spy samples over the window): the receive loop (decode, authentication, the gossip
+cores) 47%, the network timer (anti-entropy rounds, summaries, witness) 13%, paho's reads and
+the hub's routing 10% (writes 2%), the watch and status file 5%, the write path's scheduling
+(a queue wake-up, a shielded task, a lock, a store-job future and a gather task per device and
+step, the seal timers, the runner's step) 10%, the rest asyncio's own. The store threads are
+the write path: per device and step a signature (raw Ed25519 17 us of CPU here), a commit
+(BEGIN, INSERT, COMMIT: 14 us of SQLite, 40 us with our Python around it uncontended, about
+twice that against the GIL of a busy loop), a tenth of a seal (about 210 us: stored readings
+read back and compared, the previous block re-hashed, header signed, committed) and a share of
+the group syncs (about 140 us of CPU each). ``python -m bench.writer`` measures that path alone
+(no peers, nothing received). Since then a step is a few store jobs of 32 devices each
+(``agent.device.runtime.ingest``), a reading one SQL statement (the peer headers riding along
+one more, in a commit of their own), and a network-timer deadline that moves earlier no longer
+wakes the timer to sleep again (accepted headers did that about once a second per device: 500
+devices, 10,715 wake-ups in 30 s, 3,339 with gossip work due). Paired with main in one session:
+bench.writer at 2,000 devices 0.23 -> 0.14 CPU ms per device-second (loop 0.10 -> 0.03, store
+threads 0.13 -> 0.11); this benchmark at 500 devices in domains of 32, two alternations, 1.19
+-> 0.99 ms (0.83x; the loop's thread 0.86x), every trial keeping up. What is left of a
+device-second is the receive path and the network timer's gossip work: the write path's floor
+is about 0.06 ms (a signature, a commit, a tenth of a seal), so 0.3 ms per device-second needs
+the receive side below about 0.2 ms.
+
 Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
 ``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
 shape: households of H devices (a fridge, a washing machine, ...; each household a site and a

@@ -224,6 +224,16 @@ class Wakeup:
     def is_set(self) -> bool:
         return self._flag
 
+    def earlier(self, clock: Clock, deadline: int) -> None:
+        """The waiter's deadline is now ``deadline`` on ``clock``, earlier than the one it waits
+        for: a wait in progress returns then (or at its own deadline, or a ``set``, whichever
+        is first) without waking now to wait again; with no wait in progress, as ``set``."""
+        fut = self._fut
+        if fut is None or fut.done():
+            self.set()
+        else:
+            clock.resolve_at(deadline, fut)
+
     async def wait(self, clock: Clock, deadline: int | None) -> None:
         if self._flag:
             await asyncio.sleep(0)

@@ -9,7 +9,8 @@ timer that context wakes.
 Store jobs (``run_store``) are serialized per device by one lock and run off the event loop
 (the runner's store threads, or any executor; inline in fully simulated runs, so a seed
 reproduces the run). Accepted peer headers are not a job of their own: ``carry_headers`` queues
-them, every job writes them first (in the same commit when the job commits), and when no job
+them, every job writes them first (in the job's first transaction, or just before a
+one-statement one: ``ledger.store.connection.StoreBase._tx``), and when no job
 comes they are written on their own ``HEADER_WRITE_MS`` after the first was queued
 (``write_headers_if_due``, from the network timer).
 """
@@ -64,7 +65,7 @@ class DeviceContext:
         # A core's deadline may now be earlier than the one the network timer sleeps until.
         self.deadline_moved = deadline_moved
         self.lock = asyncio.Lock()  # one store job of this device at a time
-        self._executor = executor
+        self.executor = executor
         self._unwritten: list[bytes] = []  # accepted peer headers not yet handed to the store
         self.headers_due: int | None = None  # when they are written on their own (net clock)
         self._background: deque[asyncio.Task[None]] = deque()
@@ -104,14 +105,14 @@ class DeviceContext:
 
         async def locked() -> T:
             async with self.lock:
-                return await self._off_loop(self._job, self._take_unwritten(), fn, args, carry)
+                return await self.off_loop(self.job, self.take_unwritten(), fn, args, carry)
 
         return await asyncio.shield(locked())
 
     async def flush(self, fn: Callable[[], object]) -> None:
         """At shutdown (the tasks are cancelled): the queued headers, then ``fn``, one commit."""
         async with self.lock:
-            await self._off_loop(self._job, self._take_unwritten(), fn, (), True)
+            await self.off_loop(self.job, self.take_unwritten(), fn, (), True)
 
     def spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``job`` in the background (serving a pull, writing headers), held until done."""
@@ -153,16 +154,16 @@ class DeviceContext:
             if self._unwritten:
                 self.spawn(self.run_store(_nothing), "headers")
 
-    def _take_unwritten(self) -> list[bytes]:
+    def take_unwritten(self) -> list[bytes]:
         wires, self._unwritten = self._unwritten, []
         self.headers_due = None
         return wires
 
-    def _job(
+    def job(
         self, wires: list[bytes], fn: Callable[..., T], args: tuple[Any, ...], carry: bool
     ) -> T:
         """One store job, off the loop: the peer headers accepted since the last job first
-        (``carry``: in the first transaction ``fn`` opens, i.e. the same commit), then ``fn``."""
+        (``carry``: with the first transaction ``fn`` opens), then ``fn``."""
         store = self.store
         if wires:
             store.carry_peer_headers([decode_header(w) for w in wires])
@@ -174,8 +175,8 @@ class DeviceContext:
         finally:
             store.write_carried()  # fn opened no transaction (or failed): write them anyway
 
-    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
-        ex = self._executor
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        ex = self.executor
         if ex is None:  # simulated runs: inline, so a seed reproduces the run
             return fn(*args)
         if isinstance(ex, StoreThreads):  # results handed back in batches (storework.py)

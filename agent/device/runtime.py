@@ -10,8 +10,13 @@ network timer). One TaskGroup with named tasks:
 
 - ``ingest``: takes batches of samples from a bounded queue, signs and makes them durable (a
   store job, off the event loop), seals when the policy says so, then announces the blocks.
-  Nothing leaves the device before it is durable.
-- ``seal-timer``: seals by age on the *data* clock (simulated or real), even when no sample comes.
+  Nothing leaves the device before it is durable. A fleet's step skips it: ``ingest`` (the
+  function) hands every device's batch of the step to a few store jobs, ``INGEST_CHUNK``
+  devices each, each device's batch still under its store lock and in its own commit; only a
+  device that cannot take it at once (restoring, batches queued, a store job in flight) gets it
+  through its queue.
+- ``seal-timer``: seals by age on the *data* clock (simulated or real), even when no sample
+  comes; when it wakes while an ingest job is queued or running, it lets that job decide.
 - ``net-timer``: the one timer of the network side, on the *network* clock (real time in a live
   fleet: protocol timeouts measure the network, not the simulation): the gossip core's deadline,
   the replication core's, and the write of accepted peer headers no store job carried.
@@ -55,6 +60,9 @@ from ledger.store import Store
 log = logging.getLogger("edgefleet.agent")
 
 INGEST_QUEUE = 64  # sample batches waiting per device; a full queue makes the producer wait
+# Devices whose batches one store job signs and commits, one after the other (``ingest``): a
+# fleet's step is a few jobs, not one job, task and future per device.
+INGEST_CHUNK = 32
 
 
 class Sealed(NamedTuple):
@@ -114,6 +122,12 @@ class DeviceAgent:
         self.watched: tuple[str, ...] = self.peer_ids  # presences followed, set by start()
         self._log = logging.LoggerAdapter(log, {"device": name})
         self._queue: asyncio.Queue[list[Sample]] = asyncio.Queue(INGEST_QUEUE)
+        self._queued = 0  # batches submitted to the queue and not yet signed (or dropped)
+        # An ingest job of this device is queued or running: the seal timer waits for it (the
+        # job decides the seal itself) instead of queueing a job of its own; it waits on
+        # ``_ingest_waiter``, made only then.
+        self._ingesting = False
+        self._ingest_waiter: asyncio.Future[None] | None = None
         self._oldest_pending_ms: int | None = None
         self._rearm_seal = Wakeup()
         self._seal_sleeps_until: int | None = None
@@ -166,7 +180,12 @@ class DeviceAgent:
         """Queue a batch of samples (waits while the queue is full: backpressure). A failed
         device drops them: nothing would sign them."""
         if samples and self.failure is None:
-            await self._queue.put(samples)
+            self._queued += 1
+            try:
+                await self._queue.put(samples)
+            except BaseException:  # cancelled while it waited for room: never queued
+                self._queued -= 1
+                raise
             if self.failure is not None:  # failed while this waited for room
                 self._discard_queued()
 
@@ -174,6 +193,22 @@ class DeviceAgent:
         """Wait until every submitted batch is signed and durable (and sealed when due), or
         dropped by a failure."""
         await self._queue.join()
+
+    @property
+    def busy(self) -> bool:
+        """Batches submitted to the queue are still waiting to be signed (``drained`` waits)."""
+        return self._queued > 0
+
+    @property
+    def direct(self) -> bool:
+        """Whether a batch may go straight into a store job (``ingest``) rather than the queue:
+        the device runs, is not restoring, has nothing queued and no store job in flight."""
+        return (
+            self.failure is None
+            and self._queued == 0
+            and self._restored.is_set()
+            and not self.ctx.lock.locked()
+        )
 
     async def start(self, boot_inputs: Sequence[I.Input], *, restore: bool = False) -> None:
         """Feed what the store and the fleet already know into the cores.
@@ -265,6 +300,7 @@ class DeviceAgent:
                 self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            self._queued -= 1
             self._queue.task_done()
 
     async def seal_now(self) -> None:
@@ -315,17 +351,43 @@ class DeviceAgent:
                 self.fail(exc)  # before task_done: the runner's drained() sees the failure
                 raise
             finally:
+                self._queued -= 1
                 self._queue.task_done()
 
     async def _ingest(self, batch: list[Sample]) -> None:
+        now, refused = self._ingest_begins(batch)
+        try:
+            sealed = await self.ctx.run_store(self._sign_and_store, batch, now, carry=True)
+        finally:
+            self._ingest_ends()
+        await self._ingested(batch, refused, sealed)
+
+    def _ingest_begins(self, batch: list[Sample]) -> tuple[int, int]:
+        """On the loop, before the batch's store job: (the data clock now, the time-refused
+        count so far)."""
         self.stats.observe(batch)
         if self._oldest_pending_ms is None:
             self._oldest_pending_ms = batch[0].time_ms
-        now = self.data_clock.now_ms()
-        refused = self.stats.counters["time-refused"]
-        sealed = await self.ctx.run_store(self._sign_and_store, batch, now, carry=True)
-        self.stats.readings += len(batch) - (self.stats.counters["time-refused"] - refused)
+        self._ingesting = True
+        return self.data_clock.now_ms(), self.stats.counters["time-refused"]
+
+    def _ingest_ends(self) -> None:
+        self._ingesting = False
+        fut, self._ingest_waiter = self._ingest_waiter, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _ingested(self, batch: list[Sample], refused: int, sealed: Sealed) -> None:
+        """On the loop, once the batch is durable: count it, announce what it sealed, and wake
+        the seal timer if the next seal falls due earlier than it sleeps."""
+        self._count(batch, refused)
         await self._announce(sealed)
+        self._rearm_seal_timer()
+
+    def _count(self, batch: list[Sample], refused: int) -> None:
+        self.stats.readings += len(batch) - (self.stats.counters["time-refused"] - refused)
+
+    def _rearm_seal_timer(self) -> None:
         deadline = self.policy.deadline(self._oldest_pending_ms)
         sleeping = self._seal_sleeps_until
         if deadline is not None and (sleeping is None or deadline < sleeping):
@@ -377,6 +439,12 @@ class DeviceAgent:
             deadline = self.policy.deadline(self._oldest_pending_ms)
             self._seal_sleeps_until = deadline
             await self._rearm_seal.wait(self.data_clock, deadline)
+            while self._ingesting:  # its job seals what is due: then see what is left
+                if self._ingest_waiter is None:
+                    self._ingest_waiter = asyncio.get_running_loop().create_future()
+                await self._ingest_waiter
+            if self.failure is not None:  # that job failed the device: nothing more is sealed
+                return
             now = self.data_clock.now_ms()
             if self.policy.due(self.writer.pending_count(), self._oldest_pending_ms, now):
                 sealed = await self.ctx.run_store(self._seal_if_due, now, carry=True)
@@ -408,11 +476,14 @@ class DeviceAgent:
 
     # --- the network side ----------------------------------------------------------------------
     def _net_deadline_moved(self, deadline: int | None) -> None:
-        """Wake the network timer only when a deadline is now earlier than the one it sleeps
-        until (most inputs leave them alone: waking thousands of timers costs)."""
+        """Bring the network timer's wake-up forward when a deadline is now earlier than the one
+        it sleeps until (most inputs leave them alone), without waking it now: it wakes at the
+        new deadline (waking thousands of timers only to sleep again costs; accepted peer
+        headers alone moved a deadline about once a second per device in a domain of 32)."""
         sleeping = self._net_sleeps_until
         if deadline is not None and (sleeping is None or deadline < sleeping):
-            self._rearm_net.set()
+            self._net_sleeps_until = deadline
+            self._rearm_net.earlier(self.net_clock, deadline)
 
     def _net_deadline(self) -> int | None:
         times = [self.gossip.deadline(), self.ctx.headers_due, self._liveness_deadline()]
@@ -574,6 +645,147 @@ class DeviceAgent:
             now = self.net_clock.now_ms()
             for observer in self.observers:
                 observer(self, event, now)
+
+
+async def ingest(batches: Iterable[tuple[DeviceAgent, list[Sample]]]) -> None:
+    """Sign and make durable one step's batches of many devices: what ``submit`` then
+    ``drained`` do for each, with one store job per ``INGEST_CHUNK`` devices instead of a job,
+    a task and a few futures per device (a fleet's step, ``agent.fleet.runner``).
+
+    Each device's batch still gets a store job of its own under the device's store lock, with
+    its carried peer headers, in its own commit, its seal decided inside it: the chunk's job
+    runs them one after the other on a store thread, and a failure in one fails that device
+    alone. The whole chunk is handed back after the group sync that covers it (a failed sync
+    fails the devices whose commit it covered; a device's own failure stays its own, and a
+    device whose batch made no durable commit runs on, as a job with no commit does). A device
+    that cannot take a batch directly (``DeviceAgent.direct``: restoring, batches queued, a
+    store job in flight) is given it through its queue (``submit``); wait for those with
+    ``drained``. Returns once the direct batches are durable and their blocks announced."""
+    jobs: dict[int, list[_Direct]] = {}  # by executor: a chunk runs on the devices' own
+    try:
+        for agent, samples in batches:
+            if not samples or agent.failure is not None:
+                continue
+            if not agent.direct:
+                await agent.submit(samples)  # may wait for room in its queue
+                continue
+            await agent.ctx.lock.acquire()  # free (``direct``): taken without waiting
+            now, refused = agent._ingest_begins(samples)
+            job = _Direct(agent, samples, now, refused, agent.ctx.take_unwritten())
+            jobs.setdefault(id(agent.ctx.executor), []).append(job)
+    except BaseException:  # cancelled while a queue was full: nothing ran, give the locks back
+        for group in jobs.values():
+            for job in group:
+                if job.wires:  # taken for the job: queued again
+                    job.agent.ctx.carry_headers(tuple(job.wires))
+                job.agent._ingest_ends()
+                job.agent.ctx.lock.release()
+        raise
+    if jobs:
+        chunks = [
+            g[i : i + INGEST_CHUNK] for g in jobs.values() for i in range(0, len(g), INGEST_CHUNK)
+        ]
+        stopped: list[bool] = []  # the step was cancelled (a forced stop): announce nothing
+        try:
+            await asyncio.shield(_run_direct(chunks, stopped))
+        except asyncio.CancelledError:
+            stopped.append(True)
+            raise
+
+
+class _Direct(NamedTuple):
+    agent: DeviceAgent
+    samples: list[Sample]
+    now: int
+    refused: int
+    wires: list[bytes]
+
+
+async def _run_direct(chunks: list[list[_Direct]], stopped: list[bool]) -> None:
+    """The store jobs of ``ingest`` (locks taken), then what each device does with its result:
+    only the devices that sealed have something to await (their announcements, together).
+    Shielded: a step cancelled by a forced stop still finishes its commits (``stopped`` is then
+    set) but announces nothing: the runner closes the transports and stores meanwhile, and an
+    announcement into them would fail the device after the run ended, as a cancelled step of
+    one job per device never announced either (the blocks are durable; the next run starts
+    from them)."""
+    # Each chunk's results as its job makes them (on its store thread), read here when the job
+    # as a whole failed (its group sync, or the executor): which device failed on its own.
+    made: list[list[Sealed | BaseException]] = [[] for _ in chunks]
+    try:
+        outcomes = await asyncio.gather(
+            *(
+                c[0].agent.ctx.off_loop(_sign_and_store_all, c, out)
+                for c, out in zip(chunks, made, strict=True)
+            ),
+            return_exceptions=True,
+        )
+    finally:  # the jobs are over (or never ran): the devices' locks go back
+        for chunk in chunks:
+            for job in chunk:
+                job.agent._ingest_ends()
+                job.agent.ctx.lock.release()
+    announce = []
+    for chunk, outcome, own in zip(chunks, outcomes, made, strict=True):
+        results = (
+            outcome
+            if isinstance(outcome, list)
+            else [_despite(job, own, k, outcome) for k, job in enumerate(chunk)]
+        )
+        for job, result in zip(chunk, results, strict=True):
+            agent = job.agent
+            if isinstance(result, BaseException):
+                agent.fail(result)
+                continue
+            agent._count(job.samples, job.refused)
+            if stopped:
+                continue
+            if result.blocks:
+                announce.append(_announce(agent, result))
+            else:
+                agent._rearm_seal_timer()
+    if announce:
+        await asyncio.gather(*announce)
+
+
+def _despite(
+    job: _Direct, own: list[Sealed | BaseException], k: int, failure: BaseException
+) -> Sealed | BaseException:
+    """What the ``k``-th device of a chunk whose job failed as a whole (``failure``: its group
+    sync, or the executor) gets: its own failure if it had one; its result if its batch made
+    no durable commit (nothing sealed, every sample refused: the sync covered nothing of it);
+    else ``failure`` (and when the job never reached it)."""
+    if k >= len(own):
+        return failure
+    result = own[k]
+    if isinstance(result, BaseException):
+        return result
+    signed = len(job.samples) - (job.agent.stats.counters["time-refused"] - job.refused)
+    return failure if result.blocks or signed else result
+
+
+def _sign_and_store_all(
+    chunk: list[_Direct], out: list[Sealed | BaseException]
+) -> list[Sealed | BaseException]:
+    """On a store thread: each device's batch, one commit each (``DeviceContext.job``), its
+    result appended to ``out`` as it comes (returned)."""
+    for job in chunk:
+        agent = job.agent
+        try:
+            out.append(
+                agent.ctx.job(job.wires, agent._sign_and_store, (job.samples, job.now), True)
+            )
+        except Exception as exc:  # this device's failure alone
+            out.append(exc)
+    return out
+
+
+async def _announce(agent: DeviceAgent, sealed: Sealed) -> None:
+    try:
+        await agent._announce(sealed)
+        agent._rearm_seal_timer()
+    except Exception as exc:  # as a failure of its ingest task: the device's alone
+        agent.fail(exc)
 
 
 class RestoreError(AgentError, code="restore"):

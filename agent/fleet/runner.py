@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 from agent.config.devices import FleetConfig
 from agent.device.faults import describe, first_cause
-from agent.device.runtime import DeviceAgent, RestoreError
+from agent.device.runtime import DeviceAgent, RestoreError, ingest
 from agent.device.sealing import SealPolicy
 from agent.device.storework import StoreThreads
 from agent.errors import AgentError
@@ -82,7 +82,7 @@ from agent.transport.brokers import (
 from agent.transport.endpoint import Endpoint
 from agent.transport.errors import TransportError
 from agent.transport.memory import MemoryNetwork
-from agent.transport.mqtt import MqttHub, MqttTransport
+from agent.transport.mqtt import MqttHub, MqttTransport, hub_options
 from agent.transport.topics import Topics
 from firmware_sim.clock import JUMP_BACK_MS, Clock, RealClock, SimClock, WallJumps
 from firmware_sim.samples import Sample
@@ -523,11 +523,12 @@ class FleetRunner:
                 if name in self.agents and sample.time_ms > done.get(name, -1):
                     per_device[name].append(sample)
             running = self._running()
-            for name, items in per_device.items():
-                if name in running:
-                    await running[name].submit(items)
-                    total += len(items)
-            await asyncio.gather(*(a.drained() for a in running.values()))
+            steps = [(running[n], items) for n, items in per_device.items() if n in running]
+            total += sum(len(items) for _, items in steps)
+            await ingest(steps)  # a few store jobs for the whole step (agent/device/runtime.py)
+            for a in running.values():
+                if a.busy:  # batches queued: a restoring device, or one busy with a store job
+                    await a.drained()
             if self.network is not None:
                 await self._quiesce()
             if speed is None:  # and taken in by the receivers (agent/fleet/keepup.py)
@@ -706,10 +707,13 @@ class FleetRunner:
         self._broker_note = f"{self._broker.kind} {url}"
         self._notes = (self._broker.note,) if self._broker.note else ()
         if shared:
+            options = hub_options(len(local))  # a window per device it carries
             if self._tls is not None and self._tls.hub is not None:
-                self._hub = MqttHub(self._tls_endpoint(self._tls.hub), hub_id=brokertls.HUB_ID)
+                self._hub = MqttHub(
+                    self._tls_endpoint(self._tls.hub), hub_id=brokertls.HUB_ID, options=options
+                )
             else:
-                self._hub = MqttHub(self._broker.endpoint)
+                self._hub = MqttHub(self._broker.endpoint, options=options)
             await self._hub.start()
 
     async def _tls_broker(self, devices: dict[str, Path], shared: bool) -> MosquittoBroker:

@@ -130,12 +130,32 @@ class StoreBase:
             self._group.noted(self._wal, self._dev)
 
     # --- write transactions -----------------------------------------------------------------
-    def _tx(self, *, durable: bool = True) -> _Tx:
+    def _tx(self, *, durable: bool = True, one_statement: bool = False) -> _Tx:
         """A write transaction. ``durable=False`` commits without waiting for the disk
         (synchronous=NORMAL for that commit): for peer headers, which a power cut may cost but
         never corrupt, and which anti-entropy fetches again. The next durable commit syncs them
-        too."""
-        return _Tx(self, durable=durable)
+        too.
+
+        ``one_statement``: the body executes one SQL statement and nothing else. That
+        statement then runs on its own, as SQLite's implicit transaction of one statement:
+        committed (or rolled back whole) when it ends, with the same synchronous setting, one
+        call into SQLite instead of three (BEGIN, the statement, COMMIT), each of which gives
+        the GIL away and waits to get it back. The rows parts write first at every transaction
+        (``_tx_writes_first``: peer headers, which need not be durable) are then written just
+        before, each statement its own commit, in a store under a group (``synchronous=NORMAL``:
+        a commit is a write to the WAL, synced with the next group sync); a store on its own
+        syncs every commit (``synchronous=FULL``), so it writes them in one transaction with
+        the statement instead. The hooks run as for any transaction."""
+        implicit = one_statement and (self._group is not None or not self._tx_writes_first())
+        return _Tx(self, durable=durable, implicit=implicit)
+
+    def _tx_writes_first(self) -> bool:
+        """Hook: whether a part writes rows of its own when a transaction begins."""
+        return False
+
+    def _tx_write_first_alone(self) -> None:
+        """Hook: before an implicit transaction, write the rows ``_tx_writes_first`` promised,
+        each statement committed on its own, not durable."""
 
     def _tx_begun(self) -> None:
         """Hook: a write transaction has begun (parts may write in it first, or raise)."""
@@ -166,19 +186,27 @@ class StoreBase:
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, rolling back on any error; sqlite errors become StoreError.
-    The store's hooks run after BEGIN, after ROLLBACK and after COMMIT."""
+    The store's hooks run after BEGIN, after ROLLBACK and after COMMIT. ``implicit``: no BEGIN
+    and no COMMIT, the body's one statement is its own transaction (``StoreBase._tx``)."""
 
-    def __init__(self, store: StoreBase, *, durable: bool = True) -> None:
+    def __init__(self, store: StoreBase, *, durable: bool = True, implicit: bool = False) -> None:
         self._store = store
         self._db = store._db
         self._path = store.path
         self._durable = durable
+        self._implicit = implicit
         self._switch = not durable and store._group is None  # FULL -> NORMAL for this commit
 
     def __enter__(self) -> None:
         if self._switch:
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("BEGIN IMMEDIATE")
+        if self._implicit:
+            try:
+                self._store._tx_write_first_alone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from None
+        else:
+            self._db.execute("BEGIN IMMEDIATE")
         try:
             self._store._tx_begun()
         except BaseException as exc:
@@ -197,7 +225,8 @@ class _Tx:
     def _end(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if exc_type is None:
             try:
-                self._db.execute("COMMIT")
+                if not self._implicit:
+                    self._db.execute("COMMIT")
                 self._store._tx_committed(self._durable)
                 return
             except sqlite3.Error as err:

@@ -29,6 +29,13 @@ from ledger.store.connection import StoreBase
 from ledger.store.rows import OwnBlockRow, PendingRow
 from ledger.store.tags import index_block
 
+_ROWS_PER_INSERT = 100  # own readings per INSERT statement (200 bound values)
+
+
+def _insert_readings_sql(rows: int) -> str:
+    """An INSERT of ``rows`` own readings: placeholders only, never data."""
+    return "INSERT INTO readings(seq, wire) VALUES " + ",".join(("(?, ?)",) * rows)  # noqa: S608
+
 
 class OwnChain(StoreBase):
     def __init__(self, path: str | Path, *, group: GroupSync | None = None) -> None:
@@ -70,7 +77,10 @@ class OwnChain(StoreBase):
         """Durably store signed readings not yet sealed (one transaction)."""
         if not readings:
             return
-        with self._tx():
+        # The usual case (a step's few readings, the sequence mark known): one INSERT statement,
+        # its own transaction. Otherwise BEGIN, the look-up of the mark, the INSERTs, COMMIT.
+        one = self._seq_known and len(readings) <= _ROWS_PER_INSERT
+        with self._tx(one_statement=one):
             self._insert_pending(readings)
 
     def _insert_pending(self, readings: Sequence[SignedReading]) -> None:
@@ -80,10 +90,12 @@ class OwnChain(StoreBase):
             if last is not None and seq != last + 1:
                 raise SequenceError("own reading seq (contiguous)", last + 1, seq)
             last = seq
-        self._db.executemany(
-            "INSERT INTO readings(seq, wire) VALUES (?, ?)",
-            [(r.reading.seq, r.wire) for r in readings],
-        )
+        for i in range(0, len(readings), _ROWS_PER_INSERT):  # one statement per chunk
+            chunk = readings[i : i + _ROWS_PER_INSERT]
+            values: list[object] = []
+            for r in chunk:
+                values += (r.reading.seq, r.wire)
+            self._db.execute(_insert_readings_sql(len(chunk)), values)
         self._tx_mark, self._tx_known = last, True
 
     def last_reading_time(self) -> int | None:

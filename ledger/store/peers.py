@@ -1,5 +1,6 @@
 """Peers' headers: the verified headers of other devices' chains, and the queue that carries
-them into the next write transaction.
+them into the next write transaction (or, before a transaction of one statement in a store
+under a group sync, into commits of their own just before it: ``StoreBase._tx``).
 
 The store trusts its caller (the gossip core) to have verified each header; it keeps one header
 per (device, height) and reports a different one already held as a fork. Peer headers commit
@@ -40,6 +41,18 @@ class PeerHeaders(StoreBase):
             self._insert_peer_headers(self._tx_carried)
         super()._tx_begun()
 
+    def _tx_writes_first(self) -> bool:
+        return bool(self._carried) or super()._tx_writes_first()
+
+    def _tx_write_first_alone(self) -> None:
+        carried, self._carried = self._carried, []
+        try:
+            self._insert_peer_headers(carried)  # each statement its own commit
+        except BaseException:
+            self._carried[:0] = carried  # queued again, as after a rollback (a rewrite
+            raise  # of those that did commit is ignored: same rows)
+        super()._tx_write_first_alone()
+
     def _tx_rolled_back(self) -> None:
         self._carried[:0] = self._tx_carried
         self._tx_carried = []
@@ -76,8 +89,10 @@ class PeerHeaders(StoreBase):
     def carry_peer_headers(self, headers: Sequence[SignedHeader]) -> None:
         """Queue verified peer headers for the next write transaction, whatever it is: it
         writes them first, in its own commit (a device's readings and the headers it accepted
-        since then cost one commit, not several). ``write_carried`` writes what is still
-        queued; a transaction that rolls back keeps them queued."""
+        since then cost one commit, not several; before a transaction of one statement in a
+        store under a group sync, in commits of their own: ``StoreBase._tx``).
+        ``write_carried`` writes what is still queued; a transaction that rolls back keeps
+        them queued."""
         self._carried.extend(headers)
 
     def write_carried(self) -> None:

@@ -28,7 +28,7 @@ from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
 from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
-from agent.transport.base import Delivery, Transport
+from agent.transport.base import Delivery, Transport, TransportStats
 from firmware_sim.clock import Clock, SimClock
 from firmware_sim.samples import Sample
 from ledger.identity import SigningKey
@@ -64,6 +64,16 @@ class Recording:
 
     def presence(self, peer: str) -> bool | None:
         return peer in self.online
+
+    # What the runtime's liveness asks of its link (agent/device/runtime.py ``_link``): always
+    # up, never reconnected, nothing waiting but what the test delivered.
+    connected = True
+
+    def pending(self) -> int:
+        return self._inbox.qsize()
+
+    def stats(self) -> TransportStats:
+        return TransportStats()
 
     def deliver(self, delivery: Delivery) -> None:
         self._inbox.put_nowait(delivery)

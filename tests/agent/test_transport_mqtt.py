@@ -31,7 +31,7 @@ from agent.transport.errors import (
     TransportClosedError,
     TransportError,
 )
-from agent.transport.mqtt import MqttClient, MqttHub, MqttOptions, MqttTransport
+from agent.transport.mqtt import MqttClient, MqttHub, MqttOptions, MqttTransport, hub_options
 from agent.transport.presence import (
     PresenceBook,
     PresenceChange,
@@ -42,6 +42,7 @@ from agent.transport.presence import (
 from agent.transport.reconnect import ReconnectPolicy
 from agent.transport.topics import Route, Topics
 from ledger.identity import device_id_for
+from tests.agent.conftest import require_mosquitto
 
 
 def dev(i: int) -> str:
@@ -726,6 +727,54 @@ def test_a_burst_on_a_domain_reaches_every_device_of_a_hub_and_nothing_waits_ins
                 "out_packets": 0,
             }
             assert a.stats().sent == burst and a.stats().send_failures == 0
+
+    asyncio.run(main())
+
+
+def test_a_hub_gets_a_window_of_unacknowledged_publishes_per_device_it_carries() -> None:
+    assert hub_options(3).max_inflight == 100  # a small hub: the single connection's window
+    assert hub_options(400).max_inflight == 400
+    assert hub_options(1_000).max_inflight == 1_000
+    assert hub_options(5_000).max_inflight == 1_000  # never beyond the pipelined sends
+    base = MqttOptions(max_unacked=300, keepalive_s=7)
+    assert hub_options(5_000, base) == dataclasses.replace(base, max_inflight=300)
+    with pytest.raises(ValueError, match="device count"):
+        hub_options(-1)
+
+
+@pytest.mark.mosquitto
+def test_a_hub_of_a_thousand_devices_keeps_its_window_full_and_a_sized_broker_drops_nothing(
+    tmp_path: Path,
+) -> None:
+    """A hub sized for 1,000 devices hands paho 1,000 publishes before the first PUBACK is
+    read (a single connection's window held 100, and a hub's sends queued behind it: bench.fleet,
+    2,000 devices, most header deliveries late); the burst of 3,000 broadcasts reaches the
+    devices of another hub whole and in order on a Mosquitto sized for the fleet, which drops
+    nothing."""
+    require_mosquitto()
+    burst, devices = 3_000, 1_000
+    broker = MosquittoBroker(workdir=tmp_path / "mosquitto", devices=2 * devices)
+
+    async def main() -> None:
+        async with broker:
+            ep = broker.endpoint
+            async with MqttHub(ep, options=hub_options(devices)) as wide, MqttHub(ep) as hub:
+                sender = await wide.attach(A, ["street"])
+                views = [await hub.attach(p, ["street"]) for p in (B, C)]
+                paho = wide._link._client._client  # type: ignore[union-attr]
+                assert paho.max_inflight_messages == devices
+                in_flight = 0
+                for k in range(burst):
+                    await sender.broadcast("street", k.to_bytes(2, "big"))
+                    in_flight = max(in_flight, paho._inflight_messages)
+                assert in_flight > 100, f"at most {in_flight} publishes in flight"
+                for view in views:
+                    got = []
+                    while len(got) < burst:
+                        got.append(int.from_bytes((await next_of(view, "domain")).payload, "big"))
+                    assert got == list(range(burst))
+                assert sender.stats().send_failures == 0
+            assert broker.dropping_clients == 0
 
     asyncio.run(main())
 

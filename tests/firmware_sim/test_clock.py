@@ -206,6 +206,46 @@ def test_a_wakeup_returns_at_its_deadline_or_when_set_whichever_is_first() -> No
     assert not wake.is_set()  # each wait clears what woke it
 
 
+def test_an_earlier_deadline_ends_a_wait_then_without_waking_it_before() -> None:
+    clock = SimClock(0)
+    wake = Wakeup()
+    woke: list[int] = []
+
+    async def timer() -> None:
+        await wake.wait(clock, 60_000)
+        woke.append(clock.now_ms())
+        await wake.wait(clock, 9_000)  # brought forward to 20,000: later than its own
+        woke.append(clock.now_ms())
+
+    async def mover() -> None:
+        await clock.sleep_until(1_000)
+        wake.earlier(clock, 5_000)
+        await clock.sleep_until(3_000)
+        assert woke == [], "woken before its new deadline"
+        wake.earlier(clock, 4_000)  # and again
+        await clock.sleep_until(6_000)
+        wake.earlier(clock, 20_000)
+
+    async def main() -> None:
+        await asyncio.gather(timer(), mover())
+
+    clock.run(main())
+    assert woke == [4_000, 9_000]
+    assert not wake.is_set()
+
+
+def test_an_earlier_deadline_while_nobody_waits_ends_the_next_wait_as_a_set() -> None:
+    clock = SimClock(0)
+    wake = Wakeup()
+
+    async def main() -> None:
+        wake.earlier(clock, 50_000)
+        await wake.wait(clock, 1_000_000)
+        assert clock.now_ms() == 0
+
+    clock.run(main())
+
+
 def test_a_set_while_nobody_waits_ends_the_next_wait_after_one_yield() -> None:
     clock = SimClock(0)
     wake = Wakeup()
