@@ -148,6 +148,21 @@ device-second is the receive path and the network timer's gossip work: the write
 is about 0.06 ms (a signature, a commit, a tenth of a seal), so 0.3 ms per device-second needs
 the receive side below about 0.2 ms.
 
+The cliff at 2,000 devices (issue 14: "behind, 100% missed" with the loops half idle) was the
+hubs' send window. Paired on a quiet machine (load 1-3), 1,000 and 2,000 devices in domains of
+32, two shards, main before and after the write path above: at 1,000 both keep up, 0.955 ->
+0.861 CPU ms per device-second (0.90x, two alternations); at 2,000 both are behind (48% and
+78% of the deliveries late) with the same signature: each shard's hub holds 1,000 sends
+awaiting their PUBACK (``unacked``), 2,000-3,500 senders wait for a slot, announcements leave
+1.6-2.4 s after their seal, and the start-up's credential exchange (62,000 hellos) is still
+running when the window opens. paho kept 100 publishes in flight per connection, so a hub of
+1,000 devices sent about 900 messages a second, whatever the CPU. A hub now gets one in flight
+per device it carries (``agent.transport.mqtt.hub_options``, up to 1,000): 2,000 devices keep
+up (every pair in time, p99 2.1 s, dup 1.09, lag 1 ms, 0.87 CPU ms per device-second, loops
+62-64% busy). 3,000 do not (2.6 CPU s a second would be needed at that cost; the start-up
+exchange of 93,000 hellos was still running 15 s after the last shard started, and reading the
+whole socket each turn instead of 256 packets changed nothing).
+
 Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
 ``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
 shape: households of H devices (a fridge, a washing machine, ...; each household a site and a
