@@ -336,12 +336,15 @@ def read_sim_time(data: DataDir) -> int | None:
     return int(value) if value is not None else None
 
 
-def read_origin(data: DataDir, now_ms: int) -> int:
-    """The start time of a real-time fleet: set (to ``now_ms``, whole seconds) by its first run."""
+def read_origin(data: DataDir, now_ms: int, *, first: bool = False) -> int:
+    """The start time of a real-time fleet: set (to ``now_ms``, whole seconds) by its first run.
+    ``first``: nothing was signed here yet, so an origin already recorded is one a start that
+    was refused afterwards (no certificate yet, a broker that would not connect) left behind;
+    the fleet starts now, not back then with its readings stamped in the past."""
     path = data.root / FLEET_FILE
     with _locked(data):
         doc = json.loads(path.read_text()) if path.exists() else {}
-        if doc.get("origin_ms") is None:
+        if doc.get("origin_ms") is None or first:
             doc["origin_ms"] = now_ms - now_ms % 1000
             path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return int(doc["origin_ms"])

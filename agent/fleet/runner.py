@@ -360,7 +360,10 @@ class FleetRunner:
         if self._serial is not None:
             log.info("real time: serial sensors of %s", self._serial.describe())
         if self.opts.realtime:
-            origin = read_origin(self.data, self.real_clock.wall_ms())
+            # One process of the fleet (no shards sharing fleet.json) whose devices never signed
+            # here starts now, whatever origin a refused start recorded.
+            first = self.opts.resume and self.opts.shard[1] == 1 and self._recorded_time() is None
+            origin = read_origin(self.data, self.real_clock.wall_ms(), first=first)
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
         cfg = self.cfg
