@@ -71,9 +71,15 @@ def passphrase(file: str | None, *, confirm: bool = False) -> bytes:
     if env is not None:
         return env.encode()
     if sys.stdin.isatty():
-        first = getpass.getpass("passphrase: ").encode()
-        if confirm and getpass.getpass("again: ").encode() != first:
-            raise KeystoreError("passphrases do not match")
+        try:
+            first = getpass.getpass("passphrase: ").encode()
+            if confirm and getpass.getpass("again: ").encode() != first:
+                raise KeystoreError("passphrases do not match")
+        except EOFError:  # Ctrl-D at the prompt (it was a traceback)
+            raise KeystoreError(
+                "no passphrase: the prompt was closed (end of input); type it, or use "
+                "--passphrase-file FILE or set EDGEFLEET_PASSPHRASE"
+            ) from None
         return first
     raise KeystoreError("no passphrase: use --passphrase-file FILE or set EDGEFLEET_PASSPHRASE")
 
