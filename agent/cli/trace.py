@@ -129,6 +129,8 @@ def _roots(args: argparse.Namespace, data: DataDir | None) -> FleetRoots | None:
 
 def _session(args: argparse.Namespace) -> TraceSession:
     data = DataDir(args.data)
+    if not data.devices.is_dir():  # before the fleet root: the directory is what is wrong
+        raise CliError(f"{args.data}: not a fleet data dir (no devices/ directory)")
     roots = _roots(args, data)
     assert roots is not None
     try:

@@ -131,9 +131,13 @@ def load_roots(path: Path) -> FleetRoots:
     if path.is_dir():
         path = path / FLEET_ROOT
     try:
-        doc = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as exc:
+        raise KeystoreError(f"{path}: cannot read the fleet root ({exc.strerror})") from None
+    try:
+        doc = json.loads(text)
         key = PublicKey(bytes.fromhex(doc["public"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise KeystoreError(f"{path}: not a fleet root file ({exc})") from None
     return FleetRoots.of(key)
 
