@@ -108,18 +108,26 @@ def provision(
         for dev in cfg.devices:
             ddir = data.device(dev.name)
             if not (ddir / keystore.DEVICE_KEY).exists():
-                keystore.enroll_device(
-                    data.authority,
-                    authority,
-                    ddir,
-                    pw,
-                    kind=dev.kind,
-                    model=dev.model,
-                    site=dev.site,
-                    owner_x25519=_owner_key(cfg, dev, owners),
-                    now_ms=now_ms,
-                    cost=SIM_COST,
-                )
+                try:
+                    keystore.enroll_device(
+                        data.authority,
+                        authority,
+                        ddir,
+                        pw,
+                        kind=dev.kind,
+                        model=dev.model,
+                        site=dev.site,
+                        owner_x25519=_owner_key(cfg, dev, owners),
+                        now_ms=now_ms,
+                        cost=SIM_COST,
+                    )
+                except keystore.KeystoreError as exc:
+                    if not (ddir / keystore.DEVICE_CERT).exists():
+                        raise  # nothing enrolled yet (a full disk, say): the run's error
+                    # Enrolled before and its key lost since: this device fails alone, as one
+                    # whose key will not open does (README, "Exit status of run").
+                    failed[dev.name] = exc
+                    continue
             try:
                 devices[dev.name] = _load_device(ddir, pw)
             except keystore.KeystoreError as exc:
