@@ -781,14 +781,14 @@ class FleetRunner:
             for dom in dev.domains:
                 members[dom].add(member)
         if unnamed:
-            log.warning(
-                "%s: not enrolled in %s and without an `id:` in %s: the devices run here do not "
-                "hear %s (give each its device id, docs/DEPLOY.md 6.2)",
-                ", ".join(unnamed),
-                self.data.root,
-                cfg.source,
-                "it" if len(unnamed) == 1 else "them",
+            unheard = (
+                f"{', '.join(unnamed)}: not enrolled in {self.data.root} and without an `id:` in "
+                f"{cfg.source}: the devices run here do not hear "
+                f"{'it' if len(unnamed) == 1 else 'them'} (give each its device id, "
+                "docs/DEPLOY.md 6.2)"
             )
+            log.warning("%s", unheard)
+            self._notes = (*self._notes, unheard)  # under the live view's table too
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
         stores: list[Store] = []
         for name in self.local:
