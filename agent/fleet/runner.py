@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import random
 import signal
 import sys
@@ -58,6 +59,7 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
+from agent.fleet.runlock import DeviceInUse, lock_device
 from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
 from agent.fleet.sources import (
     SampleSource,
@@ -241,6 +243,7 @@ class FleetRunner:
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
         self._backlog: list[tuple[str, Sample]] = []  # samples a resume still owes devices
         self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
+        self._locks: list[int] = []  # the local devices' directories, locked (runlock.py)
         self._wall0 = time.monotonic()
         self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
         # Devices that failed before they could run (key, store): name -> (kind, site, line).
@@ -269,6 +272,24 @@ class FleetRunner:
 
     def _running(self) -> dict[str, DeviceAgent]:
         return {n: a for n, a in self.agents.items() if a.failure is None}
+
+    def _lock_devices(self, names: list[str]) -> None:
+        """One process per device (runlock.py): a device another run holds fails alone; when
+        every one is held, the whole run is refused (the fleet started twice)."""
+        busy: dict[str, DeviceInUse] = {}
+        for name in names:
+            try:
+                self._locks.append(lock_device(self.data.device(name)))
+            except DeviceInUse as exc:
+                busy[name] = exc
+        if busy and len(busy) == len(names):
+            raise FleetError(
+                f"{self.data.root}: {'its device is' if len(names) == 1 else 'every device is'}"
+                " in use by another edgefleet run on this data dir: stop that run first "
+                f"(`edgefleet status --data {self.data.root}` shows it)"
+            )
+        for name, held in busy.items():
+            self._device_failed(name, held)
 
     def _device_failed(self, name: str, exc: BaseException) -> None:
         """A device that cannot start: reported once, the others start."""
@@ -343,6 +364,10 @@ class FleetRunner:
                 f"within {STOP_GRACE_S:.0f} s, or a second signal): what they committed is "
                 "kept" + (f"; failed: {'; '.join(failed.values())}" if failed else "")
             ) from None
+        finally:
+            for fd in self._locks:  # after the stores closed: the devices may run elsewhere
+                os.close(fd)
+            self._locks = []
 
     async def _run(self) -> RunResult:
         raise_fd_limit()
@@ -376,6 +401,7 @@ class FleetRunner:
             raise prov.failed[broken[0]]  # nothing could run: the run itself fails
         for name in broken:
             self._device_failed(name, prov.failed[name])
+        self._lock_devices([n for n in self.local if n in prov.devices and n not in broken])
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
         self._sensors = SensorGuard(fleet, cfg)  # a model that raises fails its device alone
