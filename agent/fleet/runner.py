@@ -244,6 +244,7 @@ class FleetRunner:
         self._backlog: list[tuple[str, Sample]] = []  # samples a resume still owes devices
         self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
         self._locks: list[int] = []  # the local devices' directories, locked (runlock.py)
+        self._sim_start = cfg.start_ms  # where this run's simulated time began (its speed's)
         self._wall0 = time.monotonic()
         self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
         # Devices that failed before they could run (key, store): name -> (kind, site, line).
@@ -413,7 +414,7 @@ class FleetRunner:
             # a whole stood, are still to sign; the rest is skipped (realtime: time off).
             owed = -1 if recorded is None else recorded
             self._backlog = fast_forward(fleet, resume, self._done_until, owed)
-        start = fleet.now_ms
+        start = self._sim_start = fleet.now_ms
         end = None if self.opts.for_ms is None else start + self.opts.for_ms
         self.data_clock = SimClock(start)
         if self.opts.simulated_network:
@@ -1031,7 +1032,9 @@ class FleetRunner:
     def _speed(self, wall0: float) -> float:
         assert self.data_clock is not None
         wall = time.monotonic() - wall0
-        return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self.cfg.start_ms) / 1000 / wall
+        # This run's simulated time, not the fleet's since the file's start: a resumed run's
+        # speed read x421,169 at its start and crept down towards --speed 60 over minutes.
+        return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self._sim_start) / 1000 / wall
 
     def _final_view(self, result: RunResult) -> None:
         """The last run-status file (every device STOPPED or FAILED), and the view's last
