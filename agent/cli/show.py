@@ -104,6 +104,8 @@ class _Device:
 
 def _device(data_arg: Path, name: str) -> _Device:
     data = DataDir(data_arg)
+    if not data.devices.is_dir():
+        raise CliError(f"{data_arg}: not a fleet data dir (no devices/ directory)")
     ddir = data.device(name)
     if not (ddir / keystore.DEVICE_CERT).exists():
         known = ", ".join(data.device_names()) or "none"

@@ -129,6 +129,8 @@ def _roots(args: argparse.Namespace, data: DataDir | None) -> FleetRoots | None:
 
 def _session(args: argparse.Namespace) -> TraceSession:
     data = DataDir(args.data)
+    if not data.devices.is_dir():  # before the fleet root: the directory is what is wrong
+        raise CliError(f"{args.data}: not a fleet data dir (no devices/ directory)")
     roots = _roots(args, data)
     assert roots is not None
     try:
@@ -262,19 +264,31 @@ def _write_proofs(args: argparse.Namespace, session: TraceSession, trace: Trace)
     except OSError as exc:
         raise CliError(f"{args.tlog_proof}: cannot write ({exc.strerror})") from None
     written = [d for d in done if d.path is not None]
+    # One line per device and reason, not per reading: a day's trace has thousands.
+    missed: dict[tuple[str, str], list[int]] = {}
     for d in done:
         if d.path is None:
-            print(
-                f"edgefleet: no .tlog-proof for {trace.device_name(d.device_id)} height "
-                f"{d.height} reading {d.index}: {d.why}",
-                file=sys.stderr,
-            )
-    print(
-        f"tlog-proof: {len(written)} of {len(done)} readings written to {args.tlog_proof} "
-        f"(verifier keys in {args.tlog_proof / 'vkeys.txt'}); check them with: edgefleet "
-        f"verify-proof {args.tlog_proof}/*.tlog-proof --data {args.data}",
-        file=sys.stderr,
-    )
+            missed.setdefault((d.device_id, d.why), []).append(d.height)
+    for (device_id, why), heights in missed.items():
+        print(
+            f"edgefleet: no .tlog-proof for {len(heights)} reading(s) of "
+            f"{trace.device_name(device_id)} (heights {min(heights)}..{max(heights)}): {why}",
+            file=sys.stderr,
+        )
+    if any(why.startswith("no kept checkpoint") for _, why in missed):
+        print(
+            "edgefleet: devices offer their checkpoints to their witnesses every 30 s of the "
+            "network clock (the wall clock over a broker, even at --speed max): run the fleet "
+            "a minute or more first (docs/PROTOCOL.md 12.9)",
+            file=sys.stderr,
+        )
+    summary = f"tlog-proof: {len(written)} of {len(done)} readings written to {args.tlog_proof}"
+    if written:
+        summary += (
+            f" (verifier keys in {args.tlog_proof / 'vkeys.txt'}); check them with: edgefleet "
+            f"verify-proof {args.tlog_proof}/*.tlog-proof --data {args.data}"
+        )
+    print(summary, file=sys.stderr)
 
 
 def _verify_proof(args: argparse.Namespace) -> int:

@@ -97,7 +97,7 @@ def _web(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port {args.port}: expected 0..65535")
     _check_installed()
-    from agent.web.app import serve  # the framework only now: an optional extra
+    from agent.web.app import listen, serve  # the framework only now: an optional extra
     from agent.web.data import FleetData, WebError
 
     opening = _opening(args)
@@ -105,8 +105,15 @@ def _web(args: argparse.Namespace) -> int:
         fd = FleetData.open(args.data, opening)
     except WebError as exc:
         raise CliError(str(exc)) from None
-    print(f"edgefleet web: serving {args.data} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    serve(fd, args.host, args.port)
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:  # the port is taken, or the host is not ours
+        raise CliError(
+            f"--host {args.host} --port {args.port}: cannot listen ({exc.strerror or exc})"
+        ) from None
+    port = sock.getsockname()[1]
+    print(f"edgefleet web: serving {args.data} on http://{args.host}:{port}/ (Ctrl-C stops)")
+    serve(fd, sock)
     return 0
 
 

@@ -157,8 +157,9 @@ class _Expander:
         pattern = self.raw.devices[k].name if kind == "devices" else self.raw.sites[k].id
         first, last = same[0].i, same[-1].i
         what = "devices" if kind == "devices" else "sites"
+        count = len({p.i for p in same})  # an instance may meet one field's problem twice
         return (
-            f"{len(same)} {what} of group {clip(pattern)} ({kind}[{k}] i={first}..{last}; "
+            f"{count} {what} of group {clip(pattern)} ({kind}[{k}] i={first}..{last}; "
             f"the first shown)"
         )
 

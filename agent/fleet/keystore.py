@@ -71,9 +71,15 @@ def passphrase(file: str | None, *, confirm: bool = False) -> bytes:
     if env is not None:
         return env.encode()
     if sys.stdin.isatty():
-        first = getpass.getpass("passphrase: ").encode()
-        if confirm and getpass.getpass("again: ").encode() != first:
-            raise KeystoreError("passphrases do not match")
+        try:
+            first = getpass.getpass("passphrase: ").encode()
+            if confirm and getpass.getpass("again: ").encode() != first:
+                raise KeystoreError("passphrases do not match")
+        except EOFError:  # Ctrl-D at the prompt (it was a traceback)
+            raise KeystoreError(
+                "no passphrase: the prompt was closed (end of input); type it, or use "
+                "--passphrase-file FILE or set EDGEFLEET_PASSPHRASE"
+            ) from None
         return first
     raise KeystoreError("no passphrase: use --passphrase-file FILE or set EDGEFLEET_PASSPHRASE")
 
@@ -125,9 +131,13 @@ def load_roots(path: Path) -> FleetRoots:
     if path.is_dir():
         path = path / FLEET_ROOT
     try:
-        doc = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as exc:
+        raise KeystoreError(f"{path}: cannot read the fleet root ({exc.strerror})") from None
+    try:
+        doc = json.loads(text)
         key = PublicKey(bytes.fromhex(doc["public"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise KeystoreError(f"{path}: not a fleet root file ({exc})") from None
     return FleetRoots.of(key)
 

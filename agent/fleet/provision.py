@@ -108,18 +108,26 @@ def provision(
         for dev in cfg.devices:
             ddir = data.device(dev.name)
             if not (ddir / keystore.DEVICE_KEY).exists():
-                keystore.enroll_device(
-                    data.authority,
-                    authority,
-                    ddir,
-                    pw,
-                    kind=dev.kind,
-                    model=dev.model,
-                    site=dev.site,
-                    owner_x25519=_owner_key(cfg, dev, owners),
-                    now_ms=now_ms,
-                    cost=SIM_COST,
-                )
+                try:
+                    keystore.enroll_device(
+                        data.authority,
+                        authority,
+                        ddir,
+                        pw,
+                        kind=dev.kind,
+                        model=dev.model,
+                        site=dev.site,
+                        owner_x25519=_owner_key(cfg, dev, owners),
+                        now_ms=now_ms,
+                        cost=SIM_COST,
+                    )
+                except keystore.KeystoreError as exc:
+                    if not (ddir / keystore.DEVICE_CERT).exists():
+                        raise  # nothing enrolled yet (a full disk, say): the run's error
+                    # Enrolled before and its key lost since: this device fails alone, as one
+                    # whose key will not open does (README, "Exit status of run").
+                    failed[dev.name] = exc
+                    continue
             try:
                 devices[dev.name] = _load_device(ddir, pw)
             except keystore.KeystoreError as exc:
@@ -336,12 +344,15 @@ def read_sim_time(data: DataDir) -> int | None:
     return int(value) if value is not None else None
 
 
-def read_origin(data: DataDir, now_ms: int) -> int:
-    """The start time of a real-time fleet: set (to ``now_ms``, whole seconds) by its first run."""
+def read_origin(data: DataDir, now_ms: int, *, first: bool = False) -> int:
+    """The start time of a real-time fleet: set (to ``now_ms``, whole seconds) by its first run.
+    ``first``: nothing was signed here yet, so an origin already recorded is one a start that
+    was refused afterwards (no certificate yet, a broker that would not connect) left behind;
+    the fleet starts now, not back then with its readings stamped in the past."""
     path = data.root / FLEET_FILE
     with _locked(data):
         doc = json.loads(path.read_text()) if path.exists() else {}
-        if doc.get("origin_ms") is None:
+        if doc.get("origin_ms") is None or first:
             doc["origin_ms"] = now_ms - now_ms % 1000
             path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return int(doc["origin_ms"])

@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import random
 import signal
 import sys
@@ -58,6 +59,7 @@ from agent.fleet.provision import (
     shard_mark,
     write_sim_time,
 )
+from agent.fleet.runlock import DeviceInUse, lock_device
 from agent.fleet.serial_source import LiveSource, SerialFeed, serial_devices
 from agent.fleet.sources import (
     SampleSource,
@@ -241,6 +243,8 @@ class FleetRunner:
         self._done_until: dict[str, int] = {}  # device -> samples up to here are durable
         self._backlog: list[tuple[str, Sample]] = []  # samples a resume still owes devices
         self._flags: list[tuple[int, str]] = []  # clock jumps to sign: (jump ms, why)
+        self._locks: list[int] = []  # the local devices' directories, locked (runlock.py)
+        self._sim_start = cfg.start_ms  # where this run's simulated time began (its speed's)
         self._wall0 = time.monotonic()
         self._rates: dict[str, tuple[float, int, int]] = {}  # snapshot()'s, for its rates
         # Devices that failed before they could run (key, store): name -> (kind, site, line).
@@ -269,6 +273,24 @@ class FleetRunner:
 
     def _running(self) -> dict[str, DeviceAgent]:
         return {n: a for n, a in self.agents.items() if a.failure is None}
+
+    def _lock_devices(self, names: list[str]) -> None:
+        """One process per device (runlock.py): a device another run holds fails alone; when
+        every one is held, the whole run is refused (the fleet started twice)."""
+        busy: dict[str, DeviceInUse] = {}
+        for name in names:
+            try:
+                self._locks.append(lock_device(self.data.device(name)))
+            except DeviceInUse as exc:
+                busy[name] = exc
+        if busy and len(busy) == len(names):
+            raise FleetError(
+                f"{self.data.root}: {'its device is' if len(names) == 1 else 'every device is'}"
+                " in use by another edgefleet run on this data dir: stop that run first "
+                f"(`edgefleet status --data {self.data.root}` shows it)"
+            )
+        for name, held in busy.items():
+            self._device_failed(name, held)
 
     def _device_failed(self, name: str, exc: BaseException) -> None:
         """A device that cannot start: reported once, the others start."""
@@ -343,6 +365,10 @@ class FleetRunner:
                 f"within {STOP_GRACE_S:.0f} s, or a second signal): what they committed is "
                 "kept" + (f"; failed: {'; '.join(failed.values())}" if failed else "")
             ) from None
+        finally:
+            for fd in self._locks:  # after the stores closed: the devices may run elsewhere
+                os.close(fd)
+            self._locks = []
 
     async def _run(self) -> RunResult:
         raise_fd_limit()
@@ -360,7 +386,10 @@ class FleetRunner:
         if self._serial is not None:
             log.info("real time: serial sensors of %s", self._serial.describe())
         if self.opts.realtime:
-            origin = read_origin(self.data, self.real_clock.wall_ms())
+            # One process of the fleet (no shards sharing fleet.json) whose devices never signed
+            # here starts now, whatever origin a refused start recorded.
+            first = self.opts.resume and self.opts.shard[1] == 1 and self._recorded_time() is None
+            origin = read_origin(self.data, self.real_clock.wall_ms(), first=first)
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
         cfg = self.cfg
@@ -373,6 +402,7 @@ class FleetRunner:
             raise prov.failed[broken[0]]  # nothing could run: the run itself fails
         for name in broken:
             self._device_failed(name, prov.failed[name])
+        self._lock_devices([n for n in self.local if n in prov.devices and n not in broken])
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
         self._sensors = SensorGuard(fleet, cfg)  # a model that raises fails its device alone
@@ -384,7 +414,7 @@ class FleetRunner:
             # a whole stood, are still to sign; the rest is skipped (realtime: time off).
             owed = -1 if recorded is None else recorded
             self._backlog = fast_forward(fleet, resume, self._done_until, owed)
-        start = fleet.now_ms
+        start = self._sim_start = fleet.now_ms
         end = None if self.opts.for_ms is None else start + self.opts.for_ms
         self.data_clock = SimClock(start)
         if self.opts.simulated_network:
@@ -778,14 +808,14 @@ class FleetRunner:
             for dom in dev.domains:
                 members[dom].add(member)
         if unnamed:
-            log.warning(
-                "%s: not enrolled in %s and without an `id:` in %s: the devices run here do not "
-                "hear %s (give each its device id, docs/DEPLOY.md 6.2)",
-                ", ".join(unnamed),
-                self.data.root,
-                cfg.source,
-                "it" if len(unnamed) == 1 else "them",
+            unheard = (
+                f"{', '.join(unnamed)}: not enrolled in {self.data.root} and without an `id:` in "
+                f"{cfg.source}: the devices run here do not hear "
+                f"{'it' if len(unnamed) == 1 else 'them'} (give each its device id, "
+                "docs/DEPLOY.md 6.2)"
             )
+            log.warning("%s", unheard)
+            self._notes = (*self._notes, unheard)  # under the live view's table too
         by_id = {e.certificate.device_id: e.certificate.wire for e in prov.devices.values()}
         stores: list[Store] = []
         for name in self.local:
@@ -1002,7 +1032,9 @@ class FleetRunner:
     def _speed(self, wall0: float) -> float:
         assert self.data_clock is not None
         wall = time.monotonic() - wall0
-        return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self.cfg.start_ms) / 1000 / wall
+        # This run's simulated time, not the fleet's since the file's start: a resumed run's
+        # speed read x421,169 at its start and crept down towards --speed 60 over minutes.
+        return 0.0 if wall <= 0 else (self.data_clock.now_ms() - self._sim_start) / 1000 / wall
 
     def _final_view(self, result: RunResult) -> None:
         """The last run-status file (every device STOPPED or FAILED), and the view's last

@@ -79,7 +79,7 @@ def export_proofs(session: TraceSession, trace: Trace, directory: Path) -> list[
             if best is None or rank > best[:2]:
                 best = (rank[0], rank[1], note, cosigned)
         if best is None:
-            why = f"no kept checkpoint of {origin} covers height {e.height}"
+            why = f"no kept checkpoint of {origin} covers their blocks yet"
             out.append(Exported(None, e.device_id, e.height, e.index, None, 0, why))
             continue
         count, _, note, cosigned = best

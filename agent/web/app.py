@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -266,6 +267,7 @@ class LiveWeb:
         port: int,
     ) -> None:
         app = create_app(lambda: FleetData.open_when_ready(data, config), snapshot)
+        self._host, self._port = host, port
         self._server = _Embedded(
             uvicorn.Config(
                 app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2
@@ -275,7 +277,9 @@ class LiveWeb:
         self.url = ""
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name="edgefleet-web")
+        """Raises OSError when the address cannot be listened on (a port in use, say)."""
+        sock = listen(self._host, self._port)
+        self._task = asyncio.create_task(self._server.serve([sock]), name="edgefleet-web")
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # the error that stopped it (a port in use, say)
@@ -290,10 +294,30 @@ class LiveWeb:
             await self._task
 
 
-def serve(fd: FleetData, host: str, port: int) -> None:
-    """Serve until interrupted (Ctrl-C); uvicorn logs each request at info level."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port`` (0: any free port) for the server to serve on.
+    Bound here rather than by uvicorn, which answers an address it cannot bind with
+    ``sys.exit`` inside the event loop: that took the whole process down with a traceback (a
+    running fleet's, under ``run --web``). Raises OSError saying why (a port in use, a host
+    that is not this machine's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(fd: FleetData, sock: socket.socket) -> None:
+    """Serve on ``sock`` (``listen``) until interrupted (Ctrl-C); uvicorn logs each request at
+    info level."""
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(create_app(fd), host=host, port=port, log_level="info")
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @contextmanager

@@ -644,6 +644,18 @@ def test_a_wrong_site_pattern_in_a_group_of_300_is_one_error(
     )
 
 
+def test_a_broken_site_pattern_counts_each_device_of_the_group_once() -> None:
+    # A '}' forgotten in the sample file's `site: home-{i}`: it said "6 devices" of a group of 3.
+    group = {"name": "f-{i}", "count": 3, "kind": "refrigerator", "site": "home-{i"}
+    with pytest.raises(ConfigError) as info:
+        parse_fleet(doc(devices=[group]), F)
+    site = [p for p in info.value.problems if "field 'site'" in p]
+    assert site == [
+        f"{F}: 3 devices of group 'f-{{i}}' (devices[0] i=1..3; the first shown): field 'site': "
+        "bad pattern 'home-{i': expected '}' before end of string"
+    ], info.value.problems
+
+
 def test_a_start_outside_the_supported_years_is_refused() -> None:
     with pytest.raises(ConfigError, match="field 'start': expected a start from 1970 to 2999"):
         parse_fleet(doc(start=datetime(1969, 12, 31, tzinfo=UTC)), F)

@@ -128,6 +128,13 @@ def key_wrong_passphrase(data: Path) -> str:
     return str(key)
 
 
+def key_missing(data: Path) -> str:
+    """The key file gone (its certificate kept): it was the whole run's error, exit 2."""
+    ddir = DataDir(data).device(VICTIM)
+    (ddir / "device.key").unlink()
+    return str(ddir)
+
+
 def key_corrupted(data: Path) -> str:
     key = DataDir(data).device(VICTIM) / "device.key"
     flip(key, len(key.read_bytes()) // 2)
@@ -169,6 +176,7 @@ START_FAULTS = {
     "key mode 0644": (key_mode_0644, VICTIM, "chmod 600"),
     "key wrong passphrase": (key_wrong_passphrase, VICTIM, "passphrase"),
     "key corrupted": (key_corrupted, VICTIM, "restore it from a backup"),
+    "key missing": (key_missing, VICTIM, "restore the key from its backup"),
     "store header overwritten": (store_header_overwritten, STORE_VICTIM, "edgefleet restore"),
     "pending reading flipped": (pending_reading_flipped, STORE_VICTIM, "edgefleet restore"),
 }

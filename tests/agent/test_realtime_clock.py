@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from agent.config.devices import FleetConfig, load_fleet
+from agent.fleet.datadir import DataDir
+from agent.fleet.provision import read_origin
 from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from firmware_sim.clock import JUMP_SENSOR, RealClock, SimClock
 from tests.agent.runner_helpers import SAMPLE_FLEET, Content, read_fleet, write_fleet
@@ -26,6 +28,7 @@ from tests.conftest import FigureRecorder
 WALL0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
+DAY_MS = 24 * HOUR_MS
 
 
 class SetWall:
@@ -163,3 +166,25 @@ def test_the_sample_van_starts_a_realtime_run_without_its_scheduled_power_failur
     assert [c for c in van if c.sensor.startswith("alarm.") and c.value] == []
     assert {c.value for c in van if c.sensor == "power.on"} <= {1}
     assert result.devices["freezer-van"].stats.alarms == set()
+
+
+def test_a_first_realtime_run_after_a_refused_start_begins_now_not_at_the_refused_origin(
+    cfg: FleetConfig, tmp_path: Path
+) -> None:
+    # A start refused after the origin was recorded (a Pi run before its certificate was
+    # installed, a broker that would not connect) left fleet.json with an origin a day back and
+    # nothing signed. The first run that signs starts at its own now: before, its readings were
+    # stamped from the refused start's time (a day early) while the wall clock said otherwise.
+    data = tmp_path / "data"
+    data.mkdir()
+    assert read_origin(DataDir(data), WALL0_MS - DAY_MS) == WALL0_MS - DAY_MS
+    loop = SimClock(WALL0_MS)
+    result = run_realtime(cfg, data, loop, SetWall(loop, WALL0_MS))
+    assert result.sim_start_ms == WALL0_MS
+    found = contents(data)
+    assert found and all(found.values())
+    first = min(c.time_ms for readings in found.values() for c in readings)
+    assert first == WALL0_MS, f"first reading stamped {WALL0_MS - first} ms before the run began"
+
+    # A later run keeps the origin (the fleet has signed here): it resumes where it stood.
+    assert read_origin(DataDir(data), WALL0_MS + DAY_MS) == WALL0_MS

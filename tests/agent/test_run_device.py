@@ -9,6 +9,7 @@ on simulated time (`--for 1h` at full speed, in-memory network).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import shutil
 import stat
@@ -19,6 +20,9 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import build_parser, main
+from agent.config.devices import load_fleet
+from agent.fleet.runner import FleetRunner, RunOptions
+from agent.fleet.view import render
 from ledger.store import Store
 from tests.agent.runner_helpers import SMALL_FLEET, verify, write_fleet
 
@@ -367,3 +371,25 @@ def test_an_id_in_the_file_that_is_not_the_certificates_is_refused(
     err = _one_line(capsys)
     assert "device.cert: certifies device ef" in err
     assert f"gives fridge-1 the id {other}: correct its `id:` in the file" in err
+
+
+def test_the_peers_it_cannot_hear_are_a_note_under_the_live_view(site: Path) -> None:
+    # fleet.log alone had the warning: a maker starting the Pi at a terminal saw every domain
+    # "ok" and no word of the two freezers its fridge would never hear.
+    runner = FleetRunner(
+        load_fleet(site / "fleet.yaml"),
+        RunOptions(
+            data=site / "pi",
+            for_ms=10 * 60_000,
+            simulated_network=True,
+            view=False,
+            only=("fridge-1",),
+            passphrase=PASSPHRASE.encode,
+        ),
+    )
+    asyncio.run(runner.run())
+    notes = runner.snapshot().notes
+    want = "freezer-station, freezer-hospital: not enrolled in "
+    assert [n for n in notes if n.startswith(want)], notes
+    screen = "\n".join(render(runner.snapshot(), width=400, height=100))
+    assert f"! {want}" in screen

@@ -7,6 +7,7 @@ converge within a second or two of wall time. Every assertion reports its figure
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from agent.config.devices import FleetConfig, load_fleet
 from agent.fleet.datadir import DataDir
 from agent.fleet.provision import provision
-from agent.fleet.runner import RunResult
+from agent.fleet.runner import FleetRunner, RunOptions, RunResult
 from agent.transport.brokers import MosquittoBroker
 from agent.transport.mqtt import MqttTransport
 from tests.agent.conftest import require_mosquitto
@@ -29,6 +30,7 @@ from tests.agent.runner_helpers import (
     read_fleet,
     run_fleet,
     verify,
+    write_fleet,
 )
 
 SEED = 42  # the sample fleet's own seed
@@ -284,3 +286,21 @@ def test_a_run_resumed_at_its_start_time_does_not_record_the_start_again(
         f"the second zero-length run re-recorded {second.samples} samples of the start time "
         f"(stored readings {report.readings}, first run {first.samples})"
     )
+
+
+def test_a_resumed_runs_speed_is_its_own_simulated_time_over_its_wall_time(tmp_path: Path) -> None:
+    # The speed of the view and the summary line (x...) was the fleet's simulated time since
+    # the file's start over this run's wall time: a run resumed a day in read x421,169 at once
+    # and crept towards its --speed over minutes.
+    cfg = load_fleet(write_fleet(tmp_path / "cfg"))
+    data = tmp_path / "data"
+    hour, minutes_10 = 3_600_000, 600_000
+    opts = {"data": data, "simulated_network": True, "view": False}
+    asyncio.run(FleetRunner(cfg, RunOptions(for_ms=hour, **opts)).run())
+    second = FleetRunner(cfg, RunOptions(for_ms=minutes_10, **opts))
+    result = asyncio.run(second.run())
+    assert result.sim_start_ms == cfg.start_ms + hour
+    snap = second.snapshot()
+    simulated_s = (snap.sim_ms - result.sim_start_ms) / 1000
+    assert minutes_10 / 1000 <= simulated_s < hour / 1000
+    assert snap.speed * snap.wall_s == pytest.approx(simulated_s, rel=0.05)

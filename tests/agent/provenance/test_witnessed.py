@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,34 @@ def test_tlog_proofs_of_a_bags_readings_verify_and_tampering_fails(
         capsys, "verify-proof", str(files[0]), "--data", str(blood.data), "--witnesses", "3"
     )
     assert status == 1 and "does NOT verify" in text, text
+
+
+def test_readings_no_checkpoint_covers_are_one_line_per_custodian_not_per_reading(
+    blood: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A fleet run for less than a witnessing round (the README tour's `--speed max` day over a
+    # broker: about 20 s of wall clock) has no checkpoints: each of the bag's 1,000-odd
+    # readings was a line of its own on stderr.
+    dd = _copy(blood, tmp_path)
+    for name in CUSTODIANS:
+        with sqlite3.connect(dd.store_path(name)) as db:
+            db.execute("DELETE FROM checkpoints")
+    epc = _bag(blood)
+    out = tmp_path / "proofs"
+    capsys.readouterr()
+    main(["trace", epc, "--data", str(dd.root), "--tlog-proof", str(out), "--format", "json"])
+    lines = capsys.readouterr().err.splitlines()
+    with TraceSession(dd, blood.roots) as s:
+        evidence = len(s.trace(epc).evidence)
+    assert evidence > len(CUSTODIANS)
+    missed = [line for line in lines if line.startswith("edgefleet: no .tlog-proof for ")]
+    assert len(missed) == len(CUSTODIANS), lines
+    counted = 0
+    by_device = sorted(missed, key=lambda s: s.split(" of ")[1])
+    for name, line in zip(sorted(CUSTODIANS), by_device, strict=True):
+        assert f" reading(s) of {name} (heights " in line and "no kept checkpoint" in line, line
+        counted += int(line.removeprefix("edgefleet: no .tlog-proof for ").split(" ")[0])
+    assert counted == evidence
+    assert any("every 30 s of the network clock" in line for line in lines), lines
+    assert lines[-1] == f"tlog-proof: 0 of {evidence} readings written to {out}", lines
+    assert list(out.glob("*.tlog-proof")) == []
