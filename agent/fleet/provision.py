@@ -358,6 +358,17 @@ def read_origin(data: DataDir, now_ms: int, *, first: bool = False) -> int:
         return int(doc["origin_ms"])
 
 
+def recorded_origin(data: DataDir) -> int | None:
+    """The origin a real-time run recorded in ``data`` (None: no real-time run set one)."""
+    path = data.root / FLEET_FILE
+    if not path.exists():
+        return None
+    with _locked(data):
+        doc = json.loads(path.read_text()) if path.exists() else {}
+    origin = doc.get("origin_ms")
+    return origin if isinstance(origin, int) else None
+
+
 def shard_mark(data: DataDir, key: str, index: int, count: int, state: str) -> dict[int, str]:
     """Record that shard ``index`` of ``count`` reached ``state`` in the run named ``key``;
     return every shard's state for that run (a barrier shared through fleet.json)."""

@@ -56,6 +56,7 @@ from agent.fleet.provision import (
     provision,
     read_origin,
     read_sim_time,
+    recorded_origin,
     shard_mark,
     write_sim_time,
 )
@@ -392,6 +393,11 @@ class FleetRunner:
             origin = read_origin(self.data, self.real_clock.wall_ms(), first=first)
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
+        elif self.opts.resume and (recorded := recorded_origin(self.data)) is not None:
+            # A real-time fleet's data dir: its models started at the origin, so a simulated
+            # run resumes them from there too. From the file's start they were stepped over
+            # every second between it and the real-time runs (11 months of steps, 6.6 GB).
+            self.cfg = _with_start(self.cfg, recorded)
         cfg = self.cfg
         self._restoring = self._restore_candidates()
         prov = provision(
