@@ -42,7 +42,8 @@ STATUS_FORMAT = "edgefleet-run-status/1"
 # (DeviceRow.counters keys) that make each. An honest fleet keeps every one at zero.
 TROUBLE: dict[str, tuple[str, ...]] = {
     # dropped, charged to nobody: no proof of the sender (forged, bit-flipped, unknown key,
-    # an older wire version)
+    # an older wire version); a member's message that came before its credentials is held and
+    # counted only if they do not prove it (auth.Awaiting, docs/PROTOCOL.md 12.1.5)
     "unproven": (
         "gossip.unattributable",
         "gossip.old_version",

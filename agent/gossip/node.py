@@ -141,6 +141,7 @@ class GossipNode:
         # bounded by the tracked members: only they are asked).
         self._ask_credit: dict[str, int] = {}
         self._asked: dict[str, int] = {}
+        self._awaiting = auth.Awaiting()  # messages waiting for their sender's credentials
         # When each member last sent a proven message (the runtime's liveness reads it:
         # presence is only a hint, docs/PROTOCOL.md 13.3). Bounded by the members.
         self._heard: dict[str, int] = {}
@@ -193,6 +194,7 @@ class GossipNode:
             self._witness.on_known(event)
         else:
             raise UsageError(f"gossip node: unknown input {type(event).__name__}")
+        self._awaiting.settle(self._ctx.trust, now_ms, self._ctx.counters)
         return self._ctx.take()
 
     def handle_timer(self, now_ms: int) -> list[Action]:
@@ -207,6 +209,7 @@ class GossipNode:
         self._restore.step()
         self._summaries.on_timer()
         self._witness.on_timer(self._restore.active)
+        self._awaiting.settle(ctx.trust, now_ms, ctx.counters)
         return ctx.take()
 
     def next_deadline(self) -> int | None:
@@ -219,6 +222,7 @@ class GossipNode:
             ctx.peers.next_expiry(),
             self._restore.deadline(),
             self._witness.deadline(),
+            self._awaiting.deadline(),
         ]
         return min(t for t in times if t is not None)
 
@@ -375,6 +379,9 @@ class GossipNode:
                 ctx.counters[auth.UNATTRIBUTABLE] -= 1
                 ctx.counters[f"unattributable_{verdict.reason}"] -= 1
                 self._on_message(ev, retry=False)
+            elif verdict.unknown in ctx.tracked and verdict.unknown != self.device_id:
+                # a tracked device whose credentials have not arrived yet: judged when they do
+                self._awaiting.hold(verdict, ev.payload, ctx.now, ctx.counters)
             return
         peer, msg = opened.peer, opened.msg
         rec = ctx.peers.get(peer)

@@ -257,3 +257,93 @@ def open_envelope(
     if msg.sender != peer:  # the decoder read the same bytes: a bug, never a peer's doing
         raise UsageError(f"decoded sender {msg.sender} is not the proven sender {peer}")
     return Opened(peer, msg, verdict.tag, verdict.signed), verdict
+
+
+# How long a message from a tracked device waits for that device's credentials (network time),
+# and how much is held: past these it is counted unattributable at once.
+AWAIT_MS: Final = 60_000
+AWAIT_PER_SENDER: Final = 8
+AWAIT_BYTES: Final = 262_144
+
+
+class Awaiting:
+    """Messages refused only because their sender's certificate had not arrived yet (reason
+    ``unknown_sender``), from a device the core tracks: held, not acted on, and judged once the
+    credentials arrive (docs/PROTOCOL.md 12.1.5). A device that joins a fleet on another
+    machine learns its peers' certificates from their CERTS, and their first broadcasts may
+    come before them: that is not an attack, so it is not counted unattributable while it
+    waits. When the trust store changes, each held message is authenticated again: proven, it
+    is counted ``proven_late`` (and dropped all the same: its sender repeats what matters);
+    refused now that its sender is known (a bad signature under the learned key, an unknown
+    key id, a revoked key), it is counted ``unattributable`` with that reason. A message whose
+    sender's credentials do not arrive within ``hold_ms`` is counted ``unattributable`` with
+    its first reason. Anything else (an unknown key of a known sender, a bad signature, a
+    non-member) is counted at once, and so is a message past the bounds: ``per_sender``
+    messages of one sender, ``max_bytes`` in all. ``held_for_credentials`` counts the messages
+    held."""
+
+    def __init__(
+        self,
+        hold_ms: int = AWAIT_MS,
+        per_sender: int = AWAIT_PER_SENDER,
+        max_bytes: int = AWAIT_BYTES,
+    ) -> None:
+        self.hold_ms = hold_ms
+        self.per_sender = per_sender
+        self.max_bytes = max_bytes
+        self._held: dict[str, list[tuple[int, bytes, str]]] = {}  # sender -> (until, bytes, why)
+        self._bytes = 0
+        self._version = -1  # the trust store's version the held messages were judged under
+
+    def __len__(self) -> int:
+        return sum(len(held) for held in self._held.values())
+
+    def hold(self, verdict: Verdict, payload: bytes, now: int, counters: Counter[str]) -> bool:
+        """Hold ``payload``, which ``open_envelope`` refused and counted for ``verdict.unknown``'s
+        missing credentials: its count is taken back until it is judged. False: over the bounds
+        (it stays counted unattributable)."""
+        sender = verdict.unknown
+        held = self._held.get(sender, [])
+        if verdict.reason != "unknown_sender" or len(held) >= self.per_sender:
+            return False
+        if self._bytes + len(payload) > self.max_bytes:
+            return False
+        self._held[sender] = [*held, (now + self.hold_ms, payload, verdict.reason)]
+        self._bytes += len(payload)
+        counters[UNATTRIBUTABLE] -= 1
+        counters[f"unattributable_{verdict.reason}"] -= 1
+        counters["held_for_credentials"] += 1
+        return True
+
+    def deadline(self) -> int | None:
+        """When the oldest held message runs out of time (None: nothing held)."""
+        return min((h[0][0] for h in self._held.values()), default=None)
+
+    def settle(self, trust: TrustStore, now: int, counters: Counter[str]) -> None:
+        """Judge what the trust store can judge now, and count what ran out of time."""
+        if not self._held:
+            return
+        changed = trust.version != self._version
+        self._version = trust.version
+        if not changed and now < (self.deadline() or now + 1):
+            return
+        for sender in list(self._held):
+            keep = []
+            for until, payload, reason in self._held[sender]:
+                verdict = authenticate(payload, trust) if changed else None
+                if verdict is not None and not verdict.refused:
+                    counters["proven_late"] += 1
+                elif verdict is not None and verdict.reason != "unknown_sender":
+                    counters[verdict.refused] += 1  # its sender is known now: not by this key
+                    counters[f"unattributable_{verdict.reason}"] += 1
+                elif now >= until:
+                    counters[UNATTRIBUTABLE] += 1
+                    counters[f"unattributable_{reason}"] += 1
+                else:
+                    keep.append((until, payload, reason))
+                    continue
+                self._bytes -= len(payload)
+            if keep:
+                self._held[sender] = keep
+            else:
+                del self._held[sender]

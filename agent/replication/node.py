@@ -88,6 +88,7 @@ class ReplicationNode:
         # When each member last sent a proven message (the runtime's liveness reads it:
         # presence is only a hint, docs/PROTOCOL.md 13.3). Bounded by the members.
         self._heard: dict[str, int] = {}
+        self._awaiting = auth.Awaiting()  # messages waiting for their sender's credentials
         self._two_clocks = False  # a data time was ever given (handle/handle_timer data_ms)
         self.owner = OwnerSide(ctx)
         self.holder = HolderSide(ctx)
@@ -136,6 +137,7 @@ class ReplicationNode:
             self.holder.on_replica_loaded(event)
         else:
             raise UsageError(f"replication node: unknown input {type(event).__name__}")
+        self._awaiting.settle(self._ctx.creds, self._ctx.now, self._ctx.counters)
         return self._take()
 
     def handle_timer(self, now_ms: int, data_ms: int | None = None) -> list[Action]:
@@ -144,12 +146,15 @@ class ReplicationNode:
         self._clocks(now_ms, data_ms)
         self.owner.on_timer()
         self.holder.on_timer()
+        self._awaiting.settle(self._ctx.creds, self._ctx.now, self._ctx.counters)
         return self._take()
 
     def next_deadline(self) -> int:
         """When ``handle_timer`` is next due on the network clock. Driven with one clock (no
         ``data_ms`` given), this includes the data clock's deadline too."""
         net = min(self.owner.next_deadline(), self.holder.next_deadline())
+        held = self._awaiting.deadline()
+        net = net if held is None else min(net, held)
         return net if self._two_clocks else min(net, self.owner.next_data_deadline())
 
     def next_data_deadline(self) -> int:
@@ -292,10 +297,13 @@ class ReplicationNode:
         if claimed is not None and claimed not in ctx.members:
             ctx.counters["dropped_foreign"] += 1
             return
-        opened, _ = auth.open_envelope(
+        opened, verdict = auth.open_envelope(
             claimed, ev.payload, wire.decode, ctx.creds, ctx.counters, self._offence, self._charged
         )
         if opened is None:
+            if verdict.unknown in ctx.members:
+                # a member whose credentials have not arrived yet: judged when they do
+                self._awaiting.hold(verdict, ev.payload, ctx.now, ctx.counters)
             return
         peer, msg = opened.peer, opened.msg
         if peer not in ctx.members:

@@ -183,6 +183,33 @@ def test_a_spoofed_request_naming_a_victim_draws_no_answer() -> None:
     assert stats is not None and (stats.malformed, stats.invalid) == (0, 0)
 
 
+def test_a_members_messages_before_its_credentials_wait_for_them_and_forgeries_still_count() -> (
+    None
+):
+    """A member on another machine is known by its id until its CERTS: what it sends before
+    them waits for them (held, not counted unproven: an honest fleet shows no trouble), and is
+    judged when they come: its own messages are proven then, a forgery in its name is not."""
+    authority, devices = _world()
+    member = devices[3]
+    node = _node(authority, devices, known=[d for d in devices if d is not member])
+    honest = sealed(wire.encode(wire.Summary(member.device_id, True, ())))
+    fake = forged(wire.encode(wire.Summary(member.device_id, False, ())), member, random.Random(6))
+    for k, payload in enumerate((honest, fake)):
+        out = node.handle(MessageReceived(None, payload), T0 + 1 + k)
+        assert not [s for s in _sends(out) if s.payload in (honest, fake)]
+    assert node.counters["held_for_credentials"] == 2
+    assert node.counters["unattributable"] == 0 and node.counters["proven_late"] == 0
+    assert (node.next_deadline() or 0) <= T0 + 1 + auth.AWAIT_MS
+    certs = wire.Certs(member.device_id, (member.certificate,), (), ())
+    node.handle(MessageReceived(None, sealed(wire.encode(certs))), T0 + 10)  # its hello
+    assert node.counters["proven_late"] == 1  # its own message, proven by its key
+    assert node.counters["unattributable"] == 1  # the forgery, under the key it does not hold
+    assert node.counters["unattributable_bad_signature"] == 1
+    assert node.counters["unattributable_unknown_sender"] == 0
+    node.handle_timer(T0 + 10 + auth.AWAIT_MS)  # nothing held is counted twice
+    assert node.counters["unattributable"] == 1 and node.counters["proven_late"] == 1
+
+
 def test_unproven_traffic_naming_a_device_whose_key_is_unknown_never_draws_more_bytes() -> None:
     """The one answer unproven traffic can draw: a hello to a member whose key is unknown (so
     it can greet back with its credentials), sent only once the unproven bytes received in its
@@ -199,7 +226,12 @@ def test_unproven_traffic_naming_a_device_whose_key_is_unknown_never_draws_more_
         out = node.handle(MessageReceived(None, payload), T0 + 10 * k)
         sent += sum(len(s.payload) for s in _sends(out))
     assert 0 < sent <= received
+    # the first few waited for its credentials (held), the rest were counted at once
+    assert node.counters["held_for_credentials"] == auth.AWAIT_PER_SENDER
+    assert node.counters["unattributable_unknown_sender"] == 300 - auth.AWAIT_PER_SENDER
+    node.handle_timer(T0 + 3_000 + auth.AWAIT_MS)  # its credentials never came
     assert node.counters["unattributable_unknown_sender"] == 300
+    assert node.counters["proven_late"] == 0
     hellos = node.counters["hellos_sent"] - 4  # the four greetings of the peers coming up
     assert 1 <= hellos <= 300 * 10 // FAST.anti_entropy_ms + 1
 
@@ -352,7 +384,9 @@ def test_a_member_certified_by_another_fleet_is_never_learned_nor_heard() -> Non
     announce = wire.Announce(outsider.device_id, tuple(outsider.header_wires()))
     node.handle(MessageReceived(None, sealed(wire.encode(announce))), T0 + 1)
     assert node.head(outsider.device_id) is None
+    node.handle_timer(T0 + 1 + auth.AWAIT_MS)  # held for credentials that never came
     assert node.counters["received_announce"] == 0 and node.counters["unattributable"] >= 1
+    assert node.counters["proven_late"] == 0
 
 
 def test_a_bit_flipped_broadcast_is_refused_by_every_receiver_whose_process_saw_the_real_one() -> (

@@ -32,6 +32,7 @@ from agent.gossip.inputs import (
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
+from agent.protocol.auth import AWAIT_MS
 from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from ledger.evidence import decode_evidence, make_evidence, verify_evidence
 from tests.conftest import FigureRecorder
@@ -166,13 +167,17 @@ def test_unenrolled_and_forged_devices_are_ignored_not_stored_not_forwarded(
     relay = devices[2].device_id
     out = node.handle(_announce(rogue.device_id, rogue.header_wires()[0]), T0)
     assert not _stored(out) and not _forwarded(out)
-    # Its key is unknown: nothing it sends is proven, so nothing is answered or charged.
-    assert node.counters["unattributable_unknown_sender"] == 1
+    # Its key is unknown: nothing it sends is proven, so nothing is answered or charged (a
+    # member's message waits for its credentials, docs/PROTOCOL.md 12.1.5).
+    assert node.counters["held_for_credentials"] == 1
     hello = wire.Certs(rogue.device_id, (rogue.certificate,), (), ())
     out = node.handle(MessageReceived(rogue.device_id, sealed(wire.encode(hello))), T0 + 5)
     assert not _stored(out) and not _forwarded(out)
     assert node.counters["certificate_invalid"] == 1  # learned from the content: not ours
+    assert node.counters["held_for_credentials"] == 2  # still unknown: still held
+    node.handle_timer(T0 + 5 + AWAIT_MS)  # its credentials never came: both counted
     assert node.counters["unattributable_unknown_sender"] == 2
+    assert node.counters["proven_late"] == 0
     assert node.counters["penalty_invalid"] == 0
     certs = wire.Certs(relay, (rogue.certificate,), (), ())
     out = node.handle(MessageReceived(relay, sealed(wire.encode(certs))), T0 + 6)

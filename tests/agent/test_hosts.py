@@ -372,6 +372,18 @@ def test_every_chain_is_verified_by_its_domain_peers_on_the_other_hosts(fleet: F
                 assert store.peer_header_wires(other_id), (dev.host, other.name)
 
 
+def test_an_honest_fleet_on_three_hosts_shows_no_trouble(fleet: Fleet) -> None:
+    """Each host learned the others' certificates from their CERTS, and their first broadcasts
+    (replication's SPACE adverts, gossip's) can come before them: held until the credentials
+    arrive and proven then, never counted unproven (docs/PROTOCOL.md 12.1.5, 13.x)."""
+    for dev in DEVICES:
+        status = json.loads((fleet.data(dev.host) / "run-status.json").read_text())
+        [row] = status["devices"]
+        assert row["name"] == dev.name and row["state"] == "STOPPED", row
+        assert set(row["trouble"].values()) == {0}, (dev.host, row["trouble"])
+        assert row["muted"] == [] and row["excluded"] == [], row
+
+
 def test_a_tag_read_at_the_pi_is_traced_from_another_host_with_verified_proofs(
     fleet: Fleet, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from agent.protocol.auth import AWAIT_MS
 from agent.protocol.sim import SimDevice, sealed, unseal
 from agent.replication import wire
 from agent.replication.actions import (
@@ -152,6 +153,9 @@ def test_a_store_from_an_owner_whose_key_is_unknown_is_unattributable_and_unansw
     )
     out = node.handle(msg_from(w.id(1), w.store(1, 0)), T0)
     assert sent(out) == []  # nothing is answered to a sender that is not proven
+    assert node.counters["held_for_credentials"] == 1  # a member's: it waits for its credentials
+    assert node.next_deadline() <= T0 + AWAIT_MS
+    assert sent(node.handle_timer(T0 + AWAIT_MS)) == []  # they never came
     assert node.counters["unattributable_unknown_sender"] == 1
     assert node.score(w.id(1)) == 100
 

@@ -69,7 +69,9 @@ def test_replication_places_a_stalled_block_once_gossip_learned_the_holders() ->
         replication.handle(advert, T0)
     out = replication.handle(OwnBlockSealed(w.devices[0].blocks[0]), T0)
     assert sent_of(out, wire.Store) == []  # no holder's key is known: no advert is proven
-    assert replication.counters["unattributable_unknown_sender"] == 4
+    # members whose credentials have not arrived yet: held, not counted unproven
+    assert replication.counters["held_for_credentials"] == 4
+    assert replication.counters["unattributable"] == 0
     for c in w.certificates:
         gossip.handle(CertificateKnown(c), T0)
     out = []
@@ -77,3 +79,5 @@ def test_replication_places_a_stalled_block_once_gossip_learned_the_holders() ->
         out += replication.handle(advert, T0 + 1)
     out += replication.handle(CredentialKnown("certificate", w.certificates[1]), T0 + 1)
     assert len(sent_of(out, wire.Store)) == replication.config.replicas
+    assert replication.counters["proven_late"] == 4  # the held adverts, proven once learned
+    assert replication.counters["unattributable"] == 0
