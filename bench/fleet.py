@@ -44,6 +44,9 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
   that drops or delays is not); and ``header_latency_p99_ms`` is below ``latency_p99_ms`` (one
   anti-entropy interval: a header may need one repair round, but no queue may build up).
   ``why_not`` lists the rules broken (and a shard's failure, with its stderr tail);
+  ``lag_cause``: when the lag rule broke, why in words (``lag_cause``: the busiest loop at 90%
+  or more, 50 or more store jobs waiting, 100 or more senders waiting for a send slot, or the
+  loop running late with CPU to spare);
 - ``header_latency_p50_ms`` / ``header_latency_p99_ms``: from the seal (observer event
   ``OwnBlockSealed`` at the sealing device) to acceptance (``HeadersAccepted`` covering that
   height) at each domain peer (all devices are live), network clock (wall time in ms, the same
@@ -1117,7 +1120,49 @@ def merge(
     reasons = failures(plan, out, reports)
     out["keeps_up"] = not reasons
     out["why_not"] = reasons
+    out["lag_cause"] = lag_cause(plan, out)
     return out
+
+
+# What counts as standing out in a trial that fell behind (``lag_cause``).
+LAG_BUSY = 0.9  # the busiest loop's CPU share: the machine's CPU is what it lacks
+LAG_STORE_JOBS = 50  # store jobs waiting at once, largest sample
+LAG_SEND_WAITERS = 100  # senders waiting for a slot in a connection's window, largest sample
+LAG_LOOP_LATE_MS = 100  # loop lag p50 with CPU to spare
+
+
+def lag_cause(plan: Plan, out: Mapping[str, Any]) -> str:
+    """Why the simulation fell behind the wall clock, in words ("" when it kept pace). A step
+    waits until its readings are durable and the blocks it sealed are announced, so a lag is
+    CPU, the store threads or the send window; the backlogs sampled in the window say which."""
+    lag = out.get("lag_ms")
+    if lag is None or lag < plan.lag_ms:
+        return ""
+    backlogs = out.get("backlogs") or {}
+    busy = out.get("loop_busy") or 0.0
+    jobs = backlogs.get("store_jobs", {}).get("max", 0)
+    waiters = backlogs.get("send_waiters", {}).get("max", 0)
+    late = out.get("loop_lag_p50_ms") or 0.0
+    causes = []
+    if busy >= LAG_BUSY:
+        causes.append(f"CPU: the busiest event loop was {busy:.0%} busy")
+    if jobs >= LAG_STORE_JOBS:
+        causes.append(
+            f"the store threads: up to {jobs} store jobs waited (each member writes each header "
+            "of its domain to its own store, and a step's commits queue behind them)"
+        )
+    if waiters >= LAG_SEND_WAITERS:
+        causes.append(
+            f"the send window: up to {waiters} senders waited for a slot (a step waits for the "
+            "announcements of the blocks it sealed)"
+        )
+    if busy < LAG_BUSY and late >= LAG_LOOP_LATE_MS:
+        causes.append(
+            f"the event loop ran late (p50 {late} ms) with CPU to spare ({busy:.0%} busy): it "
+            f"waited for the GIL the store threads hold, or for the collector "
+            f"({out.get('gc_ms_per_s')} ms a second, pauses up to {out.get('gc_max_pause_ms')} ms)"
+        )
+    return "; ".join(causes) or "no backlog stands out: see per_shard and the backlogs"
 
 
 def backlog_figures(reports: Sequence[ShardReport]) -> dict[str, Any]:
@@ -1665,6 +1710,7 @@ TABLE = (
     "dup_factor",
     "header_miss_rate",
     "loss_stage",
+    "lag_cause",
 )
 
 

@@ -34,6 +34,7 @@ from bench.fleet import (
     _plan,
     _shapes,
     fleet_config,
+    lag_cause,
     merge,
     message_crypto_off,
     run_shard_processes,
@@ -544,6 +545,31 @@ def test_the_stage_that_lost_the_deliveries_is_named() -> None:
     assert stage(_with_losses(bare, routed=3)).startswith(
         "received, not accepted: 9 pairs never accepted by the stop"
     )
+
+
+def test_a_trial_that_fell_behind_says_why() -> None:
+    def cause(**figures: object) -> str:
+        base: dict[str, object] = {
+            "lag_ms": 16_000,
+            "loop_busy": 0.6,
+            "loop_lag_p50_ms": 20.0,
+            "gc_ms_per_s": 30.0,
+            "gc_max_pause_ms": 120.0,
+            "backlogs": {"store_jobs": {"max": 3}, "send_waiters": {"max": 0}},
+        }
+        return lag_cause(PLAN, base | figures)
+
+    assert cause(lag_ms=PLAN.lag_ms - 1) == ""  # kept pace: nothing to explain
+    assert cause(loop_busy=0.95).startswith("CPU: the busiest event loop was 95% busy")
+    stores = cause(backlogs={"store_jobs": {"max": 451}, "send_waiters": {"max": 0}})
+    assert stores.startswith("the store threads: up to 451 store jobs waited")
+    sends = cause(backlogs={"store_jobs": {"max": 0}, "send_waiters": {"max": 1382}})
+    assert sends.startswith("the send window: up to 1382 senders waited for a slot")
+    late = cause(loop_lag_p50_ms=222.7)
+    assert late.startswith("the event loop ran late (p50 222.7 ms) with CPU to spare (60% busy)")
+    assert cause() == "no backlog stands out: see per_shard and the backlogs"
+    both = cause(loop_busy=0.95, backlogs={"store_jobs": {"max": 60}, "send_waiters": {}})
+    assert both.count("; ") == 1  # every cause that stands out, CPU first
 
 
 def test_the_mixed_shape_puts_households_of_two_inside_streets() -> None:
