@@ -46,6 +46,7 @@ code                   class                     raised when
 ``broker-tls``         ``BrokerTlsError``        a broker certificate cannot be issued or read
 ``fleet-log``          ``FleetLogError``         the heads log cannot be read, extended or served
 ``sensor``             ``SensorError``           a simulated appliance's sensors raised
+``device-in-use``      ``DeviceInUse``           another run on this data dir runs the device
 =====================  ========================  ================================================
 
 This module imports nothing of ours, so that every room may import it.
