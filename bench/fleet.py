@@ -162,9 +162,14 @@ running when the window opens. paho kept 100 publishes in flight per connection,
 1,000 devices sent about 900 messages a second, whatever the CPU. A hub now gets one in flight
 per device it carries (``agent.transport.mqtt.hub_options``, up to 1,000): 2,000 devices keep
 up (every pair in time, p99 2.1 s, dup 1.09, lag 1 ms, 0.87 CPU ms per device-second, loops
-62-64% busy). 3,000 do not (2.6 CPU s a second would be needed at that cost; the start-up
-exchange of 93,000 hellos was still running 15 s after the last shard started, and reading the
-whole socket each turn instead of 256 packets changed nothing).
+62-64% busy; 0.70 ms and 50% on a quiet machine). 2,500 get every pair in time but fall
+behind the wall clock (lag 1.7 s: ``lag_cause`` names up to 1,118 senders waiting for a send
+slot, and the loops running 180 ms late with CPU to spare, the collector taking 59 ms a second).
+3,000 do not: the start-up exchange of 93,000 hellos was still running 15 s after the last shard
+started, and reading the whole socket each turn instead of 256 packets changed nothing. Nor did
+letting a step go on while the blocks it sealed wait for their announcement (at 2,500: 64% of
+the pairs missed, the sends' window still full): the connections do not read their PUBACKs
+fast enough (1 MB unread) while the loops run late.
 
 Shapes (issue 14 section 3). The gossip domains' shape is a dimension: ``--shapes`` (default
 ``32,256,1000,2x128``) lists plain domains of N devices, and ``HxN``, the sample devices.yaml's
