@@ -385,7 +385,12 @@ class DeviceAgent:
         self._rearm_seal_timer()
 
     def _count(self, batch: list[Sample], refused: int) -> None:
-        self.stats.readings += len(batch) - (self.stats.counters["time-refused"] - refused)
+        self.stats.readings += self._signed(batch, refused)
+
+    def _signed(self, batch: list[Sample], refused: int) -> int:
+        """How many of ``batch`` were signed: those not refused as the past since the
+        time-refused count was ``refused``."""
+        return len(batch) - (self.stats.counters["time-refused"] - refused)
 
     def _rearm_seal_timer(self) -> None:
         deadline = self.policy.deadline(self._oldest_pending_ms)
@@ -669,7 +674,12 @@ async def ingest(batches: Iterable[tuple[DeviceAgent, list[Sample]]]) -> None:
             if not agent.direct:
                 await agent.submit(samples)  # may wait for room in its queue
                 continue
-            await agent.ctx.lock.acquire()  # free (``direct``): taken without waiting
+            # Free (``direct``), but a job that just released it may have a waiter to hand it
+            # to first: then the device may have failed meanwhile, and signs nothing more.
+            await agent.ctx.lock.acquire()
+            if agent.failure is not None:
+                agent.ctx.lock.release()
+                continue
             now, refused = agent._ingest_begins(samples)
             job = _Direct(agent, samples, now, refused, agent.ctx.take_unwritten())
             jobs.setdefault(id(agent.ctx.executor), []).append(job)
@@ -760,7 +770,7 @@ def _despite(
     result = own[k]
     if isinstance(result, BaseException):
         return result
-    signed = len(job.samples) - (job.agent.stats.counters["time-refused"] - job.refused)
+    signed = job.agent._signed(job.samples, job.refused)
     return failure if result.blocks or signed else result
 
 

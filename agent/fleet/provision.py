@@ -364,7 +364,7 @@ def recorded_origin(data: DataDir) -> int | None:
     if not path.exists():
         return None
     with _locked(data):
-        doc = json.loads(path.read_text()) if path.exists() else {}
+        doc = json.loads(path.read_text())
     origin = doc.get("origin_ms")
     return origin if isinstance(origin, int) else None
 

@@ -386,18 +386,20 @@ class FleetRunner:
     async def _run_fleet(self) -> RunResult:
         if self._serial is not None:
             log.info("real time: serial sensors of %s", self._serial.describe())
+        # Where the fleet stands (each local store read once; provisioning adds no reading).
+        resume = recorded = self._recorded_time()
         if self.opts.realtime:
             # One process of the fleet (no shards sharing fleet.json) whose devices never signed
             # here starts now, whatever origin a refused start recorded.
-            first = self.opts.resume and self.opts.shard[1] == 1 and self._recorded_time() is None
+            first = self.opts.resume and self.opts.shard[1] == 1 and recorded is None
             origin = read_origin(self.data, self.real_clock.wall_ms(), first=first)
             self.cfg = _with_start(self.cfg, origin)
             self.opts.speed = 1.0
-        elif self.opts.resume and (recorded := recorded_origin(self.data)) is not None:
+        elif self.opts.resume and (origin_ms := recorded_origin(self.data)) is not None:
             # A real-time fleet's data dir: its models started at the origin, so a simulated
             # run resumes them from there too. From the file's start they were stepped over
             # every second between it and the real-time runs (11 months of steps, 6.6 GB).
-            self.cfg = _with_start(self.cfg, recorded)
+            self.cfg = _with_start(self.cfg, origin_ms)
         cfg = self.cfg
         self._restoring = self._restore_candidates()
         prov = provision(
@@ -412,7 +414,6 @@ class FleetRunner:
         make = self.opts.source or simulation
         fleet = make(cfg, self._step_ms())
         self._sensors = SensorGuard(fleet, cfg)  # a model that raises fails its device alone
-        resume = recorded = self._recorded_time()
         if self.opts.realtime and recorded is not None:
             resume = self._realtime_resume(recorded)
         if resume is not None and resume >= fleet.now_ms:

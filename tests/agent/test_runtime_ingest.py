@@ -163,6 +163,35 @@ def test_a_device_that_fails_in_a_step_fails_alone(tmp_path: Path) -> None:
     fleet.run(scenario)
 
 
+def test_a_device_that_fails_while_a_step_waits_for_its_lock_signs_nothing_more(
+    tmp_path: Path,
+) -> None:
+    """The lock looks free (``direct``) but a job that waited for it gets it first, and fails
+    the device: the step, which then gets the lock, signs nothing for it; the other runs on."""
+    fleet = Fleet(tmp_path, 2)
+
+    async def scenario() -> None:
+        await fleet.step(START_MS + 1000)
+        dev = fleet.agents[0]
+        await dev.ctx.lock.acquire()
+
+        async def failing() -> None:
+            async with dev.ctx.lock:
+                dev.fail(RuntimeError("its store failed"))
+
+        waiter = asyncio.create_task(failing())
+        await asyncio.sleep(0)  # queued on the lock
+        dev.ctx.lock.release()  # free, with a waiter to hand it to first
+        assert dev.direct
+        await fleet.step(START_MS + 2000)
+        await waiter
+        assert dev.failure is not None
+        assert fleet.stores[0].last_seq() == 0, "signed after its failure"
+        assert fleet.stores[1].last_seq() == 1
+
+    fleet.run(scenario)
+
+
 def test_a_device_busy_with_a_store_job_gets_its_batch_through_its_queue(
     tmp_path: Path,
 ) -> None:
@@ -211,6 +240,18 @@ def test_a_step_larger_than_a_chunk_takes_one_job_per_chunk(tmp_path: Path) -> N
     fleet.run(scenario)
 
 
+async def _with_a_full_queue(fleet: Fleet, busy: DeviceAgent, t: int) -> asyncio.Task[None]:
+    """Hold ``busy``'s store lock with a job the executor holds (its seal), then fill its queue
+    with batches from ``t`` on; returns the held seal."""
+    fleet.executor.hold()
+    sealing = asyncio.create_task(busy.seal_now())  # busy's lock, its job held
+    for _ in range(5):
+        await asyncio.sleep(0)
+    for k in range(INGEST_QUEUE + 1):  # its ingest task takes one, the queue holds the rest
+        await busy.submit([Sample(t + k, "temp_mc", 1)])
+    return sealing
+
+
 def test_a_step_cancelled_while_a_queue_is_full_gives_the_locks_back(tmp_path: Path) -> None:
     """A stop cancels a step that waits for room in a busy device's queue: the devices whose
     locks it had taken for its job get them back, unsigned, and sign their next batch."""
@@ -219,13 +260,8 @@ def test_a_step_cancelled_while_a_queue_is_full_gives_the_locks_back(tmp_path: P
     async def scenario() -> None:
         await fleet.step(START_MS + 1000)
         free, busy = fleet.agents
-        fleet.executor.hold()
-        sealing = asyncio.create_task(busy.seal_now())  # busy's lock, its job held
-        for _ in range(5):
-            await asyncio.sleep(0)
         t = START_MS + 2000
-        for k in range(INGEST_QUEUE + 1):  # its ingest task takes one, the queue holds the rest
-            await busy.submit([Sample(t + k, "temp_mc", 1)])
+        sealing = await _with_a_full_queue(fleet, busy, t)
         step = asyncio.create_task(
             ingest([(free, [Sample(t, "temp_mc", 2)]), (busy, [Sample(t + 99, "temp_mc", 3)])])
         )
@@ -256,13 +292,8 @@ def test_a_step_cancelled_while_a_queue_is_full_leaves_the_busy_device_direct_ag
     async def scenario() -> None:
         await fleet.step(START_MS + 1000)
         busy = fleet.agents[1]
-        fleet.executor.hold()
-        sealing = asyncio.create_task(busy.seal_now())  # busy's lock, its job held
-        for _ in range(5):
-            await asyncio.sleep(0)
         t = START_MS + 2000
-        for k in range(INGEST_QUEUE + 1):  # its ingest task takes one, the queue holds the rest
-            await busy.submit([Sample(t + k, "temp_mc", 1)])
+        sealing = await _with_a_full_queue(fleet, busy, t)
         step = asyncio.create_task(ingest([(busy, [Sample(t + 99, "temp_mc", 3)])]))
         for _ in range(5):
             await asyncio.sleep(0)
