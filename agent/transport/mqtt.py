@@ -328,9 +328,21 @@ class _Link:
                     break
             return int(_paho.MQTT_ERR_SUCCESS)
 
+        full_scan = paho._update_inflight
+
+        def update_inflight() -> int:
+            # paho calls this on every PUBACK and scans every publish it holds for one waiting
+            # for the window: O(window) per acknowledgement, 4% of a hub's CPU with 1,000 in
+            # flight (bench.fleet, 2,500 devices). When every publish held is counted in flight
+            # (sends wait for a slot in ``_unacked`` before paho sees them), none waits.
+            if len(paho._out_messages) <= paho._inflight_messages:
+                return int(_paho.MQTT_ERR_SUCCESS)
+            return int(full_scan())
+
         paho.on_message = on_message
         paho.on_publish = on_publish
         paho.loop_read = loop_read
+        paho._update_inflight = update_inflight
 
     async def _enter(self, client: aiomqtt.Client) -> None:
         """Connect; if cancelled meanwhile, let the attempt end and close it so no socket leaks.
