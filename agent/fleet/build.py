@@ -124,8 +124,9 @@ def replication_config(spec: Replication, spare_storage_mb: int) -> ReplicationC
 
 def boot_inputs(store: Store, certs: Iterable[bytes], self_id: str) -> list[I.Input]:
     """What the device's store already holds (credentials, evidence, epochs, its own chain and
-    its peers' headers), after ``certs``, the certificates the fleet gives it."""
-    events: list[I.Input] = [I.CertificateKnown(w) for w in certs]
+    its peers' headers), after ``certs``, the certificates the fleet gives it (it gives each of
+    those devices this one's: they need no hello, ``CertificateKnown.provisioned``)."""
+    events: list[I.Input] = [I.CertificateKnown(w, provisioned=True) for w in certs]
     for _, w in store.credentials("certificate"):
         events.append(I.CertificateKnown(w))
     for _, w in store.credentials("rotation"):

@@ -23,12 +23,32 @@ class CredentialExchange:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._hello_size = wire.CERT_WIRE_MAX
+        # Peers the fleet gave this device's certificate when it gave theirs (CertificateKnown
+        # ``provisioned``), and those of them a hello was skipped for at their last coming up.
+        self._provisioned: set[str] = set()
+        self._owed: set[str] = set()
+
+    def provisioned(self, certificate: bytes) -> None:
+        """``certificate`` (learned) was given to this device by the fleet that gave its
+        device this one's: no hello is needed between them."""
+        dev = self.ctx.trust.holder(certificate)
+        if dev is not None and dev != self.ctx.device_id:
+            self._provisioned.add(dev)
 
     def on_peer_up(self, peer: str) -> None:
         """Tell a peer that comes up who we are (``hello``) and every revocation held (they are
-        few, and they matter)."""
+        few, and they matter). A provisioned peer already holds this device's certificate, so
+        the hello is skipped unless this device has rotated its key since; it is owed instead,
+        and sent if that peer greets first (it lacks the certificate after all: ``on_hello``).
+        A fleet of 2,500 devices in domains of 32 sent 77,500 hellos at its start, each checked
+        by its receiver, and took them in for tens of seconds (bench.fleet)."""
         ctx = self.ctx
-        self.hello(peer)
+        _, rotations, _ = ctx.trust.bundle(ctx.device_id)
+        if peer in self._provisioned and not rotations:
+            self._owed.add(peer)
+            ctx.counters["hellos_skipped"] += 1
+        else:
+            self.hello(peer)
         revocations = ctx.trust.revocations()
         for i in range(0, len(revocations), wire.MAX_CERTS_ITEMS):
             chunk = tuple(revocations[i : i + wire.MAX_CERTS_ITEMS])
@@ -47,6 +67,13 @@ class CredentialExchange:
         ctx.counters["hellos_sent"] += 1
         self._hello_size = len(payload)
         return len(payload)
+
+    def on_hello(self, peer: str) -> None:
+        """A proven peer sent its certificate: if this device skipped its hello to that peer
+        (``on_peer_up``), the peer may not know it after all: greet back, once."""
+        if peer in self._owed:
+            self._owed.discard(peer)
+            self.hello(peer)
 
     def hello_size(self) -> int:
         """Bytes of a hello (the last one sent, or a certificate's worth before any)."""

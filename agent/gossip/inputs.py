@@ -39,9 +39,13 @@ class ChainLoaded:
 
 @dataclass(frozen=True, slots=True)
 class CertificateKnown:
-    """A device certificate (signed envelope) the runtime holds: its own, config, or store."""
+    """A device certificate (signed envelope) the runtime holds: its own, config, or store.
+    ``provisioned``: the fleet gave it to this device at start, as it gave this device's own
+    certificate to that device (both enrolled in one data dir): the two need no hello to
+    authenticate each other (docs/PROTOCOL.md 12.6)."""
 
     wire: bytes
+    provisioned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

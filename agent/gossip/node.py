@@ -160,6 +160,8 @@ class GossipNode:
             self._headers.on_chain_loaded(event)
         elif isinstance(event, CertificateKnown):
             self._credentials.learn("certificate", event.wire, None)
+            if event.provisioned:
+                self._credentials.provisioned(event.wire)
         elif isinstance(event, RotationKnown):
             self._credentials.learn("rotation", event.wire, None)
         elif isinstance(event, RevocationKnown):
@@ -492,6 +494,8 @@ class GossipNode:
             self._witness.on_cosigned(peer, msg)
         else:
             self._credentials.learn_all(peer, msg.certificates, msg.rotations, msg.revocations)
+            if msg.certificates:
+                self._credentials.on_hello(peer)
 
     def _on_summary(self, peer: str, msg: wire.Summary) -> None:
         restoring = self._restore.active

@@ -90,6 +90,10 @@ class TrustStore:
     def keys(self, device_id: str) -> DeviceKeys | None:
         return self._keys.get(device_id)
 
+    def holder(self, wire: bytes) -> str | None:
+        """The device a credential held (verified) belongs to; None when it is not held."""
+        return self._held.get(wire)
+
     def bundle(
         self, device_id: str
     ) -> tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...]]:

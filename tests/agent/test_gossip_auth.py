@@ -13,7 +13,13 @@ from pathlib import Path
 from agent.config.devices import load_fleet
 from agent.gossip import wire
 from agent.gossip.actions import Action, Broadcast, PeerMuted, Send
-from agent.gossip.inputs import CertificateKnown, ChainLoaded, MessageReceived, PeerUp
+from agent.gossip.inputs import (
+    CertificateKnown,
+    ChainLoaded,
+    MessageReceived,
+    PeerUp,
+    RotationKnown,
+)
 from agent.gossip.node import GossipNode
 from agent.gossip.sim import Faults, SimNet
 from agent.gossip.tuning import GossipConfig
@@ -349,6 +355,68 @@ def test_after_a_rotation_its_messages_are_unproven_until_its_hello_brings_the_r
     assert node.counters["unattributable"] == 1  # the first SUMMARY only
 
 
+def _provisioned_node(devices: list[SimDevice], authority: Authority) -> GossipNode:
+    """``devices[0]``'s core, given every certificate by the fleet (``provisioned``)."""
+    ids = [d.device_id for d in devices]
+    node = GossipNode(
+        ids[0], {"d": ids}, authority.roots, random.Random(9), config=FAST, signer=devices[0]
+    )
+    for d in devices:
+        node.handle(CertificateKnown(d.certificate, provisioned=True), T0)
+    return node
+
+
+def _certs_to(out: list[Action]) -> dict[str, wire.Message]:
+    sent = [(s.peer_id, wire.decode(unseal(s.payload))) for s in _sends(out)]
+    certs = [(p, m) for p, m in sent if isinstance(m, wire.Certs)]
+    assert len({p for p, _ in certs}) == len(certs), "two CERTS to one peer"
+    return dict(certs)
+
+
+def test_peers_the_fleet_gave_each_others_certificates_send_no_hello() -> None:
+    """Enrolled in one data dir, each device is given every member's certificate at start, and
+    every member ours: a hello to each peer coming up (77,500 at the start of 2,500 devices in
+    domains of 32, each checked by its receiver) teaches nobody anything. Certificates from
+    the store or another machine still draw a hello."""
+    authority, devices = _world()
+    node = _provisioned_node(devices, authority)
+    out = [a for d in devices[1:] for a in node.handle(PeerUp(d.device_id), T0)]
+    assert _certs_to(out) == {}
+    assert node.counters["hellos_skipped"] == 4 and node.counters["hellos_sent"] == 0
+    stored = _node(authority, devices)  # the same certificates, not from the fleet
+    assert stored.counters["hellos_sent"] == 4
+
+
+def test_a_provisioned_peer_that_greets_first_is_greeted_back_once() -> None:
+    """A peer that lacks our certificate after all (its data dir enrolled it alone) greets us:
+    the hello we skipped is sent then, once."""
+    authority, devices = _world()
+    node = _provisioned_node(devices, authority)
+    peer = devices[2]
+    node.handle(PeerUp(peer.device_id), T0)
+    hello = sealed(wire.encode(wire.Certs(peer.device_id, (peer.certificate,), (), ())))
+    out = node.handle(MessageReceived(None, hello), T0 + 1)
+    me = devices[0]
+    assert _certs_to(out) == {peer.device_id: wire.Certs(me.device_id, (me.certificate,), (), ())}
+    again = node.handle(MessageReceived(None, hello), T0 + 2)
+    assert _certs_to(again) == {}
+
+
+def test_after_a_rotation_provisioned_peers_get_the_hello_that_carries_it() -> None:
+    authority, devices = _world()
+    node = _provisioned_node(devices, authority)
+    me = devices[0]
+    for k in range(3):
+        me.seal(T0 + k)
+    rotation = me.rotate(authority, random.Random(6), T0)
+    node.handle(RotationKnown(rotation), T0)
+    assert node.counters["rotation_new"] == 1
+    out = node.handle(PeerUp(devices[1].device_id), T0 + 1)
+    assert _certs_to(out) == {
+        devices[1].device_id: wire.Certs(me.device_id, (me.certificate,), (rotation,), ())
+    }
+
+
 def test_an_honest_fleet_counts_no_message_unproven(tmp_path: Path) -> None:
     """The sample fleet, on simulated time: every message is proven. Its own broadcasts come
     back from the broker (MQTT delivers a publish to its publisher's subscriptions too): they
@@ -359,6 +427,10 @@ def test_an_honest_fleet_counts_no_message_unproven(tmp_path: Path) -> None:
         cfg, data=tmp_path / "data", for_ms=2 * HOUR_MS, view=False, simulated_network=True
     )
     assert result.snapshot().unproven == 0
+    # Every device was given every member's certificate by the fleet: nobody said hello.
+    counters = [a.node.counters for a in result.devices.values()]
+    assert sum(c["hellos_sent"] for c in counters) == 0
+    assert sum(c["hellos_skipped"] for c in counters) > 0
     echoed = sum(a.node.counters.get("dropped_own", 0) for a in result.devices.values())
     assert echoed > 0, "no device saw its own broadcast come back: the case is not exercised"
 
