@@ -209,7 +209,7 @@ class GossipNode:
             ctx.penalize(req.peer_id, "promise")
         ctx.counters["serves_expired"] += len(ctx.serves.expire(now_ms))
         self._restore.step()
-        self._summaries.on_timer()
+        self._summaries.on_timer(restoring=self._restore.active)
         self._witness.on_timer(self._restore.active)
         self._awaiting.settle(ctx.trust, now_ms, ctx.counters)
         return ctx.take()
@@ -318,6 +318,7 @@ class GossipNode:
         if not ctx.mesh_peer(peer) and not self._restore.active:
             return  # presence noted (for pushes); nothing is sent to a non-neighbour unasked
         self._credentials.on_peer_up(peer)
+        self._summaries.reset()
         own = ctx.epoch_wires(self.device_id)
         if own:
             ctx.send(peer, wire.Epochs(self.device_id, own[-wire.MAX_EPOCH_RECORDS :]))

@@ -1,7 +1,8 @@
 """Anti-entropy: SUMMARY exchanges that find what pushes missed.
 
 Every ``anti_entropy_ms`` (jittered) a SUMMARY goes to one random available peer; both sides
-compare heads and pull what they miss (``pulls.Pulls``). A summary answering another lists only
+compare heads and pull what they miss (``pulls.Pulls``). While rounds find nothing the interval
+doubles, up to ``anti_entropy_backoff`` times; anything found brings it back (Trickle). A summary answering another lists only
 what differs from it. A forked device is listed with the forked mark, and a peer that still
 lists it is sent the evidence; a peer that lists a head an epoch record closed is sent the
 records. When a peer comes up, only the ``greeters`` devices with the lowest greeting scores
@@ -45,6 +46,8 @@ class AntiEntropy:
         self.evidence = evidence
         cfg = ctx.config
         self.next_round = ctx.now + ctx.rng.randint(0, cfg.anti_entropy_ms)
+        self.interval = cfg.anti_entropy_ms  # the current mean interval between rounds
+        self._found = self._findings()
         self._greets_peer: dict[str, bool] = {}
         self._summary_devices: dict[str, tuple[str, ...]] = {}
         # Lazy rounds (12.10): the head each device had at the last round, when it last
@@ -60,15 +63,56 @@ class AntiEntropy:
         self._heads_seen = {d: h for d, h in self._heads_seen.items() if d in tracked}
         self._changed_at = {d: t for d, t in self._changed_at.items() if d in tracked}
 
-    def on_timer(self) -> None:
-        """Run the round when it is due, and schedule the next one."""
+    def _findings(self) -> int:
+        """What this node has found missing or wrong so far, anywhere: pulls (made, or skipped
+        as already asked), a peer's summary showing it behind, credentials learned or awaited
+        (a member's messages could not be read), epoch records and forks. Rounds back off while
+        it stays put."""
+        c = self.ctx.counters
+        return (
+            c["requests_sent"]
+            + c["peer_behind"]
+            + c["certificate_new"]  # a member's credentials learned: what it sent was lost
+            + c["rotation_new"]
+            + c["held_for_credentials"]
+            + c["pull_skipped_inflight"]
+            + c["pull_skipped_full"]
+            + c["epochs_sent"]
+            + c["forks_detected"]
+            + c["forks_learned"]
+            + len(self.ctx.forked)
+        )
+
+    def reset(self) -> None:
+        """Back to the shortest interval (a peer came up, a restore runs): the next round comes
+        within ``anti_entropy_ms``."""
+        ctx = self.ctx
+        cfg = ctx.config
+        if self.interval == cfg.anti_entropy_ms:
+            return
+        self.interval = cfg.anti_entropy_ms
+        self.next_round = min(self.next_round, ctx.now + ctx.rng.randint(0, cfg.anti_entropy_ms))
+
+    def on_timer(self, *, restoring: bool = False) -> None:
+        """Run the round when it is due, and schedule the next one: ``anti_entropy_ms`` after
+        a round that found something (or while ``restoring``), twice the last interval (up to
+        ``anti_entropy_backoff`` times ``anti_entropy_ms``) after one that found nothing. A
+        healthy fleet's pushes deliver every header: its rounds find nothing, and each cost a
+        signed SUMMARY and its signed answer (0.68 received per device-second, 2,500 devices in
+        domains of 32: about a sixth of the fleet's CPU, bench.fleet)."""
         ctx = self.ctx
         if ctx.now < self.next_round:
             return
         cfg = ctx.config
-        self.next_round = (
-            ctx.now + cfg.anti_entropy_ms + ctx.rng.randint(-cfg.jitter_ms, cfg.jitter_ms)
-        )
+        found = self._findings()
+        if restoring or found != self._found or ctx.need_creds:
+            self.interval = cfg.anti_entropy_ms
+        else:
+            self.interval = min(2 * self.interval, cfg.anti_entropy_ms * cfg.anti_entropy_backoff)
+        self._found = found
+        if self.interval > cfg.anti_entropy_ms:
+            ctx.counters["rounds_backed_off"] += 1
+        self.next_round = ctx.now + self.interval + ctx.rng.randint(-cfg.jitter_ms, cfg.jitter_ms)
         candidates = [p for p in ctx.peers.available() if ctx.mesh_peer(p)]
         if not candidates:
             ctx.counters["rounds_without_peer"] += 1
@@ -172,6 +216,12 @@ class AntiEntropy:
         for dev in sorted(ctx.forked):
             if dev not in listed and peer in ctx.sharing(dev):
                 self.evidence.send(peer, dev)
+        if msg.reply:  # a round's full summary: a chain it does not list, the peer lacks
+            for dev in self._devices_for(peer):
+                if dev not in listed and dev != skip and (c := ctx.chains.get(dev)) is not None:
+                    if c.head is not None:
+                        ctx.counters["peer_behind"] += 1
+                        break
 
     def _compare(self, peer: str, dev: str, e: wire.SummaryEntry) -> None:
         ctx = self.ctx
@@ -184,6 +234,8 @@ class AntiEntropy:
             self.pulls.pull(peer, dev, e.height)
             return
         ours = head.header.height
+        if e.height < ours:
+            ctx.counters["peer_behind"] += 1  # it pulls; this node's rounds speed up too
         if e.height > ours or (e.height == ours and e.head_hash != head.hash):
             self.pulls.pull(peer, dev, e.height)
         elif (

@@ -39,6 +39,10 @@ class GossipConfig:
     # bytes stay bounded whatever the domain's size. Greetings and restores stay full.
     round_entries: int = 128
     anti_entropy_ms: int = 5_000  # mean interval between summary exchanges
+    # Rounds that find nothing double the interval, up to anti_entropy_ms x this (1: never);
+    # anything found (a pull, evidence, an epoch record), a peer coming up or a restore brings
+    # it back to anti_entropy_ms (Trickle, RFC 6206; docs/PROTOCOL.md 12.4).
+    anti_entropy_backoff: int = 4
     jitter_ms: int = 1_000  # each interval is anti_entropy_ms +- a uniform jitter_ms
     # Devices that send a peer coming up a SUMMARY at once (the rest wait for their rounds).
     greeters: int = 3

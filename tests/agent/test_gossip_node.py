@@ -240,7 +240,7 @@ def test_peer_down_cancels_its_requests_without_penalty(world: World) -> None:
 
 
 def test_anti_entropy_rounds_are_jittered_and_pick_random_up_peers(world: World) -> None:
-    cfg = GossipConfig(anti_entropy_ms=1_000, jitter_ms=200)
+    cfg = GossipConfig(anti_entropy_ms=1_000, jitter_ms=200, anti_entropy_backoff=1)
     node = world.node(up=(1, 2, 3), config=cfg)
     node.handle(ChainLoaded(world.id(1), tuple(world.devices[1].header_wires()[:4])), T0)
     times, targets = [], set()
@@ -258,6 +258,48 @@ def test_anti_entropy_rounds_are_jittered_and_pick_random_up_peers(world: World)
     gaps = {b - a for a, b in itertools.pairwise(times)}
     assert min(gaps) >= 800 and max(gaps) <= 1_200 and len(gaps) > 5, sorted(gaps)
     assert targets == {world.id(1), world.id(2), world.id(3)}
+
+
+def _round_times(node: GossipNode, until: int, start: int) -> list[int]:
+    """When ``node`` sends its round's SUMMARY, from ``start`` on (its timers only)."""
+    times, now = [], start
+    while True:
+        deadline = node.next_deadline()
+        assert deadline is not None
+        if deadline > until:
+            return times
+        now = max(now, deadline)
+        if any(isinstance(m, wire.Summary) and m.reply for _, m in sent(node.handle_timer(now))):
+            times.append(now)
+
+
+def test_rounds_that_find_nothing_back_off_and_anything_found_brings_them_back(
+    world: World,
+) -> None:
+    """A healthy fleet's pushes deliver every header, so its rounds find nothing: the interval
+    doubles up to ``anti_entropy_backoff`` times ``anti_entropy_ms`` (Trickle). A round whose
+    answer shows something missing, or a peer coming up, brings it back at once."""
+    cfg = GossipConfig(anti_entropy_ms=1_000, jitter_ms=0, anti_entropy_backoff=4)
+    node = world.node(up=(1, 2, 3), config=cfg)
+    b = world.devices[1]
+    node.handle(ChainLoaded(world.id(1), tuple(b.header_wires()[:4])), T0)
+    times = _round_times(node, T0 + 20_000, T0)
+    gaps = [y - x for x, y in itertools.pairwise(times)]
+    # The first round still sees the certificates learned at start; then nothing new.
+    assert gaps[:3] == [1_000, 2_000, 4_000] and set(gaps[3:]) == {4_000}, gaps
+    assert node.counters["rounds_backed_off"] == len(times) - 1
+    # A peer's answer shows b's chain further on: a pull, and the next round comes 1 s later.
+    now = times[-1] + 10
+    entries = (wire.SummaryEntry(world.id(1), 0, 9, b.blocks[9].header.hash),)
+    node.handle(msg_from(world.id(3), wire.Summary(world.id(3), False, entries)), now)
+    assert node.counters["requests_sent"] == 1
+    after = _round_times(node, now + 12_000, now)
+    assert [y - x for x, y in itertools.pairwise(after)][:2] == [1_000, 2_000]
+    # A peer that comes up: the round that was 4 s away comes within 1 s.
+    node.handle(PeerDown(world.id(2)), after[-1] + 1)
+    node.handle(PeerUp(world.id(2)), after[-1] + 2)
+    assert node.next_deadline() is not None
+    assert node.next_deadline() <= after[-1] + 2 + 1_000  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("greeters", [1, 3, 5])
