@@ -2,11 +2,11 @@
 
 Every ``anti_entropy_ms`` (jittered) a SUMMARY goes to one random available peer; both sides
 compare heads and pull what they miss (``pulls.Pulls``). While rounds find nothing the interval
-doubles, up to ``anti_entropy_backoff`` times; anything found brings it back (Trickle). A summary answering another lists only
-what differs from it. A forked device is listed with the forked mark, and a peer that still
-lists it is sent the evidence; a peer that lists a head an epoch record closed is sent the
-records. When a peer comes up, only the ``greeters`` devices with the lowest greeting scores
-greet it with a summary (docs/PROTOCOL.md 12.4).
+doubles, up to ``anti_entropy_backoff`` times; anything found brings it back (Trickle). A
+summary answering another lists only what differs from it. A forked device is listed with
+the forked mark, and a peer that still lists it is sent the evidence; a peer that lists a head
+an epoch record closed is sent the records. When a peer comes up, only the ``greeters``
+devices with the lowest greeting scores greet it with a summary (docs/PROTOCOL.md 12.4).
 """
 
 from __future__ import annotations
@@ -218,10 +218,10 @@ class AntiEntropy:
                 self.evidence.send(peer, dev)
         if msg.reply:  # a round's full summary: a chain it does not list, the peer lacks
             for dev in self._devices_for(peer):
-                if dev not in listed and dev != skip and (c := ctx.chains.get(dev)) is not None:
-                    if c.head is not None:
-                        ctx.counters["peer_behind"] += 1
-                        break
+                chain = ctx.chains.get(dev)
+                if dev not in listed and dev != skip and chain is not None and chain.head:
+                    ctx.counters["peer_behind"] += 1
+                    break
 
     def _compare(self, peer: str, dev: str, e: wire.SummaryEntry) -> None:
         ctx = self.ctx
