@@ -558,7 +558,7 @@ class DeviceAgent:
         if not self.liveness.doubting:
             return
         await self._probe()
-        rounds = self.node.counters["rounds"] + self.node.counters["rounds_without_peer"]
+        rounds = self.node.counters["round_periods"]  # rounds, backed-off ones counted as more
         now = self.net_clock.now_ms()
         for peer in self.liveness.due(now, self._heard, rounds, self._link()):
             self._log.info(

@@ -104,6 +104,9 @@ class AntiEntropy:
         if ctx.now < self.next_round:
             return
         cfg = ctx.config
+        # The intervals of anti_entropy_ms that passed with this round: a silence measured in
+        # rounds (the runtime's liveness) means as much time backed off as not.
+        ctx.counters["round_periods"] += self.interval // cfg.anti_entropy_ms
         found = self._findings()
         if restoring or found != self._found or ctx.need_creds:
             self.interval = cfg.anti_entropy_ms

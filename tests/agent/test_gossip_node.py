@@ -288,6 +288,8 @@ def test_rounds_that_find_nothing_back_off_and_anything_found_brings_them_back(
     # The first round still sees the certificates learned at start; then nothing new.
     assert gaps[:3] == [1_000, 2_000, 4_000] and set(gaps[3:]) == {4_000}, gaps
     assert node.counters["rounds_backed_off"] == len(times) - 1
+    # The liveness counts silence in rounds: a backed-off round counts as the periods it spans.
+    assert node.counters["round_periods"] == 1 + 1 + 2 + 4 * (len(times) - 3)
     # A peer's answer shows b's chain further on: a pull, and the next round comes 1 s later.
     now = times[-1] + 10
     entries = (wire.SummaryEntry(world.id(1), 0, 9, b.blocks[9].header.hash),)
