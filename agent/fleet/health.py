@@ -267,10 +267,16 @@ def _reason(counts: Mapping[str, int]) -> str:
     return ", ".join(parts) if parts else "no send failure, drop or timeout counted"
 
 
-def stall_ms(anti_entropy_ms: int, jitter_ms: int, request_timeout_ms: int) -> int:
+def stall_ms(
+    anti_entropy_ms: int, jitter_ms: int, request_timeout_ms: int, backoff: int = 1
+) -> int:
     """The grace period before a chain that has not spread counts as not converging: three
-    anti-entropy rounds and a request's timeout, and never under 15 s."""
-    return max(15_000, 3 * (anti_entropy_ms + jitter_ms) + request_timeout_ms)
+    anti-entropy rounds and a request's timeout, and never under 15 s. Rounds that found nothing
+    back off to ``backoff`` times ``anti_entropy_ms`` (docs/PROTOCOL.md 12.4): the first round
+    after a lost header may come that much later, and then they run at the base interval (21 s
+    by default, 36 s with the default back-off)."""
+    waited = anti_entropy_ms * (backoff - 1)
+    return max(15_000, waited + 3 * (anti_entropy_ms + jitter_ms) + request_timeout_ms)
 
 
 # --- the run-status file ---------------------------------------------------------------------

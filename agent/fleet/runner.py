@@ -259,7 +259,7 @@ class FleetRunner:
         self._watch = FleetWatch(
             self.data.root,
             opts.shard,
-            stall_ms(g.anti_entropy_ms, g.jitter_ms, g.request_timeout_ms),
+            stall_ms(g.anti_entropy_ms, g.jitter_ms, g.request_timeout_ms, g.anti_entropy_backoff),
             {d.name: d.domains for d in cfg.devices},
         )
         self.forced = False  # the run was cancelled: it did not stop within STOP_GRACE_S

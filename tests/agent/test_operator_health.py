@@ -37,6 +37,7 @@ from agent.fleet.health import (
     Convergence,
     DomainHealth,
     read_run_status,
+    stall_ms,
     status_path,
     trouble,
     trouble_cell,
@@ -659,3 +660,11 @@ def test_a_large_fleet_sums_trouble_per_kind() -> None:
     assert lines[6].split()[:3] == ["fridge", "30", "7"], lines[6]
     healthy = render(snap([row(f"f-{i}") for i in range(30)]), width=120)
     assert "trouble" not in "\n".join(healthy)
+
+
+def test_the_grace_before_not_converging_covers_a_backed_off_round() -> None:
+    """Rounds that find nothing back off (4 x anti_entropy_ms by default): after a lost header
+    the first round may come that much later, then three at the base interval."""
+    assert stall_ms(5_000, 1_000, 3_000) == 21_000
+    assert stall_ms(5_000, 1_000, 3_000, backoff=4) == 36_000
+    assert stall_ms(1_000, 200, 1_000, backoff=4) == 15_000  # never under 15 s
