@@ -219,7 +219,9 @@ class AntiEntropy:
         for dev in sorted(ctx.forked):
             if dev not in listed and peer in ctx.sharing(dev):
                 self.evidence.send(peer, dev)
-        if msg.reply:  # a round's full summary: a chain it does not list, the peer lacks
+        # A round's full summary: a chain it does not list, the peer lacks. A probe (12.4)
+        # lists only its sender's own chain and says nothing of the others.
+        if msg.reply and any(e.device_id != peer for e in msg.entries):
             for dev in self._devices_for(peer):
                 chain = ctx.chains.get(dev)
                 if dev not in listed and dev != skip and chain is not None and chain.head:

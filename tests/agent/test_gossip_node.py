@@ -496,3 +496,21 @@ def test_a_served_response_never_exceeds_the_message_limit(world: World) -> None
     assert isinstance(resp, wire.Response)
     assert len(resp.headers) == 12 and resp.blocks == big[: len(resp.blocks)]
     assert 5 <= len(resp.blocks) < 12, "as many bodies as fit; the peer asks again for the rest"
+
+
+def test_a_probe_lists_only_its_sender_and_shows_nobody_behind(world: World) -> None:
+    """A liveness probe is a SUMMARY asking for a reply that lists only its sender's chain: the
+    chains it leaves out say nothing of what the prober holds, so they do not count as the
+    peer behind (nor speed this node's rounds up). A round's full summary that leaves one out
+    does."""
+    node = world.node()
+    b, c = world.devices[1], world.devices[2]
+    node.handle(ChainLoaded(world.id(1), tuple(b.header_wires()[:3])), T0)
+    node.handle(ChainLoaded(world.id(2), tuple(c.header_wires()[:3])), T0)
+    own = (wire.SummaryEntry(world.id(2), 0, 2, c.blocks[2].header.hash),)
+    node.handle(msg_from(world.id(2), wire.Summary(world.id(2), True, own)), T0)
+    assert node.counters["peer_behind"] == 0
+    d = world.devices[3]
+    full = (wire.SummaryEntry(world.id(3), 0, 0, d.blocks[0].header.hash), *own)
+    node.handle(msg_from(world.id(3), wire.Summary(world.id(3), True, full)), T0 + 1)
+    assert node.counters["peer_behind"] == 1  # it lists c's chain but not b's
