@@ -1036,6 +1036,16 @@ class FleetRunner:
         domains = {d.name: d.domains for d in self.cfg.devices}
         return domain_gaps(self._running(), domains, self._names, remote)
 
+    def pace_lag_ms(self) -> float:
+        """How far a paced run's data clock is behind its pace (``--speed`` times the wall time
+        since the run's start), in data ms: the steps wait for the devices' store jobs, so a
+        loaded machine falls behind, then catches up. 0 before the run or without a pace."""
+        speed = self.opts.speed
+        if self.data_clock is None or speed is None:
+            return 0.0
+        due = self._sim_start + (time.monotonic() - self._wall0) * 1000 * speed
+        return max(0.0, due - self.data_clock.now_ms())
+
     def _speed(self, wall0: float) -> float:
         assert self.data_clock is not None
         wall = time.monotonic() - wall0

@@ -245,6 +245,11 @@ def test_quick_run_prints_every_figure_typed_and_consistent(quick: dict[str, Any
             continue
         assert fig["repaired"] is True and fig["tracked_blocks"] > 0, (mode, fig)
         assert fig["tracked_short_in_stores"] == 0, (mode, fig)
+        if mode == "live":  # the poll, plus how far the data clock fell behind its pace
+            assert fig["data_clock_lag_max_s"] >= 0
+            assert fig["resolution_s"] == pytest.approx(
+                0.05 + fig["data_clock_lag_max_s"], abs=0.002
+            )
         assert fig["detection_s"] >= 0 and fig["replacement_s"] >= -fig["resolution_s"]
         assert math.isclose(
             fig["repair_s"], fig["detection_s"] + fig["replacement_s"], abs_tol=0.002
