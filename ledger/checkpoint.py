@@ -89,13 +89,16 @@ class Checkpoint:
         return "".join(line + "\n" for line in lines)
 
 
+_CONTROL = re.compile("[\x00-\x1f]")  # a character below U+0020
+
+
 def _check(c: Checkpoint) -> None:
     w = "checkpoint"
     if not isinstance(c.origin, str) or not c.origin:
         raise DecodeError(w, "origin: expected a non-empty line")
     if len(c.origin.encode("utf-8")) > MAX_KEY_NAME_BYTES:
         raise DecodeError(w, f"origin: expected at most {MAX_KEY_NAME_BYTES} bytes")
-    if any(ord(ch) < 0x20 for ch in c.origin):
+    if _CONTROL.search(c.origin):
         raise DecodeError(w, "origin: control character")
     if type(c.size) is not int or not 0 <= c.size <= MAX_TREE_SIZE:
         raise DecodeError(w, f"size: expected an integer in 0..2^63-1, found {c.size!r}")
@@ -108,7 +111,7 @@ def _check(c: Checkpoint) -> None:
     for i, ext in enumerate(c.extensions):
         if not isinstance(ext, str) or not ext or "\n" in ext:
             raise DecodeError(w, f"extension line {i}: expected a non-empty line")
-        if any(ord(ch) < 0x20 for ch in ext):
+        if _CONTROL.search(ext):
             raise DecodeError(w, f"extension line {i}: control character")
 
 

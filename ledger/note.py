@@ -167,9 +167,9 @@ class Note:
 def _check_text(text: str, error: type[Exception]) -> None:
     if not isinstance(text, str) or not text.endswith("\n"):
         raise error("note text: must end in a newline")
-    for c in text:
-        if ord(c) < 0x20 and c != "\n":
-            raise error(f"note text: no control character but newline, found {c!r}")
+    found = _CONTROL.search(text)
+    if found is not None:
+        raise error(f"note text: no control character but newline, found {found.group()!r}")
 
 
 def parse_note(data: bytes) -> Note:

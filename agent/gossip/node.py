@@ -217,16 +217,20 @@ class GossipNode:
     def next_deadline(self) -> int | None:
         """When ``handle_timer`` must run next (there is always an anti-entropy round)."""
         ctx = self._ctx
-        times = [
-            self._summaries.next_round,
+        due = self._summaries.next_round
+        # Asked after every input (the runtime rearms its timer when it moved): no list, no
+        # generator; most of these are None.
+        for t in (
             ctx.pending.next_deadline(),
             ctx.serves.next_deadline(),
             ctx.peers.next_expiry(),
             self._restore.deadline(),
             self._witness.deadline(),
             self._awaiting.deadline(),
-        ]
-        return min(t for t in times if t is not None)
+        ):
+            if t is not None and t < due:
+                due = t
+        return due
 
     # --- queries (runtime, tests, live view) --------------------------------------------------
 

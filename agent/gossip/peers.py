@@ -137,6 +137,8 @@ class Peers:
         return out
 
     def next_expiry(self) -> int | None:
+        if not self._muted:  # the usual case: asked after every input
+            return None
         records = self._records
         times = [t for p in self._muted if (t := records[p].muted_until) is not None]
         return min(times) if times else None

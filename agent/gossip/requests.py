@@ -97,4 +97,7 @@ class Table(Generic[T]):
         return len(gone)
 
     def next_deadline(self) -> int | None:
-        return min((i.deadline_ms for i in self._items.values()), default=None)
+        items = self._items
+        if not items:  # the usual case: asked after every input
+            return None
+        return min(i.deadline_ms for i in items.values())

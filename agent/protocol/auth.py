@@ -317,7 +317,10 @@ class Awaiting:
 
     def deadline(self) -> int | None:
         """When the oldest held message runs out of time (None: nothing held)."""
-        return min((h[0][0] for h in self._held.values()), default=None)
+        held = self._held
+        if not held:  # the usual case: asked after every input
+            return None
+        return min(h[0][0] for h in held.values())
 
     def settle(self, trust: TrustStore, now: int, counters: Counter[str]) -> None:
         """Judge what the trust store can judge now, and count what ran out of time."""
