@@ -288,6 +288,7 @@ class DeviceAgent:
         self._log.error("%s", self.failure)
         self._log.debug("failure of %s", self.name, exc_info=cause)
         self._discard_queued()
+        self.ctx.close_timers()
         self.restore_settled.set()  # a restore that waited for this device waits no more
         task = self._run_task
         if task is not None and task is not asyncio.current_task():
@@ -491,7 +492,7 @@ class DeviceAgent:
             self._rearm_net.earlier(self.net_clock, deadline)
 
     def _net_deadline(self) -> int | None:
-        times = [self.gossip.deadline(), self.ctx.headers_due, self._liveness_deadline()]
+        times = [self.gossip.deadline(), self._liveness_deadline()]
         if self.replicator is not None:
             times.append(self.replicator.deadline())
         return min((t for t in times if t is not None), default=None)
@@ -505,7 +506,6 @@ class DeviceAgent:
             if self.replicator is not None:
                 await self.replicator.on_timer(clock.now_ms())
             await self._doubts()
-            self.ctx.write_headers_if_due(clock.now_ms())
 
     async def _receive_loop(self) -> None:
         async for delivery in self.transport:

@@ -21,7 +21,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from agent.device.context import HEADER_WRITE_MS
+from agent.device.context import HEADER_WRITE_MS, HEADER_WRITE_SLOT_MS, DeviceContext, HeaderWrites
 from agent.device.runtime import DeviceAgent
 from agent.device.sealing import SealPolicy
 from agent.fleet.build import build_device
@@ -293,3 +293,72 @@ def test_headers_still_queued_at_shutdown_are_written(tmp_path: Path) -> None:
         assert s.stored() == wires
 
     Setup(tmp_path).run(scenario)
+
+
+def test_headers_due_wake_one_shared_timer_not_the_devices_network_timer(
+    tmp_path: Path,
+) -> None:
+    async def scenario(s: Setup) -> None:
+        for _ in range(10):  # past the first round, to a time the timer sleeps long from
+            sleeps = s.agent._net_sleeps_until
+            assert sleeps is not None
+            if sleeps > s.clock.now_ms() + 2 * WRITE_MS:
+                break
+            await s.clock.sleep_until(sleeps + 1)
+        accepted = s.clock.now_ms()
+        assert sleeps > accepted + 2 * WRITE_MS
+        wires = await s.announce(2)
+        # Before: the device's network timer was brought forward to write them, then found
+        # them written by its readings' job, as a rule, and slept again.
+        assert s.agent._net_sleeps_until == sleeps
+        timers = [t for t in asyncio.all_tasks() if t.get_name() == "header-writes"]
+        assert len(timers) == 1 and not timers[0].done()
+        await s.clock.sleep_until(accepted + WRITE_MS + 100)
+        assert s.stored() == wires
+        assert timers[0].done()  # nothing more due: the shared timer ends
+
+    Setup(tmp_path).run(scenario)
+
+
+class _Due:
+    """A device context as the shared header timer sees it: its clock, and the call it gets."""
+
+    def __init__(self, clock: SimClock, due: int) -> None:
+        self.net_clock = clock
+        self.due = due
+        self.written: list[int] = []
+
+    def write_headers_if_due(self, now_ms: int) -> None:
+        if now_ms >= self.due:
+            self.written.append(now_ms)
+
+
+def test_a_thousand_devices_headers_wake_the_shared_timer_once_per_slot() -> None:
+    clock = SimClock(START_MS)
+    wakes = 0
+    sleep_until = clock.sleep_until
+
+    async def counted(t_ms: int) -> None:
+        nonlocal wakes
+        task = asyncio.current_task()
+        wakes += task is not None and task.get_name() == "header-writes"
+        await sleep_until(t_ms)
+
+    clock.sleep_until = counted  # type: ignore[method-assign]
+    rng = random.Random(3)
+    devices: list[_Due] = []
+
+    async def main() -> None:
+        # 1,000 devices accept headers over one second, each due WRITE_MS later.
+        for _ in range(1_000):
+            await clock.sleep(rng.randint(0, 2))
+            d = _Due(clock, clock.now_ms() + WRITE_MS)
+            devices.append(d)
+            HeaderWrites.due(cast(DeviceContext, d), d.due)
+        await clock.sleep(2 * WRITE_MS)
+
+    clock.run(main())
+    span = devices[-1].due - devices[0].due
+    assert wakes <= span // HEADER_WRITE_SLOT_MS + 2, wakes  # one per slot, not per device
+    for d in devices:  # each written once, in the slot its due time falls in
+        assert len(d.written) == 1 and d.due <= d.written[0] < d.due + HEADER_WRITE_SLOT_MS
