@@ -128,19 +128,12 @@ class GossipDriver:
                         ctx.log.info("no checkpoint offered to witnesses this round: %s", exc)
                     else:
                         await self.handle(I.CheckpointPrepared(note, proofs))
-                case A.StoreWitnessState(peer_id=peer, payload=payload):
-                    # Durable before the cosignature leaves: a restart never cosigns a fork.
-                    try:
-                        await ctx.run_store(
-                            store.put_witness_state, act.origin, act.size, act.root_hash
-                        )
-                    except IntegrityError as exc:  # the store holds a later state: never send
-                        ctx.stats.counters["witness_state_refused"] += 1
-                        ctx.log.warning("cosignature for %s withheld: %s", peer, exc)
-                    else:
-                        await ctx.send(peer, payload)
+                case A.StoreWitnessState():
+                    # In the background: the device's receive loop does not wait for its store
+                    # queue (the device's lock keeps these writes in order).
+                    ctx.spawn(self._cosign(act), "cosign")
                 case A.StoreCheckpoint(origin=origin, size=size, note=note):
-                    await ctx.run_store(store.put_checkpoint, origin, size, note)
+                    ctx.spawn(ctx.run_store(store.put_checkpoint, origin, size, note), "checkpoint")
                 case A.SignEpoch():
                     record = await ctx.run_store(self._sign_epoch, act)
                     await self.handle(I.EpochSigned(record))
@@ -213,6 +206,18 @@ class GossipDriver:
         signed = sign_epoch(record, self.writer.key)
         self.ctx.store.put_epoch(signed)
         return signed.wire
+
+    async def _cosign(self, act: A.StoreWitnessState) -> None:
+        """The witness state durable, then the cosignature sent: a restart never cosigns a
+        fork. The store holding a later state (IntegrityError): never sent."""
+        ctx = self.ctx
+        try:
+            await ctx.run_store(ctx.store.put_witness_state, act.origin, act.size, act.root_hash)
+        except IntegrityError as exc:
+            ctx.stats.counters["witness_state_refused"] += 1
+            ctx.log.warning("cosignature for %s withheld: %s", act.peer_id, exc)
+        else:
+            await ctx.send(act.peer_id, act.payload)
 
     async def _serve(self, act: A.ServePull) -> None:
         try:

@@ -27,6 +27,11 @@ from agent.device.sealing import SealPolicy
 from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
+from ledger.block import decode_header
+from ledger.checkpoint import Checkpoint, device_origin, device_signer, fleet_label
+from ledger.merkle import root_from_leaf_hashes
+from ledger.note import sign_note
+from ledger.witness import AddCheckpoint
 from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.transport.base import Delivery, Transport, TransportStats
 from firmware_sim.clock import Clock, SimClock
@@ -176,7 +181,7 @@ def run_agent(
 class Setup:
     def __init__(self, tmp: Path) -> None:
         rng = random.Random(11)
-        authority = Authority(rng)
+        self.authority = authority = Authority(rng)
         self.sealer = SimDevice(authority, rng)
         key = SigningKey(rng.randbytes(32))
         self.cert = authority.enroll(key)
@@ -362,3 +367,45 @@ def test_a_thousand_devices_headers_wake_the_shared_timer_once_per_slot() -> Non
     assert wakes <= span // HEADER_WRITE_SLOT_MS + 2, wakes  # one per slot, not per device
     for d in devices:  # each written once, in the slot its due time falls in
         assert len(d.written) == 1 and d.due <= d.written[0] < d.due + HEADER_WRITE_SLOT_MS
+
+
+def test_a_cosignature_waits_for_its_durable_state_and_the_receive_loop_does_not(
+    tmp_path: Path,
+) -> None:
+    """A witness request's answer leaves only once the witness state is durable; meanwhile the
+    device's receive loop goes on (it waited for the device's store queue before)."""
+
+    async def scenario(s: Setup) -> None:
+        wires = await s.announce(2)
+        log = s.sealer
+        origin = device_origin(fleet_label(s.authority.key.public), log.device_id, 0)
+        cp = Checkpoint(origin, 2, root_from_leaf_hashes([decode_header(w).hash for w in wires]))
+        note = sign_note(cp.text(), device_signer(origin, log.key))
+        body = AddCheckpoint(0, (), note).encode()
+        s.executor.hold()  # the device's store work waits, as behind a busy store thread
+        ask = sealed(wire.encode(wire.WitnessRequest(log.device_id, 5, body)))
+        s.transport.deliver(Delivery("inbox", "inbox", None, ask))
+        await s.settle()
+        assert len(s.executor.held) == 1  # the witness state's write
+        more = [log.seal(START_MS + 1000 * i).header.wire for i in range(2, 4)]
+        msg = sealed(wire.encode(wire.Announce(log.device_id, tuple(more))))
+        s.transport.deliver(Delivery("domain", "domain", None, msg, "home"))
+        await s.settle()
+        assert s.agent.node.counters["header_accepted"] == 4  # not stuck behind the write
+        cosigned = [
+            m
+            for _, p in s.transport.sent
+            if isinstance(m := wire.decode(unseal(p)), wire.Cosigned)
+        ]
+        assert cosigned == []  # not before its state is durable
+        s.executor.release()
+        await s.settle()
+        assert [(o, n) for o, n, _ in s.store.witness_states()] == [(origin, 2)]
+        cosigned = [
+            m
+            for _, p in s.transport.sent
+            if isinstance(m := wire.decode(unseal(p)), wire.Cosigned)
+        ]
+        assert [(m.request_id, m.status) for m in cosigned] == [(5, 200)]
+
+    Setup(tmp_path).run(scenario)
