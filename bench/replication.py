@@ -70,9 +70,10 @@ leaver's transport closed cleanly (a switched-off device: presence goes offline 
 would add the MQTT keep-alive),
 polled every 50 ms: wall seconds; its ``resolution_s`` is the poll plus
 ``data_clock_lag_max_s``, the most the data clock, on which ``repair_after`` runs, fell behind
-its pace during the leave: a loaded machine delays the steps that advance it). Each says ``tracked_blocks``, ``back_at_r_s`` (repair_after
-included), ``resolution_s`` and ``tracked_short_in_stores`` (tracked blocks with fewer than R
-exact copies in the live holders' stores after the run: 0 when the owners' view was true).
+its pace during the leave: a loaded machine delays the steps that advance it). Each says
+``tracked_blocks``, ``back_at_r_s`` (repair_after included), ``resolution_s`` and
+``tracked_short_in_stores`` (tracked blocks with fewer than R exact copies in the live
+holders' stores after the run: 0 when the owners' view was true).
 ``repair_s`` is the live figure when the ``mosquitto`` binary is installed (``repair_mode`` says
 which), the simulated one otherwise; ``--no-live`` skips the Mosquitto run.
 

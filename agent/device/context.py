@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from agent.device.bodies import Damage
 from agent.device.stats import DeviceStats
@@ -52,7 +52,8 @@ class HeaderWrites:
     one's (``now + HEADER_WRITE_MS``, rounded up), so the task sleeps until the first slot and
     is never re-armed."""
 
-    _on: dict[tuple[int, int], HeaderWrites] = {}  # (loop, clock) -> its timer, while it runs
+    # (loop, clock) -> its timer, while it runs
+    _on: ClassVar[dict[tuple[int, int], HeaderWrites]] = {}
 
     def __init__(self, clock: Clock, key: tuple[int, int]) -> None:
         self._clock = clock

@@ -27,17 +27,17 @@ from agent.device.sealing import SealPolicy
 from agent.fleet.build import build_device
 from agent.gossip import inputs as I
 from agent.gossip import wire
-from ledger.block import decode_header
-from ledger.checkpoint import Checkpoint, device_origin, device_signer, fleet_label
-from ledger.merkle import root_from_leaf_hashes
-from ledger.note import sign_note
-from ledger.witness import AddCheckpoint
 from agent.protocol.sim import START_MS, Authority, SimDevice, sealed, unseal
 from agent.transport.base import Delivery, Transport, TransportStats
 from firmware_sim.clock import Clock, SimClock
 from firmware_sim.samples import Sample
+from ledger.block import decode_header
+from ledger.checkpoint import Checkpoint, device_origin, device_signer, fleet_label
 from ledger.identity import SigningKey
+from ledger.merkle import root_from_leaf_hashes
+from ledger.note import sign_note
 from ledger.store import Store
+from ledger.witness import AddCheckpoint
 
 T = TypeVar("T")
 WRITE_MS = HEADER_WRITE_MS
@@ -393,18 +393,14 @@ def test_a_cosignature_waits_for_its_durable_state_and_the_receive_loop_does_not
         await s.settle()
         assert s.agent.node.counters["header_accepted"] == 4  # not stuck behind the write
         cosigned = [
-            m
-            for _, p in s.transport.sent
-            if isinstance(m := wire.decode(unseal(p)), wire.Cosigned)
+            m for _, p in s.transport.sent if isinstance(m := wire.decode(unseal(p)), wire.Cosigned)
         ]
         assert cosigned == []  # not before its state is durable
         s.executor.release()
         await s.settle()
         assert [(o, n) for o, n, _ in s.store.witness_states()] == [(origin, 2)]
         cosigned = [
-            m
-            for _, p in s.transport.sent
-            if isinstance(m := wire.decode(unseal(p)), wire.Cosigned)
+            m for _, p in s.transport.sent if isinstance(m := wire.decode(unseal(p)), wire.Cosigned)
         ]
         assert [(m.request_id, m.status) for m in cosigned] == [(5, 200)]
 
