@@ -89,7 +89,7 @@ class Checkpoint:
         return "".join(line + "\n" for line in lines)
 
 
-_CONTROL = re.compile("[\x00-\x1f]")  # a character below U+0020
+_CONTROL = re.compile(r"[\x00-\x1f]")  # a character below U+0020
 
 
 def _check(c: Checkpoint) -> None:

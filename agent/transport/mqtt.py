@@ -83,12 +83,15 @@ class _RecvBuffer:
     up to RECV_CHUNK bytes; a read that finds it empty reads the socket (raising what paho's
     own read raises: BlockingIOError when nothing is there)."""
 
-    __slots__ = ("_data", "_pos", "_read")
+    __slots__ = ("_data", "_pos", "_read", "draining")
 
     def __init__(self, read: Callable[[int], bytes]) -> None:
         self._read = read  # paho's own socket read (TLS included)
         self._data = b""
         self._pos = 0
+        # Finishing a turn: serve what was read, read the socket no more (a packet cut at the
+        # end waits in paho, the rest in the socket, for the next turn).
+        self.draining = False
 
     def pending(self) -> int:
         """Bytes read from the socket that paho has not taken yet."""
@@ -97,6 +100,8 @@ class _RecvBuffer:
     def recv(self, size: int) -> bytes:
         data, pos = self._data, self._pos
         if pos >= len(data):
+            if self.draining:
+                raise BlockingIOError
             if size >= RECV_CHUNK:
                 return self._read(size)
             data = self._read(RECV_CHUNK)
@@ -353,20 +358,27 @@ class _Link:
                 self._unacked.release()
 
         def loop_read(max_packets: int = 1) -> int:
-            # Up to READ_BATCH packets, then on until the buffer is empty: the loop calls this
-            # again only when the socket is readable, and bytes in the buffer are not.
+            # Up to READ_BATCH packets, then what the buffer still holds, without reading the
+            # socket again: the loop calls this again only when the socket is readable, and
+            # bytes in the buffer are not; reading on while a busy broker keeps the socket full
+            # would never give the loop back.
             packets = 0
-            while True:
-                if paho._sock is None:
-                    return int(_paho.MQTT_ERR_NO_CONN)
-                rc = paho._packet_read()
-                if rc > 0:
-                    return int(paho._loop_rc_handle(rc))
-                if rc == _paho.MQTT_ERR_AGAIN:
-                    break
-                packets += 1
-                if packets >= READ_BATCH and not rx.pending():
-                    break
+            try:
+                while True:
+                    if paho._sock is None:
+                        return int(_paho.MQTT_ERR_NO_CONN)
+                    rc = paho._packet_read()
+                    if rc > 0:
+                        return int(paho._loop_rc_handle(rc))
+                    if rc == _paho.MQTT_ERR_AGAIN:
+                        break
+                    packets += 1
+                    if packets >= READ_BATCH:
+                        if not rx.pending():
+                            break
+                        rx.draining = True
+            finally:
+                rx.draining = False
             return int(_paho.MQTT_ERR_SUCCESS)
 
         full_scan = paho._update_inflight

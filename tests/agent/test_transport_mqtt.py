@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import aiomqtt
+import paho.mqtt.client as paho_client
 import pytest
 
 from agent.transport import mqtt as mqtt_mod
@@ -777,6 +779,63 @@ def test_the_receive_buffer_serves_small_reads_from_one_socket_read() -> None:
     assert len(mqtt_mod._RecvBuffer(big).recv(mqtt_mod.RECV_CHUNK + 1)) == mqtt_mod.RECV_CHUNK + 1
     assert big.sizes == [mqtt_mod.RECV_CHUNK + 1]  # a large payload is read straight through
     assert mqtt_mod._RecvBuffer(_Chunks(closed=True)).recv(1) == b""  # closed: paho's answer
+    ending = _Chunks(b"\x30\x05", b"never read")
+    rx = mqtt_mod._RecvBuffer(ending)
+    assert rx.recv(1) == b"\x30"
+    rx.draining = True  # the end of a turn: what was read is served, the socket not read
+    assert rx.recv(4) == b"\x05"
+    with pytest.raises(BlockingIOError):
+        rx.recv(5)
+    assert ending.sizes == [mqtt_mod.RECV_CHUNK]
+
+
+def _publish_packet(i: int, v5: bool) -> bytes:
+    """A QoS 0 PUBLISH on topic ``t`` whose payload starts with ``i``."""
+    body = b"\x00\x01t" + (b"\x00" if v5 else b"") + i.to_bytes(4, "big") + b"x" * 90
+    n, length = len(body), bytearray()
+    while True:
+        n, digit = n // 128, n % 128
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            return b"\x30" + bytes(length) + body
+
+
+def test_one_turn_of_the_loop_reads_a_bounded_share_of_a_full_socket() -> None:
+    """With the socket always holding more (a busy broker), one read turn takes READ_BATCH
+    packets and what its last socket read brought, then gives the loop back; the next turns
+    go on where it stopped, nothing lost or reordered. Before, it read on while the socket
+    held anything: 3,000 packets in one turn here, the event loop held all along."""
+
+    async def main() -> None:
+        hub = MqttHub(Endpoint("127.0.0.1", 1883))
+        client = aiomqtt.Client("127.0.0.1")
+        hub._link._hook(client)
+        paho = client._client
+        got: list[int] = []
+        hub._link._dispatch = lambda _t, p: got.append(int.from_bytes(p[:4], "big"))  # type: ignore[method-assign]
+        a, b = socket.socketpair()
+        for s in (a, b):
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        paho._sock = a
+        try:
+            v5 = paho._protocol == paho_client.MQTTv5
+            b.sendall(b"".join(_publish_packet(i, v5) for i in range(3_000)))
+            paho.loop_read()
+            per_chunk = mqtt_mod.RECV_CHUNK // len(_publish_packet(0, v5)) + 1
+            assert mqtt_mod.READ_BATCH <= len(got) <= mqtt_mod.READ_BATCH + per_chunk, len(got)
+            turns = 1
+            while len(got) < 3_000 and turns < 100:
+                paho.loop_read()
+                turns += 1
+            assert got == list(range(3_000)) and turns > 3
+        finally:
+            paho._sock = None
+            a.close()
+            b.close()
+
+    asyncio.run(main())
 
 
 def test_a_hub_gets_a_window_of_unacknowledged_publishes_per_device_it_carries() -> None:
