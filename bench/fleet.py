@@ -64,8 +64,10 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
 - ``cpu_ms_per_device_s``: process CPU time (``time.process_time``, every thread) of each shard
   over its window per wall second, summed over shards, per device; ``loop_busy``: CPU share of a
   shard's event-loop thread (1.0: one core, saturated), the busiest shard (every shard's in
-  ``loop_busy_per_shard``); ``broker_cpu_ms_per_device_s``: Mosquitto's CPU (``/proc/PID/stat``)
-  from the first window opening to the last closing, per device;
+  ``loop_busy_per_shard``); ``machine_busy``: the shards' process CPU (every thread), summed, as
+  a share of the machine's cores (1.0: every core saturated); ``broker_cpu_ms_per_device_s``:
+  Mosquitto's CPU (``/proc/PID/stat``) from the first window opening to the last closing, per
+  device;
 - ``rss_kb_per_device``: RSS growth (``/proc/self/status``) of each shard from before its runner
   started to the end of its window, less the recorder's own arrival buffers, summed, per device;
 - ``provision_s_per_device``: enrollment (keys and certificates at ``keyfile.FAST``), done once
@@ -1056,6 +1058,7 @@ def merge(
         "broker_cpu_ms_per_device_s": None,
         "loop_busy": None,
         "loop_busy_per_shard": None,
+        "machine_busy": None,
         "rss_kb_per_device": None,
         "provision_s_per_device": round(provision_s / n, 6),
         "lag_ms": round(max((r.lag_ms for r in reports), default=0.0)),
@@ -1102,6 +1105,7 @@ def merge(
             "gc_ms_per_s": round(sum(sum(r.gc_pauses_ms) / s for (r, _, _), s in edges), 1),
             "loop_busy": max(busy),
             "loop_busy_per_shard": busy,
+            "machine_busy": round(rate("cpu") / (os.cpu_count() or 1), 3),
             "broker_cpu_ms_per_device_s": round(
                 (last.broker_cpu - first.broker_cpu) * 1000 / n / broker_span, 4
             ),
@@ -1137,6 +1141,7 @@ def merge(
 
 # What counts as standing out in a trial that fell behind (``lag_cause``).
 LAG_BUSY = 0.9  # the busiest loop's CPU share: the machine's CPU is what it lacks
+LAG_MACHINE_BUSY = 0.85  # the shards' CPU, every thread, as a share of the machine's cores
 LAG_STORE_JOBS = 50  # store jobs waiting at once, largest sample
 LAG_SEND_WAITERS = 100  # senders waiting for a slot in a connection's window, largest sample
 LAG_LOOP_LATE_MS = 100  # loop lag p50 with CPU to spare
@@ -1154,9 +1159,16 @@ def lag_cause(plan: Plan, out: Mapping[str, Any]) -> str:
     jobs = backlogs.get("store_jobs", {}).get("max", 0)
     waiters = backlogs.get("send_waiters", {}).get("max", 0)
     late = out.get("loop_lag_p50_ms") or 0.0
+    machine = out.get("machine_busy") or 0.0
     causes = []
     if busy >= LAG_BUSY:
         causes.append(f"CPU: the busiest event loop was {busy:.0%} busy")
+    elif machine >= LAG_MACHINE_BUSY:
+        causes.append(
+            f"CPU: the shards used {machine:.0%} of the machine's cores (the busiest event loop "
+            f"{busy:.0%}, the rest their store threads and collectors): the backlogs named next "
+            "wait for CPU"
+        )
     if jobs >= LAG_STORE_JOBS:
         causes.append(
             f"the store threads: up to {jobs} store jobs waited (each member writes each header "
@@ -1167,7 +1179,7 @@ def lag_cause(plan: Plan, out: Mapping[str, Any]) -> str:
             f"the send window: up to {waiters} senders waited for a slot (a step waits for the "
             "announcements of the blocks it sealed)"
         )
-    if busy < LAG_BUSY and late >= LAG_LOOP_LATE_MS:
+    if busy < LAG_BUSY and machine < LAG_MACHINE_BUSY and late >= LAG_LOOP_LATE_MS:
         causes.append(
             f"the event loop ran late (p50 {late} ms) with CPU to spare ({busy:.0%} busy): it "
             f"waited for the GIL the store threads hold, or for the collector "

@@ -65,6 +65,7 @@ FIGURES: dict[str, type | tuple[type, ...]] = {
     "provision_s_per_device": (int, float),
     "loop_busy": (int, float),
     "loop_busy_per_shard": list,
+    "machine_busy": (int, float),
     "window_skew_ms": int,
     "start_skew_ms": int,
     "send_failures": int,
@@ -229,6 +230,8 @@ def test_merge_sums_costs_over_shards_and_takes_the_worst_shard() -> None:
     assert out["cpu_ms_per_device_s"] == 175.0
     assert out["loop_busy_per_shard"] == [0.4, 0.6]
     assert out["loop_busy"] == 0.6
+    # The shards' CPU, every thread: 0.7 of a core, as a share of the machine's cores.
+    assert out["machine_busy"] == round(0.7 / (os.cpu_count() or 1), 3)
     # Broker CPU from the first opening to the last closing: 1.08 s over 5.4 s, 4 devices.
     assert out["broker_cpu_ms_per_device_s"] == 50.0
     # RSS growth less the recorder's buffers: 300 + 600 KB for 4 devices.
@@ -575,6 +578,15 @@ def test_a_trial_that_fell_behind_says_why() -> None:
     assert sends.startswith("the send window: up to 1382 senders waited for a slot")
     late = cause(loop_lag_p50_ms=222.7)
     assert late.startswith("the event loop ran late (p50 222.7 ms) with CPU to spare (60% busy)")
+    # The loops 60% busy, but the shards' store threads and collectors took the machine's
+    # other cores (bench.fleet, 4,000 devices in domains of 32: 89% of 2 cores): no CPU to spare.
+    saturated = cause(
+        machine_busy=0.89,
+        loop_lag_p50_ms=297.2,
+        backlogs={"store_jobs": {"max": 0}, "send_waiters": {"max": 3933}},
+    )
+    assert saturated.startswith("CPU: the shards used 89% of the machine's cores (the busiest")
+    assert "the send window: up to 3933" in saturated and "CPU to spare" not in saturated
     assert cause() == "no backlog stands out: see per_shard and the backlogs"
     both = cause(loop_busy=0.95, backlogs={"store_jobs": {"max": 60}, "send_waiters": {}})
     assert both.count("; ") == 1  # every cause that stands out, CPU first
