@@ -35,7 +35,6 @@ import fcntl
 import logging
 import random
 import secrets
-import ssl
 import sys
 import termios
 from collections import Counter
@@ -72,10 +71,8 @@ log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 _SUBACK_FAILURE = 0x80
+READ_BATCH = 256  # packets paho reads per turn of the event loop (more to empty the buffer)
 RECV_CHUNK = 65_536  # bytes read from the socket at once (paho asks for one byte at a time)
-# A turn of the event loop reads the bytes its socket held when it began, at most this many:
-# what arrives meanwhile waits for the next turn, so a busy broker never keeps the loop.
-TURN_READ_MAX = 1 << 20
 EXPIRY_CHECK_S = 1.0  # how often overdue PUBACKs are looked for
 
 
@@ -84,42 +81,32 @@ class _RecvBuffer:
     byte at a time, then the rest): 85,000 system calls in 30 s for one hub of 1,250 devices,
     7% of its event loop (bench.fleet, cProfile). This serves those reads from one ``recv`` of
     up to RECV_CHUNK bytes; a read that finds it empty reads the socket (raising what paho's
-    own read raises: BlockingIOError when nothing is there).
+    own read raises: BlockingIOError when nothing is there)."""
 
-    ``budget``: how many more bytes this turn may read from the socket (``start_turn``); once
-    they are read and served, a read raises BlockingIOError, paho's "nothing more now"."""
-
-    __slots__ = ("_data", "_pos", "_read", "budget")
+    __slots__ = ("_data", "_pos", "_read", "draining")
 
     def __init__(self, read: Callable[[int], bytes]) -> None:
         self._read = read  # paho's own socket read (TLS included)
         self._data = b""
         self._pos = 0
-        self.budget = RECV_CHUNK
+        # Finishing a turn: serve what was read, read the socket no more (a packet cut at the
+        # end waits in paho, the rest in the socket, for the next turn).
+        self.draining = False
 
     def pending(self) -> int:
         """Bytes read from the socket that paho has not taken yet."""
         return len(self._data) - self._pos
 
-    def start_turn(self, waiting: int) -> None:
-        """A turn begins with ``waiting`` bytes in the socket: it reads those, at most
-        TURN_READ_MAX; when none are known (a closed socket, no FIONREAD), one chunk."""
-        self.budget = min(waiting, TURN_READ_MAX) if waiting > 0 else RECV_CHUNK
-
     def recv(self, size: int) -> bytes:
         data, pos = self._data, self._pos
         if pos >= len(data):
-            budget = self.budget
-            if budget <= 0:
+            if self.draining:
                 raise BlockingIOError
             if size >= RECV_CHUNK:
-                data = self._read(size)  # a large payload, read straight through
-                self.budget = budget - len(data)
-                return data
-            data = self._read(min(RECV_CHUNK, budget))
+                return self._read(size)
+            data = self._read(RECV_CHUNK)
             if not data:  # the connection closed: paho's answer to an empty read
                 return data
-            self.budget = budget - len(data)
             self._data, pos = data, 0
         end = pos + size
         self._pos = min(end, len(data))
@@ -184,12 +171,6 @@ def _unread_bytes(sock: Any) -> int:
     except (OSError, ValueError, AttributeError):
         return 0
     return int.from_bytes(raw, sys.byteorder, signed=True)
-
-
-def _is_tls(sock: Any) -> bool:
-    # Decrypted bytes an SSL socket holds are not in the kernel's count (FIONREAD), and do not
-    # make the socket readable: a turn reads them too, or they could wait unseen.
-    return isinstance(sock, ssl.SSLSocket)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -377,19 +358,28 @@ class _Link:
                 self._unacked.release()
 
         def loop_read(max_packets: int = 1) -> int:
-            # The bytes the socket held when the turn began, then the loop is given back:
-            # reading on while a busy broker keeps the socket full would never give it back,
-            # and reading less lets a backlog build in the socket, PUBACKs behind it.
-            sock = paho._sock
-            rx.start_turn(_unread_bytes(sock) + (sock.pending() if _is_tls(sock) else 0))
-            while True:
-                if paho._sock is None:
-                    return int(_paho.MQTT_ERR_NO_CONN)
-                rc = paho._packet_read()
-                if rc > 0:
-                    return int(paho._loop_rc_handle(rc))
-                if rc == _paho.MQTT_ERR_AGAIN:
-                    return int(_paho.MQTT_ERR_SUCCESS)
+            # Up to READ_BATCH packets, then what the buffer still holds, without reading the
+            # socket again: the loop calls this again only when the socket is readable, and
+            # bytes in the buffer are not; reading on while a busy broker keeps the socket full
+            # would never give the loop back.
+            packets = 0
+            try:
+                while True:
+                    if paho._sock is None:
+                        return int(_paho.MQTT_ERR_NO_CONN)
+                    rc = paho._packet_read()
+                    if rc > 0:
+                        return int(paho._loop_rc_handle(rc))
+                    if rc == _paho.MQTT_ERR_AGAIN:
+                        break
+                    packets += 1
+                    if packets >= READ_BATCH:
+                        if not rx.pending():
+                            break
+                        rx.draining = True
+            finally:
+                rx.draining = False
+            return int(_paho.MQTT_ERR_SUCCESS)
 
         full_scan = paho._update_inflight
 
