@@ -1018,7 +1018,8 @@ def _loss_stage(doc: Mapping[str, Any]) -> str:
     if offered is not None and offered < 0.9:
         return (
             f"received, not offered: the gossip cores were offered {offered:.0%} of the needed "
-            "header deliveries (they wait in the devices' receive queues: see the inbox backlog)"
+            "header deliveries (they wait in the devices' receive queues, or unread in the "
+            "connections' sockets: see the inbox and rx backlogs)"
         )
     if pairs["late"] > pairs["never"]:
         return (

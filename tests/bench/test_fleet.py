@@ -553,6 +553,9 @@ def test_the_stage_that_lost_the_deliveries_is_named() -> None:
     assert stage(starved).startswith(
         "received, not offered: the gossip cores were offered 0% of the needed"
     )
+    # Where they wait: a domain of 1,000 had its receive queues empty at every sample and up
+    # to 2 MB unread in the hubs' sockets; the hint named the queues only.
+    assert "see the inbox and rx backlogs" in stage(starved)
     assert stage(_with_losses(bare, routed=3)).startswith(
         "received, not accepted: 9 pairs never accepted by the stop"
     )
