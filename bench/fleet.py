@@ -65,7 +65,9 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
   over its window per wall second, summed over shards, per device; ``loop_busy``: CPU share of a
   shard's event-loop thread (1.0: one core, saturated), the busiest shard (every shard's in
   ``loop_busy_per_shard``); ``machine_busy``: the shards' process CPU (every thread), summed, as
-  a share of the machine's cores (1.0: every core saturated); ``broker_cpu_ms_per_device_s``:
+  a share of the machine's cores (1.0: every core saturated); ``process_busy``: the busiest
+  shard's process CPU (every thread), in cores (its Python runs on one core at a time, under
+  the GIL); ``broker_cpu_ms_per_device_s``:
   Mosquitto's CPU (``/proc/PID/stat``) from the first window opening to the last closing, per
   device;
 - ``rss_kb_per_device``: RSS growth (``/proc/self/status``) of each shard from before its runner
@@ -1060,6 +1062,7 @@ def merge(
         "loop_busy": None,
         "loop_busy_per_shard": None,
         "machine_busy": None,
+        "process_busy": None,
         "rss_kb_per_device": None,
         "provision_s_per_device": round(provision_s / n, 6),
         "lag_ms": round(max((r.lag_ms for r in reports), default=0.0)),
@@ -1107,6 +1110,7 @@ def merge(
             "loop_busy": max(busy),
             "loop_busy_per_shard": busy,
             "machine_busy": round(rate("cpu") / (os.cpu_count() or 1), 3),
+            "process_busy": max(round((c.cpu - o.cpu) / s, 3) for (_, o, c), s in edges),
             "broker_cpu_ms_per_device_s": round(
                 (last.broker_cpu - first.broker_cpu) * 1000 / n / broker_span, 4
             ),
@@ -1143,6 +1147,7 @@ def merge(
 # What counts as standing out in a trial that fell behind (``lag_cause``).
 LAG_BUSY = 0.9  # the busiest loop's CPU share: the machine's CPU is what it lacks
 LAG_MACHINE_BUSY = 0.85  # the shards' CPU, every thread, as a share of the machine's cores
+LAG_PROCESS_BUSY = 0.85  # one shard's process CPU, every thread, in cores
 LAG_STORE_JOBS = 50  # store jobs waiting at once, largest sample
 LAG_SEND_WAITERS = 100  # senders waiting for a slot in a connection's window, largest sample
 LAG_LOOP_LATE_MS = 100  # loop lag p50 with CPU to spare
@@ -1161,6 +1166,7 @@ def lag_cause(plan: Plan, out: Mapping[str, Any]) -> str:
     waiters = backlogs.get("send_waiters", {}).get("max", 0)
     late = out.get("loop_lag_p50_ms") or 0.0
     machine = out.get("machine_busy") or 0.0
+    process = out.get("process_busy") or 0.0
     causes = []
     if busy >= LAG_BUSY:
         causes.append(f"CPU: the busiest event loop was {busy:.0%} busy")
@@ -1169,6 +1175,12 @@ def lag_cause(plan: Plan, out: Mapping[str, Any]) -> str:
             f"CPU: the shards used {machine:.0%} of the machine's cores (the busiest event loop "
             f"{busy:.0%}, the rest their store threads and collectors): the backlogs named next "
             "wait for CPU"
+        )
+    elif process >= LAG_PROCESS_BUSY:
+        causes.append(
+            f"CPU: the busiest shard's process used {process:.2f} of a core (its event loop up "
+            f"to {busy:.0%}, the rest its store threads and collector), and its Python runs on "
+            "one core at a time (the GIL): the backlogs named next wait for it"
         )
     if jobs >= LAG_STORE_JOBS:
         causes.append(
@@ -1180,7 +1192,8 @@ def lag_cause(plan: Plan, out: Mapping[str, Any]) -> str:
             f"the send window: up to {waiters} senders waited for a slot (a step waits for the "
             "announcements of the blocks it sealed)"
         )
-    if busy < LAG_BUSY and machine < LAG_MACHINE_BUSY and late >= LAG_LOOP_LATE_MS:
+    spare = busy < LAG_BUSY and machine < LAG_MACHINE_BUSY and process < LAG_PROCESS_BUSY
+    if spare and late >= LAG_LOOP_LATE_MS:
         causes.append(
             f"the event loop ran late (p50 {late} ms) with CPU to spare ({busy:.0%} busy): it "
             f"waited for the GIL the store threads hold, or for the collector "

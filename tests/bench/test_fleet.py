@@ -66,6 +66,7 @@ FIGURES: dict[str, type | tuple[type, ...]] = {
     "loop_busy": (int, float),
     "loop_busy_per_shard": list,
     "machine_busy": (int, float),
+    "process_busy": (int, float),
     "window_skew_ms": int,
     "start_skew_ms": int,
     "send_failures": int,
@@ -232,6 +233,7 @@ def test_merge_sums_costs_over_shards_and_takes_the_worst_shard() -> None:
     assert out["loop_busy"] == 0.6
     # The shards' CPU, every thread: 0.7 of a core, as a share of the machine's cores.
     assert out["machine_busy"] == round(0.7 / (os.cpu_count() or 1), 3)
+    assert out["process_busy"] == 0.4  # the busier shard: 2 s of CPU over 5 s
     # Broker CPU from the first opening to the last closing: 1.08 s over 5.4 s, 4 devices.
     assert out["broker_cpu_ms_per_device_s"] == 50.0
     # RSS growth less the recorder's buffers: 300 + 600 KB for 4 devices.
@@ -590,6 +592,11 @@ def test_a_trial_that_fell_behind_says_why() -> None:
     )
     assert saturated.startswith("CPU: the shards used 89% of the machine's cores (the busiest")
     assert "the send window: up to 3933" in saturated and "CPU to spare" not in saturated
+    # One shard on a 2-core machine (bench.fleet --profile, 1,500 devices): the machine half
+    # idle, the loop 76% busy, but the process used 1.06 cores: no CPU to spare either.
+    one = cause(machine_busy=0.53, process_busy=1.06, loop_busy=0.76, loop_lag_p50_ms=239.8)
+    assert one.startswith("CPU: the busiest shard's process used 1.06 of a core (its event loop")
+    assert "CPU to spare" not in one
     assert cause() == "no backlog stands out: see per_shard and the backlogs"
     both = cause(loop_busy=0.95, backlogs={"store_jobs": {"max": 60}, "send_waiters": {}})
     assert both.count("; ") == 1  # every cause that stands out, CPU first
