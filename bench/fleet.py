@@ -62,7 +62,10 @@ with the smallest fleet's figures, ``tried_devices`` says which). Merged figures
   each shard's devices in its window, summed over shards; needed: ``header_pairs_needed``. In
   steady state the two count the same headers; a fleet that falls behind shows a factor below 1;
 - ``cpu_ms_per_device_s``: process CPU time (``time.process_time``, every thread) of each shard
-  over its window per wall second, summed over shards, per device; ``loop_busy``: CPU share of a
+  over its window per wall second, summed over shards, per device: what a device-second costs
+  only in a trial that keeps up (one that falls behind does less than a second of its devices'
+  work each second: 3,000 behind read 0.47-0.56 ms the day 2,000 keeping up read 0.69-0.73;
+  compare costs at sizes that keep up); ``loop_busy``: CPU share of a
   shard's event-loop thread (1.0: one core, saturated), the busiest shard (every shard's in
   ``loop_busy_per_shard``); ``machine_busy``: the shards' process CPU (every thread), summed, as
   a share of the machine's cores (1.0: every core saturated); ``process_busy``: the busiest
